@@ -1,0 +1,285 @@
+"""The `curate` command line: parses, calls, prints. Exit codes: 0 ok, 1 internal error, 2 bad input or usage."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from curate.errors import CurateError, UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Streaming data curation: dedup, pruning scores, quality pools, compute-aware mixes.")
+out_console = Console()
+err_console = Console(stderr=True)
+
+InputOpt = typer.Option(..., "-i", "--input", help="Directory, file or glob of Parquet shards.")
+OutputOpt = typer.Option(..., "-o", "--output", help="Output directory.")
+TextColumnOpt = typer.Option(None, "--text-column", help="Text column (default: text).")
+IdColumnOpt = typer.Option(None, "--id-column", help="Id column (default: id; absent -> '<file stem>:<row>').")
+DropNullOpt = typer.Option(False, "--drop-null-text", help="Send null texts to the ledger instead of failing.")
+SeedOpt = typer.Option(None, "--seed", help="Seed for everything random (default 0).")
+BatchOpt = typer.Option(None, "--batch-size", help="Rows per record batch.")
+ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run in OUT.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an earlier curate output in OUT.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+SetOpt = typer.Option(None, "--set", help="Extra stage option KEY=VALUE (repeatable).")
+
+
+def _progress(quiet: bool):
+    from curate.progress import Progress
+
+    return Progress(enabled=False if quiet else None)
+
+
+def _parse_sets(pairs: Optional[List[str]]) -> dict[str, Any]:
+    import tomllib
+
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {pair!r} is not KEY=VALUE", fix="e.g. --set num_perm=64")
+        try:
+            options[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            options[key.strip()] = raw
+    return options
+
+
+def _run_spec(spec, input_path: str, output: Path, resume: bool, overwrite: bool, quiet: bool) -> None:
+    from curate.pipeline import RunOptions, run_pipeline
+
+    result = run_pipeline(spec, input_path, output, RunOptions(resume=resume, overwrite=overwrite, progress=_progress(quiet)))
+    _print_run_summary(result.output, quiet)
+
+
+def _print_run_summary(out: Path, quiet: bool) -> None:
+    from curate.inspect_output import stage_summaries
+
+    if quiet:
+        return
+    _stage_table(stage_summaries(out))
+    out_console.print(f"output: {out}  (kept/, removed/, manifest.json)")
+
+
+def _stage_table(summaries) -> None:
+    table = Table(title="rows per stage")
+    for column in ("stage", "in", "out", "removed", "why", "seconds"):
+        table.add_column(column, justify="right" if column in ("in", "out", "removed", "seconds") else "left")
+    for s in summaries:
+        why = ", ".join(f"{k}: {v}" for k, v in s.reasons.items())
+        table.add_row(s.name, f"{s.rows_in:,}", f"{s.rows_out:,}", f"{s.rows_removed:,}", why, f"{s.seconds:.2f}")
+    out_console.print(table)
+
+
+def _single_stage(kind: str, options: dict[str, Any], text_column, id_column, drop_null_text, seed, batch_size):
+    from curate.pipeline import parse_pipeline
+
+    data: dict[str, Any] = {"stage": [{"kind": kind, **{k: v for k, v in options.items() if v is not None}}]}
+    data["input"] = {k: v for k, v in {"text_column": text_column, "id_column": id_column}.items() if v is not None}
+    if drop_null_text:
+        data["input"]["drop_null_text"] = True
+    if seed is not None:
+        data["seed"] = seed
+    if batch_size is not None:
+        data["batch_size"] = batch_size
+    return parse_pipeline(data, f"curate {kind}")
+
+
+@app.command()
+def run(
+    pipeline: Path = typer.Argument(..., help="Pipeline TOML file."),
+    input: str = InputOpt,
+    output: Path = OutputOpt,
+    resume: bool = ResumeOpt,
+    overwrite: bool = OverwriteOpt,
+    text_column: Optional[str] = TextColumnOpt,
+    id_column: Optional[str] = IdColumnOpt,
+    drop_null_text: bool = DropNullOpt,
+    seed: Optional[int] = SeedOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Run a pipeline file over the input shards."""
+    from dataclasses import replace
+
+    from curate.pipeline import load_pipeline
+    from curate.shards import ColumnSpec
+
+    spec = load_pipeline(pipeline)
+    columns = ColumnSpec(text=text_column or spec.columns.text, id=id_column or spec.columns.id)
+    spec = replace(spec, columns=columns, drop_null_text=drop_null_text or spec.drop_null_text, seed=spec.seed if seed is None else seed)
+    _run_spec(spec, input, output, resume, overwrite, quiet)
+
+
+@app.command()
+def dedup(
+    input: str = InputOpt,
+    output: Path = OutputOpt,
+    method: str = typer.Option("exact", "--method", help="exact | minhash | semantic"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="minhash: Jaccard; semantic: cosine similarity."),
+    ngram: Optional[int] = typer.Option(None, "--ngram", help="minhash shingle size."),
+    num_perm: Optional[int] = typer.Option(None, "--num-perm", help="minhash permutations."),
+    normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize", help="exact: NFKC, lowercase, collapse whitespace."),
+    sets: Optional[List[str]] = SetOpt,
+    resume: bool = ResumeOpt,
+    overwrite: bool = OverwriteOpt,
+    text_column: Optional[str] = TextColumnOpt,
+    id_column: Optional[str] = IdColumnOpt,
+    drop_null_text: bool = DropNullOpt,
+    seed: Optional[int] = SeedOpt,
+    batch_size: Optional[int] = BatchOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Drop exact, near (MinHash LSH) or semantic (embedding) duplicates."""
+    kinds = {"exact": "exact", "minhash": "minhash", "semantic": "semdedup", "semdedup": "semdedup"}
+    if method not in kinds:
+        raise UsageError(f"unknown --method {method!r}", fix="use exact, minhash or semantic")
+    options = {"threshold": threshold, "ngram": ngram, "num_perm": num_perm, "normalize": normalize, **_parse_sets(sets)}
+    spec = _single_stage(kinds[method], options, text_column, id_column, drop_null_text, seed, batch_size)
+    _run_spec(spec, input, output, resume, overwrite, quiet)
+
+
+@app.command()
+def embed(
+    input: str = InputOpt,
+    output: Path = OutputOpt,
+    model: Optional[str] = typer.Option(None, "--model", help="minilm | hashing | column:NAME"),
+    sets: Optional[List[str]] = SetOpt,
+    resume: bool = ResumeOpt,
+    overwrite: bool = OverwriteOpt,
+    text_column: Optional[str] = TextColumnOpt,
+    id_column: Optional[str] = IdColumnOpt,
+    drop_null_text: bool = DropNullOpt,
+    seed: Optional[int] = SeedOpt,
+    batch_size: Optional[int] = BatchOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Embed every text into OUT/embeddings (L2-normalized float32)."""
+    spec = _single_stage("embed", {"model": model, **_parse_sets(sets)}, text_column, id_column, drop_null_text, seed, batch_size)
+    _run_spec(spec, input, output, resume, overwrite, quiet)
+
+
+@app.command()
+def score(
+    input: str = InputOpt,
+    output: Path = OutputOpt,
+    metric: str = typer.Option("prototypes", "--metric", help="prototypes | loss"),
+    keep: Optional[str] = typer.Option(None, "--keep", help="hard | easy | auto"),
+    fraction: Optional[float] = typer.Option(None, "--fraction", help="Fraction of rows to keep."),
+    clusters: Optional[int] = typer.Option(None, "--clusters", help="prototypes: k-means clusters."),
+    sets: Optional[List[str]] = SetOpt,
+    resume: bool = ResumeOpt,
+    overwrite: bool = OverwriteOpt,
+    text_column: Optional[str] = TextColumnOpt,
+    id_column: Optional[str] = IdColumnOpt,
+    drop_null_text: bool = DropNullOpt,
+    seed: Optional[int] = SeedOpt,
+    batch_size: Optional[int] = BatchOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Score difficulty (prototype distance or loss clusters) and optionally prune by it."""
+    kinds = {"prototypes": "prototypes", "loss": "loss_clusters"}
+    if metric not in kinds:
+        raise UsageError(f"unknown --metric {metric!r}", fix="use prototypes or loss")
+    options = {"keep": keep, "fraction": fraction, "clusters": clusters, **_parse_sets(sets)}
+    spec = _single_stage(kinds[metric], options, text_column, id_column, drop_null_text, seed, batch_size)
+    _run_spec(spec, input, output, resume, overwrite, quiet)
+
+
+@app.command()
+def pools(
+    input: str = InputOpt,
+    output: Path = OutputOpt,
+    score_column: str = typer.Option(..., "--score", help="Score column to bucket."),
+    pools: int = typer.Option(4, "--pools", help="Number of quality pools."),
+    sets: Optional[List[str]] = SetOpt,
+    resume: bool = ResumeOpt,
+    overwrite: bool = OverwriteOpt,
+    text_column: Optional[str] = TextColumnOpt,
+    id_column: Optional[str] = IdColumnOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Split rows into K quantile pools of a score column (pool 0 best)."""
+    spec = _single_stage("pools", {"score": score_column, "pools": pools, **_parse_sets(sets)}, text_column, id_column, False, None, None)
+    _run_spec(spec, input, output, resume, overwrite, quiet)
+
+
+@app.command()
+def demo(
+    output: Path = typer.Option(Path("curate-demo-out"), "-o", "--output", help="Output directory (replaced if it is an earlier curate output)."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Run the quickstart pipeline on the bundled demo corpus."""
+    from curate.demo import run_demo
+
+    result = run_demo(output, progress=_progress(quiet))
+    _print_run_summary(result.output, quiet)
+    out_console.print(f"demo corpus: {result.manifest['input']['rows']:,} rows -> kept {result.kept_rows:,}, removed {result.removed_rows:,}")
+
+
+@app.command()
+def verify(output: Path = typer.Argument(..., help="Output directory of a finished run.")) -> None:
+    """Check that every input id is exactly once in kept/ or removed/."""
+    from curate.inspect_output import verify_output
+
+    report = verify_output(output)
+    if report.ok:
+        out_console.print(f"ok: {report.input_rows:,} input rows = {report.kept_rows:,} kept + {report.removed_rows:,} removed")
+        return
+    for label, ids in (("missing", report.missing), ("in kept and removed, or twice", report.duplicated), ("not in the input", report.unknown)):
+        if ids:
+            err_console.print(f"{label}: {', '.join(ids)}")
+    for problem in report.problems:
+        err_console.print(problem)
+    raise typer.Exit(1)
+
+
+@app.command()
+def inspect(output: Path = typer.Argument(..., help="Output directory of a finished run.")) -> None:
+    """Rows in and out per stage, removal reasons, pools and sizes."""
+    from curate.inspect_output import directory_bytes, pool_counts, stage_summaries
+
+    _stage_table(stage_summaries(output))
+    for name in ("kept", "removed", "embeddings"):
+        size = directory_bytes(output / name)
+        if size:
+            out_console.print(f"{name}/: {size / 1e6:.1f} MB")
+    counts = pool_counts(output)
+    if counts:
+        out_console.print("pools: " + ", ".join(f"{k}: {v:,}" for k, v in counts.items()))
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point: user errors become one line and exit 2; bugs exit 1."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except CurateError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("interrupted; continue with --resume")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors are handled below; everything else is a bug
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        err_console.print(f"internal error: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+        if os.environ.get("CURATE_DEBUG"):
+            traceback.print_exc()
+        else:
+            err_console.print("(set CURATE_DEBUG=1 for the traceback)")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

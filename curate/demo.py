@@ -1,0 +1,31 @@
+"""`curate demo`: the quickstart pipeline on the bundled corpus, safe to run again."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from curate.errors import OutputError
+from curate.manifest import read_manifest
+from curate.pipeline import RunOptions, RunResult, load_pipeline, run_pipeline
+from curate.progress import Progress
+
+
+def demo_corpus() -> Path:
+    return Path(str(resources.files("curate.data") / "demo.parquet"))
+
+
+def quickstart_pipeline() -> Path:
+    """Installed: the `curate.pipelines` package data; from a source tree: ./pipelines."""
+    try:
+        return Path(str(resources.files("curate.pipelines") / "quickstart.toml"))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "pipelines" / "quickstart.toml"
+
+
+def run_demo(output: Path, progress: Progress) -> RunResult:
+    output = Path(output)
+    if output.exists() and any(output.iterdir()) and read_manifest(output) is None:
+        raise OutputError("exists and is not a curate output", path=output, fix="pass another -o for the demo")
+    spec = load_pipeline(quickstart_pipeline())
+    return run_pipeline(spec, demo_corpus(), output, RunOptions(overwrite=True, progress=progress))

@@ -1,0 +1,413 @@
+"""Parquet shard I/O: ordered streaming reads with input validation, atomic rolling writes.
+
+Input order is the sorted file list, then row order inside each file. Every row carries a
+global ordinal (`ROW_COLUMN`) fixed at read time from the files' row counts, so any stage,
+local or distributed, can pick "the earliest row" without seeing the whole stream.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import xxhash
+
+from curate.errors import InputError, OutputError
+
+ROW_COLUMN = "__curate_row"
+DEFAULT_BATCH_SIZE = 65_536
+DEFAULT_PART_BYTES = 128 * 1024 * 1024
+PART_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
+_FINGERPRINT_SPAN = 1 << 16
+_ID_TYPES_HINT = "an id column of string or integer type"
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """Which input columns hold the text and the id."""
+
+    text: str = "text"
+    id: str = "id"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str
+    size: int
+    rows: int
+    fingerprint: str
+    row_offset: int
+    has_id: bool
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def resolve_input_files(source: str | os.PathLike) -> list[Path]:
+    """A directory (searched recursively), a single file or a glob, sorted for a stable order."""
+    text = str(source)
+    path = Path(text)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.parquet") if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise InputError("no .parquet files in this directory", path=path, fix="point -i at a folder of Parquet shards")
+        return files
+    if path.is_file():
+        return [path]
+    if any(ch in text for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+        if not files:
+            raise InputError("the glob matches no files", path=text, fix="check the pattern, e.g. 'data/*.parquet'")
+        return files
+    raise InputError("input does not exist", path=text, fix="pass an existing directory, file or glob with -i")
+
+
+def fingerprint_file(path: Path) -> str:
+    """Size plus xxh3 of the head and the footer: cheap on huge shards, and any rewrite of a
+    Parquet file changes its footer (row-group offsets and sizes)."""
+    size = path.stat().st_size
+    digest = xxhash.xxh3_128()
+    digest.update(str(size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(_FINGERPRINT_SPAN))
+        if size > _FINGERPRINT_SPAN:
+            handle.seek(max(size - _FINGERPRINT_SPAN, _FINGERPRINT_SPAN))
+            digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def _open_parquet(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(
+            f"not a readable Parquet file ({_first_line(exc)})",
+            path=path,
+            fix="re-export the shard or remove it from the input",
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_text_type(path: Path, name: str, dtype: pa.DataType) -> None:
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
+        return
+    if pa.types.is_dictionary(dtype) and (pa.types.is_string(dtype.value_type) or pa.types.is_large_string(dtype.value_type)):
+        return
+    if pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype):
+        fix = f"decode column '{name}' to UTF-8 strings before curating (e.g. polars .cast(pl.String)), or pick the text column with --text-column"
+    else:
+        fix = f"pick the text column with --text-column, or cast '{name}' to string"
+    raise InputError(f"text column '{name}' has type {dtype}, not string", path=path, fix=fix)
+
+
+def _check_id_type(path: Path, name: str, dtype: pa.DataType) -> None:
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_integer(dtype) or pa.types.is_string_view(dtype):
+        return
+    if pa.types.is_dictionary(dtype):
+        return
+    raise InputError(
+        f"id column '{name}' has type {dtype}",
+        path=path,
+        fix=f"use {_ID_TYPES_HINT}, pick another with --id-column, or drop it to get '<file stem>:<row>' ids",
+    )
+
+
+class InputSet:
+    """The validated input corpus: files in order, their unified schema, and an ordered reader."""
+
+    def __init__(self, files: list[InputFile], schema: pa.Schema, columns: ColumnSpec):
+        self.files = files
+        self.schema = schema
+        self.columns = columns
+
+    @property
+    def num_rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    @property
+    def synthesized_ids(self) -> bool:
+        return not any(f.has_id for f in self.files)
+
+    @classmethod
+    def scan(cls, source: str | os.PathLike, columns: ColumnSpec = ColumnSpec()) -> "InputSet":
+        """Open every shard once (footer only): schema, types and row counts are checked up front."""
+        paths = resolve_input_files(source)
+        files: list[InputFile] = []
+        schemas: list[pa.Schema] = []
+        offset = 0
+        for path in paths:
+            parquet = _open_parquet(path)
+            schema = parquet.schema_arrow
+            if columns.text not in schema.names:
+                raise InputError(
+                    f"missing text column '{columns.text}' (columns: {', '.join(schema.names) or 'none'})",
+                    path=path,
+                    fix="name the text column with --text-column (or [input] text_column in the pipeline)",
+                )
+            _check_text_type(path, columns.text, schema.field(columns.text).type)
+            has_id = columns.id in schema.names
+            if has_id:
+                _check_id_type(path, columns.id, schema.field(columns.id).type)
+            if ROW_COLUMN in schema.names:
+                raise InputError(f"column '{ROW_COLUMN}' is reserved by curate", path=path, fix="rename or drop that column")
+            rows = parquet.metadata.num_rows
+            files.append(InputFile(str(path), path.stat().st_size, rows, fingerprint_file(path), offset, has_id))
+            schemas.append(schema)
+            offset += rows
+        has_ids = {f.has_id for f in files}
+        if len(has_ids) > 1:
+            odd = next(f for f in files if f.has_id != files[0].has_id)
+            raise InputError(
+                f"some shards have the id column '{columns.id}' and some do not",
+                path=odd.path,
+                fix="give every shard an id column, or none (ids are then '<file stem>:<row>')",
+            )
+        unified = _unify(schemas, paths, columns)
+        return cls(files, unified, columns)
+
+    def batches(self, batch_size: int = DEFAULT_BATCH_SIZE, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """Stream batches in input order, conformed to the unified schema, with ids and ordinals.
+
+        `columns` restricts what is read (the id and ordinal columns are always present)."""
+        for file in self.files:
+            yield from self._file_batches(file, batch_size, columns)
+
+    def file_batches(self, index: int, batch_size: int = DEFAULT_BATCH_SIZE, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """One shard's batches: the unit of work for shard-parallel execution."""
+        return self._file_batches(self.files[index], batch_size, columns)
+
+    def _file_batches(self, file: InputFile, batch_size: int, columns: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
+        path = Path(file.path)
+        parquet = _open_parquet(path)
+        file_names = set(parquet.schema_arrow.names)
+        wanted = list(self.schema.names) if columns is None else _with_required(columns, self.columns, self.schema)
+        read_cols = [c for c in wanted if c in file_names]
+        start = file.row_offset
+        try:
+            for batch in parquet.iter_batches(batch_size=batch_size, columns=read_cols, use_threads=True):
+                n = batch.num_rows
+                yield self._conform(batch, wanted, file, start, n)
+                start += n
+        except InputError:
+            raise
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(
+                f"cannot read rows ({_first_line(exc)})",
+                path=path,
+                fix="the shard is corrupt, truncated or not valid UTF-8; re-export it or remove it from the input",
+            ) from None
+        if start != file.row_offset + file.rows:
+            raise InputError("row count differs from the Parquet footer", path=path, fix="re-export the shard")
+
+    def _conform(self, batch: pa.RecordBatch, wanted: list[str], file: InputFile, start: int, n: int) -> pa.RecordBatch:
+        path = Path(file.path)
+        arrays = []
+        names = []
+        for name in wanted:
+            target = self.schema.field(name).type
+            if name == self.columns.id and not file.has_id:
+                local = pa.array(np.arange(start - file.row_offset, start - file.row_offset + n, dtype=np.int64)).cast(pa.string())
+                column = pc.binary_join_element_wise(pa.scalar(path.stem), local, ":")
+            elif name in batch.schema.names:
+                column = batch.column(name)
+                if column.type != target:
+                    try:
+                        column = column.cast(target)
+                    except pa.ArrowException as exc:
+                        raise InputError(
+                            f"column '{name}' has type {column.type}, other shards have {target} ({_first_line(exc)})",
+                            path=path,
+                            fix="give the column one type across all shards",
+                        ) from None
+            else:
+                column = pa.nulls(n, target)
+            arrays.append(column)
+            names.append(name)
+        arrays.append(pa.array(np.arange(start, start + n, dtype=np.int64)))
+        names.append(ROW_COLUMN)
+        return pa.RecordBatch.from_arrays(arrays, names=names)
+
+def _with_required(columns: Sequence[str], spec: ColumnSpec, schema: pa.Schema) -> list[str]:
+    wanted = [spec.id] + [c for c in columns if c != spec.id and c != ROW_COLUMN]
+    missing = [c for c in wanted if c not in schema.names]
+    if missing:
+        raise KeyError(f"columns not in the input: {missing}")
+    return wanted
+
+
+def _unify(schemas: list[pa.Schema], paths: list[Path], columns: ColumnSpec) -> pa.Schema:
+    try:
+        unified = pa.unify_schemas([s.remove_metadata() for s in schemas], promote_options="permissive")
+    except (pa.ArrowException, TypeError) as exc:
+        for path, schema in zip(paths[1:], schemas[1:]):
+            try:
+                pa.unify_schemas([schemas[0].remove_metadata(), schema.remove_metadata()], promote_options="permissive")
+            except (pa.ArrowException, TypeError):
+                raise InputError(
+                    f"schema does not match {paths[0].name} ({_first_line(exc)})",
+                    path=path,
+                    fix="give every shard the same column types",
+                ) from None
+        raise InputError(f"shards have incompatible schemas ({_first_line(exc)})", path=paths[0], fix="give every shard the same column types") from None
+    fields = [f for f in unified if f.name != columns.id]
+    id_type = unified.field(columns.id).type if columns.id in unified.names else pa.string()
+    if pa.types.is_dictionary(id_type):
+        id_type = id_type.value_type
+    text_field = unified.field(columns.text)
+    if pa.types.is_dictionary(text_field.type):
+        fields = [pa.field(f.name, text_field.type.value_type) if f.name == columns.text else f for f in fields]
+    return pa.schema([pa.field(columns.id, id_type)] + fields)
+
+
+# ---------------------------------------------------------------------------------------
+# Part directories: the format of kept/, removed/, embeddings/ and stage outputs.
+
+
+def list_parts(directory: str | os.PathLike) -> list[Path]:
+    """Finished part files in order (temp files from an interrupted write are ignored)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if PART_PATTERN.match(p.name))
+
+
+def iter_part_batches(directory: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+    for path in list_parts(directory):
+        parquet = pq.ParquetFile(path)
+        yield from parquet.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
+
+
+def count_part_rows(directory: str | os.PathLike) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in list_parts(directory))
+
+
+def read_parts(directory: str | os.PathLike, columns: Sequence[str] | None = None) -> pa.Table:
+    """Whole-table read, for tests, verification of small outputs and reports."""
+    parts = list_parts(directory)
+    if not parts:
+        return pa.table({})
+    return pa.concat_tables([pq.read_table(p, columns=list(columns) if columns else None) for p in parts], promote_options="permissive")
+
+
+@dataclass
+class PartWriter:
+    """Rolling `part-NNNNN.parquet` writer: each part is written under a temp name and renamed
+    when complete, so readers (and --resume) never see a half-written part."""
+
+    directory: Path
+    schema: pa.Schema | None = None
+    max_bytes: int = DEFAULT_PART_BYTES
+    compression: str = "zstd"
+    first_index: int = 0
+    _writer: pq.ParquetWriter | None = field(default=None, init=False, repr=False)
+    _tmp_path: Path | None = field(default=None, init=False, repr=False)
+    _bytes: int = field(default=0, init=False, repr=False)
+    _index: int = field(default=0, init=False, repr=False)
+    rows_written: int = field(default=0, init=False)
+    parts: list[Path] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+        self._index = self.first_index
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the output directory ({exc.strerror})", path=self.directory, fix="choose a writable output path with -o") from None
+
+    def write(self, data: pa.RecordBatch | pa.Table) -> None:
+        if data.num_rows == 0:
+            if self.schema is None:
+                self.schema = data.schema
+            return
+        if self.schema is None:
+            self.schema = data.schema
+        elif data.schema != self.schema:
+            data = _conform_to(data, self.schema)
+        if self._writer is None:
+            self._open()
+        try:
+            if isinstance(data, pa.RecordBatch):
+                self._writer.write_batch(data)
+            else:
+                self._writer.write_table(data)
+        except OSError as exc:
+            raise OutputError(f"cannot write ({exc.strerror or exc})", path=self._tmp_path, fix="free disk space or choose another -o, then rerun with --resume") from None
+        self.rows_written += data.num_rows
+        self._bytes += data.nbytes
+        if self._bytes >= self.max_bytes:
+            self._close_part()
+
+    def write_all(self, batches: Iterable[pa.RecordBatch]) -> None:
+        for batch in batches:
+            self.write(batch)
+
+    def close(self) -> list[Path]:
+        """Finish the open part. An output with no rows still gets one empty part carrying the
+        schema, so readers downstream know the columns."""
+        if self._writer is None and not self.parts and self.schema is not None:
+            self._open()
+        self._close_part()
+        return self.parts
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._tmp_path is not None and self._tmp_path.exists():
+            self._tmp_path.unlink()
+
+    def __enter__(self) -> "PartWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _open(self) -> None:
+        final = self.directory / f"part-{self._index:05d}.parquet"
+        self._tmp_path = final.with_name(f".{final.name}.tmp")
+        try:
+            self._writer = pq.ParquetWriter(self._tmp_path, self.schema, compression=self.compression)
+        except OSError as exc:
+            raise OutputError(f"cannot write ({exc.strerror or exc})", path=self._tmp_path, fix="choose a writable output path with -o") from None
+        self._bytes = 0
+
+    def _close_part(self) -> None:
+        if self._writer is None:
+            return
+        try:
+            self._writer.close()
+            final = self.directory / f"part-{self._index:05d}.parquet"
+            os.replace(self._tmp_path, final)
+        except OSError as exc:
+            raise OutputError(f"cannot finish part ({exc.strerror or exc})", path=self._tmp_path, fix="free disk space, then rerun with --resume") from None
+        self.parts.append(final)
+        self._writer = None
+        self._tmp_path = None
+        self._index += 1
+
+
+def _conform_to(data: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:
+    table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
+    columns = []
+    for f in schema:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            columns.append(col if col.type == f.type else col.cast(f.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(columns, schema=schema)

@@ -1,0 +1,1 @@
+"""Pipeline stages: one module per kind, each defines `STAGE` (see `base.py`)."""

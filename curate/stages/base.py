@@ -1,0 +1,214 @@
+"""What every stage is: an estimator over a stream of Arrow record batches.
+
+`__init__` stores options and nothing else. `fit(source, ctx)` learns what needs the whole
+corpus (it may stream the source more than once) and keeps it compact in attributes with a
+trailing underscore. `transform(batch, ctx)` splits one batch into (kept, removed ledger rows).
+Runners (local, Dask) drive the same objects; the algorithms live in `curate.metrics`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Protocol, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.errors import UsageError
+from curate.progress import QUIET, Progress
+from curate.shards import DEFAULT_BATCH_SIZE, ROW_COLUMN, ColumnSpec
+
+_NOT_STAGES = {"base"}
+
+
+class BatchSource(Protocol):
+    """A re-readable ordered stream: the input shards or a previous stage's kept rows."""
+
+    num_rows: int
+    schema: pa.Schema
+
+    def batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]: ...
+
+
+@dataclass
+class StageContext:
+    """What a stage may know about the run it is in."""
+
+    name: str
+    columns: ColumnSpec = field(default_factory=ColumnSpec)
+    seed: int = 0
+    batch_size: int = DEFAULT_BATCH_SIZE
+    workers: int = 1
+    work_dir: Path = Path(".")
+    output_dir: Path = Path(".")
+    progress: Progress = QUIET
+    report: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def text_column(self) -> str:
+        return self.columns.text
+
+    @property
+    def id_column(self) -> str:
+        return self.columns.id
+
+
+class Stage:
+    """Base class: subclasses set `kind`, take keyword options in `__init__`, override
+    `transform` and, when they need the whole corpus, `fit` (with `needs_fit = True`)."""
+
+    kind: ClassVar[str] = ""
+    needs_fit: ClassVar[bool] = False
+
+    def fit(self, source: BatchSource, ctx: StageContext) -> "Stage":
+        return self
+
+    def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+        raise NotImplementedError
+
+    def finish(self, ctx: StageContext) -> None:
+        """Called once after the last batch: write side outputs (centroids, schedules)."""
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        params = inspect.signature(cls.__init__).parameters
+        return [n for n, p in params.items() if n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        params = inspect.signature(cls.__init__).parameters
+        return {n: p.default for n, p in params.items() if n in cls.option_names() and p.default is not inspect.Parameter.empty}
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], where: str = "pipeline") -> "Stage":
+        """Build from user options, with one-line errors that list what is valid."""
+        valid = cls.option_names()
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise UsageError(
+                f"stage '{cls.kind}' has no option {', '.join(repr(u) for u in unknown)}",
+                path=where,
+                fix=f"valid options for '{cls.kind}': {', '.join(valid) or 'none'}",
+            )
+        defaults = cls.option_defaults()
+        for name, value in options.items():
+            default = defaults.get(name)
+            if default is not None and not _type_fits(value, default):
+                raise UsageError(
+                    f"option '{name}' of stage '{cls.kind}' should be {type(default).__name__}, got {value!r}",
+                    path=where,
+                    fix=f"set {name} = {default!r} or another {type(default).__name__}",
+                )
+        try:
+            return cls(**options)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"stage '{cls.kind}': {exc}", path=where, fix=f"check the options of '{cls.kind}'") from None
+
+    def get_params(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.option_names() if hasattr(self, name)}
+
+
+def _type_fits(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return True
+
+
+# ---------------------------------------------------------------------------------------
+# Registry: a stage kind is the module name under curate/stages, which defines STAGE.
+
+
+def available_kinds() -> list[str]:
+    import curate.stages as package
+
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_") and m.name not in _NOT_STAGES)
+
+
+def stage_class(kind: str, where: str = "pipeline") -> type[Stage]:
+    kinds = available_kinds()
+    if kind not in kinds:
+        raise UsageError(f"unknown stage kind '{kind}'", path=where, fix=f"use one of: {', '.join(kinds)}")
+    try:
+        module = importlib.import_module(f"curate.stages.{kind}")
+    except ImportError as exc:
+        raise UsageError(
+            f"stage '{kind}' needs a package that is not installed ({exc.name or exc})",
+            path=where,
+            fix=f"pip install {exc.name or 'the missing package'}",
+        ) from None
+    return module.STAGE
+
+
+# ---------------------------------------------------------------------------------------
+# Small helpers most stages need.
+
+
+def split_batch(batch: pa.RecordBatch, remove_mask: np.ndarray) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+    """(kept rows, removed rows) of a batch by a boolean mask."""
+    mask = pa.array(remove_mask, pa.bool_())
+    return batch.filter(pc.invert(mask)), batch.filter(mask)
+
+
+def row_ordinals(batch: pa.RecordBatch) -> np.ndarray:
+    return batch.column(ROW_COLUMN).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+class IdLookup:
+    """Ids of selected row ordinals, gathered in one streaming pass over (id, ordinal) only.
+
+    Lets `transform` name a representative that lives in another batch or shard without the
+    stage holding every id in memory."""
+
+    def __init__(self, ordinals: np.ndarray, ids: pa.Array):
+        order = np.argsort(ordinals, kind="stable")
+        self._ordinals = np.asarray(ordinals, dtype=np.int64)[order]
+        self._ids = ids.take(pa.array(order)) if len(ids) else ids
+
+    @classmethod
+    def collect(cls, source: BatchSource, ordinals: np.ndarray, id_column: str) -> "IdLookup":
+        wanted = np.unique(np.asarray(ordinals, dtype=np.int64))
+        found_rows: list[np.ndarray] = []
+        found_ids: list[pa.Array] = []
+        if len(wanted):
+            for batch in source.batches(columns=[id_column]):
+                rows = row_ordinals(batch)
+                hit = sorted_member(wanted, rows)
+                if hit.any():
+                    found_rows.append(rows[hit])
+                    found_ids.append(_string_ids(batch.column(id_column)).filter(pa.array(hit)))
+        rows = np.concatenate(found_rows) if found_rows else np.empty(0, np.int64)
+        ids = pa.concat_arrays(found_ids) if found_ids else pa.array([], pa.string())
+        if len(rows) != len(wanted):
+            raise RuntimeError(f"id lookup found {len(rows)} of {len(wanted)} rows")
+        return cls(rows, ids)
+
+    def __call__(self, ordinals: np.ndarray) -> pa.Array:
+        pos = np.searchsorted(self._ordinals, ordinals)
+        return self._ids.take(pa.array(pos))
+
+
+def _string_ids(ids: pa.Array) -> pa.Array:
+    from curate.ledger import ids_as_strings
+
+    return ids_as_strings(ids)
+
+
+def sorted_member(sorted_values: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """np.isin for a sorted, unique `sorted_values`, without re-sorting it each call."""
+    if len(sorted_values) == 0:
+        return np.zeros(len(query), dtype=bool)
+    pos = np.searchsorted(sorted_values, query)
+    pos[pos == len(sorted_values)] = 0
+    return sorted_values[pos] == query
