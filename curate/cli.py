@@ -258,7 +258,9 @@ def inspect(output: Path = typer.Argument(..., help="Output directory of a finis
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: user errors become one line and exit 2; bugs exit 1."""
     try:
-        app(args=argv, standalone_mode=False)
+        result = app(args=argv, standalone_mode=False)
+        if isinstance(result, int) and result:
+            sys.exit(result)  # typer.Exit(n) is returned, not raised, outside standalone mode
     except CurateError as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

@@ -307,6 +307,7 @@ def _run_input_check(inputs: InputSet, spec: PipelineSpec, stages_root: Path, en
                     bad = str_ids[int(np.nonzero(repeated)[0][0])].as_py()
                     raise InputError(f"duplicate id {bad!r}", path=file.path, fix=f"make '{id_col}' unique across all shards, or pick another --id-column")
                 texts = batch.column(text_col)
+                _check_utf8(texts, file.path, text_col)
                 if texts.null_count:
                     nulls = pc.is_null(texts)
                     if not spec.drop_null_text:
@@ -321,6 +322,18 @@ def _run_input_check(inputs: InputSet, spec: PipelineSpec, stages_root: Path, en
                 bar.advance(batch.num_rows)
     writer.close()
     entry.update(status="done", rows_in=inputs.num_rows, rows_out=inputs.num_rows - null_text, rows_removed=null_text, seconds=round(time.perf_counter() - started, 3), info={})
+
+
+def _check_utf8(texts: pa.Array, path: str, column: str) -> None:
+    """Parquet readers do not validate string bytes; a stage would fail later, far from the cause."""
+    try:
+        texts.validate(full=True)
+    except pa.ArrowInvalid as exc:
+        raise InputError(
+            f"column '{column}' holds bytes that are not valid UTF-8 ({exc})",
+            path=path,
+            fix="re-encode the text as UTF-8 (e.g. decode with errors='replace') before curating",
+        ) from None
 
 
 def _stage_dir_name(position: int, name: str) -> str:

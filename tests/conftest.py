@@ -1,0 +1,51 @@
+"""Fixtures: small corpora generated in code (no network, no shared data needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+WORDS = (
+    "data curation pipeline shard parquet text model train budget pool prune dedup near exact "
+    "semantic embedding cluster prototype loss window epoch sample token corpus quality score"
+).split()
+
+
+def random_texts(n: int, seed: int = 0, dup_rate: float = 0.2, min_words: int = 3, max_words: int = 12) -> list[str]:
+    """Texts with planted exact duplicates (copies of earlier texts)."""
+    rng = np.random.default_rng(seed)
+    texts: list[str] = []
+    for i in range(n):
+        if texts and rng.random() < dup_rate:
+            texts.append(texts[int(rng.integers(len(texts)))])
+        else:
+            k = int(rng.integers(min_words, max_words + 1))
+            texts.append(" ".join(rng.choice(WORDS, size=k)) + f" {i % 7}")
+    return texts
+
+
+def write_shards(directory: Path, texts: Sequence[str], shards: int = 3, ids: Sequence[str] | None = None, extra: dict | None = None) -> Path:
+    """Split texts into `shards` files in order; ids default to 'doc-<i>'."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ids = list(ids) if ids is not None else [f"doc-{i:06d}" for i in range(len(texts))]
+    bounds = np.linspace(0, len(texts), shards + 1).astype(int)
+    for s in range(shards):
+        lo, hi = bounds[s], bounds[s + 1]
+        columns = {"id": ids[lo:hi], "text": list(texts[lo:hi]), "n": list(range(lo, hi))}
+        for name, values in (extra or {}).items():
+            columns[name] = list(values[lo:hi])
+        types = {"id": pa.string(), "text": pa.string(), "n": pa.int64()}
+        table = pa.table({k: pa.array(v, types.get(k)) for k, v in columns.items()})
+        pq.write_table(table, directory / f"shard-{s:03d}.parquet")
+    return directory
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> tuple[Path, list[str]]:
+    texts = random_texts(500, seed=1)
+    return write_shards(tmp_path / "in", texts, shards=4), texts

@@ -1,0 +1,155 @@
+"""The CLI contract: exit codes, one-line errors that name the file and the fix, no output on failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curate.cli import main
+from curate.shards import list_parts, read_parts
+
+from conftest import random_texts, write_shards
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return info.value.code or 0, captured.out, captured.err
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, list[str], str]]:
+    """name -> (input path, extra args, text the message must contain)."""
+    cases = {}
+    good = write_shards(tmp / "good", random_texts(40), shards=2)
+
+    corrupt = write_shards(tmp / "corrupt", random_texts(40), shards=2)
+    last = sorted(corrupt.glob("*.parquet"))[-1]
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    cases["truncated parquet"] = (corrupt, [], last.name)
+
+    missing = tmp / "missing-col"
+    missing.mkdir()
+    pq.write_table(pa.table({"id": ["a"], "body": ["x"]}), missing / "m.parquet")
+    cases["missing text column"] = (missing, [], "--text-column")
+
+    wrong = tmp / "wrong-type"
+    wrong.mkdir()
+    pq.write_table(pa.table({"id": ["a"], "text": [1.5]}), wrong / "w.parquet")
+    cases["text not a string"] = (wrong, [], "w.parquet")
+
+    binary = tmp / "binary"
+    binary.mkdir()
+    pq.write_table(pa.table({"id": ["a"], "text": [b"\xff\xfe"]}), binary / "b.parquet")
+    cases["binary text column"] = (binary, [], "UTF-8")
+
+    nulls = write_shards(tmp / "nulls", ["a", None, "b"], shards=1)
+    cases["null texts"] = (nulls, [], "--drop-null-text")
+
+    dup_ids = write_shards(tmp / "dup-ids", ["a", "b", "c"], shards=1, ids=["x", "y", "x"])
+    cases["duplicate ids"] = (dup_ids, [], "duplicate id 'x'")
+
+    empty = tmp / "empty-dir"
+    empty.mkdir()
+    cases["empty input directory"] = (empty, [], "no .parquet files")
+    cases["missing input directory"] = (tmp / "does-not-exist", [], "does not exist")
+
+    not_utf8 = tmp / "not-utf8"
+    not_utf8.mkdir()
+    arr = pa.array([b"ok", b"\xff bad"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"id": ["a", "b"], "text": arr}), not_utf8 / "u.parquet")
+    cases["invalid UTF-8 in the text"] = (not_utf8, [], "u.parquet")
+    return cases
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "truncated parquet",
+        "missing text column",
+        "text not a string",
+        "binary text column",
+        "null texts",
+        "duplicate ids",
+        "empty input directory",
+        "missing input directory",
+        "invalid UTF-8 in the text",
+    ],
+)
+def test_bad_input_is_exit_2_with_one_line_and_no_kept_output(tmp_path, capsys, case):
+    source, extra, needle = _bad_inputs(tmp_path)[case]
+    out = tmp_path / "out"
+    code, _, err = run_cli(["dedup", "-i", str(source), "-o", str(out), "--method", "exact", "--quiet", *extra], capsys)
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert needle in lines[0]
+    assert "fix:" in lines[0] or "does not exist" in lines[0]
+    assert "Traceback" not in err
+    assert not (out / "kept").exists()
+
+
+def test_malformed_pipeline_is_exit_2(tmp_path, capsys, corpus):
+    source, _ = corpus
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text("[[stage]]\nkind = 'exact'\nfoo = \n")
+    code, _, err = run_cli(["run", str(pipeline), "-i", str(source), "-o", str(tmp_path / "o")], capsys)
+    assert code == 2 and "p.toml" in err and "malformed TOML" in err
+
+
+def test_unknown_method_is_exit_2(tmp_path, capsys, corpus):
+    source, _ = corpus
+    code, _, err = run_cli(["dedup", "-i", str(source), "-o", str(tmp_path / "o"), "--method", "fuzzy"], capsys)
+    assert code == 2 and "exact, minhash or semantic" in err
+
+
+def test_dedup_then_verify_and_inspect(tmp_path, capsys, corpus):
+    source, texts = corpus
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(["dedup", "-i", str(source), "-o", str(out), "--method", "exact"], capsys)
+    assert code == 0 and "exact" in stdout
+    code, stdout, _ = run_cli(["verify", str(out)], capsys)
+    assert code == 0 and f"{len(texts):,} input rows" in stdout
+    code, stdout, _ = run_cli(["inspect", str(out)], capsys)
+    assert code == 0 and "exact_duplicate" in stdout
+
+
+def test_verify_fails_with_the_offending_ids_when_a_row_is_lost(tmp_path, capsys, corpus):
+    source, _ = corpus
+    out = tmp_path / "out"
+    run_cli(["dedup", "-i", str(source), "-o", str(out), "--quiet"], capsys)
+    part = list_parts(out / "kept")[0]
+    table = pq.read_table(part)
+    pq.write_table(table.slice(1), part)
+    lost = table.column("id")[0].as_py()
+    code, _, err = run_cli(["verify", str(out)], capsys)
+    assert code == 1 and lost in err
+
+
+def test_drop_null_text_flag(tmp_path, capsys):
+    source = write_shards(tmp_path / "in", ["a", None, "b"], shards=1)
+    out = tmp_path / "out"
+    code, _, _ = run_cli(["dedup", "-i", str(source), "-o", str(out), "--drop-null-text", "--quiet"], capsys)
+    assert code == 0
+    assert read_parts(out / "removed").column("reason").to_pylist() == ["null_text"]
+
+
+def test_set_passes_stage_options(tmp_path, capsys):
+    source = write_shards(tmp_path / "in", ["Hello  World", "hello world"], shards=1)
+    out = tmp_path / "out"
+    code, _, _ = run_cli(["dedup", "-i", str(source), "-o", str(out), "--set", "normalize=true", "--quiet"], capsys)
+    assert code == 0 and read_parts(out / "removed").num_rows == 1
+
+
+def test_demo_runs_and_verifies(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, stdout, _ = run_cli(["demo", "-o", str(out), "--quiet"], capsys)
+    assert code == 0 and "demo corpus: 6,000 rows" in stdout
+    code, _, _ = run_cli(["verify", str(out)], capsys)
+    assert code == 0
+    code, _, _ = run_cli(["demo", "-o", str(out), "--quiet"], capsys)
+    assert code == 0, "the demo can run again into its own output"
