@@ -322,16 +322,24 @@ def _densify(sig: np.ndarray, num_perm: int, seed: int) -> None:
     order, rank = _probe_tables(num_perm, seed)
     small = needs[n_filled[needs] <= _SMALL_DENSIFY]
     large = needs[n_filled[needs] > _SMALL_DENSIFY]
-    # Few filled bins: the source of bin k is the filled bin of least rank in k's order.
+    # Few filled bins: bin k copies the filled bin of least rank in k's order; walk the m
+    # filled bins keeping the best so far, on (g, K) blocks (rank_by_bin[j, k] = rank[k, j]).
+    rank_by_bin = np.ascontiguousarray(rank.T)
     for m in np.unique(n_filled[small]):
         group = small[n_filled[small] == m]
-        step = max(1, 4_000_000 // (num_perm * int(m)))
-        for lo in range(0, len(group), step):  # bounded (K, g, m) rank blocks
-            rows = group[lo : lo + step]
-            nonempty = np.nonzero(filled[rows])[1].reshape(len(rows), m)  # (g, m) filled bins
-            best = np.argmin(rank[:, nonempty], axis=2)  # (K, g): least rank among filled bins
-            source = np.take_along_axis(nonempty, best.T, axis=1)  # (g, K)
-            sig[rows] = np.take_along_axis(sig[rows], source, axis=1)
+        for lo in range(0, len(group), 8192):
+            rows = group[lo : lo + 8192]
+            block = sig[rows]
+            nonempty = np.nonzero(block != EMPTY)[1].reshape(len(rows), m)  # (g, m) filled bins
+            values = np.take_along_axis(block, nonempty, axis=1)  # (g, m)
+            best_rank = rank_by_bin[nonempty[:, 0]]
+            best = np.repeat(values[:, :1], num_perm, axis=1)
+            for t in range(1, int(m)):
+                cand = rank_by_bin[nonempty[:, t]]
+                better = cand < best_rank
+                best_rank = np.where(better, cand, best_rank)
+                best = np.where(better, values[:, t : t + 1], best)
+            sig[rows] = best
     # Many filled bins: probe each empty bin's order until a filled bin (a few steps on average).
     if len(large):
         block = sig[large]
@@ -361,6 +369,7 @@ def _false_negative_area(threshold: float, bands: int, rows: int, grid: int = 20
     return float(np.trapezoid((1.0 - s**rows) ** bands, s))
 
 
+@functools.lru_cache(maxsize=64)
 def optimal_bands(threshold: float, num_perm: int, false_positive_weight: float = 0.5, false_negative_weight: float = 0.5) -> tuple[int, int]:
     """(bands, rows), bands * rows <= num_perm, minimizing the weighted areas under the LSH
     S-curve 1 - (1 - s^r)^b below the threshold (false positives) and above it (false
