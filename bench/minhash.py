@@ -178,7 +178,7 @@ def run_rensa(shards: Path, threshold: float, ngram: int, num_perm: int, bands: 
 
     started = time.perf_counter()
     ids, texts = read_corpus(shards)
-    lsh = RMinHashLSH(threshold, num_perm, bands)  # rensa needs bands | num_perm
+    lsh = RMinHashLSH(threshold, num_perm, bands)
     removed = set()
     for index, (doc_id, text) in enumerate(zip(ids, texts)):
         shingles = reference_shingles(text, ngram)
@@ -259,7 +259,7 @@ def write_shards(table: pa.Table, out: Path, shards: int) -> Path:
 
 
 def bench_corpus(name: str, table: pa.Table, args: argparse.Namespace, tmp: Path) -> list[Result]:
-    from curate.metrics.minhash import optimal_bands
+    from curate.stages.minhash import MinHashDedup
 
     shards = write_shards(table.select(["id", "text"]), tmp / f"{name}-in", args.shards)
     texts = table.column("text").to_pylist()
@@ -285,9 +285,11 @@ def bench_corpus(name: str, table: pa.Table, args: argparse.Namespace, tmp: Path
     gc.collect()
     seconds, removed = run_datasketch(shards, args.threshold, args.ngram, args.num_perm)
     add("datasketch loop", seconds, removed)
-    bands, _ = optimal_bands(args.threshold, args.num_perm)
+    ours, _ = MinHashDedup(threshold=args.threshold, num_perm=args.num_perm).lsh_shape()
+    # rensa needs bands to divide num_perm: the divisor closest to our band count
+    bands = min((d for d in range(1, args.num_perm + 1) if args.num_perm % d == 0), key=lambda d: (abs(d - ours), d))
     for peer, runner in (
-        ("rensa loop", lambda: run_rensa(shards, args.threshold, args.ngram, args.num_perm, bands)),
+        (f"rensa loop ({bands} bands)", lambda: run_rensa(shards, args.threshold, args.ngram, args.num_perm, bands)),
         ("datatrove", lambda: run_datatrove(shards, tmp / f"{name}-datatrove", args.ngram, args.workers)),
     ):
         if peer.split()[0] in args.skip:

@@ -1,10 +1,11 @@
 """MinHash LSH near-dup stage: a thin streaming wrapper around `curate.metrics.minhash`.
 
 fit, pass 1: signatures chunk by chunk on `ctx.workers` threads (numpy and Arrow release the
-GIL); only band keys (bands x 8 bytes per row) and row ordinals stay in memory, signatures
-(and, for exact verification, shingle sets) spill to memory maps in `ctx.work_dir`. Then band
-buckets -> candidate pairs -> verification -> connected components, and one id pass for the
-representatives. transform, pass 2: a pure per-batch lookup of the fitted removed rows.
+GIL); only band keys (bands x 8 bytes per row), row ordinals and shingle counts stay in memory;
+signatures (and, for exact verification, the raw shingle hashes) spill to files in
+`ctx.work_dir` read back as memory maps. Then band buckets -> candidate pairs -> verification
+-> connected components, and one id pass for the representatives. transform, pass 2: a pure
+per-batch lookup of the fitted removed rows.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ VERIFY_MODES = ("estimate", "exact", "none")
 UNITS = ("word", "char")
 _CHUNK_BYTES = 2 << 20  # text bytes per work item: fits the per-byte arrays in cache-ish sizes
 _CHUNK_ROWS = 8192  # rows per work item, so short-text batches still spread over workers
-_PAIR_BLOCK = 65536  # candidate pairs verified per block (bounded signature gathers)
+_PAIR_BLOCK = 65536  # candidate pairs estimated per block (bounded signature gathers)
+_EXACT_BLOCK = 1_000_000  # shingles gathered per exact-Jaccard block (small: later blocks skip joined pairs)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -101,68 +103,67 @@ class MinHashDedup(Stage):
         self.bands_, self.rows_ = bands, rows
         work = Path(ctx.work_dir)
         work.mkdir(parents=True, exist_ok=True)
-        sig_path, sets_path = work / "signatures.u32", work / "shingles.u64"
+        sig_path, shingle_path = work / "signatures.u32", work / "shingles.u64"
         ordinals: list[np.ndarray] = []
         keys: list[np.ndarray] = []
-        nonempty: list[np.ndarray] = []
+        counts: list[np.ndarray] = []
         exact = self.verify == "exact"
 
-        def sketch(item: tuple[np.ndarray, pa.Array]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        def sketch(item: tuple[np.ndarray, pa.Array]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             chunk_rows, texts = item
             shingles, offsets = mh.text_shingles(texts, self.ngram, self.unit, ctx.seed)  # type: ignore[arg-type]
             sig = mh.signatures(shingles, offsets, self.num_perm, ctx.seed)
-            return chunk_rows, sig, mh.band_keys(sig, bands, rows, ctx.seed), np.diff(offsets) > 0
+            return chunk_rows, sig, mh.band_keys(sig, bands, rows, ctx.seed), shingles, np.diff(offsets)
 
-        with ctx.progress.task(f"{ctx.name}: signatures", total=source.num_rows) as bar, open(sig_path, "wb") as sig_file:
-            for chunk_rows, sig, band, has in ordered_map(sketch, self._chunks(source, ctx, bar), max(1, ctx.workers)):
+        with (
+            ctx.progress.task(f"{ctx.name}: signatures", total=source.num_rows) as bar,
+            open(sig_path, "wb") as sig_file,
+            open(shingle_path, "wb") as shingle_file,
+        ):
+            for chunk_rows, sig, band, shingles, chunk_counts in ordered_map(sketch, self._chunks(source, ctx, bar), max(1, ctx.workers)):
                 ordinals.append(chunk_rows)
                 keys.append(band)
-                nonempty.append(has)
+                counts.append(chunk_counts)
                 sig_file.write(sig.tobytes())
+                if exact:  # raw shingle hashes, for exact Jaccard of the few inconclusive pairs
+                    shingle_file.write(shingles.tobytes())
         hashed = time.perf_counter()
 
         rows_all = np.concatenate(ordinals) if ordinals else np.empty(0, np.int64)
         if len(rows_all) > 1 and not (np.diff(rows_all) > 0).all():
             raise RuntimeError("minhash: source rows are not in increasing ordinal order")
         n = len(rows_all)
+        shingle_counts = np.concatenate(counts) if counts else np.empty(0, np.int64)
         sig = _open_matrix(sig_path, np.uint32, n, self.num_perm)
         band_all = np.concatenate(keys) if keys else np.empty((0, bands), np.uint64)
-        has_shingles = np.flatnonzero(np.concatenate(nonempty)) if n else np.empty(0, np.int64)
-        del keys, nonempty
+        del keys, counts, ordinals
         # Texts without shingles never join a bucket (the exact stage owns empty texts).
+        has_shingles = np.flatnonzero(shingle_counts > 0)
         local_i, local_j = mh.bucket_pairs(band_all[has_shingles])
         cand_i, cand_j = has_shingles[local_i], has_shingles[local_j]
         del band_all
         bucketed = time.perf_counter()
 
-        sets = set_offsets = None
-        if exact:  # shingle sets of candidate rows only, from one more pass over their texts
-            members = np.unique(np.concatenate([cand_i, cand_j]))
-            sets, set_offsets = self._candidate_sets(source, ctx, rows_all[members], sets_path)
-            cand_i, cand_j = np.searchsorted(members, cand_i), np.searchsorted(members, cand_j)
-            sig_i, sig_j = members[cand_i], members[cand_j]
-        else:
-            sig_i, sig_j = cand_i, cand_j
         est = np.empty(len(cand_i), dtype=np.float64)
-        keep = np.ones(len(cand_i), dtype=bool)
-        with ctx.progress.task(f"{ctx.name}: verifying", total=len(cand_i), unit="pairs") as vbar:
-            for lo in range(0, len(cand_i), _PAIR_BLOCK):
-                block = slice(lo, lo + _PAIR_BLOCK)
-                est[block] = mh.estimated_jaccard(sig[sig_i[block]], sig[sig_j[block]])
-                if sets is not None and set_offsets is not None:
-                    keep[block] = mh.exact_jaccard(sets, set_offsets, cand_i[block], cand_j[block]) >= self.threshold
-                elif self.verify == "estimate":
-                    keep[block] = est[block] >= self.threshold
-                vbar.advance(len(est[block]))
-        groups = mh.duplicate_groups(n, sig_i[keep], sig_j[keep], est[keep])
+        for lo in range(0, len(cand_i), _PAIR_BLOCK):
+            block = slice(lo, lo + _PAIR_BLOCK)
+            est[block] = mh.estimated_jaccard(sig[cand_i[block]], sig[cand_j[block]])
+        if self.verify == "none":
+            keep = np.ones(len(cand_i), dtype=bool)
+        elif self.verify == "estimate":
+            keep = est >= self.threshold
+        else:
+            keep, checked = self._exact_verify(cand_i, cand_j, est, shingle_counts, shingle_path, ctx)
+            ctx.info["exact_checked_pairs"] = checked
+        groups = mh.duplicate_groups(n, cand_i[keep], cand_j[keep], est[keep])
         verified = time.perf_counter()
-        del sig, sets
+        del sig
 
         self.duplicate_rows_ = rows_all[groups.removed]
         self.representatives_ = rows_all[groups.representative]
         self.scores_ = groups.score
         self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx.id_column)
-        for path in (sig_path, sets_path):
+        for path in (sig_path, shingle_path):
             path.unlink(missing_ok=True)
         ctx.info.update(
             bands=bands,
@@ -179,34 +180,46 @@ class MinHashDedup(Stage):
         )
         return self
 
-    def _chunks(self, source: BatchSource, ctx: StageContext, bar, wanted: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, pa.Array]]:
-        """Text chunks of the source in order; only rows with ordinals in `wanted` if given."""
+    def _exact_verify(
+        self, cand_i: np.ndarray, cand_j: np.ndarray, est: np.ndarray, shingle_counts: np.ndarray, shingle_path: Path, ctx: StageContext
+    ) -> tuple[np.ndarray, int]:
+        """Exact Jaccard >= threshold per candidate pair, computed only where it can matter.
+
+        Identical signatures (P <= t^num_perm if J < t) are accepted and estimates more than
+        6 sd below the threshold (P < 1e-9 if J >= t) rejected without a look; the rest go in
+        descending estimate order, in blocks, skipping pairs whose rows an accepted pair has
+        already joined (the groups cannot change). Deterministic: the order depends only on
+        the estimates and row indices."""
+        sd = np.sqrt(self.threshold * (1.0 - self.threshold) / self.num_perm)
+        keep = est >= 1.0
+        check = np.flatnonzero(~keep & (est >= self.threshold - 6.0 * sd))
+        check = check[np.lexsort((check, -est[check]))]
+        offsets = np.concatenate([[0], np.cumsum(shingle_counts)]).astype(np.int64)
+        shingles = _open_vector(shingle_path, np.uint64, int(offsets[-1]))
+        parent = mh.connected_components(len(shingle_counts), cand_i[keep], cand_j[keep])
+        checked = 0
+        with ctx.progress.task(f"{ctx.name}: exact Jaccard", total=len(check), unit="pairs") as bar:
+            work = shingle_counts[cand_i[check]] + shingle_counts[cand_j[check]]
+            block_of = (np.cumsum(work) - work) // _EXACT_BLOCK
+            for block in np.split(check, np.flatnonzero(np.diff(block_of)) + 1) if len(check) else []:
+                bar.advance(len(block))
+                block = block[parent[cand_i[block]] != parent[cand_j[block]]]
+                if len(block) == 0:
+                    continue
+                members, local = np.unique(np.concatenate([cand_i[block], cand_j[block]]), return_inverse=True)
+                sets, set_offsets = mh.unique_sorted_sets(*_gather_ranges(shingles, offsets, members))
+                jac = mh.exact_jaccard(sets, set_offsets, local[: len(block)], local[len(block) :])
+                accepted = block[jac >= self.threshold]
+                keep[accepted] = True
+                parent = mh.connected_components(len(parent), cand_i[accepted], cand_j[accepted], parent)
+                checked += len(block)
+        return keep, checked
+
+    def _chunks(self, source: BatchSource, ctx: StageContext, bar) -> Iterator[tuple[np.ndarray, pa.Array]]:
+        """Text chunks of the source, in order."""
         for batch in source.batches(columns=[ctx.text_column]):
-            rows = row_ordinals(batch)
-            texts = batch.column(ctx.text_column)
-            if wanted is not None:
-                hit = sorted_member(wanted, rows)
-                rows, texts = rows[hit], texts.filter(pa.array(hit))
-            yield from _text_chunks(rows, texts)
+            yield from _text_chunks(row_ordinals(batch), batch.column(ctx.text_column))
             bar.advance(batch.num_rows)
-
-    def _candidate_sets(self, source: BatchSource, ctx: StageContext, wanted: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        """Sorted unique shingle hashes of the `wanted` rows (sorted ordinals), spilled to `path`."""
-
-        def shingle_sets(item: tuple[np.ndarray, pa.Array]) -> tuple[np.ndarray, np.ndarray]:
-            values, offsets = mh.unique_sorted_sets(*mh.text_shingles(item[1], self.ngram, self.unit, ctx.seed))  # type: ignore[arg-type]
-            return values, np.diff(offsets)
-
-        sizes: list[np.ndarray] = []
-        with ctx.progress.task(f"{ctx.name}: candidate shingles", total=source.num_rows) as bar, open(path, "wb") as handle:
-            if len(wanted):
-                for values, counts in ordered_map(shingle_sets, self._chunks(source, ctx, bar, wanted), max(1, ctx.workers)):
-                    handle.write(values.tobytes())
-                    sizes.append(counts)
-        offsets = np.concatenate([[0], np.cumsum(np.concatenate(sizes) if sizes else np.empty(0, np.int64))]).astype(np.int64)
-        if len(offsets) - 1 != len(wanted):
-            raise RuntimeError(f"minhash: found {len(offsets) - 1} of {len(wanted)} candidate rows")
-        return _open_vector(path, np.uint64, int(offsets[-1])), offsets
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         rows = row_ordinals(batch)
@@ -250,6 +263,14 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def _gather_ranges(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """values[offsets[r]:offsets[r + 1]] for each r in rows, concatenated, with new offsets."""
+    lengths = offsets[rows + 1] - offsets[rows]
+    new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    index = np.repeat(offsets[rows] - new_offsets[:-1], lengths) + np.arange(int(new_offsets[-1]), dtype=np.int64)
+    return np.asarray(values[index]), new_offsets
 
 
 def _open_matrix(path: Path, dtype: type, n: int, width: int) -> np.ndarray:
