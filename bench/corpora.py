@@ -1,0 +1,122 @@
+"""Real corpora for benchmarks, assembled from files already on this machine.
+
+`build_long_corpus(dir)` writes a Parquet shard of longer real documents (several KB each):
+Python sources (the standard library and the project venv, where the same module is often
+vendored by several packages: pip/_vendor, setuptools/_vendor, ...), /usr/share/doc files
+(licence texts repeated per package, changelogs) and man pages. Near duplicates there are
+natural: vendored copies at other versions, licence boilerplate, man pages of tool families.
+
+`debian_descriptions()` is the shared short-text corpus (63,666 package descriptions).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DEBIAN_DESCRIPTIONS = Path("/work/shared/data/debian_descriptions.parquet")
+VENV_SITE = Path("/work/main/.venv/lib/python3.11/site-packages")
+
+# (label, root, glob pattern, gzip-compressed)
+LONG_SOURCES: list[tuple[str, Path, str, bool]] = [
+    ("python-stdlib", Path("/usr/lib/python3.11"), "*.py", False),
+    ("python-site", VENV_SITE, "*.py", False),
+    ("doc", Path("/usr/share/doc"), "*", False),
+    ("doc-gz", Path("/usr/share/doc"), "*.gz", True),
+    ("man", Path("/usr/share/man"), "*.gz", True),
+]
+
+
+@dataclass(frozen=True)
+class Corpus:
+    path: Path
+    rows: int
+    bytes: int
+
+
+def debian_descriptions() -> Corpus:
+    meta = pq.read_metadata(DEBIAN_DESCRIPTIONS)
+    return Corpus(DEBIAN_DESCRIPTIONS, meta.num_rows, DEBIAN_DESCRIPTIONS.stat().st_size)
+
+
+def _keep_name(name: str, fraction: float, seed: int) -> bool:
+    """Sample by file *name*, so every vendored copy of a module is kept or dropped together."""
+    digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") < fraction * 2**64
+
+
+def _read_text(path: Path, compressed: bool, max_bytes: int) -> str | None:
+    try:
+        if compressed:
+            with gzip.open(path, "rb") as handle:
+                raw = handle.read(max_bytes + 1)
+        else:
+            if path.stat().st_size > max_bytes:
+                return None
+            raw = path.read_bytes()
+        return raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile):
+        return None
+
+
+def build_long_corpus(
+    out_dir: str | os.PathLike,
+    *,
+    max_docs: int = 8000,
+    min_bytes: int = 2048,
+    max_bytes: int = 65536,
+    fraction: float = 0.75,
+    seed: int = 0,
+) -> Corpus:
+    """Write `out_dir/long.parquet` (columns id, source, text) of up to `max_docs` real documents
+    of `min_bytes`..`max_bytes` UTF-8 bytes; deterministic for a given machine and arguments."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ids: list[str] = []
+    labels: list[str] = []
+    texts: list[str] = []
+    per_source = max_docs // len(LONG_SOURCES)
+    total = 0
+    for index, (label, root, pattern, compressed) in enumerate(LONG_SOURCES):
+        # Leftover quota from earlier, smaller sources goes to the later ones.
+        quota = max_docs - len(ids) if index == len(LONG_SOURCES) - 1 else per_source + max(0, per_source * index - len(ids))
+        taken = 0
+        for path in sorted(root.rglob(pattern)):
+            if taken >= quota:
+                break
+            if not path.is_file() or path.is_symlink():
+                continue
+            if label == "doc" and path.suffix == ".gz":
+                continue
+            if not _keep_name(path.name, fraction, seed):
+                continue
+            text = _read_text(path, compressed, max_bytes)
+            if text is None:
+                continue
+            size = len(text.encode("utf-8"))
+            if not (min_bytes <= size <= max_bytes):
+                continue
+            ids.append(str(path))
+            labels.append(label)
+            texts.append(text)
+            total += size
+            taken += 1
+    table = pa.table({"id": ids, "source": labels, "text": texts})
+    target = out / "long.parquet"
+    pq.write_table(table, target, row_group_size=4096, compression="zstd")
+    return Corpus(target, len(ids), total)
+
+
+if __name__ == "__main__":
+    import sys
+    import time
+
+    started = time.perf_counter()
+    corpus = build_long_corpus(sys.argv[1] if len(sys.argv) > 1 else "/tmp/curate-long-corpus")
+    print(f"{corpus.rows} documents, {corpus.bytes / 1e6:.1f} MB of text -> {corpus.path} ({time.perf_counter() - started:.1f}s)")

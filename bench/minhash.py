@@ -1,0 +1,343 @@
+"""MinHash near-dup benchmark: our stage vs peers on the same real documents, in one run.
+
+For each corpus (the short Debian descriptions and a long-document corpus built from files on
+this machine, see bench/corpora.py), it prints throughput and removal counts of:
+  * ours: `curate.pipeline.run_pipeline` with one minhash stage, end to end (input check,
+    both passes, output written);
+  * datasketch: the plain loop, `MinHash(num_perm=128).update_batch(shingles)` per document,
+    then `MinHashLSH(threshold).query` and `insert` (a document with a hit is a duplicate);
+  * rensa (Rust MinHash) fed the same Python-built shingles, same loop, if installed;
+  * datatrove's four-step MinHash dedup (signatures, buckets, clusters, filter), if installed.
+Quality: the ground truth is exact Jaccard over the same shingles (built here by a plain
+Python reference tokenizer, independent of ours) for all pairs a prefix filter cannot rule
+out (complete for Jaccard >= threshold); the rows to remove are every member but the earliest
+of each connected component. Precision and recall are over removed rows.
+
+    python bench/minhash.py [--long-docs 8000] [--threshold 0.8] [--workers 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.corpora import build_long_corpus, debian_descriptions  # noqa: E402
+from curate.ledger import ids_as_strings  # noqa: E402
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline  # noqa: E402
+from curate.shards import iter_part_batches  # noqa: E402
+
+WORD = re.compile(r"\w+")
+
+
+@dataclass
+class Result:
+    corpus: str
+    method: str
+    seconds: float | None
+    removed: int | None
+    precision: float | None = None
+    recall: float | None = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------
+# Reference shingles (the tokenization contract, written the obvious way in Python).
+
+
+def reference_shingles(text: str, ngram: int) -> list[str]:
+    words = WORD.findall(text.lower())
+    if not words:
+        return []
+    if len(words) < ngram:
+        return [" ".join(words)]
+    return [" ".join(words[i : i + ngram]) for i in range(len(words) - ngram + 1)]
+
+
+def ground_truth(texts: list[str], ngram: int, threshold: float) -> tuple[np.ndarray, dict]:
+    """Indices of rows a perfect near-dup stage removes: exact Jaccard >= threshold edges
+    (prefix filtering for completeness), connected components, all but the earliest member."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    vocab: dict[str, int] = {}
+    sets: list[np.ndarray] = []
+    for text in texts:
+        sets.append(np.unique(np.fromiter((vocab.setdefault(s, len(vocab)) for s in reference_shingles(text, ngram)), dtype=np.int64)))
+    freq = np.zeros(len(vocab), dtype=np.int64)
+    for s in sets:
+        freq[s] += 1
+    rank = np.empty(len(vocab), dtype=np.int64)  # rarest shingles first
+    rank[np.lexsort((np.arange(len(vocab)), freq))] = np.arange(len(vocab))
+    tokens, docs = [], []
+    for d, s in enumerate(sets):
+        if len(s) == 0:
+            continue
+        prefix = len(s) - math.ceil(threshold * len(s) - 1e-9) + 1
+        tokens.append(np.sort(rank[s])[:prefix])
+        docs.append(np.full(prefix, d, dtype=np.int64))
+    tokens_all, docs_all = np.concatenate(tokens), np.concatenate(docs)
+    order = np.lexsort((docs_all, tokens_all))
+    tokens_all, docs_all = tokens_all[order], docs_all[order]
+    bounds = np.flatnonzero(np.diff(tokens_all)) + 1
+    pairs = set()
+    for group in np.split(docs_all, bounds):
+        if len(group) > 1:
+            for a in range(len(group)):
+                for b in range(a + 1, len(group)):
+                    pairs.add((int(group[a]), int(group[b])))
+    edges = []
+    set_objs = [set(s.tolist()) for s in sets]
+    for a, b in pairs:
+        la, lb = len(set_objs[a]), len(set_objs[b])
+        if min(la, lb) < threshold * max(la, lb):
+            continue
+        inter = len(set_objs[a] & set_objs[b])
+        if inter / (la + lb - inter) >= threshold - 1e-12:
+            edges.append((a, b))
+    n = len(texts)
+    if edges:
+        e = np.array(edges, dtype=np.int64)
+        graph = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
+        _, labels = connected_components(graph, directed=False)
+        first = np.full(labels.max() + 1, n, dtype=np.int64)
+        np.minimum.at(first, labels, np.arange(n))
+        removed = np.flatnonzero(first[labels] != np.arange(n))
+    else:
+        removed = np.empty(0, np.int64)
+    return removed, {"candidate_pairs": len(pairs), "true_pairs": len(edges), "vocab": len(vocab)}
+
+
+def score(removed: set[str], truth: set[str]) -> tuple[float, float]:
+    hit = len(removed & truth)
+    precision = hit / len(removed) if removed else 1.0
+    recall = hit / len(truth) if truth else 1.0
+    return precision, recall
+
+
+# ---------------------------------------------------------------------------------------
+# Runners.
+
+
+def run_ours(shards: Path, out: Path, threshold: float, ngram: int, num_perm: int, workers: int, verify: str) -> tuple[float, set[str], dict]:
+    spec = parse_pipeline({"stage": [{"kind": "minhash", "threshold": threshold, "ngram": ngram, "num_perm": num_perm, "verify": verify}]}, "bench")
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    result = run_pipeline(spec, shards, out, RunOptions(workers=workers))
+    seconds = time.perf_counter() - started
+    removed = set()
+    for batch in iter_part_batches(out / "removed", columns=["id"]):
+        removed.update(ids_as_strings(batch.column("id")).to_pylist())
+    stage = result.manifest["stages"][1]
+    return seconds, removed, {"stage_seconds": stage["seconds"], **stage["info"]}
+
+
+def read_corpus(shards: Path) -> tuple[list[str], list[str]]:
+    table = pq.read_table(shards, columns=["id", "text"])
+    return ids_as_strings(table.column("id")).to_pylist(), table.column("text").to_pylist()
+
+
+def run_datasketch(shards: Path, threshold: float, ngram: int, num_perm: int) -> tuple[float, set[str]]:
+    from datasketch import MinHash, MinHashLSH
+
+    started = time.perf_counter()
+    ids, texts = read_corpus(shards)
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    removed = set()
+    for doc_id, text in zip(ids, texts):
+        shingles = reference_shingles(text, ngram)
+        if not shingles:
+            continue
+        m = MinHash(num_perm=num_perm)
+        m.update_batch([s.encode("utf-8") for s in shingles])
+        if lsh.query(m):
+            removed.add(doc_id)
+        else:
+            lsh.insert(doc_id, m)
+    return time.perf_counter() - started, removed
+
+
+def run_rensa(shards: Path, threshold: float, ngram: int, num_perm: int, bands: int) -> tuple[float, set[str]]:
+    from rensa import RMinHash, RMinHashLSH
+
+    started = time.perf_counter()
+    ids, texts = read_corpus(shards)
+    lsh = RMinHashLSH(threshold, num_perm, bands)
+    removed = set()
+    for index, (doc_id, text) in enumerate(zip(ids, texts)):
+        shingles = reference_shingles(text, ngram)
+        if not shingles:
+            continue
+        m = RMinHash(num_perm, 42)
+        m.update(shingles)
+        if lsh.query(m):
+            removed.add(doc_id)
+        else:
+            lsh.insert(index, m)
+    return time.perf_counter() - started, removed
+
+
+def run_datatrove(shards: Path, work: Path, ngram: int, workers: int) -> tuple[float, set[str]]:
+    """datatrove's documented four-step MinHash dedup with its defaults (14 x 8, no verification)."""
+    import logging
+
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import MinhashDedupSignature
+    from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
+    from datatrove.pipeline.readers import ParquetReader
+    from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.utils.hashing import HashConfig
+
+    try:
+        from loguru import logger
+
+        logger.remove()
+    except Exception:  # pragma: no cover - logging only
+        pass
+    logging.disable(logging.WARNING)
+    shutil.rmtree(work, ignore_errors=True)
+    config = MinhashConfig(n_grams=ngram, hash_config=HashConfig(precision=64))
+    tasks = len(list(shards.glob("*.parquet")))
+    started = time.perf_counter()
+    common = {"skip_completed": False, "logging_dir": None}
+    LocalPipelineExecutor(
+        pipeline=[ParquetReader(str(shards)), MinhashDedupSignature(output_folder=str(work / "sigs"), config=config)],
+        tasks=tasks, workers=workers, **common,
+    ).run()
+    LocalPipelineExecutor(
+        pipeline=[MinhashDedupBuckets(input_folder=str(work / "sigs"), output_folder=str(work / "buckets"), config=config)],
+        tasks=config.num_buckets, workers=workers, **common,
+    ).run()
+    LocalPipelineExecutor(
+        pipeline=[MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "remove"), config=config)],
+        tasks=1, **common,
+    ).run()
+    LocalPipelineExecutor(
+        pipeline=[
+            ParquetReader(str(shards)),
+            MinhashDedupFilter(input_folder=str(work / "remove"), exclusion_writer=JsonlWriter(str(work / "removed"))),
+            JsonlWriter(str(work / "kept")),
+        ],
+        tasks=tasks, workers=workers, **common,
+    ).run()
+    seconds = time.perf_counter() - started
+    removed = set()
+    import gzip
+
+    for path in sorted((work / "removed").glob("*.jsonl.gz")):
+        with gzip.open(path, "rt") as handle:
+            for line in handle:
+                removed.add(json.loads(line)["id"])
+    return seconds, removed
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def write_shards(table: pa.Table, out: Path, shards: int) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    step = math.ceil(table.num_rows / shards)
+    for k in range(shards):
+        pq.write_table(table.slice(k * step, step), out / f"part-{k:05d}.parquet", compression="zstd")
+    return out
+
+
+def bench_corpus(name: str, table: pa.Table, args: argparse.Namespace, tmp: Path) -> list[Result]:
+    from curate.stages.minhash import MinHashDedup
+
+    shards = write_shards(table.select(["id", "text"]), tmp / f"{name}-in", args.shards)
+    texts = table.column("text").to_pylist()
+    ids = ids_as_strings(table.column("id")).to_pylist()
+    mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
+    print(f"\n== {name}: {len(texts):,} documents, {mb:.1f} MB of text ==", flush=True)
+    t0 = time.perf_counter()
+    truth_rows, truth_info = ground_truth(texts, args.ngram, args.threshold)
+    truth = {ids[i] for i in truth_rows}
+    print(f"ground truth: {len(truth):,} rows to remove ({truth_info['true_pairs']:,} pairs with exact Jaccard >= {args.threshold}; {time.perf_counter() - t0:.1f}s)", flush=True)
+    results: list[Result] = []
+
+    def add(method: str, seconds: float | None, removed: set[str] | None, note: str = "", extra: dict | None = None) -> None:
+        p, r = score(removed, truth) if removed is not None else (None, None)
+        results.append(Result(name, method, seconds, len(removed) if removed is not None else None, p, r, note, extra or {}))
+        line = f"{method:<22}" + (f"{seconds:8.2f}s {len(texts) / seconds:10,.0f} docs/s {mb / seconds:7.2f} MB/s  removed {len(removed):6,}  P {p:.4f}  R {r:.4f}" if seconds else f"  {note}")
+        print(line, flush=True)
+
+    for verify in args.verify:
+        gc.collect()
+        seconds, removed, info = run_ours(shards, tmp / f"{name}-out-{verify}", args.threshold, args.ngram, args.num_perm, args.workers, verify)
+        add(f"curate ({verify})", seconds, removed, extra=info)
+    gc.collect()
+    seconds, removed = run_datasketch(shards, args.threshold, args.ngram, args.num_perm)
+    add("datasketch loop", seconds, removed)
+    ours, _ = MinHashDedup(threshold=args.threshold, num_perm=args.num_perm).lsh_shape()
+    # rensa needs bands to divide num_perm: the divisor closest to our band count
+    bands = min((d for d in range(1, args.num_perm + 1) if args.num_perm % d == 0), key=lambda d: (abs(d - ours), d))
+    for peer, runner in (
+        (f"rensa loop ({bands} bands)", lambda: run_rensa(shards, args.threshold, args.ngram, args.num_perm, bands)),
+        ("datatrove", lambda: run_datatrove(shards, tmp / f"{name}-datatrove", args.ngram, args.workers)),
+    ):
+        if peer.split()[0] in args.skip:
+            add(peer, None, None, "skipped (--skip)")
+            continue
+        gc.collect()
+        try:
+            seconds, removed = runner()
+            add(peer, seconds, removed)
+        except ImportError as exc:
+            add(peer, None, None, f"not installed ({exc.name}): pip install {peer.split()[0]}")
+    base = next(r for r in results if r.method == "datasketch loop")
+    for r in results:
+        if r.seconds and base.seconds:
+            r.extra["speedup_vs_datasketch"] = round(base.seconds / r.seconds, 2)
+    print("speed-up vs the datasketch loop: " + ", ".join(f"{r.method} {r.extra['speedup_vs_datasketch']:.1f}x" for r in results if "speedup_vs_datasketch" in r.extra))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--long-docs", type=int, default=8000)
+    parser.add_argument("--short-docs", type=int, default=0, help="0: all Debian descriptions")
+    parser.add_argument("--threshold", type=float, default=0.8)
+    parser.add_argument("--ngram", type=int, default=5)
+    parser.add_argument("--num-perm", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--shards", type=int, default=2, help="input shards per corpus (datatrove parallelizes over files)")
+    parser.add_argument("--verify", nargs="+", default=["estimate", "exact"], choices=["estimate", "exact", "none"])
+    parser.add_argument("--corpus", nargs="+", default=["debian", "long"], choices=["debian", "long"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["rensa", "datatrove"])
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    print(f"cores: {os.cpu_count()}, workers: {args.workers}, load average: {os.getloadavg()}")
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="curate-bench-minhash-") as tmp_name:
+        tmp = Path(tmp_name)
+        if "debian" in args.corpus:
+            table = pq.read_table(debian_descriptions().path, columns=["id", "text"])
+            if args.short_docs:
+                table = table.slice(0, args.short_docs)
+            results += bench_corpus("debian", table, args, tmp)
+        if "long" in args.corpus:
+            corpus = build_long_corpus(tmp / "long-src", max_docs=args.long_docs)
+            results += bench_corpus("long", pq.read_table(corpus.path, columns=["id", "text"]), args, tmp)
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+
+
+if __name__ == "__main__":
+    main()

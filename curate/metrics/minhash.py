@@ -1,0 +1,558 @@
+"""MinHash LSH near duplicates as array functions: shingles, signatures, bands, buckets, groups.
+
+Tokenization (the contract the benchmarks' ground truth reimplements in plain Python):
+  * text is lowercased (Unicode lowercase; ASCII by table, other rows by Arrow `utf8_lower`);
+  * word mode: a word is a maximal run of word characters as Python's `re` defines `\\w`
+    (`ch.isalnum() or ch == "_"`); everything else separates words and is dropped.
+    Shingles are the n consecutive words (default n = 5), i.e. `re.findall(r"\\w+", text.lower())`
+    windows;
+  * char mode: whitespace runs collapse to one space, leading/trailing whitespace is dropped,
+    and shingles are n consecutive code points;
+  * a text with fewer than n units (but at least one) is one shingle of all its units;
+    a text with none (empty, whitespace or punctuation only) has no shingles and is never a
+    near duplicate: the exact stage owns those.
+
+Hashing never builds n-gram strings: unit (word or code point) hashes come from unaligned
+8-byte loads of the whole lowercased UTF-8 buffer chained through fmix64, n-gram hashes are
+array arithmetic over consecutive unit hashes, and signatures are one-permutation hashing with
+optimal densification (Shrivastava 2017): one hash per shingle instead of `num_perm`, with the
+same collision probability (the Jaccard similarity) per signature slot as classic MinHash.
+Every random constant comes from splitmix64 of the seed, so results are stable across numpy
+versions and machines.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+EMPTY = np.uint32(0xFFFFFFFF)  # signature slot of a text without shingles
+_M64 = (1 << 64) - 1
+_SMALL_DENSIFY = 16  # up to this many filled bins, densify by rank table; above, by probing
+
+Unit = Literal["word", "char"]
+
+
+# ---------------------------------------------------------------------------------------
+# Random constants and mixing (uint64 arithmetic wraps; numpy does not warn on arrays).
+
+
+def splitmix64(state: np.ndarray) -> np.ndarray:
+    """The splitmix64 output function of `state` (uint64 array): a strong bijective mix."""
+    z = np.asarray(state, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def fmix64(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finalizer: every input bit affects every output bit."""
+    x = x ^ (x >> np.uint64(33))
+    x *= np.uint64(0xFF51AFD7ED558CCD)
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(0xC4CEB9FE1A85EC53)
+    x ^= x >> np.uint64(33)
+    return x
+
+
+def random_u64(seed: int, stream: int, count: int) -> np.ndarray:
+    """`count` pseudo-random uint64 for (seed, stream): independent streams per purpose."""
+    base = splitmix64(np.array([(seed * 0x9E3779B97F4A7C15 + stream * 0xD1B54A32D192ED03) & _M64], dtype=np.uint64))[0]
+    return splitmix64(base + np.arange(count, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+
+
+_STREAM_UNIT, _STREAM_NGRAM, _STREAM_BINPERM, _STREAM_BANDS = 1, 2, 3, 4
+
+
+@functools.lru_cache(maxsize=1)
+def _word_codepoints() -> np.ndarray:
+    """Per code point: is it a regex word character (`str.isalnum() or "_"`)? 1.1 MB, built once."""
+    table = np.zeros(0x110000, dtype=bool)
+    table[[c for c in range(0x110000) if (c < 0xD800 or c > 0xDFFF) and chr(c).isalnum()]] = True
+    table[ord("_")] = True
+    return table
+
+
+@functools.lru_cache(maxsize=1)
+def _space_codepoints() -> np.ndarray:
+    table = np.zeros(0x110000, dtype=bool)
+    table[[c for c in range(0x3001) if chr(c).isspace()]] = True
+    return table
+
+
+_LOW_BYTES = np.array([0] + [(1 << (8 * k)) - 1 for k in range(1, 8)] + [_M64], dtype=np.uint64)
+
+
+# ---------------------------------------------------------------------------------------
+# Text -> unit hashes.
+
+
+def _utf8_view(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, offsets from 0) of a string array; nulls read as empty texts."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if pa.types.is_dictionary(texts.type):
+        texts = texts.dictionary_decode()
+    if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
+        texts = texts.cast(pa.large_string())
+    if texts.null_count:
+        texts = texts.fill_null("")
+    n = len(texts)
+    buffers = texts.buffers()
+    width = np.dtype(np.int64 if pa.types.is_large_string(texts.type) else np.int32)
+    offsets = np.frombuffer(buffers[1], dtype=width, count=n + 1, offset=texts.offset * width.itemsize).astype(np.int64)
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.empty(0, np.uint8)
+    return data[offsets[0] : offsets[-1]], offsets - offsets[0]
+
+
+def lowercase_texts(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Lowercased UTF-8 (bytes, offsets), 8 zero bytes of padding after the end (for unaligned
+    8-byte loads). ASCII is lowercased arithmetically; only rows holding non-ASCII bytes go
+    through Arrow's Unicode `utf8_lower`."""
+    data, offsets = _utf8_view(texts)
+    high = np.flatnonzero(data >= 0x80)
+    if len(high):
+        rows = np.zeros(len(offsets) - 1, dtype=bool)
+        rows[np.searchsorted(offsets, high, side="right") - 1] = True
+        if isinstance(texts, pa.ChunkedArray):
+            texts = texts.combine_chunks()
+        texts = texts.cast(pa.large_string()).fill_null("")
+        mask = pa.array(rows)
+        texts = pc.replace_with_mask(texts, mask, pc.utf8_lower(texts.filter(mask)))
+        data, offsets = _utf8_view(texts)
+    out = np.zeros(len(data) + 8, dtype=np.uint8)
+    upper = (data - np.uint8(ord("A"))) < np.uint8(26)
+    np.bitwise_or(data, upper.view(np.uint8) << np.uint8(5), out=out[: len(data)])
+    return out, offsets
+
+
+def _decode_leads(data: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(code point, byte length) of the multi-byte UTF-8 sequences starting at `pos`."""
+    b0 = data[pos].astype(np.int32)
+    b1, b2, b3 = (data[pos + k].astype(np.int32) & 0x3F for k in (1, 2, 3))  # padding keeps these in range
+    two, three = b0 < 0xE0, b0 < 0xF0
+    cps = np.where(two, ((b0 & 0x1F) << 6) | b1, np.where(three, ((b0 & 0x0F) << 12) | (b1 << 6) | b2, ((b0 & 0x07) << 18) | (b1 << 12) | (b2 << 6) | b3))
+    return cps, np.where(two, 2, np.where(three, 3, 4))
+
+
+def _paint(mask: np.ndarray, pos: np.ndarray, nbytes: np.ndarray, value: np.ndarray) -> None:
+    """Give every byte of the code points at `pos` (of `nbytes` bytes) its code point's flag."""
+    for k in range(4):
+        live = nbytes > k
+        mask[pos[live] + k] = value[live]
+
+
+def hash_segments(padded: np.ndarray, starts: np.ndarray, lengths: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A 64-bit hash of each byte segment `padded[start:start + length]` (length >= 1).
+
+    Reads each segment as little-endian 8-byte words by unaligned loads (one gather per 8 bytes,
+    not per byte), masks the tail and chains the words through fmix64 with the length mixed in:
+    distinct segments of up to 8 bytes never collide (fmix64 is a bijection)."""
+    if len(starts) == 0:
+        return np.empty(0, np.uint64)
+    words = np.ndarray((len(padded) - 7,), dtype="<u8", buffer=padded, strides=(1,))
+    salt = random_u64(seed, _STREAM_UNIT, 3)
+    lengths = lengths.astype(np.int64, copy=False)
+    acc = fmix64((words[starts] & _LOW_BYTES[np.minimum(lengths, 8)]) ^ salt[0] ^ (lengths.astype(np.uint64) * salt[1]))
+    chunk = 1
+    longer = np.flatnonzero(lengths > 8)
+    while len(longer):
+        rest = lengths[longer] - 8 * chunk
+        word = words[starts[longer] + 8 * chunk] & _LOW_BYTES[np.minimum(rest, 8)]
+        acc[longer] = fmix64((acc[longer] + salt[2]) ^ word)
+        longer = longer[rest > 8]
+        chunk += 1
+    return acc
+
+
+def word_hashes(texts: pa.Array, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(hash per word in text order, word offsets per text) for lowercased `\\w+` words."""
+    data, offsets = lowercase_texts(texts)
+    body = data[: len(data) - 8]
+    is_word = ((body - np.uint8(ord("a"))) < np.uint8(26)) | ((body - np.uint8(ord("0"))) < np.uint8(10)) | (body == np.uint8(ord("_")))
+    leads = np.flatnonzero(body >= 0xC0)
+    if len(leads):
+        cps, nbytes = _decode_leads(data, leads)
+        _paint(is_word, leads, nbytes, _word_codepoints()[cps])
+    n = len(body)
+    before = np.zeros(n, dtype=bool)  # word byte just before, in the same text
+    after = np.zeros(n, dtype=bool)  # word byte just after, in the same text
+    if n:
+        before[1:] = is_word[:-1]
+        after[:-1] = is_word[1:]
+        edges = offsets[1:-1][offsets[1:-1] < n]
+        before[edges] = False
+        after[edges - 1] = False
+    starts = np.flatnonzero(is_word & ~before)
+    ends = np.flatnonzero(is_word & ~after) + 1
+    hashes = hash_segments(data, starts, ends - starts, seed)
+    return hashes, np.searchsorted(starts, offsets).astype(np.int64)
+
+
+def char_hashes(texts: pa.Array, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(hash per code point, code point offsets per text), whitespace runs collapsed to one
+    space and trimmed at both ends of every text."""
+    data, offsets = lowercase_texts(texts)
+    body = data[: len(data) - 8]
+    lead_pos = np.flatnonzero((body & np.uint8(0xC0)) != np.uint8(0x80))
+    first = body[lead_pos]
+    nbytes = np.ones(len(lead_pos), dtype=np.int64)
+    space = ((first - np.uint8(9)) < np.uint8(5)) | (first == np.uint8(32)) | ((first - np.uint8(0x1C)) < np.uint8(4))
+    multi = np.flatnonzero(first >= 0xC0)
+    if len(multi):
+        cps, nb = _decode_leads(data, lead_pos[multi])
+        nbytes[multi] = nb
+        space[multi] = _space_codepoints()[cps]
+    unit_offsets = np.searchsorted(lead_pos, offsets)
+    # Drop a space that follows a space or opens its text.
+    opens = np.zeros(len(lead_pos), dtype=bool)
+    opens[unit_offsets[:-1][unit_offsets[:-1] < len(lead_pos)]] = True
+    after_space = np.zeros(len(lead_pos), dtype=bool)
+    after_space[1:] = space[:-1]
+    keep = ~(space & (after_space | opens))
+    # Drop the one space a text may still end with.
+    new_offsets = np.concatenate([[0], np.cumsum(keep)])[unit_offsets]
+    nonempty = new_offsets[1:] > new_offsets[:-1]
+    last = np.flatnonzero(keep)[new_offsets[1:][nonempty] - 1]
+    keep[last[space[last]]] = False
+    new_offsets = np.concatenate([[0], np.cumsum(keep)])[unit_offsets]
+    kept = np.flatnonzero(keep)
+    hashes = hash_segments(data, lead_pos[kept], nbytes[kept], seed)
+    is_space = space[kept]
+    if is_space.any():
+        hashes[is_space] = hash_segments(np.array([32] + [0] * 8, np.uint8), np.array([0]), np.array([1]), seed)[0]
+    return hashes, new_offsets.astype(np.int64)
+
+
+def shingle_hashes(unit_hashes: np.ndarray, unit_offsets: np.ndarray, ngram: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(hash per n-gram shingle, shingle offsets per text) from consecutive unit hashes.
+
+    shingle = fmix64(sum_j unit[i + j] * C_j + k * C_n) over its k units (k = n, or all units
+    of a text shorter than n); C_j random odd constants: order-sensitive, string-free."""
+    n_texts = len(unit_offsets) - 1
+    counts = np.diff(unit_offsets)
+    total = len(unit_hashes)
+    mult = random_u64(seed, _STREAM_NGRAM, ngram + 1) | np.uint64(1)
+    windows = max(total - ngram + 1, 0)
+    full = np.zeros(windows, dtype=np.uint64)
+    for j in range(ngram):
+        full += unit_hashes[j : j + windows] * mult[j]
+    # A window is valid unless a text starts strictly inside it.
+    valid = np.ones(windows, dtype=bool)
+    text_starts = unit_offsets[1:-1]
+    for d in range(1, ngram):
+        at = text_starts - d
+        valid[at[(at >= 0) & (at < windows)]] = False
+    full = full[valid] + (np.full(1, ngram, np.uint64) * mult[ngram])[0]
+    per_text = np.maximum(counts - ngram + 1, 0)
+    short = np.flatnonzero((counts > 0) & (counts < ngram))
+    if len(short):
+        acc = np.zeros(len(short), dtype=np.uint64)
+        for j in range(ngram - 1):
+            live = counts[short] > j
+            acc[live] += unit_hashes[unit_offsets[short[live]] + j] * mult[j]
+        acc += counts[short].astype(np.uint64) * mult[ngram]
+        per_text[short] = 1
+    shingle_offsets = np.concatenate([[0], np.cumsum(per_text)]).astype(np.int64)
+    out = np.empty(int(shingle_offsets[-1]), dtype=np.uint64)
+    if len(short):
+        slots = np.ones(len(out), dtype=bool)
+        slots[shingle_offsets[short]] = False
+        out[slots] = full
+        out[shingle_offsets[short]] = acc
+    else:
+        out[:] = full
+    return fmix64(out), shingle_offsets
+
+
+def text_shingles(texts: pa.Array, ngram: int = 5, unit: Unit = "word", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(shingle hashes, offsets per text): the shingle multiset of every text."""
+    units = word_hashes(texts, seed) if unit == "word" else char_hashes(texts, seed)
+    return shingle_hashes(*units, ngram=ngram, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------
+# Signatures: one-permutation hashing with optimal densification.
+
+
+@functools.lru_cache(maxsize=16)
+def _probe_tables(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per bin k a random probe order over all bins starting at k itself (order[k, 0] = k),
+    and its inverse rank[k, j] = position of bin j in that order."""
+    keys = random_u64(seed, _STREAM_BINPERM, num_perm * num_perm).reshape(num_perm, num_perm)
+    keys[np.arange(num_perm), np.arange(num_perm)] = 0  # the bin itself comes first
+    order = np.argsort(keys, axis=1, kind="stable").astype(np.int32)
+    rank = np.empty_like(order)
+    rank[np.arange(num_perm)[:, None], order] = np.arange(num_perm, dtype=np.int32)[None, :]
+    return order, rank
+
+
+def signatures(shingles: np.ndarray, offsets: np.ndarray, num_perm: int = 128, seed: int = 0) -> np.ndarray:
+    """(n_texts, num_perm) uint32 MinHash signatures; rows of texts without shingles are EMPTY.
+
+    Each shingle hash picks a bin (high 32 bits) and a value (low 32 bits); a bin keeps its
+    minimum value. An empty bin copies the first filled bin in its own random probe order, which
+    makes P[slot equal] = Jaccard exactly as for classic MinHash (optimal densification). 32-bit
+    values: a spurious value match costs 2^-32 per slot, far below the 1/sqrt(num_perm) noise,
+    and halves the spill and the compare bandwidth."""
+    n = len(offsets) - 1
+    sig = np.full((n, num_perm), EMPTY, dtype=np.uint32)
+    if len(shingles) == 0:
+        return sig
+    counts = np.diff(offsets)
+    text_of = np.repeat(np.arange(n, dtype=np.int64), counts)
+    bins = ((shingles >> np.uint64(32)) * np.uint64(num_perm)) >> np.uint64(32)
+    values = np.minimum((shingles & np.uint64(0xFFFFFFFF)).astype(np.uint32), EMPTY - np.uint32(1))
+    np.minimum.at(sig.reshape(-1), text_of * num_perm + bins.astype(np.int64), values)
+    _densify(sig, num_perm, seed)
+    return sig
+
+
+def _densify(sig: np.ndarray, num_perm: int, seed: int) -> None:
+    filled = sig != EMPTY
+    n_filled = filled.sum(axis=1)
+    needs = np.flatnonzero((n_filled > 0) & (n_filled < num_perm))
+    if len(needs) == 0:
+        return
+    order, rank = _probe_tables(num_perm, seed)
+    small = needs[n_filled[needs] <= _SMALL_DENSIFY]
+    large = needs[n_filled[needs] > _SMALL_DENSIFY]
+    # Few filled bins: bin k copies the filled bin of least rank in k's order; walk the m
+    # filled bins keeping the best so far, on (g, K) blocks (rank_by_bin[j, k] = rank[k, j]).
+    rank_by_bin = np.ascontiguousarray(rank.T)
+    for m in np.unique(n_filled[small]):
+        group = small[n_filled[small] == m]
+        for lo in range(0, len(group), 8192):
+            rows = group[lo : lo + 8192]
+            block = sig[rows]
+            nonempty = np.nonzero(block != EMPTY)[1].reshape(len(rows), m)  # (g, m) filled bins
+            values = np.take_along_axis(block, nonempty, axis=1)  # (g, m)
+            best_rank = rank_by_bin[nonempty[:, 0]]
+            best = np.repeat(values[:, :1], num_perm, axis=1)
+            for t in range(1, int(m)):
+                cand = rank_by_bin[nonempty[:, t]]
+                better = cand < best_rank
+                best_rank = np.where(better, cand, best_rank)
+                best = np.where(better, values[:, t : t + 1], best)
+            sig[rows] = best
+    # Many filled bins: probe each empty bin's order until a filled bin (a few steps on average).
+    if len(large):
+        block = sig[large]
+        block_filled = filled[large]
+        r, k = np.nonzero(~block_filled)
+        step = 1
+        while len(r):
+            cand = order[k, step]
+            hit = block_filled[r, cand]
+            block[r[hit], k[hit]] = block[r[hit], cand[hit]]
+            r, k = r[~hit], k[~hit]
+            step += 1
+        sig[large] = block
+
+
+# ---------------------------------------------------------------------------------------
+# LSH parameters, band keys, buckets.
+
+
+def _false_positive_area(threshold: float, bands: int, rows: int, grid: int = 2049) -> float:
+    s = np.linspace(0.0, threshold, grid)
+    return float(np.trapezoid(1.0 - (1.0 - s**rows) ** bands, s))
+
+
+def _false_negative_area(threshold: float, bands: int, rows: int, grid: int = 2049) -> float:
+    s = np.linspace(threshold, 1.0, grid)
+    return float(np.trapezoid((1.0 - s**rows) ** bands, s))
+
+
+@functools.lru_cache(maxsize=64)
+def optimal_bands(threshold: float, num_perm: int, false_positive_weight: float = 0.5, false_negative_weight: float = 0.5) -> tuple[int, int]:
+    """(bands, rows), bands * rows <= num_perm, minimizing the weighted areas under the LSH
+    S-curve 1 - (1 - s^r)^b below the threshold (false positives) and above it (false
+    negatives); the criterion datasketch uses, integrated here on a fine grid."""
+    best, best_err = (1, 1), float("inf")
+    for bands in range(1, num_perm + 1):
+        for rows in range(1, num_perm // bands + 1):
+            err = false_positive_weight * _false_positive_area(threshold, bands, rows) + false_negative_weight * _false_negative_area(threshold, bands, rows)
+            if err < best_err - 1e-12:
+                best, best_err = (bands, rows), err
+    return best
+
+
+def candidate_probability(similarity: np.ndarray | float, bands: int, rows: int) -> np.ndarray:
+    """P[two texts of Jaccard s share at least one band] = 1 - (1 - s^r)^b."""
+    s = np.asarray(similarity, dtype=np.float64)
+    return 1.0 - (1.0 - s**rows) ** bands
+
+
+def band_keys(sig: np.ndarray, bands: int, rows: int, seed: int = 0) -> np.ndarray:
+    """(n, bands) uint64: each band's `rows` slots chained through fmix64 (a 64-bit collision
+    between different bands contents is ~2^-64, so equal keys mean equal slots)."""
+    if bands * rows > sig.shape[1]:
+        raise ValueError(f"bands x rows = {bands * rows} exceeds num_perm = {sig.shape[1]}")
+    salt = random_u64(seed, _STREAM_BANDS, bands)
+    keys = np.empty((sig.shape[0], bands), dtype=np.uint64)
+    for b in range(bands):
+        block = sig[:, b * rows : (b + 1) * rows].astype(np.uint64)
+        acc = np.full(sig.shape[0], salt[b], dtype=np.uint64)
+        for t in range(0, rows, 2):
+            word = block[:, t] << np.uint64(32)
+            if t + 1 < rows:
+                word |= block[:, t + 1]
+            acc = fmix64(acc ^ word) + np.uint64(0x9E3779B97F4A7C15)
+        keys[:, b] = acc
+    return keys
+
+
+def bucket_pairs(keys: np.ndarray, all_pairs_max: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs (i < j, row indices) of rows that share a key in any band column.
+
+    Buckets come from sorting each band's keys (no Python dicts). A bucket of up to
+    `all_pairs_max` rows yields all its pairs; a larger one yields every member paired with the
+    bucket's first (smallest index) member and with its predecessor, so work stays linear while
+    every member still has a path to the rest (bands give more paths)."""
+    firsts, seconds = [], []
+    n = keys.shape[0]
+    for b in range(keys.shape[1]):
+        order = np.argsort(keys[:, b], kind="stable")
+        sorted_keys = keys[order, b]
+        boundary = np.ones(n + 1, dtype=bool)
+        boundary[1:n] = sorted_keys[1:] != sorted_keys[:-1]
+        starts = np.flatnonzero(boundary)
+        sizes = np.diff(starts)
+        run_starts, run_sizes = starts[:-1][sizes > 1], sizes[sizes > 1]
+        if len(run_sizes) == 0:
+            continue
+        small = run_sizes <= all_pairs_max
+        for size in np.unique(run_sizes[small]):
+            base = run_starts[small & (run_sizes == size)]
+            a, c = np.triu_indices(int(size), k=1)
+            firsts.append(order[(base[:, None] + a[None, :]).ravel()])
+            seconds.append(order[(base[:, None] + c[None, :]).ravel()])
+        big_starts, big_sizes = run_starts[~small], run_sizes[~small]
+        if len(big_sizes):
+            tails = big_sizes - 1
+            head = np.repeat(big_starts, tails)
+            member = head + np.arange(int(tails.sum()), dtype=np.int64) - np.repeat(np.cumsum(tails) - tails, tails) + 1
+            firsts += [order[head], order[member - 1]]
+            seconds += [order[member], order[member]]
+    if not firsts:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    i = np.concatenate(firsts)
+    j = np.concatenate(seconds)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    keep = lo != hi
+    packed = np.unique(lo[keep] * n + hi[keep])
+    return packed // n, packed % n
+
+
+# ---------------------------------------------------------------------------------------
+# Verification and groups.
+
+
+def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
+    """Fraction of equal signature slots, row by row."""
+    return (sig_a == sig_b).mean(axis=1)
+
+
+FINGERPRINT_BITS = 40  # exact-Jaccard shingle fingerprints: a collision inside a pair's union of
+# u shingles has probability ~u^2 / 2^41 (7e-6 for two 2,000-shingle texts) and moves J by 1/u.
+_FP_MASK = np.uint64((1 << FINGERPRINT_BITS) - 1)
+
+
+def unique_sorted_sets(shingles: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each text's shingles as a sorted set of 40-bit fingerprints: (values, offsets).
+
+    One single-key sort of (text << 40 | fingerprint), far cheaper than a two-key lexsort;
+    texts per call < 2^24."""
+    n = len(offsets) - 1
+    if n >= 1 << (64 - FINGERPRINT_BITS):
+        raise ValueError("too many texts in one call")
+    text_of = np.repeat(np.arange(n, dtype=np.uint64), np.diff(offsets))
+    keys = np.sort((text_of << np.uint64(FINGERPRINT_BITS)) | (shingles >> np.uint64(64 - FINGERPRINT_BITS)))
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]
+    keys = keys[first]
+    counts = np.bincount((keys >> np.uint64(FINGERPRINT_BITS)).astype(np.int64), minlength=n)
+    return keys & _FP_MASK, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+def exact_jaccard(sets: np.ndarray, offsets: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Jaccard of the fingerprint sets of rows i and j (`sets[offsets[r]:offsets[r+1]]` is row
+    r's sorted unique fingerprints, < 2^40). Vectorized: with both sets of every pair laid side
+    by side under (pair << 40 | fingerprint) keys, the intersection is the count of repeats."""
+    out = np.zeros(len(i), dtype=np.float64)
+    if len(i) == 0:
+        return out
+    size_i = offsets[i + 1] - offsets[i]
+    size_j = offsets[j + 1] - offsets[j]
+    work = size_i + size_j
+    chunk_of = (np.cumsum(work) - work) // 4_000_000
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(chunk_of)) + 1, [len(i)]])
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        sa, sb = size_i[lo:hi], size_j[lo:hi]
+        starts = np.empty(2 * (hi - lo), dtype=np.int64)
+        starts[0::2] = offsets[i[lo:hi]]
+        starts[1::2] = offsets[j[lo:hi]]
+        lengths = np.empty_like(starts)
+        lengths[0::2] = sa
+        lengths[1::2] = sb
+        seg_start = np.cumsum(lengths) - lengths
+        gather = np.repeat(starts - seg_start, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+        pair = np.repeat(np.arange(hi - lo, dtype=np.uint64), sa + sb)
+        keys = np.sort((pair << np.uint64(FINGERPRINT_BITS)) | sets[gather])
+        repeat = keys[1:] == keys[:-1]
+        inter = np.bincount((keys[1:][repeat] >> np.uint64(FINGERPRINT_BITS)).astype(np.int64), minlength=hi - lo)
+        union = sa + sb - inter
+        out[lo:hi] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    return out
+
+
+def connected_components(n: int, i: np.ndarray, j: np.ndarray, parent: np.ndarray | None = None) -> np.ndarray:
+    """Label of every node = the smallest node of its component (vectorized union-find).
+
+    Rounds of hooking every edge's larger root under its smaller root (np.minimum.at) and
+    pointer jumping to the fixpoint; parent[x] <= x throughout, so each root is its tree's
+    minimum and the final label is the component minimum. Pass a previous result as `parent`
+    to add edges incrementally."""
+    parent = np.arange(n, dtype=np.int64) if parent is None else parent.copy()
+    i = np.asarray(i, dtype=np.int64)
+    j = np.asarray(j, dtype=np.int64)
+    while len(i):
+        ri, rj = parent[i], parent[j]
+        crossing = ri != rj
+        if not crossing.any():
+            break
+        i, j, ri, rj = i[crossing], j[crossing], ri[crossing], rj[crossing]
+        np.minimum.at(parent, np.maximum(ri, rj), np.minimum(ri, rj))
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+    return parent
+
+
+@dataclass(frozen=True)
+class DuplicateGroups:
+    """Rows to remove (sorted), each with its group's representative and its link score."""
+
+    removed: np.ndarray
+    representative: np.ndarray
+    score: np.ndarray
+
+
+def duplicate_groups(n: int, i: np.ndarray, j: np.ndarray, score: np.ndarray) -> DuplicateGroups:
+    """Connected components of the verified edges (i, j); each component keeps its smallest
+    row. A removed row's score is that of its strongest verified edge (the member that linked
+    it most closely)."""
+    label = connected_components(n, i, j)
+    removed = np.flatnonzero(label != np.arange(n))
+    best = np.full(n, -np.inf)
+    np.maximum.at(best, i, score)
+    np.maximum.at(best, j, score)
+    return DuplicateGroups(removed, label[removed], best[removed])

@@ -1,0 +1,141 @@
+"""The minhash stage through the real runner: known near duplicates found, the earliest kept,
+empty texts left alone, results independent of batch size and workers, conservation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curate.errors import UsageError
+from curate.inspect_output import verify_output
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+from curate.stages.minhash import MinHashDedup
+
+VOCAB = [f"w{i}" for i in range(5000)]
+
+
+def _doc(rng: np.random.Generator, words: int) -> list[str]:
+    return list(rng.choice(VOCAB, size=words))
+
+
+def make_corpus(seed: int = 0) -> tuple[pa.Table, dict[str, str]]:
+    """Base documents, near copies (Jaccard well above 0.8), far edits (well below), exact
+    copies, empty and short texts; returns the table and {near-dup id: expected representative}."""
+    rng = np.random.default_rng(seed)
+    rows: list[tuple[str, str]] = []
+    expected: dict[str, str] = {}
+    bases = []
+    for b in range(40):
+        words = _doc(rng, int(rng.integers(150, 400)))
+        bases.append(words)
+        rows.append((f"base{b:02d}", " ".join(words)))
+    for b in range(0, 40, 2):  # near copies: one word in 200 replaced, cased and punctuated differently
+        words = list(bases[b])
+        for pos in rng.choice(len(words), size=max(1, len(words) // 200), replace=False):
+            words[pos] = "changed"
+        text = " ".join(words).upper().replace(" ", ",  ", 3)
+        rows.append((f"near{b:02d}", text))
+        expected[f"near{b:02d}"] = f"base{b:02d}"
+    for b in range(1, 40, 4):  # far edits: 8% of the words replaced (Jaccard ~0.5)
+        words = list(bases[b])
+        for pos in rng.choice(len(words), size=len(words) // 12, replace=False):
+            words[pos] = rng.choice(VOCAB)
+        rows.append((f"far{b:02d}", " ".join(words)))
+    for b in (3, 7):  # exact copies placed later
+        rows.append((f"copy{b:02d}", " ".join(bases[b])))
+        expected[f"copy{b:02d}"] = f"base{b:02d}"
+    order = rng.permutation(len(rows))
+    # Every base before its copies, so the expected representative is the earliest.
+    rows = sorted((rows[i] for i in order), key=lambda r: not r[0].startswith("base"))
+    rows += [("empty1", ""), ("empty2", ""), ("punct1", "?!"), ("punct2", "?!"), ("short1", "tiny text"), ("short2", "Tiny, TEXT!")]
+    expected["short2"] = "short1"
+    table = pa.table({"id": [r[0] for r in rows], "text": [r[1] for r in rows], "extra": list(range(len(rows)))})
+    return table, expected
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    table, expected = make_corpus()
+    root = tmp_path_factory.mktemp("minhash-in")
+    half = table.num_rows // 2
+    pq.write_table(table.slice(0, half), root / "a.parquet")
+    pq.write_table(table.slice(half), root / "b.parquet")
+    return root, expected
+
+
+def run(source: Path, out: Path, batch_size: int = 65536, workers: int = 2, **options) -> tuple[pl.DataFrame, pl.DataFrame]:
+    spec = parse_pipeline({"batch_size": batch_size, "stage": [{"kind": "minhash", **options}]}, "test")
+    run_pipeline(spec, source, out, RunOptions(workers=workers))
+    kept = pl.read_parquet(out / "kept")
+    removed = pl.read_parquet(out / "removed")
+    return kept, removed
+
+
+def test_known_near_duplicates_are_removed_with_their_representative(corpus, tmp_path: Path) -> None:
+    source, expected = corpus
+    kept, removed = run(source, tmp_path / "out")
+    got = dict(zip(removed["id"].to_list(), removed["duplicate_of"].to_list()))
+    assert got == expected
+    assert set(removed["stage"].to_list()) == {"minhash"}
+    assert set(removed["reason"].to_list()) == {"near_duplicate"}
+    assert ((removed["score"] > 0.8) & (removed["score"] <= 1.0)).all()
+    assert {"empty1", "empty2", "punct1", "punct2"} <= set(kept["id"].to_list())
+    assert "extra" in kept.columns and "__curate_row" not in kept.columns
+    assert verify_output(tmp_path / "out").ok
+
+
+@pytest.mark.parametrize("verify", ["estimate", "exact"])
+def test_same_result_for_any_batch_size_and_worker_count(corpus, tmp_path: Path, verify: str) -> None:
+    source, _ = corpus
+    results = []
+    for k, (batch_size, workers) in enumerate([(65536, 1), (7, 2), (64, 2), (1, 1)]):
+        kept, removed = run(source, tmp_path / f"out{k}", batch_size=batch_size, workers=workers, verify=verify)
+        results.append((kept["id"].to_list(), removed.sort("id").to_dicts()))
+    assert all(r == results[0] for r in results[1:])
+
+
+def test_no_verification_removes_a_superset(corpus, tmp_path: Path) -> None:
+    source, _ = corpus
+    _, exact = run(source, tmp_path / "exact", verify="exact", bands=32, rows=2)
+    _, none = run(source, tmp_path / "none", verify="none", bands=32, rows=2)
+    assert set(exact["id"].to_list()) <= set(none["id"].to_list())
+    assert len(none) > len(exact)  # 32 x 2 bands catch the far edits too, unverified
+
+
+def test_after_exact_stage_with_gaps_in_row_ordinals(corpus, tmp_path: Path) -> None:
+    source, expected = corpus
+    spec = parse_pipeline({"batch_size": 16, "stage": [{"kind": "exact", "normalize": True}, {"kind": "minhash"}]}, "test")
+    run_pipeline(spec, source, tmp_path / "out", RunOptions(workers=2))
+    removed = pl.read_parquet(tmp_path / "out" / "removed")
+    by_stage = dict(zip(removed["id"].to_list(), removed["stage"].to_list()))
+    assert set(by_stage) == set(expected) | {"empty2", "punct2"}
+    assert by_stage["copy03"] == "exact" and by_stage["near00"] == "minhash"
+    assert verify_output(tmp_path / "out").ok
+
+
+def test_char_shingles_find_the_near_copies(corpus, tmp_path: Path) -> None:
+    source, expected = corpus
+    _, removed = run(source, tmp_path / "out", unit="char", ngram=8)
+    assert {k for k in expected if k.startswith(("near", "copy"))} <= set(removed["id"].to_list())
+
+
+def test_options_are_validated() -> None:
+    for bad in ({"threshold": 1.5}, {"ngram": 0}, {"verify": "maybe"}, {"unit": "byte"}, {"bands": 20, "rows": 10}, {"threshold": "high"}):
+        with pytest.raises(UsageError):
+            MinHashDedup.from_options(bad)
+    assert MinHashDedup(bands=16).lsh_shape() == (16, 8)
+    assert MinHashDedup().lsh_shape() == (14, 9)
+
+
+def test_cli_dedup_minhash(corpus, tmp_path: Path) -> None:
+    from curate.cli import main
+
+    source, expected = corpus
+    main(["dedup", "-i", str(source), "-o", str(tmp_path / "out"), "--method", "minhash", "--threshold", "0.8", "--ngram", "5", "--num-perm", "64", "--quiet"])
+    removed = pl.read_parquet(tmp_path / "out" / "removed")
+    assert set(removed["id"].to_list()) == set(expected)
