@@ -1,0 +1,196 @@
+"""Semantic dedup quality vs brute force on real data, and time / peak RSS at 1M x 384.
+
+    python bench/semdedup.py [--cache /tmp/curate-bench/debian-minilm] [--rows 1000000]
+    python bench/semdedup.py --skip-real        # only the synthetic scale run
+    python bench/semdedup.py --skip-synthetic   # only the Debian quality run
+
+Part 1 (Debian, minilm, T = 0.95): the `semdedup` stage's removed rows vs brute force, i.e.
+connected components of the exact all-pairs cosine >= T graph (FAISS range search over the
+full index, no clustering), keeping per component the member the same keep rule picks.
+Also: how many brute-force pairs k-means splits across clusters (what SemDeDup cannot see),
+for several cluster counts. The minilm embeddings are computed once by the embed stage into
+--cache and reused from there (the store's reuse rule) on later runs.
+
+Part 2: 1M x 384 synthetic unit vectors (1,000 topics, 5% planted near copies) in a .npy
+memory map; `semantic_duplicates` runs in a child process, which reports wall time and peak
+RSS (getrusage), so the parent's memory does not count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy.sparse import coo_matrix  # noqa: E402
+from scipy.sparse.csgraph import connected_components  # noqa: E402
+
+from curate.metrics.kmeans import auto_clusters, set_threads  # noqa: E402
+from curate.metrics.semdedup import keep_priority, semantic_duplicates  # noqa: E402
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline  # noqa: E402
+from curate.shards import read_parts  # noqa: E402
+
+DEBIAN = Path("/work/shared/data/debian_descriptions.parquet")
+
+
+def brute_force_pairs(x: np.ndarray, threshold: float, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs i < j with cosine >= threshold, exactly (flat index, query blocks)."""
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
+    left, right = [], []
+    for start in range(0, len(x), chunk):
+        lims, sims, ids = index.range_search(x[start : start + chunk], radius)
+        query = start + np.repeat(np.arange(len(lims) - 1), np.diff(lims.astype(np.int64)))
+        keep = (ids > query) & (sims >= threshold)
+        left.append(query[keep])
+        right.append(ids[keep])
+    return np.concatenate(left), np.concatenate(right)
+
+
+def removed_by_components(n: int, i: np.ndarray, j: np.ndarray, priority: np.ndarray) -> np.ndarray:
+    """Rows removed when each connected component keeps its highest-priority member (ties: earliest)."""
+    _, comp = connected_components(coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n)), directed=False)
+    order = np.lexsort((np.arange(n), -priority, comp))
+    first = np.ones(n, dtype=bool)
+    first[1:] = comp[order][1:] != comp[order][:-1]
+    return np.sort(order[~first])
+
+
+def real_data(cache: Path, threshold: float, seed: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="curate-bench-semdedup-"))
+    try:
+        if not (cache / "embeddings" / "embeddings.json").exists():
+            print(f"embedding {DEBIAN.name} with minilm into {cache} (once; later runs reuse it) ...", flush=True)
+            started = time.perf_counter()
+            run_pipeline(parse_pipeline({"stage": [{"kind": "embed", "model": "minilm"}]}, "bench"), DEBIAN, cache, RunOptions(overwrite=True))
+            print(f"  {time.perf_counter() - started:.0f} s", flush=True)
+        out = work / "out"
+        stages = [{"kind": "embed", "model": "minilm", "cache": str(cache)}, {"kind": "semdedup", "threshold": threshold}]
+        started = time.perf_counter()
+        result = run_pipeline(parse_pipeline({"stage": stages, "seed": seed}, "bench"), DEBIAN, out, RunOptions())
+        seconds = time.perf_counter() - started
+        embed_info, sem_info = result.manifest["stages"][1]["info"], result.manifest["stages"][2]["info"]
+        print(f"\nDebian descriptions: {result.manifest['input']['rows']:,} rows, minilm, T = {threshold}")
+        print(f"  pipeline (embed reused {embed_info['reused']:,} / computed {embed_info['computed']:,}; semdedup): {seconds:.1f} s, "
+              f"semdedup stage {result.manifest['stages'][2]['seconds']:.1f} s, {sem_info['clusters']} clusters, largest {sem_info['largest_cluster']}")
+
+        store = read_parts(out / "embeddings")
+        ids = np.array(store.column("id").to_pylist(), dtype=object)
+        x = np.ascontiguousarray(store.column("embedding").combine_chunks().values.to_numpy().reshape(store.num_rows, -1))
+        stage_removed = set(read_parts(out / "removed").column("id").to_pylist())
+        set_threads(os.cpu_count() or 1)
+        started = time.perf_counter()
+        i, j = brute_force_pairs(x, threshold)
+        print(f"  brute force: {len(i):,} pairs with cosine >= {threshold} ({time.perf_counter() - started:.1f} s)")
+
+        rows = [("clusters", "removed", "brute-force removed", "precision", "recall", "pairs split across clusters", "seconds")]
+        for clusters in (0, 50, 1000):
+            started = time.perf_counter()
+            ours = semantic_duplicates(x, threshold, clusters=clusters, keep="hard", seed=seed)
+            took = time.perf_counter() - started
+            if clusters == 0:  # the stage's configuration: its ledger must be exactly this
+                assert set(ids[ours.removed]) == stage_removed, "stage ledger differs from the pure function"
+            truth = removed_by_components(len(x), i, j, keep_priority(ours.centroid_similarity, "hard", seed))
+            hit = len(np.intersect1d(ours.removed, truth))
+            split = int((ours.labels[i] != ours.labels[j]).sum())
+            k = len(ours.centroids)
+            rows.append((f"{k}{' (auto)' if clusters == 0 else ''}", f"{len(ours.removed):,}", f"{len(truth):,}",
+                         f"{hit / max(1, len(ours.removed)):.4f}", f"{hit / max(1, len(truth)):.4f}",
+                         f"{split:,} of {len(i):,} ({100 * split / max(1, len(i)):.2f}%)", f"{took:.1f}"))
+        _print_table(rows)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def make_synthetic(path: Path, n: int, d: int, seed: int, topics: int = 1000, dup_share: float = 0.05) -> int:
+    """Unit vectors around `topics` centres (within-topic cosine about 0.5) with `dup_share` of
+    rows replaced by near copies (cosine about 0.99) of other rows. Returns the planted count."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(topics, d)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    chunk = 50_000
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        block = centres[rng.integers(0, topics, m)] + rng.normal(size=(m, d)).astype(np.float32) / np.sqrt(d)
+        x[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    planted = int(n * dup_share)
+    copies = np.sort(rng.choice(n, planted, replace=False))
+    originals = rng.integers(0, n, planted)
+    for start in range(0, planted, chunk):
+        c, o = copies[start : start + chunk], originals[start : start + chunk]
+        block = x[o] + 0.1 * rng.normal(size=(len(o), d)).astype(np.float32) / np.sqrt(d)
+        x[c] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    x.flush()
+    del x
+    return planted
+
+
+def synthetic_child(path: str, threshold: float, seed: int) -> None:
+    x = np.load(path, mmap_mode="r")
+    set_threads(os.cpu_count() or 1)
+    started = time.perf_counter()
+    result = semantic_duplicates(x, threshold, clusters=0, keep="hard", seed=seed)
+    seconds = time.perf_counter() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": seconds, "peak_rss_gib": peak_kib / 2**20, "removed": len(result.removed),
+                      "clusters": len(result.centroids), "largest_cluster": result.largest_cluster, "pairs": result.pairs}))
+
+
+def synthetic(rows: int, threshold: float, seed: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="curate-bench-semdedup-") as tmp:
+        path = Path(tmp) / "x.npy"
+        started = time.perf_counter()
+        planted = make_synthetic(path, rows, 384, seed)
+        print(f"\nsynthetic: {rows:,} x 384 float32 ({path.stat().st_size / 2**30:.2f} GiB memmap), {planted:,} planted near copies "
+              f"(made in {time.perf_counter() - started:.0f} s)", flush=True)
+        child = subprocess.run([sys.executable, __file__, "--synthetic-child", str(path), "--threshold", str(threshold), "--seed", str(seed)],
+                               capture_output=True, text=True, check=True)
+        report = json.loads(child.stdout.strip().splitlines()[-1])
+        print(f"  semantic_duplicates: {report['seconds']:.1f} s (target < 300 s), peak RSS {report['peak_rss_gib']:.2f} GiB (target < 3 GiB)")
+        print(f"  {report['clusters']} clusters (largest {report['largest_cluster']:,}), {report['pairs']:,} pairs, "
+              f"removed {report['removed']:,} (planted {planted:,}; copies of a common original also pair up)")
+
+
+def _print_table(rows: list[tuple]) -> None:
+    widths = [max(len(str(r[c])) for r in rows) for c in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        print("  | " + " | ".join(str(v).ljust(w) for v, w in zip(row, widths)) + " |")
+        if n == 0:
+            print("  | " + " | ".join("-" * w for w in widths) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "curate-bench" / "debian-minilm")
+    parser.add_argument("--threshold", type=float, default=0.95)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument("--synthetic-child")
+    args = parser.parse_args()
+    if args.synthetic_child:
+        synthetic_child(args.synthetic_child, args.threshold, args.seed)
+        return
+    if not args.skip_real:
+        real_data(args.cache, args.threshold, args.seed)
+    if not args.skip_synthetic:
+        synthetic(args.rows, args.threshold, args.seed)
+
+
+if __name__ == "__main__":
+    main()

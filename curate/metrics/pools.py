@@ -1,0 +1,39 @@
+"""Quality pools: exact quantile buckets of a score, pool 0 the best.
+
+Pools follow rank: with n scores ordered best first, the row of rank r goes to pool
+floor(r * K / n), so pools are as equal as ties allow. The fitted state is K - 1 edges (the
+last score of each pool but the worst), so assigning a row needs only its own score; tied
+scores share the better pool. Missing (NaN) scores go to the worst pool.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def goodness(scores: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    values = np.asarray(scores, dtype=np.float64)
+    return values if higher_is_better else -values
+
+
+def pool_edges(scores: np.ndarray, pools: int, higher_is_better: bool) -> np.ndarray:
+    """K - 1 edges in goodness space (non-increasing): edge j is the goodness of the last row of pool j - 1."""
+    if pools < 1:
+        raise ValueError(f"pools must be >= 1, got {pools}")
+    g = goodness(scores, higher_is_better)
+    g = np.sort(g[~np.isnan(g)])[::-1]
+    n = len(g)
+    if n == 0:
+        return np.full(pools - 1, np.inf)
+    j = np.arange(1, pools)
+    return g[np.ceil(j * n / pools).astype(np.int64) - 1]
+
+
+def assign_pools(scores: np.ndarray, edges: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    """Pool (int32, 0 best) of each score: the number of edges it is strictly worse than."""
+    g = goodness(scores, higher_is_better)
+    ascending = edges[::-1]
+    worse_than = len(edges) - np.searchsorted(ascending, g, side="right")
+    pools = worse_than.astype(np.int32)
+    pools[np.isnan(g)] = len(edges)
+    return pools

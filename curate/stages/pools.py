@@ -1,0 +1,88 @@
+"""Pools stage: add `pool` (int32, 0 best) from exact quantiles of a score column."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.errors import UsageError
+from curate.ledger import empty_ledger
+from curate.manifest import read_manifest
+from curate.metrics.pools import assign_pools, pool_edges
+from curate.stages.base import BatchSource, Stage, StageContext
+from curate.stages.prototypes import with_columns
+
+_LOWER_IS_BETTER_HINTS = ("loss", "perplexity", "ppl")
+
+
+def auto_direction(score: str, ctx: StageContext) -> tuple[bool, str]:
+    """Whether larger scores are better for a column, and why (for the manifest)."""
+    if score == "proto_distance":
+        keep = _last_prototypes_keep(ctx)
+        if keep == "easy":
+            return False, "proto_distance with prototypes keep = easy in this run: closer to a prototype is better"
+        source = f"prototypes keep = {keep} in this run" if keep else "no prototypes stage in this run, assuming keep = hard"
+        return True, f"proto_distance with {source}: harder (farther from a prototype) is better"
+    lowered = score.lower()
+    if any(hint in lowered for hint in _LOWER_IS_BETTER_HINTS):
+        return False, f"'{score}' looks like a loss or perplexity: lower is better"
+    return True, f"'{score}' is taken as a quality score: higher is better (set higher_is_better = false otherwise)"
+
+
+def _last_prototypes_keep(ctx: StageContext) -> str | None:
+    manifest = read_manifest(ctx.output_dir) or {}
+    keep = None
+    for entry in manifest.get("stages", []):
+        if entry.get("kind") == "prototypes" and entry.get("status") == "done":
+            keep = (entry.get("info") or {}).get("keep", keep)
+    return keep
+
+
+class Pools(Stage):
+    kind = "pools"
+    needs_fit = True
+
+    def __init__(self, *, score: str = "proto_distance", pools: int = 4, higher_is_better: bool | str | None = None):
+        if not score:
+            raise ValueError("score must name a numeric column")
+        if pools < 1:
+            raise ValueError(f"pools must be >= 1, got {pools}")
+        if not (higher_is_better is None or isinstance(higher_is_better, bool) or higher_is_better == "auto"):
+            raise ValueError(f"higher_is_better must be true, false or \"auto\", got {higher_is_better!r}")
+        self.score = score
+        self.pools = pools
+        self.higher_is_better = higher_is_better
+
+    def fit(self, source: BatchSource, ctx: StageContext) -> "Pools":
+        if self.score not in source.schema.names:
+            names = ", ".join(n for n in source.schema.names if not n.startswith("__"))
+            raise UsageError(f"pools: no score column {self.score!r} (columns: {names})", fix="pass --score with a numeric column, or run a scoring stage first")
+        kind = source.schema.field(self.score).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            raise UsageError(f"pools: score column {self.score!r} has type {kind}, not a number", fix="pick a numeric --score column")
+        if isinstance(self.higher_is_better, bool):
+            self.higher_is_better_, reason = self.higher_is_better, "as configured"
+        else:
+            self.higher_is_better_, reason = auto_direction(self.score, ctx)
+        values = np.concatenate([_scores(b.column(self.score)) for b in source.batches(columns=[self.score])] or [np.empty(0)])
+        self.edges_ = pool_edges(values, self.pools, self.higher_is_better_)
+        counts = np.bincount(assign_pools(values, self.edges_, self.higher_is_better_), minlength=self.pools)
+        ctx.info.update(
+            score=self.score, pools=self.pools, higher_is_better=self.higher_is_better_, direction_reason=reason,
+            edges=[float(e) if self.higher_is_better_ else -float(e) for e in self.edges_], pool_rows=counts.tolist(),
+            missing_scores=int(np.isnan(values).sum()),
+        )
+        return self
+
+    def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+        pools = assign_pools(_scores(batch.column(self.score)), self.edges_, self.higher_is_better_)
+        return with_columns(batch, {"pool": pa.array(pools, pa.int32())}), empty_ledger()
+
+
+def _scores(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """float64 scores with nulls as NaN."""
+    return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+
+
+STAGE = Pools

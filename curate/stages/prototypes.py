@@ -1,0 +1,116 @@
+"""Prototype scores stage: `proto_cluster` and `proto_distance` on every kept row, optional pruning
+to the hardest or easiest fraction, centroids to OUT/prototypes/centroids.npy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from curate.ledger import empty_ledger, removed_rows
+from curate.metrics.kmeans import cap_clusters, set_threads, spherical_kmeans
+from curate.metrics.prototypes import KEEP_CHOICES, choose_keep, prototype_distance, select_by_difficulty
+from curate.stages.base import BatchSource, Stage, StageContext, row_ordinals, split_batch
+from curate.stages.embed import embeddings_for, publish_if_absent
+
+PROTOTYPES_DIR = "prototypes"
+CENTROIDS_NAME = "centroids.npy"
+
+
+def with_columns(batch: pa.RecordBatch, columns: dict[str, pa.Array]) -> pa.RecordBatch:
+    """`batch` plus (or with replaced) named columns."""
+    names = [n for n in batch.schema.names if n not in columns]
+    arrays = [batch.column(n) for n in names] + list(columns.values())
+    return pa.RecordBatch.from_arrays(arrays, names=names + list(columns))
+
+
+class Prototypes(Stage):
+    kind = "prototypes"
+    needs_fit = True
+
+    def __init__(
+        self,
+        *,
+        clusters: int = 200,
+        keep: str = "auto",
+        fraction: float = 1.0,
+        budget: int = 0,
+        abundance_threshold: float = 1.0,
+        kmeans_iterations: int = 20,
+        model: str = "",
+    ):
+        if clusters <= 0:
+            raise ValueError(f"clusters must be positive, got {clusters}")
+        if keep not in KEEP_CHOICES:
+            raise ValueError(f"keep must be one of {', '.join(KEEP_CHOICES)}, got {keep!r}")
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fraction is the share of rows to keep, in [0, 1], got {fraction}")
+        if budget < 0 or abundance_threshold <= 0 or kmeans_iterations <= 0:
+            raise ValueError("budget >= 0 (0: from [report] budget), abundance_threshold > 0, kmeans_iterations > 0")
+        self.clusters = clusters
+        self.keep = keep
+        self.fraction = fraction
+        self.budget = budget
+        self.abundance_threshold = abundance_threshold
+        self.kmeans_iterations = kmeans_iterations
+        self.model = model
+
+    def fit(self, source: BatchSource, ctx: StageContext) -> "Prototypes":
+        emb = embeddings_for(source, ctx, self.model)
+        published = publish_if_absent(emb, ctx) if emb.computed else False
+        n = len(emb.rows)
+        k = cap_clusters(self.clusters, n)
+        set_threads(ctx.workers)
+        with ctx.progress.task(f"{ctx.name}: k-means ({k} clusters)", total=None):
+            self.centroids_ = spherical_kmeans(emb.matrix, k, seed=ctx.seed, niter=self.kmeans_iterations)
+            self.labels_, self.distance_ = prototype_distance(emb.matrix, self.centroids_)
+        keep, reason = self.keep, f"keep = {self.keep} as configured"
+        if keep == "auto":
+            budget, where = self._budget(ctx)
+            keep, reason = choose_keep(n, budget, self.abundance_threshold)
+            reason += where
+        if self.fraction >= 1.0 and keep != "none":
+            reason += "; fraction = 1.0, so nothing is pruned"
+        self.keep_ = keep
+        self.rows_ = emb.rows
+        self.kept_ = select_by_difficulty(self.distance_, self.fraction, keep)
+        ctx.info.update(
+            model=emb.model, embeddings_reused=emb.reused, embeddings_computed=emb.computed, embeddings_published=published,
+            clusters=k, clusters_requested=self.clusters, keep=keep, keep_reason=reason, fraction=self.fraction,
+            kept=int(self.kept_.sum()), distance_median=float(np.median(self.distance_)) if n else None,
+        )
+        return self
+
+    def _budget(self, ctx: StageContext) -> tuple[int | None, str]:
+        if self.budget > 0:
+            return self.budget, " (budget from the stage option)"
+        report = ctx.report or {}
+        if isinstance(report.get("budget"), (int, float)) and report["budget"] > 0:
+            return int(report["budget"]), " (budget from [report] budget)"
+        budgets = [b for b in report.get("budgets", []) or [] if isinstance(b, (int, float)) and b > 0]
+        if budgets:
+            return int(max(budgets)), " (the largest of [report] budgets)"
+        return None, ""
+
+    def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+        pos = np.searchsorted(self.rows_, row_ordinals(batch))
+        scored = with_columns(batch, {"proto_cluster": pa.array(self.labels_[pos]), "proto_distance": pa.array(self.distance_[pos])})
+        pruned = ~self.kept_[pos]
+        if not pruned.any():
+            return scored, empty_ledger()
+        kept, removed = split_batch(scored, pruned)
+        reason = "pruned_easy" if self.keep_ == "hard" else "pruned_hard"
+        return kept, removed_rows(removed.column(ctx.id_column), self.kind, reason, score=self.distance_[pos][pruned])
+
+    def finish(self, ctx: StageContext) -> None:
+        directory = Path(ctx.output_dir) / PROTOTYPES_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{CENTROIDS_NAME}.tmp"
+        with open(tmp, "wb") as handle:
+            np.save(handle, self.centroids_.astype(np.float32))
+        os.replace(tmp, directory / CENTROIDS_NAME)
+
+
+STAGE = Prototypes

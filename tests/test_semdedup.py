@@ -1,0 +1,145 @@
+"""Semantic dedup: planted near duplicates in user vectors (`column:`), against brute force."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from curate.inspect_output import verify_output
+from curate.metrics.semdedup import semantic_duplicates
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+from curate.shards import read_parts
+
+
+def planted(n: int = 1200, d: int = 24, groups: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around a few topic centres; `groups` sets of 2-4 near copies (cosine > 0.99).
+    Returns (vectors, group id per row or -1)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(8, d))
+    x = centres[rng.integers(0, 8, n)] + 1.5 * rng.normal(size=(n, d))
+    group = np.full(n, -1)
+    rows = rng.permutation(n)
+    at = 0
+    for g in range(groups):
+        size = int(rng.integers(2, 5))
+        members = rows[at : at + size]
+        at += size
+        x[members[1:]] = x[members[0]] + 0.01 * np.linalg.norm(x[members[0]]) * rng.normal(size=(size - 1, d)) / np.sqrt(d)
+        group[members] = g
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), group
+
+
+def brute_force_groups(x: np.ndarray, threshold: float) -> np.ndarray:
+    sims = x @ x.T
+    i, j = np.nonzero(np.triu(sims >= threshold, k=1))
+    return connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(len(x), len(x))), directed=False)[1]
+
+
+def write_vectors(path: Path, x: np.ndarray) -> Path:
+    ids = [f"r{i:05d}" for i in range(len(x))]
+    pq.write_table(pa.table({"id": ids, "text": [f"text {i}" for i in range(len(x))], "vec": pa.array(x.tolist(), pa.list_(pa.float32()))}), path)
+    return path
+
+
+def run_semdedup(tmp_path: Path, x: np.ndarray, out: str = "out", **options) -> tuple[Path, dict]:
+    source = tmp_path / "in.parquet"
+    if not source.exists():
+        write_vectors(source, x)
+    spec = parse_pipeline({"stage": [{"kind": "semdedup", "model": "column:vec", **options}], "batch_size": 500}, "test")
+    result = run_pipeline(spec, source, tmp_path / out, RunOptions(workers=1))
+    assert verify_output(tmp_path / out).ok
+    return tmp_path / out, result.manifest
+
+
+def test_one_cluster_matches_brute_force_exactly():
+    x, _ = planted()
+    result = semantic_duplicates(x, threshold=0.95, clusters=1)
+    labels = brute_force_groups(x, 0.95)
+    sizes = np.bincount(labels)
+    assert len(result.removed) == int((sizes[sizes > 1] - 1).sum())
+    assert (labels[result.removed] == labels[result.representative]).all()
+    kept = np.setdiff1d(np.arange(len(x)), result.removed)
+    assert len(np.unique(labels[kept])) == len(kept)  # one survivor per group
+
+
+def test_stage_removes_the_planted_copies_and_keeps_one_per_group(tmp_path):
+    x, group = planted()
+    out, manifest = run_semdedup(tmp_path, x, clusters=4)
+    removed = read_parts(out / "removed").to_pydict()
+    removed_rows = np.array([int(i[1:]) for i in removed["id"]])
+    expected = int(sum(np.sum(group == g) - 1 for g in range(group.max() + 1)))
+    assert len(removed_rows) == expected
+    assert (group[removed_rows] >= 0).all()
+    kept_ids = read_parts(out / "kept").column("id").to_pylist()
+    kept_groups = group[[int(i[1:]) for i in kept_ids]]
+    assert len(np.unique(kept_groups[kept_groups >= 0])) == group.max() + 1
+    assert set(removed["stage"]) == {"semdedup"} and set(removed["reason"]) == {"semantic_duplicate"}
+    reps = np.array([int(i[1:]) for i in removed["duplicate_of"]])
+    assert (group[reps] == group[removed_rows]).all() and set(removed["duplicate_of"]) <= set(kept_ids)
+    np.testing.assert_allclose(removed["score"], np.einsum("ij,ij->i", x[removed_rows], x[reps]), atol=1e-5)
+
+
+def test_higher_threshold_removes_what_brute_force_says():
+    x, _ = planted(n=600, groups=30, seed=3)
+    for threshold in (0.9, 0.999, 0.99999):
+        labels = brute_force_groups(x, threshold)
+        sizes = np.bincount(labels)
+        result = semantic_duplicates(x, threshold=threshold, clusters=1)
+        assert len(result.removed) == int((sizes[sizes > 1] - 1).sum())
+
+
+def test_chains_are_one_group():
+    # a ~ b and b ~ c but a !~ c: connected, so one survivor
+    a = np.array([1.0, 0.0, 0.0])
+    b = np.array([np.cos(0.25), np.sin(0.25), 0.0])
+    c = np.array([np.cos(0.5), np.sin(0.5), 0.0])
+    x = np.stack([a, b, c, [0, 0, 1.0]]).astype(np.float32)
+    result = semantic_duplicates(x, threshold=float(np.cos(0.3)), clusters=1)
+    assert len(result.removed) == 2
+
+
+@pytest.mark.parametrize("keep", ["hard", "easy"])
+def test_keep_rule_picks_by_distance_to_centroid(keep):
+    x, group = planted(seed=2)
+    result = semantic_duplicates(x, threshold=0.95, clusters=3, keep=keep)
+    sim = result.centroid_similarity
+    for rep in np.unique(result.representative):
+        members = np.concatenate([[rep], result.removed[result.representative == rep]])
+        best = members[np.argmin(sim[members])] if keep == "hard" else members[np.argmax(sim[members])]
+        assert sim[rep] == sim[best]
+
+
+def test_exact_copies_tie_to_the_earlier_row():
+    x = np.tile(np.array([[0.6, 0.8, 0.0]], dtype=np.float32), (5, 1))
+    x = np.vstack([x, [[0.0, 0.0, 1.0]]]).astype(np.float32)
+    for keep in ("hard", "easy"):
+        result = semantic_duplicates(x, threshold=0.95, clusters=1, keep=keep)
+        assert result.representative.tolist() == [0, 0, 0, 0] and result.removed.tolist() == [1, 2, 3, 4]
+
+
+def test_random_keep_is_seeded(tmp_path):
+    x, _ = planted(seed=4)
+    one = semantic_duplicates(x, 0.95, clusters=3, keep="random", seed=7)
+    two = semantic_duplicates(x, 0.95, clusters=3, keep="random", seed=7)
+    assert np.array_equal(one.removed, two.removed)
+
+
+def test_same_input_and_seed_give_identical_kept_ids(tmp_path):
+    x, _ = planted(n=2000, groups=100, seed=5)
+    out1, _ = run_semdedup(tmp_path, x, "out1")
+    out2, _ = run_semdedup(tmp_path, x, "out2")
+    assert read_parts(out1 / "kept").column("id").to_pylist() == read_parts(out2 / "kept").column("id").to_pylist()
+
+
+def test_invalid_threshold_is_a_usage_error():
+    from curate.errors import UsageError
+
+    with pytest.raises(UsageError, match="threshold"):
+        parse_pipeline({"stage": [{"kind": "semdedup", "threshold": 1.5}]}, "test")
