@@ -127,6 +127,10 @@ def parse_pipeline(data: dict[str, Any], source: str = "pipeline") -> PipelineSp
     report = data.get("report")
     if report is not None and not isinstance(report, dict):
         raise UsageError("[report] must be a table", path=source, fix="write [report] with budgets = [...]")
+    if report is not None:
+        from curate.report.config import parse_report_table
+
+        parse_report_table(report, source)
     return PipelineSpec(
         stages=stages,
         columns=ColumnSpec(text=input_table.get("text_column", "text"), id=input_table.get("id_column", "id")),
@@ -257,6 +261,10 @@ def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os
         _notify(options, stage_spec.name)
 
     _finalize(out, spec, manifest, inputs, current)
+    if spec.report is not None:  # the budget-aware report reads the finished output
+        from curate.report import build_pipeline_report
+
+        build_pipeline_report(out, progress=options.progress)
     return _result(out, manifest)
 
 

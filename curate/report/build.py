@@ -1,0 +1,294 @@
+"""Build the budget-aware mix report: report.json, report.html (self-contained: images embedded
+as base64, also written to plots/), from a law alone or from a finished pipeline output."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import polars as pl
+
+from curate.errors import UsageError
+from curate.manifest import atomic_write_json, atomic_write_text
+from curate.progress import QUIET, Progress
+from curate.report import plots
+from curate.report.config import ReportSettings, parse_report_table
+from curate.scaling import load_law, save_json, save_law
+from curate.scaling.allocate import plan, prefix_sizes
+from curate.scaling.fit import fit_law
+from curate.scaling.law import REPETITION_NAMES, Law, law_to_json
+from curate.scaling.runs import read_runs, write_runs
+
+SCALING_DIR = "scaling"
+POOL_COLUMN = "pool"
+FALLBACK_SCORE = "proxy_loss"
+
+
+def default_budgets(law: Law, count: int = 12) -> list[float]:
+    """From a tenth of the best pool to 100 passes over everything: where the choice can change."""
+    sizes = prefix_sizes(law)
+    return [float(b) for b in np.geomspace(0.1 * sizes[0], 100.0 * sizes[-1], count)]
+
+
+def _pools_phrase(names: Sequence[str]) -> str:
+    if len(names) == 1:
+        return f"pool {names[0]}"
+    return f"pools {names[0]}-{names[-1]}"
+
+
+def recommendation(law: Law, mix: dict) -> str:
+    """The plan in words: per budget the mix and epochs, where adding a pool starts to pay, caveats."""
+    entries = mix.get("mixes", [mix])
+    parts = []
+    for e in entries:
+        all_pools = e["candidates"][-1]
+        gain = (1 - e["predicted_loss"] / all_pools["predicted_loss"]) * 100
+        versus = "" if len(e["pools"]) == len(law.pools) else f"; {gain:.1f}% below training on all {len(law.pools)} pools"
+        parts.append(
+            f"for budget {e['budget']:.3g} samples, train on {_pools_phrase(e['pools'])} ({e['unique']:,} unique samples, "
+            f"{e['epochs']:.3g} epochs): predicted loss {e['predicted_loss']:.4g}{versus}"
+        )
+    text = "; ".join(parts)
+    text = text[0].upper() + text[1:] + "."
+    paying = [c for c in mix["crossovers"] if c["budget"] is not None]
+    if paying:
+        text += " Adding a pool starts to pay: " + ", ".join(
+            f"pool {c['add_pool']} from {c['budget']:.3g} samples" + (" (already at the smallest budget)" if c.get("pays_from_start") else "") for c in paying
+        ) + "."
+    never = [c["add_pool"] for c in mix["crossovers"] if c["budget"] is None]
+    if never:
+        text += f" Adding pool{'s' if len(never) > 1 else ''} {', '.join(never)} never pays in the range planned (up to {mix['search_range'][1]:.3g} samples)."
+    observed = [o["samples_seen"] for o in law.fit.get("observations", [])]
+    if observed and max(e["budget"] for e in entries) > 10 * max(observed):
+        text += f" Budgets above {10 * max(observed):.3g} are extrapolations more than 10x beyond the largest run fitted ({max(observed):.3g} samples seen)."
+    unidentified = [p.name for p in law.pools if not p.tau_identified]
+    if unidentified:
+        text += f" Pool{'s' if len(unidentified) > 1 else ''} {', '.join(unidentified)} had no run past one pass, so their repetition half-life is a default, not a fit."
+    return text
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)} <a href="plots/{path.name}">(PNG)</a></figcaption></figure>'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd}
+.rec{background:#f3f7ee;border-left:4px solid #5a8f29;padding:.8em 1em}
+.note{color:#666;font-size:.9em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f4f4f4}
+figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
+"""
+
+
+def render_html(report: dict, images: dict[str, Path]) -> str:
+    """One page: recommendation, plots, parameter and plan tables; images inline."""
+    sections = [f"<h1>{html.escape(report['title'])}</h1>"]
+    if report.get("recommendation"):
+        sections.append(f'<p class="rec">{html.escape(report["recommendation"])}</p>')
+    for note in report.get("notes", []):
+        sections.append(f'<p class="note">{html.escape(note)}</p>')
+    law = report.get("law")
+    if law:
+        sections.append("<h2>Budget plan</h2>")
+        for key, alt in (("loss_vs_budget", "Predicted loss vs budget for each candidate mix; the grey band is the chosen envelope"), ("mix_vs_budget", "Chosen mix (pools) and epochs vs budget")):
+            if key in images:
+                sections.append(_img(images[key], alt))
+        entries = report["plan"].get("mixes", [report["plan"]])
+        sections.append(_table(
+            ["budget", "pools", "unique", "epochs", "predicted loss", *[f"loss {_pools_phrase(c['pools'])}" for c in entries[0]["candidates"]]],
+            [[f"{e['budget']:.3g}", "+".join(e["pools"]), f"{e['unique']:,}", f"{e['epochs']:.3g}", f"{e['predicted_loss']:.4g}", *[f"{c['predicted_loss']:.4g}" for c in e["candidates"]]] for e in entries],
+        ))
+        if report["plan"]["switches"]:
+            sections.append(_table(["budget", "from", "to"], [[f"{s['budget']:.3g}", "+".join(s["from"]), "+".join(s["to"])] for s in report["plan"]["switches"]]))
+        sections.append("<h2>Fitted law</h2>")
+        key = "tau" if law["model"] == "goyal2024" else "r_star"
+        rmse = law["fit"].get("rmse_log_per_pool", {})
+        sections.append(f"<p>Model {html.escape(law['model'])}, a = {law['a']:.4g}, irreducible loss {law['irreducible']:.4g}; rmse of log loss {law['fit'].get('rmse_log', float('nan')):.4f} over {law['fit'].get('runs', 0)} runs.</p>")
+        sections.append(_table(
+            ["pool", "unique samples", "utility b", "half-life (epochs)" if key == "tau" else "R*", "rmse(log)"],
+            [[p["name"], f"{p['size']:,}", f"{p['b']:.4f}", f"{p[key]:.3g}" + ("" if p.get("tau_identified", True) else " (default)"), f"{rmse[p['name']]:.4f}" if p["name"] in rmse else ""] for p in law["pools"]],
+        ))
+        if "fit_per_pool" in images:
+            sections.append(_img(images["fit_per_pool"], "Fitted curves against the observed runs, per pool and mix"))
+    pipeline = report.get("pipeline")
+    if pipeline:
+        sections.append("<h2>Pipeline</h2>")
+        if "funnel" in images:
+            sections.append(_img(images["funnel"], "Rows left after each stage and rows removed by it"))
+        sections.append(_table(["stage", "in", "out", "removed"], [[s["name"], f"{s['rows_in']:,}", f"{s['rows_out']:,}", f"{s['rows_removed']:,}"] for s in pipeline["stages"]]))
+        if pipeline.get("pools"):
+            if "pool_scores" in images:
+                sections.append(_img(images["pool_scores"], f"Distribution of {pipeline['pools']['score']} per pool"))
+            sections.append(_table(["pool", "rows"], [[k, f"{v:,}"] for k, v in pipeline["pools"]["counts"].items()]))
+    return f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(report['title'])}</title><style>{_CSS}</style></head><body>{''.join(sections)}</body></html>\n"
+
+
+def write_report(directory: Path, report: dict, images: dict[str, Path]) -> Path:
+    report = {**report, "plots": {k: f"plots/{p.name}" for k, p in images.items()}}
+    atomic_write_json(directory / "report.json", report)
+    atomic_write_text(directory / "report.html", render_html(report, images))
+    return directory / "report.html"
+
+
+def _law_section(law: Law, budgets: Sequence[float], plot_dir: Path) -> tuple[dict, dict[str, Path]]:
+    mix = plan(law, budgets)
+    images = {
+        "loss_vs_budget": plots.loss_vs_budget(law, budgets, mix["switches"], plot_dir / "loss_vs_budget.png"),
+        "mix_vs_budget": plots.mix_vs_budget(law, budgets, plot_dir / "mix_vs_budget.png"),
+    }
+    fitted = plots.fit_per_pool(law, plot_dir / "fit_per_pool.png")
+    if fitted is not None:
+        images["fit_per_pool"] = fitted
+    return {"law": law_to_json(law), "plan": mix, "recommendation": recommendation(law, mix)}, images
+
+
+def build_law_report(law: Law, budgets: Sequence[float] | None, directory: str | Path) -> Path:
+    """`curate allocate --report DIR`: the plan for a law, no pipeline sections."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    budgets = list(budgets) if budgets else default_budgets(law)
+    if len(budgets) == 1:  # one budget: still show the curves around it
+        budgets = sorted({*default_budgets(law), *budgets})
+    section, images = _law_section(law, budgets, directory / "plots")
+    return write_report(directory, {"title": "curate: budget-aware data mix", "notes": [], **section}, images)
+
+
+# ---------------------------------------------------------------------------------------
+# From a pipeline output.
+
+
+def _read_kept(out: Path, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    from curate.shards import list_parts
+
+    parts = list_parts(out / "kept")
+    if not parts:
+        return pl.DataFrame()
+    return pl.concat([pl.read_parquet(p, columns=list(columns) if columns else None) for p in parts], how="vertical_relaxed")
+
+
+def _pools_score_column(manifest: dict, kept: pl.DataFrame) -> str | None:
+    """The score the pools stage bucketed (its `score` option), if that column survived into kept/."""
+    for stage in manifest.get("config", {}).get("stages", []):
+        if stage.get("kind") == "pools":
+            score = stage.get("options", {}).get("score")
+            if isinstance(score, str) and score in kept.columns:
+                return score
+    return None
+
+
+def _proxy_law(out: Path, kept: pl.DataFrame, pools: np.ndarray, settings: ReportSettings, manifest: dict, rerun: bool, progress: Progress) -> Law:
+    """Fit from proxy trainings on the pools (runs reused from scaling/runs.csv unless rerun)."""
+    from curate.scaling.proxy_runs import EXTRA_COLUMNS, ProxyRunSettings, run_proxy_trainings
+
+    runs_path = out / SCALING_DIR / "runs.csv"
+    if rerun or not runs_path.exists():
+        text_column = manifest["config"]["input"]["text_column"]
+        proxy = ProxyRunSettings(
+            epochs=tuple(settings.epochs), mix_epochs=tuple(settings.mix_epochs), heldout_fraction=settings.heldout_fraction,
+            classes=settings.classes, seeds=settings.seeds, metric=settings.metric, seed=int(manifest.get("seed", 0)),
+        )
+        rows = run_proxy_trainings(kept.get_column(text_column).to_arrow(), kept.get_column(settings.label_column).to_list(), pools, proxy, progress)
+        write_runs(runs_path, rows, EXTRA_COLUMNS)
+    return fit_law(read_runs(runs_path), REPETITION_NAMES[settings.repetition], settings.irreducible).law
+
+
+def build_pipeline_report(out: str | Path, overrides: dict | None = None, rerun: bool = False, progress: Progress = QUIET) -> Path:
+    """report.html/json and plots/ in a finished output dir, from its `[report]` settings (plus overrides)."""
+    from curate.inspect_output import load_finished_manifest, stage_summaries
+
+    out = Path(out)
+    manifest = load_finished_manifest(out)
+    settings = parse_report_table({**(manifest.get("config", {}).get("report") or {}), **(overrides or {})}, str(out / "manifest.json"))
+    plot_dir = out / "plots"
+    notes: list[str] = []
+    images: dict[str, Path] = {}
+
+    stages = [{"name": s.name, "kind": s.kind, "rows_in": s.rows_in, "rows_out": s.rows_out, "rows_removed": s.rows_removed, "reasons": s.reasons} for s in stage_summaries(out)]
+    images["funnel"] = plots.funnel(stages, plot_dir / "funnel.png")
+    pipeline: dict[str, Any] = {"stages": stages, "pools": None}
+
+    kept = _read_kept(out)
+    pools = scores = None
+    score_name = None
+    if POOL_COLUMN in kept.columns:
+        pools = kept.get_column(POOL_COLUMN).to_numpy().astype(np.int64)
+        score_name = _pools_score_column(manifest, kept)
+        scores = kept.get_column(score_name).to_numpy().astype(np.float64) if score_name else None
+        if score_name is None:
+            notes.append("kept/ has pools but not the score they were made from; no score plot.")
+    elif settings.label_column and settings.law is None and settings.runs is None and kept.height:
+        if settings.label_column not in kept.columns:
+            raise UsageError(f"[report] label_column {settings.label_column!r} is not a column of kept/", path=out, fix=f"use one of {kept.columns}")
+        pools, scores = _fallback_pools(out, kept, settings, manifest)
+        score_name = FALLBACK_SCORE
+        notes.append(
+            f"No pools stage in this pipeline: pools are {settings.pools} quantiles of out-of-fold proxy loss "
+            f"(pool 0 = lowest loss: labels the rest of the corpus agrees with). Add prototypes + pools stages for pools from prototype distance."
+        )
+    if pools is not None:
+        pooled = pools >= 0  # fallback pools leave rows outside the proxy task's classes at -1
+        counts = {str(int(k)): int(v) for k, v in zip(*np.unique(pools[pooled], return_counts=True))}
+        pipeline["pools"] = {"score": score_name, "counts": counts}
+        if scores is not None:
+            images["pool_scores"] = plots.pool_scores(scores[pooled], pools[pooled], score_name, plot_dir / "pool_scores.png")
+
+    law = None
+    if settings.law:
+        law = load_law(settings.law)
+    elif settings.runs:
+        law = fit_law(read_runs(settings.runs), REPETITION_NAMES[settings.repetition], settings.irreducible).law
+    elif settings.label_column and pools is not None:
+        if settings.label_column not in kept.columns:
+            raise UsageError(f"[report] label_column {settings.label_column!r} is not a column of kept/", path=out, fix=f"use one of {kept.columns}")
+        law = _proxy_law(out, kept, pools, settings, manifest, rerun, progress)
+        counts = pipeline["pools"]["counts"]
+        if [p.name for p in law.pools] == list(counts):
+            law = law.with_sizes([counts[p.name] for p in law.pools])
+            notes.append("The law was fitted on proxy trainings over part of each pool (the largest label classes, a held-out split); the plan is for the full pools in kept/.")
+    else:
+        notes.append('No budget plan: set label_column (proxy trainings on the pools), runs = "RUNS.csv" or law = "LAW.json" in the pipeline\'s [report] table.')
+
+    report: dict[str, Any] = {"title": "curate: pipeline report and budget-aware data mix", "notes": notes, "pipeline": pipeline, "recommendation": None, "law": None, "plan": None}
+    if law is not None:
+        save_law(out / SCALING_DIR / "law.json", law)
+        budgets = settings.budgets or default_budgets(law)
+        section, law_images = _law_section(law, budgets, plot_dir)
+        save_json(out / SCALING_DIR / "mix.json", section["plan"])
+        report.update(section)
+        images = {**law_images, **images}
+    return write_report(out, report, images)
+
+
+def _fallback_pools(out: Path, kept: pl.DataFrame, settings: ReportSettings, manifest: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Pools from out-of-fold proxy loss over the kept rows, cached in scaling/pools.parquet."""
+    from curate.scaling.proxy_runs import score_pools, top_classes
+    from curate.training.features import hashed_ngram_bags
+
+    cache = out / SCALING_DIR / "pools.parquet"
+    id_column = manifest["config"]["input"]["id_column"]
+    ids = kept.get_column(id_column).cast(pl.String) if id_column in kept.columns else pl.Series(np.arange(kept.height).astype(str))
+    if cache.exists():
+        cached = pl.read_parquet(cache)
+        if cached.height == kept.height and cached.get_column("id").equals(ids.rename("id")) and cached.get_column(POOL_COLUMN).max() == settings.pools - 1:
+            return cached.get_column(POOL_COLUMN).to_numpy(), cached.get_column(FALLBACK_SCORE).to_numpy()
+    text_column = manifest["config"]["input"]["text_column"]
+    rows, labels = top_classes(kept.get_column(settings.label_column).to_list(), settings.classes)
+    pools = np.full(kept.height, -1, dtype=np.int64)
+    scores = np.full(kept.height, np.nan)
+    bags = hashed_ngram_bags(kept.get_column(text_column).to_arrow().take(rows))
+    pools[rows], scores[rows] = score_pools(bags, labels, settings.pools, seed=int(manifest.get("seed", 0)))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame({"id": ids, POOL_COLUMN: pools, FALLBACK_SCORE: scores}).write_parquet(cache)
+    return pools, scores
