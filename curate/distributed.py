@@ -25,14 +25,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import cloudpickle
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.errors import InputError, UsageError
-from curate.ledger import LEDGER_SCHEMA
-from curate.pipeline import InputSource, PartSource, PipelineSpec, RunOptions, RunResult, run_pipeline
-from curate.progress import QUIET
+from curate.ledger import LEDGER_SCHEMA, ids_as_strings, removed_rows
+from curate.metrics.exact import hash128
+from curate.pipeline import INPUT_STAGE, InputSource, PartSource, PipelineSpec, RunOptions, RunResult, _stage_dir_name, run_pipeline
+from curate.progress import QUIET, Progress
 from curate.shards import ROW_COLUMN, ColumnSpec, InputFile, InputSet, PartWriter, _conform_to, _first_line, _with_required, list_parts
 from curate.stages.base import Stage, StageContext
 
@@ -217,18 +219,88 @@ def _transform_task(stage_path: str, unit: Unit, ctx: StageContext, units_dir: s
     except BaseException:
         shutil.rmtree(attempt, ignore_errors=True)
         raise
-    try:
-        os.rename(attempt, final)
-    except OSError:  # another attempt got there first; its output is the same
-        shutil.rmtree(attempt, ignore_errors=True)
+    _publish(attempt, final)
     return _unit_counts(final)
 
 
-def _assemble(units_dir: Path, count: int, stage_dir: Path) -> tuple[int, int]:
+@dataclass(frozen=True)
+class _CheckFindings:
+    """What one unit of the input check found; errors are raised on the driver, earliest first."""
+
+    keys: list[Any]  # per bucket: (n, 3) int64 of (id hash high, low, ordinal)
+    null_id: int  # first ordinal with a null id, -1 if none
+    null_text: int  # first ordinal with a null text, -1 if none
+    null_text_in_batch: int
+    null_texts: int
+
+
+def _check_task(unit: InputUnit, buckets: int, units_dir: str) -> _CheckFindings:
+    """The local input check on one unit: ids hashed for the global duplicate-id shuffle, null
+    ids and texts located, null-text ledger rows written (idempotently) when they are dropped."""
+    id_col, text_col = unit.columns.id, unit.columns.text
+    keys: list[np.ndarray] = []
+    null_id = null_text = -1
+    in_batch = nulls = 0
+    attempt = Path(units_dir) / f".{unit.index:05d}.{uuid.uuid4().hex}.tmp"
+    try:
+        writer = PartWriter(attempt / "removed", schema=LEDGER_SCHEMA)
+        for batch in replace(unit, drop_null_text=False).batches([text_col]):
+            rows = batch.column(ROW_COLUMN).to_numpy()
+            ids = batch.column(id_col)
+            if ids.null_count:
+                null_id = int(rows[np.asarray(pc.is_null(ids))][0])
+                break
+            str_ids = ids_as_strings(ids)
+            keys.append(np.column_stack([hash128(str_ids).view(np.int64), rows]))
+            texts = batch.column(text_col)
+            if texts.null_count:
+                is_null = pc.is_null(texts)
+                if null_text < 0:
+                    null_text, in_batch = int(rows[np.asarray(is_null)][0]), texts.null_count
+                if unit.drop_null_text:
+                    writer.write(removed_rows(str_ids.filter(is_null), INPUT_STAGE, "null_text"))
+                nulls += texts.null_count
+        writer.close()
+    except BaseException:
+        shutil.rmtree(attempt, ignore_errors=True)
+        raise
+    _publish(attempt, Path(units_dir) / f"{unit.index:05d}")
+    triples = np.concatenate(keys) if keys else np.empty((0, 3), np.int64)
+    which = triples[:, 0].view(np.uint64) % np.uint64(buckets)
+    return _CheckFindings([triples[which == b] for b in range(buckets)], null_id, null_text, in_batch, nulls)
+
+
+def _check_piece(findings: _CheckFindings, bucket: int) -> np.ndarray:
+    return findings.keys[bucket]
+
+
+def _check_summary(findings: _CheckFindings) -> tuple[int, int, int, int]:
+    return findings.null_id, findings.null_text, findings.null_text_in_batch, findings.null_texts
+
+
+def _first_repeated_id(bucket: int, pieces: list[np.ndarray]) -> int:
+    """Lowest ordinal whose id hash was seen at an earlier ordinal, -1 if none."""
+    triples = np.concatenate(pieces) if pieces else np.empty((0, 3), np.int64)
+    order = np.lexsort((triples[:, 2], triples[:, 1], triples[:, 0]))
+    hi, lo, rows = triples[order, 0], triples[order, 1], triples[order, 2]
+    repeat = np.zeros(len(rows), dtype=bool)
+    repeat[1:] = (hi[1:] == hi[:-1]) & (lo[1:] == lo[:-1])
+    return int(rows[repeat].min()) if repeat.any() else -1
+
+
+def _publish(attempt: Path, final: Path) -> None:
+    """Rename a finished attempt into place; if another attempt won, keep that one (same bytes)."""
+    try:
+        os.rename(attempt, final)
+    except OSError:
+        shutil.rmtree(attempt, ignore_errors=True)
+
+
+def _assemble(units_dir: Path, count: int, stage_dir: Path, kinds: tuple[str, ...] = ("kept", "removed")) -> tuple[int, ...]:
     """Move every unit's parts into stage_dir/{kept,removed} in unit (input) order. Empty parts
     are dropped unless nothing else is left, so the directory still carries the schema."""
     totals = []
-    for kind in ("kept", "removed"):
+    for kind in kinds:
         target = stage_dir / kind
         target.mkdir(parents=True, exist_ok=True)
         index = rows = 0
@@ -251,7 +323,7 @@ def _assemble(units_dir: Path, count: int, stage_dir: Path) -> tuple[int, int]:
         if index == 0 and spare is not None:
             os.replace(spare, target / "part-00000.parquet")
         totals.append(rows)
-    return totals[0], totals[1]
+    return tuple(totals)
 
 
 def _rewrite_conformed(part: Path, schema: pa.Schema) -> None:
@@ -364,6 +436,48 @@ class DaskExecutor:
         finally:
             self.client.cancel(futures)
 
+    def check_input(self, inputs: InputSet, spec: PipelineSpec, stages_root: Path, entry: dict, progress: Progress) -> None:
+        """The local runner's input check (null ids, duplicate ids, null texts) as shard tasks
+        plus a shuffle on the id hash; the earliest problem in input order is the one raised."""
+        import time
+
+        started = time.perf_counter()
+        check_dir = stages_root / _stage_dir_name(0, INPUT_STAGE)
+        shutil.rmtree(check_dir, ignore_errors=True)
+        units_dir = check_dir / "work" / _UNITS
+        units_dir.mkdir(parents=True)
+        units = plan_units(InputSource(inputs, spec.batch_size, spec.drop_null_text), self.unit_rows)
+        buckets = 2 * self.threads()
+        prefix = f"curate-input-{uuid.uuid4().hex[:8]}"
+        client = self.client
+        checks = [client.submit(_check_task, unit, buckets, str(units_dir), key=f"{prefix}-check-{unit.index}", pure=False) for unit in units]
+        try:
+            ctx = StageContext(name=INPUT_STAGE, progress=progress)
+            self._follow(checks, units, ctx, "input: checking")
+            repeated = []
+            for bucket in range(buckets):
+                pieces = [client.submit(_check_piece, c, bucket, key=f"{prefix}-piece-{i}-{bucket}", pure=False) for i, c in enumerate(checks)]
+                repeated.append(client.submit(_first_repeated_id, bucket, pieces, key=f"{prefix}-repeat-{bucket}", pure=False))
+            summaries = client.gather([client.submit(_check_summary, c, pure=False) for c in checks])
+            first_repeat = [r for r in client.gather(repeated) if r >= 0]
+        except BaseException:
+            client.cancel(checks)
+            raise
+        problems: list[tuple[int, int, str]] = []  # (ordinal, rank within a batch as the local check goes, what)
+        problems += [(s[0], 0, "null_id") for s in summaries if s[0] >= 0]
+        if first_repeat:
+            problems.append((min(first_repeat), 1, "duplicate_id"))
+        if not spec.drop_null_text:
+            problems += [(s[1], 2, f"null_text:{s[2]}") for s in summaries if s[1] >= 0]
+        if problems:
+            _raise_input_problem(inputs, spec, *min(problems))
+        null_texts = sum(s[3] for s in summaries)
+        _assemble(units_dir, len(units), check_dir, kinds=("removed",))
+        if not list_parts(check_dir / "removed"):
+            PartWriter(check_dir / "removed", schema=LEDGER_SCHEMA).close()
+        shutil.rmtree(check_dir / "work", ignore_errors=True)
+        entry.update(status="done", rows_in=inputs.num_rows, rows_out=inputs.num_rows - null_texts, rows_removed=null_texts, seconds=round(time.perf_counter() - started, 3), info={})
+
     def run_stage(self, stage: Stage, source: InputSource | PartSource, ctx: StageContext, stage_dir: Path) -> tuple[int, int]:
         """fit (map-reduce or on the driver), transform shard-parallel, assemble in input order."""
         import time
@@ -448,6 +562,27 @@ class DaskExecutor:
                 if future.status == "error":
                     future.result()  # re-raises the worker's exception (InputError stays exit 2)
                 bar.advance(rows_of[future.key])
+
+
+def _raise_input_problem(inputs: InputSet, spec: PipelineSpec, ordinal: int, _rank: int, what: str) -> None:
+    """The same InputError the local check raises for the problem at `ordinal`."""
+    file = next(f for f in reversed(inputs.files) if f.row_offset <= ordinal)
+    row = ordinal - file.row_offset
+    id_col = spec.columns.id
+    if what == "null_id":
+        raise InputError(f"null id at row {row}", path=file.path, fix=f"give every row an id in '{id_col}', or drop the column to get '<file stem>:<row>' ids")
+    if what == "duplicate_id":
+        unit = InputUnit(0, file, None, file.rows, file.row_offset, inputs.schema, inputs.columns, spec.batch_size, False)
+        batch = next(b for b in unit.batches([id_col]) if b.column(ROW_COLUMN)[-1].as_py() >= ordinal)
+        first = batch.column(ROW_COLUMN)[0].as_py()
+        bad = ids_as_strings(batch.column(id_col))[ordinal - first].as_py()
+        raise InputError(f"duplicate id {bad!r}", path=file.path, fix=f"make '{id_col}' unique across all shards, or pick another --id-column")
+    in_batch = what.partition(":")[2]
+    raise InputError(
+        f"null text at row {row} ({in_batch} in this batch)",
+        path=file.path,
+        fix="fill or drop null texts, or pass --drop-null-text to send them to the ledger",
+    )
 
 
 def dashboard_available() -> bool:

@@ -192,6 +192,8 @@ class StageExecutor(Protocol):
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]: ...
 
+    def check_input(self, inputs: InputSet, spec: PipelineSpec, stages_root: Path, entry: dict, progress: Progress) -> None: ...
+
 
 @dataclass
 class RunOptions:
@@ -226,7 +228,8 @@ def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os
     stages_root = out / STAGES_DIR
     input_entry = manifest["stages"][0]
     if input_entry["status"] != "done":
-        _run_input_check(inputs, spec, stages_root, input_entry, options.progress)
+        check_input = _run_input_check if options.executor is None else options.executor.check_input
+        check_input(inputs, spec, stages_root, input_entry, options.progress)
         write_manifest(out, manifest)
         _notify(options, INPUT_STAGE)
     current: InputSource | PartSource = InputSource(inputs, spec.batch_size, spec.drop_null_text, input_entry["rows_removed"])

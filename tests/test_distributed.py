@@ -117,7 +117,7 @@ def test_exact_on_dask_keeps_the_same_rows_and_ledger_as_local(tmp_path, client,
 def test_row_group_slices_and_chained_stages_match_local(tmp_path, client, corpus):
     # unit_rows below the shard size: every shard and every part is cut into row-group slices
     stages = [{"kind": "exact"}, {"kind": "exact", "normalize": True}]
-    local, dask = run_both(tmp_path, client, stages, corpus, unit_rows=300)
+    local, dask = run_both(tmp_path, client, stages, corpus, unit_rows=500)
     manifest = json.loads((dask / "manifest.json").read_text())
     assert manifest["stages"][1]["info"]["work_units"] > 5
     assert manifest["stages"][2]["info"]["work_units"] > 5
@@ -209,52 +209,6 @@ def test_a_rerun_transform_task_is_harmless(tmp_path, corpus):
     assert not [p for p in units_dir.iterdir() if p.name.startswith(".00002.") and p.name != ".00002.deadbeef.tmp"]
 
 
-class SlowExact(ExactDedup):
-    """Exact dedup whose transform takes a while, so a worker can be killed mid-stage."""
-
-    def transform(self, batch, ctx):
-        time.sleep(0.15)
-        return super().transform(batch, ctx)
-
-
-def test_killing_a_worker_mid_run_gives_the_same_output(tmp_path, monkeypatch):
-    from distributed import Client, LocalCluster
-
-    corpus = make_corpus(tmp_path / "in", shards=12, rows=600, seed=5)
-    spec = parse_pipeline({"stage": [{"kind": "exact"}], "batch_size": 200}, "test")
-    local = run_pipeline(spec, corpus, tmp_path / "local").output
-    import curate.pipeline
-
-    monkeypatch.setattr(curate.pipeline, "stage_class", lambda kind, where="pipeline": SlowExact)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
-        executor = DaskExecutor(client)
-        out = tmp_path / "dask"
-        outcome: dict = {}
-
-        def run() -> None:
-            try:
-                outcome["result"] = run_pipeline(spec, corpus, out, RunOptions(executor=executor))
-            except BaseException as exc:  # surfaced by the assertion below
-                outcome["error"] = exc
-
-        runner = threading.Thread(target=run)
-        runner.start()
-        units_dir = out / "_stages" / "01-exact" / "work" / "units"
-        deadline = time.monotonic() + 60
-        while not (units_dir.is_dir() and any(p.name.isdigit() for p in units_dir.iterdir())):
-            assert time.monotonic() < deadline and runner.is_alive(), outcome
-            time.sleep(0.01)
-        pids = client.run(os.getpid)
-        victim = sorted(pids.values())[0]
-        psutil.Process(victim).send_signal(signal.SIGKILL)
-        finished_units = sum(p.name.isdigit() for p in units_dir.iterdir())
-        assert runner.is_alive() and finished_units < 12  # the kill landed mid-stage
-        runner.join(timeout=120)
-        assert not runner.is_alive() and "error" not in outcome, outcome
-        assert victim not in client.run(os.getpid).values()
-    assert_same_output(local, out)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -269,6 +223,7 @@ def test_unreachable_scheduler_is_a_usage_error_naming_the_address():
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.slow  # waits out the CLI's 10 s connect timeout
 def test_cli_with_unreachable_scheduler_exits_2(tmp_path, corpus, capsys):
     from curate.cli import main
 
@@ -303,6 +258,7 @@ def test_scheduler_address_runs_on_that_cluster_and_matches_local(tmp_path, clie
     assert_same_output(local, result.output)
 
 
+@pytest.mark.slow  # starts its own cluster
 def test_cli_workers_option_starts_a_local_cluster(tmp_path, corpus, capsys):
     from curate.cli import main
 
@@ -346,3 +302,85 @@ def test_progress_follows_task_completion(tmp_path, client, corpus):
     run_pipeline(spec, corpus, tmp_path / "dask", RunOptions(executor=DaskExecutor(client, unit_rows=500), progress=progress))
     assert progress.bars["exact: fitting"] == 6000
     assert progress.bars["exact: writing"] == 6000
+
+
+# ---------------------------------------------------------------------------------------
+# The input check on the cluster raises what the local check raises.
+
+
+def _local_and_dask_errors(tmp_path: Path, client, corpus: Path, **top) -> tuple[str, str]:
+    from curate.errors import InputError
+
+    spec = parse_pipeline({"stage": [{"kind": "exact"}], **top}, "test")
+    messages = []
+    for name, options in (("local", RunOptions()), ("dask", RunOptions(executor=DaskExecutor(client, unit_rows=250)))):
+        with pytest.raises(InputError) as info:
+            run_pipeline(spec, corpus, tmp_path / name, options)
+        messages.append(str(info.value))
+    return messages[0], messages[1]
+
+
+def test_duplicate_ids_across_shards_fail_on_dask_as_locally(tmp_path, client):
+    corpus = make_corpus(tmp_path / "in", shards=3, rows=400, seed=9)
+    table = pq.read_table(corpus / "shard-002.parquet")
+    ids = table.column("id").to_pylist()
+    ids[321] = "doc-0-17"
+    pq.write_table(table.set_column(0, "id", pa.array(ids)), corpus / "shard-002.parquet", row_group_size=100)
+    local, dask = _local_and_dask_errors(tmp_path, client, corpus)
+    assert "duplicate id 'doc-0-17'" in dask and "shard-002" in dask
+    assert local == dask
+
+
+def test_null_texts_without_drop_fail_on_dask_as_locally(tmp_path, client):
+    corpus = make_corpus(tmp_path / "in", shards=3, rows=400, seed=4, null_texts=2)
+    local, dask = _local_and_dask_errors(tmp_path, client, corpus, batch_size=400)
+    assert "null text at row" in dask and "shard-000" in dask
+    assert local == dask
+
+
+# ---------------------------------------------------------------------------------------
+# A worker dies.
+
+
+class SlowExact(ExactDedup):
+    """Exact dedup whose transform takes a while, so a worker can be killed mid-stage."""
+
+    def transform(self, batch, ctx):
+        time.sleep(0.2)
+        return super().transform(batch, ctx)
+
+
+def test_killing_a_worker_mid_run_gives_the_same_output(tmp_path, monkeypatch, client):
+    """Last in the file: the nanny restarts the killed worker, the shared cluster lives on."""
+    corpus = make_corpus(tmp_path / "in", shards=10, rows=400, seed=5)
+    spec = parse_pipeline({"stage": [{"kind": "exact"}], "batch_size": 200}, "test")
+    local = run_pipeline(spec, corpus, tmp_path / "local").output
+    import curate.pipeline
+
+    monkeypatch.setattr(curate.pipeline, "stage_class", lambda kind, where="pipeline": SlowExact)
+    executor = DaskExecutor(client)
+    out = tmp_path / "dask"
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = run_pipeline(spec, corpus, out, RunOptions(executor=executor))
+        except BaseException as exc:  # surfaced by the assertion below
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    units_dir = out / "_stages" / "01-exact" / "work" / "units"
+    deadline = time.monotonic() + 60
+    while not (units_dir.is_dir() and any(p.name.isdigit() for p in units_dir.iterdir())):
+        assert time.monotonic() < deadline and runner.is_alive(), outcome
+        time.sleep(0.01)
+    pids = client.run(os.getpid)
+    victim = sorted(pids.values())[0]
+    psutil.Process(victim).send_signal(signal.SIGKILL)
+    finished_units = sum(p.name.isdigit() for p in units_dir.iterdir())
+    assert runner.is_alive() and finished_units < 10  # the kill landed mid-stage
+    runner.join(timeout=120)
+    assert not runner.is_alive() and "error" not in outcome, outcome
+    assert victim not in client.run(os.getpid).values()
+    assert_same_output(local, out)
