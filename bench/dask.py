@@ -26,6 +26,7 @@ import shutil
 import time
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -61,16 +62,29 @@ def build_corpus(directory: Path, shards: int, copies: int, seed: int = 0) -> in
     return rows
 
 
+def _cpu_seconds() -> float:
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
+def cpu_used(executor: DaskExecutor | None) -> float:
+    """CPU seconds so far of this process plus every worker process."""
+    workers = executor.client.run(_cpu_seconds) if executor else {}
+    return _cpu_seconds() + sum(workers.values())
+
+
 def timed_run(corpus: Path, out: Path, executor: DaskExecutor | None) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     spec = parse_pipeline(PIPELINE, "bench")
+    cpu_before = cpu_used(executor)
     started = time.perf_counter()
     run_pipeline(spec, corpus, out, RunOptions(executor=executor))
     wall = time.perf_counter() - started
+    cpu = cpu_used(executor) - cpu_before
     manifest = json.loads((out / "manifest.json").read_text())
     seconds = {s["name"]: s["seconds"] for s in manifest["stages"]}
     timings = executor.timings.get("exact", {}) if executor else {}
-    return {"wall": wall, "stages": seconds, "finalize": wall - sum(seconds.values()), "steps": dict(timings)}
+    return {"wall": wall, "cpu": cpu, "stages": seconds, "finalize": wall - sum(seconds.values()), "steps": dict(timings)}
 
 
 def kept_ids(out: Path) -> list[str]:
@@ -111,7 +125,7 @@ def main() -> None:
     reference = kept_ids(args.workdir / "local")
     same = all(kept_ids(args.workdir / label.replace(" ", "-")) == reference for label in results)
 
-    header = f"{'run':<16}{'wall s':>9}{'input':>8}{'exact':>8}{'final':>8}{'par.':>8}{'global':>8}{'rows/s':>11}{'load':>7}{'startup':>9}"
+    header = f"{'run':<16}{'wall s':>9}{'input':>8}{'exact':>8}{'final':>8}{'par.':>8}{'global':>8}{'rows/s':>11}{'CPU s':>8}{'cores':>7}{'load':>7}{'startup':>9}"
     print()
     print(header)
     print("-" * len(header))
@@ -122,13 +136,15 @@ def main() -> None:
         r["parallel"], r["global"] = parallel, global_
         print(
             f"{label:<16}{r['wall']:>9.2f}{r['stages']['input']:>8.2f}{r['stages']['exact']:>8.2f}{r['finalize']:>8.2f}"
-            f"{parallel:>8.2f}{global_:>8.2f}{rows / r['wall']:>11,.0f}{r['load']:>7.2f}{startup.get(label, 0):>9.2f}"
+            f"{parallel:>8.2f}{global_:>8.2f}{rows / r['wall']:>11,.0f}{r['cpu']:>8.1f}{r['cpu'] / r['wall']:>7.2f}{r['load']:>7.2f}{startup.get(label, 0):>9.2f}"
         )
     one, two = results["dask 1 worker"], results["dask 2 workers"]
     print()
     print("columns: input = input check (driver); exact = the exact stage; final = finalize (publish kept/, workers strip")
     print("         the ordinal column); par. = shard-parallel tasks (fit map + shuffle reduce + transform);")
     print("         global = everything on the driver (input check, fit merge + id lookup, assembly, manifest)")
+    print("         CPU s = CPU seconds of the driver and all workers; cores = CPU s / wall: the cores the run")
+    print("         actually got on this shared machine (2 would be all of it); load = 1-min load average after")
     print(f"exact steps, 2 workers: " + ", ".join(f"{k} {v:.2f}s" for k, v in two["steps"].items()))
     print(f"speed-up 2 vs 1 worker: shard-parallel steps {one['parallel'] / two['parallel']:.2f}x, exact stage {one['stages']['exact'] / two['stages']['exact']:.2f}x, whole run {one['wall'] / two['wall']:.2f}x")
     print(f"dask 2 workers vs local runner (whole run): {results['local']['wall'] / two['wall']:.2f}x")
