@@ -29,6 +29,8 @@ ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run in
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an earlier curate output in OUT.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 SetOpt = typer.Option(None, "--set", help="Extra stage option KEY=VALUE (repeatable).")
+WorkersOpt = typer.Option(None, "--workers", help="Run on a local Dask cluster of N worker processes.")
+SchedulerOpt = typer.Option(None, "--scheduler", help="Run on a running Dask cluster: tcp://HOST:PORT of its scheduler.")
 
 
 def _progress(quiet: bool):
@@ -104,8 +106,10 @@ def run(
     drop_null_text: bool = DropNullOpt,
     seed: Optional[int] = SeedOpt,
     quiet: bool = QuietOpt,
+    workers: Optional[int] = WorkersOpt,
+    scheduler: Optional[str] = SchedulerOpt,
 ) -> None:
-    """Run a pipeline file over the input shards."""
+    """Run a pipeline file over the input shards (on a Dask cluster with --workers or --scheduler)."""
     from dataclasses import replace
 
     from curate.pipeline import load_pipeline
@@ -114,7 +118,16 @@ def run(
     spec = load_pipeline(pipeline)
     columns = ColumnSpec(text=text_column or spec.columns.text, id=id_column or spec.columns.id)
     spec = replace(spec, columns=columns, drop_null_text=drop_null_text or spec.drop_null_text, seed=spec.seed if seed is None else seed)
-    _run_spec(spec, input, output, resume, overwrite, quiet)
+    if workers is None and scheduler is None:
+        _run_spec(spec, input, output, resume, overwrite, quiet)
+        return
+    from curate.distributed import run_pipeline_on_dask
+    from curate.pipeline import RunOptions
+
+    options = RunOptions(resume=resume, overwrite=overwrite, progress=_progress(quiet))
+    log = None if quiet else (lambda line: err_console.print(line, markup=False, highlight=False))
+    result = run_pipeline_on_dask(spec, input, output, options, workers=workers, scheduler=scheduler, log=log)
+    _print_run_summary(result.output, quiet)
 
 
 @app.command()

@@ -18,7 +18,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -187,6 +187,18 @@ class PartSource:
 # The run.
 
 
+class StageExecutor(Protocol):
+    """Where the stages run (datatrove's split: the executor is separate from the steps).
+    None in RunOptions means this process (`run_stage_local`); curate.distributed.DaskExecutor
+    runs the same stage objects on a Dask cluster. Manifest, resume and finalize stay here."""
+
+    def run_stage(self, stage: Stage, source: "InputSource | PartSource", ctx: StageContext, stage_dir: Path) -> tuple[int, int]: ...
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]: ...
+
+    def check_input(self, inputs: InputSet, spec: PipelineSpec, stages_root: Path, entry: dict, progress: Progress) -> None: ...
+
+
 @dataclass
 class RunOptions:
     resume: bool = False
@@ -194,6 +206,7 @@ class RunOptions:
     progress: Progress = QUIET
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     on_stage_done: Callable[[str], None] | None = None
+    executor: StageExecutor | None = None
 
 
 @dataclass
@@ -219,7 +232,8 @@ def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os
     stages_root = out / STAGES_DIR
     input_entry = manifest["stages"][0]
     if input_entry["status"] != "done":
-        _run_input_check(inputs, spec, stages_root, input_entry, options.progress)
+        check_input = _run_input_check if options.executor is None else options.executor.check_input
+        check_input(inputs, spec, stages_root, input_entry, options.progress)
         write_manifest(out, manifest)
         _notify(options, INPUT_STAGE)
     current: InputSource | PartSource = InputSource(inputs, spec.batch_size, spec.drop_null_text, input_entry["rows_removed"])
@@ -244,7 +258,8 @@ def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os
         )
         stage = stage_class(stage_spec.kind).from_options(stage_spec.options, where=spec.source)
         started = time.perf_counter()
-        kept_rows, removed_count = run_stage_local(stage, current, ctx, stage_dir)
+        run_stage = run_stage_local if options.executor is None else options.executor.run_stage
+        kept_rows, removed_count = run_stage(stage, current, ctx, stage_dir)
         entry.update(
             status="done",
             rows_in=current.num_rows,
@@ -260,7 +275,7 @@ def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os
         current = PartSource(stage_dir / "kept", spec.batch_size)
         _notify(options, stage_spec.name)
 
-    _finalize(out, spec, manifest, inputs, current)
+    _finalize(out, spec, manifest, inputs, current, options.executor)
     if spec.report is not None:  # the budget-aware report reads the finished output
         from curate.report import build_pipeline_report
 
@@ -416,7 +431,7 @@ def _fingerprints(files: list[dict]) -> list[tuple[str, str]]:
     return [(f["path"], f["fingerprint"]) for f in files]
 
 
-def _finalize(out: Path, spec: PipelineSpec, manifest: dict, inputs: InputSet, last: InputSource | PartSource) -> None:
+def _finalize(out: Path, spec: PipelineSpec, manifest: dict, inputs: InputSet, last: InputSource | PartSource, executor: StageExecutor | None = None) -> None:
     """Publish kept/ and removed/ from the stage directories; safe to redo after a kill."""
     stages_root = out / STAGES_DIR
     kept_final = out / "kept"
@@ -430,7 +445,7 @@ def _finalize(out: Path, spec: PipelineSpec, manifest: dict, inputs: InputSet, l
             os.replace(tmp, kept_final)
         else:
             os.replace(last.directory, kept_final)
-    _strip_row_column(kept_final)
+    _strip_row_column(kept_final, executor)
     removed_final = out / "removed"
     if not removed_final.exists():
         tmp = out / ".removed.tmp"
@@ -453,18 +468,27 @@ def _finalize(out: Path, spec: PipelineSpec, manifest: dict, inputs: InputSet, l
     write_manifest(out, manifest)
 
 
-def _strip_row_column(kept_dir: Path) -> None:
-    """Drop the internal ordinal from published parts (rewritten atomically, part by part)."""
-    for part in list_parts(kept_dir):
-        schema = pq.read_schema(part)
-        if ROW_COLUMN not in schema.names:
-            continue
-        tmp = part.with_name(f".{part.name}.tmp")
-        source = pq.ParquetFile(part)
-        with pq.ParquetWriter(tmp, schema.remove(schema.get_field_index(ROW_COLUMN)), compression="zstd") as writer:
-            for batch in source.iter_batches(batch_size=DEFAULT_BATCH_SIZE):
-                writer.write_batch(batch.drop_columns([ROW_COLUMN]))
-        os.replace(tmp, part)
+def _strip_row_column(kept_dir: Path, executor: StageExecutor | None = None) -> None:
+    """Drop the internal ordinal from published parts (rewritten atomically, part by part,
+    on the executor's workers when there is one)."""
+    parts = list_parts(kept_dir)
+    if executor is None:
+        for part in parts:
+            _strip_part(part)
+    else:
+        executor.map(_strip_part, parts)
+
+
+def _strip_part(part: Path) -> None:
+    schema = pq.read_schema(part)
+    if ROW_COLUMN not in schema.names:
+        return
+    tmp = part.with_name(f".{part.name}.tmp")
+    source = pq.ParquetFile(part)
+    with pq.ParquetWriter(tmp, schema.remove(schema.get_field_index(ROW_COLUMN)), compression="zstd") as writer:
+        for batch in source.iter_batches(batch_size=DEFAULT_BATCH_SIZE):
+            writer.write_batch(batch.drop_columns([ROW_COLUMN]))
+    os.replace(tmp, part)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

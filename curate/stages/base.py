@@ -49,6 +49,9 @@ class StageContext:
     progress: Progress = QUIET
     report: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    # Under a shard-parallel executor: the index of the work unit (an input shard, a part file
+    # or a slice of one) this copy of the stage is running on; None on the local runner.
+    shard: int | None = None
 
     @property
     def text_column(self) -> str:
@@ -74,6 +77,62 @@ class Stage:
 
     def finish(self, ctx: StageContext) -> None:
         """Called once after the last batch: write side outputs (centroids, schedules)."""
+
+    # -- Optional map-reduce fit, used by shard-parallel executors (curate.distributed) ------
+    #
+    # The local runner always calls `fit`. A cluster executor splits the source into ordered
+    # work units (shards, part files or row-group slices of them) and, when a stage overrides
+    # `fit_shard`, fits it as map-reduce instead of streaming everything through the driver:
+    #
+    #   1. map     `fit_shard(unit_source, ctx)` on a worker, once per unit (ctx.shard = unit
+    #              index). Returns a compact, picklable partial (arrays, not rows).
+    #   2. shuffle (only if `fit_buckets(ctx) > 0`) `fit_shard` returns a list of exactly that
+    #              many pieces, piece b holding the keys that hash to bucket b; then
+    #              `fit_reduce(b, pieces, ctx)` runs on a worker per bucket with the pieces of
+    #              every unit, in input order.
+    #   3. merge   `fit_merge(partials, source, ctx)` on the driver, with the partials in input
+    #              (unit) order, or the reduced results in bucket order. It sets the fitted
+    #              `*_` attributes exactly as `fit` would; `source` is the whole stream, for a
+    #              final driver pass (e.g. IdLookup.collect).
+    #
+    # Contract: the fitted state, and so every output, is identical to `fit` on the same source,
+    # whatever the number of units, buckets or workers and whatever order tasks finish in:
+    # pick representatives by row ordinal (ROW_COLUMN), never by arrival order; make the
+    # result of a reduce independent of the bucket count. Tasks may be re-run after a worker
+    # dies, so map and reduce must be pure functions of their inputs (write nothing, or write
+    # under ctx.work_dir only). Stages without `fit_shard` are fitted on the driver by `fit`,
+    # which is always correct, just not parallel.
+    # Sketches for the other stages: minhash maps to band keys per unit, shuffles by band key,
+    # reduces to candidate pairs (lowest ordinal first) and merges with a union-find whose root
+    # is the lowest ordinal; embed maps to embeddings per unit (written under ctx.work_dir);
+    # k-means stays on the driver over a sample streamed back with the same seed.
+    #
+    # Transform under an executor: each task gets its own unpickled copy of the fitted stage
+    # (keep fitted state picklable and compact) and calls `transform` on its unit's batches;
+    # `finish(ctx)` runs once, on the driver, after every unit is written. A stage that
+    # writes side outputs during transform must name them by ctx.shard and must not count on
+    # state carried from one unit to another.
+
+    def fit_shard(self, source: BatchSource, ctx: StageContext) -> Any:
+        """Map step of the optional map-reduce fit (see above)."""
+        raise NotImplementedError
+
+    def fit_buckets(self, ctx: StageContext) -> int:
+        """How many shuffle buckets `fit_shard` splits its partial into; 0 means no shuffle."""
+        return 0
+
+    def fit_reduce(self, bucket: int, pieces: list[Any], ctx: StageContext) -> Any:
+        """Reduce step for one shuffle bucket, on a worker."""
+        raise NotImplementedError
+
+    def fit_merge(self, partials: list[Any], source: BatchSource, ctx: StageContext) -> "Stage":
+        """Merge step on the driver: set the fitted state from the ordered partials."""
+        raise NotImplementedError
+
+    @classmethod
+    def supports_shard_fit(cls) -> bool:
+        """True when the stage implements the map-reduce fit (it overrides `fit_shard`)."""
+        return cls.fit_shard is not Stage.fit_shard
 
     @classmethod
     def option_names(cls) -> list[str]:

@@ -39,6 +39,50 @@ class ExactDedup(Stage):
         ctx.info.update(distinct_texts=self.distinct_, index_bytes=index.nbytes)
         return self
 
+    # Map-reduce fit for cluster executors: hash per unit, shuffle on the hash, and in each
+    # bucket keep the lowest ordinal per key, so the result is `fit`'s whatever the split.
+
+    def fit_buckets(self, ctx: StageContext) -> int:
+        return max(1, 2 * ctx.workers)
+
+    def fit_shard(self, source: BatchSource, ctx: StageContext) -> list[np.ndarray]:
+        """Per bucket, an (n, 3) int64 array of (hash high, hash low, ordinal) as raw bits."""
+        keys: list[np.ndarray] = []
+        rows: list[np.ndarray] = []
+        for batch in source.batches(columns=[ctx.text_column]):
+            texts = batch.column(ctx.text_column)
+            if self.normalize:
+                texts = normalize_texts(texts)
+            keys.append(hash128(texts))
+            rows.append(row_ordinals(batch))
+        key = np.concatenate(keys) if keys else np.empty((0, 2), np.uint64)
+        triples = np.column_stack([key.view(np.int64), np.concatenate(rows) if rows else np.empty(0, np.int64)])
+        buckets = self.fit_buckets(ctx)
+        which = key[:, 0] % np.uint64(buckets)
+        return [triples[which == b] for b in range(buckets)]
+
+    def fit_reduce(self, bucket: int, pieces: list[np.ndarray], ctx: StageContext) -> tuple[np.ndarray, np.ndarray, int]:
+        """(duplicate ordinals, their representatives' ordinals, distinct keys) of one bucket."""
+        triples = np.concatenate(pieces) if pieces else np.empty((0, 3), np.int64)
+        hi, lo, rows = triples[:, 0], triples[:, 1], triples[:, 2]
+        order = np.lexsort((rows, lo, hi))
+        hi, lo, rows = hi[order], lo[order], rows[order]
+        first = np.ones(len(rows), dtype=bool)
+        first[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+        earliest = rows[first][np.cumsum(first) - 1]
+        return rows[~first], earliest[~first], int(first.sum())
+
+    def fit_merge(self, partials: list[tuple[np.ndarray, np.ndarray, int]], source: BatchSource, ctx: StageContext) -> "ExactDedup":
+        dup_rows = np.concatenate([p[0] for p in partials]) if partials else np.empty(0, np.int64)
+        reps = np.concatenate([p[1] for p in partials]) if partials else np.empty(0, np.int64)
+        order = np.argsort(dup_rows, kind="stable")
+        self.duplicate_rows_ = dup_rows[order].astype(np.int64, copy=False)
+        self.representatives_ = reps[order].astype(np.int64, copy=False)
+        self.distinct_ = sum(p[2] for p in partials)
+        self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx.id_column)
+        ctx.info.update(distinct_texts=self.distinct_, index_bytes=24 * self.distinct_, shuffle_buckets=len(partials))
+        return self
+
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         rows = row_ordinals(batch)
         is_dup = sorted_member(self.duplicate_rows_, rows)
