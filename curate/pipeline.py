@@ -11,6 +11,8 @@ ledgers, in stage order, into OUT/removed: kept/ never holds rows of an unfinish
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
 import shutil
@@ -200,6 +202,33 @@ class RunResult:
     removed_rows: int
 
 
+# OS errors that mean "this output location cannot take the writes" (not a bug in curate).
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EFBIG, errno.EEXIST}
+
+
+def _output_errors_are_user_errors(run: Callable[..., "RunResult"]) -> Callable[..., "RunResult"]:
+    """A full disk or an unwritable path anywhere in a run (parts, manifest, finalize) becomes
+    one OutputError line (exit 2). Every write is atomic (temp name, then rename) and the
+    manifest only records finished stages, so the state left behind is resumable as is."""
+
+    @functools.wraps(run)
+    def wrapper(*args: Any, **kwargs: Any) -> "RunResult":
+        try:
+            return run(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno not in _OUTPUT_ERRNOS:
+                raise
+            where = exc.filename or (args[2] if len(args) > 2 else kwargs.get("output"))
+            raise OutputError(
+                f"cannot write ({os.strerror(exc.errno)})",
+                path=where,
+                fix="free disk space or make the output writable, then rerun with --resume (finished stages are kept)",
+            ) from None
+
+    return wrapper
+
+
+@_output_errors_are_user_errors
 def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions = RunOptions()) -> RunResult:
     out = Path(output)
     config = json.loads(json.dumps(spec.resolved()))
@@ -359,6 +388,8 @@ def _prepare_output(out: Path, config: dict, input_record: list[dict], options: 
     """The manifest to resume from, or None for a fresh run (the directory is then empty)."""
     existing = read_manifest(out) if out.exists() else None
     non_empty = out.exists() and any(out.iterdir())
+    if options.resume and existing is None and non_empty and _only_start_debris(out):
+        non_empty = False  # killed before the first manifest landed: nothing to keep, start fresh
     if options.resume and existing is not None:
         if _fingerprints(existing["input"]["files"]) != _fingerprints(input_record):
             raise UsageError("--resume: the input files changed since this output was started", path=out, fix="rerun with --overwrite")
@@ -381,6 +412,18 @@ def _prepare_output(out: Path, config: dict, input_record: list[dict], options: 
     except OSError as exc:
         raise OutputError(f"cannot write the output directory ({exc.strerror})", path=out, fix="choose a writable -o") from None
     return None
+
+
+def _only_start_debris(out: Path) -> bool:
+    """True when OUT holds nothing but what a run writes before its first manifest: the write
+    probe, a temp manifest, an empty _stages tree (all curate names, so nothing of the user's)."""
+    for child in out.iterdir():
+        if child.name in (".curate-write-probe", ".manifest.json.tmp"):
+            continue
+        if child.name == STAGES_DIR and child.is_dir() and not any(p.is_file() for p in child.rglob("*")):
+            continue
+        return False
+    return True
 
 
 def _clear_directory(out: Path) -> None:

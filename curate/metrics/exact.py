@@ -24,13 +24,15 @@ def hash128(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
     Nulls hash like the empty string; callers reject or route nulls before this."""
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
-    out = np.empty((len(texts), 2), dtype=np.uint64)
-    digest = xxhash.xxh3_128_intdigest
-    values = [digest(t.encode("utf-8")) if t is not None else digest(b"") for t in texts.to_pylist()]
-    as_int = np.array(values, dtype=object)
-    out[:, 0] = (as_int >> 64).astype(np.uint64) if len(values) else 0
-    out[:, 1] = (as_int & _MASK64).astype(np.uint64) if len(values) else 0
-    return out
+    if texts.null_count:
+        texts = texts.fill_null("")
+    if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
+        texts = texts.cast(pa.large_string())
+    # Reading the bytes as binary skips a str decode and re-encode per row; the canonical
+    # 16-byte digest is the big-endian (high, low) pair, so one frombuffer splits them all.
+    binary = texts.cast(pa.large_binary() if pa.types.is_large_string(texts.type) else pa.binary())
+    raw = b"".join(map(xxhash.xxh3_128_digest, binary.to_pylist()))
+    return np.frombuffer(raw, dtype=">u8").reshape(-1, 2).astype(np.uint64)
 
 
 class FirstSeenIndex:
@@ -57,7 +59,10 @@ class FirstSeenIndex:
             return np.empty(0, dtype=np.int64)
         hi = keys[:, 0]
         lo = keys[:, 1]
-        order = np.lexsort((ordinals, lo, hi))
+        if n > 1 and (np.diff(ordinals) < 0).any():
+            order = np.lexsort((ordinals, lo, hi))
+        else:  # the usual case: a batch in input order, so a stable sort keeps ordinals ascending
+            order = _sort_by_key(hi, lo)
         hi_sorted, lo_sorted, ord_sorted = hi[order], lo[order], ordinals[order]
         new_group = np.ones(n, dtype=bool)
         new_group[1:] = (hi_sorted[1:] != hi_sorted[:-1]) | (lo_sorted[1:] != lo_sorted[:-1])
@@ -86,8 +91,20 @@ class FirstSeenIndex:
             hi = np.concatenate([a[0], b[0]])
             lo = np.concatenate([a[1], b[1]])
             ords = np.concatenate([a[2], b[2]])
-            order = np.lexsort((lo, hi))
+            order = _sort_by_key(hi, lo)
             self._runs.append((hi[order], lo[order], ords[order]))
+
+
+def _sort_by_key(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Stable order by (hi, lo). A stable sort on the high word alone is enough unless two
+    different keys share it (astronomically rare), and on two concatenated sorted runs it is
+    a linear merge, where a lexsort on both words would re-sort everything."""
+    order = np.argsort(hi, kind="stable")
+    hi_sorted = hi[order]
+    same_hi = hi_sorted[1:] == hi_sorted[:-1]
+    if same_hi.any() and (lo[order][1:][same_hi] != lo[order][:-1][same_hi]).any():
+        return np.lexsort((lo, hi))
+    return order
 
 
 def _lookup(run_hi: np.ndarray, run_lo: np.ndarray, q_hi: np.ndarray, q_lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
