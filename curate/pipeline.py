@@ -40,6 +40,7 @@ from curate.shards import (
     InputFile,
     InputSet,
     PartWriter,
+    close_quietly,
     count_part_rows,
     iter_part_batches,
     list_parts,
@@ -483,9 +484,15 @@ def _strip_row_column(kept_dir: Path) -> None:
             continue
         tmp = part.with_name(f".{part.name}.tmp")
         source = pq.ParquetFile(part)
-        with pq.ParquetWriter(tmp, schema.remove(schema.get_field_index(ROW_COLUMN)), compression="zstd") as writer:
+        writer = pq.ParquetWriter(tmp, schema.remove(schema.get_field_index(ROW_COLUMN)), compression="zstd")
+        try:
             for batch in source.iter_batches(batch_size=DEFAULT_BATCH_SIZE):
                 writer.write_batch(batch.drop_columns([ROW_COLUMN]))
+            writer.close()
+        except BaseException:
+            close_quietly(writer)  # a full disk must not leave a writer that retries at exit
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, part)
 
 
