@@ -337,6 +337,7 @@ def _run_input_check(inputs: InputSet, spec: PipelineSpec, stages_root: Path, en
                     bad = str_ids[int(np.nonzero(repeated)[0][0])].as_py()
                     raise InputError(f"duplicate id {bad!r}", path=file.path, fix=f"make '{id_col}' unique across all shards, or pick another --id-column")
                 texts = batch.column(text_col)
+                _check_utf8(texts, int(rows[0]) - file.row_offset if len(rows) else 0, file.path)
                 if texts.null_count:
                     nulls = pc.is_null(texts)
                     if not spec.drop_null_text:
@@ -351,6 +352,28 @@ def _run_input_check(inputs: InputSet, spec: PipelineSpec, stages_root: Path, en
                 bar.advance(batch.num_rows)
     writer.close()
     entry.update(status="done", rows_in=inputs.num_rows, rows_out=inputs.num_rows - null_text, rows_removed=null_text, seconds=round(time.perf_counter() - started, 3), info={})
+
+
+def _check_utf8(texts: pa.Array, first_row: int, path: str) -> None:
+    """Parquet readers do not validate UTF-8; normalizers and tokenizers downstream need it."""
+    try:
+        texts.validate(full=True)
+    except pa.ArrowInvalid:
+        values = texts.cast(pa.large_binary()).to_pylist()  # error path only: find the row to name
+        bad = next(i for i, v in enumerate(values) if v is not None and not _decodes(v))
+        raise InputError(
+            f"text at row {first_row + bad} is not valid UTF-8",
+            path=path,
+            fix="re-encode the text column as UTF-8 (e.g. decode with errors='replace') before curating",
+        ) from None
+
+
+def _decodes(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _stage_dir_name(position: int, name: str) -> str:

@@ -247,7 +247,18 @@ def _with_required(columns: Sequence[str], spec: ColumnSpec, schema: pa.Schema) 
     return wanted
 
 
+def _plain_text_and_id(schema: pa.Schema, columns: ColumnSpec) -> pa.Schema:
+    """Dictionary-encoded text or ids (polars categoricals, pandas category) read as their
+    values, so a shard written that way unifies with plain-string shards."""
+    for name in (columns.text, columns.id):
+        if name in schema.names and pa.types.is_dictionary(schema.field(name).type):
+            index = schema.get_field_index(name)
+            schema = schema.set(index, schema.field(index).with_type(schema.field(index).type.value_type))
+    return schema
+
+
 def _unify(schemas: list[pa.Schema], paths: list[Path], columns: ColumnSpec) -> pa.Schema:
+    schemas = [_plain_text_and_id(s, columns) for s in schemas]
     try:
         unified = pa.unify_schemas([s.remove_metadata() for s in schemas], promote_options="permissive")
     except (pa.ArrowException, TypeError) as exc:
