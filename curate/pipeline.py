@@ -11,6 +11,8 @@ ledgers, in stage order, into OUT/removed: kept/ never holds rows of an unfinish
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
 import shutil
@@ -38,6 +40,7 @@ from curate.shards import (
     InputFile,
     InputSet,
     PartWriter,
+    close_quietly,
     count_part_rows,
     iter_part_batches,
     list_parts,
@@ -217,6 +220,33 @@ class RunResult:
     removed_rows: int
 
 
+# OS errors that mean "this output location cannot take the writes" (not a bug in curate).
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EFBIG, errno.EEXIST}
+
+
+def _output_errors_are_user_errors(run: Callable[..., "RunResult"]) -> Callable[..., "RunResult"]:
+    """A full disk or an unwritable path anywhere in a run (parts, manifest, finalize) becomes
+    one OutputError line (exit 2). Every write is atomic (temp name, then rename) and the
+    manifest only records finished stages, so the state left behind is resumable as is."""
+
+    @functools.wraps(run)
+    def wrapper(*args: Any, **kwargs: Any) -> "RunResult":
+        try:
+            return run(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno not in _OUTPUT_ERRNOS:
+                raise
+            where = exc.filename or (args[2] if len(args) > 2 else kwargs.get("output"))
+            raise OutputError(
+                f"cannot write ({os.strerror(exc.errno)})",
+                path=where,
+                fix="free disk space or make the output writable, then rerun with --resume (finished stages are kept)",
+            ) from None
+
+    return wrapper
+
+
+@_output_errors_are_user_errors
 def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions = RunOptions()) -> RunResult:
     out = Path(output)
     config = json.loads(json.dumps(spec.resolved()))
@@ -330,7 +360,7 @@ def _run_input_check(inputs: InputSet, spec: PipelineSpec, stages_root: Path, en
                     bad = str_ids[int(np.nonzero(repeated)[0][0])].as_py()
                     raise InputError(f"duplicate id {bad!r}", path=file.path, fix=f"make '{id_col}' unique across all shards, or pick another --id-column")
                 texts = batch.column(text_col)
-                _check_utf8(texts, file.path, text_col)
+                _check_utf8(texts, int(rows[0]) - file.row_offset if len(rows) else 0, file.path)
                 if texts.null_count:
                     nulls = pc.is_null(texts)
                     if not spec.drop_null_text:
@@ -347,16 +377,26 @@ def _run_input_check(inputs: InputSet, spec: PipelineSpec, stages_root: Path, en
     entry.update(status="done", rows_in=inputs.num_rows, rows_out=inputs.num_rows - null_text, rows_removed=null_text, seconds=round(time.perf_counter() - started, 3), info={})
 
 
-def _check_utf8(texts: pa.Array, path: str, column: str) -> None:
-    """Parquet readers do not validate string bytes; a stage would fail later, far from the cause."""
+def _check_utf8(texts: pa.Array, first_row: int, path: str) -> None:
+    """Parquet readers do not validate UTF-8; normalizers and tokenizers downstream need it."""
     try:
         texts.validate(full=True)
-    except pa.ArrowInvalid as exc:
+    except pa.ArrowInvalid:
+        values = texts.cast(pa.large_binary()).to_pylist()  # error path only: find the row to name
+        bad = next(i for i, v in enumerate(values) if v is not None and not _decodes(v))
         raise InputError(
-            f"column '{column}' holds bytes that are not valid UTF-8 ({exc})",
+            f"text at row {first_row + bad} is not valid UTF-8",
             path=path,
-            fix="re-encode the text as UTF-8 (e.g. decode with errors='replace') before curating",
+            fix="re-encode the text column as UTF-8 (e.g. decode with errors='replace') before curating",
         ) from None
+
+
+def _decodes(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _stage_dir_name(position: int, name: str) -> str:
@@ -395,6 +435,8 @@ def _prepare_output(out: Path, config: dict, input_record: list[dict], options: 
     """The manifest to resume from, or None for a fresh run (the directory is then empty)."""
     existing = read_manifest(out) if out.exists() else None
     non_empty = out.exists() and any(out.iterdir())
+    if options.resume and existing is None and non_empty and _only_start_debris(out):
+        non_empty = False  # killed before the first manifest landed: nothing to keep, start fresh
     if options.resume and existing is not None:
         if _fingerprints(existing["input"]["files"]) != _fingerprints(input_record):
             raise UsageError("--resume: the input files changed since this output was started", path=out, fix="rerun with --overwrite")
@@ -417,6 +459,18 @@ def _prepare_output(out: Path, config: dict, input_record: list[dict], options: 
     except OSError as exc:
         raise OutputError(f"cannot write the output directory ({exc.strerror})", path=out, fix="choose a writable -o") from None
     return None
+
+
+def _only_start_debris(out: Path) -> bool:
+    """True when OUT holds nothing but what a run writes before its first manifest: the write
+    probe, a temp manifest, an empty _stages tree (all curate names, so nothing of the user's)."""
+    for child in out.iterdir():
+        if child.name in (".curate-write-probe", ".manifest.json.tmp"):
+            continue
+        if child.name == STAGES_DIR and child.is_dir() and not any(p.is_file() for p in child.rglob("*")):
+            continue
+        return False
+    return True
 
 
 def _clear_directory(out: Path) -> None:
@@ -485,9 +539,15 @@ def _strip_part(part: Path) -> None:
         return
     tmp = part.with_name(f".{part.name}.tmp")
     source = pq.ParquetFile(part)
-    with pq.ParquetWriter(tmp, schema.remove(schema.get_field_index(ROW_COLUMN)), compression="zstd") as writer:
+    writer = pq.ParquetWriter(tmp, schema.remove(schema.get_field_index(ROW_COLUMN)), compression="zstd")
+    try:
         for batch in source.iter_batches(batch_size=DEFAULT_BATCH_SIZE):
             writer.write_batch(batch.drop_columns([ROW_COLUMN]))
+        writer.close()
+    except BaseException:
+        close_quietly(writer)  # a full disk must not leave a writer that retries at exit
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, part)
 
 

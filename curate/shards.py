@@ -247,7 +247,18 @@ def _with_required(columns: Sequence[str], spec: ColumnSpec, schema: pa.Schema) 
     return wanted
 
 
+def _plain_text_and_id(schema: pa.Schema, columns: ColumnSpec) -> pa.Schema:
+    """Dictionary-encoded text or ids (polars categoricals, pandas category) read as their
+    values, so a shard written that way unifies with plain-string shards."""
+    for name in (columns.text, columns.id):
+        if name in schema.names and pa.types.is_dictionary(schema.field(name).type):
+            index = schema.get_field_index(name)
+            schema = schema.set(index, schema.field(index).with_type(schema.field(index).type.value_type))
+    return schema
+
+
 def _unify(schemas: list[pa.Schema], paths: list[Path], columns: ColumnSpec) -> pa.Schema:
+    schemas = [_plain_text_and_id(s, columns) for s in schemas]
     try:
         unified = pa.unify_schemas([s.remove_metadata() for s in schemas], promote_options="permissive")
     except (pa.ArrowException, TypeError) as exc:
@@ -343,7 +354,9 @@ class PartWriter:
             else:
                 self._writer.write_table(data)
         except OSError as exc:
-            raise OutputError(f"cannot write ({exc.strerror or exc})", path=self._tmp_path, fix="free disk space or choose another -o, then rerun with --resume") from None
+            tmp = self._tmp_path
+            self.abort()
+            raise OutputError(f"cannot write ({exc.strerror or exc})", path=tmp, fix="free disk space or choose another -o, then rerun with --resume") from None
         self.rows_written += data.num_rows
         self._bytes += data.nbytes
         if self._bytes >= self.max_bytes:
@@ -362,11 +375,16 @@ class PartWriter:
         return self.parts
 
     def abort(self) -> None:
+        """Drop the open part (its temp file too): after a failed write, and on errors."""
         if self._writer is not None:
-            self._writer.close()
+            close_quietly(self._writer)
             self._writer = None
-        if self._tmp_path is not None and self._tmp_path.exists():
-            self._tmp_path.unlink()
+        if self._tmp_path is not None:
+            try:
+                self._tmp_path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            self._tmp_path = None
 
     def __enter__(self) -> "PartWriter":
         return self
@@ -394,11 +412,23 @@ class PartWriter:
             final = self.directory / f"part-{self._index:05d}.parquet"
             os.replace(self._tmp_path, final)
         except OSError as exc:
-            raise OutputError(f"cannot finish part ({exc.strerror or exc})", path=self._tmp_path, fix="free disk space, then rerun with --resume") from None
+            tmp = self._tmp_path
+            self.abort()
+            raise OutputError(f"cannot finish part ({exc.strerror or exc})", path=tmp, fix="free disk space, then rerun with --resume") from None
         self.parts.append(final)
         self._writer = None
         self._tmp_path = None
         self._index += 1
+
+
+def close_quietly(writer: pq.ParquetWriter) -> None:
+    """Close a writer whose file may be unwritable (disk full). Marking it closed matters:
+    otherwise its __del__ retries the close at exit and prints a traceback."""
+    try:
+        writer.close()
+    except OSError:
+        pass
+    writer.is_open = False
 
 
 def _conform_to(data: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:

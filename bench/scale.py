@@ -1,0 +1,219 @@
+"""End-to-end scale benchmark: the standard pipeline over ~1M real short texts on this machine.
+
+    python bench/scale.py                          # 1M rows, hashing embeddings
+    python bench/scale.py --model minilm --rows 100000
+
+Runs `python -m curate.cli run` as a subprocess (so the numbers are the CLI's, imports and
+all), then `curate verify`. Prints wall time per stage from manifest.json, rows/s, and the
+peak memory: the child's ru_maxrss (getrusage RUSAGE_CHILDREN, largest single process) and
+the peak summed RSS of the whole process tree (psutil, sampled every 0.1 s), which also
+catches worker processes. Stage kinds that are not registered in this checkout are skipped
+and listed; so are stages whose input column comes from a skipped stage.
+Targets (DESIGN section 7): peak RSS < 4 GiB, wall < 10 minutes for 1M rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.corpus_short import cached_corpus  # noqa: E402
+from curate.stages.base import available_kinds, stage_class  # noqa: E402
+
+GIB = 1024**3
+RSS_TARGET = 4 * GIB
+WALL_TARGET_S = 600.0
+
+
+def standard_stages(model: str) -> list[dict]:
+    """exact -> minhash(0.8) -> embed(model) -> prototypes(200, hard, 0.8) -> pools(4)."""
+    return [
+        {"kind": "exact"},
+        {"kind": "minhash", "threshold": 0.8},
+        {"kind": "embed", "model": model},
+        {"kind": "prototypes", "clusters": 200, "keep": "hard", "fraction": 0.8},
+        {"kind": "pools", "score": "proto_distance", "pools": 4},
+    ]
+
+
+# Which stage each stage depends on for its input columns (embeddings, scores).
+NEEDS = {"prototypes": "embed", "pools": "prototypes"}
+
+
+def plan_stages(wanted: list[dict], kinds: list[str]) -> tuple[list[dict], list[str]]:
+    """The stages this checkout can run, and a note per skipped stage or dropped option."""
+    planned: list[dict] = []
+    notes: list[str] = []
+    present: set[str] = set()
+    for stage in wanted:
+        kind = stage["kind"]
+        if kind not in kinds:
+            notes.append(f"skipped {kind}: stage kind not registered (available: {', '.join(kinds)})")
+            continue
+        need = NEEDS.get(kind)
+        if need and need not in present:
+            notes.append(f"skipped {kind}: needs the {need} stage, which is skipped")
+            continue
+        valid = set(stage_class(kind).option_names())
+        options = {k: v for k, v in stage.items() if k == "kind" or k in valid}
+        dropped = sorted(set(stage) - set(options))
+        if dropped:
+            notes.append(f"{kind}: option(s) {dropped} not accepted by this checkout's stage, left at defaults")
+        planned.append(options)
+        present.add(kind)
+    return planned, notes
+
+
+def pipeline_toml(stages: list[dict], batch_size: int) -> str:
+    lines = ["# written by bench/scale.py", f"batch_size = {batch_size}", "", "[input]", 'text_column = "text"', 'id_column = "id"', ""]
+    for stage in stages:
+        lines.append("[[stage]]")
+        for key, value in stage.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+class TreeRssSampler:
+    """Peak of the summed RSS of a process and its descendants, sampled on a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.1):
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "TreeRssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self._stop.is_set():
+            total = 0
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            for proc in procs:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.NoSuchProcess:
+                    continue
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
+
+
+def run_measured(cmd: list[str], log: Path) -> dict:
+    """Run `cmd`, return wall seconds, exit code, and peak memory (tree sample and ru_maxrss)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    with open(log, "wb") as handle:
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+        with TreeRssSampler(proc.pid) as sampler:
+            code = proc.wait()
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # ru_maxrss (KiB on Linux) of children is a running maximum: only meaningful if it grew.
+    maxrss = after * 1024 if after > before else None
+    return {"wall_s": wall, "exit_code": code, "tree_peak_rss": sampler.peak, "child_maxrss": maxrss}
+
+
+def _gib(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / GIB:.2f} GiB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="hashing", help="embed model: hashing | minilm")
+    parser.add_argument("--batch-size", type=int, default=65_536)
+    parser.add_argument("--work-dir", type=Path, default=None, help="where OUT goes (default: a temp dir, removed after)")
+    parser.add_argument("--keep-output", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    load_start = os.getloadavg()
+    started = time.perf_counter()
+    corpus = cached_corpus(args.rows, args.shards, args.seed)
+    print(f"corpus: {corpus} ({args.rows:,} rows, {args.shards} shards; ready in {time.perf_counter() - started:.1f} s)")
+
+    stages, notes = plan_stages(standard_stages(args.model), available_kinds())
+    for note in notes:
+        print(f"note: {note}")
+    print("running: " + " -> ".join(s["kind"] for s in stages))
+
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="curate-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    pipeline = work / "pipeline.toml"
+    pipeline.write_text(pipeline_toml(stages, args.batch_size))
+    out = work / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    python = sys.executable
+    run = run_measured([python, "-m", "curate.cli", "run", str(pipeline), "-i", str(corpus), "-o", str(out), "--quiet"], work / "run.log")
+    if run["exit_code"] != 0:
+        print((work / "run.log").read_text()[-4000:])
+        print(f"FAILED: curate run exited {run['exit_code']} (log: {work / 'run.log'})")
+        return 1
+    verify = run_measured([python, "-m", "curate.cli", "verify", str(out)], work / "verify.log")
+    manifest = json.loads((out / "manifest.json").read_text())
+    load_end = os.getloadavg()
+
+    print(f"\n{'stage':<14}{'rows in':>12}{'rows out':>12}{'seconds':>10}{'rows/s':>12}")
+    stage_rows = []
+    for entry in manifest["stages"]:
+        seconds = float(entry.get("seconds", 0.0))
+        rate = entry.get("rows_in", 0) / seconds if seconds else float("nan")
+        stage_rows.append({"name": entry["name"], "rows_in": entry.get("rows_in"), "rows_out": entry.get("rows_out"), "seconds": seconds})
+        print(f"{entry['name']:<14}{entry.get('rows_in', 0):>12,}{entry.get('rows_out', 0):>12,}{seconds:>10.1f}{rate:>12,.0f}")
+    totals = manifest["totals"]
+    rows = totals["input_rows"]
+    print(f"\ntotal: {rows:,} rows -> kept {totals['kept_rows']:,}, removed {totals['removed_rows']:,}")
+    print(f"run wall time: {run['wall_s']:.1f} s ({rows / run['wall_s']:,.0f} rows/s end to end, CLI start-up included)")
+    print(f"run peak RSS: process tree {_gib(run['tree_peak_rss'])} (sampled), largest process {_gib(run['child_maxrss'])} (ru_maxrss)")
+    print(f"verify: exit {verify['exit_code']}, {verify['wall_s']:.1f} s, peak RSS {_gib(verify['tree_peak_rss'])}")
+    print(f"load average (1/5/15 min): start {load_start[0]:.2f}/{load_start[1]:.2f}/{load_start[2]:.2f}, end {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f} on {os.cpu_count()} cores")
+    peak = max(run["tree_peak_rss"], run["child_maxrss"] or 0)
+    ok_rss = peak < RSS_TARGET
+    ok_wall = run["wall_s"] < WALL_TARGET_S * rows / 1_000_000
+    print(f"targets: peak RSS < 4 GiB: {'ok' if ok_rss else 'MISSED'}; wall < 10 min per 1M rows: {'ok' if ok_wall else 'MISSED'}")
+    embed = next((s for s in stage_rows if s["name"].startswith("embed")), None)
+    if rows < 1_000_000:
+        scale = 1_000_000 / rows
+        projected = sum(s["seconds"] for s in stage_rows) * scale
+        print(f"projected for 1M rows (stage times scaled linearly x{scale:g}): {projected:.0f} s" + (f", of which embed {embed['seconds'] * scale:.0f} s" if embed else ""))
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "notes": notes, "stages": stage_rows, "run": run, "verify": verify, "totals": totals, "load_start": load_start, "load_end": load_end}, indent=2))
+    if not args.keep_output and args.work_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"output kept in {out}")
+    return 0 if verify["exit_code"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
