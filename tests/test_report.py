@@ -116,7 +116,7 @@ def test_proxy_runs_rows_per_pool_and_prefix():
     vocab = [["red", "apple", "cherry"], ["blue", "sky", "sea"], ["green", "leaf", "grass"]]
     texts = [" ".join(rng.choice(vocab[l], 3)) + f" w{rng.integers(50)}" for l in labels]
     pools = rng.integers(0, 2, 600)
-    rows = run_proxy_trainings(texts, [str(l) for l in labels], pools, ProxyRunSettings(epochs=(0.5, 2.0), mix_epochs=(1.0,), classes=3))
+    rows = run_proxy_trainings(texts, [str(l) for l in labels], pools, ProxyRunSettings(epochs=(0.5, 2.0), mix_epochs=(1.0,), classes=3, metric="loss"))
     assert [r["pool"] for r in rows] == ["0", "0", "1", "1", "0+1"]
     assert all(r["samples_seen"] == round(r["epochs"] * r["pool_size"]) for r in rows)
     assert rows[1]["loss"] < rows[0]["loss"] < np.log(3) + 0.1  # it learns

@@ -253,6 +253,8 @@ def build_pipeline_report(out: str | Path, overrides: dict | None = None, rerun:
         if settings.label_column not in kept.columns:
             raise UsageError(f"[report] label_column {settings.label_column!r} is not a column of kept/", path=out, fix=f"use one of {kept.columns}")
         law = _proxy_law(out, kept, pools, settings, manifest, rerun, progress)
+        measured = "held-out error rate (1 - accuracy)" if settings.metric == "error" else "held-out cross-entropy"
+        notes.append(f"'Loss' in this plan is the proxy classifier's {measured} on {settings.label_column!r} (the {settings.classes} most frequent values), from scaling/runs.csv.")
         counts = pipeline["pools"]["counts"]
         if [p.name for p in law.pools] == list(counts):
             law = law.with_sizes([counts[p.name] for p in law.pools])
