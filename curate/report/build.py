@@ -111,6 +111,7 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
             [[f"{e['budget']:.3g}", "+".join(e["pools"]), f"{e['unique']:,}", f"{e['epochs']:.3g}", f"{e['predicted_loss']:.4g}", *[f"{c['predicted_loss']:.4g}" for c in e["candidates"]]] for e in entries],
         ))
         if report["plan"]["switches"]:
+            sections.append("<p>Budgets where the chosen mix changes:</p>")
             sections.append(_table(["budget", "from", "to"], [[f"{s['budget']:.3g}", "+".join(s["from"]), "+".join(s["to"])] for s in report["plan"]["switches"]]))
         sections.append("<h2>Fitted law</h2>")
         key = "tau" if law["model"] == "goyal2024" else "r_star"
