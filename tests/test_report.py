@@ -153,3 +153,15 @@ def test_report_renders_in_headless_chromium(law_report, tmp_path):
     shot = tmp_path / "shot.png"
     subprocess.run([_chromium(), *flags, f"--screenshot={shot}", "--window-size=1280,2000", html_path.as_uri()], capture_output=True, timeout=120)
     assert mpimg.imread(str(shot)).shape[:2] == (2000, 1280)
+
+
+@pytest.mark.slow
+def test_demo_ends_with_a_budget_plan(tmp_path):
+    """`curate demo`: exact dedup, fallback pools from proxy loss, proxy runs, fit, plan (~1 min)."""
+    main(["demo", "-o", str(tmp_path / "demo"), "-q"])
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["law"]["model"] == "goyal2024" and len(report["law"]["pools"]) == 4
+    assert len(report["plan"]["mixes"]) == 6 and report["recommendation"].startswith("For budget")
+    assert {"funnel", "pool_scores", "fit_per_pool", "loss_vs_budget", "mix_vs_budget"} <= set(report["plots"])
+    runs = (tmp_path / "demo" / "scaling" / "runs.csv").read_text().splitlines()
+    assert runs[0].startswith("pool,pool_size,samples_seen,loss") and len(runs) == 1 + 4 * 7 + 3 * 3

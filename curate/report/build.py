@@ -57,7 +57,8 @@ def recommendation(law: Law, mix: dict) -> str:
     paying = [c for c in mix["crossovers"] if c["budget"] is not None]
     if paying:
         text += " Adding a pool starts to pay: " + ", ".join(
-            f"pool {c['add_pool']} from {c['budget']:.3g} samples" + (" (already at the smallest budget)" if c.get("pays_from_start") else "") for c in paying
+            f"pool {c['add_pool']} already at the smallest budget considered ({c['budget']:.3g} samples)" if c.get("pays_from_start") else f"pool {c['add_pool']} from {c['budget']:.3g} samples"
+            for c in paying
         ) + "."
     never = [c["add_pool"] for c in mix["crossovers"] if c["budget"] is None]
     if never:

@@ -15,7 +15,7 @@ from matplotlib.ticker import NullFormatter  # noqa: E402
 from curate.scaling.allocate import candidate_log_losses, prefix_sizes  # noqa: E402
 from curate.scaling.law import Law  # noqa: E402
 
-DPI = 110
+DPI = 100
 
 
 def _save(fig, path: Path) -> Path:
