@@ -68,6 +68,8 @@ def _print_run_summary(out: Path, quiet: bool) -> None:
         return
     _stage_table(stage_summaries(out))
     out_console.print(f"output: {out}  (kept/, removed/, manifest.json)")
+    if (out / "report.html").exists():
+        out_console.print(f"report: {out / 'report.html'}")
 
 
 def _stage_table(summaries) -> None:

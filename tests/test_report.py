@@ -23,6 +23,7 @@ from curate.scaling.allocate import allocate
 from curate.scaling.law import Law, Pool, log_loss_mix
 from curate.scaling.proxy_runs import ProxyRunSettings, run_proxy_trainings
 from curate.scaling.runs import write_runs
+from curate.training.proxy import ProxyConfig
 
 LAW = Law(3.0, (Pool("0", 1000, -0.2, 2.0), Pool("1", 1000, -0.18, 3.0), Pool("2", 2000, -0.16, 4.0), Pool("3", 4000, -0.14, 5.0)))
 
@@ -31,10 +32,17 @@ def embedded_images(html_text):
     return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', html_text)]
 
 
-def test_law_report_files_and_images_decode(tmp_path):
-    html_path = build_law_report(LAW, [1e3, 1e4, 1e5], tmp_path)
+@pytest.fixture(scope="module")
+def law_report(tmp_path_factory):
+    """One plan-only report, shared: building plots is the slow part."""
+    directory = tmp_path_factory.mktemp("law_report")
+    return build_law_report(LAW, [1e3, 1e4, 1e5], directory)
+
+
+def test_law_report_files_and_images_decode(law_report):
+    tmp_path = law_report.parent
     report = json.loads((tmp_path / "report.json").read_text())
-    images = embedded_images(html_path.read_text())
+    images = embedded_images(law_report.read_text())
     assert len(images) == 2 and set(report["plots"]) == {"loss_vs_budget", "mix_vs_budget"}
     for data in images:
         assert mpimg.imread(io.BytesIO(data), format="png").shape[0] > 100
@@ -42,9 +50,8 @@ def test_law_report_files_and_images_decode(tmp_path):
         assert (tmp_path / rel).stat().st_size > 1000
 
 
-def test_recommendation_states_the_chosen_mix(tmp_path):
-    build_law_report(LAW, [1e5], tmp_path)
-    report = json.loads((tmp_path / "report.json").read_text())
+def test_recommendation_states_the_chosen_mix(law_report):
+    report = json.loads((law_report.parent / "report.json").read_text())
     chosen = allocate(LAW, [1e5])[0]
     expected = f"for budget 1e+05 samples, train on pools 0-{chosen.pools[-1]}"
     assert expected in report["recommendation"].lower()
@@ -116,7 +123,7 @@ def test_proxy_runs_rows_per_pool_and_prefix():
     vocab = [["red", "apple", "cherry"], ["blue", "sky", "sea"], ["green", "leaf", "grass"]]
     texts = [" ".join(rng.choice(vocab[l], 3)) + f" w{rng.integers(50)}" for l in labels]
     pools = rng.integers(0, 2, 600)
-    rows = run_proxy_trainings(texts, [str(l) for l in labels], pools, ProxyRunSettings(epochs=(0.5, 2.0), mix_epochs=(1.0,), classes=3))
+    rows = run_proxy_trainings(texts, [str(l) for l in labels], pools, ProxyRunSettings(epochs=(0.5, 2.0), mix_epochs=(1.0,), classes=3, metric="loss", proxy=ProxyConfig(num_buckets=1 << 12, lr=0.01, batch_size=32)))
     assert [r["pool"] for r in rows] == ["0", "0", "1", "1", "0+1"]
     assert all(r["samples_seen"] == round(r["epochs"] * r["pool_size"]) for r in rows)
     assert rows[1]["loss"] < rows[0]["loss"] < np.log(3) + 0.1  # it learns
@@ -133,9 +140,9 @@ CHECK_SCRIPT = """<script>window.addEventListener('load', () => {
 
 
 @pytest.mark.skipif(_chromium() is None, reason="chromium not installed (apt-get install -y chromium) -- the browser render check needs it")
-def test_report_renders_in_headless_chromium(tmp_path):
-    html_path = build_law_report(LAW, [1e3, 1e4, 1e5], tmp_path / "report")
-    probe = html_path.with_name("probe.html")
+def test_report_renders_in_headless_chromium(law_report, tmp_path):
+    html_path = law_report
+    probe = tmp_path / "probe.html"
     probe.write_text(html_path.read_text().replace("</body>", CHECK_SCRIPT))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", f"--user-data-dir={tempfile.mkdtemp()}"]
@@ -146,3 +153,15 @@ def test_report_renders_in_headless_chromium(tmp_path):
     shot = tmp_path / "shot.png"
     subprocess.run([_chromium(), *flags, f"--screenshot={shot}", "--window-size=1280,2000", html_path.as_uri()], capture_output=True, timeout=120)
     assert mpimg.imread(str(shot)).shape[:2] == (2000, 1280)
+
+
+@pytest.mark.slow
+def test_demo_ends_with_a_budget_plan(tmp_path):
+    """`curate demo`: exact dedup, fallback pools from proxy loss, proxy runs, fit, plan (~1 min)."""
+    main(["demo", "-o", str(tmp_path / "demo"), "-q"])
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["law"]["model"] == "goyal2024" and len(report["law"]["pools"]) == 4
+    assert len(report["plan"]["mixes"]) == 6 and report["recommendation"].startswith("For budget")
+    assert {"funnel", "pool_scores", "fit_per_pool", "loss_vs_budget", "mix_vs_budget"} <= set(report["plots"])
+    runs = (tmp_path / "demo" / "scaling" / "runs.csv").read_text().splitlines()
+    assert runs[0].startswith("pool,pool_size,samples_seen,loss") and len(runs) == 1 + 4 * 7 + 3 * 3

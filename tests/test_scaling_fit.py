@@ -103,3 +103,17 @@ def test_mix_rows_are_used_as_evidence(tmp_path):
     assert table.members[-1] == (0, 1)
     law = fit_law(table).law
     assert law.fit["rmse_log_per_pool"]["0+1"] < 0.01
+
+
+def test_recovers_parameters_above_a_fixed_irreducible_loss(tmp_path):
+    rng = np.random.default_rng(3)
+    rows = []
+    for i, (size, b, t) in enumerate(zip(SIZES, B, TAU)):
+        n = np.geomspace(0.05 * size, 40 * size, 14)
+        y = np.exp(log_loss_mix(n, [size], [b], [t], A, GOYAL, irreducible=0.5)) * (1 + 0.002 * rng.standard_normal(len(n)))
+        rows += [{"pool": str(i), "pool_size": size, "samples_seen": float(x), "loss": float(v)} for x, v in zip(n, y)]
+    write_runs(tmp_path / "runs.csv", rows)
+    law = fit_law(read_runs(tmp_path / "runs.csv"), irreducible=0.5).law
+    assert law.irreducible == 0.5 and law.a == pytest.approx(A, rel=0.10)
+    for pool, b in zip(law.pools, B):
+        assert pool.b == pytest.approx(b, rel=0.05)

@@ -57,7 +57,8 @@ def recommendation(law: Law, mix: dict) -> str:
     paying = [c for c in mix["crossovers"] if c["budget"] is not None]
     if paying:
         text += " Adding a pool starts to pay: " + ", ".join(
-            f"pool {c['add_pool']} from {c['budget']:.3g} samples" + (" (already at the smallest budget)" if c.get("pays_from_start") else "") for c in paying
+            f"pool {c['add_pool']} already at the smallest budget considered ({c['budget']:.3g} samples)" if c.get("pays_from_start") else f"pool {c['add_pool']} from {c['budget']:.3g} samples"
+            for c in paying
         ) + "."
     never = [c["add_pool"] for c in mix["crossovers"] if c["budget"] is None]
     if never:
@@ -111,6 +112,7 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
             [[f"{e['budget']:.3g}", "+".join(e["pools"]), f"{e['unique']:,}", f"{e['epochs']:.3g}", f"{e['predicted_loss']:.4g}", *[f"{c['predicted_loss']:.4g}" for c in e["candidates"]]] for e in entries],
         ))
         if report["plan"]["switches"]:
+            sections.append("<p>Budgets where the chosen mix changes:</p>")
             sections.append(_table(["budget", "from", "to"], [[f"{s['budget']:.3g}", "+".join(s["from"]), "+".join(s["to"])] for s in report["plan"]["switches"]]))
         sections.append("<h2>Fitted law</h2>")
         key = "tau" if law["model"] == "goyal2024" else "r_star"
@@ -253,6 +255,8 @@ def build_pipeline_report(out: str | Path, overrides: dict | None = None, rerun:
         if settings.label_column not in kept.columns:
             raise UsageError(f"[report] label_column {settings.label_column!r} is not a column of kept/", path=out, fix=f"use one of {kept.columns}")
         law = _proxy_law(out, kept, pools, settings, manifest, rerun, progress)
+        measured = "held-out error rate (1 - accuracy)" if settings.metric == "error" else "held-out cross-entropy"
+        notes.append(f"'Loss' in this plan is the proxy classifier's {measured} on {settings.label_column!r} (the {settings.classes} most frequent values), from scaling/runs.csv.")
         counts = pipeline["pools"]["counts"]
         if [p.name for p in law.pools] == list(counts):
             law = law.with_sizes([counts[p.name] for p in law.pools])

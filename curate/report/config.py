@@ -21,7 +21,7 @@ REPORT_DEFAULTS: dict[str, Any] = {
     "mix_epochs": [0.5, 1.0, 2.0],  # proxy checkpoints for the prefix mixes (extra evidence)
     "classes": 20,  # proxy task: the most frequent label values
     "seeds": 1,
-    "metric": "loss",  # held-out cross-entropy, or "error"
+    "metric": "error",  # held-out error rate (1 - accuracy), or "loss" (cross-entropy, rises when repetition overfits)
     "heldout_fraction": 0.2,
     "irreducible": 0.0,
     "repetition": "goyal",
@@ -43,7 +43,7 @@ class ReportSettings:
     mix_epochs: list[float] = field(default_factory=lambda: list(REPORT_DEFAULTS["mix_epochs"]))
     classes: int = 20
     seeds: int = 1
-    metric: str = "loss"
+    metric: str = "error"
     heldout_fraction: float = 0.2
     irreducible: float = 0.0
     repetition: str = "goyal"

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from curate.errors import UsageError
 from curate.scaling.law import Law
 
 SEARCH_POINTS = 4000  # log-spaced budgets scanned for crossovers before bisection
@@ -160,8 +161,6 @@ def plan(law: Law, budgets: Sequence[float]) -> dict:
 
 def parse_budgets(text: str) -> list[float]:
     """'1e6,1e7' (a list) or '1e4:1e9:20' (20 log-spaced); UsageError if malformed or not positive."""
-    from curate.errors import UsageError
-
     fix = "write C1,C2,... or START:STOP:COUNT (log range), e.g. 1e4:1e9:20"
     try:
         budgets = log_budget_range(text) if ":" in text else [float(x) for x in text.split(",") if x.strip()]

@@ -30,11 +30,12 @@ class ProxyRunSettings:
 
     epochs: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
     mix_epochs: tuple[float, ...] = (0.5, 1.0, 2.0)  # prefix mixes (0+1, ...): extra evidence; () to skip
+    budgets: tuple[float, ...] = ()  # if given: the same absolute checkpoints (samples seen) for every pool and mix
     heldout_fraction: float = 0.2
     heldout_max: int = 5000
     classes: int = 20  # the largest label classes; other rows are left out
     seeds: int = 1
-    metric: str = "loss"  # held-out cross-entropy, or "error" (1 - accuracy)
+    metric: str = "error"  # held-out 1 - accuracy, or "loss" (cross-entropy; it rises once repetition overfits, which no monotone law fits)
     seed: int = 0
     proxy: ProxyConfig = field(default_factory=lambda: ProxyConfig(lr=0.005, batch_size=32, num_buckets=1 << 18))
 
@@ -105,8 +106,10 @@ def run_proxy_trainings(
     pool_ids = sorted(int(p) for p in np.unique(pools[train]))
     members = {p: train[pools[train] == p] for p in pool_ids}
     plans: list[tuple[list[int], Sequence[float]]] = [([p], settings.epochs) for p in pool_ids]
-    if settings.mix_epochs:
+    if settings.mix_epochs or settings.budgets:
         plans += [(pool_ids[:j], settings.mix_epochs) for j in range(2, len(pool_ids) + 1)]
+    if settings.budgets:
+        plans = [(mix, tuple(b / sum(len(members[p]) for p in mix) for b in settings.budgets)) for mix, _ in plans]
     total = sum(len(np.concatenate([members[p] for p in mix])) * max(epochs) * settings.seeds for mix, epochs in plans)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny batches: threading costs more than it gives
