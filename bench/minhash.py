@@ -19,7 +19,9 @@ of each connected component. Precision and recall are over removed rows.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import io
 import json
 import math
 import os
@@ -193,15 +195,37 @@ def run_rensa(shards: Path, threshold: float, ngram: int, num_perm: int, bands: 
     return time.perf_counter() - started, removed
 
 
+def _regex_words_tokenizer():
+    """`\\w+` words for datatrove: its English tokenizer needs spacy (not installed here), and
+    this is the same word rule as ours and the ground truth's."""
+    from datatrove.utils.word_tokenizers import WordTokenizer
+
+    global RegexWords
+
+    class RegexWords(WordTokenizer):
+        def word_tokenize(self, text: str) -> list[str]:
+            return WORD.findall(text)
+
+        def sent_tokenize(self, text: str) -> list[str]:
+            return [text]
+
+        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+            return [m.span() for m in WORD.finditer(text)]
+
+    RegexWords.__qualname__ = "RegexWords"
+    return RegexWords()
+
+
 def run_datatrove(shards: Path, work: Path, ngram: int, workers: int) -> tuple[float, set[str]]:
-    """datatrove's documented four-step MinHash dedup with its defaults (14 x 8, no verification)."""
+    """datatrove's documented four-step MinHash dedup with its defaults (14 x 8, 64-bit hashes,
+    no verification), tokenizing words by `\\w+` after its own text normalization."""
     import logging
 
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import MinhashDedupSignature
     from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
     from datatrove.pipeline.readers import ParquetReader
-    from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.pipeline.writers import ParquetWriter
     from datatrove.utils.hashing import HashConfig
 
     try:
@@ -211,39 +235,40 @@ def run_datatrove(shards: Path, work: Path, ngram: int, workers: int) -> tuple[f
     except Exception:  # pragma: no cover - logging only
         pass
     logging.disable(logging.WARNING)
+    import datatrove.utils.hashes.xxhash as datatrove_xxhash
+    import xxhash
+
+    # Compatibility shim: datatrove passes str to xxhash, which xxhash >= 4 refuses.
+    datatrove_xxhash.xxhash64 = lambda data: xxhash.xxh64_intdigest(data.encode("utf-8") if isinstance(data, str) else data)
     shutil.rmtree(work, ignore_errors=True)
     config = MinhashConfig(n_grams=ngram, hash_config=HashConfig(precision=64))
     tasks = len(list(shards.glob("*.parquet")))
     started = time.perf_counter()
-    common = {"skip_completed": False, "logging_dir": None}
+    common = {"skip_completed": False}
     LocalPipelineExecutor(
-        pipeline=[ParquetReader(str(shards)), MinhashDedupSignature(output_folder=str(work / "sigs"), config=config)],
-        tasks=tasks, workers=workers, **common,
+        pipeline=[ParquetReader(str(shards)), MinhashDedupSignature(output_folder=str(work / "sigs"), config=config, language=_regex_words_tokenizer())],
+        tasks=tasks, workers=workers, logging_dir=str(work / "logs1"), **common,
     ).run()
     LocalPipelineExecutor(
         pipeline=[MinhashDedupBuckets(input_folder=str(work / "sigs"), output_folder=str(work / "buckets"), config=config)],
-        tasks=config.num_buckets, workers=workers, **common,
+        tasks=config.num_buckets, workers=workers, logging_dir=str(work / "logs2"), **common,
     ).run()
     LocalPipelineExecutor(
         pipeline=[MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "remove"), config=config)],
-        tasks=1, **common,
+        tasks=1, logging_dir=str(work / "logs3"), **common,
     ).run()
     LocalPipelineExecutor(
         pipeline=[
             ParquetReader(str(shards)),
-            MinhashDedupFilter(input_folder=str(work / "remove"), exclusion_writer=JsonlWriter(str(work / "removed"))),
-            JsonlWriter(str(work / "kept")),
+            MinhashDedupFilter(input_folder=str(work / "remove"), exclusion_writer=ParquetWriter(str(work / "removed"))),
+            ParquetWriter(str(work / "kept")),
         ],
-        tasks=tasks, workers=workers, **common,
+        tasks=tasks, workers=workers, logging_dir=str(work / "logs4"), **common,
     ).run()
     seconds = time.perf_counter() - started
     removed = set()
-    import gzip
-
-    for path in sorted((work / "removed").glob("*.jsonl.gz")):
-        with gzip.open(path, "rt") as handle:
-            for line in handle:
-                removed.add(json.loads(line)["id"])
+    for path in sorted((work / "removed").rglob("*.parquet")):
+        removed.update(str(x) for x in pq.read_table(path, columns=["id"]).column("id").to_pylist())
     return seconds, removed
 
 
@@ -290,17 +315,18 @@ def bench_corpus(name: str, table: pa.Table, args: argparse.Namespace, tmp: Path
     bands = min((d for d in range(1, args.num_perm + 1) if args.num_perm % d == 0), key=lambda d: (abs(d - ours), d))
     for peer, runner in (
         (f"rensa loop ({bands} bands)", lambda: run_rensa(shards, args.threshold, args.ngram, args.num_perm, bands)),
-        ("datatrove", lambda: run_datatrove(shards, tmp / f"{name}-datatrove", args.ngram, args.workers)),
+        ("datatrove (1 worker)", lambda: run_datatrove(shards, tmp / f"{name}-datatrove", args.ngram, 1)),
     ):
         if peer.split()[0] in args.skip:
             add(peer, None, None, "skipped (--skip)")
             continue
         gc.collect()
         try:
-            seconds, removed = runner()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                seconds, removed = runner()
             add(peer, seconds, removed)
         except ImportError as exc:
-            add(peer, None, None, f"not installed ({exc.name}): pip install {peer.split()[0]}")
+            add(peer, None, None, f"not installed ({exc}): pip install {peer.split()[0]}")
     base = next(r for r in results if r.method == "datasketch loop")
     for r in results:
         if r.seconds and base.seconds:
