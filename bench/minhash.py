@@ -335,6 +335,42 @@ def bench_corpus(name: str, table: pa.Table, args: argparse.Namespace, tmp: Path
     return results
 
 
+def scale_run(rows: int, tmp: Path, workers: int) -> None:
+    """Memory and time of our stage alone on `rows` short documents (the Debian descriptions
+    tiled, every other copy with one extra word), run as a child process to read its peak RSS."""
+    import resource
+    import subprocess
+
+    import polars as pl
+
+    base = pl.read_parquet(debian_descriptions().path, columns=["id", "text"])
+    copies = math.ceil(rows / base.height)
+    frames = []
+    for c in range(copies):
+        text = pl.col("text") if c % 2 == 0 else pl.col("text") + pl.lit(f" v{c}")
+        frames.append(base.select((pl.col("id") + pl.lit(f"#{c}")).alias("id"), text.alias("text")))
+    table = pl.concat(frames).head(rows)
+    src = tmp / "scale-in"
+    src.mkdir(parents=True, exist_ok=True)
+    for k, part in enumerate(table.iter_slices(250_000)):
+        part.write_parquet(src / f"part-{k:05d}.parquet")
+    mb = table["text"].str.len_bytes().sum() / 1e6
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "curate.cli", "dedup", "-i", str(src), "-o", str(tmp / "scale-out"), "--method", "minhash", "--quiet"],
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    manifest = json.loads((tmp / "scale-out" / "manifest.json").read_text())
+    stage = manifest["stages"][1]
+    print(f"\n== scale: {rows:,} short documents, {mb:.0f} MB ==")
+    print(f"curate dedup --method minhash: {seconds:.1f}s end to end ({rows / seconds:,.0f} docs/s), peak RSS {peak:,.0f} MiB, removed {stage['rows_removed']:,}")
+    print(f"stage info: {stage['info']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--long-docs", type=int, default=8000)
@@ -348,7 +384,12 @@ def main() -> None:
     parser.add_argument("--corpus", nargs="+", default=["debian", "long"], choices=["debian", "long"])
     parser.add_argument("--skip", nargs="*", default=[], choices=["rensa", "datatrove"])
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--scale-rows", type=int, default=0, help="only measure our stage's time and peak RSS on this many short documents")
     args = parser.parse_args()
+    if args.scale_rows:
+        with tempfile.TemporaryDirectory(prefix="curate-bench-minhash-") as tmp_name:
+            scale_run(args.scale_rows, Path(tmp_name), args.workers)
+        return
     print(f"cores: {os.cpu_count()}, workers: {args.workers}, load average: {os.getloadavg()}")
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="curate-bench-minhash-") as tmp_name:

@@ -1,7 +1,8 @@
 """MinHash LSH near duplicates as array functions: shingles, signatures, bands, buckets, groups.
 
 Tokenization (the contract the benchmarks' ground truth reimplements in plain Python):
-  * text is lowercased (Unicode lowercase; ASCII by table, other rows by Arrow `utf8_lower`);
+  * text is lowercased (Unicode lowercase: ASCII arithmetically, rows with other characters by
+    Arrow `utf8_lower`);
   * word mode: a word is a maximal run of word characters as Python's `re` defines `\\w`
     (`ch.isalnum() or ch == "_"`); everything else separates words and is dropped.
     Shingles are the n consecutive words (default n = 5), i.e. `re.findall(r"\\w+", text.lower())`
