@@ -217,8 +217,9 @@ class MinHashDedup(Stage):
         return keep, checked
 
     def _chunks(self, source: BatchSource, ctx: StageContext, bar) -> Iterator[tuple[np.ndarray, pa.Array]]:
-        """Text chunks of the source, in order."""
-        for batch in source.batches(columns=[ctx.text_column]):
+        """Text chunks of the source, in order; the next batch is read and decoded on a
+        background thread meanwhile (Arrow releases the GIL), so I/O overlaps hashing."""
+        for batch in prefetch(source.batches(columns=[ctx.text_column])):
             yield from _text_chunks(row_ordinals(batch), batch.column(ctx.text_column))
             bar.advance(batch.num_rows)
 
@@ -248,6 +249,20 @@ def _text_chunks(rows: np.ndarray, texts: pa.Array | pa.ChunkedArray) -> Iterato
     for lo, hi in zip(cuts[:-1], cuts[1:]):
         if hi > lo:
             yield rows[lo:hi], texts.slice(int(lo), int(hi - lo))
+
+
+def prefetch(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+    """Iterate `items` on a background thread, `depth` items ahead."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="minhash-read") as pool:
+        iterator = iter(items)
+        sentinel = object()
+        pending: deque[Future] = deque(pool.submit(next, iterator, sentinel) for _ in range(depth))
+        while True:
+            item = pending.popleft().result()
+            if item is sentinel:
+                return
+            pending.append(pool.submit(next, iterator, sentinel))
+            yield item  # type: ignore[misc]
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
