@@ -180,17 +180,16 @@ def word_hashes(texts: pa.Array, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     if len(leads):
         cps, nbytes = _decode_leads(data, leads)
         _paint(is_word, leads, nbytes, _word_codepoints()[cps])
-    n = len(body)
-    before = np.zeros(n, dtype=bool)  # word byte just before, in the same text
-    after = np.zeros(n, dtype=bool)  # word byte just after, in the same text
-    if n:
-        before[1:] = is_word[:-1]
-        after[:-1] = is_word[1:]
-        edges = offsets[1:-1][offsets[1:-1] < n]
-        before[edges] = False
-        after[edges - 1] = False
-    starts = np.flatnonzero(is_word & ~before)
-    ends = np.flatnonzero(is_word & ~after) + 1
+    # Runs of word bytes: one diff and one nonzero over the buffer give alternating run
+    # starts and ends; a run that crosses a text boundary is split there.
+    edges = np.flatnonzero(np.diff(is_word.view(np.int8), prepend=np.int8(0), append=np.int8(0)))
+    starts, ends = edges[0::2], edges[1::2]
+    inner = offsets[1:-1]
+    inner = inner[(inner > 0) & (inner < len(body))]
+    split = np.unique(inner[is_word[inner] & is_word[inner - 1]])  # empty texts repeat an offset
+    if len(split):
+        starts = np.sort(np.concatenate([starts, split]))
+        ends = np.sort(np.concatenate([ends, split]))
     hashes = hash_segments(data, starts, ends - starts, seed)
     return hashes, np.searchsorted(starts, offsets).astype(np.int64)
 
