@@ -116,10 +116,11 @@ def lowercase_texts(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     8-byte loads). ASCII is lowercased arithmetically; only rows holding non-ASCII bytes go
     through Arrow's Unicode `utf8_lower`."""
     data, offsets = _utf8_view(texts)
-    high = np.flatnonzero(data >= 0x80)
-    if len(high):
+    if len(data) and data.max() >= 0x80:  # a SIMD max first: most chunks of most corpora are ASCII
+        starts = offsets[:-1]
+        nonempty = offsets[1:] > starts
         rows = np.zeros(len(offsets) - 1, dtype=bool)
-        rows[np.searchsorted(offsets, high, side="right") - 1] = True
+        rows[nonempty] = np.maximum.reduceat(data, starts[nonempty]) >= 0x80
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks()
         texts = texts.cast(pa.large_string()).fill_null("")
@@ -176,7 +177,7 @@ def word_hashes(texts: pa.Array, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     data, offsets = lowercase_texts(texts)
     body = data[: len(data) - 8]
     is_word = ((body - np.uint8(ord("a"))) < np.uint8(26)) | ((body - np.uint8(ord("0"))) < np.uint8(10)) | (body == np.uint8(ord("_")))
-    leads = np.flatnonzero(body >= 0xC0)
+    leads = np.flatnonzero(body >= 0xC0) if len(body) and body.max() >= 0xC0 else np.empty(0, np.int64)
     if len(leads):
         cps, nbytes = _decode_leads(data, leads)
         _paint(is_word, leads, nbytes, _word_codepoints()[cps])
