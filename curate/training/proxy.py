@@ -115,8 +115,18 @@ def predict_losses(model: BagClassifier, bags: Bags, labels: np.ndarray, rows: n
     return losses, correct
 
 
-def out_of_fold_losses(bags: Bags, labels: np.ndarray, *, folds: int = 5, epochs: int = 3, seed: int = 0, config: ProxyConfig = ProxyConfig()) -> np.ndarray:
-    """Each sample's loss from a model trained on the other folds only."""
+def out_of_fold_losses(
+    bags: Bags,
+    labels: np.ndarray,
+    *,
+    folds: int = 5,
+    epochs: int = 3,
+    seed: int = 0,
+    config: ProxyConfig = ProxyConfig(),
+    on_epoch: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Each sample's loss from a model trained on the other folds only.
+    `on_epoch(fold, epoch)` is called after each training epoch (progress bars)."""
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     num_classes = int(labels.max()) + 1 if n else 1
@@ -130,6 +140,8 @@ def out_of_fold_losses(bags: Bags, labels: np.ndarray, *, folds: int = 5, epochs
         for epoch in range(epochs):
             order = train_rows[np.random.default_rng([seed, fold, epoch]).permutation(len(train_rows))]
             train_steps(model, optimizer, bags, labels, order, config.batch_size)
+            if on_epoch is not None:
+                on_epoch(fold, epoch)
         losses[held_out], _ = predict_losses(model, bags, labels, held_out)
     return losses
 
