@@ -54,17 +54,18 @@ class SeTaConfig:
 # 1-D k-means
 
 
-def kmeans_1d(values: np.ndarray, k: int, seed: int = 0, n_init: int = 4, max_iter: int = 300) -> tuple[np.ndarray, np.ndarray]:
+def kmeans_1d(values: np.ndarray, k: int, seed: int = 0, n_init: int = 3, bins: int = 512, max_iter: int = 300) -> tuple[np.ndarray, np.ndarray]:
     """Cluster 1-D `values` into `k` clusters, labels sorted by centroid (0 = smallest).
 
-    Lloyd's algorithm on the sorted distinct values with their counts: in 1-D, with sorted
-    centroids the assignment is a set of midpoints, so a step is a `searchsorted` plus prefix
-    sums, O(k log d) after one O(n log n) sort, and equal values always share a cluster.
-    Lloyd finds local optima, so it starts from the count-weighted quantiles and from
-    `n_init - 1` seeded k-means++ draws, and keeps the lowest within-cluster sum of squares.
-    With fewer distinct values than `k` the values are split into `k` equal-count groups by
-    rank (ties ordered by a seeded shuffle), so no window of clusters is ever empty.
-    Returns (labels int32, centroids float64)."""
+    In 1-D the optimal clusters are contiguous ranges of the sorted values, so this works
+    on the sorted distinct values with their counts: an exact dynamic program over at most
+    `bins` count-weighted quantile bins (exact when there are no more distinct values than
+    bins) seeds Lloyd's algorithm, whose steps are a `searchsorted` of the midpoints plus
+    prefix sums. Lloyd also starts from the quantiles and from seeded k-means++ draws
+    (`n_init` starts in all); the lowest within-cluster sum of squares wins. Equal values
+    always share a cluster. With fewer distinct values than `k` the values are split into
+    `k` equal-count groups by rank (ties ordered by a seeded shuffle), so no window of
+    clusters is ever empty. Returns (labels int32, centroids float64)."""
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     if k < 1:
@@ -84,15 +85,45 @@ def kmeans_1d(values: np.ndarray, k: int, seed: int = 0, n_init: int = 4, max_it
     weights = counts.astype(np.float64)
     prefix = _Prefix(centered, weights)
     rng = np.random.default_rng(seed)
+    starts = [_binned_optimum(prefix, k, max(bins, 2 * k)), centered[_quantile_init(prefix.w, n, k, d)]]
+    starts += [_kmeanspp_init(centered, prefix.w, k, rng) for _ in range(max(0, n_init - 2))]
     best: tuple[float, np.ndarray, np.ndarray] | None = None
-    for attempt in range(max(1, n_init)):
-        seeds = centered[_quantile_init(prefix.w, n, k, d)] if attempt == 0 else _kmeanspp_init(centered, prefix.w, k, rng)
+    for seeds in starts:
         bounds, centroids, sse = _lloyd(centered, weights, prefix, seeds, max_iter)
         if best is None or sse < best[0] - 1e-12 * abs(best[0]):
             best = (sse, bounds, centroids)
     _, bounds, centroids = best
     labels_distinct = (np.searchsorted(bounds[1:-1], np.arange(d), side="right")).astype(np.int32)
     return labels_distinct[inverse], centroids + shift
+
+
+def _binned_optimum(prefix: "_Prefix", k: int, bins: int) -> np.ndarray:
+    """Centroids of the exact k-means optimum over quantile bins of the sorted distinct values
+    (a dynamic program over contiguous segments, O(k * bins^2) vectorized)."""
+    d = len(prefix.w) - 1
+    if d <= bins:
+        edges = np.arange(d + 1)
+    else:
+        edges = np.searchsorted(prefix.w, np.linspace(0, prefix.w[-1], bins + 1), side="left")
+        edges = np.unique(np.concatenate([[0], np.clip(edges, 0, d), [d]]))
+    W, S, Q = prefix.w[edges], prefix.x[edges], prefix.x2[edges]
+    m = len(edges) - 1
+    i, j = np.triu_indices(m + 1, 1)
+    cost = np.full((m + 1, m + 1), np.inf)
+    weight = W[j] - W[i]
+    cost[i, j] = np.maximum(Q[j] - Q[i] - (S[j] - S[i]) ** 2 / weight, 0.0)
+    best = np.full(m + 1, np.inf)
+    best[0] = 0.0
+    back = np.zeros((k + 1, m + 1), dtype=np.int64)
+    for c in range(1, k + 1):
+        total = best[:, None] + cost  # [i, j]: best split of the first i bins into c-1, then i..j
+        back[c] = np.argmin(total, axis=0)
+        best = total[back[c], np.arange(m + 1)]
+    cuts = [m]
+    for c in range(k, 0, -1):
+        cuts.append(back[c, cuts[-1]])
+    cuts = np.array(cuts[::-1])
+    return (S[cuts[1:]] - S[cuts[:-1]]) / (W[cuts[1:]] - W[cuts[:-1]])
 
 
 class _Prefix:

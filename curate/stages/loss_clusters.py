@@ -48,6 +48,7 @@ class LossClusters(Stage):
         num_buckets: int = 1 << 18,
         ngrams: int = 2,
         null_labels: str = "error",
+        torch_threads: int = 1,
     ):
         if bool(loss_column) == bool(label_column):
             raise ValueError('set exactly one of loss_column = "..." (your per-sample losses) or label_column = "..." (train a proxy classifier on it)')
@@ -59,8 +60,8 @@ class LossClusters(Stage):
             raise ValueError('fraction < 1 needs keep = "hard" (abundant data) or "easy" (scarce data)')
         if null_labels not in ("error", "remove"):
             raise ValueError(f'null_labels must be "error" or "remove", got {null_labels!r}')
-        if proxy_epochs < 1 or folds < 2 or num_buckets < 2 or ngrams < 1:
-            raise ValueError("proxy_epochs >= 1, folds >= 2, num_buckets >= 2 and ngrams >= 1 are required")
+        if proxy_epochs < 1 or folds < 2 or num_buckets < 2 or ngrams < 1 or torch_threads < 1:
+            raise ValueError("proxy_epochs >= 1, folds >= 2, num_buckets >= 2, ngrams >= 1 and torch_threads >= 1 are required")
         SeTaConfig(epochs=epochs, prune_ratio=prune_ratio, groups=groups, window_scale=window_scale, delta=delta)  # validates
         self.loss_column = loss_column
         self.label_column = label_column
@@ -76,6 +77,7 @@ class LossClusters(Stage):
         self.num_buckets = num_buckets
         self.ngrams = ngrams
         self.null_labels = null_labels
+        self.torch_threads = torch_threads
 
     # -- fit ------------------------------------------------------------------------
     def fit(self, source: BatchSource, ctx: StageContext) -> "LossClusters":
@@ -132,7 +134,7 @@ class LossClusters(Stage):
 
     def _proxy_losses(self, source: BatchSource, ctx: StageContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from curate.training.features import concat_bags, hashed_ngram_bags
-        from curate.training.proxy import ProxyConfig, out_of_fold_losses
+        from curate.training.proxy import ProxyConfig, out_of_fold_losses, torch_threads
 
         rows, label_chunks, bags = [], [], []
         with ctx.progress.task(f"{ctx.name}: hashing", total=source.num_rows) as bar:
@@ -155,7 +157,7 @@ class LossClusters(Stage):
         all_bags = concat_bags(bags)
         train_bags = all_bags if len(train) == len(ordinals) else all_bags.take(train)
         total = self.folds * self.proxy_epochs
-        with ctx.progress.task(f"{ctx.name}: proxy model ({self.folds} folds x {self.proxy_epochs} epochs)", total=total, unit="epochs") as bar:
+        with ctx.progress.task(f"{ctx.name}: proxy model ({self.folds} folds x {self.proxy_epochs} epochs)", total=total, unit="epochs") as bar, torch_threads(self.torch_threads):
             oof = out_of_fold_losses(train_bags, codes, folds=self.folds, epochs=self.proxy_epochs, seed=ctx.seed, config=config, on_epoch=lambda f, e: bar.advance(1))
         losses[train] = oof
         ctx.info.update(proxy_classes=classes, proxy_folds=self.folds, proxy_epochs=self.proxy_epochs)
