@@ -19,7 +19,9 @@ of each connected component. Precision and recall are over removed rows.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import io
 import json
 import math
 import os
@@ -193,15 +195,37 @@ def run_rensa(shards: Path, threshold: float, ngram: int, num_perm: int, bands: 
     return time.perf_counter() - started, removed
 
 
+def _regex_words_tokenizer():
+    """`\\w+` words for datatrove: its English tokenizer needs spacy (not installed here), and
+    this is the same word rule as ours and the ground truth's."""
+    from datatrove.utils.word_tokenizers import WordTokenizer
+
+    global RegexWords
+
+    class RegexWords(WordTokenizer):
+        def word_tokenize(self, text: str) -> list[str]:
+            return WORD.findall(text)
+
+        def sent_tokenize(self, text: str) -> list[str]:
+            return [text]
+
+        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+            return [m.span() for m in WORD.finditer(text)]
+
+    RegexWords.__qualname__ = "RegexWords"
+    return RegexWords()
+
+
 def run_datatrove(shards: Path, work: Path, ngram: int, workers: int) -> tuple[float, set[str]]:
-    """datatrove's documented four-step MinHash dedup with its defaults (14 x 8, no verification)."""
+    """datatrove's documented four-step MinHash dedup with its defaults (14 x 8, 64-bit hashes,
+    no verification), tokenizing words by `\\w+` after its own text normalization."""
     import logging
 
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import MinhashDedupSignature
     from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
     from datatrove.pipeline.readers import ParquetReader
-    from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.pipeline.writers import ParquetWriter
     from datatrove.utils.hashing import HashConfig
 
     try:
@@ -211,39 +235,40 @@ def run_datatrove(shards: Path, work: Path, ngram: int, workers: int) -> tuple[f
     except Exception:  # pragma: no cover - logging only
         pass
     logging.disable(logging.WARNING)
+    import datatrove.utils.hashes.xxhash as datatrove_xxhash
+    import xxhash
+
+    # Compatibility shim: datatrove passes str to xxhash, which xxhash >= 4 refuses.
+    datatrove_xxhash.xxhash64 = lambda data: xxhash.xxh64_intdigest(data.encode("utf-8") if isinstance(data, str) else data)
     shutil.rmtree(work, ignore_errors=True)
     config = MinhashConfig(n_grams=ngram, hash_config=HashConfig(precision=64))
     tasks = len(list(shards.glob("*.parquet")))
     started = time.perf_counter()
-    common = {"skip_completed": False, "logging_dir": None}
+    common = {"skip_completed": False}
     LocalPipelineExecutor(
-        pipeline=[ParquetReader(str(shards)), MinhashDedupSignature(output_folder=str(work / "sigs"), config=config)],
-        tasks=tasks, workers=workers, **common,
+        pipeline=[ParquetReader(str(shards)), MinhashDedupSignature(output_folder=str(work / "sigs"), config=config, language=_regex_words_tokenizer())],
+        tasks=tasks, workers=workers, logging_dir=str(work / "logs1"), **common,
     ).run()
     LocalPipelineExecutor(
         pipeline=[MinhashDedupBuckets(input_folder=str(work / "sigs"), output_folder=str(work / "buckets"), config=config)],
-        tasks=config.num_buckets, workers=workers, **common,
+        tasks=config.num_buckets, workers=workers, logging_dir=str(work / "logs2"), **common,
     ).run()
     LocalPipelineExecutor(
         pipeline=[MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "remove"), config=config)],
-        tasks=1, **common,
+        tasks=1, logging_dir=str(work / "logs3"), **common,
     ).run()
     LocalPipelineExecutor(
         pipeline=[
             ParquetReader(str(shards)),
-            MinhashDedupFilter(input_folder=str(work / "remove"), exclusion_writer=JsonlWriter(str(work / "removed"))),
-            JsonlWriter(str(work / "kept")),
+            MinhashDedupFilter(input_folder=str(work / "remove"), exclusion_writer=ParquetWriter(str(work / "removed"))),
+            ParquetWriter(str(work / "kept")),
         ],
-        tasks=tasks, workers=workers, **common,
+        tasks=tasks, workers=workers, logging_dir=str(work / "logs4"), **common,
     ).run()
     seconds = time.perf_counter() - started
     removed = set()
-    import gzip
-
-    for path in sorted((work / "removed").glob("*.jsonl.gz")):
-        with gzip.open(path, "rt") as handle:
-            for line in handle:
-                removed.add(json.loads(line)["id"])
+    for path in sorted((work / "removed").rglob("*.parquet")):
+        removed.update(str(x) for x in pq.read_table(path, columns=["id"]).column("id").to_pylist())
     return seconds, removed
 
 
@@ -272,17 +297,25 @@ def bench_corpus(name: str, table: pa.Table, args: argparse.Namespace, tmp: Path
     print(f"ground truth: {len(truth):,} rows to remove ({truth_info['true_pairs']:,} pairs with exact Jaccard >= {args.threshold}; {time.perf_counter() - t0:.1f}s)", flush=True)
     results: list[Result] = []
 
+    cpu_mark = [time.process_time()]
+
     def add(method: str, seconds: float | None, removed: set[str] | None, note: str = "", extra: dict | None = None) -> None:
+        cpu = time.process_time() - cpu_mark[0]  # this process, all threads: robust on a shared machine
         p, r = score(removed, truth) if removed is not None else (None, None)
-        results.append(Result(name, method, seconds, len(removed) if removed is not None else None, p, r, note, extra or {}))
-        line = f"{method:<22}" + (f"{seconds:8.2f}s {len(texts) / seconds:10,.0f} docs/s {mb / seconds:7.2f} MB/s  removed {len(removed):6,}  P {p:.4f}  R {r:.4f}" if seconds else f"  {note}")
+        extra = {**(extra or {}), "cpu_seconds": round(cpu, 2)}
+        results.append(Result(name, method, seconds, len(removed) if removed is not None else None, p, r, note, extra))
+        line = f"{method:<22}" + (f"{seconds:8.2f}s (cpu {cpu:6.2f}s) {len(texts) / seconds:8,.0f} docs/s {mb / seconds:6.2f} MB/s  removed {len(removed):6,}  P {p:.4f}  R {r:.4f}" if seconds and removed is not None and p is not None and r is not None else f"  {note}")
         print(line, flush=True)
 
-    for verify in args.verify:
+    def start() -> None:
         gc.collect()
+        cpu_mark[0] = time.process_time()
+
+    for verify in args.verify:
+        start()
         seconds, removed, info = run_ours(shards, tmp / f"{name}-out-{verify}", args.threshold, args.ngram, args.num_perm, args.workers, verify)
         add(f"curate ({verify})", seconds, removed, extra=info)
-    gc.collect()
+    start()
     seconds, removed = run_datasketch(shards, args.threshold, args.ngram, args.num_perm)
     add("datasketch loop", seconds, removed)
     ours, _ = MinHashDedup(threshold=args.threshold, num_perm=args.num_perm).lsh_shape()
@@ -290,23 +323,63 @@ def bench_corpus(name: str, table: pa.Table, args: argparse.Namespace, tmp: Path
     bands = min((d for d in range(1, args.num_perm + 1) if args.num_perm % d == 0), key=lambda d: (abs(d - ours), d))
     for peer, runner in (
         (f"rensa loop ({bands} bands)", lambda: run_rensa(shards, args.threshold, args.ngram, args.num_perm, bands)),
-        ("datatrove", lambda: run_datatrove(shards, tmp / f"{name}-datatrove", args.ngram, args.workers)),
+        ("datatrove (1 worker)", lambda: run_datatrove(shards, tmp / f"{name}-datatrove", args.ngram, 1)),
     ):
         if peer.split()[0] in args.skip:
             add(peer, None, None, "skipped (--skip)")
             continue
-        gc.collect()
+        start()
         try:
-            seconds, removed = runner()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                seconds, removed = runner()
             add(peer, seconds, removed)
         except ImportError as exc:
-            add(peer, None, None, f"not installed ({exc.name}): pip install {peer.split()[0]}")
+            add(peer, None, None, f"not installed ({exc}): pip install {peer.split()[0]}")
     base = next(r for r in results if r.method == "datasketch loop")
     for r in results:
         if r.seconds and base.seconds:
             r.extra["speedup_vs_datasketch"] = round(base.seconds / r.seconds, 2)
-    print("speed-up vs the datasketch loop: " + ", ".join(f"{r.method} {r.extra['speedup_vs_datasketch']:.1f}x" for r in results if "speedup_vs_datasketch" in r.extra))
+    for r in results:
+        if r.seconds and base.seconds and r.extra.get("cpu_seconds") and base.extra.get("cpu_seconds"):
+            r.extra["cpu_speedup_vs_datasketch"] = round(base.extra["cpu_seconds"] / r.extra["cpu_seconds"], 2)
+    print("speed-up vs the datasketch loop, wall (cpu): " + ", ".join(f"{r.method} {r.extra['speedup_vs_datasketch']:.1f}x ({r.extra.get('cpu_speedup_vs_datasketch', float('nan')):.1f}x)" for r in results if "speedup_vs_datasketch" in r.extra))
     return results
+
+
+def scale_run(rows: int, tmp: Path, workers: int) -> None:
+    """Memory and time of our stage alone on `rows` short documents (the Debian descriptions
+    tiled, every other copy with one extra word), run as a child process to read its peak RSS."""
+    import resource
+    import subprocess
+
+    import polars as pl
+
+    base = pl.read_parquet(debian_descriptions().path, columns=["id", "text"])
+    copies = math.ceil(rows / base.height)
+    frames = []
+    for c in range(copies):
+        text = pl.col("text") if c % 2 == 0 else pl.col("text") + pl.lit(f" v{c}")
+        frames.append(base.select((pl.col("id") + pl.lit(f"#{c}")).alias("id"), text.alias("text")))
+    table = pl.concat(frames).head(rows)
+    src = tmp / "scale-in"
+    src.mkdir(parents=True, exist_ok=True)
+    for k, part in enumerate(table.iter_slices(250_000)):
+        part.write_parquet(src / f"part-{k:05d}.parquet")
+    mb = table["text"].str.len_bytes().sum() / 1e6
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "curate.cli", "dedup", "-i", str(src), "-o", str(tmp / "scale-out"), "--method", "minhash", "--quiet"],
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    manifest = json.loads((tmp / "scale-out" / "manifest.json").read_text())
+    stage = manifest["stages"][1]
+    print(f"\n== scale: {rows:,} short documents, {mb:.0f} MB ==")
+    print(f"curate dedup --method minhash: {seconds:.1f}s end to end ({rows / seconds:,.0f} docs/s), peak RSS {peak:,.0f} MiB, removed {stage['rows_removed']:,}")
+    print(f"stage info: {stage['info']}")
 
 
 def main() -> None:
@@ -322,7 +395,12 @@ def main() -> None:
     parser.add_argument("--corpus", nargs="+", default=["debian", "long"], choices=["debian", "long"])
     parser.add_argument("--skip", nargs="*", default=[], choices=["rensa", "datatrove"])
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--scale-rows", type=int, default=0, help="only measure our stage's time and peak RSS on this many short documents")
     args = parser.parse_args()
+    if args.scale_rows:
+        with tempfile.TemporaryDirectory(prefix="curate-bench-minhash-") as tmp_name:
+            scale_run(args.scale_rows, Path(tmp_name), args.workers)
+        return
     print(f"cores: {os.cpu_count()}, workers: {args.workers}, load average: {os.getloadavg()}")
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="curate-bench-minhash-") as tmp_name:

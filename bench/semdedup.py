@@ -69,21 +69,21 @@ def removed_by_components(n: int, i: np.ndarray, j: np.ndarray, priority: np.nda
     return np.sort(order[~first])
 
 
-def real_data(cache: Path, threshold: float, seed: int) -> None:
+def real_data(cache: Path, threshold: float, seed: int, model: str = "minilm") -> None:
     work = Path(tempfile.mkdtemp(prefix="curate-bench-semdedup-"))
     try:
-        if not (cache / "embeddings" / "embeddings.json").exists():
+        if model == "minilm" and not (cache / "embeddings" / "embeddings.json").exists():
             print(f"embedding {DEBIAN.name} with minilm into {cache} (once; later runs reuse it) ...", flush=True)
             started = time.perf_counter()
             run_pipeline(parse_pipeline({"stage": [{"kind": "embed", "model": "minilm"}]}, "bench"), DEBIAN, cache, RunOptions(overwrite=True))
             print(f"  {time.perf_counter() - started:.0f} s", flush=True)
         out = work / "out"
-        stages = [{"kind": "embed", "model": "minilm", "cache": str(cache)}, {"kind": "semdedup", "threshold": threshold}]
+        stages = [{"kind": "embed", "model": model, "cache": str(cache) if model == "minilm" else ""}, {"kind": "semdedup", "threshold": threshold}]
         started = time.perf_counter()
         result = run_pipeline(parse_pipeline({"stage": stages, "seed": seed}, "bench"), DEBIAN, out, RunOptions())
         seconds = time.perf_counter() - started
         embed_info, sem_info = result.manifest["stages"][1]["info"], result.manifest["stages"][2]["info"]
-        print(f"\nDebian descriptions: {result.manifest['input']['rows']:,} rows, minilm, T = {threshold}")
+        print(f"\nDebian descriptions: {result.manifest['input']['rows']:,} rows, {model}, T = {threshold}")
         print(f"  pipeline (embed reused {embed_info['reused']:,} / computed {embed_info['computed']:,}; semdedup): {seconds:.1f} s, "
               f"semdedup stage {result.manifest['stages'][2]['seconds']:.1f} s, {sem_info['clusters']} clusters, largest {sem_info['largest_cluster']}")
 
@@ -177,6 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "curate-bench" / "debian-minilm")
     parser.add_argument("--threshold", type=float, default=0.95)
+    parser.add_argument("--model", default="minilm", choices=["minilm", "hashing"])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-real", action="store_true")
@@ -187,7 +188,7 @@ def main() -> None:
         synthetic_child(args.synthetic_child, args.threshold, args.seed)
         return
     if not args.skip_real:
-        real_data(args.cache, args.threshold, args.seed)
+        real_data(args.cache, args.threshold, args.seed, args.model)
     if not args.skip_synthetic:
         synthetic(args.rows, args.threshold, args.seed)
 

@@ -139,3 +139,20 @@ def test_cli_dedup_minhash(corpus, tmp_path: Path) -> None:
     main(["dedup", "-i", str(source), "-o", str(tmp_path / "out"), "--method", "minhash", "--threshold", "0.8", "--ngram", "5", "--num-perm", "64", "--quiet"])
     removed = pl.read_parquet(tmp_path / "out" / "removed")
     assert set(removed["id"].to_list()) == set(expected)
+
+
+def test_exact_mode_does_not_trust_equal_signatures_of_tiny_sets(tmp_path: Path) -> None:
+    """{s1, s2} vs {s1} (Jaccard 0.5): one-permutation signatures are identical whenever s1 and
+    s2 share a bin and s1 wins it (~1/256 per pair); over 1,500 pairs that happens (P > 0.99),
+    and exact verification must still keep every pair apart."""
+    rng = np.random.default_rng(4)
+    rows = []
+    for k in range(1500):
+        words = [f"t{k}x{i}" for i in range(5)]
+        rows.append((f"a{k}", " ".join(words)))
+        rows.append((f"b{k}", " ".join(words + [str(rng.integers(10**9))])))
+    pq.write_table(pa.table({"id": [r[0] for r in rows], "text": [r[1] for r in rows]}), tmp_path / "tiny.parquet")
+    _, removed = run(tmp_path / "tiny.parquet", tmp_path / "exact", verify="exact")
+    assert len(removed) == 0
+    _, none = run(tmp_path / "tiny.parquet", tmp_path / "none", verify="none")
+    assert len(none) > 0  # the collisions do happen: LSH puts some of these pairs in one bucket

@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 
 ASSIGN_CHUNK = 65_536
-MAX_POINTS_PER_CENTROID = 128  # training sample cap: more points barely move centroids, and cost RAM
+MAX_POINTS_PER_CENTROID = 64  # training sample cap: more points barely move centroids, and cost time and RAM
 
 
 def auto_clusters(n: int) -> int:

@@ -1,7 +1,8 @@
 """MinHash LSH near duplicates as array functions: shingles, signatures, bands, buckets, groups.
 
 Tokenization (the contract the benchmarks' ground truth reimplements in plain Python):
-  * text is lowercased (Unicode lowercase; ASCII by table, other rows by Arrow `utf8_lower`);
+  * text is lowercased (Unicode lowercase: ASCII arithmetically, rows with other characters by
+    Arrow `utf8_lower`);
   * word mode: a word is a maximal run of word characters as Python's `re` defines `\\w`
     (`ch.isalnum() or ch == "_"`); everything else separates words and is dropped.
     Shingles are the n consecutive words (default n = 5), i.e. `re.findall(r"\\w+", text.lower())`
@@ -115,10 +116,11 @@ def lowercase_texts(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     8-byte loads). ASCII is lowercased arithmetically; only rows holding non-ASCII bytes go
     through Arrow's Unicode `utf8_lower`."""
     data, offsets = _utf8_view(texts)
-    high = np.flatnonzero(data >= 0x80)
-    if len(high):
+    if len(data) and data.max() >= 0x80:  # a SIMD max first: most chunks of most corpora are ASCII
+        starts = offsets[:-1]
+        nonempty = offsets[1:] > starts
         rows = np.zeros(len(offsets) - 1, dtype=bool)
-        rows[np.searchsorted(offsets, high, side="right") - 1] = True
+        rows[nonempty] = np.maximum.reduceat(data, starts[nonempty]) >= 0x80
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks()
         texts = texts.cast(pa.large_string()).fill_null("")
@@ -175,21 +177,20 @@ def word_hashes(texts: pa.Array, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     data, offsets = lowercase_texts(texts)
     body = data[: len(data) - 8]
     is_word = ((body - np.uint8(ord("a"))) < np.uint8(26)) | ((body - np.uint8(ord("0"))) < np.uint8(10)) | (body == np.uint8(ord("_")))
-    leads = np.flatnonzero(body >= 0xC0)
+    leads = np.flatnonzero(body >= 0xC0) if len(body) and body.max() >= 0xC0 else np.empty(0, np.int64)
     if len(leads):
         cps, nbytes = _decode_leads(data, leads)
         _paint(is_word, leads, nbytes, _word_codepoints()[cps])
-    n = len(body)
-    before = np.zeros(n, dtype=bool)  # word byte just before, in the same text
-    after = np.zeros(n, dtype=bool)  # word byte just after, in the same text
-    if n:
-        before[1:] = is_word[:-1]
-        after[:-1] = is_word[1:]
-        edges = offsets[1:-1][offsets[1:-1] < n]
-        before[edges] = False
-        after[edges - 1] = False
-    starts = np.flatnonzero(is_word & ~before)
-    ends = np.flatnonzero(is_word & ~after) + 1
+    # Runs of word bytes: one diff and one nonzero over the buffer give alternating run
+    # starts and ends; a run that crosses a text boundary is split there.
+    edges = np.flatnonzero(np.diff(is_word.view(np.int8), prepend=np.int8(0), append=np.int8(0)))
+    starts, ends = edges[0::2], edges[1::2]
+    inner = offsets[1:-1]
+    inner = inner[(inner > 0) & (inner < len(body))]
+    split = np.unique(inner[is_word[inner] & is_word[inner - 1]])  # empty texts repeat an offset
+    if len(split):
+        starts = np.sort(np.concatenate([starts, split]))
+        ends = np.sort(np.concatenate([ends, split]))
     hashes = hash_segments(data, starts, ends - starts, seed)
     return hashes, np.searchsorted(starts, offsets).astype(np.int64)
 

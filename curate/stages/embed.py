@@ -66,10 +66,6 @@ class Embeddings:
     def dim(self) -> int:
         return int(self.matrix.shape[1])
 
-    def position(self, ordinals: np.ndarray) -> np.ndarray:
-        """Positions in the matrix of the given ordinals (all must be present)."""
-        return np.searchsorted(self.rows, ordinals)
-
 
 def model_version(model: str) -> str:
     """What must match for a stored vector to be reused: model name plus its package version."""

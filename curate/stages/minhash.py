@@ -185,18 +185,19 @@ class MinHashDedup(Stage):
     ) -> tuple[np.ndarray, int]:
         """Exact Jaccard >= threshold per candidate pair, computed only where it can matter.
 
-        Identical signatures (P <= t^num_perm if J < t) are accepted and estimates more than
-        6 sd below the threshold (P < 1e-9 if J >= t) rejected without a look; the rest go in
-        descending estimate order, in blocks, skipping pairs whose rows an accepted pair has
-        already joined (the groups cannot change). Deterministic: the order depends only on
+        Estimates more than 6 sd below the threshold (P < 1e-9 if J >= t) are rejected without
+        a look. Equal signatures are not accepted blindly: with one-permutation hashing two tiny
+        sets ({a, b} vs {a}) share every slot when a and b fall in one bin (P ~ 1/256). The rest
+        go in descending estimate order, in blocks, skipping pairs whose rows an accepted pair
+        has already joined (the groups cannot change). Deterministic: the order depends only on
         the estimates and row indices."""
         sd = np.sqrt(self.threshold * (1.0 - self.threshold) / self.num_perm)
-        keep = est >= 1.0
-        check = np.flatnonzero(~keep & (est >= self.threshold - 6.0 * sd))
+        keep = np.zeros(len(est), dtype=bool)
+        check = np.flatnonzero(est >= self.threshold - 6.0 * sd)
         check = check[np.lexsort((check, -est[check]))]
         offsets = np.concatenate([[0], np.cumsum(shingle_counts)]).astype(np.int64)
         shingles = _open_vector(shingle_path, np.uint64, int(offsets[-1]))
-        parent = mh.connected_components(len(shingle_counts), cand_i[keep], cand_j[keep])
+        parent = np.arange(len(shingle_counts), dtype=np.int64)
         checked = 0
         with ctx.progress.task(f"{ctx.name}: exact Jaccard", total=len(check), unit="pairs") as bar:
             work = shingle_counts[cand_i[check]] + shingle_counts[cand_j[check]]
@@ -216,8 +217,9 @@ class MinHashDedup(Stage):
         return keep, checked
 
     def _chunks(self, source: BatchSource, ctx: StageContext, bar) -> Iterator[tuple[np.ndarray, pa.Array]]:
-        """Text chunks of the source, in order."""
-        for batch in source.batches(columns=[ctx.text_column]):
+        """Text chunks of the source, in order; the next batch is read and decoded on a
+        background thread meanwhile (Arrow releases the GIL), so I/O overlaps hashing."""
+        for batch in prefetch(source.batches(columns=[ctx.text_column])):
             yield from _text_chunks(row_ordinals(batch), batch.column(ctx.text_column))
             bar.advance(batch.num_rows)
 
@@ -247,6 +249,20 @@ def _text_chunks(rows: np.ndarray, texts: pa.Array | pa.ChunkedArray) -> Iterato
     for lo, hi in zip(cuts[:-1], cuts[1:]):
         if hi > lo:
             yield rows[lo:hi], texts.slice(int(lo), int(hi - lo))
+
+
+def prefetch(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+    """Iterate `items` on a background thread, `depth` items ahead."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="minhash-read") as pool:
+        iterator = iter(items)
+        sentinel = object()
+        pending: deque[Future] = deque(pool.submit(next, iterator, sentinel) for _ in range(depth))
+        while True:
+            item = pending.popleft().result()
+            if item is sentinel:
+                return
+            pending.append(pool.submit(next, iterator, sentinel))
+            yield item  # type: ignore[misc]
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:

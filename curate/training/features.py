@@ -37,6 +37,15 @@ class Bags:
         return Bags(self.indices[np.repeat(starts, lengths) + position], offsets)
 
 
+def concat_bags(parts: Sequence[Bags]) -> Bags:
+    """Rows of several `Bags` in order, as one (lets a streaming reader hash batch by batch)."""
+    if not parts:
+        return Bags(np.empty(0, np.int64), np.zeros(1, np.int64))
+    shifts = np.cumsum([0] + [len(p.indices) for p in parts[:-1]])
+    offsets = np.concatenate([parts[0].offsets[:1]] + [p.offsets[1:] + shift for p, shift in zip(parts, shifts)])
+    return Bags(np.concatenate([p.indices for p in parts]), offsets.astype(np.int64))
+
+
 def hashed_ngram_bags(texts: Sequence[str] | pa.Array | pl.Series, num_buckets: int = 1 << 18, ngrams: int = 2, seed: int = 0) -> Bags:
     """Lowercased `\\w+` words and their n-grams up to `ngrams`, hashed into `num_buckets`.
     A text with no words gets one bucket reserved for "empty", so every bag is non-empty."""

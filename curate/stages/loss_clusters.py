@@ -1,0 +1,263 @@
+"""Loss-based difficulty: per-sample loss, SeTa loss clusters and schedule, optional pruning.
+
+Losses come from a user column (`loss_column`) or from the hashed n-gram proxy classifier
+trained here on `label_column`, out of fold (a sample's loss is never measured by a model
+that trained on it). Kept rows gain `loss` and `loss_cluster` (0 = easiest); the run root
+gains `seta_schedule.json`, the clusters each epoch of a SeTa run would train on.
+`keep = "hard" | "easy"` with `fraction` prunes by loss (EL2N-style). Null labels or losses
+are an error unless `null_labels = "remove"`, which sends those rows to the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.errors import UsageError
+from curate.ledger import empty_ledger, removed_rows
+from curate.metrics.loss_clusters import SeTaConfig, kmeans_1d, pruned_size, prune_by_loss, schedule
+from curate.stages.base import BatchSource, Stage, StageContext, row_ordinals, split_batch
+
+SCHEDULE_FILE = "seta_schedule.json"
+_KEEP = 0
+_REASONS = {1: "pruned_easy", 2: "pruned_hard", 3: "null_label"}
+
+
+class LossClusters(Stage):
+    kind = "loss_clusters"
+    needs_fit = True
+
+    def __init__(
+        self,
+        *,
+        loss_column: str = "",
+        label_column: str = "",
+        keep: str = "none",
+        fraction: float = 1.0,
+        epochs: int = 10,
+        groups: int = 10,
+        window_scale: float = 0.5,
+        delta: float = 0.875,
+        prune_ratio: float = 0.0,
+        proxy_epochs: int = 3,
+        folds: int = 5,
+        num_buckets: int = 1 << 18,
+        ngrams: int = 2,
+        null_labels: str = "error",
+        torch_threads: int = 1,
+    ):
+        if bool(loss_column) == bool(label_column):
+            raise ValueError('set exactly one of loss_column = "..." (your per-sample losses) or label_column = "..." (train a proxy classifier on it)')
+        if keep not in ("hard", "easy", "none"):
+            raise ValueError(f'keep must be "hard", "easy" or "none", got {keep!r}')
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        if keep == "none" and fraction < 1.0:
+            raise ValueError('fraction < 1 needs keep = "hard" (abundant data) or "easy" (scarce data)')
+        if null_labels not in ("error", "remove"):
+            raise ValueError(f'null_labels must be "error" or "remove", got {null_labels!r}')
+        if proxy_epochs < 1 or folds < 2 or num_buckets < 2 or ngrams < 1 or torch_threads < 1:
+            raise ValueError("proxy_epochs >= 1, folds >= 2, num_buckets >= 2, ngrams >= 1 and torch_threads >= 1 are required")
+        SeTaConfig(epochs=epochs, prune_ratio=prune_ratio, groups=groups, window_scale=window_scale, delta=delta)  # validates
+        self.loss_column = loss_column
+        self.label_column = label_column
+        self.keep = keep
+        self.fraction = fraction
+        self.epochs = epochs
+        self.groups = groups
+        self.window_scale = window_scale
+        self.delta = delta
+        self.prune_ratio = prune_ratio
+        self.proxy_epochs = proxy_epochs
+        self.folds = folds
+        self.num_buckets = num_buckets
+        self.ngrams = ngrams
+        self.null_labels = null_labels
+        self.torch_threads = torch_threads
+
+    # -- fit ------------------------------------------------------------------------
+    def fit(self, source: BatchSource, ctx: StageContext) -> "LossClusters":
+        column = self.loss_column or self.label_column
+        if column not in source.schema.names:
+            option = "loss_column" if self.loss_column else "label_column"
+            raise UsageError(f"stage '{ctx.name}': no column {column!r} in the input", fix=f"set {option} to one of: {', '.join(n for n in source.schema.names if not n.startswith('__'))}")
+        if self.loss_column:
+            ordinals, losses, valid = self._read_losses(source, ctx)
+        else:
+            ordinals, losses, valid = self._proxy_losses(source, ctx)
+        self._check_nulls(int((~valid).sum()), column, ctx)
+
+        codes = np.where(valid, _KEEP, 3).astype(np.int8)
+        valid_rows = np.nonzero(valid)[0]
+        pruned = prune_by_loss(losses[valid_rows], self.keep, self.fraction)
+        codes[valid_rows[pruned]] = 1 if self.keep == "hard" else 2
+        kept_rows = np.nonzero(codes == _KEEP)[0]
+        clusters = np.full(len(ordinals), -1, np.int32)
+        labels, centroids = kmeans_1d(losses[kept_rows], self.groups, seed=ctx.seed)
+        clusters[kept_rows] = labels
+
+        self.ordinals_ = ordinals
+        self.losses_ = losses
+        self.codes_ = codes
+        self.clusters_ = clusters
+        self.centroids_ = centroids
+        self.schedule_ = self._schedule(losses[kept_rows], labels, centroids)
+        ctx.info.update(
+            loss_source=f"column {self.loss_column}" if self.loss_column else f"proxy on {self.label_column}",
+            pruned=int(((codes == 1) | (codes == 2)).sum()),
+            null_labels=int((codes == 3).sum()),
+            cluster_sizes=np.bincount(labels, minlength=self.groups).tolist(),
+            seta_visit_fraction=self.schedule_["visit_fraction"],
+        )
+        return self
+
+    def _read_losses(self, source: BatchSource, ctx: StageContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows, values, valid = [], [], []
+        with ctx.progress.task(f"{ctx.name}: reading losses", total=source.num_rows) as bar:
+            for batch in source.batches(columns=[self.loss_column]):
+                col = batch.column(self.loss_column)
+                if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
+                    raise UsageError(f"loss column {self.loss_column!r} has type {col.type}", fix="use a numeric per-sample loss column")
+                arr = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+                ok = np.asarray(pc.is_valid(col)) & ~np.isnan(arr)
+                if np.isinf(arr[ok]).any():
+                    raise UsageError(f"loss column {self.loss_column!r} has infinite values", fix="clip or drop infinite losses")
+                rows.append(row_ordinals(batch))
+                values.append(np.where(ok, arr, 0.0))
+                valid.append(ok)
+                bar.advance(batch.num_rows)
+        return _cat(rows, np.int64), _cat(values, np.float64), _cat(valid, bool)
+
+    def _proxy_losses(self, source: BatchSource, ctx: StageContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from curate.training.features import concat_bags, hashed_ngram_bags
+        from curate.training.proxy import ProxyConfig, out_of_fold_losses, torch_threads
+
+        rows, label_chunks, bags = [], [], []
+        with ctx.progress.task(f"{ctx.name}: hashing", total=source.num_rows) as bar:
+            for batch in source.batches(columns=[ctx.text_column, self.label_column]):
+                rows.append(row_ordinals(batch))
+                label_chunks.append(batch.column(self.label_column))
+                bags.append(hashed_ngram_bags(batch.column(ctx.text_column), self.num_buckets, self.ngrams, ctx.seed))
+                bar.advance(batch.num_rows)
+        ordinals = _cat(rows, np.int64)
+        labels = pa.chunked_array(label_chunks, type=source.schema.field(self.label_column).type) if label_chunks else pa.chunked_array([], pa.string())
+        valid = np.asarray(pc.is_valid(labels)) if len(labels) else np.zeros(0, bool)
+        losses = np.zeros(len(ordinals), np.float64)
+        train = np.nonzero(valid)[0]
+        if len(train) == 0:
+            return ordinals, losses, valid
+        codes, classes = _encode(labels.filter(pa.array(valid)))
+        if classes < 2:
+            raise UsageError(f"label column {self.label_column!r} has a single class", fix="name a column with at least two distinct labels, or pass loss_column")
+        config = ProxyConfig(num_buckets=self.num_buckets)
+        all_bags = concat_bags(bags)
+        train_bags = all_bags if len(train) == len(ordinals) else all_bags.take(train)
+        total = self.folds * self.proxy_epochs
+        with ctx.progress.task(f"{ctx.name}: proxy model ({self.folds} folds x {self.proxy_epochs} epochs)", total=total, unit="epochs") as bar, torch_threads(self.torch_threads):
+            oof = out_of_fold_losses(train_bags, codes, folds=self.folds, epochs=self.proxy_epochs, seed=ctx.seed, config=config, on_epoch=lambda f, e: bar.advance(1))
+        losses[train] = oof
+        ctx.info.update(proxy_classes=classes, proxy_folds=self.folds, proxy_epochs=self.proxy_epochs)
+        return ordinals, losses, valid
+
+    def _check_nulls(self, nulls: int, column: str, ctx: StageContext) -> None:
+        if nulls and self.null_labels == "error":
+            what = "loss" if self.loss_column else "label"
+            raise UsageError(
+                f"stage '{ctx.name}': {nulls} rows have a null {what} in {column!r}",
+                fix=f'fill them, or set null_labels = "remove" (--set null_labels=\'"remove"\') to send them to the ledger as "null_label"',
+            )
+
+    def _schedule(self, losses: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> dict:
+        """The SeTa plan over the kept rows, with the rows each epoch would visit
+        (expected counts when random pruning is on)."""
+        config = SeTaConfig(epochs=self.epochs, prune_ratio=self.prune_ratio, groups=self.groups, window_scale=self.window_scale, delta=self.delta)
+        n = len(losses)
+        sizes = np.bincount(labels, minlength=self.groups) if n else np.zeros(self.groups, np.int64)
+        keep_share = pruned_size(n, self.prune_ratio) / n if n else 0.0
+        plan = schedule(config)
+        for entry in plan:
+            if entry["mode"] == "full":
+                entry["rows"] = n
+            elif entry["mode"] == "annealed":
+                entry["rows"] = pruned_size(n, self.prune_ratio)
+            else:
+                entry["rows"] = int(round(sizes[entry["clusters"]].sum() * keep_share))
+        visits = sum(e["rows"] for e in plan)
+        clusters = []
+        for j in range(self.groups):
+            member = losses[labels == j]
+            clusters.append(
+                {
+                    "cluster": j,
+                    "rows": int(sizes[j]),
+                    "centroid": float(centroids[j]) if j < len(centroids) and np.isfinite(centroids[j]) else None,
+                    "loss_min": float(member.min()) if len(member) else None,
+                    "loss_max": float(member.max()) if len(member) else None,
+                }
+            )
+        return {
+            "algorithm": "SeTa (Zhou et al., CVPR 2025): random pruning, 1-D k-means loss clusters easy to hard, sliding window, annealing",
+            "epochs": self.epochs,
+            "groups": self.groups,
+            "window": config.window,
+            "window_scale": self.window_scale,
+            "delta": self.delta,
+            "prune_ratio": self.prune_ratio,
+            "rows": n,
+            "clusters": clusters,
+            "plan": plan,
+            "visits": visits,
+            "visit_fraction": visits / (n * self.epochs) if n else 0.0,
+        }
+
+    # -- transform ------------------------------------------------------------------
+    def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+        rows = row_ordinals(batch)
+        pos = np.searchsorted(self.ordinals_, rows)
+        if len(rows) and (pos.max() >= len(self.ordinals_) or not np.array_equal(self.ordinals_[pos], rows)):
+            raise RuntimeError("loss_clusters: transform saw rows that fit did not")
+        codes = self.codes_[pos]
+        remove = codes != _KEEP
+        batch = _with_column(batch, "loss", pa.array(self.losses_[pos], pa.float64()))
+        batch = _with_column(batch, "loss_cluster", pa.array(self.clusters_[pos], pa.int32()))
+        if not remove.any():
+            return batch, empty_ledger()
+        kept, gone = split_batch(batch, remove)
+        gone_codes = codes[remove]
+        reasons = [_REASONS[int(c)] for c in gone_codes]
+        scores = pa.array(self.losses_[pos][remove], pa.float64(), mask=gone_codes == 3)
+        return kept, removed_rows(gone.column(ctx.id_column), self.kind, reasons, score=scores)
+
+    def finish(self, ctx: StageContext) -> None:
+        path = ctx.output_dir / SCHEDULE_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.schedule_, indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+def _with_column(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.RecordBatch:
+    """Add a column, replacing an input column of the same name (e.g. loss_column = "loss")."""
+    if name in batch.schema.names:
+        return batch.set_column(batch.schema.get_field_index(name), name, values)
+    return batch.append_column(name, values)
+
+
+def _encode(labels: pa.ChunkedArray) -> tuple[np.ndarray, int]:
+    """Labels -> dense ints by sorted label value (deterministic across runs and shard layouts)."""
+    values = labels.combine_chunks()
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    classes = pc.unique(values)
+    classes = classes.take(pc.sort_indices(classes))
+    return np.asarray(pc.index_in(values, value_set=classes)).astype(np.int64), len(classes)
+
+
+def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype)
+
+
+STAGE = LossClusters
