@@ -79,9 +79,9 @@ class FixedCountSampler:
         return rng.choice(self.n, size=self.counts[epoch], replace=False)
 
 
-def run(task: dict, method: str, seed: int, epochs: int, counts: list[int] | None = None) -> dict:
+def run(task: dict, method: str, seed: int, epochs: int, counts: list[int] | None = None, lr: float = ProxyConfig().lr) -> dict:
     n = task["train_bags"].rows
-    config = ProxyConfig()
+    config = ProxyConfig(lr=lr)
     model, optimizer = build_model(config, task["classes"], seed)
     labels = task["train_labels"]
     sampler = None
@@ -185,6 +185,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--noise", type=float, default=0.3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=ProxyConfig().lr, help="Adam learning rate (default: the proxy's 0.02)")
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
@@ -209,8 +210,8 @@ def main() -> None:
             seta_counts = None
             for method in args.methods:
                 if method in ("random@seta", "fewer_epochs@seta") and seta_counts is None:
-                    seta_counts = run(task, "seta", seed, args.epochs)["per_epoch"]
-                result = run(task, method, seed, args.epochs, seta_counts)
+                    seta_counts = run(task, "seta", seed, args.epochs, lr=args.lr)["per_epoch"]
+                result = run(task, method, seed, args.epochs, seta_counts, lr=args.lr)
                 if method == "seta":
                     seta_counts = result["per_epoch"]
                 results.append(result)

@@ -252,3 +252,21 @@ def test_stage_rejects_bad_options():
 def test_stage_missing_column_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="no column"):
         run_stage(tmp_path, {"loss_column": "nope"})
+
+
+def test_concat_bags_equals_hashing_everything_at_once():
+    from curate.training.features import concat_bags, hashed_ngram_bags
+
+    texts = ["a b c", "", "d e", "f", "g h i j"]
+    whole = hashed_ngram_bags(texts, 1024)
+    parts = concat_bags([hashed_ngram_bags(texts[:2], 1024), hashed_ngram_bags(texts[2:], 1024)])
+    assert np.array_equal(parts.indices, whole.indices) and np.array_equal(parts.offsets, whole.offsets)
+
+
+def test_stage_proxy_losses_are_deterministic(tmp_path):
+    options = {"label_column": "label", "proxy_epochs": 1, "folds": 2, "num_buckets": 1024}
+    _, first = run_stage(tmp_path, options, n=150, name="a")
+    _, second = run_stage(tmp_path, options, n=150, name="b")
+    a = pl.read_parquet(first / "kept").sort("id")
+    b = pl.read_parquet(second / "kept").sort("id")
+    assert a["loss"].to_list() == b["loss"].to_list() and a["loss_cluster"].to_list() == b["loss_cluster"].to_list()
