@@ -36,7 +36,7 @@ from curate.metrics.exact import hash128
 from curate.pipeline import INPUT_STAGE, InputSource, PartSource, PipelineSpec, RunOptions, RunResult, _stage_dir_name, run_pipeline
 from curate.progress import QUIET, Progress
 from curate.shards import ROW_COLUMN, ColumnSpec, InputFile, InputSet, PartWriter, _conform_to, _first_line, _with_required, list_parts
-from curate.stages.base import Stage, StageContext
+from curate.stages.base import Stage, StageContext, scan_ids
 
 DEFAULT_UNIT_ROWS = 1_000_000
 CONNECT_TIMEOUT = 10.0
@@ -65,6 +65,10 @@ class InputUnit:
     @property
     def schema(self) -> pa.Schema:
         return self.input_schema.append(pa.field(ROW_COLUMN, pa.int64()))
+
+    @property
+    def ordinal_range(self) -> tuple[int, int]:
+        return self.first_row, self.first_row + self.rows - 1
 
     @property
     def num_rows(self) -> int:
@@ -113,6 +117,7 @@ class PartUnit:
     rows: int
     schema: pa.Schema
     batch_size: int
+    ordinal_range: tuple[int, int] = (0, 2**62)  # from the Parquet statistics when present
 
     @property
     def num_rows(self) -> int:
@@ -160,9 +165,56 @@ def plan_units(source: InputSource | PartSource, unit_rows: int = DEFAULT_UNIT_R
                 )
         return units
     for part in list_parts(source.directory):
-        for groups, rows, _ in _row_group_slices(pq.read_metadata(part), unit_rows):
-            units.append(PartUnit(len(units), str(part), groups, rows, source.schema, source.batch_size))
+        metadata = pq.read_metadata(part)
+        for groups, rows, _ in _row_group_slices(metadata, unit_rows):
+            bounds = _ordinal_bounds(metadata, groups)
+            units.append(PartUnit(len(units), str(part), groups, rows, source.schema, source.batch_size, bounds))
     return units
+
+
+def _ordinal_bounds(metadata: pq.FileMetaData, groups: tuple[int, ...] | None) -> tuple[int, int]:
+    """Smallest and largest row ordinal in these row groups, from the column statistics."""
+    unknown = (0, 2**62)
+    leaf = next((i for i in range(metadata.num_columns) if metadata.schema.column(i).path == ROW_COLUMN), None)
+    if leaf is None:
+        return unknown
+    low, high = 2**62, -1
+    for g in groups if groups is not None else range(metadata.num_row_groups):
+        stats = metadata.row_group(g).column(leaf).statistics
+        if stats is None or not stats.has_min_max:
+            return unknown
+        low, high = min(low, int(stats.min)), max(high, int(stats.max))
+    return (low, high) if high >= 0 else unknown
+
+
+class ClusterSource:
+    """The whole source as the driver sees it, plus `scan_ids` (used by IdLookup.collect)
+    done as one task per unit, each given only the wanted ordinals in its range."""
+
+    def __init__(self, source: InputSource | PartSource, units: list[Unit], client: Any):
+        self.source = source
+        self.units = units
+        self.client = client
+        self.num_rows = source.num_rows
+        self.schema = source.schema
+
+    def batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+        return self.source.batches(columns)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.source, name)
+
+    def scan_ids(self, wanted: np.ndarray, id_column: str) -> tuple[np.ndarray, pa.Array]:
+        futures = []
+        for unit in self.units:
+            low, high = unit.ordinal_range
+            mine = wanted[np.searchsorted(wanted, low) : np.searchsorted(wanted, high, side="right")]
+            if len(mine):
+                futures.append(self.client.submit(scan_ids, unit, mine, id_column, pure=False))
+        found = self.client.gather(futures)
+        rows = np.concatenate([f[0] for f in found]) if found else np.empty(0, np.int64)
+        ids = pa.concat_arrays([f[1] for f in found]) if found else pa.array([], pa.string())
+        return rows, ids
 
 
 # ---------------------------------------------------------------------------------------
@@ -493,11 +545,11 @@ class DaskExecutor:
             if stage.supports_shard_fit():
                 partials = self._fit_map_reduce(stage, units, worker_ctx, ctx, prefix, timing)
                 merge_started = time.perf_counter()
-                stage.fit_merge(partials, source, ctx)
+                stage.fit_merge(partials, ClusterSource(source, units, self.client), ctx)
                 timing["fit_merge_driver"] = time.perf_counter() - merge_started
                 ctx.info.setdefault("executor", "dask: map-reduce fit")
             else:
-                stage.fit(source, ctx)
+                stage.fit(source, ctx)  # the local runner's source, exactly
                 timing["fit_driver"] = time.perf_counter() - started
                 ctx.info.setdefault("executor", "dask: fitted on the driver")
         ctx.info["work_units"] = len(units)

@@ -238,17 +238,9 @@ class IdLookup:
     @classmethod
     def collect(cls, source: BatchSource, ordinals: np.ndarray, id_column: str) -> "IdLookup":
         wanted = np.unique(np.asarray(ordinals, dtype=np.int64))
-        found_rows: list[np.ndarray] = []
-        found_ids: list[pa.Array] = []
-        if len(wanted):
-            for batch in source.batches(columns=[id_column]):
-                rows = row_ordinals(batch)
-                hit = sorted_member(wanted, rows)
-                if hit.any():
-                    found_rows.append(rows[hit])
-                    found_ids.append(_string_ids(batch.column(id_column)).filter(pa.array(hit)))
-        rows = np.concatenate(found_rows) if found_rows else np.empty(0, np.int64)
-        ids = pa.concat_arrays(found_ids) if found_ids else pa.array([], pa.string())
+        # a cluster executor's source looks the ids up shard-parallel (curate.distributed)
+        scan = getattr(source, "scan_ids", None) or (lambda w, c: scan_ids(source, w, c))
+        rows, ids = scan(wanted, id_column) if len(wanted) else (np.empty(0, np.int64), pa.array([], pa.string()))
         if len(rows) != len(wanted):
             raise RuntimeError(f"id lookup found {len(rows)} of {len(wanted)} rows")
         return cls(rows, ids)
@@ -256,6 +248,21 @@ class IdLookup:
     def __call__(self, ordinals: np.ndarray) -> pa.Array:
         pos = np.searchsorted(self._ordinals, ordinals)
         return self._ids.take(pa.array(pos))
+
+
+def scan_ids(source: BatchSource, wanted: np.ndarray, id_column: str) -> tuple[np.ndarray, pa.Array]:
+    """(ordinals, string ids) of the rows of `source` whose ordinal is in the sorted `wanted`."""
+    found_rows: list[np.ndarray] = []
+    found_ids: list[pa.Array] = []
+    for batch in source.batches(columns=[id_column]):
+        rows = row_ordinals(batch)
+        hit = sorted_member(wanted, rows)
+        if hit.any():
+            found_rows.append(rows[hit])
+            found_ids.append(_string_ids(batch.column(id_column)).filter(pa.array(hit)))
+    rows = np.concatenate(found_rows) if found_rows else np.empty(0, np.int64)
+    ids = pa.concat_arrays(found_ids) if found_ids else pa.array([], pa.string())
+    return rows, ids
 
 
 def _string_ids(ids: pa.Array) -> pa.Array:
