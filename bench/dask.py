@@ -6,7 +6,7 @@ version suffix, as in re-crawled data), so exact dedup has real cross-shard dupl
 Prints wall times, the per-stage split into shard-parallel and global (driver) steps, the
 machine load (the machine is shared: timings are noisy), and checks that all runs agree.
 
-    python bench/dask.py [--shards 16] [--copies 3] [--repeats 1] [--workdir /tmp/curate-bench-dask]
+    python bench/dask.py [--shards 16] [--copies 1] [--repeats 1] [--workdir /tmp/curate-bench-dask]
 """
 
 from __future__ import annotations
@@ -67,10 +67,9 @@ def _cpu_seconds() -> float:
     return times.user + times.system
 
 
-def cpu_used(executor: DaskExecutor | None) -> float:
-    """CPU seconds so far of this process plus every worker process."""
-    workers = executor.client.run(_cpu_seconds) if executor else {}
-    return _cpu_seconds() + sum(workers.values())
+def cpu_used(executor: DaskExecutor | None) -> tuple[float, dict[str, float]]:
+    """CPU seconds so far of this process and of each worker process."""
+    return _cpu_seconds(), (executor.client.run(_cpu_seconds) if executor else {})
 
 
 def timed_run(corpus: Path, out: Path, executor: DaskExecutor | None) -> dict:
@@ -80,11 +79,20 @@ def timed_run(corpus: Path, out: Path, executor: DaskExecutor | None) -> dict:
     started = time.perf_counter()
     run_pipeline(spec, corpus, out, RunOptions(executor=executor))
     wall = time.perf_counter() - started
-    cpu = cpu_used(executor) - cpu_before
+    cpu_after = cpu_used(executor)
+    driver_cpu = cpu_after[0] - cpu_before[0]
+    worker_cpu = [cpu_after[1][w] - cpu_before[1].get(w, 0.0) for w in cpu_after[1]]
     manifest = json.loads((out / "manifest.json").read_text())
     seconds = {s["name"]: s["seconds"] for s in manifest["stages"]}
     timings = executor.timings.get("exact", {}) if executor else {}
-    return {"wall": wall, "cpu": cpu, "stages": seconds, "finalize": wall - sum(seconds.values()), "steps": dict(timings)}
+    return {"wall": wall, "cpu": driver_cpu + sum(worker_cpu), "driver_cpu": driver_cpu, "worker_cpu": worker_cpu, "stages": seconds, "finalize": wall - sum(seconds.values()), "steps": dict(timings)}
+
+
+def _autogroup() -> str:
+    try:
+        return "on" if Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1" else "off"
+    except OSError:
+        return "unknown"
 
 
 def kept_ids(out: Path) -> list[str]:
@@ -94,7 +102,7 @@ def kept_ids(out: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=16)
-    parser.add_argument("--copies", type=int, default=3, help="edited copies of the Debian corpus per shard")
+    parser.add_argument("--copies", type=int, default=1, help="edited copies of the Debian corpus per shard")
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration; the fastest is reported")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/curate-bench-dask"))
     args = parser.parse_args()
@@ -149,6 +157,11 @@ def main() -> None:
     print(f"speed-up 2 vs 1 worker: shard-parallel steps {one['parallel'] / two['parallel']:.2f}x, exact stage {one['stages']['exact'] / two['stages']['exact']:.2f}x, whole run {one['wall'] / two['wall']:.2f}x")
     print(f"dask 2 workers vs local runner (whole run): {results['local']['wall'] / two['wall']:.2f}x")
     print(f"global (driver) share of the 2-worker run: {two['global'] / two['wall']:.0%}")
+    # CPU accounting: what the run would take on free cores (driver work + the busiest worker).
+    critical = {label: r["driver_cpu"] + max(r["worker_cpu"] or [0.0]) for label, r in results.items()}
+    print("CPU seconds, driver + each worker: " + "; ".join(f"{label}: {r['driver_cpu']:.1f} + {' + '.join(f'{c:.1f}' for c in r['worker_cpu']) or '-'}" for label, r in results.items()))
+    print(f"CPU critical path (driver + busiest worker) 1 -> 2 workers: {critical['dask 1 worker']:.1f} s -> {critical['dask 2 workers']:.1f} s = {critical['dask 1 worker'] / critical['dask 2 workers']:.2f}x expected on 2 free cores")
+    print(f"kernel autogroup scheduling: {_autogroup()} (on: CPU is shared per session, so under load extra workers in one session do not get extra CPU)")
     print(f"same kept ids in all runs: {same}   load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if not same:
         sys.exit(1)
