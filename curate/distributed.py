@@ -15,7 +15,6 @@ cluster a shared filesystem (NFS, Lustre, a FUSE mount of object storage).
 from __future__ import annotations
 
 import logging
-import operator
 import os
 import shutil
 import uuid
@@ -235,12 +234,39 @@ def _load_stage(path: str) -> Stage:
     return stage
 
 
-def _fit_shard_task(stage: Stage, unit: Unit, ctx: StageContext) -> Any:
-    return stage.fit_shard(unit, replace(ctx, shard=unit.index, info={}))
+def _fit_shard_task(stage: Stage, unit: Unit, ctx: StageContext, shuffle_dir: str | None, buckets: int) -> Any:
+    """Map one unit. With a shuffle, the pieces go to shuffle_dir/BBBB/UUUUU.pkl and only their
+    count comes back: the shuffle is files on the shared storage (as NeMo Curator and Spark do),
+    not thousands of tiny Dask tasks moving pieces between workers."""
+    partial = stage.fit_shard(unit, replace(ctx, shard=unit.index, info={}))
+    if shuffle_dir is None:
+        return partial
+    if len(partial) != buckets:
+        raise ValueError(f"{type(stage).__name__}.fit_shard returned {len(partial)} pieces, fit_buckets said {buckets}")
+    for bucket, piece in enumerate(partial):
+        _write_piece(Path(shuffle_dir) / f"{bucket:04d}" / f"{unit.index:05d}.pkl", piece)
+    return buckets
 
 
-def _fit_reduce_task(stage: Stage, bucket: int, pieces: list[Any], ctx: StageContext) -> Any:
-    return stage.fit_reduce(bucket, pieces, replace(ctx, info={}))
+def _write_piece(path: Path, piece: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as handle:
+        cloudpickle.dump(piece, handle, protocol=5)
+    os.replace(tmp, path)
+
+
+def _read_pieces(shuffle_dir: str, bucket: int, count: int) -> list[Any]:
+    pieces = []
+    for unit in range(count):
+        with open(Path(shuffle_dir) / f"{bucket:04d}" / f"{unit:05d}.pkl", "rb") as handle:
+            pieces.append(cloudpickle.load(handle))
+    return pieces
+
+
+def _fit_reduce_task(stage: Stage, bucket: int, shuffle_dir: str, count: int, ctx: StageContext, _maps_done: list[Any]) -> Any:
+    """Reduce one bucket over every unit's piece, read in unit (input) order."""
+    return stage.fit_reduce(bucket, _read_pieces(shuffle_dir, bucket, count), replace(ctx, info={}))
 
 
 def _unit_counts(directory: Path) -> tuple[int, int]:
@@ -277,16 +303,16 @@ def _transform_task(stage_path: str, unit: Unit, ctx: StageContext, units_dir: s
 
 @dataclass(frozen=True)
 class _CheckFindings:
-    """What one unit of the input check found; errors are raised on the driver, earliest first."""
+    """What one unit of the input check found; errors are raised on the driver, earliest first.
+    The id hashes, (n, 3) int64 of (high, low, ordinal) per bucket, went to the shuffle dir."""
 
-    keys: list[Any]  # per bucket: (n, 3) int64 of (id hash high, low, ordinal)
     null_id: int  # first ordinal with a null id, -1 if none
     null_text: int  # first ordinal with a null text, -1 if none
     null_text_in_batch: int
     null_texts: int
 
 
-def _check_task(unit: InputUnit, buckets: int, units_dir: str) -> _CheckFindings:
+def _check_task(unit: InputUnit, buckets: int, units_dir: str, shuffle_dir: str) -> _CheckFindings:
     """The local input check on one unit: ids hashed for the global duplicate-id shuffle, null
     ids and texts located, null-text ledger rows written (idempotently) when they are dropped."""
     id_col, text_col = unit.columns.id, unit.columns.text
@@ -319,19 +345,14 @@ def _check_task(unit: InputUnit, buckets: int, units_dir: str) -> _CheckFindings
     _publish(attempt, Path(units_dir) / f"{unit.index:05d}")
     triples = np.concatenate(keys) if keys else np.empty((0, 3), np.int64)
     which = triples[:, 0].view(np.uint64) % np.uint64(buckets)
-    return _CheckFindings([triples[which == b] for b in range(buckets)], null_id, null_text, in_batch, nulls)
+    for bucket in range(buckets):
+        _write_piece(Path(shuffle_dir) / f"{bucket:04d}" / f"{unit.index:05d}.pkl", triples[which == bucket])
+    return _CheckFindings(null_id, null_text, in_batch, nulls)
 
 
-def _check_piece(findings: _CheckFindings, bucket: int) -> np.ndarray:
-    return findings.keys[bucket]
-
-
-def _check_summary(findings: _CheckFindings) -> tuple[int, int, int, int]:
-    return findings.null_id, findings.null_text, findings.null_text_in_batch, findings.null_texts
-
-
-def _first_repeated_id(bucket: int, pieces: list[np.ndarray]) -> int:
+def _first_repeated_id(bucket: int, shuffle_dir: str, count: int, _checks_done: list[Any]) -> int:
     """Lowest ordinal whose id hash was seen at an earlier ordinal, -1 if none."""
+    pieces = _read_pieces(shuffle_dir, bucket, count)
     triples = np.concatenate(pieces) if pieces else np.empty((0, 3), np.int64)
     order = np.lexsort((triples[:, 2], triples[:, 1], triples[:, 0]))
     hi, lo, rows = triples[order, 0], triples[order, 1], triples[order, 2]
@@ -502,15 +523,13 @@ class DaskExecutor:
         buckets = 2 * self.threads()
         prefix = f"curate-input-{uuid.uuid4().hex[:8]}"
         client = self.client
-        checks = [client.submit(_check_task, unit, buckets, str(units_dir), key=f"{prefix}-check-{unit.index}", pure=False) for unit in units]
+        shuffle_dir = str(check_dir / "work" / "shuffle")
+        checks = [client.submit(_check_task, unit, buckets, str(units_dir), shuffle_dir, key=f"{prefix}-check-{unit.index}", pure=False) for unit in units]
         try:
             ctx = StageContext(name=INPUT_STAGE, progress=progress)
             self._follow(checks, units, ctx, "input: checking")
-            repeated = []
-            for bucket in range(buckets):
-                pieces = [client.submit(_check_piece, c, bucket, key=f"{prefix}-piece-{i}-{bucket}", pure=False) for i, c in enumerate(checks)]
-                repeated.append(client.submit(_first_repeated_id, bucket, pieces, key=f"{prefix}-repeat-{bucket}", pure=False))
-            summaries = client.gather([client.submit(_check_summary, c, pure=False) for c in checks])
+            repeated = [client.submit(_first_repeated_id, b, shuffle_dir, len(units), checks, key=f"{prefix}-repeat-{b}", pure=False) for b in range(buckets)]
+            summaries = [(f.null_id, f.null_text, f.null_text_in_batch, f.null_texts) for f in client.gather(checks)]
             first_repeat = [r for r in client.gather(repeated) if r >= 0]
         except BaseException:
             client.cancel(checks)
@@ -585,20 +604,19 @@ class DaskExecutor:
 
         started = time.perf_counter()
         client = self.client
-        maps = [client.submit(_fit_shard_task, stage, unit, worker_ctx, key=f"{prefix}-fit-{unit.index}", pure=False) for unit in units]
         buckets = stage.fit_buckets(worker_ctx)
+        shuffle_dir = str(ctx.work_dir / "shuffle") if buckets > 0 else None
+        maps = [client.submit(_fit_shard_task, stage, unit, worker_ctx, shuffle_dir, buckets, key=f"{prefix}-fit-{unit.index}", pure=False) for unit in units]
         try:
             self._follow(maps, units, ctx, f"{ctx.name}: fitting")
             timing["fit_map"] = time.perf_counter() - started
             if buckets <= 0:
                 return client.gather(maps)
             started = time.perf_counter()
-            reduced = []
-            for bucket in range(buckets):
-                pieces = [client.submit(operator.getitem, m, bucket, key=f"{prefix}-piece-{unit.index}-{bucket}", pure=False) for m, unit in zip(maps, units)]
-                reduced.append(client.submit(_fit_reduce_task, stage, bucket, pieces, worker_ctx, key=f"{prefix}-reduce-{bucket}", pure=False))
+            reduced = [client.submit(_fit_reduce_task, stage, b, shuffle_dir, len(units), worker_ctx, maps, key=f"{prefix}-reduce-{b}", pure=False) for b in range(buckets)]
             result = client.gather(reduced)
             timing["fit_reduce"] = time.perf_counter() - started
+            shutil.rmtree(shuffle_dir, ignore_errors=True)
             return result
         except BaseException:
             client.cancel(maps)

@@ -156,6 +156,22 @@ def test_every_stage_kind_gives_the_local_result_on_dask(tmp_path, client, corpu
     assert_same_output(local, dask)
 
 
+def test_a_run_interrupted_on_dask_resumes_to_the_local_result(tmp_path, client, corpus):
+    stages = [{"kind": "exact"}, {"kind": "exact", "normalize": True}]
+    spec = parse_pipeline({"stage": stages}, "test")
+    local = run_pipeline(spec, corpus, tmp_path / "local").output
+
+    def stop_after_first_stage(name: str) -> None:
+        if name == "exact":
+            raise KeyboardInterrupt
+
+    executor = DaskExecutor(client, unit_rows=500)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(spec, corpus, tmp_path / "dask", RunOptions(executor=executor, on_stage_done=stop_after_first_stage))
+    run_pipeline(spec, corpus, tmp_path / "dask", RunOptions(executor=executor, resume=True))
+    assert_same_output(local, tmp_path / "dask")
+
+
 # ---------------------------------------------------------------------------------------
 # The map-reduce fit on its own: the same fitted state as streaming `fit`, whatever the split.
 
