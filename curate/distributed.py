@@ -9,7 +9,7 @@ own kept/removed parts under a fresh attempt directory that is renamed into plac
 so a task re-run after a worker dies is harmless. The driver then moves the parts into the
 stage directory in unit order, so rows come out in input order, never in completion order.
 Workers read and write the same paths as the driver: on one machine the local disk, on a
-cluster a shared filesystem (NFS, Lustre, a FUSE mount of object storage).
+cluster a shared POSIX filesystem with atomic rename (NFS, Lustre, CephFS); see docs/dask.md.
 """
 
 from __future__ import annotations
