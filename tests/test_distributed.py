@@ -359,15 +359,21 @@ def test_null_texts_without_drop_fail_on_dask_as_locally(tmp_path, client):
 
 
 class SlowExact(ExactDedup):
-    """Exact dedup whose transform takes a while, so a worker can be killed mid-stage."""
+    """Exact dedup whose map and transform take a while, so a worker can be killed mid-stage."""
+
+    def fit_shard(self, source, ctx):
+        time.sleep(0.4)
+        return super().fit_shard(source, ctx)
 
     def transform(self, batch, ctx):
         time.sleep(0.2)
         return super().transform(batch, ctx)
 
 
-def test_killing_a_worker_mid_run_gives_the_same_output(tmp_path, monkeypatch, client):
-    """Last in the file: the nanny restarts the killed worker, the shared cluster lives on."""
+@pytest.mark.parametrize("phase", ["fit", "transform"])
+def test_killing_a_worker_mid_run_gives_the_same_output(tmp_path, monkeypatch, client, phase):
+    """Killed while the map tasks write the shuffle, or while transform tasks write parts.
+    Last in the file: the nanny restarts the killed worker, the shared cluster lives on."""
     corpus = make_corpus(tmp_path / "in", shards=10, rows=400, seed=5)
     spec = parse_pipeline({"stage": [{"kind": "exact"}], "batch_size": 200}, "test")
     local = run_pipeline(spec, corpus, tmp_path / "local").output
@@ -386,16 +392,18 @@ def test_killing_a_worker_mid_run_gives_the_same_output(tmp_path, monkeypatch, c
 
     runner = threading.Thread(target=run)
     runner.start()
-    units_dir = out / "_stages" / "01-exact" / "work" / "units"
+    work = out / "_stages" / "01-exact" / "work"
+    # first bucket's finished map pieces, or finished transform units
+    done = (lambda: list((work / "shuffle" / "0000").glob("*.pkl"))) if phase == "fit" else (lambda: [p for p in (work / "units").glob("[0-9]*")])
     deadline = time.monotonic() + 60
-    while not (units_dir.is_dir() and any(p.name.isdigit() for p in units_dir.iterdir())):
+    while not done():
         assert time.monotonic() < deadline and runner.is_alive(), outcome
         time.sleep(0.01)
     pids = client.run(os.getpid)
     victim = sorted(pids.values())[0]
     psutil.Process(victim).send_signal(signal.SIGKILL)
-    finished_units = sum(p.name.isdigit() for p in units_dir.iterdir())
-    assert runner.is_alive() and finished_units < 10  # the kill landed mid-stage
+    finished = len(done())
+    assert runner.is_alive() and finished < 10  # the kill landed mid-phase
     runner.join(timeout=120)
     assert not runner.is_alive() and "error" not in outcome, outcome
     assert victim not in client.run(os.getpid).values()
