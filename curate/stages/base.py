@@ -93,7 +93,9 @@ class Stage:
     #   3. merge   `fit_merge(partials, source, ctx)` on the driver, with the partials in input
     #              (unit) order, or the reduced results in bucket order. It sets the fitted
     #              `*_` attributes exactly as `fit` would; `source` is the whole stream, for a
-    #              final driver pass (e.g. IdLookup.collect).
+    #              final pass (IdLookup.collect on it runs as one task per unit on a cluster).
+    # Partials and pieces are pickled (the Dask executor shuffles pieces through files in the
+    # stage's work dir), so keep them numpy arrays or other plain picklable values.
     #
     # Contract: the fitted state, and so every output, is identical to `fit` on the same source,
     # whatever the number of units, buckets or workers and whatever order tasks finish in:
