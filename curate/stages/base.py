@@ -110,7 +110,9 @@ class Stage:
     # k-means stays on the driver over a sample streamed back with the same seed.
     #
     # Transform under an executor: each task gets its own unpickled copy of the fitted stage
-    # (keep fitted state picklable and compact) and calls `transform` on its unit's batches;
+    # (keep fitted state picklable and compact: a np.memmap pickles as a full in-memory copy,
+    # so keep its path under ctx.work_dir and reopen it lazily) and calls `transform` on its
+    # unit's batches;
     # `finish(ctx)` runs once, on the driver, after every unit is written. A stage that
     # writes side outputs during transform must name them by ctx.shard and must not count on
     # state carried from one unit to another.
