@@ -112,10 +112,9 @@ class Stage:
     # Transform under an executor: each task gets its own unpickled copy of the fitted stage
     # (keep fitted state picklable and compact: a np.memmap pickles as a full in-memory copy,
     # so keep its path under ctx.work_dir and reopen it lazily) and calls `transform` on its
-    # unit's batches;
-    # `finish(ctx)` runs once, on the driver, after every unit is written. A stage that
-    # writes side outputs during transform must name them by ctx.shard and must not count on
-    # state carried from one unit to another.
+    # unit's batches; `finish(ctx)` runs once, on the driver, after every unit is written. A
+    # stage that writes side outputs during transform must name them by ctx.shard and must
+    # not count on state carried from one unit to another.
 
     def fit_shard(self, source: BatchSource, ctx: StageContext) -> Any:
         """Map step of the optional map-reduce fit (see above)."""
