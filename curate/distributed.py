@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.errors import InputError, UsageError
+from curate.errors import InputError, OutputError, UsageError
 from curate.ledger import LEDGER_SCHEMA, ids_as_strings, removed_rows
 from curate.metrics.exact import hash128
 from curate.pipeline import INPUT_STAGE, InputSource, PartSource, PipelineSpec, RunOptions, RunResult, _stage_dir_name, run_pipeline
@@ -369,6 +369,14 @@ def _publish(attempt: Path, final: Path) -> None:
         shutil.rmtree(attempt, ignore_errors=True)
 
 
+def _probe_storage(work_dir: str, input_file: str, token: str) -> tuple[bool, str]:
+    """On each worker: can it read the input, and which marker file did it write in work_dir."""
+    name = f".probe-{token}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    (Path(work_dir) / name).write_bytes(b"")
+    return os.access(input_file, os.R_OK), name
+
+
 def _assemble(units_dir: Path, count: int, stage_dir: Path, kinds: tuple[str, ...] = ("kept", "removed")) -> tuple[int, ...]:
     """Move every unit's parts into stage_dir/{kept,removed} in unit (input) order. Empty parts
     are dropped unless nothing else is left, so the directory still carries the schema."""
@@ -380,6 +388,8 @@ def _assemble(units_dir: Path, count: int, stage_dir: Path, kinds: tuple[str, ..
         first_schema: pa.Schema | None = None
         spare: Path | None = None
         for unit in range(count):
+            if not (units_dir / f"{unit:05d}").is_dir():
+                raise OutputError(f"the output of work unit {unit} is missing", path=units_dir, fix="put -o on storage every Dask worker mounts under the same path, then rerun with --resume")
             for part in list_parts(units_dir / f"{unit:05d}" / kind):
                 metadata = pq.read_metadata(part)
                 if metadata.num_rows == 0:
@@ -418,6 +428,7 @@ class DaskExecutor:
         self.cluster = cluster
         self.unit_rows = unit_rows
         self.timings: dict[str, dict[str, float]] = {}
+        self._storage_checked: set[tuple[str, str]] = set()
 
     @classmethod
     def local(cls, workers: int, *, threads_per_worker: int = 1, unit_rows: int = DEFAULT_UNIT_ROWS) -> "DaskExecutor":
@@ -520,6 +531,7 @@ class DaskExecutor:
         units_dir = check_dir / "work" / _UNITS
         units_dir.mkdir(parents=True)
         units = plan_units(InputSource(inputs, spec.batch_size, spec.drop_null_text), self.unit_rows)
+        self._check_shared_storage(units_dir, Path(inputs.files[0].path))
         buckets = 2 * self.threads()
         prefix = f"curate-input-{uuid.uuid4().hex[:8]}"
         client = self.client
@@ -556,6 +568,8 @@ class DaskExecutor:
         ctx.workers = self.threads()
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         units = plan_units(source, self.unit_rows)
+        if units:
+            self._check_shared_storage(ctx.work_dir, Path(units[0].file.path if isinstance(units[0], InputUnit) else units[0].path))
         worker_ctx = replace(ctx, progress=QUIET, info={}, report=dict(ctx.report))
         prefix = f"curate-{ctx.name}-{uuid.uuid4().hex[:8]}"
         timing = self.timings.setdefault(ctx.name, {})
@@ -598,6 +612,27 @@ class DaskExecutor:
         stage.finish(ctx)
         timing["assemble_finish_driver"] = time.perf_counter() - assemble_started
         return kept_rows, removed_rows
+
+    def _check_shared_storage(self, work_dir: Path, input_file: Path) -> None:
+        """Every worker must read the input and write the output under the driver's paths; a
+        worker on its own disk would otherwise write parts the driver never sees."""
+        if (str(work_dir), str(input_file)) in self._storage_checked:
+            return
+        token = uuid.uuid4().hex
+        seen = self.client.run(_probe_storage, str(work_dir), str(input_file), token)
+        unseen = []
+        for worker, (_, marker) in seen.items():
+            try:
+                (Path(work_dir) / marker).unlink()
+            except FileNotFoundError:
+                unseen.append(worker)
+        blind = [worker for worker, (sees_input, _) in seen.items() if not sees_input]
+        fix = "put the input and -o on storage every worker mounts under the same path (NFS, Lustre, ...)"
+        if blind:
+            raise UsageError(f"Dask worker {blind[0]} cannot read the input file {input_file}", fix=fix)
+        if unseen:
+            raise OutputError(f"Dask worker {unseen[0]} writes somewhere this machine cannot see", path=work_dir, fix=fix)
+        self._storage_checked.add((str(work_dir), str(input_file)))
 
     def _fit_map_reduce(self, stage: Stage, units: list[Unit], worker_ctx: StageContext, ctx: StageContext, prefix: str, timing: dict) -> list[Any]:
         import time

@@ -225,6 +225,22 @@ def test_a_rerun_transform_task_is_harmless(tmp_path, corpus):
     assert not [p for p in units_dir.iterdir() if p.name.startswith(".00002.") and p.name != ".00002.deadbeef.tmp"]
 
 
+def test_workers_that_cannot_see_the_paths_are_refused_with_the_reason(tmp_path, client):
+    executor = DaskExecutor(client)
+    with pytest.raises(UsageError, match="cannot read the input file"):
+        executor._check_shared_storage(tmp_path / "work", tmp_path / "not-on-this-worker.parquet")
+    assert not list((tmp_path / "work").iterdir())  # probe markers cleaned up or never kept
+
+
+def test_assembly_refuses_a_missing_unit_output(tmp_path):
+    from curate.distributed import _assemble
+    from curate.errors import OutputError
+
+    (tmp_path / "units" / "00000" / "kept").mkdir(parents=True)
+    with pytest.raises(OutputError, match="work unit 1"):
+        _assemble(tmp_path / "units", 2, tmp_path / "stage")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
