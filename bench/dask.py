@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.distributed import DaskExecutor  # noqa: E402
+from curate.distributed import PARALLEL_STEPS, DaskExecutor  # noqa: E402
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline  # noqa: E402
 from curate.shards import read_parts  # noqa: E402
 
@@ -86,7 +86,7 @@ def timed_run(corpus: Path, out: Path, executor: DaskExecutor | None) -> dict:
     worker_cpu = [cpu_after[1][w] - cpu_before[1].get(w, 0.0) for w in cpu_after[1]]
     manifest = json.loads((out / "manifest.json").read_text())
     seconds = {s["name"]: s["seconds"] for s in manifest["stages"]}
-    timings = executor.timings.get("exact", {}) if executor else {}
+    timings = executor.timings if executor else {}
     return {"wall": wall, "cpu": driver_cpu + sum(worker_cpu), "driver_cpu": driver_cpu, "main_thread_cpu": main_thread, "worker_cpu": worker_cpu, "stages": seconds, "finalize": wall - sum(seconds.values()), "steps": dict(timings)}
 
 
@@ -141,8 +141,8 @@ def main() -> None:
     print("-" * len(header))
     for label, r in results.items():
         steps = r["steps"]
-        parallel = steps.get("fit_map", 0) + steps.get("fit_reduce", 0) + steps.get("transform", 0)
-        global_ = r["wall"] - parallel if steps else r["wall"]
+        parallel = sum(t for phase in steps.values() for step, t in phase.items() if step in PARALLEL_STEPS)
+        global_ = r["wall"] - parallel
         r["parallel"], r["global"] = parallel, global_
         print(
             f"{label:<16}{r['wall']:>9.2f}{r['stages']['input']:>8.2f}{r['stages']['exact']:>8.2f}{r['finalize']:>8.2f}"
@@ -151,12 +151,13 @@ def main() -> None:
     one, two = results["dask 1 worker"], results["dask 2 workers"]
     print()
     print("columns: input = input check (driver); exact = the exact stage; final = finalize (publish kept/, workers strip")
-    print("         the ordinal column); par. = shard-parallel tasks (fit map + shuffle reduce + transform);")
-    print("         global = everything on the driver (input check, fit merge + id lookup, assembly, manifest)")
+    print("         the ordinal column); par. = time in shard-parallel task phases (input check map + reduce,")
+    print("         fit map + shuffle reduce, transform, finalize rewrite); global = the rest, on the driver")
+    print("         (planning, fit merge + id lookup, assembly, manifest); local runs everything on the driver")
     print("         CPU s = CPU seconds of the driver and all workers; cores = CPU s / wall: the cores the run")
     print("         actually got on this shared machine (2 would be all of it); load = 1-min load average after")
-    print(f"exact steps, 2 workers: " + ", ".join(f"{k} {v:.2f}s" for k, v in two["steps"].items()))
-    print(f"speed-up 2 vs 1 worker: shard-parallel steps {one['parallel'] / two['parallel']:.2f}x, exact stage {one['stages']['exact'] / two['stages']['exact']:.2f}x, whole run {one['wall'] / two['wall']:.2f}x")
+    print("steps, 2 workers: " + "; ".join(f"{phase}: " + ", ".join(f"{k} {v:.2f}s" for k, v in steps.items()) for phase, steps in two["steps"].items()))
+    print(f"speed-up 2 vs 1 worker (wall): shard-parallel steps {one['parallel'] / two['parallel']:.2f}x, exact stage {one['stages']['exact'] / two['stages']['exact']:.2f}x, whole run {one['wall'] / two['wall']:.2f}x")
     print(f"dask 2 workers vs local runner (whole run): {results['local']['wall'] / two['wall']:.2f}x")
     print(f"global (driver) share of the 2-worker run: {two['global'] / two['wall']:.0%}")
     # CPU accounting: what the run would take on free cores (serial driver work + the busiest worker).

@@ -38,6 +38,8 @@ from curate.shards import ROW_COLUMN, ColumnSpec, InputFile, InputSet, PartWrite
 from curate.stages.base import Stage, StageContext, scan_ids
 
 DEFAULT_UNIT_ROWS = 1_000_000
+# The steps in DaskExecutor.timings that are shard-parallel tasks; the others run on the driver.
+PARALLEL_STEPS = frozenset({"check_map", "check_reduce", "fit_map", "fit_reduce", "transform", "map"})
 CONNECT_TIMEOUT = 10.0
 WAIT_FOR_WORKERS = 120.0
 _UNITS = "units"
@@ -512,13 +514,17 @@ class DaskExecutor:
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         """fn over items on the workers, results in item order (used by finalize)."""
+        import time
+
         if not items:
             return []
+        started = time.perf_counter()
         futures = self.client.map(fn, list(items), pure=False)
         try:
             return self.client.gather(futures)
         finally:
             self.client.cancel(futures)
+            self.timings.setdefault("finalize", {})["map"] = time.perf_counter() - started
 
     def check_input(self, inputs: InputSet, spec: PipelineSpec, stages_root: Path, entry: dict, progress: Progress) -> None:
         """The local runner's input check (null ids, duplicate ids, null texts) as shard tasks
@@ -540,9 +546,12 @@ class DaskExecutor:
         try:
             ctx = StageContext(name=INPUT_STAGE, progress=progress)
             self._follow(checks, units, ctx, "input: checking")
+            timing = self.timings.setdefault(INPUT_STAGE, {})
+            timing["check_map"] = time.perf_counter() - started
             repeated = [client.submit(_first_repeated_id, b, shuffle_dir, len(units), checks, key=f"{prefix}-repeat-{b}", pure=False) for b in range(buckets)]
             summaries = [(f.null_id, f.null_text, f.null_text_in_batch, f.null_texts) for f in client.gather(checks)]
             first_repeat = [r for r in client.gather(repeated) if r >= 0]
+            timing["check_reduce"] = time.perf_counter() - started - timing["check_map"]
         except BaseException:
             client.cancel(checks)
             raise
