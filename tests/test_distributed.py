@@ -22,7 +22,7 @@ from curate.distributed import DaskExecutor, InputUnit, _transform_task, plan_un
 from curate.errors import UsageError
 from curate.inspect_output import verify_output
 from curate.pipeline import InputSource, RunOptions, parse_pipeline, run_pipeline
-from curate.shards import ColumnSpec, InputSet, list_parts, read_parts
+from curate.shards import InputSet, read_parts
 from curate.stages.base import StageContext, available_kinds
 from curate.stages.exact import ExactDedup
 
