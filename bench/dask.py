@@ -6,7 +6,7 @@ version suffix, as in re-crawled data), so exact dedup has real cross-shard dupl
 Prints wall times, the per-stage split into shard-parallel and global (driver) steps, the
 machine load (the machine is shared: timings are noisy), and checks that all runs agree.
 
-    python bench/dask.py [--shards 16] [--copies 3] [--repeats 1] [--workdir /tmp/curate-bench-dask]
+    python bench/dask.py [--shards 16] [--copies 1] [--repeats 1] [--workdir /tmp/curate-bench-dask]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.distributed import DaskExecutor  # noqa: E402
+from curate.distributed import PARALLEL_STEPS, DaskExecutor  # noqa: E402
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline  # noqa: E402
 from curate.shards import read_parts  # noqa: E402
 
@@ -67,24 +67,34 @@ def _cpu_seconds() -> float:
     return times.user + times.system
 
 
-def cpu_used(executor: DaskExecutor | None) -> float:
-    """CPU seconds so far of this process plus every worker process."""
-    workers = executor.client.run(_cpu_seconds) if executor else {}
-    return _cpu_seconds() + sum(workers.values())
+def cpu_used(executor: DaskExecutor | None) -> tuple[float, dict[str, float]]:
+    """CPU seconds so far of this process and of each worker process."""
+    return _cpu_seconds(), (executor.client.run(_cpu_seconds) if executor else {})
 
 
 def timed_run(corpus: Path, out: Path, executor: DaskExecutor | None) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     spec = parse_pipeline(PIPELINE, "bench")
     cpu_before = cpu_used(executor)
+    main_thread = time.thread_time()
     started = time.perf_counter()
     run_pipeline(spec, corpus, out, RunOptions(executor=executor))
     wall = time.perf_counter() - started
-    cpu = cpu_used(executor) - cpu_before
+    main_thread = time.thread_time() - main_thread
+    cpu_after = cpu_used(executor)
+    driver_cpu = cpu_after[0] - cpu_before[0]
+    worker_cpu = [cpu_after[1][w] - cpu_before[1].get(w, 0.0) for w in cpu_after[1]]
     manifest = json.loads((out / "manifest.json").read_text())
     seconds = {s["name"]: s["seconds"] for s in manifest["stages"]}
-    timings = executor.timings.get("exact", {}) if executor else {}
-    return {"wall": wall, "cpu": cpu, "stages": seconds, "finalize": wall - sum(seconds.values()), "steps": dict(timings)}
+    timings = executor.timings if executor else {}
+    return {"wall": wall, "cpu": driver_cpu + sum(worker_cpu), "driver_cpu": driver_cpu, "main_thread_cpu": main_thread, "worker_cpu": worker_cpu, "stages": seconds, "finalize": wall - sum(seconds.values()), "steps": dict(timings)}
+
+
+def _autogroup() -> str:
+    try:
+        return "on" if Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1" else "off"
+    except OSError:
+        return "unknown"
 
 
 def kept_ids(out: Path) -> list[str]:
@@ -94,7 +104,7 @@ def kept_ids(out: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=16)
-    parser.add_argument("--copies", type=int, default=3, help="edited copies of the Debian corpus per shard")
+    parser.add_argument("--copies", type=int, default=1, help="edited copies of the Debian corpus per shard")
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration; the fastest is reported")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/curate-bench-dask"))
     args = parser.parse_args()
@@ -131,8 +141,8 @@ def main() -> None:
     print("-" * len(header))
     for label, r in results.items():
         steps = r["steps"]
-        parallel = steps.get("fit_map", 0) + steps.get("fit_reduce", 0) + steps.get("transform", 0)
-        global_ = r["wall"] - parallel if steps else r["wall"]
+        parallel = sum(t for phase in steps.values() for step, t in phase.items() if step in PARALLEL_STEPS)
+        global_ = r["wall"] - parallel
         r["parallel"], r["global"] = parallel, global_
         print(
             f"{label:<16}{r['wall']:>9.2f}{r['stages']['input']:>8.2f}{r['stages']['exact']:>8.2f}{r['finalize']:>8.2f}"
@@ -141,14 +151,22 @@ def main() -> None:
     one, two = results["dask 1 worker"], results["dask 2 workers"]
     print()
     print("columns: input = input check (driver); exact = the exact stage; final = finalize (publish kept/, workers strip")
-    print("         the ordinal column); par. = shard-parallel tasks (fit map + shuffle reduce + transform);")
-    print("         global = everything on the driver (input check, fit merge + id lookup, assembly, manifest)")
+    print("         the ordinal column); par. = time in shard-parallel task phases (input check map + reduce,")
+    print("         fit map + shuffle reduce, transform, finalize rewrite); global = the rest, on the driver")
+    print("         (planning, fit merge + id lookup, assembly, manifest); local runs everything on the driver")
     print("         CPU s = CPU seconds of the driver and all workers; cores = CPU s / wall: the cores the run")
     print("         actually got on this shared machine (2 would be all of it); load = 1-min load average after")
-    print(f"exact steps, 2 workers: " + ", ".join(f"{k} {v:.2f}s" for k, v in two["steps"].items()))
-    print(f"speed-up 2 vs 1 worker: shard-parallel steps {one['parallel'] / two['parallel']:.2f}x, exact stage {one['stages']['exact'] / two['stages']['exact']:.2f}x, whole run {one['wall'] / two['wall']:.2f}x")
+    print("steps, 2 workers: " + "; ".join(f"{phase}: " + ", ".join(f"{k} {v:.2f}s" for k, v in steps.items()) for phase, steps in two["steps"].items()))
+    print(f"speed-up 2 vs 1 worker (wall): shard-parallel steps {one['parallel'] / two['parallel']:.2f}x, exact stage {one['stages']['exact'] / two['stages']['exact']:.2f}x, whole run {one['wall'] / two['wall']:.2f}x")
     print(f"dask 2 workers vs local runner (whole run): {results['local']['wall'] / two['wall']:.2f}x")
     print(f"global (driver) share of the 2-worker run: {two['global'] / two['wall']:.0%}")
+    # CPU accounting: what the run would take on free cores (serial driver work + the busiest worker).
+    critical = {label: r["main_thread_cpu"] + max(r["worker_cpu"] or [0.0]) for label, r in results.items()}
+    print("CPU seconds, driver main thread (serial steps) / driver process (adds Dask's scheduler and client threads) / each worker:")
+    for label, r in results.items():
+        print(f"  {label:<16}{r['main_thread_cpu']:6.1f} / {r['driver_cpu']:5.1f} / {' + '.join(f'{c:.1f}' for c in r['worker_cpu']) or '-'}")
+    print(f"CPU critical path (driver main thread + busiest worker), 1 -> 2 workers: {critical['dask 1 worker']:.1f} s -> {critical['dask 2 workers']:.1f} s = {critical['dask 1 worker'] / critical['dask 2 workers']:.2f}x, the speed-up 2 free cores would give")
+    print(f"kernel autogroup scheduling: {_autogroup()} (on: CPU is shared per session, so under load extra workers in one session do not get extra CPU)")
     print(f"same kept ids in all runs: {same}   load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if not same:
         sys.exit(1)

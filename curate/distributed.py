@@ -9,13 +9,12 @@ own kept/removed parts under a fresh attempt directory that is renamed into plac
 so a task re-run after a worker dies is harmless. The driver then moves the parts into the
 stage directory in unit order, so rows come out in input order, never in completion order.
 Workers read and write the same paths as the driver: on one machine the local disk, on a
-cluster a shared filesystem (NFS, Lustre, a FUSE mount of object storage).
+cluster a shared POSIX filesystem with atomic rename (NFS, Lustre, CephFS); see docs/dask.md.
 """
 
 from __future__ import annotations
 
 import logging
-import operator
 import os
 import shutil
 import uuid
@@ -30,15 +29,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.errors import InputError, UsageError
+from curate.errors import InputError, OutputError, UsageError
 from curate.ledger import LEDGER_SCHEMA, ids_as_strings, removed_rows
 from curate.metrics.exact import hash128
 from curate.pipeline import INPUT_STAGE, InputSource, PartSource, PipelineSpec, RunOptions, RunResult, _stage_dir_name, run_pipeline
 from curate.progress import QUIET, Progress
 from curate.shards import ROW_COLUMN, ColumnSpec, InputFile, InputSet, PartWriter, _conform_to, _first_line, _with_required, list_parts
-from curate.stages.base import Stage, StageContext
+from curate.stages.base import Stage, StageContext, scan_ids
 
 DEFAULT_UNIT_ROWS = 1_000_000
+# The steps in DaskExecutor.timings that are shard-parallel tasks; the others run on the driver.
+PARALLEL_STEPS = frozenset({"check_map", "check_reduce", "fit_map", "fit_reduce", "transform", "map"})
 CONNECT_TIMEOUT = 10.0
 WAIT_FOR_WORKERS = 120.0
 _UNITS = "units"
@@ -65,6 +66,10 @@ class InputUnit:
     @property
     def schema(self) -> pa.Schema:
         return self.input_schema.append(pa.field(ROW_COLUMN, pa.int64()))
+
+    @property
+    def ordinal_range(self) -> tuple[int, int]:
+        return self.first_row, self.first_row + self.rows - 1
 
     @property
     def num_rows(self) -> int:
@@ -113,6 +118,7 @@ class PartUnit:
     rows: int
     schema: pa.Schema
     batch_size: int
+    ordinal_range: tuple[int, int] = (0, 2**62)  # from the Parquet statistics when present
 
     @property
     def num_rows(self) -> int:
@@ -160,9 +166,56 @@ def plan_units(source: InputSource | PartSource, unit_rows: int = DEFAULT_UNIT_R
                 )
         return units
     for part in list_parts(source.directory):
-        for groups, rows, _ in _row_group_slices(pq.read_metadata(part), unit_rows):
-            units.append(PartUnit(len(units), str(part), groups, rows, source.schema, source.batch_size))
+        metadata = pq.read_metadata(part)
+        for groups, rows, _ in _row_group_slices(metadata, unit_rows):
+            bounds = _ordinal_bounds(metadata, groups)
+            units.append(PartUnit(len(units), str(part), groups, rows, source.schema, source.batch_size, bounds))
     return units
+
+
+def _ordinal_bounds(metadata: pq.FileMetaData, groups: tuple[int, ...] | None) -> tuple[int, int]:
+    """Smallest and largest row ordinal in these row groups, from the column statistics."""
+    unknown = (0, 2**62)
+    leaf = next((i for i in range(metadata.num_columns) if metadata.schema.column(i).path == ROW_COLUMN), None)
+    if leaf is None:
+        return unknown
+    low, high = 2**62, -1
+    for g in groups if groups is not None else range(metadata.num_row_groups):
+        stats = metadata.row_group(g).column(leaf).statistics
+        if stats is None or not stats.has_min_max:
+            return unknown
+        low, high = min(low, int(stats.min)), max(high, int(stats.max))
+    return (low, high) if high >= 0 else unknown
+
+
+class ClusterSource:
+    """The whole source as the driver sees it, plus `scan_ids` (used by IdLookup.collect)
+    done as one task per unit, each given only the wanted ordinals in its range."""
+
+    def __init__(self, source: InputSource | PartSource, units: list[Unit], client: Any):
+        self.source = source
+        self.units = units
+        self.client = client
+        self.num_rows = source.num_rows
+        self.schema = source.schema
+
+    def batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+        return self.source.batches(columns)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.source, name)
+
+    def scan_ids(self, wanted: np.ndarray, id_column: str) -> tuple[np.ndarray, pa.Array]:
+        futures = []
+        for unit in self.units:
+            low, high = unit.ordinal_range
+            mine = wanted[np.searchsorted(wanted, low) : np.searchsorted(wanted, high, side="right")]
+            if len(mine):
+                futures.append(self.client.submit(scan_ids, unit, mine, id_column, pure=False))
+        found = self.client.gather(futures)
+        rows = np.concatenate([f[0] for f in found]) if found else np.empty(0, np.int64)
+        ids = pa.concat_arrays([f[1] for f in found]) if found else pa.array([], pa.string())
+        return rows, ids
 
 
 # ---------------------------------------------------------------------------------------
@@ -183,12 +236,39 @@ def _load_stage(path: str) -> Stage:
     return stage
 
 
-def _fit_shard_task(stage: Stage, unit: Unit, ctx: StageContext) -> Any:
-    return stage.fit_shard(unit, replace(ctx, shard=unit.index, info={}))
+def _fit_shard_task(stage: Stage, unit: Unit, ctx: StageContext, shuffle_dir: str | None, buckets: int) -> Any:
+    """Map one unit. With a shuffle, the pieces go to shuffle_dir/BBBB/UUUUU.pkl and only their
+    count comes back: the shuffle is files on the shared storage (as NeMo Curator and Spark do),
+    not thousands of tiny Dask tasks moving pieces between workers."""
+    partial = stage.fit_shard(unit, replace(ctx, shard=unit.index, info={}))
+    if shuffle_dir is None:
+        return partial
+    if len(partial) != buckets:
+        raise ValueError(f"{type(stage).__name__}.fit_shard returned {len(partial)} pieces, fit_buckets said {buckets}")
+    for bucket, piece in enumerate(partial):
+        _write_piece(Path(shuffle_dir) / f"{bucket:04d}" / f"{unit.index:05d}.pkl", piece)
+    return buckets
 
 
-def _fit_reduce_task(stage: Stage, bucket: int, pieces: list[Any], ctx: StageContext) -> Any:
-    return stage.fit_reduce(bucket, pieces, replace(ctx, info={}))
+def _write_piece(path: Path, piece: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as handle:
+        cloudpickle.dump(piece, handle, protocol=5)
+    os.replace(tmp, path)
+
+
+def _read_pieces(shuffle_dir: str, bucket: int, count: int) -> list[Any]:
+    pieces = []
+    for unit in range(count):
+        with open(Path(shuffle_dir) / f"{bucket:04d}" / f"{unit:05d}.pkl", "rb") as handle:
+            pieces.append(cloudpickle.load(handle))
+    return pieces
+
+
+def _fit_reduce_task(stage: Stage, bucket: int, shuffle_dir: str, count: int, ctx: StageContext, _maps_done: list[Any]) -> Any:
+    """Reduce one bucket over every unit's piece, read in unit (input) order."""
+    return stage.fit_reduce(bucket, _read_pieces(shuffle_dir, bucket, count), replace(ctx, info={}))
 
 
 def _unit_counts(directory: Path) -> tuple[int, int]:
@@ -225,16 +305,16 @@ def _transform_task(stage_path: str, unit: Unit, ctx: StageContext, units_dir: s
 
 @dataclass(frozen=True)
 class _CheckFindings:
-    """What one unit of the input check found; errors are raised on the driver, earliest first."""
+    """What one unit of the input check found; errors are raised on the driver, earliest first.
+    The id hashes, (n, 3) int64 of (high, low, ordinal) per bucket, went to the shuffle dir."""
 
-    keys: list[Any]  # per bucket: (n, 3) int64 of (id hash high, low, ordinal)
     null_id: int  # first ordinal with a null id, -1 if none
     null_text: int  # first ordinal with a null text, -1 if none
     null_text_in_batch: int
     null_texts: int
 
 
-def _check_task(unit: InputUnit, buckets: int, units_dir: str) -> _CheckFindings:
+def _check_task(unit: InputUnit, buckets: int, units_dir: str, shuffle_dir: str) -> _CheckFindings:
     """The local input check on one unit: ids hashed for the global duplicate-id shuffle, null
     ids and texts located, null-text ledger rows written (idempotently) when they are dropped."""
     id_col, text_col = unit.columns.id, unit.columns.text
@@ -267,19 +347,14 @@ def _check_task(unit: InputUnit, buckets: int, units_dir: str) -> _CheckFindings
     _publish(attempt, Path(units_dir) / f"{unit.index:05d}")
     triples = np.concatenate(keys) if keys else np.empty((0, 3), np.int64)
     which = triples[:, 0].view(np.uint64) % np.uint64(buckets)
-    return _CheckFindings([triples[which == b] for b in range(buckets)], null_id, null_text, in_batch, nulls)
+    for bucket in range(buckets):
+        _write_piece(Path(shuffle_dir) / f"{bucket:04d}" / f"{unit.index:05d}.pkl", triples[which == bucket])
+    return _CheckFindings(null_id, null_text, in_batch, nulls)
 
 
-def _check_piece(findings: _CheckFindings, bucket: int) -> np.ndarray:
-    return findings.keys[bucket]
-
-
-def _check_summary(findings: _CheckFindings) -> tuple[int, int, int, int]:
-    return findings.null_id, findings.null_text, findings.null_text_in_batch, findings.null_texts
-
-
-def _first_repeated_id(bucket: int, pieces: list[np.ndarray]) -> int:
+def _first_repeated_id(bucket: int, shuffle_dir: str, count: int, _checks_done: list[Any]) -> int:
     """Lowest ordinal whose id hash was seen at an earlier ordinal, -1 if none."""
+    pieces = _read_pieces(shuffle_dir, bucket, count)
     triples = np.concatenate(pieces) if pieces else np.empty((0, 3), np.int64)
     order = np.lexsort((triples[:, 2], triples[:, 1], triples[:, 0]))
     hi, lo, rows = triples[order, 0], triples[order, 1], triples[order, 2]
@@ -296,6 +371,14 @@ def _publish(attempt: Path, final: Path) -> None:
         shutil.rmtree(attempt, ignore_errors=True)
 
 
+def _probe_storage(work_dir: str, input_file: str, token: str) -> tuple[bool, str]:
+    """On each worker: can it read the input, and which marker file did it write in work_dir."""
+    name = f".probe-{token}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    (Path(work_dir) / name).write_bytes(b"")
+    return os.access(input_file, os.R_OK), name
+
+
 def _assemble(units_dir: Path, count: int, stage_dir: Path, kinds: tuple[str, ...] = ("kept", "removed")) -> tuple[int, ...]:
     """Move every unit's parts into stage_dir/{kept,removed} in unit (input) order. Empty parts
     are dropped unless nothing else is left, so the directory still carries the schema."""
@@ -307,6 +390,8 @@ def _assemble(units_dir: Path, count: int, stage_dir: Path, kinds: tuple[str, ..
         first_schema: pa.Schema | None = None
         spare: Path | None = None
         for unit in range(count):
+            if not (units_dir / f"{unit:05d}").is_dir():
+                raise OutputError(f"the output of work unit {unit} is missing", path=units_dir, fix="put -o on storage every Dask worker mounts under the same path, then rerun with --resume")
             for part in list_parts(units_dir / f"{unit:05d}" / kind):
                 metadata = pq.read_metadata(part)
                 if metadata.num_rows == 0:
@@ -345,6 +430,7 @@ class DaskExecutor:
         self.cluster = cluster
         self.unit_rows = unit_rows
         self.timings: dict[str, dict[str, float]] = {}
+        self._storage_checked: set[tuple[str, str]] = set()
 
     @classmethod
     def local(cls, workers: int, *, threads_per_worker: int = 1, unit_rows: int = DEFAULT_UNIT_ROWS) -> "DaskExecutor":
@@ -428,13 +514,17 @@ class DaskExecutor:
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         """fn over items on the workers, results in item order (used by finalize)."""
+        import time
+
         if not items:
             return []
+        started = time.perf_counter()
         futures = self.client.map(fn, list(items), pure=False)
         try:
             return self.client.gather(futures)
         finally:
             self.client.cancel(futures)
+            self.timings.setdefault("finalize", {})["map"] = time.perf_counter() - started
 
     def check_input(self, inputs: InputSet, spec: PipelineSpec, stages_root: Path, entry: dict, progress: Progress) -> None:
         """The local runner's input check (null ids, duplicate ids, null texts) as shard tasks
@@ -447,19 +537,21 @@ class DaskExecutor:
         units_dir = check_dir / "work" / _UNITS
         units_dir.mkdir(parents=True)
         units = plan_units(InputSource(inputs, spec.batch_size, spec.drop_null_text), self.unit_rows)
+        self._check_shared_storage(units_dir, Path(inputs.files[0].path))
         buckets = 2 * self.threads()
         prefix = f"curate-input-{uuid.uuid4().hex[:8]}"
         client = self.client
-        checks = [client.submit(_check_task, unit, buckets, str(units_dir), key=f"{prefix}-check-{unit.index}", pure=False) for unit in units]
+        shuffle_dir = str(check_dir / "work" / "shuffle")
+        checks = [client.submit(_check_task, unit, buckets, str(units_dir), shuffle_dir, key=f"{prefix}-check-{unit.index}", pure=False) for unit in units]
         try:
             ctx = StageContext(name=INPUT_STAGE, progress=progress)
             self._follow(checks, units, ctx, "input: checking")
-            repeated = []
-            for bucket in range(buckets):
-                pieces = [client.submit(_check_piece, c, bucket, key=f"{prefix}-piece-{i}-{bucket}", pure=False) for i, c in enumerate(checks)]
-                repeated.append(client.submit(_first_repeated_id, bucket, pieces, key=f"{prefix}-repeat-{bucket}", pure=False))
-            summaries = client.gather([client.submit(_check_summary, c, pure=False) for c in checks])
+            timing = self.timings.setdefault(INPUT_STAGE, {})
+            timing["check_map"] = time.perf_counter() - started
+            repeated = [client.submit(_first_repeated_id, b, shuffle_dir, len(units), checks, key=f"{prefix}-repeat-{b}", pure=False) for b in range(buckets)]
+            summaries = [(f.null_id, f.null_text, f.null_text_in_batch, f.null_texts) for f in client.gather(checks)]
             first_repeat = [r for r in client.gather(repeated) if r >= 0]
+            timing["check_reduce"] = time.perf_counter() - started - timing["check_map"]
         except BaseException:
             client.cancel(checks)
             raise
@@ -485,6 +577,8 @@ class DaskExecutor:
         ctx.workers = self.threads()
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         units = plan_units(source, self.unit_rows)
+        if units:
+            self._check_shared_storage(ctx.work_dir, Path(units[0].file.path if isinstance(units[0], InputUnit) else units[0].path))
         worker_ctx = replace(ctx, progress=QUIET, info={}, report=dict(ctx.report))
         prefix = f"curate-{ctx.name}-{uuid.uuid4().hex[:8]}"
         timing = self.timings.setdefault(ctx.name, {})
@@ -493,11 +587,11 @@ class DaskExecutor:
             if stage.supports_shard_fit():
                 partials = self._fit_map_reduce(stage, units, worker_ctx, ctx, prefix, timing)
                 merge_started = time.perf_counter()
-                stage.fit_merge(partials, source, ctx)
+                stage.fit_merge(partials, ClusterSource(source, units, self.client), ctx)
                 timing["fit_merge_driver"] = time.perf_counter() - merge_started
                 ctx.info.setdefault("executor", "dask: map-reduce fit")
             else:
-                stage.fit(source, ctx)
+                stage.fit(source, ctx)  # the local runner's source, exactly
                 timing["fit_driver"] = time.perf_counter() - started
                 ctx.info.setdefault("executor", "dask: fitted on the driver")
         ctx.info["work_units"] = len(units)
@@ -528,25 +622,45 @@ class DaskExecutor:
         timing["assemble_finish_driver"] = time.perf_counter() - assemble_started
         return kept_rows, removed_rows
 
+    def _check_shared_storage(self, work_dir: Path, input_file: Path) -> None:
+        """Every worker must read the input and write the output under the driver's paths; a
+        worker on its own disk would otherwise write parts the driver never sees."""
+        if (str(work_dir), str(input_file)) in self._storage_checked:
+            return
+        token = uuid.uuid4().hex
+        seen = self.client.run(_probe_storage, str(work_dir), str(input_file), token)
+        unseen = []
+        for worker, (_, marker) in seen.items():
+            try:
+                (Path(work_dir) / marker).unlink()
+            except FileNotFoundError:
+                unseen.append(worker)
+        blind = [worker for worker, (sees_input, _) in seen.items() if not sees_input]
+        fix = "put the input and -o on storage every worker mounts under the same path (NFS, Lustre, ...)"
+        if blind:
+            raise UsageError(f"Dask worker {blind[0]} cannot read the input file {input_file}", fix=fix)
+        if unseen:
+            raise OutputError(f"Dask worker {unseen[0]} writes somewhere this machine cannot see", path=work_dir, fix=fix)
+        self._storage_checked.add((str(work_dir), str(input_file)))
+
     def _fit_map_reduce(self, stage: Stage, units: list[Unit], worker_ctx: StageContext, ctx: StageContext, prefix: str, timing: dict) -> list[Any]:
         import time
 
         started = time.perf_counter()
         client = self.client
-        maps = [client.submit(_fit_shard_task, stage, unit, worker_ctx, key=f"{prefix}-fit-{unit.index}", pure=False) for unit in units]
         buckets = stage.fit_buckets(worker_ctx)
+        shuffle_dir = str(ctx.work_dir / "shuffle") if buckets > 0 else None
+        maps = [client.submit(_fit_shard_task, stage, unit, worker_ctx, shuffle_dir, buckets, key=f"{prefix}-fit-{unit.index}", pure=False) for unit in units]
         try:
             self._follow(maps, units, ctx, f"{ctx.name}: fitting")
             timing["fit_map"] = time.perf_counter() - started
             if buckets <= 0:
                 return client.gather(maps)
             started = time.perf_counter()
-            reduced = []
-            for bucket in range(buckets):
-                pieces = [client.submit(operator.getitem, m, bucket, key=f"{prefix}-piece-{unit.index}-{bucket}", pure=False) for m, unit in zip(maps, units)]
-                reduced.append(client.submit(_fit_reduce_task, stage, bucket, pieces, worker_ctx, key=f"{prefix}-reduce-{bucket}", pure=False))
+            reduced = [client.submit(_fit_reduce_task, stage, b, shuffle_dir, len(units), worker_ctx, maps, key=f"{prefix}-reduce-{b}", pure=False) for b in range(buckets)]
             result = client.gather(reduced)
             timing["fit_reduce"] = time.perf_counter() - started
+            shutil.rmtree(shuffle_dir, ignore_errors=True)
             return result
         except BaseException:
             client.cancel(maps)

@@ -22,7 +22,7 @@ from curate.distributed import DaskExecutor, InputUnit, _transform_task, plan_un
 from curate.errors import UsageError
 from curate.inspect_output import verify_output
 from curate.pipeline import InputSource, RunOptions, parse_pipeline, run_pipeline
-from curate.shards import ColumnSpec, InputSet, list_parts, read_parts
+from curate.shards import InputSet, read_parts
 from curate.stages.base import StageContext, available_kinds
 from curate.stages.exact import ExactDedup
 
@@ -156,6 +156,22 @@ def test_every_stage_kind_gives_the_local_result_on_dask(tmp_path, client, corpu
     assert_same_output(local, dask)
 
 
+def test_a_run_interrupted_on_dask_resumes_to_the_local_result(tmp_path, client, corpus):
+    stages = [{"kind": "exact"}, {"kind": "exact", "normalize": True}]
+    spec = parse_pipeline({"stage": stages}, "test")
+    local = run_pipeline(spec, corpus, tmp_path / "local").output
+
+    def stop_after_first_stage(name: str) -> None:
+        if name == "exact":
+            raise KeyboardInterrupt
+
+    executor = DaskExecutor(client, unit_rows=500)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(spec, corpus, tmp_path / "dask", RunOptions(executor=executor, on_stage_done=stop_after_first_stage))
+    run_pipeline(spec, corpus, tmp_path / "dask", RunOptions(executor=executor, resume=True))
+    assert_same_output(local, tmp_path / "dask")
+
+
 # ---------------------------------------------------------------------------------------
 # The map-reduce fit on its own: the same fitted state as streaming `fit`, whatever the split.
 
@@ -207,6 +223,22 @@ def test_a_rerun_transform_task_is_harmless(tmp_path, corpus):
     assert first == second and sum(first) == unit.rows and first[1] > 0
     assert {p: p.read_bytes() for p in (units_dir / "00002").rglob("*.parquet")} == before
     assert not [p for p in units_dir.iterdir() if p.name.startswith(".00002.") and p.name != ".00002.deadbeef.tmp"]
+
+
+def test_workers_that_cannot_see_the_paths_are_refused_with_the_reason(tmp_path, client):
+    executor = DaskExecutor(client)
+    with pytest.raises(UsageError, match="cannot read the input file"):
+        executor._check_shared_storage(tmp_path / "work", tmp_path / "not-on-this-worker.parquet")
+    assert not list((tmp_path / "work").iterdir())  # probe markers cleaned up or never kept
+
+
+def test_assembly_refuses_a_missing_unit_output(tmp_path):
+    from curate.distributed import _assemble
+    from curate.errors import OutputError
+
+    (tmp_path / "units" / "00000" / "kept").mkdir(parents=True)
+    with pytest.raises(OutputError, match="work unit 1"):
+        _assemble(tmp_path / "units", 2, tmp_path / "stage")
 
 
 def _free_port() -> int:
@@ -343,15 +375,21 @@ def test_null_texts_without_drop_fail_on_dask_as_locally(tmp_path, client):
 
 
 class SlowExact(ExactDedup):
-    """Exact dedup whose transform takes a while, so a worker can be killed mid-stage."""
+    """Exact dedup whose map and transform take a while, so a worker can be killed mid-stage."""
+
+    def fit_shard(self, source, ctx):
+        time.sleep(0.4)
+        return super().fit_shard(source, ctx)
 
     def transform(self, batch, ctx):
         time.sleep(0.2)
         return super().transform(batch, ctx)
 
 
-def test_killing_a_worker_mid_run_gives_the_same_output(tmp_path, monkeypatch, client):
-    """Last in the file: the nanny restarts the killed worker, the shared cluster lives on."""
+@pytest.mark.parametrize("phase", ["fit", "transform"])
+def test_killing_a_worker_mid_run_gives_the_same_output(tmp_path, monkeypatch, client, phase):
+    """Killed while the map tasks write the shuffle, or while transform tasks write parts.
+    Last in the file: the nanny restarts the killed worker, the shared cluster lives on."""
     corpus = make_corpus(tmp_path / "in", shards=10, rows=400, seed=5)
     spec = parse_pipeline({"stage": [{"kind": "exact"}], "batch_size": 200}, "test")
     local = run_pipeline(spec, corpus, tmp_path / "local").output
@@ -370,16 +408,18 @@ def test_killing_a_worker_mid_run_gives_the_same_output(tmp_path, monkeypatch, c
 
     runner = threading.Thread(target=run)
     runner.start()
-    units_dir = out / "_stages" / "01-exact" / "work" / "units"
+    work = out / "_stages" / "01-exact" / "work"
+    # first bucket's finished map pieces, or finished transform units
+    done = (lambda: list((work / "shuffle" / "0000").glob("*.pkl"))) if phase == "fit" else (lambda: [p for p in (work / "units").glob("[0-9]*")])
     deadline = time.monotonic() + 60
-    while not (units_dir.is_dir() and any(p.name.isdigit() for p in units_dir.iterdir())):
+    while not done():
         assert time.monotonic() < deadline and runner.is_alive(), outcome
         time.sleep(0.01)
     pids = client.run(os.getpid)
     victim = sorted(pids.values())[0]
     psutil.Process(victim).send_signal(signal.SIGKILL)
-    finished_units = sum(p.name.isdigit() for p in units_dir.iterdir())
-    assert runner.is_alive() and finished_units < 10  # the kill landed mid-stage
+    finished = len(done())
+    assert runner.is_alive() and finished < 10  # the kill landed mid-phase
     runner.join(timeout=120)
     assert not runner.is_alive() and "error" not in outcome, outcome
     assert victim not in client.run(os.getpid).values()

@@ -93,7 +93,9 @@ class Stage:
     #   3. merge   `fit_merge(partials, source, ctx)` on the driver, with the partials in input
     #              (unit) order, or the reduced results in bucket order. It sets the fitted
     #              `*_` attributes exactly as `fit` would; `source` is the whole stream, for a
-    #              final driver pass (e.g. IdLookup.collect).
+    #              final pass (IdLookup.collect on it runs as one task per unit on a cluster).
+    # Partials and pieces are pickled (the Dask executor shuffles pieces through files in the
+    # stage's work dir), so keep them numpy arrays or other plain picklable values.
     #
     # Contract: the fitted state, and so every output, is identical to `fit` on the same source,
     # whatever the number of units, buckets or workers and whatever order tasks finish in:
@@ -108,10 +110,11 @@ class Stage:
     # k-means stays on the driver over a sample streamed back with the same seed.
     #
     # Transform under an executor: each task gets its own unpickled copy of the fitted stage
-    # (keep fitted state picklable and compact) and calls `transform` on its unit's batches;
-    # `finish(ctx)` runs once, on the driver, after every unit is written. A stage that
-    # writes side outputs during transform must name them by ctx.shard and must not count on
-    # state carried from one unit to another.
+    # (keep fitted state picklable and compact: a np.memmap pickles as a full in-memory copy,
+    # so keep its path under ctx.work_dir and reopen it lazily) and calls `transform` on its
+    # unit's batches; `finish(ctx)` runs once, on the driver, after every unit is written. A
+    # stage that writes side outputs during transform must name them by ctx.shard and must
+    # not count on state carried from one unit to another.
 
     def fit_shard(self, source: BatchSource, ctx: StageContext) -> Any:
         """Map step of the optional map-reduce fit (see above)."""
@@ -238,17 +241,9 @@ class IdLookup:
     @classmethod
     def collect(cls, source: BatchSource, ordinals: np.ndarray, id_column: str) -> "IdLookup":
         wanted = np.unique(np.asarray(ordinals, dtype=np.int64))
-        found_rows: list[np.ndarray] = []
-        found_ids: list[pa.Array] = []
-        if len(wanted):
-            for batch in source.batches(columns=[id_column]):
-                rows = row_ordinals(batch)
-                hit = sorted_member(wanted, rows)
-                if hit.any():
-                    found_rows.append(rows[hit])
-                    found_ids.append(_string_ids(batch.column(id_column)).filter(pa.array(hit)))
-        rows = np.concatenate(found_rows) if found_rows else np.empty(0, np.int64)
-        ids = pa.concat_arrays(found_ids) if found_ids else pa.array([], pa.string())
+        # a cluster executor's source looks the ids up shard-parallel (curate.distributed)
+        scan = getattr(source, "scan_ids", None) or (lambda w, c: scan_ids(source, w, c))
+        rows, ids = scan(wanted, id_column) if len(wanted) else (np.empty(0, np.int64), pa.array([], pa.string()))
         if len(rows) != len(wanted):
             raise RuntimeError(f"id lookup found {len(rows)} of {len(wanted)} rows")
         return cls(rows, ids)
@@ -256,6 +251,21 @@ class IdLookup:
     def __call__(self, ordinals: np.ndarray) -> pa.Array:
         pos = np.searchsorted(self._ordinals, ordinals)
         return self._ids.take(pa.array(pos))
+
+
+def scan_ids(source: BatchSource, wanted: np.ndarray, id_column: str) -> tuple[np.ndarray, pa.Array]:
+    """(ordinals, string ids) of the rows of `source` whose ordinal is in the sorted `wanted`."""
+    found_rows: list[np.ndarray] = []
+    found_ids: list[pa.Array] = []
+    for batch in source.batches(columns=[id_column]):
+        rows = row_ordinals(batch)
+        hit = sorted_member(wanted, rows)
+        if hit.any():
+            found_rows.append(rows[hit])
+            found_ids.append(_string_ids(batch.column(id_column)).filter(pa.array(hit)))
+    rows = np.concatenate(found_rows) if found_rows else np.empty(0, np.int64)
+    ids = pa.concat_arrays(found_ids) if found_ids else pa.array([], pa.string())
+    return rows, ids
 
 
 def _string_ids(ids: pa.Array) -> pa.Array:
