@@ -484,8 +484,8 @@ def unique_sorted_sets(shingles: np.ndarray, offsets: np.ndarray) -> tuple[np.nd
 
 def exact_jaccard(sets: np.ndarray, offsets: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Jaccard of the fingerprint sets of rows i and j (`sets[offsets[r]:offsets[r+1]]` is row
-    r's sorted unique fingerprints, < 2^40). Vectorized: with both sets of every pair laid side
-    by side under (pair << 40 | fingerprint) keys, the intersection is the count of repeats."""
+    r's sorted unique fingerprints, < 2^40). Vectorized over pairs: keys (pair << 40 |
+    fingerprint) are sorted on each side, so one searchsorted counts every intersection."""
     out = np.zeros(len(i), dtype=np.float64)
     if len(i) == 0:
         return out
@@ -496,21 +496,27 @@ def exact_jaccard(sets: np.ndarray, offsets: np.ndarray, i: np.ndarray, j: np.nd
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(chunk_of)) + 1, [len(i)]])
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         sa, sb = size_i[lo:hi], size_j[lo:hi]
-        starts = np.empty(2 * (hi - lo), dtype=np.int64)
-        starts[0::2] = offsets[i[lo:hi]]
-        starts[1::2] = offsets[j[lo:hi]]
-        lengths = np.empty_like(starts)
-        lengths[0::2] = sa
-        lengths[1::2] = sb
-        seg_start = np.cumsum(lengths) - lengths
-        gather = np.repeat(starts - seg_start, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
-        pair = np.repeat(np.arange(hi - lo, dtype=np.uint64), sa + sb)
-        keys = np.sort((pair << np.uint64(FINGERPRINT_BITS)) | sets[gather])
-        repeat = keys[1:] == keys[:-1]
-        inter = np.bincount((keys[1:][repeat] >> np.uint64(FINGERPRINT_BITS)).astype(np.int64), minlength=hi - lo)
+        pairs = np.arange(hi - lo, dtype=np.uint64)
+        # (pair << 40 | fingerprint) over pairs in order is globally sorted on each side, since
+        # every set is sorted: the intersection is a binary search of one side in the other.
+        a_keys = (np.repeat(pairs, sa) << np.uint64(FINGERPRINT_BITS)) | sets[_ranges(offsets[i[lo:hi]], sa)]
+        b_keys = (np.repeat(pairs, sb) << np.uint64(FINGERPRINT_BITS)) | sets[_ranges(offsets[j[lo:hi]], sb)]
+        if len(b_keys) and len(a_keys):
+            pos = np.minimum(np.searchsorted(b_keys, a_keys), len(b_keys) - 1)
+            hit = b_keys[pos] == a_keys
+            inter = np.bincount((a_keys[hit] >> np.uint64(FINGERPRINT_BITS)).astype(np.int64), minlength=hi - lo)
+        else:
+            inter = np.zeros(hi - lo, dtype=np.int64)
         union = sa + sb - inter
         out[lo:hi] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
     return out
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated index ranges [start, start + length) without a Python loop."""
+    total = int(lengths.sum())
+    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return shift + np.arange(total, dtype=np.int64)
 
 
 def connected_components(n: int, i: np.ndarray, j: np.ndarray, parent: np.ndarray | None = None) -> np.ndarray:

@@ -124,9 +124,9 @@ class MinHashDedup(Stage):
                 ordinals.append(chunk_rows)
                 keys.append(band)
                 counts.append(chunk_counts)
-                sig_file.write(sig.tobytes())
+                sig_file.write(memoryview(np.ascontiguousarray(sig)))
                 if exact:  # raw shingle hashes, for exact Jaccard of the few inconclusive pairs
-                    shingle_file.write(shingles.tobytes())
+                    shingle_file.write(memoryview(np.ascontiguousarray(shingles)))
         hashed = time.perf_counter()
 
         rows_all = np.concatenate(ordinals) if ordinals else np.empty(0, np.int64)
