@@ -409,16 +409,18 @@ def band_keys(sig: np.ndarray, bands: int, rows: int, seed: int = 0) -> np.ndarr
     return keys
 
 
-def bucket_pairs(keys: np.ndarray, all_pairs_max: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def bucket_pairs(keys: np.ndarray, all_pairs_max: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Candidate pairs (i < j, row indices) of rows that share a key in any band column.
 
     Buckets come from sorting each band's keys (no Python dicts). A bucket of up to
     `all_pairs_max` rows yields all its pairs; a larger one yields every member paired with the
-    bucket's first (smallest index) member and with its predecessor, so work stays linear while
-    every member still has a path to the rest (bands give more paths)."""
-    firsts, seconds = [], []
+    bucket's first (smallest index) member and with its predecessor, so work and memory stay
+    linear in the bucket while every member still has a path to the rest (bands give more
+    paths). Pairs are deduplicated band by band, so memory follows distinct pairs."""
     n = keys.shape[0]
+    found = np.empty(0, dtype=np.int64)
     for b in range(keys.shape[1]):
+        firsts, seconds = [], []
         order = np.argsort(keys[:, b], kind="stable")
         sorted_keys = keys[order, b]
         boundary = np.ones(n + 1, dtype=bool)
@@ -441,14 +443,11 @@ def bucket_pairs(keys: np.ndarray, all_pairs_max: int = 16) -> tuple[np.ndarray,
             member = head + np.arange(int(tails.sum()), dtype=np.int64) - np.repeat(np.cumsum(tails) - tails, tails) + 1
             firsts += [order[head], order[member - 1]]
             seconds += [order[member], order[member]]
-    if not firsts:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    i = np.concatenate(firsts)
-    j = np.concatenate(seconds)
-    lo, hi = np.minimum(i, j), np.maximum(i, j)
-    keep = lo != hi
-    packed = np.unique(lo[keep] * n + hi[keep])
-    return packed // n, packed % n
+        i = np.concatenate(firsts)
+        j = np.concatenate(seconds)
+        lo, hi = np.minimum(i, j), np.maximum(i, j)
+        found = np.union1d(found, (lo * n + hi)[lo != hi])
+    return found // max(n, 1), found % max(n, 1)
 
 
 # ---------------------------------------------------------------------------------------

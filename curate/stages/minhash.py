@@ -10,6 +10,7 @@ per-batch lookup of the fitted removed rows.
 
 from __future__ import annotations
 
+import mmap
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -148,6 +149,7 @@ class MinHashDedup(Stage):
         for lo in range(0, len(cand_i), _PAIR_BLOCK):
             block = slice(lo, lo + _PAIR_BLOCK)
             est[block] = mh.estimated_jaccard(sig[cand_i[block]], sig[cand_j[block]])
+            _release(sig)
         if self.verify == "none":
             keep = np.ones(len(cand_i), dtype=bool)
         elif self.verify == "estimate":
@@ -209,6 +211,7 @@ class MinHashDedup(Stage):
                     continue
                 members, local = np.unique(np.concatenate([cand_i[block], cand_j[block]]), return_inverse=True)
                 sets, set_offsets = mh.unique_sorted_sets(*_gather_ranges(shingles, offsets, members))
+                _release(shingles)
                 jac = mh.exact_jaccard(sets, set_offsets, local[: len(block)], local[len(block) :])
                 accepted = block[jac >= self.threshold]
                 keep[accepted] = True
@@ -287,6 +290,14 @@ def _gather_ranges(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) ->
     new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     index = np.repeat(offsets[rows] - new_offsets[:-1], lengths) + np.arange(int(new_offsets[-1]), dtype=np.int64)
     return np.asarray(values[index]), new_offsets
+
+
+def _release(array: np.ndarray) -> None:
+    """Drop a memory map's pages from this process (they stay in the page cache): the spill is
+    read in blocks, so resident memory follows one block, not the file."""
+    handle = getattr(array, "_mmap", None)
+    if handle is not None and hasattr(mmap, "MADV_DONTNEED"):
+        handle.madvise(mmap.MADV_DONTNEED)
 
 
 def _open_matrix(path: Path, dtype: type, n: int, width: int) -> np.ndarray:
