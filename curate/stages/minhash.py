@@ -174,7 +174,7 @@ class MinHashDedup(Stage):
             texts_without_shingles=int(n - len(has_shingles)),
             candidate_pairs=int(len(cand_i)),
             verified_pairs=int(keep.sum()),
-            groups=int(len(np.unique(self.representatives_))),
+            groups=int(len(mh.sorted_unique(self.representatives_))),
             near_duplicates=int(len(self.duplicate_rows_)),
             seconds_signatures=round(hashed - started, 3),
             seconds_buckets=round(bucketed - hashed, 3),
@@ -209,7 +209,9 @@ class MinHashDedup(Stage):
                 block = block[parent[cand_i[block]] != parent[cand_j[block]]]
                 if len(block) == 0:
                     continue
-                members, local = np.unique(np.concatenate([cand_i[block], cand_j[block]]), return_inverse=True)
+                ends = np.concatenate([cand_i[block], cand_j[block]])
+                members = mh.sorted_unique(ends)
+                local = np.searchsorted(members, ends)
                 sets, set_offsets = mh.unique_sorted_sets(*_gather_ranges(shingles, offsets, members))
                 _release(shingles)
                 jac = mh.exact_jaccard(sets, set_offsets, local[: len(block)], local[len(block) :])
@@ -248,7 +250,7 @@ def _text_chunks(rows: np.ndarray, texts: pa.Array | pa.ChunkedArray) -> Iterato
     lengths = pc.fill_null(pc.binary_length(texts), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     ends = np.cumsum(lengths)
     cuts = np.searchsorted(ends, np.arange(_CHUNK_BYTES, int(ends[-1]), _CHUNK_BYTES), side="left") + 1
-    cuts = np.unique(np.concatenate([[0], cuts, np.arange(_CHUNK_ROWS, n, _CHUNK_ROWS), [n]]))
+    cuts = mh.sorted_unique(np.concatenate([[0], cuts, np.arange(_CHUNK_ROWS, n, _CHUNK_ROWS), [n]]))
     for lo, hi in zip(cuts[:-1], cuts[1:]):
         if hi > lo:
             yield rows[lo:hi], texts.slice(int(lo), int(hi - lo))
