@@ -10,6 +10,7 @@ per-batch lookup of the fitted removed rows.
 
 from __future__ import annotations
 
+import mmap
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -124,9 +125,9 @@ class MinHashDedup(Stage):
                 ordinals.append(chunk_rows)
                 keys.append(band)
                 counts.append(chunk_counts)
-                sig_file.write(sig.tobytes())
+                sig_file.write(memoryview(np.ascontiguousarray(sig)))
                 if exact:  # raw shingle hashes, for exact Jaccard of the few inconclusive pairs
-                    shingle_file.write(shingles.tobytes())
+                    shingle_file.write(memoryview(np.ascontiguousarray(shingles)))
         hashed = time.perf_counter()
 
         rows_all = np.concatenate(ordinals) if ordinals else np.empty(0, np.int64)
@@ -148,6 +149,7 @@ class MinHashDedup(Stage):
         for lo in range(0, len(cand_i), _PAIR_BLOCK):
             block = slice(lo, lo + _PAIR_BLOCK)
             est[block] = mh.estimated_jaccard(sig[cand_i[block]], sig[cand_j[block]])
+            _release(sig)
         if self.verify == "none":
             keep = np.ones(len(cand_i), dtype=bool)
         elif self.verify == "estimate":
@@ -172,7 +174,7 @@ class MinHashDedup(Stage):
             texts_without_shingles=int(n - len(has_shingles)),
             candidate_pairs=int(len(cand_i)),
             verified_pairs=int(keep.sum()),
-            groups=int(len(np.unique(self.representatives_))),
+            groups=int(len(mh.sorted_unique(self.representatives_))),
             near_duplicates=int(len(self.duplicate_rows_)),
             seconds_signatures=round(hashed - started, 3),
             seconds_buckets=round(bucketed - hashed, 3),
@@ -207,8 +209,11 @@ class MinHashDedup(Stage):
                 block = block[parent[cand_i[block]] != parent[cand_j[block]]]
                 if len(block) == 0:
                     continue
-                members, local = np.unique(np.concatenate([cand_i[block], cand_j[block]]), return_inverse=True)
+                ends = np.concatenate([cand_i[block], cand_j[block]])
+                members = mh.sorted_unique(ends)
+                local = np.searchsorted(members, ends)
                 sets, set_offsets = mh.unique_sorted_sets(*_gather_ranges(shingles, offsets, members))
+                _release(shingles)
                 jac = mh.exact_jaccard(sets, set_offsets, local[: len(block)], local[len(block) :])
                 accepted = block[jac >= self.threshold]
                 keep[accepted] = True
@@ -245,7 +250,7 @@ def _text_chunks(rows: np.ndarray, texts: pa.Array | pa.ChunkedArray) -> Iterato
     lengths = pc.fill_null(pc.binary_length(texts), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     ends = np.cumsum(lengths)
     cuts = np.searchsorted(ends, np.arange(_CHUNK_BYTES, int(ends[-1]), _CHUNK_BYTES), side="left") + 1
-    cuts = np.unique(np.concatenate([[0], cuts, np.arange(_CHUNK_ROWS, n, _CHUNK_ROWS), [n]]))
+    cuts = mh.sorted_unique(np.concatenate([[0], cuts, np.arange(_CHUNK_ROWS, n, _CHUNK_ROWS), [n]]))
     for lo, hi in zip(cuts[:-1], cuts[1:]):
         if hi > lo:
             yield rows[lo:hi], texts.slice(int(lo), int(hi - lo))
@@ -287,6 +292,14 @@ def _gather_ranges(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) ->
     new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     index = np.repeat(offsets[rows] - new_offsets[:-1], lengths) + np.arange(int(new_offsets[-1]), dtype=np.int64)
     return np.asarray(values[index]), new_offsets
+
+
+def _release(array: np.ndarray) -> None:
+    """Drop a memory map's pages from this process (they stay in the page cache): the spill is
+    read in blocks, so resident memory follows one block, not the file."""
+    handle = getattr(array, "_mmap", None)
+    if handle is not None and hasattr(mmap, "MADV_DONTNEED"):
+        handle.madvise(mmap.MADV_DONTNEED)
 
 
 def _open_matrix(path: Path, dtype: type, n: int, width: int) -> np.ndarray:
