@@ -214,10 +214,15 @@ def test_injected_kill_points_resume_to_the_same_result(setup):
 def test_random_sigkills_resume_to_the_same_result(setup):
     root, corpus, pipeline, kept, removed, seconds = setup
     rng = np.random.default_rng(2024)
-    delays = [float(d) for d in seconds * rng.uniform(0.3, 0.95, size=3)]
-    out = root / "out-random"
-    assert resume_to_end(pipeline, corpus, out, delays) >= 1
-    assert_same_result(out, kept, removed)
+    kills = 0
+    for attempt in range(3):  # the machine is shared: if the run outpaced every kill, kill sooner
+        delays = [float(d) for d in seconds * rng.uniform(0.15, 0.8, size=3) / 2**attempt]
+        out = root / f"out-random-{attempt}"
+        kills = resume_to_end(pipeline, corpus, out, delays)
+        assert_same_result(out, kept, removed)
+        if kills:
+            break
+    assert kills >= 1
 
 
 @pytest.mark.slow
