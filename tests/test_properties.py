@@ -36,7 +36,7 @@ STAGE_TABLE: dict[str, list[list[dict]]] = {
     "semdedup": [[{"kind": "embed", "model": "hashing"}, {"kind": "semdedup"}]],
     "prototypes": [[{"kind": "embed", "model": "hashing"}, {"kind": "prototypes", "clusters": 3, "keep": "hard", "fraction": 0.8}]],
     "pools": [[{"kind": "pools", "score": "quality", "pools": 3}]],
-    "loss_clusters": [[{"kind": "loss_clusters"}]],
+    "loss_clusters": [[{"kind": "loss_clusters", "loss_column": "quality"}]],
 }
 DEDUP_KINDS = ("exact", "minhash")
 KINDS = available_kinds()
