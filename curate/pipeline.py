@@ -206,7 +206,7 @@ class RunResult:
 
 
 # OS errors that mean "this output location cannot take the writes" (not a bug in curate).
-_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EFBIG, errno.EEXIST}
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EFBIG}
 
 
 def _output_errors_are_user_errors(run: Callable[..., "RunResult"]) -> Callable[..., "RunResult"]:

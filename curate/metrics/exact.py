@@ -7,8 +7,6 @@ import polars as pl
 import pyarrow as pa
 import xxhash
 
-_MASK64 = (1 << 64) - 1
-
 
 def normalize_texts(texts: pa.Array) -> pa.Array:
     """NFKC, lowercase, whitespace runs collapsed to one space, trimmed."""
