@@ -6,7 +6,7 @@
 Runs `python -m curate.cli run` as a subprocess (so the numbers are the CLI's, imports and
 all), then `curate verify`. Prints wall time per stage from manifest.json, rows/s, and the
 peak memory: the child's ru_maxrss (getrusage RUSAGE_CHILDREN, largest single process) and
-the peak summed RSS of the whole process tree (psutil, sampled every 0.1 s), which also
+the peak summed RSS of the whole process tree (psutil, sampled every 0.25 s), which also
 catches worker processes. Stage kinds that are not registered in this checkout are skipped
 and listed; so are stages whose input column comes from a skipped stage.
 Targets (DESIGN section 7): peak RSS < 4 GiB, wall < 10 minutes for 1M rows.
@@ -91,7 +91,7 @@ def pipeline_toml(stages: list[dict], batch_size: int) -> str:
 class TreeRssSampler:
     """Peak of the summed RSS of a process and its descendants, sampled on a thread."""
 
-    def __init__(self, pid: int, interval: float = 0.1):
+    def __init__(self, pid: int, interval: float = 0.25):
         self.pid = pid
         self.interval = interval
         self.peak = 0
