@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import errno
 import functools
+import gc
 import json
 import os
 import shutil
+import sys
 import time
 import tomllib
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -40,7 +43,6 @@ from curate.shards import (
     InputFile,
     InputSet,
     PartWriter,
-    close_quietly,
     count_part_rows,
     iter_part_batches,
     list_parts,
@@ -221,7 +223,7 @@ class RunResult:
 
 
 # OS errors that mean "this output location cannot take the writes" (not a bug in curate).
-_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EFBIG, errno.EEXIST}
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EFBIG}
 
 
 def _output_errors_are_user_errors(run: Callable[..., "RunResult"]) -> Callable[..., "RunResult"]:
@@ -233,9 +235,13 @@ def _output_errors_are_user_errors(run: Callable[..., "RunResult"]) -> Callable[
     def wrapper(*args: Any, **kwargs: Any) -> "RunResult":
         try:
             return run(*args, **kwargs)
+        except OutputError as exc:
+            _collect_failed_writers(exc)
+            raise
         except OSError as exc:
             if exc.errno not in _OUTPUT_ERRNOS:
                 raise
+            _collect_failed_writers(exc)
             where = exc.filename or (args[2] if len(args) > 2 else kwargs.get("output"))
             raise OutputError(
                 f"cannot write ({os.strerror(exc.errno)})",
@@ -244,6 +250,27 @@ def _output_errors_are_user_errors(run: Callable[..., "RunResult"]) -> Callable[
             ) from None
 
     return wrapper
+
+
+def _collect_failed_writers(exc: BaseException) -> None:
+    """Free the failed run's frames now. A Parquet writer left open on a full disk retries its
+    close in __del__, which fails again and would print a traceback at exit after our one-line
+    message; collected here, that repeat of an error already reported is ignored."""
+    previous = sys.unraisablehook
+
+    def ignore_os_errors(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, OSError):
+            previous(unraisable)
+
+    sys.unraisablehook = ignore_os_errors
+    try:
+        cause: BaseException | None = exc
+        while cause is not None:
+            traceback.clear_frames(cause.__traceback__)
+            cause = cause.__context__
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
 
 
 @_output_errors_are_user_errors

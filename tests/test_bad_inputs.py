@@ -309,8 +309,8 @@ def huge_document_case(tmp_path: Path, capsys, megabytes: int) -> None:
     assert read_dir(out / "removed").to_pydict()["duplicate_of"] == ["huge"]
 
 
-def test_a_10_mb_single_document(tmp_path, capsys):
-    huge_document_case(tmp_path, capsys, 10)
+def test_a_4_mb_single_document(tmp_path, capsys):
+    huge_document_case(tmp_path, capsys, 4)
 
 
 @pytest.mark.slow

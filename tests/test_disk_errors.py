@@ -8,6 +8,7 @@ file", and a full disk is ENOSPC injected at the N-th Parquet or manifest write 
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import shutil
@@ -25,6 +26,10 @@ from curate.shards import list_parts
 from tests.gen_corpus import write_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# A writer left open on a full disk fails again in __del__; under pytest that is a warning,
+# which would otherwise hide the traceback a user sees printed at exit.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 
 PIPELINE = """
 batch_size = 200
@@ -145,10 +150,20 @@ def test_disk_full_exits_2_and_resume_gives_the_same_result(corpus, write_counts
     if target == "parquet":
         fail = EnospcAt(pq.ParquetWriter.write_table, nth)
         monkeypatch.setattr(pq.ParquetWriter, "write_table", lambda self, *a, **k: fail(self, *a, **k))
+        real_close = pq.ParquetWriter.close
+
+        def close(self):  # the disk stays full: closing a writer (flushing its footer) fails too
+            if fail.calls >= nth:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real_close(self)
+
+        monkeypatch.setattr(pq.ParquetWriter, "close", close)
     else:
         fail = EnospcAt(os.fsync, nth)
         monkeypatch.setattr(os, "fsync", fail)
     code, err = cli(["run", str(pipeline), "-i", str(data), "-o", str(out), "--quiet"], capsys)
+    gc.collect()  # a writer still open would complain now, into the captured stderr
+    err += capsys.readouterr().err
     monkeypatch.undo()
     assert fail.calls >= nth, "the injected failure never fired: adjust nth to the pipeline"
     assert_one_line_error(code, err, "No space left on device", "--resume")

@@ -25,7 +25,7 @@ from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.shards import ROW_COLUMN, InputSet, list_parts
 from curate.stages.base import available_kinds
 
-SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # Per stage kind: the pipeline that exercises it (prerequisite stages first, the kind last).
 # The corpus carries a float `quality` column, so pools can run without a scoring stage.
@@ -36,7 +36,7 @@ STAGE_TABLE: dict[str, list[list[dict]]] = {
     "semdedup": [[{"kind": "embed", "model": "hashing"}, {"kind": "semdedup"}]],
     "prototypes": [[{"kind": "embed", "model": "hashing"}, {"kind": "prototypes", "clusters": 3, "keep": "hard", "fraction": 0.8}]],
     "pools": [[{"kind": "pools", "score": "quality", "pools": 3}]],
-    "loss_clusters": [[{"kind": "loss_clusters"}]],
+    "loss_clusters": [[{"kind": "loss_clusters", "loss_column": "quality"}]],
 }
 DEDUP_KINDS = ("exact", "minhash")
 KINDS = available_kinds()
