@@ -43,6 +43,7 @@ from curate.shards import (
     InputFile,
     InputSet,
     PartWriter,
+    close_quietly,
     count_part_rows,
     iter_part_batches,
     list_parts,

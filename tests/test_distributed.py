@@ -142,7 +142,7 @@ KIND_PIPELINES: dict[str, list[dict]] = {
     "semdedup": [EMBED, {"kind": "semdedup"}],
     "prototypes": [EMBED, PROTOTYPES],
     "pools": [EMBED, PROTOTYPES, {"kind": "pools", "score": "proto_distance", "pools": 4}],
-    "loss_clusters": [{"kind": "loss_clusters"}],
+    "loss_clusters": [{"kind": "loss_clusters", "loss_column": "extra", "keep": "hard", "fraction": 0.8}],
 }
 
 

@@ -25,10 +25,12 @@ REPORT_DEFAULTS: dict[str, Any] = {
     "heldout_fraction": 0.2,
     "irreducible": 0.0,
     "repetition": "goyal",
+    "budget": None,  # the training budget in samples seen: the prototypes stage's keep = "auto" reads it
 }
 _TYPES: dict[str, tuple[type, ...]] = {
     "law": (str,), "runs": (str,), "label_column": (str,), "pools": (int,), "classes": (int,), "seeds": (int,),
     "metric": (str,), "heldout_fraction": (float, int), "irreducible": (float, int), "repetition": (str,),
+    "budget": (float, int),
 }
 
 

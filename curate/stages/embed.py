@@ -136,7 +136,8 @@ def embeddings_for(
     if len(missing):
         embedder = load_embedder(model, threads=ctx.workers, encode_batch=encode_batch)
         _compute_missing(source, ctx, embedder, missing, matrix, window)
-    matrix.flush()
+    if isinstance(matrix, np.memmap):  # an empty input gets a plain array: nothing to flush
+        matrix.flush()
     return Embeddings(matrix, rows, ids, text_hash, model, version, reused, len(missing), from_output == n and n > 0)
 
 
