@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from scipy.sparse import coo_matrix  # noqa: E402
 from scipy.sparse.csgraph import connected_components  # noqa: E402
 
-from curate.metrics.kmeans import auto_clusters, set_threads  # noqa: E402
+from curate.metrics.kmeans import set_threads  # noqa: E402
 from curate.metrics.semdedup import keep_priority, semantic_duplicates  # noqa: E402
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline  # noqa: E402
 from curate.shards import read_parts  # noqa: E402

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.errors import CurateError, InputError, UsageError
+from curate.errors import InputError, UsageError
 from curate.inspect_output import verify_output
 from curate.metrics.hashing_embed import hashing_embed
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
