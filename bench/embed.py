@@ -64,6 +64,9 @@ def main() -> None:
         source = Path(tmp) / "in.parquet"
         pq.write_table(sample, source)
         texts = sample.column("text").to_pylist()
+        # warm-up: first-time imports of torch / transformers cost tens of seconds on a busy
+        # machine and would land on whichever side runs first
+        run_bare(texts[:32], args.threads)
         ours, bare = [], []
         for repeat in range(args.repeats):
             ours.append(run_ours(source, Path(tmp) / "out", "minilm", args.threads))

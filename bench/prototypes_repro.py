@@ -28,8 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from curate.metrics.hashing_embed import hashing_embed  # noqa: E402
@@ -54,7 +52,7 @@ def load(model: str, cache: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
             run_pipeline(parse_pipeline({"stage": [{"kind": "embed", "model": model}]}, "bench"), DEBIAN, cache, RunOptions(overwrite=True))
         store = pl.from_arrow(read_parts(cache / "embeddings", columns=["id", "embedding"]))
         joined = frame.select("id").join(store, on="id", how="left", maintain_order="left")
-        x = np.asarray(joined.get_column("embedding").to_arrow().combine_chunks().values.to_numpy(), dtype=np.float32).reshape(frame.height, -1)
+        x = np.asarray(joined.get_column("embedding").to_numpy(), dtype=np.float32).reshape(frame.height, -1)
     labels = np.searchsorted(np.array(sorted(top)), frame.get_column("section").to_numpy())
     return np.ascontiguousarray(x, dtype=np.float32), labels.astype(np.int64), sorted(top)
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.errors import CurateError, InputError, UsageError
+from curate.errors import InputError, UsageError
 from curate.inspect_output import verify_output
 from curate.metrics.hashing_embed import hashing_embed
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
@@ -179,9 +179,9 @@ def test_minilm_stage_matches_model_encode(tmp_path):
     import curate.data
 
     demo = pq.read_table(Path(curate.data.__file__).parent / "demo.parquet", columns=["text"]).column("text").to_pylist()
-    texts = demo[:150] + ["", "x"]
+    texts = demo[:80] + ["", "x"]
     source = write_input(tmp_path / "in.parquet", texts)
-    run([{"kind": "embed", "model": "minilm", "window": 40}], source, tmp_path / "out", batch_size=100)
+    run([{"kind": "embed", "model": "minilm", "window": 24}], source, tmp_path / "out", batch_size=50)
     _, ours = stored_embeddings(tmp_path / "out")
     from curate.embedders import load_embedder
 
