@@ -40,7 +40,6 @@ from curate.shards import (
     DEFAULT_BATCH_SIZE,
     ROW_COLUMN,
     ColumnSpec,
-    InputFile,
     InputSet,
     PartWriter,
     close_quietly,

@@ -49,3 +49,22 @@ def write_shards(directory: Path, texts: Sequence[str], shards: int = 3, ids: Se
 def corpus(tmp_path: Path) -> tuple[Path, list[str]]:
     texts = random_texts(500, seed=1)
     return write_shards(tmp_path / "in", texts, shards=4), texts
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run the real CLI in-process: (exit code, stdout, stderr)."""
+    from curate.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str]:
+    """(exit code, stderr) of the real CLI run in-process."""
+    code, _, err = run_cli(argv, capsys)
+    return code, err

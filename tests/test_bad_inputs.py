@@ -13,21 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.cli import main
 from curate.inspect_output import verify_output
 from curate.shards import list_parts
+from conftest import cli
 
 EXACT = '[[stage]]\nkind = "exact"\nnormalize = true\n'
 
 
-def cli(argv: list[str], capsys) -> tuple[int, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.err
 
 
 def read_dir(directory: Path) -> pa.Table:

@@ -8,24 +8,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.cli import main
 from curate.shards import list_parts, read_parts
 
-from conftest import random_texts, write_shards
+from conftest import random_texts, run_cli, write_shards
 
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return info.value.code or 0, captured.out, captured.err
 
 
 def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, list[str], str]]:
     """name -> (input path, extra args, text the message must contain)."""
     cases = {}
-    good = write_shards(tmp / "good", random_texts(40), shards=2)
 
     corrupt = write_shards(tmp / "corrupt", random_texts(40), shards=2)
     last = sorted(corrupt.glob("*.parquet"))[-1]

@@ -23,6 +23,7 @@ import pytest
 from curate.cli import main
 from curate.inspect_output import verify_output
 from curate.shards import list_parts
+from conftest import cli
 from tests.gen_corpus import write_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,14 +43,6 @@ normalize = true
 """
 
 
-def cli(argv: list[str], capsys) -> tuple[int, str]:
-    """Run the real CLI in-process; return (exit code, stderr)."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
 
 
 def read_dir(directory: Path) -> pa.Table:

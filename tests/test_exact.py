@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from curate.metrics.exact import FirstSeenIndex, hash128, normalize_texts
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+from curate.pipeline import parse_pipeline, run_pipeline
 from curate.shards import read_parts
 from curate.inspect_output import verify_output
 

@@ -3,16 +3,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from curate.errors import OutputError, UsageError
 from curate.inspect_output import verify_output
 from curate.manifest import read_manifest
 from curate.pipeline import RunOptions, load_pipeline, parse_pipeline, run_pipeline
-from curate.shards import list_parts, read_parts
+from curate.shards import read_parts
 
-from conftest import random_texts, write_shards
+from conftest import write_shards
 
 TWO_STAGES = {"batch_size": 37, "stage": [{"kind": "exact"}, {"kind": "exact", "normalize": True}]}
 

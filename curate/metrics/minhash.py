@@ -235,7 +235,6 @@ def shingle_hashes(unit_hashes: np.ndarray, unit_offsets: np.ndarray, ngram: int
 
     shingle = fmix64(sum_j unit[i + j] * C_j + k * C_n) over its k units (k = n, or all units
     of a text shorter than n); C_j random odd constants: order-sensitive, string-free."""
-    n_texts = len(unit_offsets) - 1
     counts = np.diff(unit_offsets)
     total = len(unit_hashes)
     mult = random_u64(seed, _STREAM_NGRAM, ngram + 1) | np.uint64(1)

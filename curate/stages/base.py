@@ -281,3 +281,30 @@ def sorted_member(sorted_values: np.ndarray, query: np.ndarray) -> np.ndarray:
     pos = np.searchsorted(sorted_values, query)
     pos[pos == len(sorted_values)] = 0
     return sorted_values[pos] == query
+
+
+def drop_fitted_duplicates(
+    batch: pa.RecordBatch,
+    removed_sorted: np.ndarray,
+    representatives: np.ndarray,
+    representative_ids: IdLookup,
+    *,
+    stage: str,
+    reason: str,
+    id_column: str,
+    scores: np.ndarray | None = None,
+) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+    """The transform every dedup stage shares: rows whose ordinal a fit marked as removed
+    (`removed_sorted`, ascending, aligned with `representatives` and `scores`) go to the
+    ledger with the id of the row they duplicate; the rest stay."""
+    from curate.ledger import empty_ledger, removed_rows
+
+    rows = row_ordinals(batch)
+    is_dup = sorted_member(removed_sorted, rows)
+    if not is_dup.any():
+        return batch, empty_ledger()
+    kept, removed = split_batch(batch, is_dup)
+    where = np.searchsorted(removed_sorted, rows[is_dup])
+    reps = representative_ids(representatives[where])
+    score = None if scores is None else scores[where]
+    return kept, removed_rows(removed.column(id_column), stage, reason, duplicate_of=reps, score=score)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from curate.ledger import empty_ledger, removed_rows
 from curate.metrics.exact import FirstSeenIndex, hash128, normalize_texts
-from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, row_ordinals, sorted_member, split_batch
+from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, drop_fitted_duplicates, row_ordinals
 
 
 class ExactDedup(Stage):
@@ -84,14 +83,10 @@ class ExactDedup(Stage):
         return self
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
-        rows = row_ordinals(batch)
-        is_dup = sorted_member(self.duplicate_rows_, rows)
-        if not is_dup.any():
-            return batch, empty_ledger()
-        kept, removed = split_batch(batch, is_dup)
-        where = np.searchsorted(self.duplicate_rows_, rows[is_dup])
-        reps = self.representative_ids_(self.representatives_[where])
-        return kept, removed_rows(removed.column(ctx.id_column), self.kind, "exact_duplicate", duplicate_of=reps)
+        return drop_fitted_duplicates(
+            batch, self.duplicate_rows_, self.representatives_, self.representative_ids_,
+            stage=self.kind, reason="exact_duplicate", id_column=ctx.id_column,
+        )
 
 
 STAGE = ExactDedup

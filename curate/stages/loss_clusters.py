@@ -168,7 +168,7 @@ class LossClusters(Stage):
             what = "loss" if self.loss_column else "label"
             raise UsageError(
                 f"stage '{ctx.name}': {nulls} rows have a null {what} in {column!r}",
-                fix=f'fill them, or set null_labels = "remove" (--set null_labels=\'"remove"\') to send them to the ledger as "null_label"',
+                fix='fill them, or set null_labels = "remove" (--set null_labels=\'"remove"\') to send them to the ledger as "null_label"',
             )
 
     def _schedule(self, losses: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> dict:

@@ -21,9 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.ledger import empty_ledger, removed_rows
 from curate.metrics import minhash as mh
-from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, row_ordinals, sorted_member, split_batch
+from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, drop_fitted_duplicates, row_ordinals
 
 VERIFY_MODES = ("estimate", "exact", "none")
 UNITS = ("word", "char")
@@ -229,15 +228,10 @@ class MinHashDedup(Stage):
             bar.advance(batch.num_rows)
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
-        rows = row_ordinals(batch)
-        is_dup = sorted_member(self.duplicate_rows_, rows)
-        if not is_dup.any():
-            return batch, empty_ledger()
-        kept, removed = split_batch(batch, is_dup)
-        where = np.searchsorted(self.duplicate_rows_, rows[is_dup])
-        reps = self.representative_ids_(self.representatives_[where])
-        ledger = removed_rows(removed.column(ctx.id_column), self.kind, "near_duplicate", duplicate_of=reps, score=self.scores_[where])
-        return kept, ledger
+        return drop_fitted_duplicates(
+            batch, self.duplicate_rows_, self.representatives_, self.representative_ids_,
+            stage=self.kind, reason="near_duplicate", id_column=ctx.id_column, scores=self.scores_,
+        )
 
 
 def _text_chunks(rows: np.ndarray, texts: pa.Array | pa.ChunkedArray) -> Iterator[tuple[np.ndarray, pa.Array]]:

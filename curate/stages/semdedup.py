@@ -4,13 +4,11 @@ or are computed with `model`; the algorithm is `curate.metrics.semdedup`."""
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 
-from curate.ledger import empty_ledger, removed_rows
 from curate.metrics.kmeans import set_threads
 from curate.metrics.semdedup import KEEP_RULES, semantic_duplicates
-from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, row_ordinals, sorted_member, split_batch
+from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, drop_fitted_duplicates
 from curate.stages.embed import embeddings_for, publish_if_absent
 
 
@@ -61,15 +59,9 @@ class SemDedup(Stage):
         return self
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
-        rows = row_ordinals(batch)
-        is_dup = sorted_member(self.removed_rows_, rows)
-        if not is_dup.any():
-            return batch, empty_ledger()
-        kept, removed = split_batch(batch, is_dup)
-        where = np.searchsorted(self.removed_rows_, rows[is_dup])
-        reps = self.representative_ids_(self.representatives_[where])
-        return kept, removed_rows(
-            removed.column(ctx.id_column), self.kind, "semantic_duplicate", duplicate_of=reps, score=self.similarity_[where]
+        return drop_fitted_duplicates(
+            batch, self.removed_rows_, self.representatives_, self.representative_ids_,
+            stage=self.kind, reason="semantic_duplicate", id_column=ctx.id_column, scores=self.similarity_,
         )
 
 
