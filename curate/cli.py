@@ -187,7 +187,7 @@ def score(
     metric: str = typer.Option("prototypes", "--metric", help="prototypes | loss"),
     keep: Optional[str] = typer.Option(None, "--keep", help="hard | easy | auto"),
     fraction: Optional[float] = typer.Option(None, "--fraction", help="Fraction of rows to keep."),
-    clusters: Optional[int] = typer.Option(None, "--clusters", help="prototypes: k-means clusters."),
+    clusters: Optional[int] = typer.Option(None, "--clusters", help="k-means clusters (prototypes) or loss clusters (loss)."),
     sets: Optional[List[str]] = SetOpt,
     resume: bool = ResumeOpt,
     overwrite: bool = OverwriteOpt,
@@ -202,7 +202,8 @@ def score(
     kinds = {"prototypes": "prototypes", "loss": "loss_clusters"}
     if metric not in kinds:
         raise UsageError(f"unknown --metric {metric!r}", fix="use prototypes or loss")
-    options = {"keep": keep, "fraction": fraction, "clusters": clusters, **_parse_sets(sets)}
+    cluster_option = "clusters" if metric == "prototypes" else "groups"  # SeTa calls its loss clusters groups
+    options = {"keep": keep, "fraction": fraction, cluster_option: clusters, **_parse_sets(sets)}
     spec = _single_stage(kinds[metric], options, text_column, id_column, drop_null_text, seed, batch_size)
     _run_spec(spec, input, output, resume, overwrite, quiet)
 

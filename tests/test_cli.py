@@ -144,3 +144,13 @@ def test_demo_runs_and_verifies(tmp_path, capsys):
     assert code == 0
     code, _, _ = run_cli(["demo", "-o", str(out), "--quiet"], capsys)
     assert code == 0, "the demo can run again into its own output"
+
+
+def test_score_loss_clusters_flag_sets_the_seta_groups(tmp_path, capsys):
+    texts = random_texts(60, seed=4, dup_rate=0.0)
+    source = write_shards(tmp_path / "in", texts, shards=1, extra={"my_loss": [float(i % 13) for i in range(60)]})
+    out = tmp_path / "out"
+    code, _, err = run_cli(["score", "-i", str(source), "-o", str(out), "--metric", "loss", "--clusters", "4", "--set", 'loss_column="my_loss"', "--quiet"], capsys)
+    assert code == 0, err
+    clusters = read_parts(out / "kept").column("loss_cluster").to_pylist()
+    assert sorted(set(clusters)) == [0, 1, 2, 3]
