@@ -40,35 +40,35 @@ def _pools_phrase(names: Sequence[str]) -> str:
 
 
 def recommendation(law: Law, mix: dict) -> str:
-    """The plan in words: per budget the mix and epochs, where adding a pool starts to pay, caveats."""
+    """The plan in words, one line per statement: per budget the mix and epochs, where adding a
+    pool starts to pay, then caveats. The HTML shows the lines as a list."""
     entries = mix.get("mixes", [mix])
-    parts = []
+    lines = []
     for e in entries:
         all_pools = e["candidates"][-1]
         gain = (1 - e["predicted_loss"] / all_pools["predicted_loss"]) * 100
-        versus = "" if len(e["pools"]) == len(law.pools) else f"; {gain:.1f}% below training on all {len(law.pools)} pools"
-        parts.append(
-            f"for budget {e['budget']:.3g} samples, train on {_pools_phrase(e['pools'])} ({e['unique']:,} unique samples, "
-            f"{e['epochs']:.3g} epochs): predicted loss {e['predicted_loss']:.4g}{versus}"
+        versus = "" if len(e["pools"]) == len(law.pools) else f", {gain:.1f}% below training on all {len(law.pools)} pools"
+        lines.append(
+            f"For budget {e['budget']:.3g} samples, train on {_pools_phrase(e['pools'])} ({e['unique']:,} unique samples, "
+            f"{e['epochs']:.3g} epochs): predicted loss {e['predicted_loss']:.4g}{versus}."
         )
-    text = "; ".join(parts)
-    text = text[0].upper() + text[1:] + "."
     paying = [c for c in mix["crossovers"] if c["budget"] is not None]
-    if paying:
-        text += " Adding a pool starts to pay: " + ", ".join(
-            f"pool {c['add_pool']} already at the smallest budget considered ({c['budget']:.3g} samples)" if c.get("pays_from_start") else f"pool {c['add_pool']} from {c['budget']:.3g} samples"
-            for c in paying
-        ) + "."
+    from_start = [c["add_pool"] for c in paying if c.get("pays_from_start")]
+    later = [c for c in paying if not c.get("pays_from_start")]
+    if from_start:
+        lines.append(f"Adding pool{'s' if len(from_start) > 1 else ''} {', '.join(from_start)} pays already at the smallest budget considered ({mix['search_range'][0]:.3g} samples).")
+    for c in later:
+        lines.append(f"Adding pool {c['add_pool']} starts to pay from {c['budget']:.3g} samples.")
     never = [c["add_pool"] for c in mix["crossovers"] if c["budget"] is None]
     if never:
-        text += f" Adding pool{'s' if len(never) > 1 else ''} {', '.join(never)} never pays in the range planned (up to {mix['search_range'][1]:.3g} samples)."
+        lines.append(f"Adding pool{'s' if len(never) > 1 else ''} {', '.join(never)} never pays in the range planned (up to {mix['search_range'][1]:.3g} samples).")
     observed = [o["samples_seen"] for o in law.fit.get("observations", [])]
     if observed and max(e["budget"] for e in entries) > 10 * max(observed):
-        text += f" Budgets above {10 * max(observed):.3g} are extrapolations more than 10x beyond the largest run fitted ({max(observed):.3g} samples seen)."
+        lines.append(f"Budgets above {10 * max(observed):.3g} are extrapolations more than 10x beyond the largest run fitted ({max(observed):.3g} samples seen).")
     unidentified = [p.name for p in law.pools if not p.tau_identified]
     if unidentified:
-        text += f" Pool{'s' if len(unidentified) > 1 else ''} {', '.join(unidentified)} had no run past one pass, so their repetition half-life is a default, not a fit."
-    return text
+        lines.append(f"Pool{'s' if len(unidentified) > 1 else ''} {', '.join(unidentified)} had no run past one pass, so their repetition half-life is a default, not a fit.")
+    return "\n".join(lines)
 
 
 def _img(path: Path, alt: str) -> str:
@@ -85,7 +85,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd}
-.rec{background:#f3f7ee;border-left:4px solid #5a8f29;padding:.8em 1em}
+.rec{background:#f3f7ee;border-left:4px solid #5a8f29;padding:.8em 1em .8em 2.2em}.rec li{margin:.2em 0}
 .note{color:#666;font-size:.9em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f4f4f4}
 figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
@@ -96,7 +96,8 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
     """One page: recommendation, plots, parameter and plan tables; images inline."""
     sections = [f"<h1>{html.escape(report['title'])}</h1>"]
     if report.get("recommendation"):
-        sections.append(f'<p class="rec">{html.escape(report["recommendation"])}</p>')
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in report["recommendation"].splitlines())
+        sections.append(f'<ul class="rec">{items}</ul>')
     for note in report.get("notes", []):
         sections.append(f'<p class="note">{html.escape(note)}</p>')
     law = report.get("law")
