@@ -134,7 +134,7 @@ class LossClusters(Stage):
 
     def _proxy_losses(self, source: BatchSource, ctx: StageContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from curate.training.features import concat_bags, hashed_ngram_bags
-        from curate.training.proxy import ProxyConfig, out_of_fold_losses, torch_threads
+        from curate.training.proxy import ProxyConfig, encode_labels, out_of_fold_losses, torch_threads
 
         rows, label_chunks, bags = [], [], []
         with ctx.progress.task(f"{ctx.name}: hashing", total=source.num_rows) as bar:
@@ -150,7 +150,7 @@ class LossClusters(Stage):
         train = np.nonzero(valid)[0]
         if len(train) == 0:
             return ordinals, losses, valid
-        codes, classes = _encode(labels.filter(pa.array(valid)))
+        codes, classes = encode_labels(labels.filter(pa.array(valid)))
         if classes < 2:
             raise UsageError(f"label column {self.label_column!r} has a single class", fix="name a column with at least two distinct labels, or pass loss_column")
         config = ProxyConfig(num_buckets=self.num_buckets)
@@ -244,16 +244,6 @@ def _with_column(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.Recor
     if name in batch.schema.names:
         return batch.set_column(batch.schema.get_field_index(name), name, values)
     return batch.append_column(name, values)
-
-
-def _encode(labels: pa.ChunkedArray) -> tuple[np.ndarray, int]:
-    """Labels -> dense ints by sorted label value (deterministic across runs and shard layouts)."""
-    values = labels.combine_chunks()
-    if pa.types.is_dictionary(values.type):
-        values = values.dictionary_decode()
-    classes = pc.unique(values)
-    classes = classes.take(pc.sort_indices(classes))
-    return np.asarray(pc.index_in(values, value_set=classes)).astype(np.int64), len(classes)
 
 
 def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:

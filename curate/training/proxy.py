@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch import nn
 
@@ -159,9 +161,12 @@ def out_of_fold_losses(
     return losses
 
 
-def encode_labels(values: Iterable) -> tuple[np.ndarray, list]:
-    """Labels -> dense ints by sorted label value (deterministic), and the label list."""
-    values = list(values)
-    classes = sorted({v for v in values}, key=lambda v: (v is None, str(v)))
-    index = {c: i for i, c in enumerate(classes)}
-    return np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values)), classes
+def encode_labels(labels: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, int]:
+    """Labels -> dense ints by sorted label value (deterministic across runs and shard
+    layouts), computed column-wise by Arrow; returns the codes and the number of classes."""
+    values = labels.combine_chunks() if isinstance(labels, pa.ChunkedArray) else labels
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    classes = pc.unique(values)
+    classes = classes.take(pc.sort_indices(classes))
+    return np.asarray(pc.index_in(values, value_set=classes)).astype(np.int64), len(classes)
