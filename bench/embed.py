@@ -36,7 +36,7 @@ def run_ours(source: Path, out: Path, model: str, threads: int) -> float:
     shutil.rmtree(out, ignore_errors=True)
     spec = parse_pipeline({"stage": [{"kind": "embed", "model": model}]}, "bench")
     started = time.perf_counter()
-    run_pipeline(spec, source, out, RunOptions(workers=threads))
+    run_pipeline(spec, source, out, RunOptions(jobs=threads))
     return time.perf_counter() - started
 
 

@@ -141,7 +141,7 @@ def run_ours(shards: Path, out: Path, threshold: float, ngram: int, num_perm: in
     spec = parse_pipeline({"stage": [{"kind": "minhash", "threshold": threshold, "ngram": ngram, "num_perm": num_perm, "verify": verify}]}, "bench")
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
-    result = run_pipeline(spec, shards, out, RunOptions(workers=workers))
+    result = run_pipeline(spec, shards, out, RunOptions(jobs=workers))
     seconds = time.perf_counter() - started
     removed = set()
     for batch in iter_part_batches(out / "removed", columns=["id"]):

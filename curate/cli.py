@@ -29,6 +29,7 @@ ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run in
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an earlier curate output in OUT.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 SetOpt = typer.Option(None, "--set", help="Extra stage option KEY=VALUE (repeatable).")
+JobsOpt = typer.Option(None, "--jobs", "-j", help="Worker processes on this machine (default: every core; 1 = serial in this process).")
 WorkersOpt = typer.Option(None, "--workers", help="Run on a local Dask cluster of N worker processes.")
 SchedulerOpt = typer.Option(None, "--scheduler", help="Run on a running Dask cluster: tcp://HOST:PORT of its scheduler.")
 
@@ -54,10 +55,15 @@ def _parse_sets(pairs: Optional[List[str]]) -> dict[str, Any]:
     return options
 
 
-def _run_spec(spec, input_path: str, output: Path, resume: bool, overwrite: bool, quiet: bool) -> None:
+def _run_spec(spec, input_path: str, output: Path, resume: bool, overwrite: bool, quiet: bool, *, jobs=None, workers=None, scheduler=None) -> None:
+    from curate.executors import make_executor
     from curate.pipeline import RunOptions, run_pipeline
 
-    result = run_pipeline(spec, input_path, output, RunOptions(resume=resume, overwrite=overwrite, progress=_progress(quiet)))
+    with make_executor(jobs=jobs, workers=workers, scheduler=scheduler) as executor:
+        if not quiet and (workers is not None or scheduler is not None):
+            for line in executor.describe():
+                err_console.print(line, markup=False, highlight=False)
+        result = run_pipeline(spec, input_path, output, RunOptions(resume=resume, overwrite=overwrite, progress=_progress(quiet), executor=executor))
     _print_run_summary(result.output, quiet)
 
 
@@ -108,10 +114,11 @@ def run(
     drop_null_text: bool = DropNullOpt,
     seed: Optional[int] = SeedOpt,
     quiet: bool = QuietOpt,
+    jobs: Optional[int] = JobsOpt,
     workers: Optional[int] = WorkersOpt,
     scheduler: Optional[str] = SchedulerOpt,
 ) -> None:
-    """Run a pipeline file over the input shards (on a Dask cluster with --workers or --scheduler)."""
+    """Run a pipeline file over the input shards: on every core here (--jobs), or on Dask (--workers, --scheduler)."""
     from dataclasses import replace
 
     from curate.pipeline import load_pipeline
@@ -120,16 +127,7 @@ def run(
     spec = load_pipeline(pipeline)
     columns = ColumnSpec(text=text_column or spec.columns.text, id=id_column or spec.columns.id)
     spec = replace(spec, columns=columns, drop_null_text=drop_null_text or spec.drop_null_text, seed=spec.seed if seed is None else seed)
-    if workers is None and scheduler is None:
-        _run_spec(spec, input, output, resume, overwrite, quiet)
-        return
-    from curate.distributed import run_pipeline_on_dask
-    from curate.pipeline import RunOptions
-
-    options = RunOptions(resume=resume, overwrite=overwrite, progress=_progress(quiet))
-    log = None if quiet else (lambda line: err_console.print(line, markup=False, highlight=False))
-    result = run_pipeline_on_dask(spec, input, output, options, workers=workers, scheduler=scheduler, log=log)
-    _print_run_summary(result.output, quiet)
+    _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler)
 
 
 @app.command()
@@ -150,6 +148,9 @@ def dedup(
     seed: Optional[int] = SeedOpt,
     batch_size: Optional[int] = BatchOpt,
     quiet: bool = QuietOpt,
+    jobs: Optional[int] = JobsOpt,
+    workers: Optional[int] = WorkersOpt,
+    scheduler: Optional[str] = SchedulerOpt,
 ) -> None:
     """Drop exact, near (MinHash LSH) or semantic (embedding) duplicates."""
     kinds = {"exact": "exact", "minhash": "minhash", "semantic": "semdedup", "semdedup": "semdedup"}
@@ -157,7 +158,7 @@ def dedup(
         raise UsageError(f"unknown --method {method!r}", fix="use exact, minhash or semantic")
     options = {"threshold": threshold, "ngram": ngram, "num_perm": num_perm, "normalize": normalize, **_parse_sets(sets)}
     spec = _single_stage(kinds[method], options, text_column, id_column, drop_null_text, seed, batch_size)
-    _run_spec(spec, input, output, resume, overwrite, quiet)
+    _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler)
 
 
 @app.command()
@@ -174,10 +175,13 @@ def embed(
     seed: Optional[int] = SeedOpt,
     batch_size: Optional[int] = BatchOpt,
     quiet: bool = QuietOpt,
+    jobs: Optional[int] = JobsOpt,
+    workers: Optional[int] = WorkersOpt,
+    scheduler: Optional[str] = SchedulerOpt,
 ) -> None:
     """Embed every text into OUT/embeddings (L2-normalized float32)."""
     spec = _single_stage("embed", {"model": model, **_parse_sets(sets)}, text_column, id_column, drop_null_text, seed, batch_size)
-    _run_spec(spec, input, output, resume, overwrite, quiet)
+    _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler)
 
 
 @app.command()
@@ -197,6 +201,9 @@ def score(
     seed: Optional[int] = SeedOpt,
     batch_size: Optional[int] = BatchOpt,
     quiet: bool = QuietOpt,
+    jobs: Optional[int] = JobsOpt,
+    workers: Optional[int] = WorkersOpt,
+    scheduler: Optional[str] = SchedulerOpt,
 ) -> None:
     """Score difficulty (prototype distance or loss clusters) and optionally prune by it."""
     kinds = {"prototypes": "prototypes", "loss": "loss_clusters"}
@@ -205,7 +212,7 @@ def score(
     cluster_option = "clusters" if metric == "prototypes" else "groups"  # SeTa calls its loss clusters groups
     options = {"keep": keep, "fraction": fraction, cluster_option: clusters, **_parse_sets(sets)}
     spec = _single_stage(kinds[metric], options, text_column, id_column, drop_null_text, seed, batch_size)
-    _run_spec(spec, input, output, resume, overwrite, quiet)
+    _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler)
 
 
 @app.command()
@@ -220,10 +227,13 @@ def pools(
     text_column: Optional[str] = TextColumnOpt,
     id_column: Optional[str] = IdColumnOpt,
     quiet: bool = QuietOpt,
+    jobs: Optional[int] = JobsOpt,
+    workers: Optional[int] = WorkersOpt,
+    scheduler: Optional[str] = SchedulerOpt,
 ) -> None:
     """Split rows into K quantile pools of a score column (pool 0 best)."""
     spec = _single_stage("pools", {"score": score_column, "pools": pools, **_parse_sets(sets)}, text_column, id_column, False, None, None)
-    _run_spec(spec, input, output, resume, overwrite, quiet)
+    _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler)
 
 
 @app.command()

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from curate.errors import UsageError
 from curate.ledger import VerifyReport, verify_conservation
 from curate.manifest import read_manifest
-from curate.pipeline import schema_from_record
+from curate.outputs import schema_from_record
 from curate.shards import ColumnSpec, InputFile, list_parts
 
 

@@ -5,38 +5,16 @@ Written atomically at every state change, so after a kill it always describes fi
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from curate.atomic import atomic_write_json, atomic_write_text  # noqa: F401  (re-exported for callers)
+
 MANIFEST_NAME = "manifest.json"
 _PACKAGES = ("curate", "pyarrow", "polars", "numpy", "xxhash", "faiss-cpu", "datasketch", "torch", "dask", "distributed")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def package_versions() -> dict[str, str]:
@@ -59,4 +37,4 @@ def read_manifest(out_dir: Path) -> dict | None:
 
 def write_manifest(out_dir: Path, manifest: dict) -> None:
     manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    atomic_write_json(Path(out_dir) / MANIFEST_NAME, manifest)
+    atomic_write_json(Path(out_dir) / MANIFEST_NAME, manifest, fsync=True)

@@ -184,19 +184,29 @@ class InputSet:
         for file in self.files:
             yield from self._file_batches(file, batch_size, columns)
 
-    def file_batches(self, index: int, batch_size: int = DEFAULT_BATCH_SIZE, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
-        """One shard's batches: the unit of work for shard-parallel execution."""
-        return self._file_batches(self.files[index], batch_size, columns)
+    def file_batches(
+        self, index: int, batch_size: int = DEFAULT_BATCH_SIZE, columns: Sequence[str] | None = None, row_groups: Sequence[int] | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """One shard's batches (or those of a contiguous run of its row groups): what a work unit reads."""
+        return self._file_batches(self.files[index], batch_size, columns, row_groups)
 
-    def _file_batches(self, file: InputFile, batch_size: int, columns: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
+    def _file_batches(
+        self, file: InputFile, batch_size: int, columns: Sequence[str] | None, row_groups: Sequence[int] | None = None
+    ) -> Iterator[pa.RecordBatch]:
         path = Path(file.path)
         parquet = _open_parquet(path)
         file_names = set(parquet.schema_arrow.names)
         wanted = list(self.schema.names) if columns is None else _with_required(columns, self.columns, self.schema)
         read_cols = [c for c in wanted if c in file_names]
         start = file.row_offset
+        expected = file.rows
+        if row_groups is not None:
+            groups = list(row_groups)
+            start += sum(parquet.metadata.row_group(g).num_rows for g in range(groups[0])) if groups else 0
+            expected = sum(parquet.metadata.row_group(g).num_rows for g in groups)
+        first = start
         try:
-            for batch in parquet.iter_batches(batch_size=batch_size, columns=read_cols, use_threads=True):
+            for batch in parquet.iter_batches(batch_size=batch_size, row_groups=row_groups, columns=read_cols, use_threads=row_groups is None):
                 n = batch.num_rows
                 yield self._conform(batch, wanted, file, start, n)
                 start += n
@@ -208,7 +218,7 @@ class InputSet:
                 path=path,
                 fix="the shard is corrupt, truncated or not valid UTF-8; re-export it or remove it from the input",
             ) from None
-        if start != file.row_offset + file.rows:
+        if start != first + expected:
             raise InputError("row count differs from the Parquet footer", path=path, fix="re-export the shard")
 
     def _conform(self, batch: pa.RecordBatch, wanted: list[str], file: InputFile, start: int, n: int) -> pa.RecordBatch:

@@ -35,7 +35,7 @@ def write_input(path: Path, texts: list[str], **columns) -> Path:
 
 def run(stages: list[dict], source: Path, out: Path, **top) -> dict:
     spec = parse_pipeline({"stage": stages, **top}, "test")
-    result = run_pipeline(spec, source, out, RunOptions(workers=1))
+    result = run_pipeline(spec, source, out, RunOptions(jobs=1))
     assert verify_output(out).ok
     return result.manifest
 

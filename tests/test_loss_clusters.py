@@ -178,7 +178,7 @@ def run_stage(tmp_path: Path, options: dict, n: int = 400, null_labels: int = 0,
     frame = write_corpus(source, n, null_labels)
     spec = parse_pipeline({"stage": [{"kind": "loss_clusters", **options}], "batch_size": 64})
     out = tmp_path / name
-    run_pipeline(spec, source, out, RunOptions(workers=1))
+    run_pipeline(spec, source, out, RunOptions(jobs=1))
     return frame, out
 
 

@@ -70,7 +70,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
 
 def run(source: Path, out: Path, batch_size: int = 65536, workers: int = 2, **options) -> tuple[pl.DataFrame, pl.DataFrame]:
     spec = parse_pipeline({"batch_size": batch_size, "stage": [{"kind": "minhash", **options}]}, "test")
-    run_pipeline(spec, source, out, RunOptions(workers=workers))
+    run_pipeline(spec, source, out, RunOptions(jobs=workers))
     kept = pl.read_parquet(out / "kept")
     removed = pl.read_parquet(out / "removed")
     return kept, removed
@@ -110,7 +110,7 @@ def test_no_verification_removes_a_superset(corpus, tmp_path: Path) -> None:
 def test_after_exact_stage_with_gaps_in_row_ordinals(corpus, tmp_path: Path) -> None:
     source, expected = corpus
     spec = parse_pipeline({"batch_size": 16, "stage": [{"kind": "exact", "normalize": True}, {"kind": "minhash"}]}, "test")
-    run_pipeline(spec, source, tmp_path / "out", RunOptions(workers=2))
+    run_pipeline(spec, source, tmp_path / "out", RunOptions(jobs=2))
     removed = pl.read_parquet(tmp_path / "out" / "removed")
     by_stage = dict(zip(removed["id"].to_list(), removed["stage"].to_list()))
     assert set(by_stage) == set(expected) | {"empty2", "punct2"}

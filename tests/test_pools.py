@@ -52,7 +52,7 @@ def test_stage_adds_pool_column_and_keeps_every_row(tmp_path):
     scores = np.random.default_rng(1).normal(size=999)
     source = write_scores(tmp_path / "in.parquet", scores)
     spec = parse_pipeline({"stage": [{"kind": "pools", "score": "quality", "pools": 3}], "batch_size": 100}, "test")
-    result = run_pipeline(spec, source, tmp_path / "out", RunOptions(workers=1))
+    result = run_pipeline(spec, source, tmp_path / "out", RunOptions(jobs=1))
     assert verify_output(tmp_path / "out").ok
     kept = read_parts(tmp_path / "out" / "kept")
     assert kept.num_rows == 999 and kept.schema.field("pool").type == pa.int32()
@@ -67,7 +67,7 @@ def test_loss_like_columns_default_to_lower_is_better(tmp_path):
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"id": ["a", "b"], "text": ["x", "y"], "loss": [0.1, 2.0]}), source)
     spec = parse_pipeline({"stage": [{"kind": "pools", "score": "loss", "pools": 2}]}, "test")
-    run_pipeline(spec, source, tmp_path / "out", RunOptions(workers=1))
+    run_pipeline(spec, source, tmp_path / "out", RunOptions(jobs=1))
     kept = read_parts(tmp_path / "out" / "kept").to_pydict()
     assert dict(zip(kept["id"], kept["pool"])) == {"a": 0, "b": 1}
 
@@ -83,7 +83,7 @@ def test_proto_distance_direction_follows_the_prototypes_keep(tmp_path, keep, be
         {"kind": "prototypes", "model": "column:vec", "clusters": 4, "keep": keep, "fraction": 0.9},
         {"kind": "pools", "score": "proto_distance", "pools": 2, "higher_is_better": "auto"},
     ]
-    run_pipeline(parse_pipeline({"stage": stages}, "test"), source, tmp_path / "out", RunOptions(workers=1))
+    run_pipeline(parse_pipeline({"stage": stages}, "test"), source, tmp_path / "out", RunOptions(jobs=1))
     kept = read_parts(tmp_path / "out" / "kept")
     distance, pools = kept.column("proto_distance").to_numpy(), kept.column("pool").to_numpy()
     assert (distance[pools == 0].mean() > distance[pools == 1].mean()) == best_is_far
@@ -94,4 +94,4 @@ def test_missing_or_text_score_column_is_a_usage_error(tmp_path):
     for score in ("nope", "text"):
         spec = parse_pipeline({"stage": [{"kind": "pools", "score": score}]}, "test")
         with pytest.raises(UsageError, match="score column"):
-            run_pipeline(spec, source, tmp_path / f"out-{score}", RunOptions(workers=1))
+            run_pipeline(spec, source, tmp_path / f"out-{score}", RunOptions(jobs=1))

@@ -38,7 +38,7 @@ def run(tmp_path: Path, x: np.ndarray, out: str = "out", report: dict | None = N
     data = {"stage": [{"kind": "prototypes", "model": "column:vec", "clusters": 6, **options}], "batch_size": 256}
     if report is not None:
         data["report"] = report
-    result = run_pipeline(parse_pipeline(data, "test"), source, tmp_path / out, RunOptions(workers=1))
+    result = run_pipeline(parse_pipeline(data, "test"), source, tmp_path / out, RunOptions(jobs=1))
     assert verify_output(tmp_path / out).ok
     return tmp_path / out, result.manifest
 
@@ -102,7 +102,7 @@ def test_without_embeddings_it_embeds_first_with_the_given_model(tmp_path):
     x = clustered(n=300)
     source = write_input(tmp_path / "in.parquet", x)
     spec = parse_pipeline({"stage": [{"kind": "prototypes", "model": "hashing", "clusters": 4, "keep": "hard", "fraction": 0.8}]}, "test")
-    run_pipeline(spec, source, tmp_path / "out", RunOptions(workers=1))
+    run_pipeline(spec, source, tmp_path / "out", RunOptions(jobs=1))
     meta = json.loads((tmp_path / "out" / "embeddings" / "embeddings.json").read_text())
     assert meta["model"] == "hashing" and meta["rows"] == 300
     assert read_parts(tmp_path / "out" / "kept").num_rows == 240

@@ -53,7 +53,7 @@ def run_semdedup(tmp_path: Path, x: np.ndarray, out: str = "out", **options) -> 
     if not source.exists():
         write_vectors(source, x)
     spec = parse_pipeline({"stage": [{"kind": "semdedup", "model": "column:vec", **options}], "batch_size": 500}, "test")
-    result = run_pipeline(spec, source, tmp_path / out, RunOptions(workers=1))
+    result = run_pipeline(spec, source, tmp_path / out, RunOptions(jobs=1))
     assert verify_output(tmp_path / out).ok
     return tmp_path / out, result.manifest
 

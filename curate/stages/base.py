@@ -13,7 +13,7 @@ import inspect
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -43,15 +43,46 @@ class StageContext:
     columns: ColumnSpec = field(default_factory=ColumnSpec)
     seed: int = 0
     batch_size: int = DEFAULT_BATCH_SIZE
+    # Tasks the run's executor runs at once (size shuffles and sample splits by it).
     workers: int = 1
+    # Cores the code running now may use for threads: every core on the driver, a share in a
+    # task (a pickled context carries `task_threads` here, so a task never oversubscribes).
+    threads: int = 1
     work_dir: Path = Path(".")
     output_dir: Path = Path(".")
     progress: Progress = QUIET
     report: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     # Under a shard-parallel executor: the index of the work unit (an input shard, a part file
-    # or a slice of one) this copy of the stage is running on; None on the local runner.
+    # or a slice of one) this copy of the stage is running on; None on the driver.
     shard: int | None = None
+    # Rows per work unit (curate.units); the runner sets it from the source size and workers.
+    unit_rows: int = 1_000_000
+    # Where `map` runs tasks (curate.executors); None on a worker, where map runs inline. It
+    # never travels with a pickled context (a Dask client or a process pool cannot).
+    executor: Any = field(default=None, repr=False, compare=False)
+
+    task_threads: int = 1
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.update(executor=None, progress=QUIET, threads=self.task_threads)
+        return state
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, label: str | None = None, sizes: Sequence[int] | None = None) -> list[Any]:
+        """fn over items on the run's executor, results in item order. Use it for every piece of
+        per-row work in a fit (per unit, per bucket), so it runs on all cores or all Dask workers.
+        fn and items are pickled: keep them small (paths, arrays), and fn pure (it may be re-run)."""
+        if self.executor is None:
+            return [fn(item) for item in items]
+        return self.executor.map(fn, items, progress=self.progress, label=label, sizes=sizes)
+
+    def units(self, source: "BatchSource") -> list[Any]:
+        """The source's ordered work units (curate.units); each is a BatchSource with `index`,
+        `rows`, `ordinal_range` and `batches(columns)`."""
+        from curate.units import plan_units
+
+        return plan_units(source, self.unit_rows)
 
     @property
     def text_column(self) -> str:
@@ -239,11 +270,18 @@ class IdLookup:
         self._ids = ids.take(pa.array(order)) if len(ids) else ids
 
     @classmethod
-    def collect(cls, source: BatchSource, ordinals: np.ndarray, id_column: str) -> "IdLookup":
+    def collect(cls, source: BatchSource, ordinals: np.ndarray, ctx: "StageContext") -> "IdLookup":
+        """One task per work unit, each given only the wanted ordinals in its range."""
         wanted = np.unique(np.asarray(ordinals, dtype=np.int64))
-        # a cluster executor's source looks the ids up shard-parallel (curate.distributed)
-        scan = getattr(source, "scan_ids", None) or (lambda w, c: scan_ids(source, w, c))
-        rows, ids = scan(wanted, id_column) if len(wanted) else (np.empty(0, np.int64), pa.array([], pa.string()))
+        jobs = []
+        for unit in ctx.units(source) if len(wanted) else []:
+            low, high = unit.ordinal_range
+            mine = wanted[np.searchsorted(wanted, low) : np.searchsorted(wanted, high, side="right")]
+            if len(mine):
+                jobs.append((unit, mine))
+        found = ctx.map(_ScanIds(ctx.id_column), jobs)
+        rows = np.concatenate([f[0] for f in found]) if found else np.empty(0, np.int64)
+        ids = pa.concat_arrays([f[1] for f in found]) if found else pa.array([], pa.string())
         if len(rows) != len(wanted):
             raise RuntimeError(f"id lookup found {len(rows)} of {len(wanted)} rows")
         return cls(rows, ids)
@@ -251,6 +289,14 @@ class IdLookup:
     def __call__(self, ordinals: np.ndarray) -> pa.Array:
         pos = np.searchsorted(self._ordinals, ordinals)
         return self._ids.take(pa.array(pos))
+
+
+@dataclass(frozen=True)
+class _ScanIds:
+    id_column: str
+
+    def __call__(self, job: tuple[BatchSource, np.ndarray]) -> tuple[np.ndarray, pa.Array]:
+        return scan_ids(job[0], job[1], self.id_column)
 
 
 def scan_ids(source: BatchSource, wanted: np.ndarray, id_column: str) -> tuple[np.ndarray, pa.Array]:

@@ -134,7 +134,7 @@ def embeddings_for(
     reused = int(filled.sum())
     missing = np.nonzero(~filled)[0]
     if len(missing):
-        embedder = load_embedder(model, threads=ctx.workers, encode_batch=encode_batch)
+        embedder = load_embedder(model, threads=ctx.threads, encode_batch=encode_batch)
         _compute_missing(source, ctx, embedder, missing, matrix, window)
     if isinstance(matrix, np.memmap):  # an empty input gets a plain array: nothing to flush
         matrix.flush()

@@ -34,7 +34,7 @@ class ExactDedup(Stage):
         self.duplicate_rows_ = np.concatenate(dup_rows) if dup_rows else np.empty(0, np.int64)
         self.representatives_ = np.concatenate(dup_reps) if dup_reps else np.empty(0, np.int64)
         self.distinct_ = len(index)
-        self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx.id_column)
+        self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx)
         ctx.info.update(distinct_texts=self.distinct_, index_bytes=index.nbytes)
         return self
 
@@ -78,14 +78,14 @@ class ExactDedup(Stage):
         self.duplicate_rows_ = dup_rows[order].astype(np.int64, copy=False)
         self.representatives_ = reps[order].astype(np.int64, copy=False)
         self.distinct_ = sum(p[2] for p in partials)
-        self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx.id_column)
+        self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx)
         ctx.info.update(distinct_texts=self.distinct_, index_bytes=24 * self.distinct_, shuffle_buckets=len(partials))
         return self
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         return drop_fitted_duplicates(
             batch, self.duplicate_rows_, self.representatives_, self.representative_ids_,
-            stage=self.kind, reason="exact_duplicate", id_column=ctx.id_column,
+            stage=ctx.name, reason="exact_duplicate", id_column=ctx.id_column,
         )
 
 

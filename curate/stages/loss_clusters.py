@@ -230,7 +230,7 @@ class LossClusters(Stage):
         gone_codes = codes[remove]
         reasons = [_REASONS[int(c)] for c in gone_codes]
         scores = pa.array(self.losses_[pos][remove], pa.float64(), mask=gone_codes == 3)
-        return kept, removed_rows(gone.column(ctx.id_column), self.kind, reasons, score=scores)
+        return kept, removed_rows(gone.column(ctx.id_column), ctx.name, reasons, score=scores)
 
     def finish(self, ctx: StageContext) -> None:
         path = ctx.output_dir / SCHEDULE_FILE

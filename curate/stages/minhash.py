@@ -1,6 +1,6 @@
 """MinHash LSH near-dup stage: a thin streaming wrapper around `curate.metrics.minhash`.
 
-fit, pass 1: signatures chunk by chunk on `ctx.workers` threads (numpy and Arrow release the
+fit, pass 1: signatures chunk by chunk on `ctx.threads` threads (numpy and Arrow release the
 GIL); only band keys (bands x 8 bytes per row), row ordinals and shingle counts stay in memory;
 signatures (and, for exact verification, the raw shingle hashes) spill to files in
 `ctx.work_dir` read back as memory maps. Then band buckets -> candidate pairs -> verification
@@ -120,7 +120,7 @@ class MinHashDedup(Stage):
             open(sig_path, "wb") as sig_file,
             open(shingle_path, "wb") as shingle_file,
         ):
-            for chunk_rows, sig, band, shingles, chunk_counts in ordered_map(sketch, self._chunks(source, ctx, bar), max(1, ctx.workers)):
+            for chunk_rows, sig, band, shingles, chunk_counts in ordered_map(sketch, self._chunks(source, ctx, bar), max(1, ctx.threads)):
                 ordinals.append(chunk_rows)
                 keys.append(band)
                 counts.append(chunk_counts)
@@ -163,7 +163,7 @@ class MinHashDedup(Stage):
         self.duplicate_rows_ = rows_all[groups.removed]
         self.representatives_ = rows_all[groups.representative]
         self.scores_ = groups.score
-        self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx.id_column)
+        self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx)
         for path in (sig_path, shingle_path):
             path.unlink(missing_ok=True)
         ctx.info.update(
@@ -230,7 +230,7 @@ class MinHashDedup(Stage):
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         return drop_fitted_duplicates(
             batch, self.duplicate_rows_, self.representatives_, self.representative_ids_,
-            stage=self.kind, reason="near_duplicate", id_column=ctx.id_column, scores=self.scores_,
+            stage=ctx.name, reason="near_duplicate", id_column=ctx.id_column, scores=self.scores_,
         )
 
 

@@ -62,7 +62,7 @@ class Prototypes(Stage):
         published = publish_if_absent(emb, ctx) if emb.computed else False
         n = len(emb.rows)
         k = cap_clusters(self.clusters, n)
-        set_threads(ctx.workers)
+        set_threads(ctx.threads)
         with ctx.progress.task(f"{ctx.name}: k-means ({k} clusters)", total=None):
             self.centroids_ = spherical_kmeans(emb.matrix, k, seed=ctx.seed, niter=self.kmeans_iterations)
             self.labels_, self.distance_ = prototype_distance(emb.matrix, self.centroids_)
@@ -102,7 +102,7 @@ class Prototypes(Stage):
             return scored, empty_ledger()
         kept, removed = split_batch(scored, pruned)
         reason = "pruned_easy" if self.keep_ == "hard" else "pruned_hard"
-        return kept, removed_rows(removed.column(ctx.id_column), self.kind, reason, score=self.distance_[pos][pruned])
+        return kept, removed_rows(removed.column(ctx.id_column), ctx.name, reason, score=self.distance_[pos][pruned])
 
     def finish(self, ctx: StageContext) -> None:
         directory = Path(ctx.output_dir) / PROTOTYPES_DIR

@@ -42,7 +42,7 @@ class SemDedup(Stage):
     def fit(self, source: BatchSource, ctx: StageContext) -> "SemDedup":
         emb = embeddings_for(source, ctx, self.model)
         published = publish_if_absent(emb, ctx) if emb.computed else False
-        set_threads(ctx.workers)
+        set_threads(ctx.threads)
         with ctx.progress.task(f"{ctx.name}: clustering and searching", total=None):
             result = semantic_duplicates(
                 emb.matrix, self.threshold, self.clusters, self.keep, ctx.seed, self.kmeans_fit_fraction, self.kmeans_iterations
@@ -50,7 +50,7 @@ class SemDedup(Stage):
         self.removed_rows_ = emb.rows[result.removed]
         self.representatives_ = emb.rows[result.representative]
         self.similarity_ = result.similarity
-        self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx.id_column)
+        self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx)
         ctx.info.update(
             model=emb.model, embeddings_reused=emb.reused, embeddings_computed=emb.computed, embeddings_published=published,
             clusters=len(result.centroids), largest_cluster=result.largest_cluster, duplicate_pairs=result.pairs,
@@ -61,7 +61,7 @@ class SemDedup(Stage):
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         return drop_fitted_duplicates(
             batch, self.removed_rows_, self.representatives_, self.representative_ids_,
-            stage=self.kind, reason="semantic_duplicate", id_column=ctx.id_column, scores=self.similarity_,
+            stage=ctx.name, reason="semantic_duplicate", id_column=ctx.id_column, scores=self.similarity_,
         )
 
 

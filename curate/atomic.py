@@ -1,0 +1,78 @@
+"""One way to write a file or a directory so that readers see all of it or none of it.
+
+Every write in curate goes through here: a temp name in the same directory, then a rename.
+A kill at any point leaves either the old file, the new one, or a dot-named `.tmp` leftover
+that readers ignore (they list `part-*.parquet`, `manifest.json`, ... by name)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def temp_sibling(path: str | os.PathLike, unique: bool = False) -> Path:
+    """The temp name for `path`: hidden, same directory, `.tmp` suffix; `unique` when several
+    writers may race for the same target (tasks re-run after a worker died)."""
+    path = Path(path)
+    tag = f".{uuid.uuid4().hex[:12]}" if unique else ""
+    return path.with_name(f".{path.name}{tag}.tmp")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, unique: bool = False, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temp path to write `path` through; renamed into place only if the block succeeds."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(final, unique)
+    try:
+        yield tmp
+        if fsync and tmp.is_file():
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> None:
+    with atomic_path(path, unique=True, fsync=fsync) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any, *, fsync: bool = False) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n", fsync=fsync)
+
+
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Put a finished directory in place of `final` (which may exist): old moved aside, new
+    renamed in, old removed. A kill in between leaves `final` or its `.old` twin, never a mix."""
+    tmp, final = Path(tmp), Path(final)
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

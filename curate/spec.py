@@ -1,0 +1,107 @@
+"""The pipeline file: TOML -> an ordered list of stage specs, validated before anything runs."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curate.errors import UsageError
+from curate.shards import DEFAULT_BATCH_SIZE, ColumnSpec
+from curate.stages.base import stage_class
+
+
+@dataclass
+class StageSpec:
+    kind: str
+    options: dict[str, Any]
+    name: str
+
+
+@dataclass
+class PipelineSpec:
+    stages: list[StageSpec]
+    columns: ColumnSpec = field(default_factory=ColumnSpec)
+    seed: int = 0
+    drop_null_text: bool = False
+    batch_size: int = DEFAULT_BATCH_SIZE
+    report: dict[str, Any] | None = None
+    source: str = "pipeline"
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as it will run: every stage option with its default filled in."""
+        stages = []
+        for spec in self.stages:
+            cls = stage_class(spec.kind, self.source)
+            options = {**cls.option_defaults(), **spec.options}
+            stages.append({"name": spec.name, "kind": spec.kind, "options": options})
+        return {
+            "input": {"text_column": self.columns.text, "id_column": self.columns.id, "drop_null_text": self.drop_null_text},
+            "seed": self.seed,
+            "stages": stages,
+            "report": self.report,
+        }
+
+
+_TOP_KEYS = {"input", "stage", "report", "seed", "batch_size"}
+_INPUT_KEYS = {"text_column", "id_column", "drop_null_text"}
+
+
+def load_pipeline(path: str | os.PathLike) -> PipelineSpec:
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise UsageError("pipeline file does not exist", path=path, fix="pass a TOML pipeline, e.g. pipelines/quickstart.toml") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"malformed TOML ({exc})", path=path, fix="fix the TOML syntax") from None
+    return parse_pipeline(data, str(path))
+
+
+def parse_pipeline(data: dict[str, Any], source: str = "pipeline") -> PipelineSpec:
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise UsageError(f"unknown top-level key(s) {unknown}", path=source, fix=f"valid keys: {sorted(_TOP_KEYS)}")
+    input_table = data.get("input", {})
+    if not isinstance(input_table, dict):
+        raise UsageError("[input] must be a table", path=source, fix="write [input] with text_column / id_column")
+    bad = sorted(set(input_table) - _INPUT_KEYS)
+    if bad:
+        raise UsageError(f"unknown [input] key(s) {bad}", path=source, fix=f"valid keys: {sorted(_INPUT_KEYS)}")
+    raw_stages = data.get("stage", [])
+    if not isinstance(raw_stages, list) or not all(isinstance(s, dict) for s in raw_stages):
+        raise UsageError("stages must be [[stage]] tables", path=source, fix="write each stage as a [[stage]] table with a kind")
+    stages: list[StageSpec] = []
+    seen: dict[str, int] = {}
+    for position, raw in enumerate(raw_stages, start=1):
+        options = dict(raw)
+        kind = options.pop("kind", None)
+        if not isinstance(kind, str):
+            raise UsageError(f"stage {position} has no kind", path=source, fix='add kind = "exact" (or another stage kind)')
+        stage_class(kind, source).from_options(options, where=f"{source} (stage {position}, {kind})")
+        seen[kind] = seen.get(kind, 0) + 1
+        name = kind if seen[kind] == 1 else f"{kind}_{seen[kind]}"
+        stages.append(StageSpec(kind, options, name))
+    seed = data.get("seed", 0)
+    batch_size = data.get("batch_size", DEFAULT_BATCH_SIZE)
+    if not isinstance(seed, int) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise UsageError("seed and batch_size must be integers (batch_size > 0)", path=source, fix="e.g. seed = 0, batch_size = 65536")
+    report = data.get("report")
+    if report is not None and not isinstance(report, dict):
+        raise UsageError("[report] must be a table", path=source, fix="write [report] with budgets = [...]")
+    if report is not None:
+        from curate.report.config import parse_report_table
+
+        parse_report_table(report, source)
+    return PipelineSpec(
+        stages=stages,
+        columns=ColumnSpec(text=input_table.get("text_column", "text"), id=input_table.get("id_column", "id")),
+        seed=seed,
+        drop_null_text=bool(input_table.get("drop_null_text", False)),
+        batch_size=batch_size,
+        report=report,
+        source=source,
+    )
