@@ -193,6 +193,12 @@ def _init_worker_process(threads: int) -> None:
     for name in _THREAD_VARS:
         os.environ[name] = str(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:  # BLAS was loaded by the fork server before these variables were set
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:
+        pass
     try:
         import ctypes
         import signal

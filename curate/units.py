@@ -107,7 +107,15 @@ class InputUnit:
 
     def batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
         inputs = InputSet([self.file], self.input_schema, self.columns)
-        return _input_batches(inputs, 0, self.row_groups, self.batch_size, self.drop_null_text, columns)
+        batches = _input_batches(inputs, 0, self.row_groups, self.batch_size, False, columns if not self.drop_null_text else _with_text(columns, self.columns))
+        for batch in _within(batches, self.first_row, self.first_row + self.rows):
+            if self.drop_null_text:
+                text = self.columns.text
+                if batch.column(text).null_count:
+                    batch = batch.filter(pc.is_valid(batch.column(text)))
+                if columns is not None and text not in columns:
+                    batch = batch.drop_columns([text])
+            yield batch
 
     def with_nulls(self) -> "InputUnit":
         """The same rows before the null-text filter (the input check sees every row)."""
@@ -140,6 +148,25 @@ class PartUnit:
 Unit = InputUnit | PartUnit
 
 
+def _with_text(columns: Sequence[str] | None, spec: ColumnSpec) -> Sequence[str] | None:
+    return None if columns is None else list(dict.fromkeys([*columns, spec.text]))
+
+
+def _within(batches: Iterator[pa.RecordBatch], start: int, stop: int) -> Iterator[pa.RecordBatch]:
+    """The rows whose ordinal is in [start, stop): a unit that is part of one big row group
+    reads the group and keeps its slice (ordinals are contiguous within a file)."""
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        first = batch.column(ROW_COLUMN)[0].as_py()
+        low, high = max(start, first), min(stop, first + batch.num_rows)
+        if high <= low:
+            if first >= stop:
+                return
+            continue
+        yield batch if (low, high) == (first, first + batch.num_rows) else batch.slice(low - first, high - low)
+
+
 def unit_rows_for(total_rows: int, workers: int, cap: int = DEFAULT_UNIT_ROWS) -> int:
     """Rows per unit: about UNITS_PER_WORKER units per worker, within [MIN_UNIT_ROWS, cap]."""
     wanted = -(-total_rows // max(1, workers * UNITS_PER_WORKER))
@@ -154,7 +181,10 @@ def plan_units(source: InputSource | PartSource | Unit, unit_rows: int = DEFAULT
     if isinstance(source, InputSource):
         inputs = source.inputs
         for file in inputs.files:
-            for groups, rows, before in _row_group_slices(pq.read_metadata(file.path), unit_rows):
+            if getattr(file, "format", "parquet") != "parquet":  # a stream: one unit per file
+                units.append(InputUnit(len(units), file, None, file.rows, file.row_offset, inputs.schema, inputs.columns, source.batch_size, source.drop_null_text))
+                continue
+            for groups, rows, before in _row_group_slices(pq.read_metadata(file.path), unit_rows, split_groups=True):
                 units.append(
                     InputUnit(len(units), file, groups, rows, file.row_offset + before, inputs.schema, inputs.columns, source.batch_size, source.drop_null_text)
                 )
@@ -167,23 +197,38 @@ def plan_units(source: InputSource | PartSource | Unit, unit_rows: int = DEFAULT
     return units
 
 
-def _row_group_slices(metadata: pq.FileMetaData, unit_rows: int) -> list[tuple[tuple[int, ...] | None, int, int]]:
-    """(row groups or None for all, rows, rows before the slice) for one file, cut near unit_rows."""
+def _row_group_slices(metadata: pq.FileMetaData, unit_rows: int, split_groups: bool = False) -> list[tuple[tuple[int, ...] | None, int, int]]:
+    """(row groups or None for all, rows, rows before the slice) for one file, cut near
+    unit_rows at row-group boundaries; with `split_groups`, a row group bigger than unit_rows
+    is cut into row ranges too (each range reads its group and keeps its slice)."""
     total = metadata.num_rows
-    if total <= unit_rows or metadata.num_row_groups <= 1:
+    if total <= unit_rows:
         return [(None, total, 0)]
     slices: list[tuple[tuple[int, ...] | None, int, int]] = []
     groups: list[int] = []
     rows = before = 0
     for g in range(metadata.num_row_groups):
+        size = metadata.row_group(g).num_rows
+        if split_groups and size > unit_rows:
+            if groups:
+                slices.append((tuple(groups), rows, before))
+                before += rows
+                groups, rows = [], 0
+            pieces = -(-size // unit_rows)
+            bounds = [size * i // pieces for i in range(pieces + 1)]
+            slices += [((g,), bounds[i + 1] - bounds[i], before + bounds[i]) for i in range(pieces)]
+            before += size
+            continue
         groups.append(g)
-        rows += metadata.row_group(g).num_rows
+        rows += size
         if rows >= unit_rows:
             slices.append((tuple(groups), rows, before))
             before += rows
             groups, rows = [], 0
     if groups:
         slices.append((tuple(groups), rows, before))
+    if len(slices) == 1:
+        return [(None, total, 0)]
     return slices
 
 
