@@ -1,5 +1,6 @@
-"""The Dask executor gives the local runner's output: same kept rows, same ledger, same side
-outputs, also when a worker is SIGKILLed mid-run. Real LocalClusters on loopback."""
+"""One runner, any executor: `--jobs 1`, `--jobs 2` (a process pool) and Dask clusters of 1 and 3
+workers give byte-identical kept rows, ledgers and side outputs for every stage kind, also when
+a Dask worker is SIGKILLed mid-run. Real process pools and LocalClusters on loopback."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.distributed import DaskExecutor, InputUnit, _transform_task, plan_units, run_pipeline_on_dask
 from curate.errors import UsageError
+from curate.executors import DaskExecutor, make_executor
 from curate.inspect_output import verify_output
-from curate.pipeline import InputSource, RunOptions, parse_pipeline, run_pipeline
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+from curate.tasks import Transform, assemble
+from curate.units import InputSource, InputUnit, plan_units
 from curate.shards import InputSet, read_parts
 from curate.stages.base import StageContext, available_kinds
 from curate.stages.exact import ExactDedup
@@ -80,21 +83,37 @@ def assert_same_output(local: Path, dask: Path) -> None:
     assert not (dask / "_stages").exists()
 
 
+SERIAL = RunOptions(jobs=1)
+
+
 def run_both(tmp_path: Path, client, stages: list[dict], corpus: Path, *, unit_rows: int = 1_000_000, **top) -> tuple[Path, Path]:
+    """The serial run and a Dask run of the same pipeline."""
     spec = parse_pipeline({"stage": stages, **top}, "test")
-    local = run_pipeline(spec, corpus, tmp_path / "local").output
-    executor = DaskExecutor(client, unit_rows=unit_rows)
-    dask = run_pipeline(spec, corpus, tmp_path / "dask", RunOptions(executor=executor)).output
+    local = run_pipeline(spec, corpus, tmp_path / "local", SERIAL).output
+    dask = run_pipeline(spec, corpus, tmp_path / "dask", RunOptions(executor=DaskExecutor(client), unit_rows=unit_rows)).output
     return local, dask
+
+
+def _cluster(workers: int):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster:
+        with Client(cluster) as c:
+            yield c
 
 
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client, LocalCluster
+    yield from _cluster(2)
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster:
-        with Client(cluster) as c:
-            yield c
+
+@pytest.fixture(scope="module")
+def clients():
+    """Dask clusters of 1 and 3 workers, for the every-kind equality test."""
+    from contextlib import ExitStack, contextmanager
+
+    with ExitStack() as stack:
+        yield {n: stack.enter_context(contextmanager(_cluster)(n)) for n in (1, 3)}
 
 
 @pytest.fixture(scope="module")
@@ -131,44 +150,64 @@ def test_null_texts_and_synthesized_ids_match_local(tmp_path, client):
     assert_same_output(local, dask)
 
 
-# Pipelines that exercise each stage kind; kinds merged later are picked up automatically
-# (a registered kind with no entry runs with its defaults), kinds not on this branch skip.
+# Pipelines that exercise each stage kind. Every registered kind must have an entry: a new
+# stage kind fails the suite until it is shown to give the same output on every executor.
 EMBED = {"kind": "embed", "model": "hashing"}
 PROTOTYPES = {"kind": "prototypes", "clusters": 4, "keep": "hard", "fraction": 0.8}
 KIND_PIPELINES: dict[str, list[dict]] = {
     "exact": [{"kind": "exact", "normalize": True}],
     "minhash": [{"kind": "minhash", "threshold": 0.8}],
     "embed": [EMBED],
-    "semdedup": [EMBED, {"kind": "semdedup"}],
+    "semdedup": [EMBED, {"kind": "semdedup", "threshold": 0.9}],
     "prototypes": [EMBED, PROTOTYPES],
     "pools": [EMBED, PROTOTYPES, {"kind": "pools", "score": "proto_distance", "pools": 4}],
     "loss_clusters": [{"kind": "loss_clusters", "loss_column": "extra", "keep": "hard", "fraction": 0.8}],
 }
 
 
-@pytest.mark.parametrize("kind", sorted(set(available_kinds()) | set(KIND_PIPELINES)))
-def test_every_stage_kind_gives_the_local_result_on_dask(tmp_path, client, corpus, kind):
-    stages = KIND_PIPELINES.get(kind, [{"kind": kind}])
-    missing = sorted({s["kind"] for s in stages} - set(available_kinds()))
-    if missing:
-        pytest.skip(f"stage kind(s) {missing} not on this branch")
-    local, dask = run_both(tmp_path, client, stages, corpus, unit_rows=600)
-    assert_same_output(local, dask)
+def test_every_registered_stage_kind_has_an_executor_equality_case():
+    assert set(available_kinds()) == set(KIND_PIPELINES), "add the new kind to KIND_PIPELINES"
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_PIPELINES))
+def test_every_stage_kind_gives_the_same_output_on_every_executor(tmp_path, clients, corpus, kind):
+    """--jobs 1 is the reference; --jobs 2 and Dask with 1 and 3 workers, with units small
+    enough that every shard is cut, must give the same bytes."""
+    spec = parse_pipeline({"stage": KIND_PIPELINES[kind]}, "test")
+    reference = run_pipeline(spec, corpus, tmp_path / "jobs1", SERIAL).output
+    runs = {"jobs2": RunOptions(jobs=2, unit_rows=700)}
+    runs.update({f"dask{n}": RunOptions(executor=DaskExecutor(c), unit_rows=600) for n, c in clients.items()})
+    for name, options in runs.items():
+        out = run_pipeline(spec, corpus, tmp_path / name, options).output
+        assert_same_output(reference, out)
+        units = json.loads((out / "manifest.json").read_text())["stages"][1]["info"]["work_units"]
+        assert units > 5, name  # the source really was cut into several units
+
+
+def test_ledger_stage_column_names_the_stage_not_its_kind(tmp_path, corpus):
+    """Two exact stages: the second one's rows say exact_2 (it removes the case/space variants)."""
+    spec = parse_pipeline({"stage": [{"kind": "exact"}, {"kind": "exact", "normalize": True}]}, "test")
+    out = run_pipeline(spec, corpus, tmp_path / "out", SERIAL).output
+    removed = read_parts(out / "removed")
+    counts = {name: removed.column("stage").to_pylist().count(name) for name in ("exact", "exact_2")}
+    assert counts["exact"] > 0 and counts["exact_2"] > 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["rows_removed"] for s in manifest["stages"][1:]] == [counts["exact"], counts["exact_2"]]
 
 
 def test_a_run_interrupted_on_dask_resumes_to_the_local_result(tmp_path, client, corpus):
     stages = [{"kind": "exact"}, {"kind": "exact", "normalize": True}]
     spec = parse_pipeline({"stage": stages}, "test")
-    local = run_pipeline(spec, corpus, tmp_path / "local").output
+    local = run_pipeline(spec, corpus, tmp_path / "local", SERIAL).output
 
     def stop_after_first_stage(name: str) -> None:
         if name == "exact":
             raise KeyboardInterrupt
 
-    executor = DaskExecutor(client, unit_rows=500)
+    executor = DaskExecutor(client)
     with pytest.raises(KeyboardInterrupt):
-        run_pipeline(spec, corpus, tmp_path / "dask", RunOptions(executor=executor, on_stage_done=stop_after_first_stage))
-    run_pipeline(spec, corpus, tmp_path / "dask", RunOptions(executor=executor, resume=True))
+        run_pipeline(spec, corpus, tmp_path / "dask", RunOptions(executor=executor, unit_rows=500, on_stage_done=stop_after_first_stage))
+    run_pipeline(spec, corpus, tmp_path / "dask", RunOptions(executor=executor, unit_rows=500, resume=True))
     assert_same_output(local, tmp_path / "dask")
 
 
@@ -209,17 +248,18 @@ def test_a_rerun_transform_task_is_harmless(tmp_path, corpus):
     """A killed attempt leaves a temp dir; a rerun, and a second finished attempt, change nothing."""
     source = InputSource(InputSet.scan(corpus), 256, False)
     stage = ExactDedup().fit(source, StageContext(name="exact"))
+    unit = plan_units(source, 1200)[2]
     stage_file = tmp_path / "stage.pkl"
     import cloudpickle
 
     stage_file.write_bytes(cloudpickle.dumps(stage))
-    unit = plan_units(source)[2]
     units_dir = tmp_path / "units"
     (units_dir / ".00002.deadbeef.tmp" / "kept").mkdir(parents=True)  # a dead attempt's leftovers
     ctx = StageContext(name="exact", work_dir=tmp_path / "work")
-    first = _transform_task(str(stage_file), unit, ctx, str(units_dir))
+    task = Transform(str(stage_file), ctx, str(units_dir))
+    first = task(unit)
     before = {p: p.read_bytes() for p in (units_dir / "00002").rglob("*.parquet")}
-    second = _transform_task(str(stage_file), unit, ctx, str(units_dir))
+    second = task(unit)
     assert first == second and sum(first) == unit.rows and first[1] > 0
     assert {p: p.read_bytes() for p in (units_dir / "00002").rglob("*.parquet")} == before
     assert not [p for p in units_dir.iterdir() if p.name.startswith(".00002.") and p.name != ".00002.deadbeef.tmp"]
@@ -228,17 +268,16 @@ def test_a_rerun_transform_task_is_harmless(tmp_path, corpus):
 def test_workers_that_cannot_see_the_paths_are_refused_with_the_reason(tmp_path, client):
     executor = DaskExecutor(client)
     with pytest.raises(UsageError, match="cannot read the input file"):
-        executor._check_shared_storage(tmp_path / "work", tmp_path / "not-on-this-worker.parquet")
+        executor.check_storage(str(tmp_path / "work"), str(tmp_path / "not-on-this-worker.parquet"))
     assert not list((tmp_path / "work").iterdir())  # probe markers cleaned up or never kept
 
 
 def test_assembly_refuses_a_missing_unit_output(tmp_path):
-    from curate.distributed import _assemble
     from curate.errors import OutputError
 
     (tmp_path / "units" / "00000" / "kept").mkdir(parents=True)
     with pytest.raises(OutputError, match="work unit 1"):
-        _assemble(tmp_path / "units", 2, tmp_path / "stage")
+        assemble(tmp_path / "units", 2, tmp_path / "stage")
 
 
 def _free_port() -> int:
@@ -270,10 +309,15 @@ def test_cli_with_unreachable_scheduler_exits_2(tmp_path, corpus, capsys):
     assert time.monotonic() - started < 20
 
 
-def test_workers_and_scheduler_together_are_refused(tmp_path, corpus):
-    spec = parse_pipeline({"stage": [{"kind": "exact"}]}, "test")
+@pytest.mark.parametrize("choice", [{"workers": 2, "scheduler": "tcp://127.0.0.1:1"}, {"jobs": 2, "workers": 2}])
+def test_executor_options_are_exclusive(choice):
     with pytest.raises(UsageError, match="exclusive"):
-        run_pipeline_on_dask(spec, corpus, tmp_path / "out", RunOptions(), workers=2, scheduler="tcp://127.0.0.1:1")
+        make_executor(**choice)
+
+
+def test_jobs_below_one_is_a_usage_error():
+    with pytest.raises(UsageError, match="--jobs"):
+        make_executor(jobs=-1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -282,9 +326,10 @@ def test_workers_and_scheduler_together_are_refused(tmp_path, corpus):
 
 def test_scheduler_address_runs_on_that_cluster_and_matches_local(tmp_path, client, corpus):
     spec = parse_pipeline({"stage": [{"kind": "exact"}]}, "test")
-    local = run_pipeline(spec, corpus, tmp_path / "local").output
-    lines: list[str] = []
-    result = run_pipeline_on_dask(spec, corpus, tmp_path / "dask", RunOptions(), scheduler=client.scheduler.address, log=lines.append)
+    local = run_pipeline(spec, corpus, tmp_path / "local", SERIAL).output
+    with make_executor(scheduler=client.scheduler.address) as executor:
+        lines = executor.describe()
+        result = run_pipeline(spec, corpus, tmp_path / "dask", RunOptions(executor=executor))
     assert lines[0].startswith(f"dask: {client.scheduler.address}, 2 workers")
     assert any(line.startswith("dask dashboard:") for line in lines)
     assert_same_output(local, result.output)
@@ -331,7 +376,7 @@ class CountingProgress:
 def test_progress_follows_task_completion(tmp_path, client, corpus):
     progress = CountingProgress()
     spec = parse_pipeline({"stage": [{"kind": "exact"}]}, "test")
-    run_pipeline(spec, corpus, tmp_path / "dask", RunOptions(executor=DaskExecutor(client, unit_rows=500), progress=progress))
+    run_pipeline(spec, corpus, tmp_path / "dask", RunOptions(executor=DaskExecutor(client), unit_rows=500, progress=progress))
     assert progress.bars["exact: fitting"] == 6000
     assert progress.bars["exact: writing"] == 6000
 
@@ -345,7 +390,7 @@ def _local_and_dask_errors(tmp_path: Path, client, corpus: Path, **top) -> tuple
 
     spec = parse_pipeline({"stage": [{"kind": "exact"}], **top}, "test")
     messages = []
-    for name, options in (("local", RunOptions()), ("dask", RunOptions(executor=DaskExecutor(client, unit_rows=250)))):
+    for name, options in (("local", RunOptions(jobs=2, unit_rows=250)), ("dask", RunOptions(executor=DaskExecutor(client), unit_rows=250))):
         with pytest.raises(InputError) as info:
             run_pipeline(spec, corpus, tmp_path / name, options)
         messages.append(str(info.value))
@@ -392,10 +437,10 @@ def test_killing_a_worker_mid_run_gives_the_same_output(tmp_path, monkeypatch, c
     Last in the file: the nanny restarts the killed worker, the shared cluster lives on."""
     corpus = make_corpus(tmp_path / "in", shards=10, rows=400, seed=5)
     spec = parse_pipeline({"stage": [{"kind": "exact"}], "batch_size": 200}, "test")
-    local = run_pipeline(spec, corpus, tmp_path / "local").output
-    import curate.pipeline
+    local = run_pipeline(spec, corpus, tmp_path / "local", SERIAL).output
+    import curate.runner
 
-    monkeypatch.setattr(curate.pipeline, "stage_class", lambda kind, where="pipeline": SlowExact)
+    monkeypatch.setattr(curate.runner, "stage_class", lambda kind, where="pipeline": SlowExact)
     executor = DaskExecutor(client)
     out = tmp_path / "dask"
     outcome: dict = {}
