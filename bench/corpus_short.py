@@ -1,7 +1,7 @@
 """A corpus of about a million real short texts from what this machine has, in Parquet shards.
 
 Sources (all real text, read in a fixed order): Debian package descriptions
-(/work/shared/data/debian_descriptions.parquet, else `apt-cache dumpavail`), English man
+(../shared/data/debian_descriptions.parquet beside the checkout, else `apt-cache dumpavail`), English man
 page paragraphs (/usr/share/man/man*), documentation paragraphs (/usr/share/doc), and
 source lines from the Python installs (stdlib and the venv's site-packages). Natural
 redundancy is kept (the same licence paragraph or `import os` line in many files is what
@@ -29,7 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-DEBIAN_PARQUET = Path("/work/shared/data/debian_descriptions.parquet")
+# The shared data folder sits next to the repository checkout (../shared/data); override with CURATE_SHARED_DATA.
+DEBIAN_PARQUET = Path(os.environ.get("CURATE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "debian_descriptions.parquet"
 MAN_ROOT = Path("/usr/share/man")
 DOC_ROOT = Path("/usr/share/doc")
 MIN_CHARS = 12

@@ -1,12 +1,18 @@
-"""Dask speed-up on real text: the local runner, 1 worker and 2 workers in one run.
+"""Scale-out on real text: the same pipeline on 1 and 2 local processes and 1 and 2 Dask workers.
 
-Corpus: /work/shared/data/debian_descriptions.parquet (63,666 real package descriptions)
-replicated into SHARDS shards with small edits (a share of rows get a word swapped or a
-version suffix, as in re-crawled data), so exact dedup has real cross-shard duplicates.
-Prints wall times, the per-stage split into shard-parallel and global (driver) steps, the
-machine load (the machine is shared: timings are noisy), and checks that all runs agree.
+Pipeline (the issue's): minhash(0.8) -> embed(MODEL) -> prototypes(200, keep hard, 0.8) -> pools(4),
+over about a million real short texts (bench/corpus_short.py builds and caches them from what
+the machine has). Prints, per run: wall time, each stage's seconds and the share of them spent in
+parallel tasks, the driver's serial share of the whole run (wall minus time inside executor
+maps), and the speed-ups 2 vs 1 worker measured in this same run. Checks that every run kept the
+same ids, ledger and pools.
 
-    python bench/dask.py [--shards 16] [--copies 1] [--repeats 1] [--workdir /tmp/curate-bench-dask]
+    python bench/dask.py                                   # 1M rows, hashing embeddings
+    python bench/dask.py --model minilm --rows 20000       # the transformer, one thread per worker
+    python bench/dask.py --configs dask1 dask2 --repeats 2 # only the Dask pair, best of two
+
+Targets (issue): Dask 2 workers >= 1.6x 1 worker, driver share < 15% of the 2-worker wall time.
+This machine is shared: run on a quiet machine, compare within one run, and read `load`.
 """
 
 from __future__ import annotations
@@ -19,155 +25,97 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-import argparse
-import json
-import os
-import shutil
-import time
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
 
-import numpy as np
-import psutil
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from curate.distributed import PARALLEL_STEPS, DaskExecutor  # noqa: E402
+from bench.corpus_short import cached_corpus  # noqa: E402
+from curate.executors import DaskExecutor, LocalExecutor  # noqa: E402
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline  # noqa: E402
 from curate.shards import read_parts  # noqa: E402
 
-DEBIAN = Path("/work/shared/data/debian_descriptions.parquet")
-PIPELINE = {"stage": [{"kind": "exact", "normalize": True}]}
+CONFIGS = {"jobs1": ("local", 1), "jobs2": ("local", 2), "dask1": ("dask", 1), "dask2": ("dask", 2)}
 
 
-def build_corpus(directory: Path, shards: int, copies: int, seed: int = 0) -> int:
-    """SHARDS shards, each COPIES edited copies of the Debian descriptions; returns rows."""
-    base = pq.read_table(DEBIAN, columns=["id", "package", "section", "text"])
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    rows = 0
-    for s in range(shards):
-        tables = []
-        for c in range(copies):
-            n = base.num_rows
-            texts = base.column("text")
-            edit = rng.random(n) < 0.3
-            suffix = pa.array(np.where(edit, f" (rev {s}.{c})", ""))
-            texts = pc.binary_join_element_wise(texts, suffix, "")
-            shuffled = pc.take(base, pa.array(rng.permutation(n)))
-            ids = pc.binary_join_element_wise(shuffled.column("id"), pa.scalar(f"#{s}.{c}"), "")
-            tables.append(pa.table({"id": ids, "package": shuffled.column("package"), "section": shuffled.column("section"), "text": pc.take(texts, pa.array(rng.permutation(n)))}))
-        table = pa.concat_tables(tables)
-        pq.write_table(table, directory / f"debian-{s:03d}.parquet", row_group_size=65_536)
-        rows += table.num_rows
-    return rows
+def stages(model: str) -> list[dict]:
+    return [
+        {"kind": "minhash", "threshold": 0.8},
+        {"kind": "embed", "model": model},
+        {"kind": "prototypes", "clusters": 200, "keep": "hard", "fraction": 0.8},
+        {"kind": "pools", "score": "proto_distance", "pools": 4},
+    ]
 
 
-def _cpu_seconds() -> float:
-    times = psutil.Process().cpu_times()
-    return times.user + times.system
+def make_executor(kind: str, n: int) -> LocalExecutor | DaskExecutor:
+    return LocalExecutor(n) if kind == "local" else DaskExecutor.local(n, threads_per_worker=1)
 
 
-def cpu_used(executor: DaskExecutor | None) -> tuple[float, dict[str, float]]:
-    """CPU seconds so far of this process and of each worker process."""
-    return _cpu_seconds(), (executor.client.run(_cpu_seconds) if executor else {})
-
-
-def timed_run(corpus: Path, out: Path, executor: DaskExecutor | None) -> dict:
+def timed_run(spec, corpus: Path, out: Path, executor) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    spec = parse_pipeline(PIPELINE, "bench")
-    cpu_before = cpu_used(executor)
-    main_thread = time.thread_time()
+    busy = executor.busy_seconds
     started = time.perf_counter()
     run_pipeline(spec, corpus, out, RunOptions(executor=executor))
     wall = time.perf_counter() - started
-    main_thread = time.thread_time() - main_thread
-    cpu_after = cpu_used(executor)
-    driver_cpu = cpu_after[0] - cpu_before[0]
-    worker_cpu = [cpu_after[1][w] - cpu_before[1].get(w, 0.0) for w in cpu_after[1]]
+    parallel = executor.busy_seconds - busy
     manifest = json.loads((out / "manifest.json").read_text())
-    seconds = {s["name"]: s["seconds"] for s in manifest["stages"]}
-    timings = executor.timings if executor else {}
-    return {"wall": wall, "cpu": driver_cpu + sum(worker_cpu), "driver_cpu": driver_cpu, "main_thread_cpu": main_thread, "worker_cpu": worker_cpu, "stages": seconds, "finalize": wall - sum(seconds.values()), "steps": dict(timings)}
+    per_stage = {s["name"]: (s.get("seconds", 0.0), s.get("parallel_seconds", 0.0)) for s in manifest["stages"][1:]}
+    fits = {s["name"]: s.get("info", {}).get("fit", "") for s in manifest["stages"][1:]}
+    return {"wall": wall, "parallel": parallel, "driver": wall - parallel, "stages": per_stage, "fits": fits, "load": os.getloadavg()[0]}
 
 
-def _autogroup() -> str:
-    try:
-        return "on" if Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1" else "off"
-    except OSError:
-        return "unknown"
-
-
-def kept_ids(out: Path) -> list[str]:
-    return read_parts(out / "kept", columns=["id"]).column("id").to_pylist()
+def signature(out: Path) -> tuple:
+    kept = read_parts(out / "kept", columns=["id", "pool"])
+    removed = read_parts(out / "removed", columns=["id", "stage", "reason", "duplicate_of"])
+    return (kept.column("id").to_pylist(), kept.column("pool").to_pylist(), removed.to_pylist())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--shards", type=int, default=16)
-    parser.add_argument("--copies", type=int, default=1, help="edited copies of the Debian corpus per shard")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per configuration; the fastest is reported")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/curate-bench-dask"))
+    parser.add_argument("--model", default="hashing", help="embed model: hashing (default) or minilm")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--repeats", type=int, default=1, help="runs per configuration; the fastest is kept")
+    parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a new temp dir)")
     args = parser.parse_args()
 
-    corpus = args.workdir / "corpus"
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    rows = build_corpus(corpus, args.shards, args.copies)
-    size = sum(p.stat().st_size for p in corpus.glob("*.parquet"))
-    print(f"corpus: {rows:,} rows in {args.shards} shards, {size / 1e6:.1f} MB ({DEBIAN.name} x {args.shards * args.copies}, 30% edited)")
-    print(f"pipeline: {PIPELINE['stage']}   cpus: {os.cpu_count()}   load before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    corpus = cached_corpus(args.rows, args.shards)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="curate-bench-dask-"))
+    spec = parse_pipeline({"stage": stages(args.model)}, "bench")
+    print(f"corpus: {args.rows:,} rows in {args.shards} shards; pipeline: " + " -> ".join(s["kind"] for s in stages(args.model)) + f" (model {args.model})")
+    print(f"cpus: {os.cpu_count()}   load before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
     results: dict[str, dict] = {}
-    startup: dict[str, float] = {}
     for _ in range(args.repeats):
-        for label, workers in (("local", 0), ("dask 1 worker", 1), ("dask 2 workers", 2)):
-            out = args.workdir / label.replace(" ", "-")
-            if workers:
-                t = time.perf_counter()
-                with DaskExecutor.local(workers) as executor:
-                    startup[label] = time.perf_counter() - t
-                    r = timed_run(corpus, out, executor)
-            else:
-                r = timed_run(corpus, out, None)
-            r["load"] = os.getloadavg()[0]
-            if label not in results or r["wall"] < results[label]["wall"]:
-                results[label] = r
+        for name in args.configs:
+            kind, n = CONFIGS[name]
+            with make_executor(kind, n) as executor:
+                result = timed_run(spec, corpus, work / name, executor)
+            if name not in results or result["wall"] < results[name]["wall"]:
+                results[name] = result
 
-    reference = kept_ids(args.workdir / "local")
-    same = all(kept_ids(args.workdir / label.replace(" ", "-")) == reference for label in results)
-
-    header = f"{'run':<16}{'wall s':>9}{'input':>8}{'exact':>8}{'final':>8}{'par.':>8}{'global':>8}{'rows/s':>11}{'CPU s':>8}{'cores':>7}{'load':>7}{'startup':>9}"
+    names = list(results)
+    stage_names = list(results[names[0]]["stages"])
+    header = f"{'run':<8}{'wall s':>9}" + "".join(f"{s[:10]:>12}" for s in stage_names) + f"{'driver s':>10}{'driver %':>10}{'load':>7}"
     print()
     print(header)
     print("-" * len(header))
-    for label, r in results.items():
-        steps = r["steps"]
-        parallel = sum(t for phase in steps.values() for step, t in phase.items() if step in PARALLEL_STEPS)
-        global_ = r["wall"] - parallel
-        r["parallel"], r["global"] = parallel, global_
-        print(
-            f"{label:<16}{r['wall']:>9.2f}{r['stages']['input']:>8.2f}{r['stages']['exact']:>8.2f}{r['finalize']:>8.2f}"
-            f"{parallel:>8.2f}{global_:>8.2f}{rows / r['wall']:>11,.0f}{r['cpu']:>8.1f}{r['cpu'] / r['wall']:>7.2f}{r['load']:>7.2f}{startup.get(label, 0):>9.2f}"
-        )
-    one, two = results["dask 1 worker"], results["dask 2 workers"]
-    print()
-    print("columns: input = input check (driver); exact = the exact stage; final = finalize (publish kept/, workers strip")
-    print("         the ordinal column); par. = time in shard-parallel task phases (input check map + reduce,")
-    print("         fit map + shuffle reduce, transform, finalize rewrite); global = the rest, on the driver")
-    print("         (planning, fit merge + id lookup, assembly, manifest); local runs everything on the driver")
-    print("         CPU s = CPU seconds of the driver and all workers; cores = CPU s / wall: the cores the run")
-    print("         actually got on this shared machine (2 would be all of it); load = 1-min load average after")
-    print("steps, 2 workers: " + "; ".join(f"{phase}: " + ", ".join(f"{k} {v:.2f}s" for k, v in steps.items()) for phase, steps in two["steps"].items()))
-    print(f"speed-up 2 vs 1 worker (wall): shard-parallel steps {one['parallel'] / two['parallel']:.2f}x, exact stage {one['stages']['exact'] / two['stages']['exact']:.2f}x, whole run {one['wall'] / two['wall']:.2f}x")
-    print(f"dask 2 workers vs local runner (whole run): {results['local']['wall'] / two['wall']:.2f}x")
-    print(f"global (driver) share of the 2-worker run: {two['global'] / two['wall']:.0%}")
-    # CPU accounting: what the run would take on free cores (serial driver work + the busiest worker).
-    critical = {label: r["main_thread_cpu"] + max(r["worker_cpu"] or [0.0]) for label, r in results.items()}
-    print("CPU seconds, driver main thread (serial steps) / driver process (adds Dask's scheduler and client threads) / each worker:")
-    for label, r in results.items():
-        print(f"  {label:<16}{r['main_thread_cpu']:6.1f} / {r['driver_cpu']:5.1f} / {' + '.join(f'{c:.1f}' for c in r['worker_cpu']) or '-'}")
-    print(f"CPU critical path (driver main thread + busiest worker), 1 -> 2 workers: {critical['dask 1 worker']:.1f} s -> {critical['dask 2 workers']:.1f} s = {critical['dask 1 worker'] / critical['dask 2 workers']:.2f}x, the speed-up 2 free cores would give")
-    print(f"kernel autogroup scheduling: {_autogroup()} (on: CPU is shared per session, so under load extra workers in one session do not get extra CPU)")
-    print(f"same kept ids in all runs: {same}   load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for name, r in results.items():
+        cells = "".join(f"{r['stages'][s][0]:>7.1f}/{r['stages'][s][1]:<4.0f}" for s in stage_names)
+        print(f"{name:<8}{r['wall']:>9.2f}{cells}{r['driver']:>10.2f}{r['driver'] / r['wall']:>10.0%}{r['load']:>7.2f}")
+    print("stage cells: seconds / seconds inside parallel tasks; driver = wall - time inside executor maps (serial work)")
+    print("how each fit ran: " + "; ".join(f"{s}: {f}" for s, f in results[names[-1]]["fits"].items() if f))
+    for a, b in (("jobs1", "jobs2"), ("dask1", "dask2")):
+        if a in results and b in results:
+            print(f"{b} vs {a}: {results[a]['wall'] / results[b]['wall']:.2f}x wall; driver share of {b}: {results[b]['driver'] / results[b]['wall']:.0%}")
+    reference = signature(work / names[0])
+    same = all(signature(work / name) == reference for name in names[1:])
+    print(f"same kept ids, pools and ledger in every run: {same}   load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
     if not same:
         sys.exit(1)
 

@@ -14,6 +14,9 @@ from rich.table import Table
 
 from curate.errors import CurateError, UsageError
 
+# Exit codes: 0 ok, 1 internal error (a bug), 2 bad input or usage, 3 `verify` found a broken output.
+VERIFY_FAILED = 3
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Streaming data curation: dedup, pruning scores, quality pools, compute-aware mixes.")
 out_console = Console()
 err_console = Console(stderr=True)
@@ -365,7 +368,7 @@ def verify(output: Path = typer.Argument(..., help="Output directory of a finish
             err_console.print(f"{label}: {', '.join(ids)}")
     for problem in report.problems:
         err_console.print(problem)
-    raise typer.Exit(1)
+    raise typer.Exit(VERIFY_FAILED)
 
 
 @app.command()
@@ -383,6 +386,11 @@ def inspect(output: Path = typer.Argument(..., help="Output directory of a finis
         out_console.print("pools: " + ", ".join(f"{k}: {v:,}" for k, v in counts.items()))
 
 
+def _is_click_error(exc: BaseException) -> bool:
+    """click's ClickException, whether from click or from the copy that typer vendors."""
+    return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: user errors become one line and exit 2; bugs exit 1."""
     try:
@@ -397,12 +405,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted; continue with --resume")
         sys.exit(130)
-    except Exception as exc:  # click usage errors are handled below; everything else is a bug
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
+    except Exception as exc:  # click's usage errors are handled here; everything else is a bug
+        if _is_click_error(exc):
+            exc.show()  # type: ignore[attr-defined]  (click's message, with its "Did you mean" hint)
+            sys.exit(getattr(exc, "exit_code", 2) or 2)
         err_console.print(f"internal error: {type(exc).__name__}: {exc}", markup=False, highlight=False)
         if os.environ.get("CURATE_DEBUG"):
             traceback.print_exc()

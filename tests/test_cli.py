@@ -118,7 +118,13 @@ def test_verify_fails_with_the_offending_ids_when_a_row_is_lost(tmp_path, capsys
     pq.write_table(table.slice(1), part)
     lost = table.column("id")[0].as_py()
     code, _, err = run_cli(["verify", str(out)], capsys)
-    assert code == 1 and lost in err
+    assert code == 3 and lost in err  # its own code: 1 is for internal errors
+
+
+@pytest.mark.parametrize("argv,hint", [(["dedupe"], "Did you mean 'dedup'"), (["dedup", "--bogus"], "No such option: --bogus")])
+def test_unknown_command_or_option_is_a_usage_error(argv, hint, capsys):
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and hint in err and "internal error" not in err
 
 
 def test_drop_null_text_flag(tmp_path, capsys):

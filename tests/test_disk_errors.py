@@ -123,7 +123,7 @@ def write_counts(corpus, tmp_path_factory):
     def run(tag: str):
         def go():
             try:
-                main(["run", str(pipeline), "-i", str(data), "-o", str(root / tag), "--quiet"])
+                main(["run", str(pipeline), "-i", str(data), "-o", str(root / tag), "--quiet", "--jobs", "1"])
             except SystemExit as exc:
                 assert not exc.code
         return go
@@ -154,7 +154,7 @@ def test_disk_full_exits_2_and_resume_gives_the_same_result(corpus, write_counts
     else:
         fail = EnospcAt(os.fsync, nth)
         monkeypatch.setattr(os, "fsync", fail)
-    code, err = cli(["run", str(pipeline), "-i", str(data), "-o", str(out), "--quiet"], capsys)
+    code, err = cli(["run", str(pipeline), "-i", str(data), "-o", str(out), "--quiet", "--jobs", "1"], capsys)
     gc.collect()  # a writer still open would complain now, into the captured stderr
     err += capsys.readouterr().err
     monkeypatch.undo()
