@@ -138,7 +138,9 @@ def _run(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLik
     stages_root = out / STAGES_DIR
     input_entry = manifest["stages"][0]
     if input_entry["status"] != "done":
+        busy = executor.busy_seconds
         _check_input(inputs, spec, stages_root, input_entry, executor, options.progress, unit_rows)
+        input_entry["parallel_seconds"] = round(executor.busy_seconds - busy, 3)
         write_manifest(out, manifest)
         _notify(options, INPUT_STAGE)
     current: InputSource | PartSource = InputSource(inputs, spec.batch_size, spec.drop_null_text, input_entry["rows_removed"])

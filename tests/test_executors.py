@@ -469,3 +469,45 @@ def test_killing_a_worker_mid_run_gives_the_same_output(tmp_path, monkeypatch, c
     assert not runner.is_alive() and "error" not in outcome, outcome
     assert victim not in client.run(os.getpid).values()
     assert_same_output(local, out)
+
+
+# ---------------------------------------------------------------------------------------
+# The local process pool on its own.
+
+
+def _slow_square(x: int) -> int:
+    time.sleep(0.05 * (5 - x))  # later items finish first
+    return x * x
+
+
+def test_local_pool_returns_results_in_item_order_whatever_finishes_first():
+    from curate.executors import LocalExecutor
+
+    with LocalExecutor(2) as executor:
+        assert executor.map(_slow_square, range(5), sizes=[1] * 5) == [0, 1, 4, 9, 16]
+        offset = 7
+        assert executor.map(lambda x: x + offset, [1, 2, 3]) == [8, 9, 10]  # closures travel (cloudpickle)
+        pids = set(executor.map(lambda _: os.getpid(), range(8)))
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+
+
+def test_an_input_error_in_a_worker_process_reaches_the_driver_as_itself():
+    from curate.errors import InputError
+    from curate.executors import LocalExecutor
+
+    def fail(x: int) -> int:
+        if x == 3:
+            raise InputError("bad row", path="shard-3.parquet", fix="re-export it")
+        return x
+
+    with LocalExecutor(2) as executor, pytest.raises(InputError, match="shard-3.parquet"):
+        executor.map(fail, range(6))
+
+
+def test_worker_processes_cap_their_thread_pools_at_their_share_of_the_cores():
+    from curate.executors import LocalExecutor
+
+    with LocalExecutor(2) as executor:
+        share = executor.threads_per_task
+        seen = executor.map(lambda _: os.environ.get("OMP_NUM_THREADS"), range(2))
+    assert seen == [str(share)] * 2
