@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from curate.atomic import atomic_path
 from curate.errors import InputError
 
 RUN_COLUMNS = ("pool", "pool_size", "samples_seen", "loss")
@@ -123,12 +124,8 @@ def read_runs(path: str | Path) -> RunsTable:
 def write_runs(path: str | Path, rows: Sequence[dict], extra_columns: Sequence[str] = ()) -> None:
     """Write RUNS.csv rows (dicts with at least RUN_COLUMNS)."""
     columns = [*RUN_COLUMNS, *extra_columns]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
-    tmp.replace(path)
