@@ -29,6 +29,7 @@ def atomic_path(path: str | os.PathLike, *, unique: bool = False, fsync: bool = 
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(final, unique)
+    _remove(tmp)  # a killed earlier attempt's leftover
     try:
         yield tmp
         if fsync and tmp.is_file():
@@ -36,11 +37,15 @@ def atomic_path(path: str | os.PathLike, *, unique: bool = False, fsync: bool = 
                 os.fsync(handle.fileno())
         os.replace(tmp, final)
     except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> None:

@@ -95,7 +95,8 @@ class LocalExecutor(_Timed):
     imported curate's task modules and nothing else, so a pool starts in about 0.05 s instead
     of 1.3 s for spawned workers (measured: 2 workers, 3 pools each way). A pool is started
     once per run and reused by every map; each worker caps its native thread pools at
-    cores / N so N workers never oversubscribe. As with any process pool, a script that runs
+    cores / N so N workers never oversubscribe, and exits when the driver does (even after a
+    `kill -9`). As with any process pool, a script that runs
     a pipeline must guard its entry point with `if __name__ == "__main__":`."""
 
     def __init__(self, jobs: int | None = None):
@@ -114,7 +115,7 @@ class LocalExecutor(_Timed):
                 max_workers=self.workers,
                 mp_context=_process_context(),
                 initializer=_init_worker_process,
-                initargs=(self.threads_per_task,),
+                initargs=(self.threads_per_task, os.getpid()),
             )
         return self._pool
 
@@ -187,9 +188,13 @@ def _gather(futures: list[Future], sizes: list[int], bar: Any) -> list[Any]:
     return [f.result() for f in futures]
 
 
-def _init_worker_process(threads: int) -> None:
-    """Runs first in each spawned worker: cap native thread pools, and die with the parent (a
-    run killed with -9 must not leave workers writing into its output)."""
+def _init_worker_process(threads: int, driver_pid: int) -> None:
+    """Runs first in each worker: cap native thread pools, and exit when the driver does.
+
+    A `kill -9` of `curate` must not leave workers behind writing into its output or holding
+    its stdout open. A worker cannot count on EOF for that: it holds both ends of the pool's
+    queues, and the fork server it came from holds its own, so each worker watches the
+    driver's pid (a pidfd where Linux has one, else a poll every second)."""
     for name in _THREAD_VARS:
         os.environ[name] = str(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -199,17 +204,29 @@ def _init_worker_process(threads: int) -> None:
         threadpool_limits(threads)
     except ImportError:
         pass
-    try:
-        import ctypes
-        import signal
+    import threading
 
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent died before prctl took effect
+    threading.Thread(target=_exit_when_gone, args=(driver_pid,), name="curate-driver-watch", daemon=True).start()
+
+
+def _exit_when_gone(pid: int) -> None:
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])  # readable once the process has exited
+        os._exit(1)
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
             os._exit(1)
-    except (OSError, AttributeError):  # not Linux: workers notice the closed pipe instead
-        pass
+        except PermissionError:
+            pass
+        time.sleep(1.0)
 
 
 # ---------------------------------------------------------------------------------------

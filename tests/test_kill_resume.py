@@ -5,6 +5,8 @@ Kills come two ways: at seeded random times, and at chosen instants injected int
 part's rename, between publishing kept/ and removed/), so the windows that random timing rarely
 hits are covered on every run. After every kill the state is checked: manifest.json parses,
 OUT/kept exists only once every stage is done, and stages recorded as done are never redone.
+Injected kills run the child with `--jobs 1` (the events are counted in its process); the
+random kills run it on the default process pool, whose workers must die with it.
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ def start_run(pipeline: Path, corpus: Path, out: Path, resume: bool, kill_at: st
     argv = [sys.executable, "-c", CHILD, "run", str(pipeline), "-i", str(corpus), "-o", str(out), "--quiet"]
     if resume:
         argv.append("--resume")
+    if kill_at:  # injected kill points are counted in this process: run every task in it
+        argv += ["--jobs", "1"]
     return subprocess.Popen(argv, cwd=ROOT, env=_env(kill_at), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
