@@ -18,7 +18,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Streaming da
 out_console = Console()
 err_console = Console(stderr=True)
 
-InputOpt = typer.Option(..., "-i", "--input", help="Directory, file or glob of Parquet shards.")
+InputOpt = typer.Option(..., "-i", "--input", help="Directory, file or glob of Parquet shards, JSON Lines files (.jsonl, .json, .jsonl.gz, .jsonl.zst) or a saved Hugging Face dataset.")
+InputFormatOpt = typer.Option(None, "--input-format", help="parquet | jsonl | hf (default: from the file names).")
 OutputOpt = typer.Option(..., "-o", "--output", help="Output directory.")
 TextColumnOpt = typer.Option(None, "--text-column", help="Text column (default: text).")
 IdColumnOpt = typer.Option(None, "--id-column", help="Id column (default: id; absent -> '<file stem>:<row>').")
@@ -56,7 +57,9 @@ def _parse_sets(pairs: Optional[List[str]]) -> dict[str, Any]:
 
 def _run_spec(spec, input_path: str, output: Path, resume: bool, overwrite: bool, quiet: bool) -> None:
     from curate.pipeline import RunOptions, run_pipeline
+    from curate.shards import refuse_output_inside_input
 
+    refuse_output_inside_input(input_path, output)
     result = run_pipeline(spec, input_path, output, RunOptions(resume=resume, overwrite=overwrite, progress=_progress(quiet)))
     _print_run_summary(result.output, quiet)
 
@@ -82,7 +85,10 @@ def _stage_table(summaries) -> None:
     out_console.print(table)
 
 
-def _single_stage(kind: str, options: dict[str, Any], text_column, id_column, drop_null_text, seed, batch_size):
+def _single_stage(kind: str, options: dict[str, Any], text_column, id_column, drop_null_text, seed, batch_size, input_format=None):
+    from dataclasses import replace
+
+    from curate.formats import check_format
     from curate.pipeline import parse_pipeline
 
     data: dict[str, Any] = {"stage": [{"kind": kind, **{k: v for k, v in options.items() if v is not None}}]}
@@ -93,7 +99,8 @@ def _single_stage(kind: str, options: dict[str, Any], text_column, id_column, dr
         data["seed"] = seed
     if batch_size is not None:
         data["batch_size"] = batch_size
-    return parse_pipeline(data, f"curate {kind}")
+    spec = parse_pipeline(data, f"curate {kind}")
+    return replace(spec, columns=replace(spec.columns, format=check_format(input_format)))
 
 
 @app.command()
@@ -101,6 +108,7 @@ def run(
     pipeline: Path = typer.Argument(..., help="Pipeline TOML file."),
     input: str = InputOpt,
     output: Path = OutputOpt,
+    input_format: Optional[str] = InputFormatOpt,
     resume: bool = ResumeOpt,
     overwrite: bool = OverwriteOpt,
     text_column: Optional[str] = TextColumnOpt,
@@ -114,11 +122,13 @@ def run(
     """Run a pipeline file over the input shards (on a Dask cluster with --workers or --scheduler)."""
     from dataclasses import replace
 
+    from curate.formats import check_format
     from curate.pipeline import load_pipeline
-    from curate.shards import ColumnSpec
+    from curate.shards import ColumnSpec, refuse_output_inside_input
 
     spec = load_pipeline(pipeline)
-    columns = ColumnSpec(text=text_column or spec.columns.text, id=id_column or spec.columns.id)
+    input_format = check_format(input_format) or spec.columns.format
+    columns = ColumnSpec(text=text_column or spec.columns.text, id=id_column or spec.columns.id, format=input_format)
     spec = replace(spec, columns=columns, drop_null_text=drop_null_text or spec.drop_null_text, seed=spec.seed if seed is None else seed)
     if workers is None and scheduler is None:
         _run_spec(spec, input, output, resume, overwrite, quiet)
@@ -126,6 +136,7 @@ def run(
     from curate.distributed import run_pipeline_on_dask
     from curate.pipeline import RunOptions
 
+    refuse_output_inside_input(input, output)
     options = RunOptions(resume=resume, overwrite=overwrite, progress=_progress(quiet))
     log = None if quiet else (lambda line: err_console.print(line, markup=False, highlight=False))
     result = run_pipeline_on_dask(spec, input, output, options, workers=workers, scheduler=scheduler, log=log)
@@ -136,6 +147,7 @@ def run(
 def dedup(
     input: str = InputOpt,
     output: Path = OutputOpt,
+    input_format: Optional[str] = InputFormatOpt,
     method: str = typer.Option("exact", "--method", help="exact | minhash | semantic"),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="minhash: Jaccard; semantic: cosine similarity."),
     ngram: Optional[int] = typer.Option(None, "--ngram", help="minhash shingle size."),
@@ -156,7 +168,7 @@ def dedup(
     if method not in kinds:
         raise UsageError(f"unknown --method {method!r}", fix="use exact, minhash or semantic")
     options = {"threshold": threshold, "ngram": ngram, "num_perm": num_perm, "normalize": normalize, **_parse_sets(sets)}
-    spec = _single_stage(kinds[method], options, text_column, id_column, drop_null_text, seed, batch_size)
+    spec = _single_stage(kinds[method], options, text_column, id_column, drop_null_text, seed, batch_size, input_format)
     _run_spec(spec, input, output, resume, overwrite, quiet)
 
 
@@ -164,6 +176,7 @@ def dedup(
 def embed(
     input: str = InputOpt,
     output: Path = OutputOpt,
+    input_format: Optional[str] = InputFormatOpt,
     model: Optional[str] = typer.Option(None, "--model", help="minilm | hashing | column:NAME"),
     sets: Optional[List[str]] = SetOpt,
     resume: bool = ResumeOpt,
@@ -176,7 +189,7 @@ def embed(
     quiet: bool = QuietOpt,
 ) -> None:
     """Embed every text into OUT/embeddings (L2-normalized float32)."""
-    spec = _single_stage("embed", {"model": model, **_parse_sets(sets)}, text_column, id_column, drop_null_text, seed, batch_size)
+    spec = _single_stage("embed", {"model": model, **_parse_sets(sets)}, text_column, id_column, drop_null_text, seed, batch_size, input_format)
     _run_spec(spec, input, output, resume, overwrite, quiet)
 
 
@@ -184,6 +197,7 @@ def embed(
 def score(
     input: str = InputOpt,
     output: Path = OutputOpt,
+    input_format: Optional[str] = InputFormatOpt,
     metric: str = typer.Option("prototypes", "--metric", help="prototypes | loss"),
     keep: Optional[str] = typer.Option(None, "--keep", help="hard | easy | auto"),
     fraction: Optional[float] = typer.Option(None, "--fraction", help="Fraction of rows to keep."),
@@ -204,7 +218,7 @@ def score(
         raise UsageError(f"unknown --metric {metric!r}", fix="use prototypes or loss")
     cluster_option = "clusters" if metric == "prototypes" else "groups"  # SeTa calls its loss clusters groups
     options = {"keep": keep, "fraction": fraction, cluster_option: clusters, **_parse_sets(sets)}
-    spec = _single_stage(kinds[metric], options, text_column, id_column, drop_null_text, seed, batch_size)
+    spec = _single_stage(kinds[metric], options, text_column, id_column, drop_null_text, seed, batch_size, input_format)
     _run_spec(spec, input, output, resume, overwrite, quiet)
 
 
@@ -212,6 +226,7 @@ def score(
 def pools(
     input: str = InputOpt,
     output: Path = OutputOpt,
+    input_format: Optional[str] = InputFormatOpt,
     score_column: str = typer.Option(..., "--score", help="Score column to bucket."),
     pools: int = typer.Option(4, "--pools", help="Number of quality pools."),
     sets: Optional[List[str]] = SetOpt,
@@ -222,7 +237,7 @@ def pools(
     quiet: bool = QuietOpt,
 ) -> None:
     """Split rows into K quantile pools of a score column (pool 0 best)."""
-    spec = _single_stage("pools", {"score": score_column, "pools": pools, **_parse_sets(sets)}, text_column, id_column, False, None, None)
+    spec = _single_stage("pools", {"score": score_column, "pools": pools, **_parse_sets(sets)}, text_column, id_column, False, None, None, input_format)
     _run_spec(spec, input, output, resume, overwrite, quiet)
 
 
@@ -371,6 +386,22 @@ def inspect(output: Path = typer.Argument(..., help="Output directory of a finis
     counts = pool_counts(output)
     if counts:
         out_console.print("pools: " + ", ".join(f"{k}: {v:,}" for k, v in counts.items()))
+
+
+@app.command("export")
+def export_command(
+    output: Path = typer.Argument(..., help="Output directory of a finished run."),
+    format: str = typer.Option("jsonl", "--format", help="jsonl (kept/ itself is Parquet)."),
+    target: Optional[Path] = typer.Option(None, "-o", "--output", help="A directory (one file per kept part; default OUT/kept-jsonl) or a file ending in .jsonl, .jsonl.gz or .jsonl.zst (all rows)."),
+    compression: Optional[str] = typer.Option(None, "--compression", help="gzip | zstd | none (default: from a file name, else none)."),
+) -> None:
+    """Write the kept rows of a finished output as JSON Lines."""
+    from curate.export import export_jsonl
+
+    if format != "jsonl":
+        raise UsageError(f"unknown --format {format!r}", fix="use --format jsonl; kept/ already is Parquet")
+    result = export_jsonl(output, target, compression)
+    out_console.print(f"exported {result.rows:,} kept rows to {result.target} ({len(result.files)} file{'s' if len(result.files) != 1 else ''})")
 
 
 def main(argv: Optional[List[str]] = None) -> None:

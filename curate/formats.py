@@ -34,6 +34,7 @@ _NAMES = {PARQUET: "Parquet", JSONL: "JSON Lines", HF: "saved Hugging Face datas
 # its text) while leaving pyarrow enough to parse in parallel (it splits a block into 1 MiB
 # pieces across threads).
 JSONL_BLOCK_BYTES = 8 << 20
+_ROW_COUNTER = "__curate_count"
 
 
 def check_format(name: str | None) -> str | None:
@@ -199,6 +200,9 @@ def read_batches(
         return
     if row_groups is not None:
         raise ValueError(f"row groups are a Parquet notion; {fmt} files are read whole (row_groups=None)")
+    names = schema.names
+    if not names:  # ids only, synthesized: read a stand-in column, since rows need a column to count
+        schema = pa.schema([pa.field(_ROW_COUNTER, pa.null())])
     if fmt == JSONL:
         batches: Iterable[pa.RecordBatch] = _jsonl_batches(path, schema)
     elif fmt == HF:
@@ -207,7 +211,7 @@ def read_batches(
         raise ValueError(f"unknown format {fmt!r}")
     row = 0
     for batch in rebatch(batches, batch_size):
-        yield row, batch
+        yield row, batch.select(names)
         row += batch.num_rows
 
 
@@ -497,7 +501,7 @@ def _scan_arrow_stream(path: Path) -> FileScan:
 
 def _arrow_stream_batches(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     reader = _open_stream(path)
-    names = [name for name in schema.names if name in reader.schema.names]
+    names = [name for name in schema.names if name in reader.schema.names] or reader.schema.names[:1]
     try:
         for batch in reader:
             yield batch.select(names)
