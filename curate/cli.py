@@ -137,10 +137,20 @@ def run(
     from curate.pipeline import RunOptions
 
     refuse_output_inside_input(input, output)
+    _dask_reads_parquet_only(input, input_format)
     options = RunOptions(resume=resume, overwrite=overwrite, progress=_progress(quiet))
     log = None if quiet else (lambda line: err_console.print(line, markup=False, highlight=False))
     result = run_pipeline_on_dask(spec, input, output, options, workers=workers, scheduler=scheduler, log=log)
     _print_run_summary(result.output, quiet)
+
+
+def _dask_reads_parquet_only(input_path: str, input_format: Optional[str]) -> None:
+    """The Dask runner plans its work units from Parquet footers; other formats run locally."""
+    from curate.formats import resolve_inputs
+
+    other = next(((path, kind) for path, kind in resolve_inputs(input_path, input_format) if kind != "parquet"), None)
+    if other is not None:
+        raise UsageError(f"--workers/--scheduler read Parquet input only, this is {other[1]}", path=other[0], fix="run without --workers/--scheduler, or convert the input to Parquet")
 
 
 @app.command()

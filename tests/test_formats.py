@@ -353,3 +353,12 @@ def test_export_refusals(tmp_path, capsys):
     assert code == 2 and "file name says gzip" in err and not (tmp_path / "x.jsonl.gz").exists()
     code, err = cli(["export", str(tmp_path / "nothing-here")], capsys)
     assert code == 2 and "not a curate output" in err
+
+
+def test_the_dask_runner_refuses_non_parquet_input_before_starting(tmp_path, capsys):
+    # Until the Dask runner reads through InputSet.file_batches it plans units from Parquet footers.
+    source = write_as(tmp_path, ".jsonl", make_rows(20), parts=1)
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(DEDUP)
+    code, err = cli(["run", str(pipeline), "-i", str(source), "-o", str(tmp_path / "out"), "--workers", "1", "--quiet"], capsys)
+    assert code == 2 and "Parquet input only" in err and "shard-00.jsonl" in err
