@@ -146,6 +146,19 @@ def test_blocks_unify_late_fields_numbers_and_date_strings(tmp_path, monkeypatch
     assert [r["n"] for r in got] == [1.0, 2.5, None, None] and got[2]["late"] == [1, 2] and got[3]["text"] is None
 
 
+def test_jsonl_reads_in_bounded_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(formats, "JSONL_BLOCK_BYTES", 1 << 20)
+    line = json.dumps({"id": "x", "text": "curate streams blocks " * 20}) + "\n"
+    path = tmp_path / "big.jsonl"
+    path.write_text(line * 40_000)  # about 19 MB
+    inputs = InputSet.scan(path, ColumnSpec(id="no_such_id"))
+    peak = 0
+    for batch in inputs.batches(batch_size=1024):
+        peak = max(peak, pa.total_allocated_bytes())
+    assert inputs.num_rows == 40_000
+    assert peak < path.stat().st_size / 4, f"{peak / 1e6:.1f} MB of Arrow memory for a {path.stat().st_size / 1e6:.0f} MB file"
+
+
 def test_file_batches_reads_row_groups_with_global_ordinals(tmp_path):
     write_parquet(tmp_path / "in" / "a.parquet", [{"id": f"a{i}", "text": "t"} for i in range(5)])
     pq.write_table(pa.table({"id": [f"b{i}" for i in range(10)], "text": ["u"] * 10}), tmp_path / "in" / "b.parquet", row_group_size=3)
