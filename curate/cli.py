@@ -20,6 +20,7 @@ err_console = Console(stderr=True)
 
 InputOpt = typer.Option(..., "-i", "--input", help="Directory, file or glob of Parquet shards, JSON Lines files (.jsonl, .json, .jsonl.gz, .jsonl.zst) or a saved Hugging Face dataset.")
 InputFormatOpt = typer.Option(None, "--input-format", help="parquet | jsonl | hf (default: from the file names).")
+StorageOpt = typer.Option(None, "--storage-option", help="fsspec option KEY=VALUE for a URL input such as s3://bucket/in/ (repeatable), e.g. endpoint_url=http://127.0.0.1:9000.")
 OutputOpt = typer.Option(..., "-o", "--output", help="Output directory.")
 TextColumnOpt = typer.Option(None, "--text-column", help="Text column (default: text).")
 IdColumnOpt = typer.Option(None, "--id-column", help="Id column (default: id; absent -> '<file stem>:<row>').")
@@ -85,7 +86,24 @@ def _stage_table(summaries) -> None:
     out_console.print(table)
 
 
-def _single_stage(kind: str, options: dict[str, Any], text_column, id_column, drop_null_text, seed, batch_size, input_format=None):
+def _storage_options(pairs: Optional[List[str]]) -> tuple[tuple[str, Any], ...]:
+    """--storage-option KEY=VALUE pairs; values read as TOML literals (true, 3) or else strings."""
+    import tomllib
+
+    options = []
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--storage-option {pair!r} is not KEY=VALUE", fix="e.g. --storage-option endpoint_url=http://127.0.0.1:9000")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        options.append((key.strip(), value))
+    return tuple(options)
+
+
+def _single_stage(kind: str, options: dict[str, Any], text_column, id_column, drop_null_text, seed, batch_size, input_format=None, storage=None):
     from dataclasses import replace
 
     from curate.formats import check_format
@@ -100,7 +118,7 @@ def _single_stage(kind: str, options: dict[str, Any], text_column, id_column, dr
     if batch_size is not None:
         data["batch_size"] = batch_size
     spec = parse_pipeline(data, f"curate {kind}")
-    return replace(spec, columns=replace(spec.columns, format=check_format(input_format)))
+    return replace(spec, columns=replace(spec.columns, format=check_format(input_format), storage_options=_storage_options(storage)))
 
 
 @app.command()
@@ -109,6 +127,7 @@ def run(
     input: str = InputOpt,
     output: Path = OutputOpt,
     input_format: Optional[str] = InputFormatOpt,
+    storage: Optional[List[str]] = StorageOpt,
     resume: bool = ResumeOpt,
     overwrite: bool = OverwriteOpt,
     text_column: Optional[str] = TextColumnOpt,
@@ -128,7 +147,7 @@ def run(
 
     spec = load_pipeline(pipeline)
     input_format = check_format(input_format) or spec.columns.format
-    columns = ColumnSpec(text=text_column or spec.columns.text, id=id_column or spec.columns.id, format=input_format)
+    columns = ColumnSpec(text=text_column or spec.columns.text, id=id_column or spec.columns.id, format=input_format, storage_options=_storage_options(storage))
     spec = replace(spec, columns=columns, drop_null_text=drop_null_text or spec.drop_null_text, seed=spec.seed if seed is None else seed)
     if workers is None and scheduler is None:
         _run_spec(spec, input, output, resume, overwrite, quiet)
@@ -137,20 +156,22 @@ def run(
     from curate.pipeline import RunOptions
 
     refuse_output_inside_input(input, output)
-    _dask_reads_parquet_only(input, input_format)
+    _dask_reads_parquet_only(input, input_format, columns.storage_options)
     options = RunOptions(resume=resume, overwrite=overwrite, progress=_progress(quiet))
     log = None if quiet else (lambda line: err_console.print(line, markup=False, highlight=False))
     result = run_pipeline_on_dask(spec, input, output, options, workers=workers, scheduler=scheduler, log=log)
     _print_run_summary(result.output, quiet)
 
 
-def _dask_reads_parquet_only(input_path: str, input_format: Optional[str]) -> None:
-    """The Dask runner plans its work units from Parquet footers; other formats run locally."""
+def _dask_reads_parquet_only(input_path: str, input_format: Optional[str], storage_options) -> None:
+    """The Dask runner plans its work units from local Parquet footers; other inputs run locally."""
     from curate.formats import resolve_inputs
+    from curate.storage import is_url
 
-    other = next(((path, kind) for path, kind in resolve_inputs(input_path, input_format) if kind != "parquet"), None)
+    other = next(((path, kind) for path, kind in resolve_inputs(input_path, input_format, storage_options) if kind != "parquet" or is_url(path)), None)
     if other is not None:
-        raise UsageError(f"--workers/--scheduler read Parquet input only, this is {other[1]}", path=other[0], fix="run without --workers/--scheduler, or convert the input to Parquet")
+        what = "a URL" if is_url(other[0]) else other[1]
+        raise UsageError(f"--workers/--scheduler read local Parquet input only, this is {what}", path=other[0], fix="run without --workers/--scheduler, or copy the input to local Parquet")
 
 
 @app.command()
@@ -158,6 +179,7 @@ def dedup(
     input: str = InputOpt,
     output: Path = OutputOpt,
     input_format: Optional[str] = InputFormatOpt,
+    storage: Optional[List[str]] = StorageOpt,
     method: str = typer.Option("exact", "--method", help="exact | minhash | semantic"),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="minhash: Jaccard; semantic: cosine similarity."),
     ngram: Optional[int] = typer.Option(None, "--ngram", help="minhash shingle size."),
@@ -178,7 +200,7 @@ def dedup(
     if method not in kinds:
         raise UsageError(f"unknown --method {method!r}", fix="use exact, minhash or semantic")
     options = {"threshold": threshold, "ngram": ngram, "num_perm": num_perm, "normalize": normalize, **_parse_sets(sets)}
-    spec = _single_stage(kinds[method], options, text_column, id_column, drop_null_text, seed, batch_size, input_format)
+    spec = _single_stage(kinds[method], options, text_column, id_column, drop_null_text, seed, batch_size, input_format, storage)
     _run_spec(spec, input, output, resume, overwrite, quiet)
 
 
@@ -187,6 +209,7 @@ def embed(
     input: str = InputOpt,
     output: Path = OutputOpt,
     input_format: Optional[str] = InputFormatOpt,
+    storage: Optional[List[str]] = StorageOpt,
     model: Optional[str] = typer.Option(None, "--model", help="minilm | hashing | column:NAME"),
     sets: Optional[List[str]] = SetOpt,
     resume: bool = ResumeOpt,
@@ -199,7 +222,7 @@ def embed(
     quiet: bool = QuietOpt,
 ) -> None:
     """Embed every text into OUT/embeddings (L2-normalized float32)."""
-    spec = _single_stage("embed", {"model": model, **_parse_sets(sets)}, text_column, id_column, drop_null_text, seed, batch_size, input_format)
+    spec = _single_stage("embed", {"model": model, **_parse_sets(sets)}, text_column, id_column, drop_null_text, seed, batch_size, input_format, storage)
     _run_spec(spec, input, output, resume, overwrite, quiet)
 
 
@@ -208,6 +231,7 @@ def score(
     input: str = InputOpt,
     output: Path = OutputOpt,
     input_format: Optional[str] = InputFormatOpt,
+    storage: Optional[List[str]] = StorageOpt,
     metric: str = typer.Option("prototypes", "--metric", help="prototypes | loss"),
     keep: Optional[str] = typer.Option(None, "--keep", help="hard | easy | auto"),
     fraction: Optional[float] = typer.Option(None, "--fraction", help="Fraction of rows to keep."),
@@ -228,7 +252,7 @@ def score(
         raise UsageError(f"unknown --metric {metric!r}", fix="use prototypes or loss")
     cluster_option = "clusters" if metric == "prototypes" else "groups"  # SeTa calls its loss clusters groups
     options = {"keep": keep, "fraction": fraction, cluster_option: clusters, **_parse_sets(sets)}
-    spec = _single_stage(kinds[metric], options, text_column, id_column, drop_null_text, seed, batch_size, input_format)
+    spec = _single_stage(kinds[metric], options, text_column, id_column, drop_null_text, seed, batch_size, input_format, storage)
     _run_spec(spec, input, output, resume, overwrite, quiet)
 
 
@@ -237,6 +261,7 @@ def pools(
     input: str = InputOpt,
     output: Path = OutputOpt,
     input_format: Optional[str] = InputFormatOpt,
+    storage: Optional[List[str]] = StorageOpt,
     score_column: str = typer.Option(..., "--score", help="Score column to bucket."),
     pools: int = typer.Option(4, "--pools", help="Number of quality pools."),
     sets: Optional[List[str]] = SetOpt,
@@ -247,7 +272,7 @@ def pools(
     quiet: bool = QuietOpt,
 ) -> None:
     """Split rows into K quantile pools of a score column (pool 0 best)."""
-    spec = _single_stage("pools", {"score": score_column, "pools": pools, **_parse_sets(sets)}, text_column, id_column, False, None, None, input_format)
+    spec = _single_stage("pools", {"score": score_column, "pools": pools, **_parse_sets(sets)}, text_column, id_column, False, None, None, input_format, storage)
     _run_spec(spec, input, output, resume, overwrite, quiet)
 
 

@@ -19,7 +19,9 @@ import pyarrow as pa
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
+from curate import storage
 from curate.errors import InputError, UsageError
+from curate.storage import StorageOptions
 
 PARQUET, JSONL, HF = "parquet", "jsonl", "hf"
 FORMATS = (PARQUET, JSONL, HF)
@@ -44,8 +46,8 @@ def check_format(name: str | None) -> str | None:
     raise UsageError(f"unknown input format {name!r}", fix=f"use --input-format {FORMAT_HELP} (or format = \"jsonl\" in [input])")
 
 
-def format_of_name(path: Path) -> str | None:
-    name = path.name.lower()
+def format_of_name(path: str | Path) -> str | None:
+    name = storage.name(str(path)).lower()
     if name.endswith(".parquet"):
         return PARQUET
     if any(name.endswith(suffix) for suffix in JSONL_SUFFIXES):
@@ -57,16 +59,16 @@ def format_of_name(path: Path) -> str | None:
 
 def file_stem(path: str | Path) -> str:
     """The stem of synthesized ids '<file stem>:<row>': `x.jsonl.gz` -> `x`, `x.parquet` -> `x`."""
-    path = Path(path)
-    lowered = path.name.lower()
+    name = storage.name(str(path))
+    lowered = name.lower()
     for suffix in sorted(JSONL_SUFFIXES, key=len, reverse=True):
         if lowered.endswith(suffix):
-            return path.name[: -len(suffix)]
-    return path.stem
+            return name[: -len(suffix)]
+    return Path(name).stem
 
 
-def jsonl_compression(path: Path) -> str | None:
-    lowered = path.name.lower()
+def jsonl_compression(path: str | Path) -> str | None:
+    lowered = storage.name(str(path)).lower()
     for suffix, codec in sorted(JSONL_SUFFIXES.items(), key=lambda item: -len(item[0])):
         if lowered.endswith(suffix):
             return codec
@@ -77,64 +79,103 @@ def jsonl_compression(path: Path) -> str | None:
 # Which files an input names.
 
 
-def resolve_inputs(source: str | Path, fmt: str | None = None) -> list[tuple[Path, str]]:
-    """(file, format) in input order for a directory (searched recursively), a file, a saved
-    dataset directory or a glob. One format per input unless forced: a directory holding two
-    would otherwise change meaning when a stray file appears."""
+def resolve_inputs(source: str | Path, fmt: str | None = None, options: StorageOptions = ()) -> list[tuple[str, str]]:
+    """(file location, format) in input order for a directory (searched recursively), a file,
+    a saved dataset directory or a glob; local, or an fsspec URL. One format per input unless
+    forced: a directory holding two would otherwise change meaning when a stray file appears."""
     fmt = check_format(fmt)
-    text = str(source)
+    text = storage.local_or_url(str(source))
+    if storage.is_url(text):
+        return _resolve_remote(text, fmt, options)
     path = Path(text)
     if path.is_dir():
-        return _resolve_directory(path, fmt)
+        files = [str(p) for p in path.rglob("*") if p.is_file()]
+        return _resolve_listing(str(path), files, fmt, options)
     if path.is_file():
-        return [(path, fmt or format_of_name(path) or PARQUET)]
-    if any(ch in text for ch in "*?["):
-        found: dict[str, list[Path]] = {PARQUET: [], JSONL: [], HF: []}
-        for match in sorted(Path(p) for p in glob.glob(text, recursive=True)):
-            if match.is_file():
-                found[fmt or format_of_name(match) or PARQUET].append(match)
-            elif match.is_dir() and _is_saved_dataset(match) and fmt in (None, HF):
-                found[HF].extend(saved_dataset_files(match))
-        if not any(found.values()):
-            raise InputError("the glob matches no files", path=text, fix="check the pattern, e.g. 'data/*.parquet'")
-        return _one_format(found, text, fmt)
+        return [(str(path), fmt or format_of_name(text) or PARQUET)]
+    if _is_glob(text):
+        matches = [Path(p) for p in glob.glob(text, recursive=True)]
+        files = [str(p) for p in matches if p.is_file()]
+        datasets = [str(p) for p in matches if p.is_dir() and (p / HF_STATE).is_file() and (p / HF_INFO).is_file()]
+        return _resolve_matches(text, files, datasets, fmt, options)
     raise InputError("input does not exist", path=text, fix="pass an existing directory, file or glob with -i")
 
 
-def _resolve_directory(path: Path, fmt: str | None) -> list[tuple[Path, str]]:
-    if (path / HF_DICT).is_file():
-        splits = sorted(p.name for p in path.iterdir() if p.is_dir() and _is_saved_dataset(p))
+def _is_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def _resolve_remote(url: str, fmt: str | None, options: StorageOptions) -> list[tuple[str, str]]:
+    remote = storage.Remote(url, options)
+    remote.fs.invalidate_cache()  # fsspec reuses filesystem objects: list afresh, as a new process would
+    if _is_glob(remote.path):
+        files, datasets = [], []
+        for path, info in remote.call("list", remote.fs.glob, remote.path, detail=True).items():
+            location = remote.location(path)
+            if info.get("type") == "directory":
+                if storage.exists(storage.join(location, HF_STATE), options) and storage.exists(storage.join(location, HF_INFO), options):
+                    datasets.append(location)
+            else:
+                files.append(location)
+        return _resolve_matches(url, files, datasets, fmt, options)
+    if remote.isdir():
+        return _resolve_listing(url.rstrip("/"), remote.find(), fmt, options)
+    if remote.isfile():
+        return [(url, fmt or format_of_name(url) or PARQUET)]
+    raise InputError("input does not exist", path=url, fix="pass an existing prefix, object or glob with -i; check the bucket name")
+
+
+def _resolve_matches(pattern: str, files: list[str], datasets: list[str], fmt: str | None, options: StorageOptions) -> list[tuple[str, str]]:
+    found: dict[str, list[str]] = {PARQUET: [], JSONL: [], HF: []}
+    for file in sorted(files, key=storage.order_key):
+        found[fmt or format_of_name(file) or PARQUET].append(file)
+    if fmt in (None, HF):
+        for dataset in sorted(datasets, key=storage.order_key):
+            found[HF].extend(saved_dataset_files(dataset, options))
+    if not any(found.values()):
+        raise InputError("the glob matches no files", path=pattern, fix="check the pattern, e.g. 'data/*.parquet'")
+    return _one_format(found, pattern, fmt)
+
+
+def _resolve_listing(root: str, files: list[str], fmt: str | None, options: StorageOptions) -> list[tuple[str, str]]:
+    """A directory (or prefix), given every file under it."""
+    present = set(files)
+    datasets = sorted(
+        {storage.parent(f) for f in files if storage.name(f) == HF_STATE and storage.join(storage.parent(f), HF_INFO) in present},
+        key=storage.order_key,
+    )
+    if storage.join(root, HF_DICT) in present:
+        splits = sorted(storage.name(d) for d in datasets if storage.parent(d) == root)
         raise UsageError(
             f"a saved DatasetDict (splits: {', '.join(splits) or 'none'})",
-            path=path,
-            fix=f"point -i at one split, e.g. -i {path / (splits[0] if splits else 'train')}",
+            path=root,
+            fix=f"point -i at one split, e.g. -i {storage.join(root, splits[0] if splits else 'train')}",
         )
-    if _is_saved_dataset(path) and fmt in (None, HF):
-        return [(p, HF) for p in saved_dataset_files(path)]
-    datasets = sorted(p.parent for p in path.rglob(HF_STATE) if _is_saved_dataset(p.parent))
-    found: dict[str, list[Path]] = {PARQUET: [], JSONL: [], HF: []}
-    for file in sorted(path.rglob("*")):
-        if file.name.startswith(".") or not file.is_file() or any(d in file.parents for d in datasets):
+    if root in datasets and fmt in (None, HF):
+        return [(f, HF) for f in saved_dataset_files(root, options, present)]
+    found: dict[str, list[str]] = {PARQUET: [], JSONL: [], HF: []}
+    for file in sorted(files, key=storage.order_key):
+        if storage.name(file).startswith(".") or any(file.startswith(d + "/") for d in datasets):
             continue
         kind = format_of_name(file)
         if kind in (PARQUET, JSONL):
             found[kind].append(file)
     for dataset in datasets:
-        if (dataset.parent / HF_DICT).is_file():
+        if storage.join(storage.parent(dataset), HF_DICT) in present:
             raise UsageError("a split of a saved DatasetDict inside the input", path=dataset, fix=f"point -i at one split, e.g. -i {dataset}")
-        found[HF].extend(saved_dataset_files(dataset))
+        found[HF].extend(saved_dataset_files(dataset, options, present))
     if fmt is not None and not found[fmt]:
-        raise InputError(f"no {_NAMES[fmt]} files in this directory", path=path, fix=f"point -i at a folder of {_NAMES[fmt]} files, or drop --input-format")
+        raise InputError(f"no {_NAMES[fmt]} files in this directory", path=root, fix=f"point -i at a folder of {_NAMES[fmt]} files, or drop --input-format")
     if not any(found.values()):
         raise InputError(
             "no .parquet files (nor .jsonl, .json, .jsonl.gz, .jsonl.zst or a saved Hugging Face dataset) in this directory",
-            path=path,
+            path=root,
             fix="point -i at a folder of Parquet shards, JSON Lines files or a datasets.save_to_disk directory",
         )
-    return _one_format(found, path, fmt)
+    return _one_format(found, root, fmt)
 
 
-def _one_format(found: dict[str, list[Path]], where: object, fmt: str | None) -> list[tuple[Path, str]]:
+def _one_format(found: dict[str, list[str]], where: object, fmt: str | None) -> list[tuple[str, str]]:
     if fmt is not None:
         return [(p, fmt) for p in found[fmt]]
     present = [kind for kind in FORMATS if found[kind]]
@@ -144,21 +185,17 @@ def _one_format(found: dict[str, list[Path]], where: object, fmt: str | None) ->
     return [(p, present[0]) for p in found[present[0]]]
 
 
-def _is_saved_dataset(directory: Path) -> bool:
-    return (directory / HF_STATE).is_file() and (directory / HF_INFO).is_file()
-
-
-def saved_dataset_files(directory: Path) -> list[Path]:
+def saved_dataset_files(directory: str, options: StorageOptions = (), present: set[str] | None = None) -> list[str]:
     """The Arrow files of a `save_to_disk` directory, in the order its state.json lists them."""
-    state_path = directory / HF_STATE
+    state_path = storage.join(directory, HF_STATE)
     try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
+        state = json.loads(storage.read_bytes(state_path, options).decode("utf-8"))
         names = [entry["filename"] for entry in state["_data_files"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"not a readable state.json of a saved dataset ({type(exc).__name__}: {exc})", path=state_path, fix="re-save the dataset with datasets.save_to_disk") from None
-    files = [directory / name for name in names]
+    files = [storage.join(directory, name) for name in names]
     for file in files:
-        if not file.is_file():
+        if not (file in present if present is not None else storage.exists(file, options)):
             raise InputError("listed in state.json but missing", path=file, fix="re-save the dataset with datasets.save_to_disk")
     return files
 
@@ -175,28 +212,29 @@ class FileScan:
     rows: int
 
 
-def scan_file(path: Path, fmt: str, text_column: str) -> FileScan:
+def scan_file(path: str, fmt: str, text_column: str, options: StorageOptions = ()) -> FileScan:
     if fmt == PARQUET:
-        parquet = open_parquet(path)
+        parquet = open_parquet(path, options)
         return FileScan(parquet.schema_arrow, parquet.metadata.num_rows)
     if fmt == JSONL:
-        return _scan_jsonl(path, text_column)
+        return _scan_jsonl(path, text_column, options)
     if fmt == HF:
-        return _scan_arrow_stream(path)
+        return _scan_arrow_stream(path, options)
     raise ValueError(f"unknown format {fmt!r}")
 
 
 def read_batches(
-    path: Path,
+    path: str,
     fmt: str,
     schema: pa.Schema,
     batch_size: int,
     row_groups: Sequence[int] | None = None,
+    options: StorageOptions = (),
 ) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(first row of the batch within the file, batch) holding the columns of `schema` that the
     file has (JSON Lines: all of them, null where a line lacks the field)."""
     if fmt == PARQUET:
-        yield from _parquet_batches(path, schema, batch_size, row_groups)
+        yield from _parquet_batches(path, schema, batch_size, row_groups, options)
         return
     if row_groups is not None:
         raise ValueError(f"row groups are a Parquet notion; {fmt} files are read whole (row_groups=None)")
@@ -204,9 +242,9 @@ def read_batches(
     if not names:  # ids only, synthesized: read a stand-in column, since rows need a column to count
         schema = pa.schema([pa.field(_ROW_COUNTER, pa.null())])
     if fmt == JSONL:
-        batches: Iterable[pa.RecordBatch] = _jsonl_batches(path, schema)
+        batches: Iterable[pa.RecordBatch] = _jsonl_batches(path, schema, options)
     elif fmt == HF:
-        batches = _arrow_stream_batches(path, schema)
+        batches = _arrow_stream_batches(path, schema, options)
     else:
         raise ValueError(f"unknown format {fmt!r}")
     row = 0
@@ -237,15 +275,20 @@ def rebatch(batches: Iterable[pa.RecordBatch], batch_size: int) -> Iterator[pa.R
 # Parquet
 
 
-def open_parquet(path: Path) -> pq.ParquetFile:
+def _source(path: str, options: StorageOptions) -> object:
+    """What pyarrow opens: a local path as is (its native reader), a URL as an fsspec file."""
+    return storage.open_binary(path, options) if storage.is_url(path) else path
+
+
+def open_parquet(path: str, options: StorageOptions = ()) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(_source(path, options))
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"not a readable Parquet file ({first_line(exc)})", path=path, fix="re-export the shard or remove it from the input") from None
 
 
-def _parquet_batches(path: Path, schema: pa.Schema, batch_size: int, row_groups: Sequence[int] | None) -> Iterator[tuple[int, pa.RecordBatch]]:
-    parquet = open_parquet(path)
+def _parquet_batches(path: str, schema: pa.Schema, batch_size: int, row_groups: Sequence[int] | None, options: StorageOptions) -> Iterator[tuple[int, pa.RecordBatch]]:
+    parquet = open_parquet(path, options)
     names = set(parquet.schema_arrow.names)
     columns = [name for name in schema.names if name in names]
     metadata = parquet.metadata
@@ -261,7 +304,7 @@ def _parquet_batches(path: Path, schema: pa.Schema, batch_size: int, row_groups:
             row += batch.num_rows
 
 
-def _contiguous_runs(row_groups: Sequence[int], count: int, path: Path) -> list[list[int]]:
+def _contiguous_runs(row_groups: Sequence[int], count: int, path: str) -> list[list[int]]:
     """Row groups in runs of consecutive indices, so each run is one reader call with one
     starting row (a unit of work is normally a single run)."""
     groups = list(row_groups)
@@ -276,8 +319,8 @@ def _contiguous_runs(row_groups: Sequence[int], count: int, path: Path) -> list[
     return runs
 
 
-def parquet_row_group_rows(path: Path, row_groups: Sequence[int] | None) -> int:
-    metadata = open_parquet(path).metadata
+def parquet_row_group_rows(path: str, row_groups: Sequence[int] | None, options: StorageOptions = ()) -> int:
+    metadata = open_parquet(path, options).metadata
     groups = range(metadata.num_row_groups) if row_groups is None else row_groups
     return sum(metadata.row_group(g).num_rows for g in groups)
 
@@ -296,13 +339,13 @@ def parquet_row_group_rows(path: Path, row_groups: Sequence[int] | None) -> int:
 # scan infer each block and unify, and gives line numbers for errors.
 
 
-def _jsonl_blocks(path: Path) -> Iterator[tuple[int, bytes]]:
+def _jsonl_blocks(path: str, options: StorageOptions = ()) -> Iterator[tuple[int, bytes]]:
     """(number of the block's first line, whole lines) of the decompressed file."""
     codec = jsonl_compression(path)
     line = 1
     rest = b""
     try:
-        stream = pa.input_stream(str(path), compression=codec)
+        stream = pa.input_stream(_source(path, options), compression=codec)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"cannot open ({first_line(exc)})", path=path, fix="check the file exists and is readable") from None
     with stream:
@@ -327,7 +370,7 @@ def _jsonl_blocks(path: Path) -> Iterator[tuple[int, bytes]]:
         yield line, rest
 
 
-def _parse_block(path: Path, first: int, block: bytes, schema: pa.Schema | None = None) -> pa.Table:
+def _parse_block(path: str, first: int, block: bytes, schema: pa.Schema | None = None) -> pa.Table:
     options = pj.ParseOptions() if schema is None else pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     try:
         return pj.read_json(pa.BufferReader(block), parse_options=options)
@@ -335,10 +378,10 @@ def _parse_block(path: Path, first: int, block: bytes, schema: pa.Schema | None 
         raise _diagnose(path, first, block, exc) from None
 
 
-def _scan_jsonl(path: Path, text_column: str) -> FileScan:
+def _scan_jsonl(path: str, text_column: str, options: StorageOptions = ()) -> FileScan:
     schema: pa.Schema | None = None
     rows = 0
-    for first, block in _jsonl_blocks(path):
+    for first, block in _jsonl_blocks(path, options):
         table = _parse_block(path, first, block)
         try:  # the parser passes invalid UTF-8 inside strings through; a full validation finds it (2 ms per 8 MiB block)
             table.validate(full=True)
@@ -351,10 +394,10 @@ def _scan_jsonl(path: Path, text_column: str) -> FileScan:
     return FileScan(schema, rows)
 
 
-def _jsonl_batches(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+def _jsonl_batches(path: str, schema: pa.Schema, options: StorageOptions = ()) -> Iterator[pa.RecordBatch]:
     # An explicit schema: values parse to the scan's (unified) types, strings that look like
     # dates stay strings, and fields not asked for are skipped.
-    for first, block in _jsonl_blocks(path):
+    for first, block in _jsonl_blocks(path, options):
         yield from _parse_block(path, first, block, schema).to_batches()
 
 
@@ -375,7 +418,7 @@ def _record_lines(first: int, block: bytes) -> list[tuple[int, bytes]]:
     return [(first + i, raw) for i, raw in enumerate(block.split(b"\n")) if raw.strip()]
 
 
-def _check_text_field(path: Path, first: int, block: bytes, table: pa.Table, text_column: str) -> None:
+def _check_text_field(path: str, first: int, block: bytes, table: pa.Table, text_column: str) -> None:
     """A record without the text field is an error; `"text": null` is a null text (the input
     check reports it, or --drop-null-text sends it to the ledger, as for Parquet)."""
     fix = f"give every line a '{text_column}' field (null if empty), or name the text field with --text-column"
@@ -395,7 +438,7 @@ def _check_text_field(path: Path, first: int, block: bytes, table: pa.Table, tex
             raise InputError(f"line {number} has no '{text_column}' field", path=path, fix=fix)
 
 
-def _unify_block(path: Path, first: int, block: bytes, schema: pa.Schema, block_schema: pa.Schema) -> pa.Schema:
+def _unify_block(path: str, first: int, block: bytes, schema: pa.Schema, block_schema: pa.Schema) -> pa.Schema:
     try:
         return pa.unify_schemas([schema, block_schema], promote_options="permissive")
     except (pa.ArrowException, TypeError) as exc:
@@ -422,7 +465,7 @@ def _unifies(a: pa.DataType, b: pa.DataType) -> bool:
     return True
 
 
-def _diagnose(path: Path, first: int, block: bytes, exc: BaseException) -> InputError:
+def _diagnose(path: str, first: int, block: bytes, exc: BaseException) -> InputError:
     """Name the line pyarrow failed on (its error counts records, not lines, and never names
     the file): decode line by line, on the error path only."""
     kinds: dict[str, tuple[str, int]] = {}
@@ -486,15 +529,15 @@ def _type_kind(dtype: pa.DataType) -> str:
 # Saved Hugging Face datasets: Arrow IPC stream files, memory-mapped (zero copy).
 
 
-def _open_stream(path: Path) -> pa.ipc.RecordBatchStreamReader:
+def _open_stream(path: str, options: StorageOptions = ()) -> pa.ipc.RecordBatchStreamReader:
     try:
-        return pa.ipc.open_stream(pa.memory_map(str(path)))
+        return pa.ipc.open_stream(storage.open_binary(path, options) if storage.is_url(path) else pa.memory_map(path))
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"not a readable Arrow stream file ({first_line(exc)})", path=path, fix="re-save the dataset with datasets.save_to_disk") from None
 
 
-def _scan_arrow_stream(path: Path) -> FileScan:
-    reader = _open_stream(path)
+def _scan_arrow_stream(path: str, options: StorageOptions = ()) -> FileScan:
+    reader = _open_stream(path, options)
     rows = 0
     try:
         for batch in reader:  # headers only: the bodies stay in the memory map
@@ -504,8 +547,8 @@ def _scan_arrow_stream(path: Path) -> FileScan:
     return FileScan(reader.schema.remove_metadata(), rows)
 
 
-def _arrow_stream_batches(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    reader = _open_stream(path)
+def _arrow_stream_batches(path: str, schema: pa.Schema, options: StorageOptions = ()) -> Iterator[pa.RecordBatch]:
+    reader = _open_stream(path, options)
     names = [name for name in schema.names if name in reader.schema.names] or reader.schema.names[:1]
     try:
         for batch in reader:

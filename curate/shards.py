@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
+from curate import storage
 from curate.errors import InputError, OutputError, UsageError
 from curate.formats import (
     JSONL,
@@ -35,6 +36,7 @@ from curate.formats import (
     resolve_inputs,
     scan_file,
 )
+from curate.storage import StorageOptions
 
 ROW_COLUMN = "__curate_row"
 DEFAULT_BATCH_SIZE = 65_536
@@ -46,12 +48,13 @@ _ID_TYPES_HINT = "an id column of string or integer type"
 
 @dataclass(frozen=True)
 class ColumnSpec:
-    """How to read the input: which columns hold the text and the id, and the file format
-    (None: from the file names; see `formats.FORMATS`)."""
+    """How to read the input: which columns hold the text and the id, the file format (None:
+    from the file names; see `formats.FORMATS`) and fsspec options for a URL input."""
 
     text: str = "text"
     id: str = "id"
     format: str | None = None
+    storage_options: StorageOptions = ()  # for an fsspec URL input; never written to the manifest
 
 
 @dataclass(frozen=True)
@@ -68,16 +71,19 @@ class InputFile:
         return asdict(self)
 
 
-def resolve_input_files(source: str | os.PathLike, fmt: str | None = None) -> list[Path]:
-    """A directory (searched recursively), a single file, a saved dataset or a glob, in input order."""
-    return [path for path, _ in resolve_inputs(source, fmt)]
+def resolve_input_files(source: str | os.PathLike, fmt: str | None = None, options: StorageOptions = ()) -> list[Path | str]:
+    """A directory (searched recursively), a single file, a saved dataset or a glob, in input
+    order: local paths as Paths, URLs as strings."""
+    return [loc if storage.is_url(loc) else Path(loc) for loc, _ in resolve_inputs(source, fmt, options)]
 
 
 def refuse_output_inside_input(source: str | os.PathLike, output: str | os.PathLike) -> None:
     """-o inside -i would make the next run over the input read this run's parts as shards;
     -i inside -o would let --overwrite clear the input. Both are refused before anything is
     written. A glob counts from its directory part (`data/*.jsonl` -> `data`)."""
-    text = str(source)
+    text = storage.local_or_url(str(source))
+    if storage.is_url(text) or storage.is_url(str(output)):
+        return  # another filesystem than the (local) output
     base = Path(text)
     if not base.exists() and any(ch in text for ch in "*?["):
         base = Path(*[part for part in takewhile(lambda p: not any(ch in p for ch in "*?["), base.parts)] or ["."])
@@ -89,20 +95,21 @@ def refuse_output_inside_input(source: str | os.PathLike, output: str | os.PathL
         raise UsageError(f"the input {source} is inside the output {output}, which --overwrite would clear", path=output, fix=fix)
 
 
-def fingerprint_file(path: Path, fmt: str = PARQUET) -> str:
+def fingerprint_file(path: str | Path, fmt: str = PARQUET, options: StorageOptions = ()) -> str:
     """Parquet and Arrow files: size plus xxh3 of the head and the footer, cheap on huge shards;
     any rewrite of a Parquet file changes its footer (row-group offsets and sizes). JSON Lines
     has no footer, and the scan reads every byte anyway, so it is hashed whole (xxh3 runs at
     several GB/s, far above the JSON parse)."""
-    size = path.stat().st_size
+    size = storage.size(str(path), options)
     digest = xxhash.xxh3_128()
     digest.update(str(size).encode())
+    opened = storage.open_binary(str(path), options) if storage.is_url(str(path)) else open(path, "rb")
     if fmt == JSONL:
-        with open(path, "rb") as handle:
+        with opened as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)
         return digest.hexdigest()
-    with open(path, "rb") as handle:
+    with opened as handle:
         digest.update(handle.read(_FINGERPRINT_SPAN))
         if size > _FINGERPRINT_SPAN:
             handle.seek(max(size - _FINGERPRINT_SPAN, _FINGERPRINT_SPAN))
@@ -160,10 +167,11 @@ class InputSet:
         if output is not None:
             refuse_output_inside_input(source, output)
         fmt = check_format(columns.format)
-        found = resolve_inputs(source, fmt)
+        options = columns.storage_options
+        found = resolve_inputs(source, fmt, options)
         scans = []
         for path, kind in found:
-            scan = scan_file(path, kind, columns.text)
+            scan = scan_file(path, kind, columns.text, options)
             if scan.schema is not None:
                 _check_columns(path, scan.schema, columns)
             scans.append(scan)
@@ -180,7 +188,7 @@ class InputSet:
         files: list[InputFile] = []
         offset = 0
         for (path, kind), scan in zip(found, scans):
-            files.append(InputFile(str(path), path.stat().st_size, scan.rows, fingerprint_file(path, kind), offset, has_id, kind))
+            files.append(InputFile(path, storage.size(path, options), scan.rows, fingerprint_file(path, kind, options), offset, has_id, kind))
             offset += scan.rows
         if not with_schema:  # nothing but empty files: zero rows of id and text
             unified = pa.schema([pa.field(columns.id, pa.string()), pa.field(columns.text, pa.string())])
@@ -207,14 +215,15 @@ class InputSet:
         return self._file_batches(self.files[index], batch_size, columns, row_groups)
 
     def _file_batches(self, file: InputFile, batch_size: int, columns: Sequence[str] | None, row_groups: tuple[int, ...] | None = None) -> Iterator[pa.RecordBatch]:
-        path = Path(file.path)
+        path = file.path
+        options = self.columns.storage_options
         wanted = list(self.schema.names) if columns is None else _with_required(columns, self.columns, self.schema)
         read = [name for name in wanted if file.has_id or name != self.columns.id]
         read_schema = pa.schema([self.schema.field(name) for name in read])
-        expected = file.rows if row_groups is None or file.format != PARQUET else parquet_row_group_rows(path, row_groups)
+        expected = file.rows if row_groups is None or file.format != PARQUET else parquet_row_group_rows(path, row_groups, options)
         seen = 0
         try:
-            for row, batch in read_batches(path, file.format, read_schema, batch_size, row_groups):
+            for row, batch in read_batches(path, file.format, read_schema, batch_size, row_groups, options):
                 n = batch.num_rows
                 yield self._conform(batch, wanted, file, file.row_offset + row, n)
                 seen += n
@@ -231,7 +240,7 @@ class InputSet:
             raise InputError(f"row count differs from {what} ({seen} != {expected})", path=path, fix="re-export the file; do not change the input during a run")
 
     def _conform(self, batch: pa.RecordBatch, wanted: list[str], file: InputFile, start: int, n: int) -> pa.RecordBatch:
-        path = Path(file.path)
+        path = file.path
         arrays = []
         names = []
         for name in wanted:
@@ -290,7 +299,7 @@ def _plain_text_and_id(schema: pa.Schema, columns: ColumnSpec) -> pa.Schema:
     return schema
 
 
-def _unify(schemas: list[pa.Schema], paths: list[Path], columns: ColumnSpec) -> pa.Schema:
+def _unify(schemas: list[pa.Schema], paths: list[str], columns: ColumnSpec) -> pa.Schema:
     schemas = [_plain_text_and_id(s, columns) for s in schemas]
     try:
         unified = pa.unify_schemas([s.remove_metadata() for s in schemas], promote_options="permissive")
@@ -300,7 +309,7 @@ def _unify(schemas: list[pa.Schema], paths: list[Path], columns: ColumnSpec) -> 
                 pa.unify_schemas([schemas[0].remove_metadata(), schema.remove_metadata()], promote_options="permissive")
             except (pa.ArrowException, TypeError):
                 raise InputError(
-                    f"schema does not match {paths[0].name} ({_first_line(exc)})",
+                    f"schema does not match {storage.name(paths[0])} ({_first_line(exc)})",
                     path=path,
                     fix="give every shard the same column types",
                 ) from None
