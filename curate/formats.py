@@ -90,7 +90,8 @@ def resolve_inputs(source: str | Path, fmt: str | None = None, options: StorageO
     path = Path(text)
     if path.is_dir():
         files = [str(p) for p in path.rglob("*") if p.is_file()]
-        return _resolve_listing(str(path), files, fmt, options)
+        root = "" if str(path) == "." else str(path)  # rglob under "." yields "a.parquet", not "./a.parquet"
+        return _resolve_listing(root, files, fmt, options)
     if path.is_file():
         return [(str(path), fmt or format_of_name(text) or PARQUET)]
     if _is_glob(text):
@@ -140,6 +141,7 @@ def _resolve_matches(pattern: str, files: list[str], datasets: list[str], fmt: s
 def _resolve_listing(root: str, files: list[str], fmt: str | None, options: StorageOptions) -> list[tuple[str, str]]:
     """A directory (or prefix), given every file under it."""
     present = set(files)
+    where = root or "."
     datasets = sorted(
         {storage.parent(f) for f in files if storage.name(f) == HF_STATE and storage.join(storage.parent(f), HF_INFO) in present},
         key=storage.order_key,
@@ -148,7 +150,7 @@ def _resolve_listing(root: str, files: list[str], fmt: str | None, options: Stor
         splits = sorted(storage.name(d) for d in datasets if storage.parent(d) == root)
         raise UsageError(
             f"a saved DatasetDict (splits: {', '.join(splits) or 'none'})",
-            path=root,
+            path=where,
             fix=f"point -i at one split, e.g. -i {storage.join(root, splits[0] if splits else 'train')}",
         )
     if root in datasets and fmt in (None, HF):
@@ -165,14 +167,14 @@ def _resolve_listing(root: str, files: list[str], fmt: str | None, options: Stor
             raise UsageError("a split of a saved DatasetDict inside the input", path=dataset, fix=f"point -i at one split, e.g. -i {dataset}")
         found[HF].extend(saved_dataset_files(dataset, options, present))
     if fmt is not None and not found[fmt]:
-        raise InputError(f"no {_NAMES[fmt]} files in this directory", path=root, fix=f"point -i at a folder of {_NAMES[fmt]} files, or drop --input-format")
+        raise InputError(f"no {_NAMES[fmt]} files in this directory", path=where, fix=f"point -i at a folder of {_NAMES[fmt]} files, or drop --input-format")
     if not any(found.values()):
         raise InputError(
             "no .parquet files (nor .jsonl, .json, .jsonl.gz, .jsonl.zst or a saved Hugging Face dataset) in this directory",
-            path=root,
+            path=where,
             fix="point -i at a folder of Parquet shards, JSON Lines files or a datasets.save_to_disk directory",
         )
-    return _one_format(found, root, fmt)
+    return _one_format(found, where, fmt)
 
 
 def _one_format(found: dict[str, list[str]], where: object, fmt: str | None) -> list[tuple[str, str]]:
