@@ -30,7 +30,6 @@ from curate.formats import (
     check_format,
     file_stem,
     first_line as _first_line,
-    open_parquet as _open_parquet,
     parquet_row_group_rows,
     read_batches,
     resolve_inputs,

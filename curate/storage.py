@@ -9,6 +9,7 @@ environment variables, AWS_ENDPOINT_URL included, and profiles).
 
 from __future__ import annotations
 
+import os
 import posixpath
 from typing import Any, BinaryIO
 
@@ -109,8 +110,6 @@ def open_binary(location: str, options: StorageOptions = ()) -> BinaryIO:
 
 def size(location: str, options: StorageOptions = ()) -> int:
     if not is_url(location):
-        import os
-
         return os.stat(location).st_size
     remote = Remote(location, options)
     return int(remote.call("read", remote.fs.size, remote.path))
@@ -118,8 +117,6 @@ def size(location: str, options: StorageOptions = ()) -> int:
 
 def exists(location: str, options: StorageOptions = ()) -> bool:
     if not is_url(location):
-        import os
-
         return os.path.exists(location)
     remote = Remote(location, options)
     return bool(remote.call("read", remote.fs.exists, remote.path))
