@@ -21,7 +21,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Streaming da
 out_console = Console()
 err_console = Console(stderr=True)
 
-InputOpt = typer.Option(..., "-i", "--input", help="Directory, file or glob of Parquet shards.")
+InputOpt = typer.Option(..., "-i", "--input", help="Directory, file or glob of Parquet shards, JSON Lines files (.jsonl, .json, .jsonl.gz, .jsonl.zst) or a saved Hugging Face dataset.")
+InputFormatOpt = typer.Option(None, "--input-format", help="parquet | jsonl | hf (default: from the file names).")
+StorageOpt = typer.Option(None, "--storage-option", help="fsspec option KEY=VALUE for a URL input such as s3://bucket/in/ (repeatable), e.g. endpoint_url=http://127.0.0.1:9000.")
 OutputOpt = typer.Option(..., "-o", "--output", help="Output directory.")
 TextColumnOpt = typer.Option(None, "--text-column", help="Text column (default: text).")
 IdColumnOpt = typer.Option(None, "--id-column", help="Id column (default: id; absent -> '<file stem>:<row>').")
@@ -61,7 +63,6 @@ def _parse_sets(pairs: Optional[List[str]]) -> dict[str, Any]:
 def _run_spec(spec, input_path: str, output: Path, resume: bool, overwrite: bool, quiet: bool, *, jobs=None, workers=None, scheduler=None) -> None:
     from curate.executors import make_executor
     from curate.pipeline import RunOptions, run_pipeline
-
     with make_executor(jobs=jobs, workers=workers, scheduler=scheduler) as executor:
         if not quiet and (workers is not None or scheduler is not None):
             for line in executor.describe():
@@ -91,7 +92,27 @@ def _stage_table(summaries) -> None:
     out_console.print(table)
 
 
-def _single_stage(kind: str, options: dict[str, Any], text_column, id_column, drop_null_text, seed, batch_size):
+def _storage_options(pairs: Optional[List[str]]) -> tuple[tuple[str, Any], ...]:
+    """--storage-option KEY=VALUE pairs; values read as TOML literals (true, 3) or else strings."""
+    import tomllib
+
+    options = []
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--storage-option {pair!r} is not KEY=VALUE", fix="e.g. --storage-option endpoint_url=http://127.0.0.1:9000")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        options.append((key.strip(), value))
+    return tuple(options)
+
+
+def _single_stage(kind: str, options: dict[str, Any], text_column, id_column, drop_null_text, seed, batch_size, input_format=None, storage=None):
+    from dataclasses import replace
+
+    from curate.formats import check_format
     from curate.pipeline import parse_pipeline
 
     data: dict[str, Any] = {"stage": [{"kind": kind, **{k: v for k, v in options.items() if v is not None}}]}
@@ -102,7 +123,8 @@ def _single_stage(kind: str, options: dict[str, Any], text_column, id_column, dr
         data["seed"] = seed
     if batch_size is not None:
         data["batch_size"] = batch_size
-    return parse_pipeline(data, f"curate {kind}")
+    spec = parse_pipeline(data, f"curate {kind}")
+    return replace(spec, columns=replace(spec.columns, format=check_format(input_format), storage_options=_storage_options(storage)))
 
 
 @app.command()
@@ -110,6 +132,8 @@ def run(
     pipeline: Path = typer.Argument(..., help="Pipeline TOML file."),
     input: str = InputOpt,
     output: Path = OutputOpt,
+    input_format: Optional[str] = InputFormatOpt,
+    storage: Optional[List[str]] = StorageOpt,
     resume: bool = ResumeOpt,
     overwrite: bool = OverwriteOpt,
     text_column: Optional[str] = TextColumnOpt,
@@ -124,11 +148,13 @@ def run(
     """Run a pipeline file over the input shards: on every core here (--jobs), or on Dask (--workers, --scheduler)."""
     from dataclasses import replace
 
+    from curate.formats import check_format
     from curate.pipeline import load_pipeline
     from curate.shards import ColumnSpec
 
     spec = load_pipeline(pipeline)
-    columns = ColumnSpec(text=text_column or spec.columns.text, id=id_column or spec.columns.id)
+    input_format = check_format(input_format) or spec.columns.format
+    columns = ColumnSpec(text=text_column or spec.columns.text, id=id_column or spec.columns.id, format=input_format, storage_options=_storage_options(storage))
     spec = replace(spec, columns=columns, drop_null_text=drop_null_text or spec.drop_null_text, seed=spec.seed if seed is None else seed)
     _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler)
 
@@ -137,6 +163,8 @@ def run(
 def dedup(
     input: str = InputOpt,
     output: Path = OutputOpt,
+    input_format: Optional[str] = InputFormatOpt,
+    storage: Optional[List[str]] = StorageOpt,
     method: str = typer.Option("exact", "--method", help="exact | minhash | semantic"),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="minhash: Jaccard; semantic: cosine similarity."),
     ngram: Optional[int] = typer.Option(None, "--ngram", help="minhash shingle size."),
@@ -160,7 +188,7 @@ def dedup(
     if method not in kinds:
         raise UsageError(f"unknown --method {method!r}", fix="use exact, minhash or semantic")
     options = {"threshold": threshold, "ngram": ngram, "num_perm": num_perm, "normalize": normalize, **_parse_sets(sets)}
-    spec = _single_stage(kinds[method], options, text_column, id_column, drop_null_text, seed, batch_size)
+    spec = _single_stage(kinds[method], options, text_column, id_column, drop_null_text, seed, batch_size, input_format, storage)
     _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler)
 
 
@@ -168,6 +196,8 @@ def dedup(
 def embed(
     input: str = InputOpt,
     output: Path = OutputOpt,
+    input_format: Optional[str] = InputFormatOpt,
+    storage: Optional[List[str]] = StorageOpt,
     model: Optional[str] = typer.Option(None, "--model", help="minilm | hashing | column:NAME"),
     sets: Optional[List[str]] = SetOpt,
     resume: bool = ResumeOpt,
@@ -183,7 +213,7 @@ def embed(
     scheduler: Optional[str] = SchedulerOpt,
 ) -> None:
     """Embed every text into OUT/embeddings (L2-normalized float32)."""
-    spec = _single_stage("embed", {"model": model, **_parse_sets(sets)}, text_column, id_column, drop_null_text, seed, batch_size)
+    spec = _single_stage("embed", {"model": model, **_parse_sets(sets)}, text_column, id_column, drop_null_text, seed, batch_size, input_format, storage)
     _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler)
 
 
@@ -191,6 +221,8 @@ def embed(
 def score(
     input: str = InputOpt,
     output: Path = OutputOpt,
+    input_format: Optional[str] = InputFormatOpt,
+    storage: Optional[List[str]] = StorageOpt,
     metric: str = typer.Option("prototypes", "--metric", help="prototypes | loss"),
     keep: Optional[str] = typer.Option(None, "--keep", help="hard | easy | auto"),
     fraction: Optional[float] = typer.Option(None, "--fraction", help="Fraction of rows to keep."),
@@ -214,7 +246,7 @@ def score(
         raise UsageError(f"unknown --metric {metric!r}", fix="use prototypes or loss")
     cluster_option = "clusters" if metric == "prototypes" else "groups"  # SeTa calls its loss clusters groups
     options = {"keep": keep, "fraction": fraction, cluster_option: clusters, **_parse_sets(sets)}
-    spec = _single_stage(kinds[metric], options, text_column, id_column, drop_null_text, seed, batch_size)
+    spec = _single_stage(kinds[metric], options, text_column, id_column, drop_null_text, seed, batch_size, input_format, storage)
     _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler)
 
 
@@ -222,6 +254,8 @@ def score(
 def pools(
     input: str = InputOpt,
     output: Path = OutputOpt,
+    input_format: Optional[str] = InputFormatOpt,
+    storage: Optional[List[str]] = StorageOpt,
     score_column: str = typer.Option(..., "--score", help="Score column to bucket."),
     pools: int = typer.Option(4, "--pools", help="Number of quality pools."),
     sets: Optional[List[str]] = SetOpt,
@@ -235,7 +269,7 @@ def pools(
     scheduler: Optional[str] = SchedulerOpt,
 ) -> None:
     """Split rows into K quantile pools of a score column (pool 0 best)."""
-    spec = _single_stage("pools", {"score": score_column, "pools": pools, **_parse_sets(sets)}, text_column, id_column, False, None, None)
+    spec = _single_stage("pools", {"score": score_column, "pools": pools, **_parse_sets(sets)}, text_column, id_column, False, None, None, input_format, storage)
     _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler)
 
 
@@ -384,6 +418,22 @@ def inspect(output: Path = typer.Argument(..., help="Output directory of a finis
     counts = pool_counts(output)
     if counts:
         out_console.print("pools: " + ", ".join(f"{k}: {v:,}" for k, v in counts.items()))
+
+
+@app.command("export")
+def export_command(
+    output: Path = typer.Argument(..., help="Output directory of a finished run."),
+    format: str = typer.Option("jsonl", "--format", help="jsonl (kept/ itself is Parquet)."),
+    target: Optional[Path] = typer.Option(None, "-o", "--output", help="A directory (one file per kept part; default OUT/kept-jsonl) or a file ending in .jsonl, .jsonl.gz or .jsonl.zst (all rows)."),
+    compression: Optional[str] = typer.Option(None, "--compression", help="gzip | zstd | none (default: from a file name, else none)."),
+) -> None:
+    """Write the kept rows of a finished output as JSON Lines."""
+    from curate.export import export_jsonl
+
+    if format != "jsonl":
+        raise UsageError(f"unknown --format {format!r}", fix="use --format jsonl; kept/ already is Parquet")
+    result = export_jsonl(output, target, compression)
+    out_console.print(f"exported {result.rows:,} kept rows to {result.target} ({len(result.files)} file{'s' if len(result.files) != 1 else ''})")
 
 
 def _is_click_error(exc: BaseException) -> bool:

@@ -115,7 +115,7 @@ class LocalExecutor(_Timed):
                 max_workers=self.workers,
                 mp_context=_process_context(),
                 initializer=_init_worker_process,
-                initargs=(self.threads_per_task, os.getpid()),
+                initargs=(self.threads_per_task, os.getpid(), dict(os.environ)),
             )
         return self._pool
 
@@ -188,13 +188,17 @@ def _gather(futures: list[Future], sizes: list[int], bar: Any) -> list[Any]:
     return [f.result() for f in futures]
 
 
-def _init_worker_process(threads: int, driver_pid: int) -> None:
+def _init_worker_process(threads: int, driver_pid: int, environ: dict[str, str]) -> None:
     """Runs first in each worker: cap native thread pools, and exit when the driver does.
 
     A `kill -9` of `curate` must not leave workers behind writing into its output or holding
     its stdout open. A worker cannot count on EOF for that: it holds both ends of the pool's
     queues, and the fork server it came from holds its own, so each worker watches the
-    driver's pid (a pidfd where Linux has one, else a poll every second)."""
+    driver's pid (a pidfd where Linux has one, else a poll every second). The driver's
+    environment is copied in (credentials, offline switches): the fork server that made this
+    process may have started before they were set."""
+    os.environ.clear()
+    os.environ.update(environ)
     for name in _THREAD_VARS:
         os.environ[name] = str(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

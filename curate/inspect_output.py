@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
+from curate import storage
 from curate.errors import UsageError
 from curate.ledger import VerifyReport, verify_conservation
 from curate.manifest import read_manifest
@@ -27,7 +28,7 @@ def load_finished_manifest(out: Path) -> dict:
 def verify_output(out: Path) -> VerifyReport:
     manifest = load_finished_manifest(out)
     files = [InputFile(**f) for f in manifest["input"]["files"]]
-    missing = [f.path for f in files if not Path(f.path).exists()]
+    missing = [f.path for f in files if not storage.exists(f.path)]  # URLs: credentials from the environment
     if missing:
         raise UsageError("input file is gone, cannot verify against it", path=missing[0], fix="run verify where the input is still present")
     config = manifest["config"]["input"]

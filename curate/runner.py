@@ -123,7 +123,7 @@ def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os
 def _run(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions, executor: Executor) -> RunResult:
     out = Path(output)
     config = json.loads(json.dumps(spec.resolved()))
-    inputs = InputSet.scan(source, spec.columns)
+    inputs = InputSet.scan(source, spec.columns, output=out)  # an output inside the input is refused
     input_record = [f.to_json() for f in inputs.files]
     manifest = prepare_output(out, config, input_record, resume=options.resume, overwrite=options.overwrite)
     if manifest is None:

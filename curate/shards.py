@@ -1,16 +1,18 @@
-"""Parquet shard I/O: ordered streaming reads with input validation, atomic rolling writes.
+"""Shard I/O: ordered streaming reads of the input with validation, atomic rolling Parquet writes.
 
-Input order is the sorted file list, then row order inside each file. Every row carries a
+The input is Parquet, JSON Lines or a saved Hugging Face dataset (readers in `formats`);
+every per-file read goes through `InputSet.file_batches`. Input order is the sorted file
+list, then row order inside each file. Every row carries a
 global ordinal (`ROW_COLUMN`) fixed at read time from the files' row counts, so any stage,
 local or distributed, can pick "the earliest row" without seeing the whole stream.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 from dataclasses import asdict, dataclass, field
+from itertools import takewhile
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -20,7 +22,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
-from curate.errors import InputError, OutputError
+from curate import storage
+from curate.errors import InputError, OutputError, UsageError
+from curate.formats import (
+    JSONL,
+    PARQUET,
+    check_format,
+    file_stem,
+    first_line as _first_line,
+    parquet_row_group_rows,
+    read_batches,
+    resolve_inputs,
+    scan_file,
+)
+from curate.storage import StorageOptions
 
 ROW_COLUMN = "__curate_row"
 DEFAULT_BATCH_SIZE = 65_536
@@ -32,10 +47,13 @@ _ID_TYPES_HINT = "an id column of string or integer type"
 
 @dataclass(frozen=True)
 class ColumnSpec:
-    """Which input columns hold the text and the id."""
+    """How to read the input: which columns hold the text and the id, the file format (None:
+    from the file names; see `formats.FORMATS`) and fsspec options for a URL input."""
 
     text: str = "text"
     id: str = "id"
+    format: str | None = None
+    storage_options: StorageOptions = ()  # for an fsspec URL input; never written to the manifest
 
 
 @dataclass(frozen=True)
@@ -46,37 +64,51 @@ class InputFile:
     fingerprint: str
     row_offset: int
     has_id: bool
+    format: str = PARQUET  # manifests written before other formats existed list Parquet files only
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def resolve_input_files(source: str | os.PathLike) -> list[Path]:
-    """A directory (searched recursively), a single file or a glob, sorted for a stable order."""
-    text = str(source)
-    path = Path(text)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.parquet") if p.is_file() and not p.name.startswith("."))
-        if not files:
-            raise InputError("no .parquet files in this directory", path=path, fix="point -i at a folder of Parquet shards")
-        return files
-    if path.is_file():
-        return [path]
-    if any(ch in text for ch in "*?["):
-        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
-        if not files:
-            raise InputError("the glob matches no files", path=text, fix="check the pattern, e.g. 'data/*.parquet'")
-        return files
-    raise InputError("input does not exist", path=text, fix="pass an existing directory, file or glob with -i")
+def resolve_input_files(source: str | os.PathLike, fmt: str | None = None, options: StorageOptions = ()) -> list[Path | str]:
+    """A directory (searched recursively), a single file, a saved dataset or a glob, in input
+    order: local paths as Paths, URLs as strings."""
+    return [loc if storage.is_url(loc) else Path(loc) for loc, _ in resolve_inputs(source, fmt, options)]
 
 
-def fingerprint_file(path: Path) -> str:
-    """Size plus xxh3 of the head and the footer: cheap on huge shards, and any rewrite of a
-    Parquet file changes its footer (row-group offsets and sizes)."""
-    size = path.stat().st_size
+def refuse_output_inside_input(source: str | os.PathLike, output: str | os.PathLike) -> None:
+    """-o inside -i would make the next run over the input read this run's parts as shards;
+    -i inside -o would let --overwrite clear the input. Both are refused before anything is
+    written. A glob counts from its directory part (`data/*.jsonl` -> `data`)."""
+    text = storage.local_or_url(str(source))
+    if storage.is_url(text) or storage.is_url(str(output)):
+        return  # another filesystem than the (local) output
+    base = Path(text)
+    if not base.exists() and any(ch in text for ch in "*?["):
+        base = Path(*[part for part in takewhile(lambda p: not any(ch in p for ch in "*?["), base.parts)] or ["."])
+    base, out = base.resolve(), Path(output).resolve()
+    fix = "write the output next to the input, not inside it (or the input inside the output)"
+    if out == base or base in out.parents:
+        raise UsageError(f"the output {output} is inside the input {source}; a later run over the input would read this output as shards", path=output, fix=fix)
+    if out in base.parents:
+        raise UsageError(f"the input {source} is inside the output {output}, which --overwrite would clear", path=output, fix=fix)
+
+
+def fingerprint_file(path: str | Path, fmt: str = PARQUET, options: StorageOptions = ()) -> str:
+    """Parquet and Arrow files: size plus xxh3 of the head and the footer, cheap on huge shards;
+    any rewrite of a Parquet file changes its footer (row-group offsets and sizes). JSON Lines
+    has no footer, and the scan reads every byte anyway, so it is hashed whole (xxh3 runs at
+    several GB/s, far above the JSON parse)."""
+    size = storage.size(str(path), options)
     digest = xxhash.xxh3_128()
     digest.update(str(size).encode())
-    with open(path, "rb") as handle:
+    opened = storage.open_binary(str(path), options) if storage.is_url(str(path)) else open(path, "rb")
+    if fmt == JSONL:
+        with opened as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    with opened as handle:
         digest.update(handle.read(_FINGERPRINT_SPAN))
         if size > _FINGERPRINT_SPAN:
             handle.seek(max(size - _FINGERPRINT_SPAN, _FINGERPRINT_SPAN))
@@ -84,23 +116,9 @@ def fingerprint_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _open_parquet(path: Path) -> pq.ParquetFile:
-    try:
-        return pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise InputError(
-            f"not a readable Parquet file ({_first_line(exc)})",
-            path=path,
-            fix="re-export the shard or remove it from the input",
-        ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _check_text_type(path: Path, name: str, dtype: pa.DataType) -> None:
+    if pa.types.is_null(dtype):  # every value null (JSON Lines): the input check reports null texts
+        return
     if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
         return
     if pa.types.is_dictionary(dtype) and (pa.types.is_string(dtype.value_type) or pa.types.is_large_string(dtype.value_type)):
@@ -115,7 +133,7 @@ def _check_text_type(path: Path, name: str, dtype: pa.DataType) -> None:
 def _check_id_type(path: Path, name: str, dtype: pa.DataType) -> None:
     if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_integer(dtype) or pa.types.is_string_view(dtype):
         return
-    if pa.types.is_dictionary(dtype):
+    if pa.types.is_dictionary(dtype) or pa.types.is_null(dtype):
         return
     raise InputError(
         f"id column '{name}' has type {dtype}",
@@ -141,40 +159,40 @@ class InputSet:
         return not any(f.has_id for f in self.files)
 
     @classmethod
-    def scan(cls, source: str | os.PathLike, columns: ColumnSpec = ColumnSpec()) -> "InputSet":
-        """Open every shard once (footer only): schema, types and row counts are checked up front."""
-        paths = resolve_input_files(source)
-        files: list[InputFile] = []
-        schemas: list[pa.Schema] = []
-        offset = 0
-        for path in paths:
-            parquet = _open_parquet(path)
-            schema = parquet.schema_arrow
-            if columns.text not in schema.names:
-                raise InputError(
-                    f"missing text column '{columns.text}' (columns: {', '.join(schema.names) or 'none'})",
-                    path=path,
-                    fix="name the text column with --text-column (or [input] text_column in the pipeline)",
-                )
-            _check_text_type(path, columns.text, schema.field(columns.text).type)
-            has_id = columns.id in schema.names
-            if has_id:
-                _check_id_type(path, columns.id, schema.field(columns.id).type)
-            if ROW_COLUMN in schema.names:
-                raise InputError(f"column '{ROW_COLUMN}' is reserved by curate", path=path, fix="rename or drop that column")
-            rows = parquet.metadata.num_rows
-            files.append(InputFile(str(path), path.stat().st_size, rows, fingerprint_file(path), offset, has_id))
-            schemas.append(schema)
-            offset += rows
-        has_ids = {f.has_id for f in files}
+    def scan(cls, source: str | os.PathLike, columns: ColumnSpec = ColumnSpec(), output: str | os.PathLike | None = None) -> "InputSet":
+        """Open every file once (Parquet: footer only; JSON Lines: parsed once, to learn its
+        fields and row count): schema, types and row counts are checked up front. With
+        `output`, an output inside the input (or the reverse) is refused first."""
+        if output is not None:
+            refuse_output_inside_input(source, output)
+        fmt = check_format(columns.format)
+        options = columns.storage_options
+        found = resolve_inputs(source, fmt, options)
+        scans = []
+        for path, kind in found:
+            scan = scan_file(path, kind, columns.text, options)
+            if scan.schema is not None:
+                _check_columns(path, scan.schema, columns)
+            scans.append(scan)
+        with_schema = [(path, scan) for (path, _), scan in zip(found, scans) if scan.schema is not None]
+        has_ids = {columns.id in scan.schema.names for _, scan in with_schema}
         if len(has_ids) > 1:
-            odd = next(f for f in files if f.has_id != files[0].has_id)
+            odd = next(path for path, scan in with_schema if (columns.id in scan.schema.names) != (columns.id in with_schema[0][1].schema.names))
             raise InputError(
                 f"some shards have the id column '{columns.id}' and some do not",
-                path=odd.path,
+                path=odd,
                 fix="give every shard an id column, or none (ids are then '<file stem>:<row>')",
             )
-        unified = _unify(schemas, paths, columns)
+        has_id = has_ids.pop() if has_ids else False  # files without records (empty JSON Lines) follow the others
+        files: list[InputFile] = []
+        offset = 0
+        for (path, kind), scan in zip(found, scans):
+            files.append(InputFile(path, storage.size(path, options), scan.rows, fingerprint_file(path, kind, options), offset, has_id, kind))
+            offset += scan.rows
+        if not with_schema:  # nothing but empty files: zero rows of id and text
+            unified = pa.schema([pa.field(columns.id, pa.string()), pa.field(columns.text, pa.string())])
+        else:
+            unified = _unify([scan.schema for _, scan in with_schema], [path for path, _ in with_schema], columns)
         return cls(files, unified, columns)
 
     def batches(self, batch_size: int = DEFAULT_BATCH_SIZE, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
@@ -185,31 +203,29 @@ class InputSet:
             yield from self._file_batches(file, batch_size, columns)
 
     def file_batches(
-        self, index: int, batch_size: int = DEFAULT_BATCH_SIZE, columns: Sequence[str] | None = None, row_groups: Sequence[int] | None = None
+        self,
+        index: int,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        columns: Sequence[str] | None = None,
+        row_groups: tuple[int, ...] | None = None,
     ) -> Iterator[pa.RecordBatch]:
-        """One shard's batches (or those of a contiguous run of its row groups): what a work unit reads."""
+        """One file's batches (or, for Parquet, those of `row_groups`, ascending indices): the
+        unit of work for parallel execution. Conformed as `batches`, with global ordinals."""
         return self._file_batches(self.files[index], batch_size, columns, row_groups)
 
-    def _file_batches(
-        self, file: InputFile, batch_size: int, columns: Sequence[str] | None, row_groups: Sequence[int] | None = None
-    ) -> Iterator[pa.RecordBatch]:
-        path = Path(file.path)
-        parquet = _open_parquet(path)
-        file_names = set(parquet.schema_arrow.names)
+    def _file_batches(self, file: InputFile, batch_size: int, columns: Sequence[str] | None, row_groups: tuple[int, ...] | None = None) -> Iterator[pa.RecordBatch]:
+        path = file.path
+        options = self.columns.storage_options
         wanted = list(self.schema.names) if columns is None else _with_required(columns, self.columns, self.schema)
-        read_cols = [c for c in wanted if c in file_names]
-        start = file.row_offset
-        expected = file.rows
-        if row_groups is not None:
-            groups = list(row_groups)
-            start += sum(parquet.metadata.row_group(g).num_rows for g in range(groups[0])) if groups else 0
-            expected = sum(parquet.metadata.row_group(g).num_rows for g in groups)
-        first = start
+        read = [name for name in wanted if file.has_id or name != self.columns.id]
+        read_schema = pa.schema([self.schema.field(name) for name in read])
+        expected = file.rows if row_groups is None or file.format != PARQUET else parquet_row_group_rows(path, row_groups, options)
+        seen = 0
         try:
-            for batch in parquet.iter_batches(batch_size=batch_size, row_groups=row_groups, columns=read_cols, use_threads=row_groups is None):
+            for row, batch in read_batches(path, file.format, read_schema, batch_size, row_groups, options):
                 n = batch.num_rows
-                yield self._conform(batch, wanted, file, start, n)
-                start += n
+                yield self._conform(batch, wanted, file, file.row_offset + row, n)
+                seen += n
         except InputError:
             raise
         except (pa.ArrowException, OSError) as exc:
@@ -218,18 +234,19 @@ class InputSet:
                 path=path,
                 fix="the shard is corrupt, truncated or not valid UTF-8; re-export it or remove it from the input",
             ) from None
-        if start != first + expected:
-            raise InputError("row count differs from the Parquet footer", path=path, fix="re-export the shard")
+        if seen != expected:
+            what = "the Parquet footer" if file.format == PARQUET else "when the input was scanned"
+            raise InputError(f"row count differs from {what} ({seen} != {expected})", path=path, fix="re-export the file; do not change the input during a run")
 
     def _conform(self, batch: pa.RecordBatch, wanted: list[str], file: InputFile, start: int, n: int) -> pa.RecordBatch:
-        path = Path(file.path)
+        path = file.path
         arrays = []
         names = []
         for name in wanted:
             target = self.schema.field(name).type
             if name == self.columns.id and not file.has_id:
                 local = pa.array(np.arange(start - file.row_offset, start - file.row_offset + n, dtype=np.int64)).cast(pa.string())
-                column = pc.binary_join_element_wise(pa.scalar(path.stem), local, ":")
+                column = pc.binary_join_element_wise(pa.scalar(file_stem(path)), local, ":")
             elif name in batch.schema.names:
                 column = batch.column(name)
                 if column.type != target:
@@ -249,6 +266,20 @@ class InputSet:
         names.append(ROW_COLUMN)
         return pa.RecordBatch.from_arrays(arrays, names=names)
 
+def _check_columns(path: Path, schema: pa.Schema, columns: ColumnSpec) -> None:
+    if columns.text not in schema.names:
+        raise InputError(
+            f"missing text column '{columns.text}' (columns: {', '.join(schema.names) or 'none'})",
+            path=path,
+            fix="name the text column with --text-column (or [input] text_column in the pipeline)",
+        )
+    _check_text_type(path, columns.text, schema.field(columns.text).type)
+    if columns.id in schema.names:
+        _check_id_type(path, columns.id, schema.field(columns.id).type)
+    if ROW_COLUMN in schema.names:
+        raise InputError(f"column '{ROW_COLUMN}' is reserved by curate", path=path, fix="rename or drop that column")
+
+
 def _with_required(columns: Sequence[str], spec: ColumnSpec, schema: pa.Schema) -> list[str]:
     wanted = [spec.id] + [c for c in columns if c != spec.id and c != ROW_COLUMN]
     missing = [c for c in wanted if c not in schema.names]
@@ -267,7 +298,7 @@ def _plain_text_and_id(schema: pa.Schema, columns: ColumnSpec) -> pa.Schema:
     return schema
 
 
-def _unify(schemas: list[pa.Schema], paths: list[Path], columns: ColumnSpec) -> pa.Schema:
+def _unify(schemas: list[pa.Schema], paths: list[str], columns: ColumnSpec) -> pa.Schema:
     schemas = [_plain_text_and_id(s, columns) for s in schemas]
     try:
         unified = pa.unify_schemas([s.remove_metadata() for s in schemas], promote_options="permissive")
@@ -277,7 +308,7 @@ def _unify(schemas: list[pa.Schema], paths: list[Path], columns: ColumnSpec) -> 
                 pa.unify_schemas([schemas[0].remove_metadata(), schema.remove_metadata()], promote_options="permissive")
             except (pa.ArrowException, TypeError):
                 raise InputError(
-                    f"schema does not match {paths[0].name} ({_first_line(exc)})",
+                    f"schema does not match {storage.name(paths[0])} ({_first_line(exc)})",
                     path=path,
                     fix="give every shard the same column types",
                 ) from None
@@ -286,9 +317,13 @@ def _unify(schemas: list[pa.Schema], paths: list[Path], columns: ColumnSpec) -> 
     id_type = unified.field(columns.id).type if columns.id in unified.names else pa.string()
     if pa.types.is_dictionary(id_type):
         id_type = id_type.value_type
+    if pa.types.is_null(id_type):
+        id_type = pa.string()
     text_field = unified.field(columns.text)
     if pa.types.is_dictionary(text_field.type):
         fields = [pa.field(f.name, text_field.type.value_type) if f.name == columns.text else f for f in fields]
+    elif pa.types.is_null(text_field.type):  # every text null: still a string column downstream
+        fields = [pa.field(f.name, pa.string()) if f.name == columns.text else f for f in fields]
     return pa.schema([pa.field(columns.id, id_type)] + fields)
 
 

@@ -38,7 +38,12 @@ class PipelineSpec:
             options = {**cls.option_defaults(), **spec.options}
             stages.append({"name": spec.name, "kind": spec.kind, "options": options})
         return {
-            "input": {"text_column": self.columns.text, "id_column": self.columns.id, "drop_null_text": self.drop_null_text},
+            "input": {
+                "text_column": self.columns.text,
+                "id_column": self.columns.id,
+                "drop_null_text": self.drop_null_text,
+                **({"format": self.columns.format} if self.columns.format else {}),  # absent: outputs made before formats still resume
+            },
             "seed": self.seed,
             "stages": stages,
             "report": self.report,
@@ -46,7 +51,7 @@ class PipelineSpec:
 
 
 _TOP_KEYS = {"input", "stage", "report", "seed", "batch_size"}
-_INPUT_KEYS = {"text_column", "id_column", "drop_null_text"}
+_INPUT_KEYS = {"text_column", "id_column", "drop_null_text", "format"}
 
 
 def load_pipeline(path: str | os.PathLike) -> PipelineSpec:
@@ -98,10 +103,19 @@ def parse_pipeline(data: dict[str, Any], source: str = "pipeline") -> PipelineSp
         parse_report_table(report, source)
     return PipelineSpec(
         stages=stages,
-        columns=ColumnSpec(text=input_table.get("text_column", "text"), id=input_table.get("id_column", "id")),
+        columns=ColumnSpec(text=input_table.get("text_column", "text"), id=input_table.get("id_column", "id"), format=_input_format(input_table, source)),
         seed=seed,
         drop_null_text=bool(input_table.get("drop_null_text", False)),
         batch_size=batch_size,
         report=report,
         source=source,
     )
+
+
+def _input_format(table: dict[str, Any], source: str) -> str | None:
+    from curate.formats import check_format
+
+    try:
+        return check_format(table.get("format"))
+    except UsageError as exc:
+        raise UsageError(f"[input] format: {exc}", path=source, fix="format = \"parquet\", \"jsonl\" or \"hf\" (or leave it out)") from None

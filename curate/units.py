@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.formats import open_parquet
 from curate.shards import ROW_COLUMN, ColumnSpec, InputFile, InputSet, count_part_rows, iter_part_batches, list_parts
 
 DEFAULT_UNIT_ROWS = 1_000_000
@@ -184,7 +185,8 @@ def plan_units(source: InputSource | PartSource | Unit, unit_rows: int = DEFAULT
             if getattr(file, "format", "parquet") != "parquet":  # a stream: one unit per file
                 units.append(InputUnit(len(units), file, None, file.rows, file.row_offset, inputs.schema, inputs.columns, source.batch_size, source.drop_null_text))
                 continue
-            for groups, rows, before in _row_group_slices(pq.read_metadata(file.path), unit_rows, split_groups=True):
+            metadata = open_parquet(file.path, inputs.columns.storage_options).metadata  # local path or fsspec URL
+            for groups, rows, before in _row_group_slices(metadata, unit_rows, split_groups=True):
                 units.append(
                     InputUnit(len(units), file, groups, rows, file.row_offset + before, inputs.schema, inputs.columns, source.batch_size, source.drop_null_text)
                 )

@@ -1,0 +1,130 @@
+"""Where input bytes live: a local path, or an fsspec URL (s3://, gs://, az://, ...).
+
+Local paths are opened by pyarrow natively (memory maps, its own file reader); URLs go through
+fsspec, whose backends are optional extras. `file://` URLs are plain local paths.
+Storage options (endpoint, credentials, ...) are `(key, value)` pairs, passed to fsspec as
+keyword arguments; credentials may equally come the backend's usual way (for S3 the AWS_*
+environment variables, AWS_ENDPOINT_URL included, and profiles).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import Any, BinaryIO
+
+from curate.errors import CurateError, InputError, UsageError
+
+StorageOptions = tuple[tuple[str, Any], ...]
+# fsspec protocol -> the curate extra that installs its backend
+EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure"}
+_FIX_REMOTE = "check the URL, the endpoint and the credentials (--storage-option KEY=VALUE, or the backend's environment variables)"
+
+
+def is_url(location: str) -> bool:
+    return "://" in str(location)
+
+
+def local_or_url(source: str) -> str:
+    """`file:///data/x` -> `/data/x`; anything else unchanged."""
+    text = str(source)
+    return text[len("file://") :] if text.startswith("file://") else text
+
+
+def protocol(url: str) -> str:
+    return url.split("://", 1)[0]
+
+
+def filesystem(url: str, options: StorageOptions = ()) -> tuple[Any, str]:
+    """(fsspec filesystem, path inside it); a missing backend is exit 2 naming the extra."""
+    scheme = protocol(url)
+    try:
+        import fsspec
+
+        return fsspec.core.url_to_fs(url, **dict(options))
+    except ImportError as exc:
+        extra = EXTRAS.get(scheme)
+        fix = f"pip install 'curate[{extra}]'" if extra else f"install the fsspec backend for {scheme}://"
+        raise UsageError(f"reading {scheme}:// needs an optional dependency ({exc})", path=url, fix=fix) from None
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"cannot use this URL ({exc})", path=url, fix="use s3://, gs://, az://, file:// or a local path; check --storage-option keys") from None
+
+
+def join(location: str, name: str) -> str:
+    return posixpath.join(location, name)
+
+
+def parent(location: str) -> str:
+    return posixpath.dirname(location.rstrip("/"))
+
+
+def name(location: str) -> str:
+    return posixpath.basename(location.rstrip("/"))
+
+
+def order_key(location: str) -> tuple[str, ...]:
+    """Input order: path components compared in turn (as pathlib sorts), so `a/b` < `a-c`."""
+    return tuple(location.split("/"))
+
+
+class Remote:
+    """Listing and opening under one URL, with errors turned into one line naming the URL."""
+
+    def __init__(self, url: str, options: StorageOptions = ()):
+        self.url = url
+        self.fs, self.path = filesystem(url, options)
+        self.scheme = protocol(url)
+
+    def location(self, path: str) -> str:
+        return f"{self.scheme}://{path.lstrip('/')}"
+
+    def call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CurateError:
+            raise
+        except FileNotFoundError:
+            raise InputError("input does not exist", path=self.url, fix=_FIX_REMOTE) from None
+        except Exception as exc:  # backends raise their own types (botocore, aiohttp, ...)
+            text = str(exc).strip().splitlines()
+            raise InputError(f"cannot {what} ({type(exc).__name__}: {text[0] if text else ''})", path=self.url, fix=_FIX_REMOTE) from None
+
+    def glob(self) -> list[str]:
+        return [self.location(p) for p in self.call("list", self.fs.glob, self.path)]
+
+    def find(self) -> list[str]:
+        return [self.location(p) for p in self.call("list", self.fs.find, self.path)]
+
+    def isdir(self, path: str | None = None) -> bool:
+        return bool(self.call("list", self.fs.isdir, self.path if path is None else path))
+
+    def isfile(self, path: str | None = None) -> bool:
+        return bool(self.call("list", self.fs.isfile, self.path if path is None else path))
+
+
+def open_binary(location: str, options: StorageOptions = ()) -> BinaryIO:
+    """An fsspec file for a URL (read-ahead buffered by the backend)."""
+    remote = Remote(location, options)
+    return remote.call("open", remote.fs.open, remote.path, "rb")
+
+
+def size(location: str, options: StorageOptions = ()) -> int:
+    if not is_url(location):
+        return os.stat(location).st_size
+    remote = Remote(location, options)
+    return int(remote.call("read", remote.fs.size, remote.path))
+
+
+def exists(location: str, options: StorageOptions = ()) -> bool:
+    if not is_url(location):
+        return os.path.exists(location)
+    remote = Remote(location, options)
+    return bool(remote.call("read", remote.fs.exists, remote.path))
+
+
+def read_bytes(location: str, options: StorageOptions = ()) -> bytes:
+    if not is_url(location):
+        with open(location, "rb") as handle:
+            return handle.read()
+    remote = Remote(location, options)
+    return remote.call("read", remote.fs.cat_file, remote.path)

@@ -1,0 +1,120 @@
+"""Input from an object store through fsspec: a real S3 endpoint on loopback (moto's server,
+s3fs as the client) gives the same kept ids as the same files on local disk, for Parquet,
+JSON Lines and a saved dataset; a missing bucket or backend is one line, exit 2."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import socket
+
+import pytest
+
+from curate.inspect_output import verify_output
+from curate.shards import ColumnSpec, InputSet, read_parts
+from conftest import cli
+from test_formats import DEDUP, make_rows, write_as
+
+BUCKET = "curate-test"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """(endpoint URL, s3fs filesystem) of a moto server on a free loopback port."""
+    s3fs = pytest.importorskip("s3fs")
+    server_module = pytest.importorskip("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log on stderr
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing", skip_instance_cache=True)
+    fs.mkdir(BUCKET)
+    yield endpoint, fs
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(s3, monkeypatch):
+    """Credentials the way users set them: the standard AWS variables, the endpoint included."""
+    endpoint, _ = s3
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    return endpoint
+
+
+def upload(fs, local, prefix: str) -> str:
+    fs.put(str(local), f"{BUCKET}/{prefix}", recursive=True)
+    fs.invalidate_cache()
+    return f"s3://{BUCKET}/{prefix}"
+
+
+def kept_ids(out) -> list[str]:
+    return read_parts(out / "kept").column("id").to_pylist()
+
+
+@pytest.mark.parametrize("fmt", [".parquet", ".jsonl.gz", "hf"])
+def test_s3_input_gives_the_local_kept_ids(tmp_path, capsys, s3, fmt):
+    endpoint, fs = s3
+    source = write_as(tmp_path, fmt, make_rows(300, seed=7), parts=3)
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(DEDUP)
+    assert cli(["run", str(pipeline), "-i", str(source), "-o", str(tmp_path / "local"), "--quiet"], capsys)[0] == 0
+    url = upload(fs, source, f"{tmp_path.name}/in")
+    options = ["--storage-option", f"endpoint_url={endpoint}", "--storage-option", "key=testing", "--storage-option", "secret=testing"]
+    code, err = cli(["run", str(pipeline), "-i", url, "-o", str(tmp_path / "remote"), "--quiet", *options], capsys)
+    assert code == 0, err
+    assert kept_ids(tmp_path / "remote") == kept_ids(tmp_path / "local")
+    assert read_parts(tmp_path / "remote" / "removed").to_pylist() == read_parts(tmp_path / "local" / "removed").to_pylist()
+
+
+def test_s3_glob_with_environment_credentials_and_verify(tmp_path, capsys, s3, aws_env):
+    _, fs = s3
+    source = write_as(tmp_path, ".jsonl.zst", make_rows(200, seed=8), parts=2)
+    (source / "notes.txt").write_text("not input")
+    base = upload(fs, source, f"{tmp_path.name}/in")
+    code, err = cli(["dedup", "-i", f"{base}/*.jsonl.zst", "-o", str(tmp_path / "out"), "--quiet"], capsys)
+    assert code == 0, err
+    inputs = InputSet.scan(f"{base}/*.jsonl.zst", ColumnSpec())
+    assert [f.path for f in inputs.files] == [f"{base}/shard-00.jsonl.zst", f"{base}/shard-01.jsonl.zst"]
+    report = verify_output(tmp_path / "out")
+    assert report.ok and report.input_rows == 200
+
+
+def test_resume_fingerprints_s3_objects(tmp_path, capsys, s3, aws_env):
+    _, fs = s3
+    source = write_as(tmp_path, ".jsonl", make_rows(100, seed=9), parts=1)
+    url = upload(fs, source, f"{tmp_path.name}/in")
+    args = ["dedup", "-i", url, "-o", str(tmp_path / "out"), "--quiet"]
+    assert cli(args, capsys)[0] == 0
+    assert cli([*args, "--resume"], capsys)[0] == 0
+    fs.pipe(f"{url.removeprefix('s3://')}/shard-00.jsonl", (source / "shard-00.jsonl").read_bytes().replace(b"doc-00050", b"doc-x0050"))
+    code, err = cli([*args, "--resume"], capsys)
+    assert code == 2 and "input files changed" in err
+
+
+def test_missing_bucket_and_prefix_name_the_url(tmp_path, capsys, aws_env):
+    for url in (f"s3://no-such-bucket-{tmp_path.name.lower()}/in/", f"s3://{BUCKET}/nothing-here/"):
+        code, err = cli(["dedup", "-i", url, "-o", str(tmp_path / "out"), "--quiet"], capsys)
+        assert code == 2 and url in err and "does not exist" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out" / "kept").exists()
+
+
+def test_a_missing_backend_names_the_extra(tmp_path, capsys):
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed here")
+    code, err = cli(["dedup", "-i", "gs://bucket/in/", "-o", str(tmp_path / "out"), "--quiet"], capsys)
+    assert code == 2 and "pip install 'curate[gcs]'" in err and "gs://bucket/in/" in err, err
+
+
+def test_file_urls_are_local_paths(tmp_path, capsys):
+    source = write_as(tmp_path, ".jsonl", make_rows(50, seed=1), parts=1)
+    code, err = cli(["dedup", "-i", f"file://{source}", "-o", str(tmp_path / "out"), "--quiet"], capsys)
+    assert code == 0, err
+    assert InputSet.scan(f"file://{source}").files[0].path == str(source / "shard-00.jsonl")
+    code, err = cli(["dedup", "-i", f"file://{source}", "-o", str(source / "out"), "--quiet"], capsys)
+    assert code == 2 and "inside the input" in err
