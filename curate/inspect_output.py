@@ -59,7 +59,7 @@ def stage_summaries(out: Path) -> list[StageSummary]:
         summaries.append(
             StageSummary(
                 entry["name"], entry["kind"], entry.get("rows_in", 0), entry.get("rows_out", 0), entry.get("rows_removed", 0),
-                entry.get("seconds", 0.0), reasons.get(entry["kind"], {}),
+                entry.get("seconds", 0.0), reasons.get(entry["name"], {}),
             )
         )
     return summaries

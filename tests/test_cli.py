@@ -160,3 +160,16 @@ def test_score_loss_clusters_flag_sets_the_seta_groups(tmp_path, capsys):
     assert code == 0, err
     clusters = read_parts(out / "kept").column("loss_cluster").to_pylist()
     assert sorted(set(clusters)) == [0, 1, 2, 3]
+
+
+def test_inspect_gives_each_stage_its_own_reasons(tmp_path, capsys):
+    """Two exact stages: the second removes only the case variants, and inspect says so."""
+    source = write_shards(tmp_path / "in", ["a b", "a b", "A  B", "c"], shards=1)
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text('[[stage]]\nkind = "exact"\n[[stage]]\nkind = "exact"\nnormalize = true\n')
+    code, _, err = run_cli(["run", str(pipeline), "-i", str(source), "-o", str(tmp_path / "out"), "--quiet"], capsys)
+    assert code == 0, err
+    from curate.inspect_output import stage_summaries
+
+    reasons = {s.name: s.reasons for s in stage_summaries(tmp_path / "out")}
+    assert reasons["exact"] == {"exact_duplicate": 1} and reasons["exact_2"] == {"exact_duplicate": 1}
