@@ -62,13 +62,16 @@ class Pools(Stage):
 
     def fit_shard(self, source: BatchSource, ctx: StageContext) -> np.ndarray:
         """This unit's scores, in the narrowest dtype that holds them exactly (NaN = missing)."""
+        if source.num_rows == 0:  # an empty stage's parts may not carry the columns it adds
+            return np.empty(0)
         kind = self._check_column(source.schema)
         values = np.concatenate([_scores(b.column(self.score)) for b in source.batches(columns=[self.score])] or [np.empty(0)])
         exact_in_float32 = kind in (pa.float32(), pa.float16(), pa.int8(), pa.int16(), pa.uint8(), pa.uint16())
         return values.astype(np.float32) if exact_in_float32 else values
 
     def fit_merge(self, partials: list[np.ndarray], source: BatchSource, ctx: StageContext) -> "Pools":
-        self._check_column(source.schema)
+        if source.num_rows:
+            self._check_column(source.schema)
         if isinstance(self.higher_is_better, bool):
             self.higher_is_better_, reason = self.higher_is_better, "as configured"
         else:
