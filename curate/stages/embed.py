@@ -22,6 +22,7 @@ then renames the units' parts into `OUT/embeddings` in unit (input) order and wr
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -126,8 +127,6 @@ def model_version(model: str) -> str:
 
 
 def read_store_meta(directory: Path) -> dict | None:
-    import json
-
     meta_path = Path(directory) / META_NAME
     if not meta_path.is_file():
         return None
@@ -393,17 +392,14 @@ def _store_dim(store: str) -> int:
     return int(meta.get("dim", DEFAULT_DIM))
 
 
-@dataclass(frozen=True)
-class _IndexPart:
+def _index_part(part: str) -> np.ndarray:
     """(id hash high, id hash low, text hash) of every row of one store part."""
-
-    def __call__(self, part: str) -> np.ndarray:
-        table = pq.read_table(part, columns=["id", "text_hash"])
-        keys = np.empty((table.num_rows, 3), np.uint64)
-        if table.num_rows:
-            keys[:, :2] = hash128(table.column("id"))
-            keys[:, 2] = table.column("text_hash").to_numpy()
-        return keys
+    table = pq.read_table(part, columns=["id", "text_hash"])
+    keys = np.empty((table.num_rows, 3), np.uint64)
+    if table.num_rows:
+        keys[:, :2] = hash128(table.column("id"))
+        keys[:, 2] = table.column("text_hash").to_numpy()
+    return keys
 
 
 def _build_index(stores: list[Path], ctx: StageContext) -> str | None:
@@ -413,7 +409,7 @@ def _build_index(stores: list[Path], ctx: StageContext) -> str | None:
     parts = [(s, p, part) for s, store in enumerate(stores) for p, part in enumerate(list_parts(store))]
     if not parts:
         return None
-    keys = ctx.map(_IndexPart(), [str(part) for _, _, part in parts], label=f"{ctx.name}: reading the store index")
+    keys = ctx.map(_index_part, [str(part) for _, _, part in parts], label=f"{ctx.name}: reading the store index")
     frames = [
         pl.DataFrame(
             {

@@ -125,11 +125,12 @@ class SearchBuckets:
         unit_of, local, rows, labels, sims = [], [], [], [], []
         for unit in range(len(self.vector_paths)):
             with np.load(Path(self.clusters_dir) / f"{unit:05d}.npz") as data:
-                mine = np.nonzero(self.bucket_of[data["labels"]] == bucket)[0] if len(data["labels"]) else np.empty(0, np.int64)
+                unit_labels = data["labels"]
+                mine = np.nonzero(self.bucket_of[unit_labels] == bucket)[0] if len(unit_labels) else np.empty(0, np.int64)
                 unit_of.append(np.full(len(mine), unit, np.int32))
                 local.append(mine)
                 rows.append(data["rows"][mine])
-                labels.append(data["labels"][mine])
+                labels.append(unit_labels[mine])
                 sims.append(data["similarity"][mine])
         unit_of, local, rows, labels, sims = (np.concatenate(a) for a in (unit_of, local, rows, labels, sims))
         order = np.lexsort((rows, labels))  # by cluster, then input order
