@@ -300,3 +300,21 @@ def test_loss_clusters_are_the_same_on_every_executor(tmp_path, dask_executors, 
     info = manifest["stages"][1]["info"]
     assert info["null_labels"] > 0 and info["pruned"] > 0
     assert "on workers" in info["fit"] and "on the driver" in info["fit"]
+
+
+def test_proxy_folds_run_as_tasks_give_the_serial_out_of_fold_losses(tmp_path):
+    import pyarrow as pa
+
+    from curate.training.features import hashed_ngram_bags
+    from curate.training.proxy import ProxyConfig, encode_labels, out_of_fold_losses, torch_threads
+
+    frame = write_corpus(tmp_path / "in.parquet", n=300)
+    stages = [{"kind": "loss_clusters", "label_column": "label", "proxy_epochs": 2, "folds": 3, "num_buckets": 4096}]
+    run_pipeline(parse_pipeline({"stage": stages, "batch_size": 64}), tmp_path / "in.parquet", tmp_path / "out", RunOptions(jobs=2, unit_rows=100))
+    codes, _ = encode_labels(pa.array(frame["label"].to_list()))
+    with torch_threads(1):
+        bags = hashed_ngram_bags(pa.array(frame["text"].to_list()), 4096, 2, 0)
+        expected = out_of_fold_losses(bags, codes, folds=3, epochs=2, seed=0, config=ProxyConfig(num_buckets=4096))
+    kept = pl.read_parquet(tmp_path / "out" / "kept")
+    assert kept["id"].to_list() == frame["id"].to_list()
+    assert np.array_equal(kept["loss"].to_numpy(), expected.astype(np.float64))

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.atomic import atomic_path
 from curate.errors import UsageError
 from curate.ledger import empty_ledger, removed_rows
 from curate.metrics.loss_clusters import SeTaConfig, kmeans_1d, pruned_size, prune_by_loss, schedule
@@ -98,7 +101,7 @@ class LossClusters(Stage):
         else:
             ordinals, losses, valid = self._proxy_losses(partials, source, ctx)
             ctx.info["fit"] = (
-                f"texts hashed per unit on workers ({len(partials)} units); the proxy's {self.folds}-fold training, "
+                f"texts hashed per unit on workers ({len(partials)} units), the proxy's {max(self.folds, 2)} folds trained as tasks; "
                 "pruning, 1-D k-means and the schedule on the driver"
             )
         self._check_nulls(int((~valid).sum()), column, ctx)
@@ -166,7 +169,7 @@ class LossClusters(Stage):
 
     def _proxy_losses(self, partials: list[tuple], source: BatchSource, ctx: StageContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from curate.training.features import concat_bags
-        from curate.training.proxy import ProxyConfig, encode_labels, out_of_fold_losses, torch_threads
+        from curate.training.proxy import ProxyConfig, encode_labels, fold_assignment
 
         rows = [p[0] for p in partials]
         label_chunks = [chunk for p in partials for chunk in p[1].chunks]
@@ -184,9 +187,17 @@ class LossClusters(Stage):
         config = ProxyConfig(num_buckets=self.num_buckets)
         all_bags = concat_bags(bags)
         train_bags = all_bags if len(train) == len(ordinals) else all_bags.take(train)
-        total = self.folds * self.proxy_epochs
-        with ctx.progress.task(f"{ctx.name}: proxy model ({self.folds} folds x {self.proxy_epochs} epochs)", total=total, unit="epochs") as bar, torch_threads(self.torch_threads):
-            oof = out_of_fold_losses(train_bags, codes, folds=self.folds, epochs=self.proxy_epochs, seed=ctx.seed, config=config, on_epoch=lambda f, e: bar.advance(1))
+        # One task per fold: each trains on the other folds' bags, shared through the work dir.
+        shared = Path(ctx.work_dir) / "proxy"
+        arrays = {"indices": train_bags.indices, "offsets": train_bags.offsets, "codes": codes, "fold_of": fold_assignment(len(train), self.folds, ctx.seed)}
+        for name, array in arrays.items():
+            with atomic_path(shared / f"{name}.npy", unique=True) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, array)
+        folds = max(self.folds, 2)
+        task = ProxyFold(str(shared), int(codes.max()) + 1, self.proxy_epochs, ctx.seed, config, self.torch_threads)
+        oof = np.empty(len(train), np.float32)
+        for held_out, held_out_losses in ctx.map(task, range(folds), label=f"{ctx.name}: proxy model ({folds} folds x {self.proxy_epochs} epochs)"):
+            oof[held_out] = held_out_losses
         losses[train] = oof
         ctx.info.update(proxy_classes=classes, proxy_folds=self.folds, proxy_epochs=self.proxy_epochs)
         return ordinals, losses, valid
@@ -276,6 +287,28 @@ def _with_column(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.Recor
 
 def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype)
+
+
+@dataclass(frozen=True)
+class ProxyFold:
+    """One fold of the proxy's out-of-fold losses (curate.training.proxy.fold_losses), reading
+    the bags and labels the driver left in the work dir: (held-out rows, their losses)."""
+
+    shared: str
+    num_classes: int
+    epochs: int
+    seed: int
+    config: object
+    torch_threads: int
+
+    def __call__(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        from curate.training.features import Bags
+        from curate.training.proxy import fold_losses, torch_threads
+
+        load = lambda name: np.load(Path(self.shared) / f"{name}.npy", mmap_mode="r")
+        bags = Bags(load("indices"), np.array(load("offsets")))
+        with torch_threads(self.torch_threads):
+            return fold_losses(bags, np.array(load("codes")), np.array(load("fold_of")), fold, self.num_classes, epochs=self.epochs, seed=self.seed, config=self.config)
 
 
 STAGE = LossClusters
