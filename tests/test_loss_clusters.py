@@ -270,3 +270,51 @@ def test_stage_proxy_losses_are_deterministic(tmp_path):
     a = pl.read_parquet(first / "kept").sort("id")
     b = pl.read_parquet(second / "kept").sort("id")
     assert a["loss"].to_list() == b["loss"].to_list() and a["loss_cluster"].to_list() == b["loss_cluster"].to_list()
+
+
+# --- the same losses, clusters and ledger on every executor ----------------------------------
+
+from tests.executor_parity import assert_same_everywhere, dask_executors, run_on_every_executor  # noqa: E402,F401
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"loss_column": "my_loss", "keep": "hard", "fraction": 0.8, "null_labels": "remove"},
+        {"label_column": "label", "keep": "easy", "fraction": 0.9, "null_labels": "remove", "proxy_epochs": 1, "folds": 2, "num_buckets": 1024},
+    ],
+    ids=["loss_column", "proxy"],
+)
+def test_loss_clusters_are_the_same_on_every_executor(tmp_path, dask_executors, options):
+    source = tmp_path / "in"
+    source.mkdir()
+    frame = write_corpus(tmp_path / "all.parquet", n=900, null_labels=0)
+    frame = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) % 97 == 5).then(None).otherwise(pl.col("my_loss")).alias("my_loss"),
+        pl.when(pl.int_range(pl.len()) % 89 == 7).then(None).otherwise(pl.col("label")).alias("label"),
+    )
+    for s in range(3):
+        frame.slice(300 * s, 300).write_parquet(source / f"shard-{s}.parquet", row_group_size=100)
+    stages = [{"kind": "loss_clusters", "epochs": 6, **options}]
+    manifest = assert_same_everywhere(run_on_every_executor(tmp_path, stages, source, dask_executors))
+    info = manifest["stages"][1]["info"]
+    assert info["null_labels"] > 0 and info["pruned"] > 0
+    assert "on workers" in info["fit"] and "on the driver" in info["fit"]
+
+
+def test_proxy_folds_run_as_tasks_give_the_serial_out_of_fold_losses(tmp_path):
+    import pyarrow as pa
+
+    from curate.training.features import hashed_ngram_bags
+    from curate.training.proxy import ProxyConfig, encode_labels, out_of_fold_losses, torch_threads
+
+    frame = write_corpus(tmp_path / "in.parquet", n=300)
+    stages = [{"kind": "loss_clusters", "label_column": "label", "proxy_epochs": 2, "folds": 3, "num_buckets": 4096}]
+    run_pipeline(parse_pipeline({"stage": stages, "batch_size": 64}), tmp_path / "in.parquet", tmp_path / "out", RunOptions(jobs=2, unit_rows=100))
+    codes, _ = encode_labels(pa.array(frame["label"].to_list()))
+    with torch_threads(1):
+        bags = hashed_ngram_bags(pa.array(frame["text"].to_list()), 4096, 2, 0)
+        expected = out_of_fold_losses(bags, codes, folds=3, epochs=2, seed=0, config=ProxyConfig(num_buckets=4096))
+    kept = pl.read_parquet(tmp_path / "out" / "kept")
+    assert kept["id"].to_list() == frame["id"].to_list()
+    assert np.array_equal(kept["loss"].to_numpy(), expected.astype(np.float64))

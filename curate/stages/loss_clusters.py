@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.atomic import atomic_path
 from curate.errors import UsageError
 from curate.ledger import empty_ledger, removed_rows
 from curate.metrics.loss_clusters import SeTaConfig, kmeans_1d, pruned_size, prune_by_loss, schedule
@@ -79,16 +82,28 @@ class LossClusters(Stage):
         self.null_labels = null_labels
         self.torch_threads = torch_threads
 
-    # -- fit ------------------------------------------------------------------------
-    def fit(self, source: BatchSource, ctx: StageContext) -> "LossClusters":
-        column = self.loss_column or self.label_column
-        if column not in source.schema.names:
-            option = "loss_column" if self.loss_column else "label_column"
-            raise UsageError(f"stage '{ctx.name}': no column {column!r} in the input", fix=f"set {option} to one of: {', '.join(n for n in source.schema.names if not n.startswith('__'))}")
+    # -- fit: the runner's map-reduce protocol ------------------------------------------
+    # Map (a task per work unit): read the unit's losses, or hash its texts into n-gram bags
+    # for the proxy. Merge (driver): the per-sample losses in input order (17 bytes a row),
+    # the proxy's k-fold training when there is one, pruning, 1-D k-means and the schedule.
+
+    def fit_shard(self, source: BatchSource, ctx: StageContext) -> tuple:
+        self._check_column(source.schema, ctx)
         if self.loss_column:
-            ordinals, losses, valid = self._read_losses(source, ctx)
+            return self._read_losses(source, ctx)
+        return self._hash_texts(source, ctx)
+
+    def fit_merge(self, partials: list[tuple], source: BatchSource, ctx: StageContext) -> "LossClusters":
+        column = self._check_column(source.schema, ctx)
+        if self.loss_column:
+            ordinals, losses, valid = (_cat([p[i] for p in partials], dtype) for i, dtype in enumerate((np.int64, np.float64, bool)))
+            ctx.info["fit"] = f"losses read per unit on workers ({len(partials)} units); pruning, 1-D k-means and the schedule on the driver"
         else:
-            ordinals, losses, valid = self._proxy_losses(source, ctx)
+            ordinals, losses, valid = self._proxy_losses(partials, source, ctx)
+            ctx.info["fit"] = (
+                f"texts hashed per unit on workers ({len(partials)} units), the proxy's {max(self.folds, 2)} folds trained as tasks; "
+                "pruning, 1-D k-means and the schedule on the driver"
+            )
         self._check_nulls(int((~valid).sum()), column, ctx)
 
         codes = np.where(valid, _KEEP, 3).astype(np.int8)
@@ -115,6 +130,13 @@ class LossClusters(Stage):
         )
         return self
 
+    def _check_column(self, schema: pa.Schema, ctx: StageContext) -> str:
+        column = self.loss_column or self.label_column
+        if column not in schema.names:
+            option = "loss_column" if self.loss_column else "label_column"
+            raise UsageError(f"stage '{ctx.name}': no column {column!r} in the input", fix=f"set {option} to one of: {', '.join(n for n in schema.names if not n.startswith('__'))}")
+        return column
+
     def _read_losses(self, source: BatchSource, ctx: StageContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows, values, valid = [], [], []
         with ctx.progress.task(f"{ctx.name}: reading losses", total=source.num_rows) as bar:
@@ -132,17 +154,26 @@ class LossClusters(Stage):
                 bar.advance(batch.num_rows)
         return _cat(rows, np.int64), _cat(values, np.float64), _cat(valid, bool)
 
-    def _proxy_losses(self, source: BatchSource, ctx: StageContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _hash_texts(self, source: BatchSource, ctx: StageContext) -> tuple[np.ndarray, pa.ChunkedArray, object]:
+        """(ordinals, labels, hashed n-gram bags) of one unit, for the proxy."""
         from curate.training.features import concat_bags, hashed_ngram_bags
-        from curate.training.proxy import ProxyConfig, encode_labels, out_of_fold_losses, torch_threads
 
         rows, label_chunks, bags = [], [], []
-        with ctx.progress.task(f"{ctx.name}: hashing", total=source.num_rows) as bar:
-            for batch in source.batches(columns=[ctx.text_column, self.label_column]):
-                rows.append(row_ordinals(batch))
-                label_chunks.append(batch.column(self.label_column))
-                bags.append(hashed_ngram_bags(batch.column(ctx.text_column), self.num_buckets, self.ngrams, ctx.seed))
-                bar.advance(batch.num_rows)
+        for batch in source.batches(columns=[ctx.text_column, self.label_column]):
+            rows.append(row_ordinals(batch))
+            label_chunks.append(batch.column(self.label_column))
+            bags.append(hashed_ngram_bags(batch.column(ctx.text_column), self.num_buckets, self.ngrams, ctx.seed))
+        kind = source.schema.field(self.label_column).type
+        labels = pa.chunked_array(label_chunks, type=kind)
+        return _cat(rows, np.int64), labels, concat_bags(bags)
+
+    def _proxy_losses(self, partials: list[tuple], source: BatchSource, ctx: StageContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from curate.training.features import concat_bags
+        from curate.training.proxy import ProxyConfig, encode_labels, fold_assignment
+
+        rows = [p[0] for p in partials]
+        label_chunks = [chunk for p in partials for chunk in p[1].chunks]
+        bags = [p[2] for p in partials]
         ordinals = _cat(rows, np.int64)
         labels = pa.chunked_array(label_chunks, type=source.schema.field(self.label_column).type) if label_chunks else pa.chunked_array([], pa.string())
         valid = np.asarray(pc.is_valid(labels)) if len(labels) else np.zeros(0, bool)
@@ -156,9 +187,17 @@ class LossClusters(Stage):
         config = ProxyConfig(num_buckets=self.num_buckets)
         all_bags = concat_bags(bags)
         train_bags = all_bags if len(train) == len(ordinals) else all_bags.take(train)
-        total = self.folds * self.proxy_epochs
-        with ctx.progress.task(f"{ctx.name}: proxy model ({self.folds} folds x {self.proxy_epochs} epochs)", total=total, unit="epochs") as bar, torch_threads(self.torch_threads):
-            oof = out_of_fold_losses(train_bags, codes, folds=self.folds, epochs=self.proxy_epochs, seed=ctx.seed, config=config, on_epoch=lambda f, e: bar.advance(1))
+        # One task per fold: each trains on the other folds' bags, shared through the work dir.
+        shared = Path(ctx.work_dir) / "proxy"
+        arrays = {"indices": train_bags.indices, "offsets": train_bags.offsets, "codes": codes, "fold_of": fold_assignment(len(train), self.folds, ctx.seed)}
+        for name, array in arrays.items():
+            with atomic_path(shared / f"{name}.npy", unique=True) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, array)
+        folds = max(self.folds, 2)
+        task = ProxyFold(str(shared), int(codes.max()) + 1, self.proxy_epochs, ctx.seed, config, self.torch_threads)
+        oof = np.empty(len(train), np.float32)
+        for held_out, held_out_losses in ctx.map(task, range(folds), label=f"{ctx.name}: proxy model ({folds} folds x {self.proxy_epochs} epochs)"):
+            oof[held_out] = held_out_losses
         losses[train] = oof
         ctx.info.update(proxy_classes=classes, proxy_folds=self.folds, proxy_epochs=self.proxy_epochs)
         return ordinals, losses, valid
@@ -248,6 +287,28 @@ def _with_column(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.Recor
 
 def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype)
+
+
+@dataclass(frozen=True)
+class ProxyFold:
+    """One fold of the proxy's out-of-fold losses (curate.training.proxy.fold_losses), reading
+    the bags and labels the driver left in the work dir: (held-out rows, their losses)."""
+
+    shared: str
+    num_classes: int
+    epochs: int
+    seed: int
+    config: object
+    torch_threads: int
+
+    def __call__(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        from curate.training.features import Bags
+        from curate.training.proxy import fold_losses, torch_threads
+
+        load = lambda name: np.load(Path(self.shared) / f"{name}.npy", mmap_mode="r")
+        bags = Bags(load("indices"), np.array(load("offsets")))
+        with torch_threads(self.torch_threads):
+            return fold_losses(bags, np.array(load("codes")), np.array(load("fold_of")), fold, self.num_classes, epochs=self.epochs, seed=self.seed, config=self.config)
 
 
 STAGE = LossClusters

@@ -145,20 +145,44 @@ def out_of_fold_losses(
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     num_classes = int(labels.max()) + 1 if n else 1
-    rng = np.random.default_rng(seed)
-    fold_of = rng.permutation(n) % max(folds, 2)
+    fold_of = fold_assignment(n, folds, seed)
     losses = np.empty(n, dtype=np.float32)
     for fold in range(max(folds, 2)):
-        held_out = np.nonzero(fold_of == fold)[0]
-        train_rows = np.nonzero(fold_of != fold)[0]
-        model, optimizer = build_model(config, num_classes, seed + fold)
-        for epoch in range(epochs):
-            order = train_rows[np.random.default_rng([seed, fold, epoch]).permutation(len(train_rows))]
-            train_steps(model, optimizer, bags, labels, order, config.batch_size)
-            if on_epoch is not None:
-                on_epoch(fold, epoch)
-        losses[held_out], _ = predict_losses(model, bags, labels, held_out)
+        held_out, held_out_losses = fold_losses(bags, labels, fold_of, fold, num_classes, epochs=epochs, seed=seed, config=config, on_epoch=on_epoch)
+        losses[held_out] = held_out_losses
     return losses
+
+
+def fold_assignment(n: int, folds: int, seed: int) -> np.ndarray:
+    """The fold of each of n samples (seeded, balanced)."""
+    return np.random.default_rng(seed).permutation(n) % max(folds, 2)
+
+
+def fold_losses(
+    bags: Bags,
+    labels: np.ndarray,
+    fold_of: np.ndarray,
+    fold: int,
+    num_classes: int,
+    *,
+    epochs: int = 3,
+    seed: int = 0,
+    config: ProxyConfig = ProxyConfig(),
+    on_epoch: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out rows, their losses) for one fold: a model trained on every other fold. Folds
+    are independent, so they can run in any process and order with the same result."""
+    labels = np.asarray(labels, dtype=np.int64)
+    held_out = np.nonzero(fold_of == fold)[0]
+    train_rows = np.nonzero(fold_of != fold)[0]
+    model, optimizer = build_model(config, num_classes, seed + fold)
+    for epoch in range(epochs):
+        order = train_rows[np.random.default_rng([seed, fold, epoch]).permutation(len(train_rows))]
+        train_steps(model, optimizer, bags, labels, order, config.batch_size)
+        if on_epoch is not None:
+            on_epoch(fold, epoch)
+    losses, _ = predict_losses(model, bags, labels, held_out)
+    return held_out, losses
 
 
 def encode_labels(labels: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, int]:
