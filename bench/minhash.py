@@ -159,6 +159,7 @@ class TreeCpu:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.seen: dict[tuple[int, float], float] = {}
+        self.peak_rss: dict[tuple[int, float], tuple[str, int]] = {}  # (command line, bytes)
         self.before: dict[tuple[int, float], float] = {}
         self.seconds = 0.0
         self.sampling = 0.0
@@ -169,8 +170,11 @@ class TreeCpu:
         found = {}
         for proc in self.me.children(recursive=True):
             try:
-                times = proc.cpu_times()
-                found[(proc.pid, proc.create_time())] = times.user + times.system
+                key = (proc.pid, proc.create_time())
+                times, rss = proc.cpu_times(), proc.memory_info().rss
+                found[key] = times.user + times.system
+                if rss > self.peak_rss.get(key, ("", 0))[1]:
+                    self.peak_rss[key] = (" ".join(proc.cmdline())[-60:], rss)
             except psutil.Error:
                 continue
         return found
@@ -409,7 +413,6 @@ def bench_corpus(name: str, table: pa.Table, args: argparse.Namespace, tmp: Path
 def scale_run(rows: int, tmp: Path, jobs: int | None, debian: Path | None) -> None:
     """Memory and time of our stage alone on `rows` short documents (the Debian descriptions
     tiled, every other copy with one extra word), run as a child process to read its peak RSS."""
-    import resource
     import subprocess
 
     import polars as pl
@@ -427,18 +430,23 @@ def scale_run(rows: int, tmp: Path, jobs: int | None, debian: Path | None) -> No
         part.write_parquet(src / f"part-{k:05d}.parquet")
     mb = table["text"].str.len_bytes().sum() / 1e6
     started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "curate.cli", "dedup", "-i", str(src), "-o", str(tmp / "scale-out"), "--method", "minhash", "--quiet", *(["--jobs", str(jobs)] if jobs else [])],
-        check=True,
-        cwd=Path(__file__).resolve().parents[1],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-    )
+    with TreeCpu() as tree:
+        subprocess.run(
+            [sys.executable, "-m", "curate.cli", "dedup", "-i", str(src), "-o", str(tmp / "scale-out"), "--method", "minhash", "--quiet", *(["--jobs", str(jobs)] if jobs else [])],
+            check=True,
+            cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     manifest = json.loads((tmp / "scale-out" / "manifest.json").read_text())
     stage = manifest["stages"][1]
-    print(f"\n== scale: {rows:,} short documents, {mb:.0f} MB ==")
-    print(f"curate dedup --method minhash: {seconds:.1f}s end to end ({rows / seconds:,.0f} docs/s), peak RSS {peak:,.0f} MiB, removed {stage['rows_removed']:,}")
+    # Peak RSS by process, sampled every 0.1 s: the CLI (driver), the fork server, each worker.
+    peaks = sorted(tree.peak_rss.values(), key=lambda item: -item[1])
+    driver = next((rss for cmd, rss in peaks if "curate.cli" in cmd), 0)
+    workers = [rss for cmd, rss in peaks if "forkserver" not in cmd and "curate.cli" not in cmd]
+    print(f"\n== scale: {rows:,} short documents, {mb:.0f} MB, {manifest['executor']['description']} ==")
+    print(f"curate dedup --method minhash: {seconds:.1f}s end to end ({rows / seconds:,.0f} docs/s), CPU {tree.seconds:.1f}s, removed {stage['rows_removed']:,}")
+    print(f"peak RSS: driver {driver / 2**20:,.0f} MiB, workers {', '.join(f'{w / 2**20:,.0f}' for w in workers) or 'none'} MiB (sampled every 0.1 s)")
     print(f"stage info: {stage['info']}")
 
 

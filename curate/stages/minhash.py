@@ -44,11 +44,11 @@ VERIFY_MODES = ("estimate", "exact", "none")
 UNITS = ("word", "char")
 _CHUNK_BYTES = 2 << 20  # text bytes per work item: fits the per-byte arrays in cache-ish sizes
 _CHUNK_ROWS = 8192  # rows per work item, so short-text batches still spread over threads
-_PAIR_BLOCK = 65536  # candidate pairs estimated per block (bounded signature gathers)
+_PAIR_BLOCK = 16384  # candidate pairs estimated per block: signature gathers of ~35 MB at 128 slots
 _EXACT_BLOCK = 1_000_000  # shingles gathered per exact-Jaccard block (small: later blocks skip joined pairs)
-# (band, key, row) entries per key bucket at most: 13 bytes each in the pieces, about 40 with
-# the sort, so a bucket task stays near 160 MB whatever the corpus size.
-_BUCKET_ENTRIES = 4_000_000
+# (band, key, row) entries per key bucket at most: 13 bytes each in the pieces, about 100 with
+# the sort and the pairs, so a bucket task stays near 100 MB whatever the corpus size.
+_BUCKET_ENTRIES = 1_000_000
 
 T = TypeVar("T")
 R = TypeVar("R")
