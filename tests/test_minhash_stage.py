@@ -262,3 +262,14 @@ def test_same_bytes_on_a_dask_cluster(spanning, tmp_path: Path, workers: int) ->
             dask_kept, dask_removed, info = run_tables(spanning, tmp_path / f"dask-{verify}", RunOptions(executor=executor, unit_rows=8 + workers), verify=verify)
             assert info["work_units"] > workers
             assert kept.equals(dask_kept) and removed.equals(dask_removed), verify
+
+
+def test_a_source_without_texts_removes_nothing(tmp_path: Path) -> None:
+    """Every text null and dropped by the input check: the stage sees units with no rows."""
+    table = pa.table({"id": ["a", "b", "c"], "text": pa.array([None, None, None], pa.string())})
+    pq.write_table(table, tmp_path / "nulls.parquet")
+    spec = parse_pipeline({"input": {"drop_null_text": True}, "stage": [{"kind": "minhash"}]}, "test")
+    result = run_pipeline(spec, tmp_path / "nulls.parquet", tmp_path / "out", RunOptions(jobs=2))
+    assert result.kept_rows == 0
+    assert result.manifest["stages"][1]["rows_removed"] == 0
+    assert verify_output(tmp_path / "out").ok

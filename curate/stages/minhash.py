@@ -122,6 +122,8 @@ class MinHashDedup(Stage):
         self.bands_, self.rows_ = bands, rows
         work = Path(ctx.work_dir) / "minhash"
         units = ctx.units(source)
+        if not units:
+            return self._fitted(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), source, ctx)
         # Key buckets from the source size (a bound, before knowing how many rows have
         # shingles); never fewer than 2 per worker so every worker reduces.
         buckets = max(2 * ctx.workers, math.ceil(source.num_rows * bands / _BUCKET_ENTRIES), 1)
@@ -147,10 +149,7 @@ class MinHashDedup(Stage):
         verified = time.perf_counter()
 
         store = RowStore(work, starts, self.num_perm)
-        self.duplicate_rows_ = store.ordinals(nodes[groups.removed])
-        self.representatives_ = store.ordinals(nodes[groups.representative])
-        self.scores_ = groups.score
-        self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx)
+        self._fitted(store.ordinals(nodes[groups.removed]), store.ordinals(nodes[groups.representative]), groups.score, source, ctx)
         ctx.info.update(
             bands=bands,
             rows=rows,
@@ -167,6 +166,15 @@ class MinHashDedup(Stage):
         )
         if self.verify == "exact":
             ctx.info["exact_checked_pairs"] = int(sum(c.checked for c in checked))
+        return self
+
+    def _fitted(self, removed: np.ndarray, representatives: np.ndarray, scores: np.ndarray, source: BatchSource, ctx: StageContext) -> "MinHashDedup":
+        """Set the fitted state: removed row ordinals (ascending), their representatives'
+        ordinals and ids, and their scores."""
+        self.duplicate_rows_ = removed
+        self.representatives_ = representatives
+        self.scores_ = scores
+        self.representative_ids_ = IdLookup.collect(source, representatives, ctx)
         return self
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
