@@ -128,6 +128,7 @@ class Transform:
     stage_path: str
     ctx: StageContext
     units_dir: str
+    drop_ordinals: bool = False  # the last stage: kept parts as they will be published
 
     def __call__(self, unit: Unit) -> tuple[int, int]:
         final = Path(self.units_dir) / f"{unit.index:05d}"
@@ -142,10 +143,11 @@ class Transform:
             removed_writer = PartWriter(attempt / "removed", schema=LEDGER_SCHEMA)
             for batch in unit.batches():
                 kept, removed = stage.transform(batch, unit_ctx)
-                kept_writer.write(kept)
+                kept_writer.write(kept.drop_columns([ROW_COLUMN]) if self.drop_ordinals else kept)
                 removed_writer.write(removed)
             if kept_writer.schema is None:
-                kept_writer.schema = unit.schema
+                schema = unit.schema
+                kept_writer.schema = schema.remove(schema.get_field_index(ROW_COLUMN)) if self.drop_ordinals else schema
             kept_writer.close()
             removed_writer.close()
             shutil.rmtree(unit_ctx.work_dir, ignore_errors=True)
