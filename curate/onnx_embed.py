@@ -51,6 +51,7 @@ def ensure_onnx_model() -> Path:
         raise UsageError(f"cannot write the ONNX model to {path.parent} ({exc.strerror})", fix="set CURATE_CACHE_DIR to a writable directory") from None
     try:
         export_onnx(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is readable like any other
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -48,6 +48,7 @@ def ensure_static_model() -> Path:
         raise UsageError(f"cannot write the static model to {target.parent} ({exc.strerror})", fix="set CURATE_CACHE_DIR to a writable directory") from None
     try:
         distill(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is readable like any other
         try:
             os.replace(tmp, target)
         except OSError:
@@ -84,12 +85,14 @@ class StaticEmbedder:
     name = "minilm-static"
     dim = PCA_DIMS
 
-    def __init__(self, threads: int = 1):
-        try:
-            from model2vec import StaticModel
-        except ImportError:
-            raise UsageError("model 'minilm-static' needs the package model2vec, which is not installed", fix="pip install 'curate[static]', or use --model hashing") from None
-        self.model = StaticModel.from_pretrained(str(ensure_static_model()))
+    def __init__(self, threads: int = 1, model=None):
+        if model is None:
+            try:
+                from model2vec import StaticModel
+            except ImportError:
+                raise UsageError("model 'minilm-static' needs the package model2vec, which is not installed", fix="pip install 'curate[static]', or use --model hashing") from None
+            model = StaticModel.from_pretrained(str(ensure_static_model()))
+        self.model = model
         self.table = np.asarray(self.model.embedding, dtype=np.float32)
         self.dim = int(self.table.shape[1])
         self.empty = normalize_rows(self.table.mean(axis=0, keepdims=True))[0]
@@ -98,6 +101,8 @@ class StaticEmbedder:
 
     def encode(self, texts: pa.Array) -> np.ndarray:
         strings = texts.fill_null("").to_pylist()
+        if self.model.weights is not None or self.model.token_mapping is not None:  # a vocabulary-quantized model
+            return normalize_rows(self.model.encode(strings, max_length=None, use_multiprocessing=False))
         token_ids = self.model.tokenize(strings)
         lengths = np.fromiter(map(len, token_ids), dtype=np.int64, count=len(token_ids))
         flat = np.fromiter((t for ids in token_ids for t in ids), dtype=np.int64, count=int(lengths.sum()))
