@@ -154,8 +154,13 @@ def describe(model: str, *, device: str = "auto", backend: str = "torch", dtype:
         return {"device": "cpu", "dtype": "float32", "backend": "numpy"}
     if model == STATIC_MODEL:
         return {"device": "cpu", "dtype": "float32", "backend": "model2vec"}
-    resolved = resolve_device(device)
+    resolved = _device_for(backend, device)
     return {"device": resolved, "dtype": resolve_dtype(dtype, resolved), "backend": backend}
+
+
+def _device_for(backend: str, device: str) -> str:
+    """The resolved device; ONNX Runtime runs on the CPU, so `auto` means cpu for it."""
+    return "cpu" if backend == "onnx" and device == "auto" else resolve_device(device)
 
 
 # --- token-budget batches ----------------------------------------------------------------------
@@ -348,7 +353,7 @@ def load_embedder(
     if model == STATIC_MODEL:
         key: tuple = (model, threads)
     else:
-        resolved = resolve_device(device)
+        resolved = _device_for(backend, device)
         resolved_dtype = resolve_dtype(dtype, resolved)
         if backend == "onnx" and resolved != "cpu":
             raise UsageError(f"backend 'onnx' runs on the CPU, not {resolved}", fix="use backend torch on a GPU, or --device cpu")

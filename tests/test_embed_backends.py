@@ -94,6 +94,11 @@ def test_onnx_backend_on_a_gpu_is_a_usage_error(fake_cuda):
         load_embedder("minilm", backend="onnx", device="cuda:0")
 
 
+def test_onnx_backend_with_auto_device_runs_on_the_cpu_even_with_a_gpu(fake_cuda):
+    assert embedders.describe("minilm", backend="onnx") == {"device": "cpu", "dtype": "float32", "backend": "onnx"}
+    assert embedders.describe("minilm") == {"device": "cuda:0", "dtype": "float16", "backend": "torch"}
+
+
 def test_minilm_on_cuda_loads_there_in_fp16_with_token_batches(fake_cuda, monkeypatch):
     """What the embedder asks of torch on a GPU machine (the model itself is a stand-in)."""
     calls = []
