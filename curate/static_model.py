@@ -11,12 +11,14 @@ pools) but not to find the same duplicates (see docs/embeddings.md for the measu
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 from scipy import sparse
 
@@ -100,16 +102,40 @@ class StaticEmbedder:
         self.version = model_version("minilm-static")
 
     def encode(self, texts: pa.Array) -> np.ndarray:
-        strings = texts.fill_null("").to_pylist()
+        """Sum of token vectors per text, L2-normalized (= the normalized mean).
+
+        Only the distinct whitespace-separated words of the call are tokenized: BERT's
+        normalizer and pre-tokenizer never join across whitespace, so a text's tokens are its
+        words' tokens. Tokenizing every text was 80% of the time (5,000-7,000 texts/s on 2 busy
+        cores); words repeat, so the distinct ones are a fraction of the characters."""
+        texts = texts.fill_null("")
         if self.model.weights is not None or self.model.token_mapping is not None:  # a vocabulary-quantized model
-            return normalize_rows(self.model.encode(strings, max_length=None, use_multiprocessing=False))
-        token_ids = self.model.tokenize(strings)
-        lengths = np.fromiter(map(len, token_ids), dtype=np.int64, count=len(token_ids))
-        flat = np.fromiter((t for ids in token_ids for t in ids), dtype=np.int64, count=int(lengths.sum()))
-        # token counts per row (sparse) times the table: sums without materializing a vector per
-        # token, so memory stays rows x dim however long the texts are
-        indptr = np.concatenate([[0], np.cumsum(lengths)])
-        counts = sparse.csr_matrix((np.ones(len(flat), np.float32), flat, indptr), shape=(len(strings), self.table.shape[0]))
-        out = np.asarray(counts @ self.table, dtype=np.float32)
-        out[lengths == 0] = self.empty
+            return normalize_rows(self.model.encode(texts.to_pylist(), max_length=None, use_multiprocessing=False))
+        n = len(texts)
+        words = (
+            pl.DataFrame({"text": pl.from_arrow(texts)})
+            .with_row_index("row")
+            .select("row", pl.col("text").str.extract_all(r"\S+").alias("word"))
+            .explode("word")
+            .drop_nulls("word")
+        )
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        if words.height:
+            distinct = words.get_column("word").unique().sort()
+            word_index = words.get_column("word").rank("dense").to_numpy().astype(np.int64) - 1
+            encoded = self.model.tokenizer.encode_batch_fast(distinct.to_list(), add_special_tokens=False)
+            token_ids = [e.ids for e in encoded]
+            lengths = np.fromiter(map(len, token_ids), dtype=np.int64, count=len(token_ids))
+            flat = np.fromiter(itertools.chain.from_iterable(token_ids), dtype=np.int64, count=int(lengths.sum()))
+            owner = np.repeat(np.arange(len(token_ids)), lengths)
+            if self.model.unk_token_id is not None:  # model2vec drops unknown tokens
+                known = flat != self.model.unk_token_id
+                flat, owner = flat[known], owner[known]
+            ones = np.ones(len(flat), dtype=np.float32)
+            word_vectors = sparse.csr_matrix((ones, (owner, flat)), shape=(len(token_ids), self.table.shape[0])) @ self.table
+            rows = words.get_column("row").to_numpy().astype(np.int64)
+            per_text = sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, word_index)), shape=(n, len(token_ids)))
+            out = np.asarray(per_text @ word_vectors, dtype=np.float32)
+        empty = ~out.any(axis=1)
+        out[empty] = self.empty
         return normalize_rows(out)

@@ -271,7 +271,7 @@ def test_static_encoder_is_the_mean_of_token_vectors_like_model2vec():
     tokenizer = Tokenizer.from_file(str(Path(gt.get_model_path()) / "tokenizer.json"))
     table = np.random.default_rng(0).normal(size=(tokenizer.get_vocab_size(), 32)).astype(np.float32)
     model = model2vec.StaticModel(table, tokenizer, normalize=True)
-    texts = demo_texts(200, seed=2)
+    texts = demo_texts(200, seed=2) + ["Tab\tseparated\r\nlines", "naïve café — Ünïcode", "中文字符test", "a,b;c(d)", "x  y"]
     ours = StaticEmbedder(model=model).encode(pa.array(texts))
     reference = model.encode(texts, max_length=None, use_multiprocessing=False)
     np.testing.assert_allclose(ours, reference, atol=1e-5)
