@@ -166,8 +166,9 @@ def embed(
     output: Path = OutputOpt,
     model: Optional[str] = typer.Option(
         None, "--model",
-        help="minilm | minilm-static | hashing | column:NAME. minilm-static (a static model distilled from minilm, "
-        "~40x faster) ranks rows like minilm (prototypes, pools) but finds different duplicates: too weak for semantic dedup.",
+        help="minilm | minilm-static | hashing | column:NAME. minilm-static (distilled from minilm, no transformer: "
+        "over 100x faster on a CPU) is too weak for semantic dedup (it finds about half of minilm's duplicate pairs); "
+        "use it for prototypes and pools.",
     ),
     device: Optional[str] = typer.Option(None, "--device", help="minilm: auto (CUDA when torch sees a GPU) | cpu | cuda | cuda:N."),
     backend: Optional[str] = typer.Option(None, "--backend", help="minilm: torch | onnx (ONNX Runtime on the CPU, faster)."),

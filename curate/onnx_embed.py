@@ -50,7 +50,10 @@ def ensure_onnx_model() -> Path:
     except OSError as exc:
         raise UsageError(f"cannot write the ONNX model to {path.parent} ({exc.strerror})", fix="set CURATE_CACHE_DIR to a writable directory") from None
     try:
-        export_onnx(Path(tmp))
+        try:
+            export_onnx(Path(tmp))
+        except ImportError as exc:
+            raise UsageError(f"exporting the ONNX model needs the package {exc.name or 'onnx'}, which is not installed", fix="pip install 'curate[onnx]', or use backend torch") from None
         os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is readable like any other
         os.replace(tmp, path)
     finally:
