@@ -2,10 +2,11 @@
 normalization as the torch path, exported once from the bundled model into the cache directory.
 
 The exported graph includes the pooling and normalization, so only (batch, 384) floats leave
-the runtime. Measured on 3,000 Debian descriptions, 2 threads: 1.4x the torch path, cosine >=
-0.99999 per row. Dynamic int8 quantization was measured and left out: on a CPU with AVX-512
-VNNI it ran 1.4x faster than fp32 ONNX but its cosine against torch fp32 fell to 0.927 on
-some rows (mean 0.966), far from the 0.999 we hold the backends to.
+the runtime. `python bench/embed.py`: 1.4x the torch path on a quiet 2-core machine (3.5x on a
+busy one, where torch's thread pool suffers more), cosine >= 0.99999 per row. Dynamic int8
+quantization (`bench/embed.py --int8`) is left out: on a CPU with AVX-512 VNNI it ran about
+1.4x faster than fp32 ONNX but its cosine against torch fp32 fell to 0.93 on some rows (mean
+0.97), far from the 0.999 the backends are held to.
 """
 
 from __future__ import annotations
