@@ -119,19 +119,28 @@ def validate_dtype(dtype: str) -> None:
 
 
 def resolve_device(device: str) -> str:
-    """'cpu' or 'cuda:N'. `auto` takes the current CUDA device when torch sees one."""
+    """'cpu' or 'cuda:N'. `auto` takes a CUDA device when torch sees one (on a worker of a
+    parallel run, its own: see `worker_slot`)."""
     validate_device(device)
     if device == "cpu":
         return "cpu"
     import torch
 
     available = torch.cuda.is_available()
-    if device == "auto":
-        return f"cuda:{torch.cuda.current_device()}" if available else "cpu"
+    if device == "auto" and not available:
+        return "cpu"
     if not available:
         raise UsageError(f"device {device!r} asked for, but torch sees no CUDA device", fix="use --device cpu (or auto), or install a CUDA build of torch")
-    index = torch.cuda.current_device() if device == "cuda" else int(device[5:])
     count = torch.cuda.device_count()
+    if device in ("auto", "cuda"):
+        # One GPU per worker: worker k of the run's executor takes GPU k mod count, so
+        # `--workers N` (or `--jobs N`) on an N-GPU machine puts one model on each GPU.
+        from curate.executors import worker_slot
+
+        slot = worker_slot()
+        index = slot % count if slot is not None and count > 1 else torch.cuda.current_device()
+        return f"cuda:{index}"
+    index = int(device[5:])
     if index >= count:
         raise UsageError(f"device {device!r} does not exist: torch sees {count} CUDA device(s)", fix=f"use cuda:0 .. cuda:{count - 1}, or auto")
     return f"cuda:{index}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
 from collections import OrderedDict
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
@@ -25,6 +26,7 @@ from curate.progress import QUIET, Progress
 CONNECT_TIMEOUT = 10.0
 WAIT_FOR_WORKERS = 120.0
 # Environment variables that cap the thread pools of the native libraries a task may use.
+_SLOT_VAR = "CURATE_WORKER_SLOT"
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS", "RAYON_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
@@ -111,11 +113,12 @@ class LocalExecutor(_Timed):
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
+            context = _process_context()
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers,
-                mp_context=_process_context(),
+                mp_context=context,
                 initializer=_init_worker_process,
-                initargs=(self.threads_per_task, os.getpid(), dict(os.environ)),
+                initargs=(self.threads_per_task, os.getpid(), dict(os.environ), context.Value("i", 0)),
             )
         return self._pool
 
@@ -191,7 +194,25 @@ def _gather(futures: list[Future], sizes: list[int], bar: Any) -> list[Any]:
     return [f.result() for f in futures]
 
 
-def _init_worker_process(threads: int, driver_pid: int, environ: dict[str, str]) -> None:
+def worker_slot() -> int | None:
+    """This worker's number in the run (0, 1, ...), None outside a worker: a local worker's
+    from the pool's start order, a Dask worker's from its name (a LocalCluster numbers them)."""
+    slot = os.environ.get(_SLOT_VAR)
+    if slot is not None:
+        return int(slot)
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):
+        return None
+    if isinstance(name, int):
+        return name
+    digits = re.search(r"(\d+)$", str(name))
+    return int(digits.group(1)) if digits else None
+
+
+def _init_worker_process(threads: int, driver_pid: int, environ: dict[str, str], counter: Any) -> None:
     """Runs first in each worker: cap native thread pools, and exit when the driver does.
 
     A `kill -9` of `curate` must not leave workers behind writing into its output or holding
@@ -202,6 +223,9 @@ def _init_worker_process(threads: int, driver_pid: int, environ: dict[str, str])
     process may have started before they were set."""
     os.environ.clear()
     os.environ.update(environ)
+    with counter.get_lock():
+        os.environ[_SLOT_VAR] = str(counter.value)
+        counter.value += 1
     for name in _THREAD_VARS:
         os.environ[name] = str(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

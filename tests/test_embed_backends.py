@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -327,3 +328,22 @@ def test_two_processes_exporting_at_once_both_get_a_whole_model(tmp_path):
     runs = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE) for _ in range(2)]
     assert [run.wait(timeout=600) for run in runs] == [0, 0], [run.stderr.read().decode()[-500:] for run in runs]
     assert [p.name for p in tmp_path.iterdir()] == [embedders_onnx().onnx_model_path().name]
+
+
+def test_each_worker_of_a_parallel_run_takes_its_own_gpu(fake_cuda, monkeypatch):
+    """Worker k takes GPU k mod count, so N workers on an N-GPU machine use every GPU; an
+    explicit cuda:N is kept, and outside a worker the current device is used."""
+    monkeypatch.delenv("CURATE_WORKER_SLOT", raising=False)
+    assert resolve_device("auto") == "cuda:0"
+    for slot, expected in ((0, "cuda:0"), (1, "cuda:1"), (4, "cuda:0"), (5, "cuda:1")):
+        monkeypatch.setenv("CURATE_WORKER_SLOT", str(slot))
+        assert resolve_device("auto") == expected and resolve_device("cuda") == expected
+        assert resolve_device("cuda:0") == "cuda:0"
+
+
+def test_local_worker_processes_are_numbered_from_zero():
+    from curate.executors import LocalExecutor, worker_slot
+
+    with LocalExecutor(2) as executor:
+        slots = set(executor.map(lambda _: (time.sleep(0.2), worker_slot())[1], range(4)))
+    assert slots <= {0, 1} and 0 in slots
