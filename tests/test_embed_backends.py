@@ -234,7 +234,7 @@ def test_embed_stage_records_device_backend_and_speed(onnx_cache, tmp_path):
     texts = demo_texts(40, seed=3)
     pq.write_table(pa.table({"id": [f"d{i}" for i in range(len(texts))], "text": texts}), source)
     spec = parse_pipeline({"stage": [{"kind": "embed", "model": "minilm", "backend": "onnx", "device": "cpu"}]}, "test")
-    result = run_pipeline(spec, source, tmp_path / "out", RunOptions(workers=1))
+    result = run_pipeline(spec, source, tmp_path / "out", RunOptions(jobs=1))
     info = result.manifest["stages"][1]["info"]
     assert (info["device"], info["dtype"], info["backend"]) == ("cpu", "float32", "onnx")
     assert info["computed"] == 40 and info["rows_per_second"] > 0
