@@ -6,7 +6,8 @@ vendored by several packages: pip/_vendor, setuptools/_vendor, ...), /usr/share/
 (licence texts repeated per package, changelogs) and man pages. Near duplicates there are
 natural: vendored copies at other versions, licence boilerplate, man pages of tool families.
 
-`debian_descriptions()` is the shared short-text corpus (63,666 package descriptions).
+`debian_descriptions()` is the shared short-text corpus (63,666 package descriptions), found
+next to the repository (`../shared/data`) unless a path is given.
 """
 
 from __future__ import annotations
@@ -14,18 +15,21 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-DEBIAN_DESCRIPTIONS = Path("/work/shared/data/debian_descriptions.parquet")
-VENV_SITE = Path("/work/main/.venv/lib/python3.11/site-packages")
+DEBIAN_DESCRIPTIONS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "debian_descriptions.parquet"
+# The running interpreter's standard library and site-packages, wherever they are installed.
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+VENV_SITE = Path(sysconfig.get_paths()["purelib"])
 
 # (label, root, glob pattern, gzip-compressed)
 LONG_SOURCES: list[tuple[str, Path, str, bool]] = [
-    ("python-stdlib", Path("/usr/lib/python3.11"), "*.py", False),
+    ("python-stdlib", STDLIB, "*.py", False),
     ("python-site", VENV_SITE, "*.py", False),
     ("doc", Path("/usr/share/doc"), "*", False),
     ("doc-gz", Path("/usr/share/doc"), "*.gz", True),
@@ -40,9 +44,13 @@ class Corpus:
     bytes: int
 
 
-def debian_descriptions() -> Corpus:
-    meta = pq.read_metadata(DEBIAN_DESCRIPTIONS)
-    return Corpus(DEBIAN_DESCRIPTIONS, meta.num_rows, DEBIAN_DESCRIPTIONS.stat().st_size)
+def debian_descriptions(path: str | os.PathLike | None = None) -> Corpus:
+    """The Debian descriptions at `path`, or next to the repository."""
+    found = Path(path) if path is not None else DEBIAN_DESCRIPTIONS.resolve()
+    if not found.is_file():
+        raise SystemExit(f"no Debian descriptions at {found}: pass their Parquet file's path")
+    meta = pq.read_metadata(found)
+    return Corpus(found, meta.num_rows, found.stat().st_size)
 
 
 def _keep_name(name: str, fraction: float, seed: int) -> bool:
@@ -118,5 +126,5 @@ if __name__ == "__main__":
     import time
 
     started = time.perf_counter()
-    corpus = build_long_corpus(sys.argv[1] if len(sys.argv) > 1 else "/tmp/curate-long-corpus")
+    corpus = build_long_corpus(sys.argv[1] if len(sys.argv) > 1 else "curate-long-corpus")
     print(f"{corpus.rows} documents, {corpus.bytes / 1e6:.1f} MB of text -> {corpus.path} ({time.perf_counter() - started:.1f}s)")

@@ -195,6 +195,32 @@ def test_large_buckets_stay_connected_with_linear_pairs() -> None:
     assert (mh.connected_components(500, i, j) == 0).all()
 
 
+def test_keyed_bucket_pairs_split_by_key_give_the_matrix_pairs() -> None:
+    """The shuffle's contract: entries split by key hash into any number of key buckets, the
+    union of each bucket's pairs is exactly bucket_pairs over the whole key matrix (big
+    buckets included, where only star and chain pairs are made)."""
+    rng = np.random.default_rng(5)
+    n, bands = 300, 4
+    keys = rng.integers(0, 40, size=(n, bands)).astype(np.uint64)
+    keys[:, 1] = 7  # one band where every row shares a key: a bucket far above all_pairs_max
+    i, j = mh.bucket_pairs(keys)
+    expected = set((i * n + j).tolist())
+    band = np.repeat(np.arange(bands, dtype=np.uint8)[None, :], n, axis=0).ravel()
+    row = np.repeat(np.arange(n), bands)
+    key = keys.ravel()
+    for split in (1, 3, 8):
+        found: set[int] = set()
+        for bucket in range(split):
+            mine = key % np.uint64(split) == bucket
+            pairs = mh.keyed_bucket_pairs(band[mine], key[mine], row[mine], n)
+            assert (np.diff(pairs) > 0).all()
+            found |= set(pairs.tolist())
+        assert found == expected, split
+    # the same key in two bands is two buckets, not one
+    pairs = mh.keyed_bucket_pairs(np.array([0, 1], np.uint8), np.array([9, 9], np.uint64), np.array([0, 1]), 2)
+    assert len(pairs) == 0
+
+
 def test_connected_components_match_networkx() -> None:
     rng = np.random.default_rng(11)
     for trial in range(20):

@@ -156,3 +156,109 @@ def test_exact_mode_does_not_trust_equal_signatures_of_tiny_sets(tmp_path: Path)
     assert len(removed) == 0
     _, none = run(tmp_path / "tiny.parquet", tmp_path / "none", verify="none")
     assert len(none) > 0  # the collisions do happen: LSH puts some of these pairs in one bucket
+
+
+# ---------------------------------------------------------------------------------------
+# Map-reduce fit: the same bytes for any executor, worker count and unit size.
+
+
+def spanning_corpus(seed: int = 0) -> pa.Table:
+    """make_corpus plus a bucket larger than the all-pairs limit (seven exact copies of one
+    base, spread through the corpus) and a chain of edits (each link J > 0.8, the ends not),
+    rows shuffled after the bases so groups span many small work units."""
+    table, _ = make_corpus(seed)
+    rng = np.random.default_rng(seed + 1)
+    ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
+    words = texts[ids.index("base05")].split(" ")
+    chain = [" ".join(words)]
+    for step in range(4):  # each link replaces 2% of the words: J(link) ~0.9, J(ends) ~0.65
+        edited = chain[-1].split(" ")
+        for pos in rng.choice(len(edited), size=max(1, len(edited) // 50), replace=False):
+            edited[pos] = f"chain{step}x{pos}"
+        chain.append(" ".join(edited))
+    extra = [(f"copy11-{k}", texts[ids.index("base11")]) for k in range(7)] + [(f"chain{k}", t) for k, t in enumerate(chain[1:])]
+    rows = list(zip(ids, texts)) + extra
+    head, tail = rows[:40], rows[40:]  # the 40 bases first: each group's earliest row is its base
+    tail = [tail[i] for i in rng.permutation(len(tail))]
+    rows = head + tail
+    return pa.table({"id": [r[0] for r in rows], "text": [r[1] for r in rows], "extra": list(range(len(rows)))})
+
+
+@pytest.fixture(scope="module")
+def spanning(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("minhash-spanning")
+    table = spanning_corpus()
+    third = table.num_rows // 3
+    for k, (lo, hi) in enumerate([(0, third), (third, 2 * third), (2 * third, table.num_rows)]):
+        pq.write_table(table.slice(lo, hi - lo), root / f"part-{k}.parquet", row_group_size=10)
+    return root
+
+
+def run_tables(source: Path, out: Path, options: RunOptions, **stage) -> tuple[pa.Table, pa.Table, dict]:
+    spec = parse_pipeline({"stage": [{"kind": "minhash", **stage}]}, "test")
+    result = run_pipeline(spec, source, out, options)
+    return pq.read_table(out / "kept"), pq.read_table(out / "removed"), result.manifest["stages"][1]["info"]
+
+
+VERIFY = ["exact", "estimate", "none"]
+
+
+def serial_reference(table: pa.Table, verify: str, **options) -> dict[str, tuple[str, float]]:
+    """{removed id: (duplicate_of, score)} from the array functions run on the whole corpus at
+    once, as a single process computes it: every band's buckets over every row, each candidate
+    pair verified (no skipping), connected components rooted at the earliest row."""
+    from curate.metrics import minhash as mh
+
+    stage = MinHashDedup(verify=verify, **options)
+    bands, rows = stage.lsh_shape()
+    shingles, offsets = mh.text_shingles(table.column("text").combine_chunks(), stage.ngram, stage.unit, 0)
+    sig = mh.signatures(shingles, offsets, stage.num_perm, 0)
+    has = np.flatnonzero(np.diff(offsets) > 0)
+    li, lj = mh.bucket_pairs(mh.band_keys(sig, bands, rows, 0)[has])
+    i, j = has[li], has[lj]
+    est = mh.estimated_jaccard(sig[i], sig[j])
+    if verify == "none":
+        keep = np.ones(len(i), dtype=bool)
+    elif verify == "estimate":
+        keep = est >= stage.threshold
+    else:
+        sets, set_offsets = mh.unique_sorted_sets(shingles, offsets)
+        sd = np.sqrt(stage.threshold * (1 - stage.threshold) / stage.num_perm)
+        keep = (mh.exact_jaccard(sets, set_offsets, i, j) >= stage.threshold) & (est >= stage.threshold - 6 * sd)
+    groups = mh.duplicate_groups(table.num_rows, i[keep], j[keep], est[keep])
+    ids = table.column("id").to_pylist()
+    return {ids[r]: (ids[rep], float(s)) for r, rep, s in zip(groups.removed, groups.representative, groups.score)}
+
+
+@pytest.mark.parametrize("verify", VERIFY)
+def test_map_reduce_fit_gives_the_serial_reference(spanning, tmp_path: Path, verify: str) -> None:
+    _, removed, info = run_tables(spanning, tmp_path / "out", RunOptions(jobs=2, unit_rows=9), verify=verify, bands=16, rows=8)
+    assert info["work_units"] >= 10
+    got = {r["id"]: (r["duplicate_of"], r["score"]) for r in removed.to_pylist()}
+    assert got == serial_reference(pq.read_table(spanning), verify, bands=16, rows=8)
+    assert got["copy11-6"] == ("base11", 1.0)
+    if verify != "none":  # the whole chain hangs off its base, though its far end is not near it
+        assert {got[f"chain{k}"][0] for k in range(4)} == {"base05"}
+
+
+def test_same_bytes_for_jobs_and_unit_sizes(spanning, tmp_path: Path) -> None:
+    for verify in VERIFY:
+        kept, removed, _ = run_tables(spanning, tmp_path / f"serial-{verify}", RunOptions(jobs=1), verify=verify)
+        assert len(removed) > 20
+        for k, unit_rows in enumerate([7, 25]):
+            other_kept, other_removed, info = run_tables(spanning, tmp_path / f"jobs2-{verify}-{k}", RunOptions(jobs=2, unit_rows=unit_rows), verify=verify)
+            assert info["work_units"] > 3
+            assert kept.equals(other_kept) and removed.equals(other_removed), (verify, unit_rows)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_same_bytes_on_a_dask_cluster(spanning, tmp_path: Path, workers: int) -> None:
+    pytest.importorskip("distributed")
+    from curate.executors import DaskExecutor
+
+    with DaskExecutor.local(workers) as executor:
+        for verify in VERIFY:
+            kept, removed, _ = run_tables(spanning, tmp_path / f"serial-{verify}", RunOptions(jobs=1), verify=verify)
+            dask_kept, dask_removed, info = run_tables(spanning, tmp_path / f"dask-{verify}", RunOptions(executor=executor, unit_rows=8 + workers), verify=verify)
+            assert info["work_units"] > workers
+            assert kept.equals(dask_kept) and removed.equals(dask_removed), verify

@@ -181,9 +181,12 @@ def word_hashes(texts: pa.Array, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     if len(leads):
         cps, nbytes = _decode_leads(data, leads)
         _paint(is_word, leads, nbytes, _word_codepoints()[cps])
-    # Runs of word bytes: one diff and one nonzero over the buffer give alternating run
-    # starts and ends; a run that crosses a text boundary is split there.
-    edges = np.flatnonzero(np.diff(is_word.view(np.int8), prepend=np.int8(0), append=np.int8(0)))
+    # Runs of word bytes: the flips of a zero-padded mask give alternating run starts and
+    # ends; a run that crosses a text boundary is split there. (A bool compare, then nonzero:
+    # 6x faster than np.diff with prepend/append on int8, measured on 2 MB chunks.)
+    padded = np.zeros(len(body) + 2, dtype=bool)
+    padded[1:-1] = is_word
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
     starts, ends = edges[0::2], edges[1::2]
     inner = offsets[1:-1]
     inner = inner[(inner > 0) & (inner < len(body))]
@@ -419,34 +422,58 @@ def bucket_pairs(keys: np.ndarray, all_pairs_max: int = 4) -> tuple[np.ndarray, 
     n = keys.shape[0]
     found = np.empty(0, dtype=np.int64)
     for b in range(keys.shape[1]):
-        firsts, seconds = [], []
         order = np.argsort(keys[:, b], kind="stable")
         sorted_keys = keys[order, b]
         boundary = np.ones(n + 1, dtype=bool)
         boundary[1:n] = sorted_keys[1:] != sorted_keys[:-1]
-        starts = np.flatnonzero(boundary)
-        sizes = np.diff(starts)
-        run_starts, run_sizes = starts[:-1][sizes > 1], sizes[sizes > 1]
-        if len(run_sizes) == 0:
-            continue
-        small = run_sizes <= all_pairs_max
-        for size in sorted_unique(run_sizes[small]):
-            base = run_starts[small & (run_sizes == size)]
-            a, c = np.triu_indices(int(size), k=1)
-            firsts.append(order[(base[:, None] + a[None, :]).ravel()])
-            seconds.append(order[(base[:, None] + c[None, :]).ravel()])
-        big_starts, big_sizes = run_starts[~small], run_sizes[~small]
-        if len(big_sizes):
-            tails = big_sizes - 1
-            head = np.repeat(big_starts, tails)
-            member = head + np.arange(int(tails.sum()), dtype=np.int64) - np.repeat(np.cumsum(tails) - tails, tails) + 1
-            firsts += [order[head], order[member - 1]]
-            seconds += [order[member], order[member]]
-        i = np.concatenate(firsts)
-        j = np.concatenate(seconds)
-        lo, hi = np.minimum(i, j), np.maximum(i, j)
-        found = sorted_unique(np.concatenate([found, (lo * n + hi)[lo != hi]]))
+        i, j = run_pairs(order, np.flatnonzero(boundary), all_pairs_max)
+        if len(i):
+            found = sorted_unique(np.concatenate([found, i * n + j]))
     return found // max(n, 1), found % max(n, 1)
+
+
+def keyed_bucket_pairs(band: np.ndarray, key: np.ndarray, row: np.ndarray, n: int, all_pairs_max: int = 4) -> np.ndarray:
+    """`bucket_pairs` over (band, key, row) entries instead of an (n, bands) key matrix: the
+    sorted unique candidate pairs as `i * n + j` (i < j < n). A bucket is every entry with one
+    (band, key); given all of a bucket's entries (a shuffle by key hash keeps buckets whole),
+    the pairs are exactly those `bucket_pairs` finds for that bucket, in any split of the keys."""
+    if len(row) == 0:
+        return np.empty(0, dtype=np.int64)
+    order = np.lexsort((row, key, band))
+    sorted_band, sorted_key = band[order], key[order]
+    boundary = np.ones(len(row) + 1, dtype=bool)
+    boundary[1:-1] = (sorted_key[1:] != sorted_key[:-1]) | (sorted_band[1:] != sorted_band[:-1])
+    i, j = run_pairs(np.asarray(row, dtype=np.int64)[order], np.flatnonzero(boundary), all_pairs_max)
+    return sorted_unique(i * n + j)
+
+
+def run_pairs(members: np.ndarray, starts: np.ndarray, all_pairs_max: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (lo, hi), lo != hi, within runs of `members` (run k is members[starts[k]:starts[k+1]],
+    its rows ascending; starts ends with len(members)): all pairs of a run of up to
+    `all_pairs_max`, else each member with the run's first and with its predecessor."""
+    sizes = np.diff(starts)
+    run_starts, run_sizes = starts[:-1][sizes > 1], sizes[sizes > 1]
+    if len(run_sizes) == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    firsts, seconds = [], []
+    small = run_sizes <= all_pairs_max
+    for size in sorted_unique(run_sizes[small]):
+        base = run_starts[small & (run_sizes == size)]
+        a, c = np.triu_indices(int(size), k=1)
+        firsts.append(members[(base[:, None] + a[None, :]).ravel()])
+        seconds.append(members[(base[:, None] + c[None, :]).ravel()])
+    big_starts, big_sizes = run_starts[~small], run_sizes[~small]
+    if len(big_sizes):
+        tails = big_sizes - 1
+        head = np.repeat(big_starts, tails)
+        member = head + np.arange(int(tails.sum()), dtype=np.int64) - np.repeat(np.cumsum(tails) - tails, tails) + 1
+        firsts += [members[head], members[member - 1]]
+        seconds += [members[member], members[member]]
+    i = np.concatenate(firsts).astype(np.int64, copy=False)
+    j = np.concatenate(seconds).astype(np.int64, copy=False)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    distinct = lo != hi
+    return lo[distinct], hi[distinct]
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:

@@ -1,19 +1,31 @@
-"""MinHash LSH near-dup stage: a thin streaming wrapper around `curate.metrics.minhash`.
+"""MinHash LSH near-dup stage: map-reduce over work units around `curate.metrics.minhash`.
 
-fit, pass 1: signatures chunk by chunk on `ctx.threads` threads (numpy and Arrow release the
-GIL); only band keys (bands x 8 bytes per row), row ordinals and shingle counts stay in memory;
-signatures (and, for exact verification, the raw shingle hashes) spill to files in
-`ctx.work_dir` read back as memory maps. Then band buckets -> candidate pairs -> verification
--> connected components, and one id pass for the representatives. transform, pass 2: a pure
-per-batch lookup of the fitted removed rows.
+fit, as three rounds of tasks on the run's executor (`ctx.map`), the driver merging only
+small results:
+  1. sketch, one task per work unit: shingles, signatures and band keys on `ctx.threads`
+     threads; the unit's signatures, raw shingle hashes, shingle counts and row ordinals go to
+     files of its own under `ctx.work_dir` (read back later by memory map, by row range), its
+     (band, key, row) entries to shuffle pieces by key hash;
+  2. buckets, one task per key bucket: every (band, key) bucket is whole in one key bucket,
+     so its candidate pairs are exactly the serial ones; pairs go to pieces by pair hash;
+  3. verify, one task per pair bucket: each distinct candidate pair once, estimated from the
+     signatures and checked by exact Jaccard over the shingles of just its rows;
+then connected components of the verified edges on the driver (root = the earliest row) and
+one id task per unit for the representatives. transform is a pure per-batch lookup.
+
+Groups and scores are the same whatever the units, buckets or workers: a group is a connected
+component of the candidate pairs that pass verification, a row's score is the highest
+estimate among its verified pairs, and neither depends on which task saw a pair first.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -21,15 +33,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.atomic import atomic_path
 from curate.metrics import minhash as mh
 from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, drop_fitted_duplicates, row_ordinals
+from curate.tasks import piece_path, read_pieces, write_piece
 
 VERIFY_MODES = ("estimate", "exact", "none")
 UNITS = ("word", "char")
 _CHUNK_BYTES = 2 << 20  # text bytes per work item: fits the per-byte arrays in cache-ish sizes
-_CHUNK_ROWS = 8192  # rows per work item, so short-text batches still spread over workers
+_CHUNK_ROWS = 8192  # rows per work item, so short-text batches still spread over threads
 _PAIR_BLOCK = 65536  # candidate pairs estimated per block (bounded signature gathers)
 _EXACT_BLOCK = 1_000_000  # shingles gathered per exact-Jaccard block (small: later blocks skip joined pairs)
+# (band, key, row) entries per key bucket at most: 13 bytes each in the pieces, about 40 with
+# the sort, so a bucket task stays near 160 MB whatever the corpus size.
+_BUCKET_ENTRIES = 4_000_000
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -101,137 +118,331 @@ class MinHashDedup(Stage):
         started = time.perf_counter()
         bands, rows = self.lsh_shape()
         self.bands_, self.rows_ = bands, rows
-        work = Path(ctx.work_dir)
-        work.mkdir(parents=True, exist_ok=True)
-        sig_path, shingle_path = work / "signatures.u32", work / "shingles.u64"
-        ordinals: list[np.ndarray] = []
-        keys: list[np.ndarray] = []
-        counts: list[np.ndarray] = []
-        exact = self.verify == "exact"
-
-        def sketch(item: tuple[np.ndarray, pa.Array]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-            chunk_rows, texts = item
-            shingles, offsets = mh.text_shingles(texts, self.ngram, self.unit, ctx.seed)  # type: ignore[arg-type]
-            sig = mh.signatures(shingles, offsets, self.num_perm, ctx.seed)
-            return chunk_rows, sig, mh.band_keys(sig, bands, rows, ctx.seed), shingles, np.diff(offsets)
-
-        with (
-            ctx.progress.task(f"{ctx.name}: signatures", total=source.num_rows) as bar,
-            open(sig_path, "wb") as sig_file,
-            open(shingle_path, "wb") as shingle_file,
-        ):
-            for chunk_rows, sig, band, shingles, chunk_counts in ordered_map(sketch, self._chunks(source, ctx, bar), max(1, ctx.threads)):
-                ordinals.append(chunk_rows)
-                keys.append(band)
-                counts.append(chunk_counts)
-                sig_file.write(memoryview(np.ascontiguousarray(sig)))
-                if exact:  # raw shingle hashes, for exact Jaccard of the few inconclusive pairs
-                    shingle_file.write(memoryview(np.ascontiguousarray(shingles)))
+        work = Path(ctx.work_dir) / "minhash"
+        units = ctx.units(source)
+        # Key buckets from the source size (a bound, before knowing how many rows have
+        # shingles); never fewer than 2 per worker so every worker reduces.
+        buckets = max(2 * ctx.workers, math.ceil(source.num_rows * bands / _BUCKET_ENTRIES), 1)
+        sketch = _Sketch(self, ctx.text_column, ctx.seed, bands, rows, str(work), buckets, max(1, ctx.task_threads))
+        sketches: list[UnitSketch] = ctx.map(sketch, units, label=f"{ctx.name}: signatures", sizes=[u.rows for u in units])
+        _check_increasing(sketches)
+        starts = np.concatenate([[0], np.cumsum([s.rows for s in sketches])]).astype(np.int64)
+        n = int(starts[-1])
         hashed = time.perf_counter()
 
-        rows_all = np.concatenate(ordinals) if ordinals else np.empty(0, np.int64)
-        if len(rows_all) > 1 and not (np.diff(rows_all) > 0).all():
-            raise RuntimeError("minhash: source rows are not in increasing ordinal order")
-        n = len(rows_all)
-        shingle_counts = np.concatenate(counts) if counts else np.empty(0, np.int64)
-        sig = _open_matrix(sig_path, np.uint32, n, self.num_perm)
-        band_all = np.concatenate(keys) if keys else np.empty((0, bands), np.uint64)
-        del keys, counts, ordinals
-        # Texts without shingles never join a bucket (the exact stage owns empty texts).
-        has_shingles = np.flatnonzero(shingle_counts > 0)
-        local_i, local_j = mh.bucket_pairs(band_all[has_shingles])
-        cand_i, cand_j = has_shingles[local_i], has_shingles[local_j]
-        del band_all
+        pair_count = ctx.map(_Buckets(str(work), len(units), starts, buckets), range(buckets), label=f"{ctx.name}: buckets")
         bucketed = time.perf_counter()
 
-        est = np.empty(len(cand_i), dtype=np.float64)
-        for lo in range(0, len(cand_i), _PAIR_BLOCK):
-            block = slice(lo, lo + _PAIR_BLOCK)
-            est[block] = mh.estimated_jaccard(sig[cand_i[block]], sig[cand_j[block]])
-            _release(sig)
-        if self.verify == "none":
-            keep = np.ones(len(cand_i), dtype=bool)
-        elif self.verify == "estimate":
-            keep = est >= self.threshold
-        else:
-            keep, checked = self._exact_verify(cand_i, cand_j, est, shingle_counts, shingle_path, ctx)
-            ctx.info["exact_checked_pairs"] = checked
-        groups = mh.duplicate_groups(n, cand_i[keep], cand_j[keep], est[keep])
+        verify = _Verify(str(work), buckets, starts, self.num_perm, self.threshold, self.verify)
+        checked = ctx.map(verify, range(buckets), label=f"{ctx.name}: verifying", sizes=pair_count)
+        edges_i = np.concatenate([c.i for c in checked]) if checked else np.empty(0, np.int64)
+        edges_j = np.concatenate([c.j for c in checked]) if checked else np.empty(0, np.int64)
+        edges_est = np.concatenate([c.estimate for c in checked]) if checked else np.empty(0, np.float64)
+        # Components over the rows that have an edge only: the driver's memory follows the
+        # edges, not the corpus. Nodes are sorted rows, so the smallest node is the earliest row.
+        nodes = mh.sorted_unique(np.concatenate([edges_i, edges_j]))
+        groups = mh.duplicate_groups(len(nodes), np.searchsorted(nodes, edges_i), np.searchsorted(nodes, edges_j), edges_est)
         verified = time.perf_counter()
-        del sig
 
-        self.duplicate_rows_ = rows_all[groups.removed]
-        self.representatives_ = rows_all[groups.representative]
+        store = RowStore(work, starts, self.num_perm)
+        self.duplicate_rows_ = store.ordinals(nodes[groups.removed])
+        self.representatives_ = store.ordinals(nodes[groups.representative])
         self.scores_ = groups.score
         self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx)
-        for path in (sig_path, shingle_path):
-            path.unlink(missing_ok=True)
         ctx.info.update(
             bands=bands,
             rows=rows,
             verify=self.verify,
-            texts_without_shingles=int(n - len(has_shingles)),
-            candidate_pairs=int(len(cand_i)),
-            verified_pairs=int(keep.sum()),
+            key_buckets=buckets,
+            texts_without_shingles=int(n - sum(s.shingled for s in sketches)),
+            candidate_pairs=int(sum(c.candidates for c in checked)),
+            verified_pairs=int(len(edges_i)),
             groups=int(len(mh.sorted_unique(self.representatives_))),
             near_duplicates=int(len(self.duplicate_rows_)),
             seconds_signatures=round(hashed - started, 3),
             seconds_buckets=round(bucketed - hashed, 3),
             seconds_verify=round(verified - bucketed, 3),
         )
+        if self.verify == "exact":
+            ctx.info["exact_checked_pairs"] = int(sum(c.checked for c in checked))
         return self
-
-    def _exact_verify(
-        self, cand_i: np.ndarray, cand_j: np.ndarray, est: np.ndarray, shingle_counts: np.ndarray, shingle_path: Path, ctx: StageContext
-    ) -> tuple[np.ndarray, int]:
-        """Exact Jaccard >= threshold per candidate pair, computed only where it can matter.
-
-        Estimates more than 6 sd below the threshold (P < 1e-9 if J >= t) are rejected without
-        a look. Equal signatures are not accepted blindly: with one-permutation hashing two tiny
-        sets ({a, b} vs {a}) share every slot when a and b fall in one bin (P ~ 1/256). The rest
-        go in descending estimate order, in blocks, skipping pairs whose rows an accepted pair
-        has already joined (the groups cannot change). Deterministic: the order depends only on
-        the estimates and row indices."""
-        sd = np.sqrt(self.threshold * (1.0 - self.threshold) / self.num_perm)
-        keep = np.zeros(len(est), dtype=bool)
-        check = np.flatnonzero(est >= self.threshold - 6.0 * sd)
-        check = check[np.lexsort((check, -est[check]))]
-        offsets = np.concatenate([[0], np.cumsum(shingle_counts)]).astype(np.int64)
-        shingles = _open_vector(shingle_path, np.uint64, int(offsets[-1]))
-        parent = np.arange(len(shingle_counts), dtype=np.int64)
-        checked = 0
-        with ctx.progress.task(f"{ctx.name}: exact Jaccard", total=len(check), unit="pairs") as bar:
-            work = shingle_counts[cand_i[check]] + shingle_counts[cand_j[check]]
-            block_of = (np.cumsum(work) - work) // _EXACT_BLOCK
-            for block in np.split(check, np.flatnonzero(np.diff(block_of)) + 1) if len(check) else []:
-                bar.advance(len(block))
-                block = block[parent[cand_i[block]] != parent[cand_j[block]]]
-                if len(block) == 0:
-                    continue
-                ends = np.concatenate([cand_i[block], cand_j[block]])
-                members = mh.sorted_unique(ends)
-                local = np.searchsorted(members, ends)
-                sets, set_offsets = mh.unique_sorted_sets(*_gather_ranges(shingles, offsets, members))
-                _release(shingles)
-                jac = mh.exact_jaccard(sets, set_offsets, local[: len(block)], local[len(block) :])
-                accepted = block[jac >= self.threshold]
-                keep[accepted] = True
-                parent = mh.connected_components(len(parent), cand_i[accepted], cand_j[accepted], parent)
-                checked += len(block)
-        return keep, checked
-
-    def _chunks(self, source: BatchSource, ctx: StageContext, bar) -> Iterator[tuple[np.ndarray, pa.Array]]:
-        """Text chunks of the source, in order; the next batch is read and decoded on a
-        background thread meanwhile (Arrow releases the GIL), so I/O overlaps hashing."""
-        for batch in prefetch(source.batches(columns=[ctx.text_column])):
-            yield from _text_chunks(row_ordinals(batch), batch.column(ctx.text_column))
-            bar.advance(batch.num_rows)
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         return drop_fitted_duplicates(
             batch, self.duplicate_rows_, self.representatives_, self.representative_ids_,
             stage=ctx.name, reason="near_duplicate", id_column=ctx.id_column, scores=self.scores_,
         )
+
+
+# ---------------------------------------------------------------------------------------
+# Per-unit files: signatures, shingles, shingle counts and row ordinals of unit u, by name.
+
+
+def _unit_file(work: str | Path, unit: int, what: str) -> Path:
+    return Path(work) / "units" / f"{unit:05d}.{what}"
+
+
+class RowStore:
+    """Rows of every unit's files by dense row index (unit u holds rows starts[u]..starts[u+1]),
+    read through memory maps: a task reads the pages of the rows it asks for, not the files."""
+
+    def __init__(self, work: str | Path, starts: np.ndarray, num_perm: int):
+        self.work = Path(work)
+        self.starts = starts
+        self.num_perm = num_perm
+        self._offsets: dict[int, np.ndarray] = {}
+
+    def _by_unit(self, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray, slice]]:
+        """(unit, local rows, slice of `rows`) for sorted `rows`, unit by unit."""
+        units = np.searchsorted(self.starts, rows, side="right") - 1
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(units)) + 1, [len(rows)]])
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            if hi > lo:
+                unit = int(units[lo])
+                yield unit, rows[lo:hi] - self.starts[unit], slice(int(lo), int(hi))
+
+    def _map(self, unit: int, what: str, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
+        if math.prod(shape) == 0:
+            return np.empty(shape, dtype=dtype)
+        return np.memmap(_unit_file(self.work, unit, what), dtype=dtype, mode="r", shape=shape)
+
+    def _unit_rows(self, unit: int) -> int:
+        return int(self.starts[unit + 1] - self.starts[unit])
+
+    def offsets(self, unit: int) -> np.ndarray:
+        """Shingle offsets of a unit's rows (8 bytes per row of the unit, kept per task)."""
+        found = self._offsets.get(unit)
+        if found is None:
+            counts = np.fromfile(_unit_file(self.work, unit, "counts"), dtype=np.int64)
+            found = self._offsets[unit] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return found
+
+    def signatures(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), num_perm) uint32 signatures of sorted `rows`."""
+        out = np.empty((len(rows), self.num_perm), dtype=np.uint32)
+        for unit, local, where in self._by_unit(rows):
+            sig = self._map(unit, "sig", np.uint32, (self._unit_rows(unit), self.num_perm))
+            out[where] = sig[local]
+            _release(sig)
+        return out
+
+    def shingles(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(raw shingle hashes, offsets) of sorted `rows`, concatenated in row order."""
+        values, lengths = [], []
+        for unit, local, _ in self._by_unit(rows):
+            offsets = self.offsets(unit)
+            shingles = self._map(unit, "shingles", np.uint64, (int(offsets[-1]),))
+            found, found_offsets = _gather_ranges(shingles, offsets, local)
+            _release(shingles)
+            values.append(found)
+            lengths.append(np.diff(found_offsets))
+        if not values:
+            return np.empty(0, np.uint64), np.zeros(1, np.int64)
+        return np.concatenate(values), np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
+
+    def shingle_counts(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty(len(rows), dtype=np.int64)
+        for unit, local, where in self._by_unit(rows):
+            out[where] = np.diff(self.offsets(unit))[local]
+        return out
+
+    def ordinals(self, rows: np.ndarray) -> np.ndarray:
+        """Row ordinals (ROW_COLUMN) of dense rows, in the order given."""
+        out = np.empty(len(rows), dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        for unit, local, where in self._by_unit(rows[order]):
+            ordinals = self._map(unit, "rows", np.int64, (self._unit_rows(unit),))
+            out[order[where]] = ordinals[local]
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# The three rounds of tasks.
+
+
+@dataclass(frozen=True)
+class UnitSketch:
+    rows: int  # rows of the unit
+    shingled: int  # of which have at least one shingle
+    first: int  # first and last row ordinal (-1 if the unit is empty)
+    last: int
+
+
+@dataclass(frozen=True)
+class _Sketch:
+    """Round 1, per unit: files of the unit's signatures, shingles, counts and ordinals, and
+    its (band, key, local row) entries split into key-bucket pieces."""
+
+    stage: MinHashDedup
+    text_column: str
+    seed: int
+    bands: int
+    rows: int
+    work: str
+    buckets: int
+    threads: int
+
+    def _chunk(self, item: tuple[np.ndarray, pa.Array]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        chunk_rows, texts = item
+        stage = self.stage
+        shingles, offsets = mh.text_shingles(texts, stage.ngram, stage.unit, self.seed)  # type: ignore[arg-type]
+        sig = mh.signatures(shingles, offsets, stage.num_perm, self.seed)
+        return chunk_rows, sig, shingles, np.diff(offsets)
+
+    def __call__(self, unit) -> UnitSketch:
+        ordinals: list[np.ndarray] = []
+        counts: list[np.ndarray] = []
+        keys: list[np.ndarray] = []
+        paths = {what: _unit_file(self.work, unit.index, what) for what in ("sig", "shingles", "counts", "rows")}
+        with (
+            atomic_path(paths["sig"], unique=True) as sig_tmp,
+            atomic_path(paths["shingles"], unique=True) as shingle_tmp,
+            open(sig_tmp, "wb") as sig_file,
+            open(shingle_tmp, "wb") as shingle_file,
+        ):
+            texts = (chunk for batch in prefetch(unit.batches(columns=[self.text_column])) for chunk in _text_chunks(row_ordinals(batch), batch.column(self.text_column)))
+            for chunk_rows, sig, shingles, chunk_counts in ordered_map(self._chunk, texts, self.threads):
+                ordinals.append(chunk_rows)
+                counts.append(chunk_counts)
+                keys.append(mh.band_keys(sig, self.bands, self.rows, self.seed))
+                sig_file.write(memoryview(np.ascontiguousarray(sig)))
+                shingle_file.write(memoryview(np.ascontiguousarray(shingles)))
+        rows = np.concatenate(ordinals) if ordinals else np.empty(0, np.int64)
+        count = np.concatenate(counts).astype(np.int64) if counts else np.empty(0, np.int64)
+        if len(rows) > 1 and not (np.diff(rows) > 0).all():
+            raise RuntimeError("minhash: source rows are not in increasing ordinal order")
+        for what, values in (("counts", count), ("rows", rows)):
+            with atomic_path(paths[what], unique=True) as tmp:
+                values.tofile(tmp)
+        # Texts without shingles never join a bucket (the exact stage owns empty texts).
+        shingled = np.flatnonzero(count > 0).astype(np.uint32)
+        key = np.concatenate(keys)[shingled] if keys else np.empty((0, self.bands), np.uint64)
+        band = np.broadcast_to(np.arange(self.bands, dtype=np.uint8), key.shape)
+        local = np.broadcast_to(shingled[:, None], key.shape)
+        which = (key % np.uint64(self.buckets)).astype(np.int64)
+        order = np.argsort(which.ravel(), kind="stable")
+        bounds = np.searchsorted(which.ravel()[order], np.arange(self.buckets + 1))
+        key, band, local = key.ravel()[order], band.ravel()[order], local.ravel()[order]
+        for bucket in range(self.buckets):
+            part = slice(int(bounds[bucket]), int(bounds[bucket + 1]))
+            write_piece(piece_path(Path(self.work) / "keys", bucket, unit.index), (band[part], key[part], local[part]))
+        first, last = (int(rows[0]), int(rows[-1])) if len(rows) else (-1, -1)
+        return UnitSketch(len(rows), len(shingled), first, last)
+
+
+@dataclass(frozen=True)
+class _Buckets:
+    """Round 2, per key bucket: the candidate pairs of its (band, key) buckets, as dense row
+    pairs i * n + j, split into pair-bucket pieces by a hash of the pair."""
+
+    work: str
+    units: int
+    starts: np.ndarray
+    buckets: int
+
+    def __call__(self, bucket: int) -> int:
+        n = int(self.starts[-1])
+        pieces = read_pieces(Path(self.work) / "keys", bucket, self.units)
+        band = np.concatenate([p[0] for p in pieces])
+        key = np.concatenate([p[1] for p in pieces])
+        row = np.concatenate([p[2].astype(np.int64) + self.starts[u] for u, p in enumerate(pieces)])
+        del pieces
+        pairs = mh.keyed_bucket_pairs(band, key, row, n)
+        which = (mh.fmix64(pairs.astype(np.uint64)) % np.uint64(self.buckets)).astype(np.int64)
+        for target in range(self.buckets):
+            write_piece(piece_path(Path(self.work) / "pairs", target, bucket), pairs[which == target])
+        return len(pairs)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A pair bucket's verified edges (dense rows i < j, estimated Jaccard) and counts."""
+
+    i: np.ndarray
+    j: np.ndarray
+    estimate: np.ndarray
+    candidates: int
+    checked: int
+
+
+@dataclass(frozen=True)
+class _Verify:
+    """Round 3, per pair bucket: each distinct candidate pair once (a pair lands in one pair
+    bucket whichever key buckets found it), estimated, then verified per the stage's mode."""
+
+    work: str
+    key_buckets: int
+    starts: np.ndarray
+    num_perm: int
+    threshold: float
+    verify: str
+
+    def __call__(self, bucket: int) -> Checked:
+        n = max(int(self.starts[-1]), 1)
+        pieces = read_pieces(Path(self.work) / "pairs", bucket, self.key_buckets)
+        pairs = mh.sorted_unique(np.concatenate(pieces)) if pieces else np.empty(0, np.int64)
+        cand_i, cand_j = pairs // n, pairs % n
+        store = RowStore(self.work, self.starts, self.num_perm)
+        est = np.empty(len(pairs), dtype=np.float64)
+        for lo in range(0, len(pairs), _PAIR_BLOCK):
+            block = slice(lo, lo + _PAIR_BLOCK)
+            members = mh.sorted_unique(np.concatenate([cand_i[block], cand_j[block]]))
+            sig = store.signatures(members)
+            est[block] = mh.estimated_jaccard(sig[np.searchsorted(members, cand_i[block])], sig[np.searchsorted(members, cand_j[block])])
+        checked = 0
+        if self.verify == "none":
+            keep = np.ones(len(pairs), dtype=bool)
+        elif self.verify == "estimate":
+            keep = est >= self.threshold
+        else:
+            keep, checked = _exact_verify(cand_i, cand_j, est, store, self.threshold, self.num_perm)
+        return Checked(cand_i[keep], cand_j[keep], est[keep], len(pairs), checked)
+
+
+def _exact_verify(cand_i: np.ndarray, cand_j: np.ndarray, est: np.ndarray, store: RowStore, threshold: float, num_perm: int) -> tuple[np.ndarray, int]:
+    """Exact Jaccard >= threshold per candidate pair, computed only where it can matter.
+
+    Estimates more than 6 sd below the threshold (P < 1e-9 if J >= t) are rejected without
+    a look. Equal signatures are not accepted blindly: with one-permutation hashing two tiny
+    sets ({a, b} vs {a}) share every slot when a and b fall in one bin (P ~ 1/256). The rest
+    go in descending estimate order, in blocks, skipping pairs whose rows an accepted pair
+    has already joined: their groups cannot change, and neither can a row's score (the
+    accepted pair that joined it came earlier, so its estimate is at least as high)."""
+    sd = np.sqrt(threshold * (1.0 - threshold) / num_perm)
+    keep = np.zeros(len(est), dtype=bool)
+    check = np.flatnonzero(est >= threshold - 6.0 * sd)
+    check = check[np.lexsort((check, -est[check]))]
+    nodes = mh.sorted_unique(np.concatenate([cand_i[check], cand_j[check]]))
+    node_i, node_j = np.searchsorted(nodes, cand_i), np.searchsorted(nodes, cand_j)  # only read at `check`
+    counts = store.shingle_counts(nodes)
+    parent = np.arange(len(nodes), dtype=np.int64)
+    checked = 0
+    work = counts[node_i[check]] + counts[node_j[check]]
+    block_of = (np.cumsum(work) - work) // _EXACT_BLOCK
+    for block in np.split(check, np.flatnonzero(np.diff(block_of)) + 1) if len(check) else []:
+        block = block[parent[node_i[block]] != parent[node_j[block]]]
+        if len(block) == 0:
+            continue
+        ends = np.concatenate([cand_i[block], cand_j[block]])
+        members = mh.sorted_unique(ends)
+        local = np.searchsorted(members, ends)
+        sets, set_offsets = mh.unique_sorted_sets(*store.shingles(members))
+        jac = mh.exact_jaccard(sets, set_offsets, local[: len(block)], local[len(block) :])
+        accepted = block[jac >= threshold]
+        keep[accepted] = True
+        parent = mh.connected_components(len(parent), node_i[accepted], node_j[accepted], parent)
+        checked += len(block)
+    return keep, checked
+
+
+def _check_increasing(sketches: list[UnitSketch]) -> None:
+    last = -1
+    for sketch in sketches:
+        if sketch.rows == 0:
+            continue
+        if sketch.first <= last:
+            raise RuntimeError("minhash: source rows are not in increasing ordinal order")
+        last = sketch.last
 
 
 def _text_chunks(rows: np.ndarray, texts: pa.Array | pa.ChunkedArray) -> Iterator[tuple[np.ndarray, pa.Array]]:
@@ -294,18 +505,6 @@ def _release(array: np.ndarray) -> None:
     handle = getattr(array, "_mmap", None)
     if handle is not None and hasattr(mmap, "MADV_DONTNEED"):
         handle.madvise(mmap.MADV_DONTNEED)
-
-
-def _open_matrix(path: Path, dtype: type, n: int, width: int) -> np.ndarray:
-    if n == 0:
-        return np.empty((0, width), dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", shape=(n, width))
-
-
-def _open_vector(path: Path, dtype: type, n: int) -> np.ndarray:
-    if n == 0:
-        return np.empty(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", shape=(n,))
 
 
 STAGE = MinHashDedup
