@@ -189,3 +189,35 @@ def test_minilm_stage_matches_model_encode(tmp_path):
     reference = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
     cosine = np.einsum("ij,ij->i", ours, reference) / np.linalg.norm(reference, axis=1)
     assert cosine.min() >= 0.999
+
+
+# --- the same store and rows on every executor ---------------------------------------------
+
+from tests.executor_parity import assert_same_everywhere, dask_executors, run_on_every_executor  # noqa: E402,F401
+
+
+def test_embed_gives_the_same_store_on_every_executor(tmp_path, dask_executors):
+    texts = make_texts(900, seed=5)
+    source = tmp_path / "in"
+    for s, lo in enumerate(range(0, 900, 300)):
+        write_input(source / f"shard-{s}.parquet", texts[lo : lo + 300])
+    # unique ids across shards: write_input numbers rows per file, so rename them
+    for s, path in enumerate(sorted(source.glob("*.parquet"))):
+        table = pq.read_table(path)
+        pq.write_table(table.set_column(0, "id", pa.array([f"s{s}-{i}" for i in range(table.num_rows)])), path, row_group_size=100)
+    outputs = run_on_every_executor(tmp_path, [{"kind": "embed", "model": "hashing"}], source, dask_executors)
+    manifest = assert_same_everywhere(outputs)
+    assert "one task per work unit" in manifest["stages"][1]["info"]["fit"]
+    ids, vectors = stored_embeddings(next(iter(outputs.values())))
+    assert len(ids) == 900 and ids[:2] == ["s0-0", "s0-1"] and ids[-1] == "s2-299"
+    np.testing.assert_array_equal(vectors, hashing_embed(pa.array(texts)))
+
+
+def test_resumed_store_is_reused_per_unit(tmp_path):
+    """A second embed stage in the same run finds every row in OUT/embeddings, unit by unit."""
+    source = write_input(tmp_path / "in.parquet", make_texts(600, seed=2))
+    spec = parse_pipeline({"stage": [{"kind": "embed", "model": "hashing"}, {"kind": "embed", "model": "hashing"}]}, "test")
+    manifest = run_pipeline(spec, source, tmp_path / "out", RunOptions(jobs=2, unit_rows=100)).manifest
+    second = manifest["stages"][2]["info"]
+    assert (second["reused"], second["computed"]) == (600, 0)
+    assert manifest["stages"][2]["info"]["work_units"] == 6

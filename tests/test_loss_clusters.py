@@ -270,3 +270,33 @@ def test_stage_proxy_losses_are_deterministic(tmp_path):
     a = pl.read_parquet(first / "kept").sort("id")
     b = pl.read_parquet(second / "kept").sort("id")
     assert a["loss"].to_list() == b["loss"].to_list() and a["loss_cluster"].to_list() == b["loss_cluster"].to_list()
+
+
+# --- the same losses, clusters and ledger on every executor ----------------------------------
+
+from tests.executor_parity import assert_same_everywhere, dask_executors, run_on_every_executor  # noqa: E402,F401
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"loss_column": "my_loss", "keep": "hard", "fraction": 0.8, "null_labels": "remove"},
+        {"label_column": "label", "keep": "easy", "fraction": 0.9, "null_labels": "remove", "proxy_epochs": 1, "folds": 2, "num_buckets": 1024},
+    ],
+    ids=["loss_column", "proxy"],
+)
+def test_loss_clusters_are_the_same_on_every_executor(tmp_path, dask_executors, options):
+    source = tmp_path / "in"
+    source.mkdir()
+    frame = write_corpus(tmp_path / "all.parquet", n=900, null_labels=0)
+    frame = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) % 97 == 5).then(None).otherwise(pl.col("my_loss")).alias("my_loss"),
+        pl.when(pl.int_range(pl.len()) % 89 == 7).then(None).otherwise(pl.col("label")).alias("label"),
+    )
+    for s in range(3):
+        frame.slice(300 * s, 300).write_parquet(source / f"shard-{s}.parquet", row_group_size=100)
+    stages = [{"kind": "loss_clusters", "epochs": 6, **options}]
+    manifest = assert_same_everywhere(run_on_every_executor(tmp_path, stages, source, dask_executors))
+    info = manifest["stages"][1]["info"]
+    assert info["null_labels"] > 0 and info["pruned"] > 0
+    assert "on workers" in info["fit"] and "on the driver" in info["fit"]

@@ -95,3 +95,28 @@ def test_missing_or_text_score_column_is_a_usage_error(tmp_path):
         spec = parse_pipeline({"stage": [{"kind": "pools", "score": score}]}, "test")
         with pytest.raises(UsageError, match="score column"):
             run_pipeline(spec, source, tmp_path / f"out-{score}", RunOptions(jobs=1))
+
+
+# --- the same pools on every executor --------------------------------------------------------
+
+from tests.executor_parity import assert_same_everywhere, dask_executors, run_on_every_executor  # noqa: E402,F401
+
+
+@pytest.mark.parametrize("kind", [pa.float32(), pa.float64()])
+def test_pools_are_the_same_on_every_executor(tmp_path, dask_executors, kind):
+    rng = np.random.default_rng(7)
+    source = tmp_path / "in"
+    source.mkdir()
+    for s in range(3):
+        scores = np.round(rng.normal(size=300), 2)  # rounding makes ties across units
+        mask = rng.random(300) < 0.05
+        table = pa.table({"id": [f"s{s}-{i}" for i in range(300)], "text": ["t"] * 300, "quality": pa.array(scores, kind, mask=mask)})
+        pq.write_table(table, source / f"shard-{s}.parquet", row_group_size=100)
+    stages = [{"kind": "pools", "score": "quality", "pools": 4}]
+    outputs = run_on_every_executor(tmp_path, stages, source, dask_executors)
+    manifest = assert_same_everywhere(outputs)
+    info = manifest["stages"][1]["info"]
+    assert sum(info["pool_rows"]) == 900 and info["missing_scores"] > 0
+    kept = read_parts(next(iter(outputs.values())) / "kept")
+    expected = pools_of(kept.column("quality").to_numpy(zero_copy_only=False).astype(np.float64), 4)
+    assert kept.column("pool").to_numpy().tolist() == expected.tolist()

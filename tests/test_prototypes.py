@@ -120,3 +120,37 @@ def test_bad_keep_is_a_usage_error():
 
     with pytest.raises(UsageError, match="keep"):
         parse_pipeline({"stage": [{"kind": "prototypes", "keep": "medium"}]}, "test")
+
+
+# --- the same result on every executor -------------------------------------------------------
+
+from tests.executor_parity import assert_same_everywhere, dask_executors, run_on_every_executor  # noqa: E402,F401
+
+
+def test_prototypes_give_the_same_scores_on_every_executor(tmp_path, dask_executors):
+    """Without an embed stage: the stage embeds per unit (hashing), publishes the store, and
+    k-means, distances and selection come out identical for any split."""
+    rng = np.random.default_rng(2)
+    words = ["apt", "lib", "dev", "doc", "python", "perl", "font", "data", "tool", "game", "rust", "go"]
+    source = tmp_path / "in"
+    source.mkdir()
+    for s in range(3):
+        texts = [" ".join(rng.choice(words, size=int(rng.integers(2, 9)))) for _ in range(400)]
+        pq.write_table(pa.table({"id": [f"s{s}-{i}" for i in range(400)], "text": texts}), source / f"shard-{s}.parquet", row_group_size=100)
+    stages = [{"kind": "prototypes", "model": "hashing", "clusters": 5, "keep": "hard", "fraction": 0.7}]
+    manifest = assert_same_everywhere(run_on_every_executor(tmp_path, stages, source, dask_executors))
+    info = manifest["stages"][1]["info"]
+    assert info["embeddings_published"] and info["kept"] == 840
+    assert "driver k-means on" in info["fit"] and "distances on workers" in info["fit"]
+
+
+def test_distances_do_not_depend_on_how_rows_are_batched():
+    from curate.metrics.prototypes import prototype_distance
+
+    x = clustered(n=3000, d=32, seed=5)
+    centroids = x[[3, 700, 1400, 2100]]
+    labels, distance = prototype_distance(x, centroids)
+    cuts = [0, 1, 999, 1003, 3000]
+    pieces = [prototype_distance(x[a:b], centroids) for a, b in zip(cuts[:-1], cuts[1:])]
+    assert np.array_equal(np.concatenate([p[0] for p in pieces]), labels)
+    assert np.array_equal(np.concatenate([p[1] for p in pieces]), distance)

@@ -143,3 +143,57 @@ def test_invalid_threshold_is_a_usage_error():
 
     with pytest.raises(UsageError, match="threshold"):
         parse_pipeline({"stage": [{"kind": "semdedup", "threshold": 1.5}]}, "test")
+
+
+# --- the same result on every executor -------------------------------------------------------
+
+from tests.executor_parity import assert_same_everywhere, dask_executors, run_on_every_executor  # noqa: E402,F401
+
+
+def write_vector_shards(directory: Path, x: np.ndarray, shards: int = 3) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    bounds = np.linspace(0, len(x), shards + 1).astype(int)
+    for s in range(shards):
+        lo, hi = bounds[s], bounds[s + 1]
+        table = pa.table({"id": [f"r{i:05d}" for i in range(lo, hi)], "text": [f"text {i}" for i in range(lo, hi)], "vec": pa.array(x[lo:hi].tolist(), pa.list_(pa.float32()))})
+        pq.write_table(table, directory / f"shard-{s}.parquet", row_group_size=100)
+    return directory
+
+
+@pytest.mark.parametrize("keep", ["hard", "random"])
+def test_semdedup_gives_the_same_duplicates_on_every_executor(tmp_path, dask_executors, keep):
+    x, group = planted(n=900, groups=50, seed=4)
+    source = write_vector_shards(tmp_path / "in", x)
+    stages = [{"kind": "semdedup", "model": "column:vec", "clusters": 6, "keep": keep}]
+    manifest = assert_same_everywhere(run_on_every_executor(tmp_path, stages, source, dask_executors))
+    info = manifest["stages"][1]["info"]
+    assert info["removed"] == int((np.bincount(group[group >= 0]) - 1).sum())  # one kept per planted group
+    assert "assignment on workers" in info["fit"] and "within-cluster search on workers" in info["fit"]
+
+
+def test_search_buckets_do_not_change_the_result():
+    """The stage's split (clusters searched per bucket, merged) equals the whole-array function."""
+    from curate.metrics.kmeans import assign, spherical_kmeans
+    from curate.metrics.semdedup import cluster_duplicates, merge_duplicates, plan_buckets
+
+    x, _ = planted(n=1500, groups=80, seed=9)
+    whole = semantic_duplicates(x, threshold=0.95, clusters=7, keep="random", seed=3)
+    labels, sims = assign(x, spherical_kmeans(x, 7, seed=3))
+    for buckets in (1, 3, 7):
+        bucket_of = plan_buckets(np.bincount(labels, minlength=7), buckets)
+        found = []
+        for b in reversed(range(buckets)):  # order of completion must not matter
+            for c in np.nonzero(bucket_of == b)[0]:
+                members = np.nonzero(labels == c)[0]
+                found.append(cluster_duplicates(x[members], members, sims[members], 0.95, "random", 3))
+        removed, reps, similarity = merge_duplicates([f.removed for f in found], [f.representative for f in found], [f.similarity for f in found])
+        assert np.array_equal(removed, whole.removed) and np.array_equal(reps, whole.representative)
+        assert np.array_equal(similarity, whole.similarity)
+
+
+def test_buckets_balance_the_pairwise_cost():
+    from curate.metrics.semdedup import plan_buckets
+
+    bucket_of = plan_buckets(np.array([100, 10, 10, 10, 90, 5]), 2)
+    cost = np.bincount(bucket_of, weights=np.array([100, 10, 10, 10, 90, 5]) ** 2.0)
+    assert bucket_of[0] != bucket_of[4] and cost.max() / cost.sum() < 0.6

@@ -5,7 +5,8 @@ inner-product range search: pairs with cosine >= threshold are duplicates, dupli
 are the connected components within the cluster, and one member per group is kept:
 `hard` keeps the member farthest from the centroid (the paper's rule: the least prototypical
 copy carries the most information), `easy` the closest, `random` a seeded pick. Ties go to
-the earlier row. Memory: the vectors of one cluster plus a bounded slice of its search
+the earlier row. Every cluster is searched on its own (`cluster_duplicates`), so the stage
+runs clusters as tasks in any grouping and gets the same result. Memory: the vectors of one cluster plus a bounded slice of its search
 results at a time; pairs across clusters are not seen (the bench measures how many).
 """
 
@@ -18,10 +19,15 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from curate.metrics.kmeans import assign, auto_clusters, spherical_kmeans
+from curate.metrics.kmeans import assign, auto_clusters, row_dot, spherical_kmeans
+from curate.metrics.minhash import splitmix64
 
 KEEP_RULES = ("hard", "easy", "random")
 _RESULTS_PER_CHUNK = 1 << 22  # cap on range-search results held at once (about 50 MB)
+_RESCORE_CHUNK = 1 << 15  # candidate pairs re-scored at once (2 x 48 MB of 384-d vectors)
+# FAISS proposes pairs down to threshold - margin; its float32 inner products of unit vectors
+# are within about 1e-7 of the per-row dot product that decides, so none is missed.
+_SEARCH_MARGIN = 1e-4
 
 
 @dataclass
@@ -36,14 +42,18 @@ class SemDedupResult:
     largest_cluster: int
 
 
-def keep_priority(centroid_similarity: np.ndarray, keep: str, seed: int) -> np.ndarray:
-    """Higher = kept first within a duplicate group (ties then go to the earlier row)."""
+def keep_priority(centroid_similarity: np.ndarray, keep: str, seed: int, ordinals: np.ndarray | None = None) -> np.ndarray:
+    """Higher = kept first within a duplicate group (ties then go to the earlier row). `random`
+    draws from a hash of (seed, row ordinal), so a row's draw does not depend on which rows
+    share its work unit or bucket."""
     if keep == "hard":
         return -centroid_similarity.astype(np.float64)
     if keep == "easy":
         return centroid_similarity.astype(np.float64)
     if keep == "random":
-        return np.random.default_rng(seed).random(len(centroid_similarity))
+        rows = np.arange(len(centroid_similarity), dtype=np.int64) if ordinals is None else np.asarray(ordinals, dtype=np.int64)
+        mixed = splitmix64(rows.astype(np.uint64) ^ splitmix64(np.array([seed], dtype=np.uint64))[0])
+        return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     raise ValueError(f"keep must be one of {', '.join(KEEP_RULES)}, got {keep!r}")
 
 
@@ -56,53 +66,95 @@ def semantic_duplicates(
     fit_fraction: float = 1.0,
     niter: int = 20,
 ) -> SemDedupResult:
-    """Duplicates among the unit-norm rows of `x` (n, d), which may be a memory map."""
+    """Duplicates among the unit-norm rows of `x` (n, d), which may be a memory map; the
+    whole-array form of what the stage runs as tasks (assign per unit, search per cluster)."""
     n = x.shape[0]
     k = auto_clusters(n) if clusters <= 0 else max(1, min(clusters, n))
     centroids = spherical_kmeans(x, k, seed=seed, fit_fraction=fit_fraction, niter=niter)
     labels, centroid_sim = assign(x, centroids)
-    priority = keep_priority(centroid_sim, keep, seed)
     order = np.argsort(labels, kind="stable")  # members of each cluster, in row order
     bounds = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=len(centroids)))])
-    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
     removed, reps, sims = [], [], []
     pairs = 0
     for c in range(len(centroids)):
         members = order[bounds[c] : bounds[c + 1]]
         if len(members) < 2:
             continue
-        vectors = np.ascontiguousarray(x[members], dtype=np.float32)
-        component, found = _components(vectors, radius, threshold)
-        pairs += found
-        if found == 0:
-            continue
-        gone, kept = _pick(component, priority[members], members)
-        removed.append(members[gone])
-        reps.append(members[kept])
-        sims.append(np.einsum("ij,ij->i", vectors[gone], vectors[kept]))
-    if removed:
-        removed_all = np.concatenate(removed)
-        sort = np.argsort(removed_all, kind="stable")
-        result = (removed_all[sort], np.concatenate(reps)[sort], np.concatenate(sims)[sort].astype(np.float32))
-    else:
-        result = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
+        found = cluster_duplicates(np.ascontiguousarray(x[members], dtype=np.float32), members, centroid_sim[members], threshold, keep, seed)
+        pairs += found.pairs
+        removed.append(found.removed)
+        reps.append(found.representative)
+        sims.append(found.similarity)
+    removed_all, reps_all, sims_all = merge_duplicates(removed, reps, sims)
     largest = int(np.diff(bounds).max()) if n else 0
-    return SemDedupResult(*result, labels, centroid_sim, centroids, pairs, largest)
+    return SemDedupResult(removed_all, reps_all, sims_all, labels, centroid_sim, centroids, pairs, largest)
 
 
-def _components(vectors: np.ndarray, radius: float, threshold: float) -> tuple[np.ndarray, int]:
+@dataclass
+class ClusterDuplicates:
+    removed: np.ndarray  # int64 ordinals of removed rows
+    representative: np.ndarray  # int64 ordinal of each one's kept row
+    similarity: np.ndarray  # float32 cosine between the two
+    pairs: int
+
+
+def cluster_duplicates(vectors: np.ndarray, ordinals: np.ndarray, centroid_similarity: np.ndarray, threshold: float, keep: str, seed: int) -> ClusterDuplicates:
+    """Duplicates within one cluster: `vectors` (m, d) unit rows in ascending `ordinals`. The
+    result depends only on these rows, so clusters can be searched in any task, in any order."""
+    ordinals = np.asarray(ordinals, dtype=np.int64)
+    component, found = _components(vectors, threshold)
+    if found == 0:
+        return ClusterDuplicates(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32), 0)
+    gone, kept = _pick(component, keep_priority(centroid_similarity, keep, seed, ordinals), ordinals)
+    similarity = row_dot(vectors[gone], vectors[kept]).astype(np.float32)
+    return ClusterDuplicates(ordinals[gone], ordinals[kept], similarity, found)
+
+
+def merge_duplicates(removed: list[np.ndarray], representative: list[np.ndarray], similarity: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clusters' (or buckets') results as one (removed, representative, similarity), by removed row."""
+    if not removed:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    removed_all = np.concatenate(removed).astype(np.int64, copy=False)
+    sort = np.argsort(removed_all, kind="stable")
+    return removed_all[sort], np.concatenate(representative).astype(np.int64, copy=False)[sort], np.concatenate(similarity).astype(np.float32)[sort]
+
+
+def plan_buckets(sizes: np.ndarray, buckets: int) -> np.ndarray:
+    """Bucket of each cluster so buckets cost about the same: clusters by falling cost (size
+    squared, the pairwise search) to the cheapest bucket so far (LPT), ties to lower numbers."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    buckets = max(1, min(buckets, len(sizes))) if len(sizes) else 1
+    cost = sizes.astype(np.float64) ** 2
+    load = np.zeros(buckets)
+    bucket_of = np.zeros(len(sizes), np.int32)
+    for c in np.lexsort((np.arange(len(sizes)), -cost)):
+        b = int(np.argmin(load))
+        bucket_of[c] = b
+        load[b] += cost[c]
+    return bucket_of
+
+
+def _components(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
     """Connected components of the cosine >= threshold graph of one cluster, merging the range
-    search results a bounded query slice at a time (never the m x m matrix)."""
+    search results a bounded query slice at a time (never the m x m matrix). FAISS proposes
+    pairs a little below the threshold; each is decided on its per-row dot product, whose bits
+    do not depend on the batch or the thread count (FAISS's do, by up to about 1e-7)."""
     m, d = vectors.shape
     index = faiss.IndexFlatIP(d)
     index.add(vectors)
     component = np.arange(m, dtype=np.int64)
     step = max(1, min(m, _RESULTS_PER_CHUNK // m))
+    radius = float(threshold) - _SEARCH_MARGIN
     pairs = 0
     for start in range(0, m, step):
-        lims, sims, neighbours = index.range_search(vectors[start : start + step], radius)
+        lims, _, neighbours = index.range_search(vectors[start : start + step], radius)
         query = start + np.repeat(np.arange(len(lims) - 1), np.diff(lims.astype(np.int64)))
-        mask = (neighbours > query) & (sims >= threshold)
+        later = neighbours > query
+        query, neighbours = query[later], neighbours[later]
+        if not len(query):
+            continue
+        sims = np.concatenate([row_dot(vectors[query[i : i + _RESCORE_CHUNK]], vectors[neighbours[i : i + _RESCORE_CHUNK]]) for i in range(0, len(query), _RESCORE_CHUNK)])
+        mask = sims >= np.float32(threshold)
         if not mask.any():
             continue
         a, b = component[query[mask]], component[neighbours[mask]]

@@ -10,23 +10,35 @@ Reuse rule: a row's stored embedding is reused when the store was made by the sa
 is embedded. So a resumed run, a later stage of the same run, or a later run pointed at an
 earlier store (`cache = "OLD_OUT"`) embeds only rows it has not seen, and an edited text is
 never served a stale vector. `column:NAME` vectors are always read from the input.
+
+Parallel shape: one task per work unit (`EmbedUnit`). A task looks its rows up in the
+stores (through one (id hash, text hash) -> (store, part, row) index the driver builds from
+the stores' small columns), embeds the rest with the model its worker process loaded once,
+and writes the unit's vectors under the stage's work dir: a float32 `.npy` that later passes
+(k-means, assignment, within-cluster search) memory-map, and store-format parts. The driver
+then renames the units' parts into `OUT/embeddings` in unit (input) order and writes
+`embeddings.json` last; it never holds a vector of its own.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from curate.atomic import atomic_path, atomic_write_json, replace_dir
 from curate.embedders import (
     DEFAULT_MODEL,
     column_of,
@@ -36,35 +48,69 @@ from curate.embedders import (
 )
 from curate.errors import InputError, UsageError
 from curate.ledger import empty_ledger, ids_as_strings
-from curate.manifest import atomic_write_json
 from curate.metrics.exact import hash128
 from curate.metrics.hashing_embed import DEFAULT_DIM, HASHING_VERSION
-from curate.shards import PartWriter, iter_part_batches, list_parts
+from curate.shards import PartWriter, list_parts
 from curate.stages.base import BatchSource, Stage, StageContext, row_ordinals
 
 EMBEDDINGS_DIR = "embeddings"
 META_NAME = "embeddings.json"
 STORE_FORMAT = 1
 _WRITE_ROWS = 32_768
+_VECTORS = "vectors"
+_PARTS = "parts"
+_INDEX = "store-index.arrow"
+
+
+def store_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim)),
+            pa.field("text_hash", pa.uint64()),
+        ]
+    )
 
 
 @dataclass
 class Embeddings:
-    """Embeddings aligned with a source's stream order (row i = the i-th row streamed)."""
+    """A source's embeddings, one float32 `.npy` per work unit in the stage's work dir: unit
+    u holds stream positions `offsets[u]:offsets[u + 1]` (row i = the i-th row streamed)."""
 
-    matrix: np.ndarray  # (n, dim) float32 memmap in the stage's work dir
-    rows: np.ndarray  # int64 ordinals, ascending
-    ids: pa.Array  # string ids
-    text_hash: np.ndarray  # uint64, zeros for column: models
+    paths: list[str]
+    rows: np.ndarray  # int64 ordinals of every row, ascending
+    offsets: np.ndarray  # int64, units + 1
+    dim: int
     model: str
     version: str
     reused: int
     computed: int
     reused_from_output: bool  # every row came from OUT/embeddings: nothing new to publish
+    parts_dir: str | None = None  # the units' store-format parts, when they were written
 
     @property
-    def dim(self) -> int:
-        return int(self.matrix.shape[1])
+    def num_rows(self) -> int:
+        return len(self.rows)
+
+    def unit_vectors(self, unit: int) -> np.ndarray:
+        return load_vectors(self.paths[unit], self.dim)
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """Vectors at ascending stream positions (a k-means sample), read unit by unit."""
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty((len(positions), self.dim), dtype=np.float32)
+        cuts = np.searchsorted(positions, self.offsets)
+        for unit in range(len(self.paths)):
+            lo, hi = cuts[unit], cuts[unit + 1]
+            if hi > lo:
+                out[lo:hi] = self.unit_vectors(unit)[positions[lo:hi] - self.offsets[unit]]
+        return out
+
+
+def load_vectors(path: str, dim: int) -> np.ndarray:
+    """A unit's vectors, memory-mapped read-only (an empty unit has no file to map)."""
+    vectors = np.load(path, mmap_mode="r")
+    return vectors if vectors.shape[0] else np.zeros((0, dim), np.float32)
 
 
 def model_version(model: str) -> str:
@@ -80,6 +126,8 @@ def model_version(model: str) -> str:
 
 
 def read_store_meta(directory: Path) -> dict | None:
+    import json
+
     meta_path = Path(directory) / META_NAME
     if not meta_path.is_file():
         return None
@@ -106,82 +154,227 @@ def embeddings_for(
     cache: str = "",
     window: int = 4096,
     encode_batch: int = 64,
+    write_parts: bool = False,
+    keep_vectors: bool = True,
 ) -> Embeddings:
-    """Embeddings for every row of `source`: reused from the store(s) where the rule allows,
-    computed otherwise, in a float32 memmap in `ctx.work_dir` (bounded memory at any size)."""
+    """Embeddings for every row of `source`, one task per work unit: reused from the store(s)
+    where the rule allows, computed otherwise. `write_parts` also writes each unit's
+    store-format parts (for `publish`); `keep_vectors=False` drops the `.npy` files once the
+    parts are written (the embed stage needs nothing else)."""
     model = resolve_model(model, ctx.output_dir)
     try:
         validate_model_name(model)
     except ValueError as exc:
         raise UsageError(str(exc), fix="set model = \"minilm\", \"hashing\" or \"column:NAME\"") from None
+    work = Path(ctx.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    units = ctx.units(source)
     column = column_of(model)
+    version = model_version(model) if column is None else model
     if column is not None:
-        return _column_embeddings(source, ctx, model, column)
-
-    rows, ids, text_hash = _scan_texts(source, ctx)
-    n, dim, version = len(rows), DEFAULT_DIM, model_version(model)
-    matrix = _new_matrix(ctx, n, dim)
-    filled = np.zeros(n, dtype=bool)
-    own_store = Path(ctx.output_dir) / EMBEDDINGS_DIR
-    stores = [own_store] + ([_store_dir(Path(cache))] if cache else [])
-    from_output = 0
-    for index, store in enumerate(stores):
-        if filled.all():
-            break
-        got = _fill_from_store(store, model, version, ids, text_hash, filled, matrix)
-        if index == 0:
-            from_output = got
-    reused = int(filled.sum())
-    missing = np.nonzero(~filled)[0]
-    if len(missing):
-        embedder = load_embedder(model, threads=ctx.threads, encode_batch=encode_batch)
-        _compute_missing(source, ctx, embedder, missing, matrix, window)
-    if isinstance(matrix, np.memmap):  # an empty input gets a plain array: nothing to flush
-        matrix.flush()
-    return Embeddings(matrix, rows, ids, text_hash, model, version, reused, len(missing), from_output == n and n > 0)
+        if column not in source.schema.names:
+            raise UsageError(f"no column {column!r} for model {model!r} (columns: {', '.join(n for n in source.schema.names if not n.startswith('__'))})", fix="name an existing vector column: --model column:NAME")
+        task: EmbedUnit | ColumnUnit = ColumnUnit(column, ctx, write_parts, keep_vectors)
+    else:
+        own_store = Path(ctx.output_dir) / EMBEDDINGS_DIR
+        stores = [own_store] + ([_store_dir(Path(cache))] if cache else [])
+        usable = [s for s in stores if _usable(read_store_meta(s), model, version)]
+        index = _build_index(usable, ctx) if usable else None
+        from_output = 0 if own_store in usable else -1
+        task = EmbedUnit(model, ctx, index, tuple(str(s) for s in usable), from_output, window, encode_batch, write_parts, keep_vectors)
+    done = ctx.map(task, units, label=f"{ctx.name}: embedding", sizes=[u.rows for u in units])
+    dims = sorted({d.dim for d in done if len(d.rows)})
+    if len(dims) > 1:
+        raise InputError(f"embedding column {column!r} has vectors of length {dims[0]} and {dims[1]}", fix="give every row a vector of the same length")
+    dim = dims[0] if dims else (DEFAULT_DIM if column is None else 0)
+    rows = np.concatenate([d.rows for d in done]) if done else np.empty(0, np.int64)
+    offsets = np.concatenate([[0], np.cumsum([len(d.rows) for d in done], dtype=np.int64)]).astype(np.int64)
+    reused = sum(d.reused for d in done)
+    from_output = sum(d.from_output for d in done)
+    n = len(rows)
+    return Embeddings(
+        paths=[str(_vectors_path(work, u.index)) for u in units],
+        rows=rows,
+        offsets=offsets,
+        dim=dim,
+        model=model,
+        version=version,
+        reused=reused,
+        computed=n - reused,
+        reused_from_output=from_output == n and n > 0,
+        parts_dir=str(work / _PARTS) if write_parts else None,
+    )
 
 
 def publish(emb: Embeddings, output_dir: Path) -> Path:
-    """Write OUT/embeddings from `emb` (atomically replacing an older store)."""
+    """Rename the units' parts into OUT/embeddings in unit (input) order, write
+    embeddings.json last, and put the directory in place of an older store."""
+    if emb.parts_dir is None:
+        raise RuntimeError("publish needs embeddings computed with write_parts=True")
     final = Path(output_dir) / EMBEDDINGS_DIR
     tmp = Path(output_dir) / f".{EMBEDDINGS_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    schema = pa.schema(
-        [
-            pa.field("id", pa.string(), nullable=False),
-            pa.field("embedding", pa.list_(pa.float32(), emb.dim)),
-            pa.field("text_hash", pa.uint64()),
-        ]
-    )
-    with PartWriter(tmp, schema=schema, compression="lz4") as writer:
-        for start in range(0, len(emb.rows), _WRITE_ROWS):
-            stop = min(start + _WRITE_ROWS, len(emb.rows))
-            flat = pa.array(np.ascontiguousarray(emb.matrix[start:stop]).ravel(), pa.float32())
-            writer.write(
-                pa.RecordBatch.from_arrays(
-                    [emb.ids.slice(start, stop - start), pa.FixedSizeListArray.from_arrays(flat, emb.dim), pa.array(emb.text_hash[start:stop])],
-                    schema=schema,
-                )
-            )
-    atomic_write_json(tmp / META_NAME, {"format": STORE_FORMAT, "model": emb.model, "version": emb.version, "dim": emb.dim, "rows": len(emb.rows)})
-    old = Path(output_dir) / f".{EMBEDDINGS_DIR}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    index = 0
+    for unit in range(len(emb.paths)):
+        for part in list_parts(Path(emb.parts_dir) / f"{unit:05d}"):
+            if pq.read_metadata(part).num_rows == 0:
+                continue
+            os.replace(part, tmp / f"part-{index:05d}.parquet")
+            index += 1
+    if index == 0:  # no rows: one empty part still carries the schema
+        PartWriter(tmp, schema=store_schema(emb.dim)).close()
+    atomic_write_json(tmp / META_NAME, {"format": STORE_FORMAT, "model": emb.model, "version": emb.version, "dim": emb.dim, "rows": emb.num_rows})
+    replace_dir(tmp, final)
     return final
 
 
 def publish_if_absent(emb: Embeddings, ctx: StageContext) -> bool:
     """A stage that had to embed leaves the vectors in OUT/embeddings unless a store is there."""
-    if read_store_meta(Path(ctx.output_dir) / EMBEDDINGS_DIR) is not None:
+    if not emb.computed or emb.parts_dir is None or read_store_meta(Path(ctx.output_dir) / EMBEDDINGS_DIR) is not None:
         return False
     publish(emb, ctx.output_dir)
     return True
 
 
+def needs_own_store(ctx: StageContext) -> bool:
+    """Whether a stage that embeds should write parts to publish (no store in OUT yet)."""
+    return read_store_meta(Path(ctx.output_dir) / EMBEDDINGS_DIR) is None
+
+
 # ---------------------------------------------------------------------------------------
+# The per-unit tasks.
+
+
+@dataclass(frozen=True)
+class UnitEmbedded:
+    """What one unit's task reports back: its ordinals and counts (the vectors are on disk)."""
+
+    rows: np.ndarray
+    dim: int
+    reused: int
+    from_output: int
+
+
+@dataclass(frozen=True)
+class EmbedUnit:
+    """Embed one unit: stored vectors where the reuse rule allows, the model for the rest.
+    Pure in its inputs and written under unique temp names, so a re-run is harmless."""
+
+    model: str
+    ctx: StageContext
+    index_path: str | None
+    stores: tuple[str, ...]
+    own_store: int  # position of OUT/embeddings in `stores`, -1 if not usable
+    window: int
+    encode_batch: int
+    write_parts: bool
+    keep_vectors: bool
+
+    def __call__(self, unit) -> UnitEmbedded:
+        ctx = self.ctx
+        rows, ids, text_hash = _scan_texts(unit, ctx)
+        hits = _lookup(self.index_path, ids, text_hash)
+        missing = np.setdiff1d(np.arange(len(rows)), hits["pos"].to_numpy(), assume_unique=True) if hits.height else np.arange(len(rows))
+        embedder = load_embedder(self.model, threads=ctx.threads, encode_batch=self.encode_batch) if len(missing) else None
+        dim = embedder.dim if embedder is not None else (_store_dim(self.stores[0]) if self.stores else DEFAULT_DIM)
+        work = Path(ctx.work_dir)
+        with _unit_matrix(work, unit.index, len(rows), dim) as matrix:
+            _fill_from_stores(self.stores, hits, matrix)
+            if embedder is not None:
+                _compute_missing(unit, ctx, embedder, missing, matrix, self.window)
+            if self.write_parts:
+                _write_unit_parts(work, unit.index, ids, matrix, text_hash)
+        if not self.keep_vectors:
+            _vectors_path(work, unit.index).unlink(missing_ok=True)
+        from_output = int((hits["store"] == self.own_store).sum()) if hits.height and self.own_store >= 0 else 0
+        return UnitEmbedded(rows, dim, hits.height, from_output)
+
+
+@dataclass(frozen=True)
+class ColumnUnit:
+    """Read and check one unit's user vectors (`column:NAME`)."""
+
+    column: str
+    ctx: StageContext
+    write_parts: bool
+    keep_vectors: bool
+
+    def __call__(self, unit) -> UnitEmbedded:
+        ctx = self.ctx
+        rows, ids, chunks = [], [], []
+        dim = None
+        for batch in unit.batches(columns=[ctx.id_column, self.column]):
+            batch_ids = ids_as_strings(batch.column(ctx.id_column))
+            vectors = _vectors_of(batch.column(self.column), batch_ids, self.column)
+            if dim is None:
+                dim = vectors.shape[1]
+            elif vectors.shape[1] != dim:
+                raise InputError(f"embedding column {self.column!r} has vectors of length {vectors.shape[1]} and {dim}", fix="give every row a vector of the same length")
+            rows.append(row_ordinals(batch))
+            ids.append(batch_ids)
+            chunks.append(vectors)
+        all_rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
+        all_ids = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+        work = Path(ctx.work_dir)
+        with _unit_matrix(work, unit.index, len(all_rows), dim or 0) as matrix:
+            offset = 0
+            for vectors in chunks:
+                matrix[offset : offset + len(vectors)] = vectors
+                offset += len(vectors)
+            if self.write_parts:
+                _write_unit_parts(work, unit.index, all_ids, matrix, np.zeros(len(all_rows), np.uint64))
+        if not self.keep_vectors:
+            _vectors_path(work, unit.index).unlink(missing_ok=True)
+        return UnitEmbedded(all_rows, dim or 0, 0, 0)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _vectors_path(work: Path, unit: int) -> Path:
+    return Path(work) / _VECTORS / f"{unit:05d}.npy"
+
+
+@contextmanager
+def _unit_matrix(work: Path, unit: int, m: int, dim: int) -> Iterator[np.ndarray]:
+    """A unit's (m, dim) float32 `.npy`, memory-mapped for writing under a unique temp name and
+    renamed into place when the block succeeds (bounded memory whatever the unit size)."""
+    with atomic_path(_vectors_path(work, unit), unique=True) as tmp:
+        if m == 0 or dim == 0:
+            matrix = np.zeros((m, dim), np.float32)
+            yield matrix
+            with open(tmp, "wb") as handle:
+                np.save(handle, matrix)
+        else:
+            matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(m, dim))
+            yield matrix
+            matrix.flush()
+
+
+def _write_unit_parts(work: Path, unit: int, ids: pa.Array, matrix: np.ndarray, text_hash: np.ndarray) -> None:
+    """The unit's rows in store format, under `parts/NNNNN/`, renamed into place when whole."""
+    from curate.tasks import publish_attempt
+
+    parts = Path(work) / _PARTS
+    attempt = parts / f".{unit:05d}.{uuid.uuid4().hex}.tmp"
+    dim = matrix.shape[1]
+    schema = store_schema(dim)
+    try:
+        with PartWriter(attempt, schema=schema, compression="lz4") as writer:
+            for start in range(0, len(ids), _WRITE_ROWS):
+                stop = min(start + _WRITE_ROWS, len(ids))
+                flat = pa.array(np.ascontiguousarray(matrix[start:stop]).ravel(), pa.float32())
+                writer.write(
+                    pa.RecordBatch.from_arrays(
+                        [ids.slice(start, stop - start), pa.FixedSizeListArray.from_arrays(flat, dim), pa.array(text_hash[start:stop], pa.uint64())],
+                        schema=schema,
+                    )
+                )
+    except BaseException:
+        shutil.rmtree(attempt, ignore_errors=True)
+        raise
+    publish_attempt(attempt, parts / f"{unit:05d}")
 
 
 def _store_dir(path: Path) -> Path:
@@ -189,12 +382,85 @@ def _store_dir(path: Path) -> Path:
     return path if (path / META_NAME).is_file() else path / EMBEDDINGS_DIR
 
 
-def _new_matrix(ctx: StageContext, n: int, dim: int) -> np.ndarray:
-    Path(ctx.work_dir).mkdir(parents=True, exist_ok=True)
-    path = Path(ctx.work_dir) / f"embeddings-{ctx.name}.f32"
-    if n == 0:
-        return np.zeros((0, dim), dtype=np.float32)
-    return np.memmap(path, dtype=np.float32, mode="w+", shape=(n, dim))
+def _usable(meta: dict | None, model: str, version: str) -> bool:
+    if meta is None or meta.get("model") != model:
+        return False
+    return meta.get("version") == version or version.endswith("-unknown")
+
+
+def _store_dim(store: str) -> int:
+    meta = read_store_meta(Path(store)) or {}
+    return int(meta.get("dim", DEFAULT_DIM))
+
+
+@dataclass(frozen=True)
+class _IndexPart:
+    """(id hash high, id hash low, text hash) of every row of one store part."""
+
+    def __call__(self, part: str) -> np.ndarray:
+        table = pq.read_table(part, columns=["id", "text_hash"])
+        keys = np.empty((table.num_rows, 3), np.uint64)
+        if table.num_rows:
+            keys[:, :2] = hash128(table.column("id"))
+            keys[:, 2] = table.column("text_hash").to_numpy()
+        return keys
+
+
+def _build_index(stores: list[Path], ctx: StageContext) -> str | None:
+    """One lookup table over the usable stores: key (id hash, text hash) -> (store, part,
+    row), the first store (and within it the first row) winning; 40 bytes a stored row, built
+    from the stores' id and text-hash columns only, one task per part."""
+    parts = [(s, p, part) for s, store in enumerate(stores) for p, part in enumerate(list_parts(store))]
+    if not parts:
+        return None
+    keys = ctx.map(_IndexPart(), [str(part) for _, _, part in parts], label=f"{ctx.name}: reading the store index")
+    frames = [
+        pl.DataFrame(
+            {
+                "id_hi": k[:, 0], "id_lo": k[:, 1], "text_hash": k[:, 2],
+                "store": np.full(len(k), s, np.int32), "part": np.full(len(k), p, np.int32), "row": np.arange(len(k), dtype=np.int64),
+            }
+        )
+        for (s, p, _), k in zip(parts, keys)
+    ]
+    index = pl.concat(frames).unique(subset=["id_hi", "id_lo", "text_hash"], keep="first", maintain_order=True)
+    path = Path(ctx.work_dir) / _INDEX
+    with atomic_path(path, unique=True) as tmp:
+        index.write_ipc(tmp)
+    return str(path)
+
+
+def _lookup(index_path: str | None, ids: pa.Array, text_hash: np.ndarray) -> pl.DataFrame:
+    """Stored (store, part, row) of the rows whose (id, text hash) is in the index, with `pos`
+    their position in the unit, sorted by where they are stored."""
+    empty = pl.DataFrame(schema={"pos": pl.Int64, "store": pl.Int32, "part": pl.Int32, "row": pl.Int64})
+    if index_path is None or len(ids) == 0:
+        return empty
+    key = hash128(ids)
+    wanted = pl.DataFrame({"id_hi": key[:, 0], "id_lo": key[:, 1], "text_hash": text_hash, "pos": np.arange(len(ids), dtype=np.int64)})
+    index = pl.read_ipc(index_path)
+    return wanted.join(index, on=["id_hi", "id_lo", "text_hash"], how="inner").select("pos", "store", "part", "row").sort("store", "part", "row")
+
+
+def _fill_from_stores(stores: tuple[str, ...], hits: pl.DataFrame, matrix: np.ndarray) -> None:
+    """Copy the hit rows' stored vectors into `matrix`, reading only the row groups they are in."""
+    if hits.height == 0:
+        return
+    for (store, part), group in hits.group_by(["store", "part"], maintain_order=True):
+        path = list_parts(stores[store])[part]
+        parquet = pq.ParquetFile(path)
+        sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.metadata.num_row_groups)]
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        stored = group.get_column("row").to_numpy()
+        target = group.get_column("pos").to_numpy()
+        needed = np.unique(np.searchsorted(starts, stored, side="right") - 1)
+        table = parquet.read_row_groups(needed.tolist(), columns=["embedding"])
+        values = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(table.num_rows, -1)
+        # where each needed row group starts in `values`
+        read_start = np.zeros(len(starts) - 1, np.int64)
+        read_start[needed] = np.concatenate([[0], np.cumsum(np.asarray(sizes)[needed])[:-1]])
+        group_of = np.searchsorted(starts, stored, side="right") - 1
+        matrix[target] = values[read_start[group_of] + stored - starts[group_of]]
 
 
 def _scan_texts(source: BatchSource, ctx: StageContext) -> tuple[np.ndarray, pa.Array, np.ndarray]:
@@ -210,36 +476,6 @@ def _scan_texts(source: BatchSource, ctx: StageContext) -> tuple[np.ndarray, pa.
     if len(ordinals) > 1 and not (np.diff(ordinals) > 0).all():
         raise RuntimeError("source rows are not in ascending ordinal order")
     return ordinals, pa.concat_arrays(ids), np.concatenate(hashes)
-
-
-def _fill_from_store(store: Path, model: str, version: str, ids: pa.Array, text_hash: np.ndarray, filled: np.ndarray, matrix: np.ndarray) -> int:
-    """Copy stored vectors for rows whose (id, text hash) the store has; returns how many."""
-    meta = read_store_meta(store)
-    if meta is None or meta.get("model") != model or meta.get("dim") != matrix.shape[1]:
-        return 0
-    if meta.get("version") != version and not version.endswith("-unknown"):
-        return 0
-    parts = list_parts(store)
-    if not parts:
-        return 0
-    stored = pl.concat([pl.read_parquet(p, columns=["id", "text_hash"]) for p in parts]).with_row_index("stored")
-    wanted = pl.DataFrame({"id": pl.from_arrow(ids), "text_hash": pl.Series(text_hash, dtype=pl.UInt64)}).with_row_index("pos")
-    wanted = wanted.filter(~pl.Series(filled))
-    hits = wanted.join(stored, on=["id", "text_hash"], how="inner").sort("stored")
-    if hits.height == 0:
-        return 0
-    stored_pos = hits.get_column("stored").to_numpy().astype(np.int64)
-    target = hits.get_column("pos").to_numpy().astype(np.int64)
-    offset = 0
-    for batch in iter_part_batches(store, columns=["embedding"]):
-        n = batch.num_rows
-        lo, hi = np.searchsorted(stored_pos, [offset, offset + n])
-        if hi > lo:
-            values = batch.column("embedding").values.to_numpy(zero_copy_only=False).reshape(n, -1)
-            matrix[target[lo:hi]] = values[stored_pos[lo:hi] - offset]
-        offset += n
-    filled[target] = True
-    return len(target)
 
 
 def _compute_missing(source: BatchSource, ctx: StageContext, embedder, missing: np.ndarray, matrix: np.ndarray, window: int) -> None:
@@ -262,35 +498,6 @@ def _compute_missing(source: BatchSource, ctx: StageContext, embedder, missing: 
                     matrix[offset + local[start + order]] = vectors
                     bar.advance(len(chunk))
             offset += n
-
-
-def _column_embeddings(source: BatchSource, ctx: StageContext, model: str, column: str) -> Embeddings:
-    """User vectors from `column`: every row a fixed-length, finite, non-null, non-zero vector."""
-    if column not in source.schema.names:
-        raise UsageError(f"no column {column!r} for model {model!r} (columns: {', '.join(n for n in source.schema.names if not n.startswith('__'))})", fix="name an existing vector column: --model column:NAME")
-    rows, ids, chunks = [], [], []
-    dim = None
-    for batch in source.batches(columns=[ctx.id_column, column]):
-        batch_ids = ids_as_strings(batch.column(ctx.id_column))
-        vectors = _vectors_of(batch.column(column), batch_ids, column)
-        if dim is None:
-            dim = vectors.shape[1]
-        elif vectors.shape[1] != dim:
-            raise InputError(f"embedding column {column!r} has vectors of length {vectors.shape[1]} and {dim}", fix="give every row a vector of the same length")
-        rows.append(row_ordinals(batch))
-        ids.append(batch_ids)
-        chunks.append(vectors)
-    n = sum(len(r) for r in rows)
-    matrix = _new_matrix(ctx, n, dim or 0)
-    offset = 0
-    for vectors in chunks:
-        matrix[offset : offset + len(vectors)] = vectors
-        offset += len(vectors)
-    if n:
-        matrix.flush()
-    all_ids = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
-    all_rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
-    return Embeddings(matrix, all_rows, all_ids, np.zeros(n, np.uint64), model, model, 0, n, False)
 
 
 def _vectors_of(values: pa.Array | pa.ChunkedArray, ids: pa.Array, column: str) -> np.ndarray:
@@ -345,13 +552,16 @@ class Embed(Stage):
 
     def fit(self, source: BatchSource, ctx: StageContext) -> "Embed":
         started = time.perf_counter()
-        emb = embeddings_for(source, ctx, self.model, cache=self.cache, window=self.window, encode_batch=self.encode_batch)
+        emb = embeddings_for(
+            source, ctx, self.model, cache=self.cache, window=self.window, encode_batch=self.encode_batch, write_parts=True, keep_vectors=False
+        )
         if not emb.reused_from_output:
             publish(emb, ctx.output_dir)
         seconds = time.perf_counter() - started
         ctx.info.update(
             model=emb.model, model_version=emb.version, dim=emb.dim, rows=len(emb.rows), reused=emb.reused, computed=emb.computed,
             seconds=round(seconds, 3), rows_per_second=round(len(emb.rows) / seconds, 1) if seconds > 0 else None,
+            fit=f"one task per work unit ({len(emb.paths)} units) embeds and writes its vectors; the driver renames the parts into the store in input order",
         )
         return self
 

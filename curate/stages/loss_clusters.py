@@ -79,16 +79,28 @@ class LossClusters(Stage):
         self.null_labels = null_labels
         self.torch_threads = torch_threads
 
-    # -- fit ------------------------------------------------------------------------
-    def fit(self, source: BatchSource, ctx: StageContext) -> "LossClusters":
-        column = self.loss_column or self.label_column
-        if column not in source.schema.names:
-            option = "loss_column" if self.loss_column else "label_column"
-            raise UsageError(f"stage '{ctx.name}': no column {column!r} in the input", fix=f"set {option} to one of: {', '.join(n for n in source.schema.names if not n.startswith('__'))}")
+    # -- fit: the runner's map-reduce protocol ------------------------------------------
+    # Map (a task per work unit): read the unit's losses, or hash its texts into n-gram bags
+    # for the proxy. Merge (driver): the per-sample losses in input order (17 bytes a row),
+    # the proxy's k-fold training when there is one, pruning, 1-D k-means and the schedule.
+
+    def fit_shard(self, source: BatchSource, ctx: StageContext) -> tuple:
+        self._check_column(source.schema, ctx)
         if self.loss_column:
-            ordinals, losses, valid = self._read_losses(source, ctx)
+            return self._read_losses(source, ctx)
+        return self._hash_texts(source, ctx)
+
+    def fit_merge(self, partials: list[tuple], source: BatchSource, ctx: StageContext) -> "LossClusters":
+        column = self._check_column(source.schema, ctx)
+        if self.loss_column:
+            ordinals, losses, valid = (_cat([p[i] for p in partials], dtype) for i, dtype in enumerate((np.int64, np.float64, bool)))
+            ctx.info["fit"] = f"losses read per unit on workers ({len(partials)} units); pruning, 1-D k-means and the schedule on the driver"
         else:
-            ordinals, losses, valid = self._proxy_losses(source, ctx)
+            ordinals, losses, valid = self._proxy_losses(partials, source, ctx)
+            ctx.info["fit"] = (
+                f"texts hashed per unit on workers ({len(partials)} units); the proxy's {self.folds}-fold training, "
+                "pruning, 1-D k-means and the schedule on the driver"
+            )
         self._check_nulls(int((~valid).sum()), column, ctx)
 
         codes = np.where(valid, _KEEP, 3).astype(np.int8)
@@ -115,6 +127,13 @@ class LossClusters(Stage):
         )
         return self
 
+    def _check_column(self, schema: pa.Schema, ctx: StageContext) -> str:
+        column = self.loss_column or self.label_column
+        if column not in schema.names:
+            option = "loss_column" if self.loss_column else "label_column"
+            raise UsageError(f"stage '{ctx.name}': no column {column!r} in the input", fix=f"set {option} to one of: {', '.join(n for n in schema.names if not n.startswith('__'))}")
+        return column
+
     def _read_losses(self, source: BatchSource, ctx: StageContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows, values, valid = [], [], []
         with ctx.progress.task(f"{ctx.name}: reading losses", total=source.num_rows) as bar:
@@ -132,17 +151,26 @@ class LossClusters(Stage):
                 bar.advance(batch.num_rows)
         return _cat(rows, np.int64), _cat(values, np.float64), _cat(valid, bool)
 
-    def _proxy_losses(self, source: BatchSource, ctx: StageContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _hash_texts(self, source: BatchSource, ctx: StageContext) -> tuple[np.ndarray, pa.ChunkedArray, object]:
+        """(ordinals, labels, hashed n-gram bags) of one unit, for the proxy."""
         from curate.training.features import concat_bags, hashed_ngram_bags
-        from curate.training.proxy import ProxyConfig, encode_labels, out_of_fold_losses, torch_threads
 
         rows, label_chunks, bags = [], [], []
-        with ctx.progress.task(f"{ctx.name}: hashing", total=source.num_rows) as bar:
-            for batch in source.batches(columns=[ctx.text_column, self.label_column]):
-                rows.append(row_ordinals(batch))
-                label_chunks.append(batch.column(self.label_column))
-                bags.append(hashed_ngram_bags(batch.column(ctx.text_column), self.num_buckets, self.ngrams, ctx.seed))
-                bar.advance(batch.num_rows)
+        for batch in source.batches(columns=[ctx.text_column, self.label_column]):
+            rows.append(row_ordinals(batch))
+            label_chunks.append(batch.column(self.label_column))
+            bags.append(hashed_ngram_bags(batch.column(ctx.text_column), self.num_buckets, self.ngrams, ctx.seed))
+        kind = source.schema.field(self.label_column).type
+        labels = pa.chunked_array(label_chunks, type=kind)
+        return _cat(rows, np.int64), labels, concat_bags(bags)
+
+    def _proxy_losses(self, partials: list[tuple], source: BatchSource, ctx: StageContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from curate.training.features import concat_bags
+        from curate.training.proxy import ProxyConfig, encode_labels, out_of_fold_losses, torch_threads
+
+        rows = [p[0] for p in partials]
+        label_chunks = [chunk for p in partials for chunk in p[1].chunks]
+        bags = [p[2] for p in partials]
         ordinals = _cat(rows, np.int64)
         labels = pa.chunked_array(label_chunks, type=source.schema.field(self.label_column).type) if label_chunks else pa.chunked_array([], pa.string())
         valid = np.asarray(pc.is_valid(labels)) if len(labels) else np.zeros(0, bool)

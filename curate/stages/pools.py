@@ -1,4 +1,10 @@
-"""Pools stage: add `pool` (int32, 0 best) from exact quantiles of a score column."""
+"""Pools stage: add `pool` (int32, 0 best) from exact quantiles of a score column.
+
+Parallel shape (the runner's map-reduce fit): each work unit reads its scores as a task and
+sends them back (4 bytes a row for a float32 column such as `proto_distance`, 8 otherwise);
+the driver sorts the gathered scores once for the exact edges. Exact quantiles need every
+score in one place; at 4-8 bytes a row that is 4-8 MB per million rows, less than the
+transform's own batches."""
 
 from __future__ import annotations
 
@@ -54,26 +60,38 @@ class Pools(Stage):
         self.pools = pools
         self.higher_is_better = higher_is_better
 
-    def fit(self, source: BatchSource, ctx: StageContext) -> "Pools":
-        if self.score not in source.schema.names:
-            names = ", ".join(n for n in source.schema.names if not n.startswith("__"))
-            raise UsageError(f"pools: no score column {self.score!r} (columns: {names})", fix="pass --score with a numeric column, or run a scoring stage first")
-        kind = source.schema.field(self.score).type
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
-            raise UsageError(f"pools: score column {self.score!r} has type {kind}, not a number", fix="pick a numeric --score column")
+    def fit_shard(self, source: BatchSource, ctx: StageContext) -> np.ndarray:
+        """This unit's scores, in the narrowest dtype that holds them exactly (NaN = missing)."""
+        kind = self._check_column(source.schema)
+        values = np.concatenate([_scores(b.column(self.score)) for b in source.batches(columns=[self.score])] or [np.empty(0)])
+        exact_in_float32 = kind in (pa.float32(), pa.float16(), pa.int8(), pa.int16(), pa.uint8(), pa.uint16())
+        return values.astype(np.float32) if exact_in_float32 else values
+
+    def fit_merge(self, partials: list[np.ndarray], source: BatchSource, ctx: StageContext) -> "Pools":
+        self._check_column(source.schema)
         if isinstance(self.higher_is_better, bool):
             self.higher_is_better_, reason = self.higher_is_better, "as configured"
         else:
             self.higher_is_better_, reason = auto_direction(self.score, ctx)
-        values = np.concatenate([_scores(b.column(self.score)) for b in source.batches(columns=[self.score])] or [np.empty(0)])
+        values = np.concatenate(partials).astype(np.float64, copy=False) if partials else np.empty(0)
         self.edges_ = pool_edges(values, self.pools, self.higher_is_better_)
         counts = np.bincount(assign_pools(values, self.edges_, self.higher_is_better_), minlength=self.pools)
         ctx.info.update(
             score=self.score, pools=self.pools, higher_is_better=self.higher_is_better_, direction_reason=reason,
             edges=[float(e) if self.higher_is_better_ else -float(e) for e in self.edges_], pool_rows=counts.tolist(),
             missing_scores=int(np.isnan(values).sum()),
+            fit=f"scores read per unit on workers ({len(partials)} units), exact quantiles on the driver over {len(values)} gathered scores",
         )
         return self
+
+    def _check_column(self, schema: pa.Schema) -> pa.DataType:
+        if self.score not in schema.names:
+            names = ", ".join(n for n in schema.names if not n.startswith("__"))
+            raise UsageError(f"pools: no score column {self.score!r} (columns: {names})", fix="pass --score with a numeric column, or run a scoring stage first")
+        kind = schema.field(self.score).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            raise UsageError(f"pools: score column {self.score!r} has type {kind}, not a number", fix="pick a numeric --score column")
+        return kind
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         pools = assign_pools(_scores(batch.column(self.score)), self.edges_, self.higher_is_better_)

@@ -1,19 +1,25 @@
 """Prototype scores stage: `proto_cluster` and `proto_distance` on every kept row, optional pruning
-to the hardest or easiest fraction, centroids to OUT/prototypes/centroids.npy."""
+to the hardest or easiest fraction, centroids to OUT/prototypes/centroids.npy.
+
+Parallel shape: vectors per work unit (`curate.stages.embed`), k-means on the driver over a
+sample chosen by seed and row position (at most 64 rows per cluster: 12,800 rows for 200
+clusters), the distance of every row to its nearest centroid as one task per unit; the driver
+gathers the distances (4 bytes a row) for the exact hardest/easiest selection."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from curate.ledger import empty_ledger, removed_rows
-from curate.metrics.kmeans import cap_clusters, set_threads, spherical_kmeans
+from curate.metrics.kmeans import cap_clusters, kmeans_sample, set_threads, train_centroids
 from curate.metrics.prototypes import KEEP_CHOICES, choose_keep, prototype_distance, select_by_difficulty
 from curate.stages.base import BatchSource, Stage, StageContext, row_ordinals, split_batch
-from curate.stages.embed import embeddings_for, publish_if_absent
+from curate.stages.embed import embeddings_for, load_vectors, needs_own_store, publish_if_absent
 
 PROTOTYPES_DIR = "prototypes"
 CENTROIDS_NAME = "centroids.npy"
@@ -58,14 +64,18 @@ class Prototypes(Stage):
         self.model = model
 
     def fit(self, source: BatchSource, ctx: StageContext) -> "Prototypes":
-        emb = embeddings_for(source, ctx, self.model)
-        published = publish_if_absent(emb, ctx) if emb.computed else False
-        n = len(emb.rows)
+        emb = embeddings_for(source, ctx, self.model, write_parts=needs_own_store(ctx))
+        published = publish_if_absent(emb, ctx)
+        n = emb.num_rows
         k = cap_clusters(self.clusters, n)
+        sample = kmeans_sample(n, k, ctx.seed)
         set_threads(ctx.threads)
-        with ctx.progress.task(f"{ctx.name}: k-means ({k} clusters)", total=None):
-            self.centroids_ = spherical_kmeans(emb.matrix, k, seed=ctx.seed, niter=self.kmeans_iterations)
-            self.labels_, self.distance_ = prototype_distance(emb.matrix, self.centroids_)
+        with ctx.progress.task(f"{ctx.name}: k-means ({k} clusters on {len(sample)} rows)", total=None):
+            self.centroids_ = train_centroids(emb.gather(sample), k, seed=ctx.seed, niter=self.kmeans_iterations) if n else np.zeros((0, emb.dim), np.float32)
+        sizes = np.diff(emb.offsets).tolist()
+        scored = ctx.map(UnitDistances(self.centroids_, emb.dim, ctx.task_threads), emb.paths, label=f"{ctx.name}: distances", sizes=sizes)
+        self.labels_ = np.concatenate([s[0] for s in scored]) if scored else np.empty(0, np.int32)
+        self.distance_ = np.concatenate([s[1] for s in scored]) if scored else np.empty(0, np.float32)
         keep, reason = self.keep, f"keep = {self.keep} as configured"
         if keep == "auto":
             budget, where = self._budget(ctx)
@@ -80,6 +90,7 @@ class Prototypes(Stage):
             model=emb.model, embeddings_reused=emb.reused, embeddings_computed=emb.computed, embeddings_published=published,
             clusters=k, clusters_requested=self.clusters, keep=keep, keep_reason=reason, fraction=self.fraction,
             kept=int(self.kept_.sum()), distance_median=float(np.median(self.distance_)) if n else None,
+            fit=f"driver k-means on {len(sample)} rows; distances on workers ({len(emb.paths)} units); selection on the driver",
         )
         return self
 
@@ -111,6 +122,19 @@ class Prototypes(Stage):
         with open(tmp, "wb") as handle:
             np.save(handle, self.centroids_.astype(np.float32))
         os.replace(tmp, directory / CENTROIDS_NAME)
+
+
+@dataclass(frozen=True)
+class UnitDistances:
+    """One unit's nearest centroid and cosine distance per row (layout-independent bits)."""
+
+    centroids: np.ndarray
+    dim: int
+    threads: int
+
+    def __call__(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        set_threads(self.threads)
+        return prototype_distance(load_vectors(path, self.dim), self.centroids)
 
 
 STAGE = Prototypes

@@ -1,15 +1,29 @@
 """Semantic dedup stage (SemDeDup): drop rows whose embedding has cosine >= threshold with a kept
 row of the same k-means cluster. Embeddings come from OUT/embeddings (an earlier embed stage)
-or are computed with `model`; the algorithm is `curate.metrics.semdedup`."""
+or are computed with `model`; the algorithm is `curate.metrics.semdedup`.
+
+Parallel shape: vectors per work unit (`curate.stages.embed`), k-means on the driver over a
+sample chosen by seed and row position, then two task maps: assignment per unit (cluster and
+centroid cosine of each row, to a file) and the within-cluster search per bucket of clusters
+(each bucket task reads every unit's cluster labels, 16 bytes a row, and the vectors of its own
+clusters). The driver merges the buckets' duplicates (small) and looks their ids up."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 import pyarrow as pa
 
-from curate.metrics.kmeans import set_threads
-from curate.metrics.semdedup import KEEP_RULES, semantic_duplicates
+from curate.atomic import atomic_path
+from curate.metrics.kmeans import assign, auto_clusters, kmeans_sample, set_threads, train_centroids
+from curate.metrics.semdedup import KEEP_RULES, cluster_duplicates, merge_duplicates, plan_buckets
 from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, drop_fitted_duplicates
-from curate.stages.embed import embeddings_for, publish_if_absent
+from curate.stages.embed import embeddings_for, load_vectors, needs_own_store, publish_if_absent
+
+_CLUSTERS = "clusters"
+BUCKETS_PER_WORKER = 4  # cluster sizes are skewed: a few buckets per worker even out the load
 
 
 class SemDedup(Stage):
@@ -40,21 +54,29 @@ class SemDedup(Stage):
         self.model = model
 
     def fit(self, source: BatchSource, ctx: StageContext) -> "SemDedup":
-        emb = embeddings_for(source, ctx, self.model)
-        published = publish_if_absent(emb, ctx) if emb.computed else False
+        emb = embeddings_for(source, ctx, self.model, write_parts=needs_own_store(ctx))
+        published = publish_if_absent(emb, ctx)
+        n = emb.num_rows
+        k = auto_clusters(n) if self.clusters <= 0 else max(1, min(self.clusters, n))
+        sample = kmeans_sample(n, k, ctx.seed, self.kmeans_fit_fraction)
         set_threads(ctx.threads)
-        with ctx.progress.task(f"{ctx.name}: clustering and searching", total=None):
-            result = semantic_duplicates(
-                emb.matrix, self.threshold, self.clusters, self.keep, ctx.seed, self.kmeans_fit_fraction, self.kmeans_iterations
-            )
-        self.removed_rows_ = emb.rows[result.removed]
-        self.representatives_ = emb.rows[result.representative]
-        self.similarity_ = result.similarity
+        with ctx.progress.task(f"{ctx.name}: k-means ({k} clusters on {len(sample)} rows)", total=None):
+            centroids = train_centroids(emb.gather(sample), k, seed=ctx.seed, niter=self.kmeans_iterations) if n else np.zeros((0, emb.dim), np.float32)
+        clusters_dir = str(Path(ctx.work_dir) / _CLUSTERS)
+        units = [(u, emb.paths[u], emb.rows[emb.offsets[u] : emb.offsets[u + 1]]) for u in range(len(emb.paths))]
+        counts = ctx.map(AssignClusters(centroids, clusters_dir, emb.dim, ctx.task_threads), units, label=f"{ctx.name}: assigning", sizes=[len(u[2]) for u in units])
+        sizes = np.sum(counts, axis=0) if counts else np.zeros(len(centroids), np.int64)
+        buckets = max(1, min(len(centroids), BUCKETS_PER_WORKER * ctx.workers))
+        bucket_of = plan_buckets(sizes, buckets)
+        search = SearchBuckets(clusters_dir, tuple(emb.paths), emb.dim, bucket_of, self.threshold, self.keep, ctx.seed, ctx.task_threads)
+        found = ctx.map(search, range(buckets), label=f"{ctx.name}: searching clusters")
+        self.removed_rows_, self.representatives_, self.similarity_ = merge_duplicates([f[0] for f in found], [f[1] for f in found], [f[2] for f in found])
         self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx)
         ctx.info.update(
             model=emb.model, embeddings_reused=emb.reused, embeddings_computed=emb.computed, embeddings_published=published,
-            clusters=len(result.centroids), largest_cluster=result.largest_cluster, duplicate_pairs=result.pairs,
-            removed=len(result.removed), threshold=self.threshold, keep=self.keep,
+            clusters=len(centroids), largest_cluster=int(sizes.max()) if n else 0, duplicate_pairs=sum(f[3] for f in found),
+            removed=len(self.removed_rows_), threshold=self.threshold, keep=self.keep,
+            fit=f"driver k-means on {len(sample)} rows; assignment on workers ({len(units)} units), within-cluster search on workers ({buckets} buckets)",
         )
         return self
 
@@ -63,6 +85,69 @@ class SemDedup(Stage):
             batch, self.removed_rows_, self.representatives_, self.representative_ids_,
             stage=ctx.name, reason="semantic_duplicate", id_column=ctx.id_column, scores=self.similarity_,
         )
+
+
+@dataclass(frozen=True)
+class AssignClusters:
+    """One unit: nearest centroid and its cosine per row, with the ordinals, to
+    `clusters/NNNNN.npz`; returns the unit's cluster sizes."""
+
+    centroids: np.ndarray
+    clusters_dir: str
+    dim: int
+    threads: int
+
+    def __call__(self, job: tuple[int, str, np.ndarray]) -> np.ndarray:
+        unit, path, rows = job
+        set_threads(self.threads)
+        labels, similarity = assign(load_vectors(path, self.dim), self.centroids)
+        with atomic_path(Path(self.clusters_dir) / f"{unit:05d}.npz", unique=True) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, labels=labels, similarity=similarity, rows=rows)
+        return np.bincount(labels, minlength=len(self.centroids))
+
+
+@dataclass(frozen=True)
+class SearchBuckets:
+    """One bucket of clusters: gather each cluster's members from every unit (in ordinal
+    order) and search it; returns (removed, representative, similarity, pairs)."""
+
+    clusters_dir: str
+    vector_paths: tuple[str, ...]
+    dim: int
+    bucket_of: np.ndarray
+    threshold: float
+    keep: str
+    seed: int
+    threads: int
+
+    def __call__(self, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        set_threads(self.threads)
+        unit_of, local, rows, labels, sims = [], [], [], [], []
+        for unit in range(len(self.vector_paths)):
+            with np.load(Path(self.clusters_dir) / f"{unit:05d}.npz") as data:
+                mine = np.nonzero(self.bucket_of[data["labels"]] == bucket)[0] if len(data["labels"]) else np.empty(0, np.int64)
+                unit_of.append(np.full(len(mine), unit, np.int32))
+                local.append(mine)
+                rows.append(data["rows"][mine])
+                labels.append(data["labels"][mine])
+                sims.append(data["similarity"][mine])
+        unit_of, local, rows, labels, sims = (np.concatenate(a) for a in (unit_of, local, rows, labels, sims))
+        order = np.lexsort((rows, labels))  # by cluster, then input order
+        unit_of, local, rows, labels, sims = unit_of[order], local[order], rows[order], labels[order], sims[order]
+        starts = np.concatenate([[0], np.nonzero(np.diff(labels))[0] + 1, [len(labels)]])
+        vectors = [load_vectors(p, self.dim) for p in self.vector_paths]
+        removed, reps, similarity = [], [], []
+        pairs = 0
+        for lo, hi in zip(starts[:-1], starts[1:]):
+            if hi - lo < 2:
+                continue
+            members = np.concatenate([vectors[u][local[lo:hi][unit_of[lo:hi] == u]] for u in np.unique(unit_of[lo:hi])])
+            found = cluster_duplicates(np.ascontiguousarray(members, dtype=np.float32), rows[lo:hi], sims[lo:hi], self.threshold, self.keep, self.seed)
+            pairs += found.pairs
+            removed.append(found.removed)
+            reps.append(found.representative)
+            similarity.append(found.similarity)
+        return (*merge_duplicates(removed, reps, similarity), pairs)
 
 
 STAGE = SemDedup
