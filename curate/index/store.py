@@ -80,25 +80,26 @@ def read_index(directory: str | Path) -> StoredIndex:
     """The index in `directory`, every file checked against index.json (size, then digest)."""
     directory = Path(directory)
     meta_path = directory / META
+    rebuild = f"rebuild the index: curate index {directory.parent.parent}"
     try:
         meta = json.loads(meta_path.read_text())
         files = meta["files"]
         kind, stage, settings, rows, version = meta["kind"], meta["stage"], meta["settings"], int(meta["rows"]), meta["format"]
     except FileNotFoundError:
-        raise UsageError("index metadata is missing", path=meta_path, fix="rebuild the index: curate index OUT") from None
+        raise UsageError("index metadata is missing", path=meta_path, fix=rebuild) from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"index metadata is corrupt ({type(exc).__name__})", path=meta_path, fix="rebuild the index: curate index OUT") from None
+        raise UsageError(f"index metadata is corrupt ({type(exc).__name__})", path=meta_path, fix=rebuild) from None
     if version != FORMAT:
         raise UsageError(f"index format {version} is not the format {FORMAT} this curate reads", path=meta_path, fix="rebuild the index with this curate: curate index OUT")
     for name, expected in files.items():
         path = directory / name
         if not path.is_file():
-            raise UsageError("index file is missing", path=path, fix="rebuild the index: curate index OUT")
+            raise UsageError("index file is missing", path=path, fix=rebuild)
         size = path.stat().st_size
         if size != expected["bytes"]:
-            raise UsageError(f"index file is truncated or altered ({size} bytes, expected {expected['bytes']})", path=path, fix="rebuild the index: curate index OUT")
+            raise UsageError(f"index file is truncated or altered ({size} bytes, expected {expected['bytes']})", path=path, fix=rebuild)
         if _digest(path) != expected["blake2b"]:
-            raise UsageError("index file is corrupt (digest differs from index.json)", path=path, fix="rebuild the index: curate index OUT")
+            raise UsageError("index file is corrupt (digest differs from index.json)", path=path, fix=rebuild)
     return StoredIndex(str(directory), kind, stage, settings, rows, files)
 
 
@@ -124,7 +125,7 @@ def find_index(output: str | Path, stage: str, kind: str) -> StoredIndex:
             if json.loads(meta.read_text()).get("kind") == kind:
                 same_kind.append(meta.parent)
         except ValueError:
-            raise UsageError("index metadata is corrupt", path=meta, fix="rebuild the index: curate index OUT") from None
+            raise UsageError("index metadata is corrupt", path=meta, fix=rebuild) from None
     if len(same_kind) == 1:
         return read_index(same_kind[0])
     if not same_kind and named.is_dir():
