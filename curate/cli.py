@@ -159,7 +159,7 @@ def dedup(
     workers: Optional[int] = WorkersOpt,
     scheduler: Optional[str] = SchedulerOpt,
     against: Optional[List[str]] = AgainstOpt,
-    index: bool = typer.Option(False, "--index", help="Keep OUT/index/ so later runs can dedup --against this output (exact, minhash)."),
+    index: bool = typer.Option(False, "--index", help="Keep OUT/index/ so later runs can dedup --against this output."),
 ) -> None:
     """Drop exact, near (MinHash LSH) or semantic (embedding) duplicates."""
     kinds = {"exact": "exact", "minhash": "minhash", "semantic": "semdedup", "semdedup": "semdedup"}

@@ -3,6 +3,7 @@ earlier outputs' indexes removes exactly what a joint run over all parts removes
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -218,3 +219,48 @@ def test_interrupted_stage_resumes_to_the_same_result(halves, tmp_path, monkeypa
     run(b, out, against=(root / "out-a",), resume=True)
     for name in ("kept", "removed"):
         assert read_parts(out / name).equals(read_parts(root / "out-b" / name))
+
+
+SEMANTIC = {"stage": [{"kind": "semdedup", "model": "hashing", "threshold": 0.9, "clusters": 8, "index": True}]}
+
+
+@pytest.fixture(scope="module")
+def semantic_halves(tmp_path_factory):
+    root = tmp_path_factory.mktemp("semantic")
+    (a, b), _ = write_parts(root, n=600, seed=5)
+    run(a, root / "out-a", pipeline=SEMANTIC)
+    shutil.rmtree(a)
+    run(b, root / "out-b", pipeline=SEMANTIC, against=(root / "out-a",))
+    return root, b
+
+
+def test_semantic_copies_of_earlier_rows_are_removed_against_them(semantic_halves):
+    root, b = semantic_halves
+    earlier_texts = _part_texts(root / "joint", "p0-")
+    texts = pq.read_table(b).to_pandas().set_index("id").text
+    copies = set(texts.index[texts.isin(earlier_texts)])
+    later = ledger(root / "out-b")
+    matched = later[later.reason == "semantic_duplicate_of_earlier"]
+    assert copies and copies <= set(matched.index)
+    a_ids = part_ids(root / "joint") - part_ids(b)
+    assert matched.duplicate_of.isin(a_ids).all()
+    direct = matched[matched.score.notna() & matched.index.isin(copies)]
+    assert (direct.score >= 0.9 - 1e-6).all()
+    assert not later[later.reason == "semantic_duplicate"].duplicate_of.isin(a_ids).any()
+
+
+def _part_texts(directory: Path, prefix: str) -> set[str]:
+    return {t for p in sorted(directory.glob(f"{prefix}*.parquet")) for t in pq.read_table(p).column("text").to_pylist()}
+
+
+def test_semantic_index_add_and_two_jobs(semantic_halves, tmp_path, capsys):
+    root, b = semantic_halves
+    assert cli(["index", str(root / "out-a"), "--add", str(root / "out-b"), "-q"], capsys)[0] == 0
+    merged = json.loads((root / "out-a" / "index" / "semdedup" / "index.json").read_text())
+    assert merged["rows"] == 600
+    shutil.copytree(root / "joint", b, dirs_exist_ok=True, ignore=lambda d, names: [n for n in names if not n.startswith("p1-")])
+    run(b, tmp_path / "again", pipeline=SEMANTIC, against=(root / "out-a",), jobs=2)
+    # B now matches its own rows in the merged index: every row is a duplicate of itself or earlier
+    again = ledger(tmp_path / "again")
+    assert len(again) == len(part_ids(b))
+    assert (again.reason == "semantic_duplicate_of_earlier").all()

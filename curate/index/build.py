@@ -11,11 +11,11 @@ from pathlib import Path
 
 from curate.atomic import replace_dir
 from curate.errors import UsageError
-from curate.index import exact, minhash
+from curate.index import exact, minhash, semantic
 from curate.index.store import INDEX_DIR, META, StoredIndex, find_index, read_index
 from curate.shards import fingerprint_file
 
-MERGERS = {exact.KIND: exact.merge, minhash.KIND: minhash.merge}
+MERGERS = {exact.KIND: exact.merge, minhash.KIND: minhash.merge, semantic.KIND: semantic.merge}
 _BUILD_DIR = ".index-build"
 
 
@@ -40,7 +40,7 @@ def build_index(output: str | Path, options=None) -> list[StoredIndex]:
     config = manifest["config"]
     stages = [{"kind": s["kind"], **s["options"]} for s in config["stages"]]
     if not any(s["kind"] in MERGERS for s in stages):
-        raise UsageError("this output ran no exact or minhash stage: nothing to index", path=output, fix="run a pipeline with an exact or minhash stage")
+        raise UsageError("this output ran no exact, minhash or semdedup stage: nothing to index", path=output, fix="run a pipeline with a dedup stage")
     for stage in stages:
         if stage["kind"] in MERGERS:
             stage["index"] = True
@@ -93,19 +93,22 @@ def add_index(output: str | Path, later: str | Path) -> list[StoredIndex]:
 
 
 def check_against(spec, against: list[str] | tuple[str, ...]) -> None:
-    """Before a run starts: every earlier output has a sound index with this run's settings
-    for every exact and minhash stage (the stages that use one), so a bad index is exit 2
-    before any output is written. Stages check again when they fit."""
+    """Before a run starts: every earlier output has a sound index for every dedup stage, with
+    this run's settings (exact, minhash; a semdedup stage's model is known only once it runs,
+    so its settings are checked when it fits), so a bad index is exit 2 before any output is
+    written."""
     from curate.stages.base import stage_class
 
     if not against:
         return
     stages = [s for s in spec.stages if s.kind in MERGERS]
     if not stages:
-        raise UsageError("--against needs an exact or minhash stage in the pipeline (semantic dedup has no index yet)", path=spec.source, fix="add an exact or minhash stage, or drop --against")
+        raise UsageError("--against needs a dedup stage (exact, minhash or semdedup) in the pipeline", path=spec.source, fix="add one, or drop --against")
     for stage_spec in stages:
         stage = stage_class(stage_spec.kind).from_options(stage_spec.options, where=spec.source)
-        if stage_spec.kind == exact.KIND:
+        if stage_spec.kind == semantic.KIND:
+            wanted = {"threshold": float(stage.threshold)}
+        elif stage_spec.kind == exact.KIND:
             wanted = exact.settings(stage.normalize)
         else:
             stage.bands_, stage.rows_ = stage.lsh_shape()
