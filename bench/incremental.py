@@ -28,7 +28,12 @@ try:
 except ImportError:  # run as a module
     from bench.corpora import build_long_corpus, debian_descriptions
 
-PIPELINE = {"stage": [{"kind": "exact", "normalize": True, "index": True}, {"kind": "minhash", "index": True}]}
+def pipeline(model: str) -> dict:
+    return {"stage": [
+        {"kind": "exact", "normalize": True, "index": True},
+        {"kind": "minhash", "index": True},
+        {"kind": "semdedup", "model": model, "index": True},
+    ]}
 
 
 def split(corpus: Path, root: Path, shards: int) -> tuple[Path, Path, Path, int, int]:
@@ -47,9 +52,9 @@ def split(corpus: Path, root: Path, shards: int) -> tuple[Path, Path, Path, int,
     return dirs[0], dirs[1], dirs[2], half, frame.height - half
 
 
-def timed(source: Path, out: Path, jobs: int | None, against: tuple[Path, ...] = ()) -> float:
+def timed(spec: dict, source: Path, out: Path, jobs: int | None, against: tuple[Path, ...] = ()) -> float:
     started = time.perf_counter()
-    run_pipeline(parse_pipeline(PIPELINE, "bench"), source, out, RunOptions(jobs=jobs, against=tuple(map(str, against))))
+    run_pipeline(parse_pipeline(spec, "bench"), source, out, RunOptions(jobs=jobs, against=tuple(map(str, against))))
     return time.perf_counter() - started
 
 
@@ -59,22 +64,24 @@ def main() -> None:
     parser.add_argument("--long", action="store_true", help="instead: bench/corpora.py's long documents (2-64 KB of real text each)")
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: every core)")
     parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--model", default="hashing", help="semdedup's embedding model (hashing: no model to load; minilm)")
     args = parser.parse_args()
+    spec = pipeline(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         corpus = build_long_corpus(root / "long") if args.long else debian_descriptions(args.corpus)
         a, b, ab, rows_a, rows_b = split(corpus.path, root, args.shards)
         print(f"corpus: {corpus.rows:,} rows; A = first {rows_a:,}, B = last {rows_b:,}")
-        t_joint = timed(ab, root / "out-joint", args.jobs)
-        t_a = timed(a, root / "out-a", args.jobs)
+        t_joint = timed(spec, ab, root / "out-joint", args.jobs)
+        t_a = timed(spec, a, root / "out-a", args.jobs)
         shutil.rmtree(a)  # B against A reads A's index only
-        t_alone = timed(b, root / "out-b-alone", args.jobs)
-        t_against = timed(b, root / "out-b", args.jobs, against=(root / "out-a",))
+        t_alone = timed(spec, b, root / "out-b-alone", args.jobs)
+        t_against = timed(spec, b, root / "out-b", args.jobs, against=(root / "out-a",))
 
         print(f"joint A+B run: {t_joint:.2f} s; A with index: {t_a:.2f} s")
         print(f"B alone:            {t_alone:.2f} s")
         print(f"B against A index:  {t_against:.2f} s  ({t_against / t_alone:.2f}x B alone)")
-        for stage in ("exact", "minhash"):
+        for stage in ("exact", "minhash", "semdedup"):
             started = time.perf_counter()
             stored = read_index(root / "out-a" / "index" / stage)
             load = time.perf_counter() - started
@@ -87,7 +94,7 @@ def main() -> None:
         joint = read_parts(root / "out-joint" / "removed").to_pandas().set_index("id")
         joint = joint[joint.index.isin(b_ids)]
         later = read_parts(root / "out-b" / "removed").to_pandas().set_index("id")
-        for stage, reason in (("exact", "exact_duplicate"), ("minhash", "near_duplicate")):
+        for stage, reason in (("exact", "exact_duplicate"), ("minhash", "near_duplicate"), ("semdedup", "semantic_duplicate")):
             want = set(joint.index[joint.stage == stage])
             got = set(later.index[later.stage == stage])
             both = sorted(want & got)
@@ -97,6 +104,16 @@ def main() -> None:
                 f"{stage}: joint removes {len(want):,} B rows, B --against A removes {len(got):,} ({earlier:,} as {reason}_of_earlier); "
                 f"same ids: {len(both):,}, only joint {len(want - got):,}, only incremental {len(got - want):,}; same duplicate_of {same_rep:.4f}"
             )
+            if stage == "semdedup":
+                # A row only the incremental run removes, kept by the joint run as its group's
+                # keeper (keep = hard) while the joint run removed the earlier copy instead.
+                joint_all = read_parts(root / "out-joint" / "removed").to_pandas()
+                keepers = set(joint_all.duplicate_of[joint_all.stage == stage])
+                extra = got - want
+                print(
+                    f"semdedup vs the joint run: precision {len(both) / max(len(got), 1):.3f}, recall {len(both) / max(len(want), 1):.3f}; "
+                    f"of the {len(extra):,} rows only the incremental run removes, {len(extra & keepers):,} are rows the joint run kept in place of an earlier copy"
+                )
 
 
 if __name__ == "__main__":
