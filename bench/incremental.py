@@ -28,11 +28,11 @@ try:
 except ImportError:  # run as a module
     from bench.corpora import build_long_corpus, debian_descriptions
 
-def pipeline(model: str) -> dict:
+def pipeline(model: str, threshold: float) -> dict:
     return {"stage": [
         {"kind": "exact", "normalize": True, "index": True},
         {"kind": "minhash", "index": True},
-        {"kind": "semdedup", "model": model, "index": True},
+        {"kind": "semdedup", "model": model, "threshold": threshold, "index": True},
     ]}
 
 
@@ -65,8 +65,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: every core)")
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--model", default="hashing", help="semdedup's embedding model (hashing: no model to load; minilm)")
+    parser.add_argument("--semantic-threshold", type=float, default=0.9, help="semdedup's cosine threshold")
     args = parser.parse_args()
-    spec = pipeline(args.model)
+    spec = pipeline(args.model, args.semantic_threshold)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         corpus = build_long_corpus(root / "long") if args.long else debian_descriptions(args.corpus)
@@ -105,16 +106,19 @@ def main() -> None:
                 f"same ids: {len(both):,}, only joint {len(want - got):,}, only incremental {len(got - want):,}; same duplicate_of {same_rep:.4f}"
             )
             if stage == "semdedup":
-                # A row only the incremental run removes, kept by the joint run as its group's
-                # keeper (keep = hard) while the joint run removed the earlier copy instead.
+                # Rows only the incremental run removes, explained: the joint run kept the row
+                # as its group's keeper (keep = hard) and removed an earlier row in its place.
                 joint_all = read_parts(root / "out-joint" / "removed").to_pandas()
-                keepers = set(joint_all.duplicate_of[joint_all.stage == stage])
+                joint_sem = joint_all[joint_all.stage == stage]
+                a_ids = set(read_parts(root / "out-a" / "kept").column("id").to_pylist()) | set(read_parts(root / "out-a" / "removed").column("id").to_pylist())
+                kept_over_earlier = set(joint_sem.duplicate_of[joint_sem.id.isin(a_ids)])
                 extra = got - want
+                to_a = int(joint.loc[sorted(want)].duplicate_of.isin(a_ids).sum()) if want else 0
                 print(
                     f"semdedup vs the joint run: precision {len(both) / max(len(got), 1):.3f}, recall {len(both) / max(len(want), 1):.3f}; "
-                    f"of the {len(extra):,} rows only the incremental run removes, {len(extra & keepers):,} are rows the joint run kept in place of an earlier copy"
+                    f"the joint run removes {to_a:,} B rows as duplicates of A rows; of the {len(extra):,} rows only the incremental run removes, "
+                    f"{len(extra & kept_over_earlier):,} are rows the joint run kept while removing an A row as their duplicate"
                 )
-
 
 if __name__ == "__main__":
     main()

@@ -26,30 +26,39 @@ def settings(normalize: bool) -> dict:
 
 def after_fit(stage, source: BatchSource, ctx: StageContext) -> None:
     """Hook at the end of the exact stage's fit: match against `ctx.against`, then write this
-    run's index when the stage has `index = true`."""
+    run's index when the stage has `index = true`, in one pass of tasks over the units."""
     stage.earlier_ = None
-    if ctx.against:
-        indexes = [find_index(path, ctx.name, KIND) for path in ctx.against]
-        for stored in indexes:
-            check_settings(stored, settings(stage.normalize))
-        stage.earlier_ = match(source, ctx, indexes, stage.normalize)
+    want_index = bool(getattr(stage, "index", False))
+    if not ctx.against and not want_index:
+        return
+    indexes = [find_index(path, ctx.name, KIND) for path in ctx.against]
+    for stored in indexes:
+        check_settings(stored, settings(stage.normalize))
+    units = ctx.units(source)
+    task = _Pass(ctx.text_column, ctx.id_column, stage.normalize, tuple(indexes), stage.duplicate_rows_, want_index)
+    found = ctx.map(task, units, label=f"{ctx.name}: against earlier" if indexes else f"{ctx.name}: index", sizes=[u.rows for u in units])
+    if indexes:
+        stage.earlier_ = _matches(found, indexes)
         keep = without(stage.duplicate_rows_, stage.earlier_.rows)
         stage.duplicate_rows_ = stage.duplicate_rows_[keep]
         stage.representatives_ = stage.representatives_[keep]
         ctx.info["earlier_duplicates"] = len(stage.earlier_)
-    if getattr(stage, "index", False):
-        removed = np.union1d(stage.duplicate_rows_, stage.earlier_.rows if stage.earlier_ is not None else np.empty(0, np.int64))
-        stored = build(source, ctx, stage.normalize, removed)
+    if want_index:  # the first occurrences, less the rows an earlier output already holds
+        rows = np.concatenate([f.kept_rows for f in found]) if found else np.empty(0, np.int64)
+        keys = np.concatenate([f.kept_keys for f in found]) if found else np.empty((0, 2), np.uint64)
+        ids = pa.concat_arrays([f.kept_ids for f in found]) if found else pa.array([], pa.string())
+        if stage.earlier_ is not None:
+            mask = without(rows, stage.earlier_.rows)
+            keys, ids = keys[mask], ids.filter(pa.array(mask))
+        stored = _write(index_dir(ctx.output_dir, ctx.name), ctx.name, stage.normalize, keys, ids)
         ctx.info["stored_index_bytes"] = stored.nbytes
 
 
-def match(source: BatchSource, ctx: StageContext, indexes: list[StoredIndex], normalize: bool) -> EarlierMatches:
-    """Rows whose key is in an earlier index (the first index listed wins), one task per unit."""
-    units = ctx.units(source)
-    found = ctx.map(_Match(ctx.text_column, normalize, tuple(indexes)), units, label=f"{ctx.name}: against earlier", sizes=[u.rows for u in units])
-    rows = np.concatenate([f[0] for f in found]) if found else np.empty(0, np.int64)
-    which = np.concatenate([f[1] for f in found]) if found else np.empty(0, np.int64)
-    where = np.concatenate([f[2] for f in found]) if found else np.empty(0, np.int64)
+def _matches(found: list["_Found"], indexes: list[StoredIndex]) -> EarlierMatches:
+    """Rows whose key is in an earlier index (the first index listed wins), with its id."""
+    rows = np.concatenate([f.rows for f in found]) if found else np.empty(0, np.int64)
+    which = np.concatenate([f.which for f in found]) if found else np.empty(0, np.int64)
+    where = np.concatenate([f.where for f in found]) if found else np.empty(0, np.int64)
     ids = pa.nulls(len(rows), pa.string())
     parts, positions = [], []
     for k, stored in enumerate(indexes):
@@ -64,15 +73,32 @@ def match(source: BatchSource, ctx: StageContext, indexes: list[StoredIndex], no
 
 
 @dataclass(frozen=True)
-class _Match:
+class _Found:
+    rows: np.ndarray  # ordinals matched in an earlier index, ascending
+    which: np.ndarray  # which index
+    where: np.ndarray  # the stored key's position
+    kept_rows: np.ndarray  # first occurrences (when building an index): ordinals, keys, ids
+    kept_keys: np.ndarray
+    kept_ids: pa.Array
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One unit: hash every text once; look the keys up in the earlier indexes, and keep the
+    keys and ids of this run's first occurrences when an index is being built."""
+
     text_column: str
+    id_column: str
     normalize: bool
     indexes: tuple[StoredIndex, ...]
+    removed_sorted: np.ndarray
+    want_index: bool
 
-    def __call__(self, unit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, unit) -> _Found:
         keys_of = [stored.array("keys") for stored in self.indexes]
-        rows, which, where = [], [], []
-        for batch in unit.batches(columns=[self.text_column]):
+        rows, which, where, kept_rows, kept_keys, kept_ids = [], [], [], [], [], []
+        columns = [self.text_column, self.id_column] if self.want_index else [self.text_column]
+        for batch in unit.batches(columns=columns):
             texts = batch.column(self.text_column)
             key = hash128(normalize_texts(texts) if self.normalize else texts)
             ordinals = row_ordinals(batch)
@@ -84,42 +110,25 @@ class _Match:
                 which.append(np.full(int(hit.sum()), k, np.int64))
                 where.append(pos[hit])
                 unseen &= ~found
+            if self.want_index:
+                first = ~sorted_member(self.removed_sorted, ordinals)
+                kept_rows.append(ordinals[first])
+                kept_keys.append(key[first])
+                kept_ids.append(ids_as_strings(batch.column(self.id_column)).filter(pa.array(first)))
         cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype)  # noqa: E731
-        return cat(rows, np.int64), cat(which, np.int64), cat(where, np.int64)
+        return _Found(
+            cat(rows, np.int64), cat(which, np.int64), cat(where, np.int64), cat(kept_rows, np.int64),
+            np.concatenate(kept_keys) if kept_keys else np.empty((0, 2), np.uint64),
+            pa.concat_arrays(kept_ids) if kept_ids else pa.array([], pa.string()),
+        )
 
 
-def build(source: BatchSource, ctx: StageContext, normalize: bool, removed_sorted: np.ndarray) -> StoredIndex:
-    """Keys and ids of the rows the stage keeps (every first occurrence), one task per unit."""
-    units = ctx.units(source)
-    found = ctx.map(_Kept(ctx.text_column, ctx.id_column, normalize, removed_sorted), units, label=f"{ctx.name}: index", sizes=[u.rows for u in units])
-    keys = np.concatenate([f[0] for f in found]) if found else np.empty((0, 2), np.uint64)
-    ids = pa.concat_arrays([f[1] for f in found]) if found else pa.array([], pa.string())
-    return _write(index_dir(ctx.output_dir, ctx.name), ctx.name, normalize, keys, ids)
-
-
-def _write(directory, stage: str, normalize: bool, keys: np.ndarray, ids: pa.Array, stored_settings: dict | None = None) -> StoredIndex:
+def _write(directory, stage: str, normalize: bool, keys: np.ndarray, ids: pa.Array) -> StoredIndex:
     order = np.lexsort((keys[:, 1], keys[:, 0]))
     return write_index(
-        directory, kind=KIND, stage=stage, settings=stored_settings or settings(normalize),
+        directory, kind=KIND, stage=stage, settings=settings(normalize),
         arrays={"keys": keys[order]}, table=pa.table({"id": ids.take(pa.array(order))}),
     )
-
-
-@dataclass(frozen=True)
-class _Kept:
-    text_column: str
-    id_column: str
-    normalize: bool
-    removed_sorted: np.ndarray
-
-    def __call__(self, unit) -> tuple[np.ndarray, pa.Array]:
-        keys, ids = [], []
-        for batch in unit.batches(columns=[self.text_column, self.id_column]):
-            keep = ~sorted_member(self.removed_sorted, row_ordinals(batch))
-            texts = batch.column(self.text_column).filter(pa.array(keep))
-            keys.append(hash128(normalize_texts(texts) if self.normalize else texts))
-            ids.append(ids_as_strings(batch.column(self.id_column)).filter(pa.array(keep)))
-        return (np.concatenate(keys) if keys else np.empty((0, 2), np.uint64)), (pa.concat_arrays(ids) if ids else pa.array([], pa.string()))
 
 
 def merge(base: StoredIndex, later: StoredIndex, directory) -> StoredIndex:
