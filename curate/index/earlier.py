@@ -56,7 +56,7 @@ def drop_duplicates(
     if hit.any():
         batch, removed = split_batch(batch, hit)
         where = np.searchsorted(earlier.rows, rows[hit])
-        score = None if earlier.scores is None else earlier.scores[where]
+        score = None if earlier.scores is None else pa.array(earlier.scores[where], pa.float64(), from_pandas=True)  # NaN: no score
         ledger = removed_rows(removed.column(ctx.id_column), ctx.name, f"{reason}_of_earlier", duplicate_of=earlier.ids.take(pa.array(where)), score=score)
     kept, later = drop_fitted_duplicates(batch, removed_sorted, representatives, representative_ids, stage=ctx.name, reason=reason, id_column=ctx.id_column, scores=scores)
     if later.num_rows == 0:
