@@ -1,7 +1,7 @@
 """Incremental dedup: the second half of a real corpus deduplicated against the first half's
 index, vs deduplicating it alone and vs one joint run over both halves, in the same run.
 
-    python bench/incremental.py [--corpus DEBIAN_PARQUET | --long] [--jobs N] [--repeats 3] [--model hashing]
+    python bench/incremental.py [--corpus DEBIAN_PARQUET | --long] [--jobs N] [--repeats 3] [--model hashing] [--no-semantic]
 
 The corpus is split in halves A and B by input order. Runs (exact with normalize, then
 minhash, `index = true`): A alone (writing its index), B alone, B --against A (A's shards
@@ -28,12 +28,11 @@ try:
 except ImportError:  # run as a module
     from bench.corpora import build_long_corpus, debian_descriptions
 
-def pipeline(model: str, threshold: float) -> dict:
-    return {"stage": [
-        {"kind": "exact", "normalize": True, "index": True},
-        {"kind": "minhash", "index": True},
-        {"kind": "semdedup", "model": model, "threshold": threshold, "index": True},
-    ]}
+def pipeline(model: str, threshold: float, semantic: bool = True) -> dict:
+    stages = [{"kind": "exact", "normalize": True, "index": True}, {"kind": "minhash", "index": True}]
+    if semantic:
+        stages.append({"kind": "semdedup", "model": model, "threshold": threshold, "index": True})
+    return {"stage": stages}
 
 
 def split(corpus: Path, root: Path, shards: int) -> tuple[Path, Path, Path, int, int]:
@@ -67,8 +66,9 @@ def main() -> None:
     parser.add_argument("--model", default="hashing", help="semdedup's embedding model (hashing: no model to load; minilm)")
     parser.add_argument("--repeats", type=int, default=3, help="B alone and B against A, alternated, best of")
     parser.add_argument("--semantic-threshold", type=float, default=0.9, help="semdedup's cosine threshold")
+    parser.add_argument("--no-semantic", action="store_true", help="exact and minhash only")
     args = parser.parse_args()
-    spec = pipeline(args.model, args.semantic_threshold)
+    spec = pipeline(args.model, args.semantic_threshold, not args.no_semantic)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         corpus = build_long_corpus(root / "long") if args.long else debian_descriptions(args.corpus)
@@ -87,7 +87,8 @@ def main() -> None:
         print(f"joint A+B run: {t_joint:.2f} s; A with index: {t_a:.2f} s")
         print(f"B alone:            {t_alone:.2f} s (best of {args.repeats})")
         print(f"B against A index:  {t_against:.2f} s  ({t_against / t_alone:.2f}x B alone)")
-        for stage in ("exact", "minhash", "semdedup"):
+        stages = [s["kind"] for s in spec["stage"]]
+        for stage in stages:
             started = time.perf_counter()
             stored = read_index(root / "out-a" / "index" / stage)
             load = time.perf_counter() - started
@@ -100,7 +101,8 @@ def main() -> None:
         joint = read_parts(root / "out-joint" / "removed").to_pandas().set_index("id")
         joint = joint[joint.index.isin(b_ids)]
         later = read_parts(root / "out-b" / "removed").to_pandas().set_index("id")
-        for stage, reason in (("exact", "exact_duplicate"), ("minhash", "near_duplicate"), ("semdedup", "semantic_duplicate")):
+        reasons = {"exact": "exact_duplicate", "minhash": "near_duplicate", "semdedup": "semantic_duplicate"}
+        for stage, reason in ((s, reasons[s]) for s in stages):
             want = set(joint.index[joint.stage == stage])
             got = set(later.index[later.stage == stage])
             both = sorted(want & got)
