@@ -129,7 +129,6 @@ def test_kept_rows_of_both_halves_are_the_joint_kept_rows(halves):
 
 def test_two_jobs_give_the_same_bytes(halves):
     root, b = halves
-    shutil.copytree(root / "joint", b, dirs_exist_ok=True, ignore=lambda d, names: [n for n in names if not n.startswith("p1-")])
     run(b, root / "out-b-2", against=(root / "out-a",), jobs=2)
     for name in ("kept", "removed"):
         assert read_parts(root / "out-b" / name).equals(read_parts(root / "out-b-2" / name))
@@ -258,9 +257,19 @@ def test_semantic_index_add_and_two_jobs(semantic_halves, tmp_path, capsys):
     assert cli(["index", str(root / "out-a"), "--add", str(root / "out-b"), "-q"], capsys)[0] == 0
     merged = json.loads((root / "out-a" / "index" / "semdedup" / "index.json").read_text())
     assert merged["rows"] == 600
-    shutil.copytree(root / "joint", b, dirs_exist_ok=True, ignore=lambda d, names: [n for n in names if not n.startswith("p1-")])
     run(b, tmp_path / "again", pipeline=SEMANTIC, against=(root / "out-a",), jobs=2)
     # B now matches its own rows in the merged index: every row is a duplicate of itself or earlier
     again = ledger(tmp_path / "again")
     assert len(again) == len(part_ids(b))
     assert (again.reason == "semantic_duplicate_of_earlier").all()
+
+
+def test_dask_gives_the_same_bytes(halves, tmp_path):
+    pytest.importorskip("distributed")
+    from curate.executors import DaskExecutor
+
+    root, b = halves
+    with DaskExecutor.local(2) as executor:
+        run_pipeline(parse_pipeline(PIPELINE, "test"), b, tmp_path / "dask", RunOptions(executor=executor, unit_rows=150, against=(str(root / "out-a"),)))
+    for name in ("kept", "removed"):
+        assert read_parts(root / "out-b" / name).equals(read_parts(tmp_path / "dask" / name))
