@@ -8,7 +8,7 @@ import pyarrow as pa
 from curate.index import exact as exact_index
 from curate.index.earlier import drop_duplicates
 from curate.metrics.exact import FirstSeenIndex, hash128, normalize_texts
-from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, drop_fitted_duplicates, row_ordinals
+from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, row_ordinals
 
 
 class ExactDedup(Stage):

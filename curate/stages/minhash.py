@@ -37,7 +37,7 @@ from curate.atomic import atomic_path
 from curate.index import minhash as minhash_index
 from curate.index.earlier import drop_duplicates
 from curate.metrics import minhash as mh
-from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, drop_fitted_duplicates, row_ordinals
+from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, row_ordinals
 from curate.tasks import piece_path, read_pieces, write_piece
 
 VERIFY_MODES = ("estimate", "exact", "none")

@@ -21,7 +21,7 @@ from curate.index import semantic as semantic_index
 from curate.index.earlier import drop_duplicates
 from curate.metrics.kmeans import assign, auto_clusters, kmeans_sample, set_threads, train_centroids
 from curate.metrics.semdedup import KEEP_RULES, cluster_duplicates, merge_duplicates, plan_buckets
-from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, drop_fitted_duplicates
+from curate.stages.base import BatchSource, IdLookup, Stage, StageContext
 from curate.stages.embed import embeddings_for, load_vectors, needs_own_store, publish_if_absent
 
 _CLUSTERS = "clusters"
