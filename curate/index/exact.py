@@ -4,6 +4,7 @@ first occurrence of each key), sorted by key. Matching a new row is a binary sea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -133,7 +134,7 @@ def _write(directory, stage: str, normalize: bool, keys: np.ndarray, ids: pa.Arr
 
 def merge(base: StoredIndex, later: StoredIndex, directory) -> StoredIndex:
     """One index of both outputs: every key once, with the earlier output's id when both hold it."""
-    check_settings(later, base.settings)
+    check_settings(later, base.settings, here=f"in the index of {Path(base.directory).parent.parent}")
     keys = np.concatenate([np.asarray(base.array("keys")), np.asarray(later.array("keys"))])
     ids = pa.concat_arrays([ids_as_strings(base.table().column("id")), ids_as_strings(later.table().column("id"))])
     order = np.lexsort((np.arange(len(keys)), keys[:, 1], keys[:, 0]))

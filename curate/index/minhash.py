@@ -274,7 +274,7 @@ class _Rows:
 
 def merge(base: StoredIndex, later: StoredIndex, directory) -> StoredIndex:
     """One index of both outputs, the earlier output's rows first (they come first in order)."""
-    check_settings(later, base.settings)
+    check_settings(later, base.settings, here=f"in the index of {Path(base.directory).parent.parent}")
     n = base.rows
     base_off, later_off = np.asarray(base.array("fp_offsets")), np.asarray(later.array("fp_offsets"))
     return _write(

@@ -183,7 +183,7 @@ def _write(directory, stage: str, stored_settings: dict, vectors: np.ndarray, la
 def merge(base: StoredIndex, later: StoredIndex, directory) -> StoredIndex:
     """One index of both outputs under the earlier output's centroids (the later rows are
     assigned to them), the earlier rows first within each cluster."""
-    check_settings(later, base.settings)
+    check_settings(later, base.settings, here=f"in the index of {Path(base.directory).parent.parent}")
     centroids = np.asarray(base.array("centroids"))
     base_offsets = np.asarray(base.array("cluster_offsets"))
     base_label = np.repeat(np.arange(len(centroids)), np.diff(base_offsets))
