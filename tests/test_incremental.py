@@ -273,3 +273,27 @@ def test_dask_gives_the_same_bytes(halves, tmp_path):
         run_pipeline(parse_pipeline(PIPELINE, "test"), b, tmp_path / "dask", RunOptions(executor=executor, unit_rows=150, against=(str(root / "out-a"),)))
     for name in ("kept", "removed"):
         assert read_parts(root / "out-b" / name).equals(read_parts(tmp_path / "dask" / name))
+
+
+def test_new_row_reaches_an_earlier_group_through_a_row_the_earlier_run_removed(tmp_path):
+    """a2 (an edit of a1) was removed in A; b is near a2 but not near a1: the joint run links b
+    to a1 through a2, and so must the run against A's index (which keeps removed rows)."""
+    base = [f"w{i}" for i in range(60)]
+    a1 = " ".join(base)
+    a2 = " ".join(base + [f"x{i}" for i in range(8)])  # J(a1, a2) = 56/64
+    b = " ".join(base + [f"x{i}" for i in range(16)])  # J(b, a2) = 64/72, J(b, a1) = 56/72 < 0.8
+    filler = [" ".join(f"f{j}_{i}" for i in range(40)) for j in range(6)]
+    pq.write_table(pa.table({"id": ["a1", "a2", "fa"], "text": [a1, a2, filler[0]]}), _dir(tmp_path / "A") / "a.parquet")
+    pq.write_table(pa.table({"id": ["b", "fb"], "text": [b, filler[1]]}), _dir(tmp_path / "B") / "b.parquet")
+    near = {"stage": [{"kind": "minhash", "index": True}]}
+    run(tmp_path / "A", tmp_path / "out-a", pipeline=near)
+    assert ledger(tmp_path / "out-a").loc["a2", "duplicate_of"] == "a1"
+    run(tmp_path / "B", tmp_path / "out-b", pipeline=near, against=(tmp_path / "out-a",))
+    row = ledger(tmp_path / "out-b").loc["b"]
+    assert (row.reason, row.duplicate_of) == ("near_duplicate_of_earlier", "a1")
+    assert row.score == pytest.approx(64 / 72)
+
+
+def _dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
