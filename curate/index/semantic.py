@@ -84,12 +84,14 @@ def _regroup(stage, ctx: StageContext, emb, indexes: list[StoredIndex]) -> None:
     g_sorted, m_sorted = hit_groups[first], hit_members[first]
     keep_first = np.ones(len(g_sorted), dtype=bool)
     keep_first[1:] = g_sorted[1:] != g_sorted[:-1]
-    group_first = dict(zip(g_sorted[keep_first].tolist(), m_sorted[keep_first].tolist()))
+    group_keys, group_via = g_sorted[keep_first], m_sorted[keep_first]
     follower_rows = members[follow]
-    via = np.array([group_first[g] for g in group[follow].tolist()], dtype=np.int64)
+    via = group_via[np.searchsorted(group_keys, group[follow])]
     via_ids = best_id.take(pa.array(np.searchsorted(best_row, via))) if len(via) else pa.array([], pa.string())
-    sim_of = dict(zip(removed.tolist(), stage.similarity_.tolist()))
-    follower_sims = np.array([sim_of.get(r, np.nan) for r in follower_rows.tolist()], dtype=np.float32)
+    # a follower's score: its cosine to its within-run keeper (none for the keeper itself)
+    at = np.minimum(np.searchsorted(removed, follower_rows), max(len(removed) - 1, 0))
+    is_removed = (removed[at] == follower_rows) if len(removed) else np.zeros(len(follower_rows), dtype=bool)
+    follower_sims = np.where(is_removed, stage.similarity_[at] if len(removed) else np.nan, np.nan).astype(np.float32)
 
     rows = np.concatenate([best_row, follower_rows])
     order = np.argsort(rows, kind="stable")
