@@ -37,6 +37,7 @@ SetOpt = typer.Option(None, "--set", help="Extra stage option KEY=VALUE (repeata
 JobsOpt = typer.Option(None, "--jobs", "-j", help="Worker processes on this machine (default: every core; 1 = serial in this process).")
 WorkersOpt = typer.Option(None, "--workers", help="Run on a local Dask cluster of N worker processes.")
 SchedulerOpt = typer.Option(None, "--scheduler", help="Run on a running Dask cluster: tcp://HOST:PORT of its scheduler.")
+AgainstOpt = typer.Option(None, "--against", help="Earlier output (repeatable, oldest first): rows duplicating its rows are removed, using only its index.")
 
 
 def _progress(quiet: bool):
@@ -60,14 +61,17 @@ def _parse_sets(pairs: Optional[List[str]]) -> dict[str, Any]:
     return options
 
 
-def _run_spec(spec, input_path: str, output: Path, resume: bool, overwrite: bool, quiet: bool, *, jobs=None, workers=None, scheduler=None) -> None:
+def _run_spec(spec, input_path: str, output: Path, resume: bool, overwrite: bool, quiet: bool, *, jobs=None, workers=None, scheduler=None, against=None) -> None:
     from curate.executors import make_executor
+    from curate.index.build import check_against
     from curate.pipeline import RunOptions, run_pipeline
+
+    check_against(spec, against or ())
     with make_executor(jobs=jobs, workers=workers, scheduler=scheduler) as executor:
         if not quiet and (workers is not None or scheduler is not None):
             for line in executor.describe():
                 err_console.print(line, markup=False, highlight=False)
-        result = run_pipeline(spec, input_path, output, RunOptions(resume=resume, overwrite=overwrite, progress=_progress(quiet), executor=executor))
+        result = run_pipeline(spec, input_path, output, RunOptions(resume=resume, overwrite=overwrite, progress=_progress(quiet), executor=executor, against=tuple(against or ())))
     _print_run_summary(result.output, quiet)
 
 
@@ -144,6 +148,7 @@ def run(
     jobs: Optional[int] = JobsOpt,
     workers: Optional[int] = WorkersOpt,
     scheduler: Optional[str] = SchedulerOpt,
+    against: Optional[List[str]] = AgainstOpt,
 ) -> None:
     """Run a pipeline file over the input shards: on every core here (--jobs), or on Dask (--workers, --scheduler)."""
     from dataclasses import replace
@@ -156,7 +161,7 @@ def run(
     input_format = check_format(input_format) or spec.columns.format
     columns = ColumnSpec(text=text_column or spec.columns.text, id=id_column or spec.columns.id, format=input_format, storage_options=_storage_options(storage))
     spec = replace(spec, columns=columns, drop_null_text=drop_null_text or spec.drop_null_text, seed=spec.seed if seed is None else seed)
-    _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler)
+    _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler, against=against)
 
 
 @app.command()
@@ -182,14 +187,33 @@ def dedup(
     jobs: Optional[int] = JobsOpt,
     workers: Optional[int] = WorkersOpt,
     scheduler: Optional[str] = SchedulerOpt,
+    against: Optional[List[str]] = AgainstOpt,
+    index: bool = typer.Option(False, "--index", help="Keep OUT/index/ so later runs can dedup --against this output."),
 ) -> None:
     """Drop exact, near (MinHash LSH) or semantic (embedding) duplicates."""
     kinds = {"exact": "exact", "minhash": "minhash", "semantic": "semdedup", "semdedup": "semdedup"}
     if method not in kinds:
         raise UsageError(f"unknown --method {method!r}", fix="use exact, minhash or semantic")
-    options = {"threshold": threshold, "ngram": ngram, "num_perm": num_perm, "normalize": normalize, **_parse_sets(sets)}
+    options = {"threshold": threshold, "ngram": ngram, "num_perm": num_perm, "normalize": normalize, "index": index or None, **_parse_sets(sets)}
     spec = _single_stage(kinds[method], options, text_column, id_column, drop_null_text, seed, batch_size, input_format, storage)
-    _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler)
+    _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler, against=against)
+
+
+@app.command("index")
+def index_command(
+    output: Path = typer.Argument(..., help="Output directory of a finished run."),
+    add: Optional[Path] = typer.Option(None, "--add", help="A later output (run --against OUTPUT) whose index is merged into OUTPUT's."),
+    quiet: bool = QuietOpt,
+    jobs: Optional[int] = JobsOpt,
+) -> None:
+    """Build OUTPUT/index/ (reruns the recorded pipeline over its recorded input), or merge a later output's index into it."""
+    from curate.index.build import add_index, build_index
+    from curate.pipeline import RunOptions
+
+    built = add_index(output, add) if add is not None else build_index(output, RunOptions(progress=_progress(quiet), jobs=jobs))
+    if not quiet:
+        for stored in built:
+            out_console.print(f"{stored.directory}: {stored.kind}, {stored.rows:,} rows, {stored.nbytes:,} bytes ({stored.nbytes / max(stored.rows, 1):.0f} per row)")
 
 
 @app.command()

@@ -50,6 +50,8 @@ class RunOptions:
     # Rows per work unit at most; units are cut smaller so every worker gets a few.
     unit_rows: int = DEFAULT_UNIT_ROWS
     on_stage_done: Callable[[str], None] | None = None
+    # Earlier outputs whose index dedup stages match against (curate.index), oldest first.
+    against: tuple[str, ...] = ()
 
 
 @dataclass
@@ -123,6 +125,8 @@ def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os
 def _run(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions, executor: Executor) -> RunResult:
     out = Path(output)
     config = json.loads(json.dumps(spec.resolved()))
+    if options.against:  # part of the config, so --resume refuses another set of earlier outputs
+        config["against"] = [str(Path(p).resolve()) for p in options.against]
     inputs = InputSet.scan(source, spec.columns, output=out)  # an output inside the input is refused
     input_record = [f.to_json() for f in inputs.files]
     manifest = prepare_output(out, config, input_record, resume=options.resume, overwrite=options.overwrite)
@@ -166,6 +170,7 @@ def _run(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLik
             report=dict(spec.report or {}),
             unit_rows=unit_rows,
             executor=executor,
+            against=tuple(config.get("against", ())),
         )
         stage = stage_class(stage_spec.kind).from_options(stage_spec.options, where=spec.source)
         started, busy = time.perf_counter(), executor.busy_seconds

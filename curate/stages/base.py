@@ -63,6 +63,8 @@ class StageContext:
     executor: Any = field(default=None, repr=False, compare=False)
 
     task_threads: int = 1
+    # Earlier outputs (`--against OLD_OUT`) whose index a dedup stage matches new rows against.
+    against: tuple[str, ...] = ()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

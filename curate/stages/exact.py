@@ -5,16 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from curate.index import exact as exact_index
+from curate.index.earlier import drop_duplicates
 from curate.metrics.exact import FirstSeenIndex, hash128, normalize_texts
-from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, drop_fitted_duplicates, row_ordinals
+from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, row_ordinals
 
 
 class ExactDedup(Stage):
     kind = "exact"
     needs_fit = True
 
-    def __init__(self, *, normalize: bool = False):
+    def __init__(self, *, normalize: bool = False, index: bool = False):
         self.normalize = normalize
+        self.index = index  # keep OUT/index/<name>/ for later runs' --against (curate.index)
 
     def fit(self, source: BatchSource, ctx: StageContext) -> "ExactDedup":
         index = FirstSeenIndex()
@@ -36,6 +39,7 @@ class ExactDedup(Stage):
         self.distinct_ = len(index)
         self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx)
         ctx.info.update(distinct_texts=self.distinct_, index_bytes=index.nbytes)
+        exact_index.after_fit(self, source, ctx)
         return self
 
     # Map-reduce fit for cluster executors: hash per unit, shuffle on the hash, and in each
@@ -80,12 +84,12 @@ class ExactDedup(Stage):
         self.distinct_ = sum(p[2] for p in partials)
         self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx)
         ctx.info.update(distinct_texts=self.distinct_, index_bytes=24 * self.distinct_, shuffle_buckets=len(partials))
+        exact_index.after_fit(self, source, ctx)
         return self
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
-        return drop_fitted_duplicates(
-            batch, self.duplicate_rows_, self.representatives_, self.representative_ids_,
-            stage=ctx.name, reason="exact_duplicate", id_column=ctx.id_column,
+        return drop_duplicates(
+            batch, getattr(self, "earlier_", None), self.duplicate_rows_, self.representatives_, self.representative_ids_, ctx, reason="exact_duplicate",
         )
 
 

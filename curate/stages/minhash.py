@@ -36,8 +36,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.atomic import atomic_path
+from curate.index import minhash as minhash_index
+from curate.index.earlier import drop_duplicates
 from curate.metrics import minhash as mh
-from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, drop_fitted_duplicates, row_ordinals
+from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, row_ordinals
 from curate.tasks import piece_path, read_pieces, write_piece
 
 VERIFY_MODES = ("estimate", "exact", "none")
@@ -79,6 +81,7 @@ class MinHashDedup(Stage):
         verify: str = "exact",
         false_positive_weight: float = 0.1,
         false_negative_weight: float = 0.9,
+        index: bool = False,
     ):
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
@@ -103,6 +106,7 @@ class MinHashDedup(Stage):
         self.verify = verify
         self.false_positive_weight = false_positive_weight
         self.false_negative_weight = false_negative_weight
+        self.index = index  # keep OUT/index/<name>/ for later runs' --against (curate.index)
 
     def lsh_shape(self) -> tuple[int, int]:
         """(bands, rows): the user's, the other one filled in, or the weighted-error optimum."""
@@ -166,6 +170,7 @@ class MinHashDedup(Stage):
         )
         if self.verify == "exact":
             ctx.info["exact_checked_pairs"] = int(sum(c.checked for c in checked))
+        minhash_index.after_fit(self, source, ctx, work, units, starts, (edges_i, edges_j, edges_est))
         return self
 
     def _fitted(self, removed: np.ndarray, representatives: np.ndarray, scores: np.ndarray, source: BatchSource, ctx: StageContext) -> "MinHashDedup":
@@ -178,9 +183,9 @@ class MinHashDedup(Stage):
         return self
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
-        return drop_fitted_duplicates(
-            batch, self.duplicate_rows_, self.representatives_, self.representative_ids_,
-            stage=ctx.name, reason="near_duplicate", id_column=ctx.id_column, scores=self.scores_,
+        return drop_duplicates(
+            batch, getattr(self, "earlier_", None), self.duplicate_rows_, self.representatives_, self.representative_ids_, ctx,
+            reason="near_duplicate", scores=self.scores_,
         )
 
 

@@ -17,9 +17,11 @@ import numpy as np
 import pyarrow as pa
 
 from curate.atomic import atomic_path
+from curate.index import semantic as semantic_index
+from curate.index.earlier import drop_duplicates
 from curate.metrics.kmeans import assign, auto_clusters, kmeans_sample, set_threads, train_centroids
 from curate.metrics.semdedup import KEEP_RULES, cluster_duplicates, merge_duplicates, plan_buckets
-from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, drop_fitted_duplicates
+from curate.stages.base import BatchSource, IdLookup, Stage, StageContext
 from curate.stages.embed import embeddings_for, load_vectors, needs_own_store, publish_if_absent
 
 _CLUSTERS = "clusters"
@@ -39,6 +41,7 @@ class SemDedup(Stage):
         kmeans_fit_fraction: float = 1.0,
         kmeans_iterations: int = 20,
         model: str = "",
+        index: bool = False,
     ):
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")
@@ -52,6 +55,7 @@ class SemDedup(Stage):
         self.kmeans_fit_fraction = kmeans_fit_fraction
         self.kmeans_iterations = kmeans_iterations
         self.model = model
+        self.index = index  # keep OUT/index/<name>/ for later runs' --against (curate.index)
 
     def fit(self, source: BatchSource, ctx: StageContext) -> "SemDedup":
         emb = embeddings_for(source, ctx, self.model, write_parts=needs_own_store(ctx))
@@ -78,12 +82,13 @@ class SemDedup(Stage):
             removed=len(self.removed_rows_), threshold=self.threshold, keep=self.keep,
             fit=f"driver k-means on {len(sample)} rows; assignment on workers ({len(units)} units), within-cluster search on workers ({buckets} buckets)",
         )
+        semantic_index.after_fit(self, source, ctx, emb, centroids, clusters_dir)
         return self
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
-        return drop_fitted_duplicates(
-            batch, self.removed_rows_, self.representatives_, self.representative_ids_,
-            stage=ctx.name, reason="semantic_duplicate", id_column=ctx.id_column, scores=self.similarity_,
+        return drop_duplicates(
+            batch, getattr(self, "earlier_", None), self.removed_rows_, self.representatives_, self.representative_ids_, ctx,
+            reason="semantic_duplicate", scores=self.similarity_,
         )
 
 

@@ -1,0 +1,134 @@
+"""Incremental dedup: the second half of a real corpus deduplicated against the first half's
+index, vs deduplicating it alone and vs one joint run over both halves, in the same run.
+
+    python bench/incremental.py [--corpus DEBIAN_PARQUET | --long] [--jobs N] [--repeats 3] [--model hashing] [--no-semantic]
+
+The corpus is split in halves A and B by input order. Runs (exact with normalize, then
+minhash, `index = true`): A alone (writing its index), B alone, B --against A (A's shards
+deleted first), and A+B jointly. Printed: wall seconds of B alone and of B against A's index,
+the index load (files read and digests checked, per stage), the index bytes per row, and how
+the rows removed from B compare with the joint run's (ids; duplicate_of)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+from curate.index.store import read_index
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+from curate.shards import read_parts
+
+try:
+    from corpora import build_long_corpus, debian_descriptions
+except ImportError:  # run as a module
+    from bench.corpora import build_long_corpus, debian_descriptions
+
+def pipeline(model: str, threshold: float, semantic: bool = True) -> dict:
+    stages = [{"kind": "exact", "normalize": True, "index": True}, {"kind": "minhash", "index": True}]
+    if semantic:
+        stages.append({"kind": "semdedup", "model": model, "threshold": threshold, "index": True})
+    return {"stage": stages}
+
+
+def split(corpus: Path, root: Path, shards: int) -> tuple[Path, Path, Path, int, int]:
+    """Halves A and B by input order, `shards` files each, and a joint directory of both."""
+    frame = pl.read_parquet(corpus).select("id", "text")
+    half = frame.height // 2
+    dirs = [root / "A", root / "B", root / "AB"]
+    for d in dirs:
+        d.mkdir()
+    for name, part in (("a", frame[:half]), ("b", frame[half:])):
+        step = -(-part.height // shards)
+        for s in range(shards):
+            piece = part[s * step : (s + 1) * step]
+            piece.write_parquet(root / name.upper() / f"{name}-{s:03d}.parquet")
+            piece.write_parquet(root / "AB" / f"{name}-{s:03d}.parquet")
+    return dirs[0], dirs[1], dirs[2], half, frame.height - half
+
+
+def timed(spec: dict, source: Path, out: Path, jobs: int | None, against: tuple[Path, ...] = ()) -> float:
+    started = time.perf_counter()
+    run_pipeline(parse_pipeline(spec, "bench"), source, out, RunOptions(jobs=jobs, against=tuple(map(str, against))))
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=None, help="Debian descriptions Parquet (default: next to the repository)")
+    parser.add_argument("--long", action="store_true", help="instead: bench/corpora.py's long documents (2-64 KB of real text each)")
+    parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: every core)")
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--model", default="hashing", help="semdedup's embedding model (hashing: no model to load; minilm)")
+    parser.add_argument("--repeats", type=int, default=3, help="B alone and B against A, alternated, best of")
+    parser.add_argument("--semantic-threshold", type=float, default=0.9, help="semdedup's cosine threshold")
+    parser.add_argument("--no-semantic", action="store_true", help="exact and minhash only")
+    args = parser.parse_args()
+    spec = pipeline(args.model, args.semantic_threshold, not args.no_semantic)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        corpus = build_long_corpus(root / "long") if args.long else debian_descriptions(args.corpus)
+        a, b, ab, rows_a, rows_b = split(corpus.path, root, args.shards)
+        print(f"corpus: {corpus.rows:,} rows; A = first {rows_a:,}, B = last {rows_b:,}")
+        t_joint = timed(spec, ab, root / "out-joint", args.jobs)
+        t_a = timed(spec, a, root / "out-a", args.jobs)
+        shutil.rmtree(a)  # B against A reads A's index only
+        t_alone, t_against = float("inf"), float("inf")
+        for repeat in range(args.repeats):  # alternated, best of: the machine is shared
+            for out in (root / "out-b-alone", root / "out-b"):
+                shutil.rmtree(out, ignore_errors=True)
+            t_alone = min(t_alone, timed(spec, b, root / "out-b-alone", args.jobs))
+            t_against = min(t_against, timed(spec, b, root / "out-b", args.jobs, against=(root / "out-a",)))
+
+        print(f"joint A+B run: {t_joint:.2f} s; A with index: {t_a:.2f} s")
+        print(f"B alone:            {t_alone:.2f} s (best of {args.repeats})")
+        print(f"B against A index:  {t_against:.2f} s  ({t_against / t_alone:.2f}x B alone)")
+        stages = [s["kind"] for s in spec["stage"]]
+        for stage in stages:
+            started = time.perf_counter()
+            stored = read_index(root / "out-a" / "index" / stage)
+            load = time.perf_counter() - started
+            print(f"index {stage}: {stored.rows:,} rows, {stored.nbytes:,} bytes = {stored.nbytes / stored.rows:.0f} bytes/row; load + check {load * 1000:.0f} ms")
+        text_bytes = pl.read_parquet(corpus.path).select(pl.col("text").str.len_bytes().sum()).item()
+        shard_bytes = sum(p.stat().st_size for p in ab.glob("*.parquet"))
+        print(f"(the data: {text_bytes / corpus.rows:.0f} text bytes/row; the id and text shards: {shard_bytes / corpus.rows:.0f} Parquet bytes/row)")
+
+        b_ids = set(read_parts(root / "out-b-alone" / "kept").column("id").to_pylist()) | set(read_parts(root / "out-b-alone" / "removed").column("id").to_pylist())
+        joint = read_parts(root / "out-joint" / "removed").to_pandas().set_index("id")
+        joint = joint[joint.index.isin(b_ids)]
+        later = read_parts(root / "out-b" / "removed").to_pandas().set_index("id")
+        reasons = {"exact": "exact_duplicate", "minhash": "near_duplicate", "semdedup": "semantic_duplicate"}
+        for stage, reason in ((s, reasons[s]) for s in stages):
+            want = set(joint.index[joint.stage == stage])
+            got = set(later.index[later.stage == stage])
+            both = sorted(want & got)
+            same_rep = (joint.loc[both, "duplicate_of"] == later.loc[both, "duplicate_of"]).mean() if both else 1.0
+            earlier = int((later.reason == f"{reason}_of_earlier").sum())
+            print(
+                f"{stage}: joint removes {len(want):,} B rows, B --against A removes {len(got):,} ({earlier:,} as {reason}_of_earlier); "
+                f"same ids: {len(both):,}, only joint {len(want - got):,}, only incremental {len(got - want):,}; same duplicate_of {same_rep:.4f}"
+            )
+            if stage == "semdedup":
+                # Rows only the incremental run removes, explained: the joint run kept the row
+                # as its group's keeper (keep = hard) and removed an earlier row in its place.
+                joint_all = read_parts(root / "out-joint" / "removed").to_pandas()
+                joint_sem = joint_all[joint_all.stage == stage]
+                a_ids = set(read_parts(root / "out-a" / "kept").column("id").to_pylist()) | set(read_parts(root / "out-a" / "removed").column("id").to_pylist())
+                kept_over_earlier = set(joint_sem.duplicate_of[joint_sem.id.isin(a_ids)])
+                extra = got - want
+                to_a = int(joint.loc[sorted(want)].duplicate_of.isin(a_ids).sum()) if want else 0
+                alone = read_parts(root / "out-b-alone" / "removed").to_pandas()
+                alone = set(alone.id[alone.stage == stage])
+                print(f"semdedup, B alone vs the joint run (what re-clustering alone changes): precision {len(alone & want) / max(len(alone), 1):.3f}, recall {len(alone & want) / max(len(want), 1):.3f}")
+                print(
+                    f"semdedup vs the joint run: precision {len(both) / max(len(got), 1):.3f}, recall {len(both) / max(len(want), 1):.3f}; "
+                    f"the joint run removes {to_a:,} B rows as duplicates of A rows; of the {len(extra):,} rows only the incremental run removes, "
+                    f"{len(extra & kept_over_earlier):,} are rows the joint run kept while removing an A row as their duplicate"
+                )
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""Indexes of finished outputs, so later runs deduplicate new rows against them without reading
+the old data: `store` (the versioned on-disk format), one module per dedup kind (`exact`,
+`minhash`), `earlier` (the ledger side of a match) and `build` (`curate index`)."""

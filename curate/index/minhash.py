@@ -1,0 +1,287 @@
+"""MinHash index: for every row of the stage's input (kept or removed: a new row may reach an
+earlier group only through a row the earlier run removed, and the joint run would link it),
+its LSH band keys, its shingle set as 40-bit fingerprints (5 bytes each: what exact
+verification compares), its id and its group's representative.
+
+Matching new rows, one task per work unit: band-key lookups give candidates, exact Jaccard
+over the fingerprints verifies them. Groups are then the connected components of the new
+rows' own verified edges plus these edges, each earlier row standing for its earlier group
+(which comes first in input order), so a new row whose component reaches an earlier group
+goes to the ledger with that group's representative, as in a joint run over old and new."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.errors import UsageError
+from curate.index.earlier import EarlierMatches
+from curate.index.store import StoredIndex, check_settings, find_index, index_dir, write_index
+from curate.ledger import ids_as_strings
+from curate.metrics import minhash as mh
+from curate.stages.base import BatchSource, StageContext
+
+KIND = "minhash"
+_ALL_PAIRS_MAX = 4  # a band bucket of more earlier rows pairs a new row with its first and last
+_FP_BYTES = mh.FINGERPRINT_BITS // 8
+# Band keys are stored as their low 32 bits: a spurious match (m / 2^32 per lookup, m = stored
+# entries; 0.3% at 1M rows x 14 bands) only adds a candidate that exact verification rejects.
+_KEY_MASK = np.uint64(0xFFFFFFFF)
+
+
+def settings(stage, seed: int) -> dict:
+    return {
+        "ngram": stage.ngram, "num_perm": stage.num_perm, "unit": stage.unit, "bands": int(stage.bands_),
+        "rows": int(stage.rows_), "seed": int(seed), "threshold": float(stage.threshold), "verify": stage.verify,
+    }
+
+
+def after_fit(stage, source: BatchSource, ctx: StageContext, work: Path, units: list, starts: np.ndarray, edges: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """Hook at the end of the minhash stage's fit (its per-unit files still in `work`): regroup
+    with the earlier indexes' rows, then write this run's index when `index = true`."""
+    stage.earlier_ = None
+    if not ctx.against and not getattr(stage, "index", False):
+        return
+    if stage.verify != "exact":
+        raise UsageError(f"stage {ctx.name!r}: an index (index = true or --against) needs verify = 'exact', got {stage.verify!r}", fix="drop the verify option (exact is the default)")
+    from curate.stages.minhash import RowStore
+
+    ordinals = RowStore(work, starts, stage.num_perm).ordinals(np.arange(int(starts[-1]), dtype=np.int64))
+    if ctx.against:
+        indexes = [find_index(path, ctx.name, KIND) for path in ctx.against]
+        for stored in indexes:
+            check_settings(stored, settings(stage, ctx.seed))
+        _regroup(stage, ctx, work, units, starts, ordinals, edges, indexes)
+    if getattr(stage, "index", False):
+        stored = _build(stage, ctx, work, units, starts, ordinals)
+        ctx.info["stored_index_bytes"] = stored.nbytes
+
+
+# ---------------------------------------------------------------------------------------
+# Matching.
+
+
+def _root_rows(table: pa.Table) -> np.ndarray:
+    """Per stored row, the row of its group's representative (itself when kept, or when the
+    representative lives in an output this index does not hold)."""
+    ids = ids_as_strings(table.column("id"))
+    where = pc.index_in(ids_as_strings(table.column("root")), value_set=ids)
+    own = np.arange(len(ids), dtype=np.int64)
+    found = where.to_numpy(zero_copy_only=False)
+    return np.where(pc.is_null(where).to_numpy(zero_copy_only=False), own, np.nan_to_num(found, nan=0).astype(np.int64))
+
+
+def _regroup(stage, ctx: StageContext, work: Path, units: list, starts: np.ndarray, ordinals: np.ndarray, edges: tuple, indexes: list[StoredIndex]) -> None:
+    task = _Match(str(work), starts, stage.num_perm, stage.bands_, stage.rows_, ctx.seed, stage.threshold, tuple(indexes))
+    found = ctx.map(task, range(len(units)), label=f"{ctx.name}: against earlier", sizes=[u.rows for u in units])
+    new = np.concatenate([f[0] for f in found]) if found else np.empty(0, np.int64)
+    which = np.concatenate([f[1] for f in found]) if found else np.empty(0, np.int64)
+    old = np.concatenate([f[2] for f in found]) if found else np.empty(0, np.int64)
+    jac = np.concatenate([f[3] for f in found]) if found else np.empty(0, np.float64)
+    tables = [stored.table() for stored in indexes]
+    offsets = np.concatenate([[0], np.cumsum([t.num_rows for t in tables])]).astype(np.int64)
+    roots = np.concatenate([_root_rows(t) + offsets[k] for k, t in enumerate(tables)]) if tables else np.empty(0, np.int64)
+    old_root = roots[offsets[which] + old] if len(old) else np.empty(0, np.int64)
+
+    edges_i, edges_j, edges_est = edges
+    old_nodes = mh.sorted_unique(old_root)
+    new_nodes = mh.sorted_unique(np.concatenate([edges_i, edges_j, new]))
+    n_old = len(old_nodes)
+    i = np.concatenate([np.searchsorted(old_nodes, old_root), n_old + np.searchsorted(new_nodes, edges_i)])
+    j = np.concatenate([n_old + np.searchsorted(new_nodes, new), n_old + np.searchsorted(new_nodes, edges_j)])
+    groups = mh.duplicate_groups(n_old + len(new_nodes), i, j, np.concatenate([jac, edges_est]))
+    is_new = groups.removed >= n_old
+    removed, rep, score = groups.removed[is_new], groups.representative[is_new], groups.score[is_new]
+    to_old = rep < n_old
+
+    rows = ordinals[new_nodes[removed[to_old] - n_old]]
+    all_ids = pa.concat_arrays([ids_as_strings(t.column("id")) for t in tables])
+    order = np.argsort(rows, kind="stable")
+    stage.earlier_ = EarlierMatches(rows[order], all_ids.take(pa.array(old_nodes[rep[to_old]][order])), score[to_old][order])
+
+    within = ~to_old
+    dup = ordinals[new_nodes[removed[within] - n_old]]
+    order = np.argsort(dup, kind="stable")
+    stage.duplicate_rows_ = dup[order]
+    stage.representatives_ = ordinals[new_nodes[rep[within] - n_old]][order]
+    stage.scores_ = score[within][order]
+    ctx.info.update(
+        earlier_candidate_edges=int(sum(f[4] for f in found)),
+        earlier_verified_edges=int(len(new)),
+        earlier_duplicates=int(len(stage.earlier_)),
+        near_duplicates=int(len(stage.duplicate_rows_)),
+    )
+
+
+@dataclass(frozen=True)
+class _Match:
+    """Per unit of new rows: (new dense row, index number, stored row, exact Jaccard) of the
+    verified edges to earlier rows, and the candidate count."""
+
+    work: str
+    starts: np.ndarray
+    num_perm: int
+    bands: int
+    rows: int
+    seed: int
+    threshold: float
+    indexes: tuple[StoredIndex, ...]
+
+    def __call__(self, unit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        from curate.stages.minhash import RowStore
+
+        store = RowStore(self.work, self.starts, self.num_perm)
+        dense = np.arange(int(self.starts[unit]), int(self.starts[unit + 1]), dtype=np.int64)
+        shingled = dense[store.shingle_counts(dense) > 0]
+        keys = mh.band_keys(store.signatures(shingled), self.bands, self.rows, self.seed) & _KEY_MASK
+        query = keys.ravel().astype(np.uint32)
+        query_row = np.repeat(shingled, self.bands)
+        out_new, out_which, out_old, out_jac, candidates = [], [], [], [], 0
+        for k, stored in enumerate(self.indexes):
+            stored_keys, stored_rows = stored.array("band_keys"), stored.array("band_rows")
+            left = np.searchsorted(stored_keys, query, side="left")
+            size = np.searchsorted(stored_keys, query, side="right") - left
+            small = (size > 0) & (size <= _ALL_PAIRS_MAX)
+            big = size > _ALL_PAIRS_MAX
+            new = np.concatenate([np.repeat(query_row[small], size[small]), query_row[big], query_row[big]])
+            old = np.concatenate([
+                np.asarray(stored_rows[_ranges(left[small], size[small])]),
+                np.asarray(stored_rows[left[big]]), np.asarray(stored_rows[left[big] + size[big] - 1]),
+            ]).astype(np.int64)
+            pairs = mh.sorted_unique(new * stored.rows + old)
+            new, old = pairs // max(stored.rows, 1), pairs % max(stored.rows, 1)
+            candidates += len(pairs)
+            if not len(pairs):
+                continue
+            new_members, old_members = mh.sorted_unique(new), mh.sorted_unique(old)
+            new_sets, new_offsets = mh.unique_sorted_sets(*store.shingles(new_members))
+            old_sets, old_offsets = fingerprints(stored, old_members)
+            sets = np.concatenate([new_sets, old_sets])
+            set_offsets = np.concatenate([new_offsets, new_offsets[-1] + old_offsets[1:]])
+            jac = mh.exact_jaccard(sets, set_offsets, np.searchsorted(new_members, new), len(new_members) + np.searchsorted(old_members, old))
+            keep = jac >= self.threshold
+            out_new.append(new[keep])
+            out_which.append(np.full(int(keep.sum()), k, np.int64))
+            out_old.append(old[keep])
+            out_jac.append(jac[keep])
+        cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype)  # noqa: E731
+        return cat(out_new, np.int64), cat(out_which, np.int64), cat(out_old, np.int64), cat(out_jac, np.float64), candidates
+
+
+def fingerprints(stored: StoredIndex, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted 40-bit fingerprints, offsets) of the stored rows `rows` (sorted)."""
+    offsets = stored.array("fp_offsets")
+    lengths = np.asarray(offsets[rows + 1] - offsets[rows], dtype=np.int64)
+    packed = np.asarray(stored.array("fingerprints")[_ranges(np.asarray(offsets[rows], dtype=np.int64), lengths)])
+    return unpack(packed), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+def pack(values: np.ndarray) -> np.ndarray:
+    """40-bit values as (n, 5) little-endian bytes."""
+    return np.ascontiguousarray(values.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :_FP_BYTES])
+
+
+def unpack(packed: np.ndarray) -> np.ndarray:
+    full = np.zeros((len(packed), 8), dtype=np.uint8)
+    full[:, :_FP_BYTES] = packed
+    return full.view("<u8").ravel().astype(np.uint64)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated [start, start + length) index ranges without a Python loop."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    shift = np.repeat(np.asarray(starts, dtype=np.int64) - (np.cumsum(lengths) - lengths), lengths)
+    return shift + np.arange(int(lengths.sum()), dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------
+# Building and merging.
+
+
+def _build(stage, ctx: StageContext, work: Path, units: list, starts: np.ndarray, ordinals: np.ndarray) -> StoredIndex:
+    task = _Rows(str(work), starts, stage.num_perm, stage.bands_, stage.rows_, ctx.seed, ctx.id_column)
+    parts = ctx.map(task, list(enumerate(units)), label=f"{ctx.name}: index", sizes=[u.rows for u in units])
+    ids = pa.concat_arrays([p[4] for p in parts]) if parts else pa.array([], pa.string())
+    root = ids
+    if len(stage.duplicate_rows_):  # a row removed here points at its group's representative
+        at = np.searchsorted(ordinals, stage.duplicate_rows_)
+        root = _put(root, at, stage.representative_ids_(stage.representatives_))
+    earlier = stage.earlier_
+    if earlier is not None and len(earlier):
+        root = _put(root, np.searchsorted(ordinals, earlier.rows), earlier.ids)
+    return _write(
+        index_dir(ctx.output_dir, ctx.name), ctx.name, settings(stage, ctx.seed),
+        np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.uint32),
+        np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64),
+        np.concatenate([p[2] for p in parts]) if parts else np.empty((0, _FP_BYTES), np.uint8),
+        np.concatenate([p[3] for p in parts]) if parts else np.empty(0, np.int64),
+        pa.table({"id": ids, "root": root}),
+    )
+
+
+def _put(values: pa.Array, at: np.ndarray, new: pa.Array) -> pa.Array:
+    """`values` with values[at] = new (string arrays)."""
+    out = np.asarray(values.to_numpy(zero_copy_only=False), dtype=object)
+    out[at] = np.asarray(ids_as_strings(new).to_numpy(zero_copy_only=False), dtype=object)
+    return pa.array(out, pa.string())
+
+
+def _write(directory, stage: str, stored_settings: dict, keys: np.ndarray, key_rows: np.ndarray, packed: np.ndarray, counts: np.ndarray, table: pa.Table) -> StoredIndex:
+    order = np.lexsort((key_rows, keys))
+    row_type = np.uint32 if table.num_rows < (1 << 32) else np.int64
+    return write_index(
+        directory, kind=KIND, stage=stage, settings=stored_settings,
+        arrays={
+            "band_keys": keys[order].astype(np.uint32), "band_rows": key_rows[order].astype(row_type),
+            "fingerprints": packed, "fp_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        },
+        table=table,
+    )
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Per unit: band keys (low 32 bits) with their dense rows, packed fingerprint sets, set
+    sizes and ids of every row of the unit, read from the fit's per-unit files."""
+
+    work: str
+    starts: np.ndarray
+    num_perm: int
+    bands: int
+    rows: int
+    seed: int
+    id_column: str
+
+    def __call__(self, item: tuple[int, object]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, pa.Array]:
+        from curate.stages.minhash import RowStore
+
+        position, unit = item
+        store = RowStore(self.work, self.starts, self.num_perm)
+        dense = np.arange(int(self.starts[position]), int(self.starts[position + 1]), dtype=np.int64)
+        shingled = dense[store.shingle_counts(dense) > 0]
+        keys = (mh.band_keys(store.signatures(shingled), self.bands, self.rows, self.seed) & _KEY_MASK).astype(np.uint32)
+        sets, offsets = mh.unique_sorted_sets(*store.shingles(dense)) if len(dense) else (np.empty(0, np.uint64), np.zeros(1, np.int64))
+        ids = [ids_as_strings(b.column(self.id_column)) for b in unit.batches(columns=[self.id_column])]  # type: ignore[attr-defined]
+        ids_array = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+        if len(ids_array) != len(dense):
+            raise RuntimeError(f"minhash index: unit {position} has {len(ids_array)} ids for {len(dense)} rows")
+        return keys.ravel(), np.repeat(shingled, self.bands), pack(sets), np.diff(offsets), ids_array
+
+
+def merge(base: StoredIndex, later: StoredIndex, directory) -> StoredIndex:
+    """One index of both outputs, the earlier output's rows first (they come first in order)."""
+    check_settings(later, base.settings, here=f"in the index of {Path(base.directory).parent.parent}")
+    n = base.rows
+    base_off, later_off = np.asarray(base.array("fp_offsets")), np.asarray(later.array("fp_offsets"))
+    return _write(
+        directory, base.stage, base.settings,
+        np.concatenate([base.array("band_keys"), later.array("band_keys")]),
+        np.concatenate([np.asarray(base.array("band_rows"), np.int64), np.asarray(later.array("band_rows"), np.int64) + n]),
+        np.concatenate([base.array("fingerprints"), later.array("fingerprints")]),
+        np.concatenate([np.diff(base_off), np.diff(later_off)]),
+        pa.concat_tables([base.table(), later.table()]).combine_chunks(),
+    )

@@ -1,0 +1,299 @@
+"""Incremental runs: a corpus split by input order into parts; each later part run --against the
+earlier outputs' indexes removes exactly what a joint run over all parts removes from it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import cli
+from curate.errors import UsageError
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+from curate.shards import read_parts
+
+WORDS = np.array(
+    "data model train token shard batch loss cluster prune dedup hash vector embed sample epoch budget scale "
+    "pool quality score text corpus filter window anneal random seed worker graph alpha beta gamma delta river "
+    "stone cloud light north south east west green blue red yellow".split()
+)
+PIPELINE = {"stage": [{"kind": "exact", "normalize": True, "index": True}, {"kind": "minhash", "index": True}]}
+
+
+def corpus_texts(n: int, seed: int = 0) -> list[str]:
+    """Long word soup with exact copies, case variants and one-word edits (appended or replaced,
+    Jaccard above 0.8 on 5-word shingles) of earlier texts, edits of edits included."""
+    rng = np.random.default_rng(seed)
+    texts: list[str] = []
+    originals: list[str] = []
+    for _ in range(n):
+        roll = rng.random()
+        if originals and roll < 0.12:
+            texts.append(originals[rng.integers(len(originals))])
+        elif originals and roll < 0.17:
+            texts.append(originals[rng.integers(len(originals))].upper())
+        elif originals and roll < 0.37:
+            words = originals[rng.integers(len(originals))].split(" ")
+            if rng.random() < 0.5:
+                words.append(str(rng.choice(WORDS)))
+            else:
+                words[rng.integers(len(words))] = str(rng.choice(WORDS))
+            texts.append(" ".join(words))
+            if rng.random() < 0.3:
+                originals.append(texts[-1])
+        else:
+            texts.append(" ".join(rng.choice(WORDS, size=rng.integers(40, 90))))
+            originals.append(texts[-1])
+    return texts
+
+
+def write_parts(root: Path, n: int = 900, parts: int = 2, seed: int = 0) -> tuple[list[Path], Path]:
+    """`parts` input directories in input order, and one joint directory holding all of them
+    (file names sort part by part, so the joint input order is the parts' order)."""
+    texts = corpus_texts(n, seed)
+    ids = [f"doc-{i:05d}" for i in range(n)]
+    bounds = np.linspace(0, n, parts + 1).astype(int)
+    dirs = []
+    joint = root / "joint"
+    for p in range(parts):
+        part = root / f"part{p}"
+        for s, (lo, hi) in enumerate(zip(np.linspace(bounds[p], bounds[p + 1], 3).astype(int)[:-1], np.linspace(bounds[p], bounds[p + 1], 3).astype(int)[1:])):
+            table = pa.table({"id": ids[lo:hi], "text": texts[lo:hi]})
+            for target in (part, joint):
+                target.mkdir(parents=True, exist_ok=True)
+                pq.write_table(table, target / f"p{p}-{s:03d}.parquet", row_group_size=100)
+        dirs.append(part)
+    return dirs, joint
+
+
+def run(source: Path, out: Path, against: tuple[Path, ...] = (), jobs: int = 1, pipeline: dict = PIPELINE, **options):
+    spec = parse_pipeline(pipeline, "test")
+    return run_pipeline(spec, source, out, RunOptions(jobs=jobs, unit_rows=150, against=tuple(str(a) for a in against), **options))
+
+
+def ledger(out: Path, ids: set[str] | None = None):
+    table = read_parts(out / "removed").to_pandas().set_index("id")
+    return table if ids is None else table[table.index.isin(ids)]
+
+
+def part_ids(part: Path) -> set[str]:
+    return set(pq.read_table(part).column("id").to_pylist())
+
+
+@pytest.fixture(scope="module")
+def halves(tmp_path_factory):
+    root = tmp_path_factory.mktemp("incremental")
+    (a, b), joint = write_parts(root)
+    run(joint, root / "out-joint")
+    run(a, root / "out-a")
+    shutil.rmtree(a)  # the later run may read A's index only
+    run(b, root / "out-b", against=(root / "out-a",))
+    return root, b
+
+
+def test_later_half_loses_what_the_joint_run_removes_from_it(halves):
+    root, b = halves
+    joint = ledger(root / "out-joint", part_ids(b))
+    later = ledger(root / "out-b")
+    assert sorted(later.index) == sorted(joint.index)
+    exact = joint.stage == "exact"
+    assert later.loc[joint.index[exact], "duplicate_of"].tolist() == joint.loc[exact, "duplicate_of"].tolist()
+    # near duplicates: same rows; the representative named is a member of the same joint group
+    assert later.loc[joint.index[~exact], "stage"].eq("minhash").all()
+    reasons = set(later.reason)
+    assert {"exact_duplicate_of_earlier", "near_duplicate_of_earlier", "exact_duplicate", "near_duplicate"} <= reasons
+    earlier = later[later.reason.str.endswith("_of_earlier")]
+    assert earlier.duplicate_of.isin(part_ids(root / "joint") - part_ids(b)).all()
+    assert not later[~later.reason.str.endswith("_of_earlier")].duplicate_of.isin(part_ids(root / "joint") - part_ids(b)).any()
+
+
+def test_near_duplicate_of_matches_the_joint_representative(halves):
+    root, b = halves
+    joint = ledger(root / "out-joint", part_ids(b))
+    later = ledger(root / "out-b")
+    near = joint.index[joint.stage == "minhash"]
+    assert (later.loc[near, "duplicate_of"] == joint.loc[near, "duplicate_of"]).mean() == 1.0
+
+
+def test_kept_rows_of_both_halves_are_the_joint_kept_rows(halves):
+    root, _ = halves
+    joint = set(read_parts(root / "out-joint" / "kept").column("id").to_pylist())
+    parts = set(read_parts(root / "out-a" / "kept").column("id").to_pylist()) | set(read_parts(root / "out-b" / "kept").column("id").to_pylist())
+    assert parts == joint
+
+
+def test_two_jobs_give_the_same_bytes(halves):
+    root, b = halves
+    run(b, root / "out-b-2", against=(root / "out-a",), jobs=2)
+    for name in ("kept", "removed"):
+        assert read_parts(root / "out-b" / name).equals(read_parts(root / "out-b-2" / name))
+    for path in sorted((root / "out-b" / "index").rglob("*.npy")):
+        assert np.array_equal(np.load(path), np.load(root / "out-b-2" / path.relative_to(root / "out-b")))
+
+
+def test_index_add_keeps_one_index_for_a_growing_corpus(tmp_path, capsys):
+    (a, b, c), joint = write_parts(tmp_path, n=900, parts=3, seed=3)
+    run(joint, tmp_path / "out-joint")
+    run(a, tmp_path / "out-a")
+    run(b, tmp_path / "out-b", against=(tmp_path / "out-a",))
+    assert cli(["index", str(tmp_path / "out-a"), "--add", str(tmp_path / "out-b"), "-q"], capsys)[0] == 0
+    run(c, tmp_path / "out-c", against=(tmp_path / "out-a",))
+    assert sorted(ledger(tmp_path / "out-c").index) == sorted(ledger(tmp_path / "out-joint", part_ids(c)).index)
+    twice = tmp_path / "out-c-two"
+    run(c, twice, against=(tmp_path / "out-a",))  # same result when asked again (deterministic)
+    assert read_parts(twice / "removed").equals(read_parts(tmp_path / "out-c" / "removed"))
+
+
+def test_index_command_rebuilds_the_index_a_run_keeps(tmp_path, capsys):
+    (a, _), _ = write_parts(tmp_path, n=300)
+    run(a, tmp_path / "with")
+    plain = {"stage": [{k: v for k, v in s.items() if k != "index"} for s in PIPELINE["stage"]]}
+    run(a, tmp_path / "without", pipeline=plain)
+    assert not (tmp_path / "without" / "index").exists()
+    code, err = cli(["index", str(tmp_path / "without"), "-q", "-j", "1"], capsys)
+    assert code == 0, err
+    files = sorted(p.relative_to(tmp_path / "with") for p in (tmp_path / "with" / "index").rglob("*") if p.suffix in (".npy", ".parquet"))
+    assert len(files) == 7
+    for rel in files:
+        assert (tmp_path / "with" / rel).read_bytes() == (tmp_path / "without" / rel).read_bytes(), rel
+
+
+def test_other_settings_than_the_index_are_exit_2_naming_both(halves, capsys):
+    root, b = halves
+    code, err = cli(["dedup", "-i", str(b), "-o", str(root / "o-ngram"), "--method", "minhash", "--ngram", "3", "--against", str(root / "out-a")], capsys)
+    assert code == 2
+    assert "ngram = 3" in err and "ngram = 5" in err
+    assert not (root / "o-ngram").exists()
+    code, err = cli(["dedup", "-i", str(b), "-o", str(root / "o-norm"), "--method", "exact", "--against", str(root / "out-a")], capsys)
+    assert code == 2 and "normalize = False" in err and "normalize = True" in err
+
+
+def test_truncated_or_missing_index_is_exit_2_naming_the_file(halves, tmp_path, capsys):
+    root, b = halves
+    copy = tmp_path / "old"
+    shutil.copytree(root / "out-a", copy)
+    target = copy / "index" / "minhash" / "fingerprints.npy"
+    target.write_bytes(target.read_bytes()[:-7])
+    code, err = cli(["run", str(_pipeline_file(tmp_path)), "-i", str(b), "-o", str(tmp_path / "o1"), "--against", str(copy)], capsys)
+    assert code == 2 and "fingerprints.npy" in err and "truncated" in err
+    (copy / "index" / "exact" / "index.json").write_text("{not json")
+    code, err = cli(["run", str(_pipeline_file(tmp_path)), "-i", str(b), "-o", str(tmp_path / "o2"), "--against", str(copy)], capsys)
+    assert code == 2 and "index.json" in err
+    with pytest.raises(UsageError, match="index.json"):  # the library path checks too
+        run(b, tmp_path / "o3", against=(copy,))
+
+
+def _pipeline_file(directory: Path) -> Path:
+    path = directory / "p.toml"
+    path.write_text('[[stage]]\nkind = "exact"\nnormalize = true\nindex = true\n[[stage]]\nkind = "minhash"\nindex = true\n')
+    return path
+
+
+def test_interrupted_stage_resumes_to_the_same_result(halves, tmp_path, monkeypatch):
+    root, b = halves
+    from curate.index import minhash as minhash_index
+
+    calls = {"n": 0}
+    real = minhash_index._Match.__call__
+
+    def fail_second(self, unit):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("killed mid-stage")
+        return real(self, unit)
+
+    monkeypatch.setattr(minhash_index._Match, "__call__", fail_second)
+    out = tmp_path / "resumed"
+    with pytest.raises(RuntimeError, match="mid-stage"):
+        run(b, out, against=(root / "out-a",))
+    assert not (out / "kept").exists()
+    monkeypatch.setattr(minhash_index._Match, "__call__", real)
+    with pytest.raises(UsageError, match="config differs"):
+        run(b, out, resume=True)  # --resume with other earlier outputs than the run began with
+    run(b, out, against=(root / "out-a",), resume=True)
+    for name in ("kept", "removed"):
+        assert read_parts(out / name).equals(read_parts(root / "out-b" / name))
+
+
+SEMANTIC = {"stage": [{"kind": "semdedup", "model": "hashing", "threshold": 0.9, "clusters": 8, "index": True}]}
+
+
+@pytest.fixture(scope="module")
+def semantic_halves(tmp_path_factory):
+    root = tmp_path_factory.mktemp("semantic")
+    (a, b), _ = write_parts(root, n=600, seed=5)
+    run(a, root / "out-a", pipeline=SEMANTIC)
+    shutil.rmtree(a)
+    run(b, root / "out-b", pipeline=SEMANTIC, against=(root / "out-a",))
+    return root, b
+
+
+def test_semantic_copies_of_earlier_rows_are_removed_against_them(semantic_halves):
+    root, b = semantic_halves
+    earlier_texts = _part_texts(root / "joint", "p0-")
+    texts = pq.read_table(b).to_pandas().set_index("id").text
+    copies = set(texts.index[texts.isin(earlier_texts)])
+    later = ledger(root / "out-b")
+    matched = later[later.reason == "semantic_duplicate_of_earlier"]
+    assert copies and copies <= set(matched.index)
+    a_ids = part_ids(root / "joint") - part_ids(b)
+    assert matched.duplicate_of.isin(a_ids).all()
+    direct = matched[matched.score.notna() & matched.index.isin(copies)]
+    assert (direct.score >= 0.9 - 1e-6).all()
+    assert not later[later.reason == "semantic_duplicate"].duplicate_of.isin(a_ids).any()
+
+
+def _part_texts(directory: Path, prefix: str) -> set[str]:
+    return {t for p in sorted(directory.glob(f"{prefix}*.parquet")) for t in pq.read_table(p).column("text").to_pylist()}
+
+
+def test_semantic_index_add_and_two_jobs(semantic_halves, tmp_path, capsys):
+    root, b = semantic_halves
+    assert cli(["index", str(root / "out-a"), "--add", str(root / "out-b"), "-q"], capsys)[0] == 0
+    merged = json.loads((root / "out-a" / "index" / "semdedup" / "index.json").read_text())
+    assert merged["rows"] == 600
+    run(b, tmp_path / "again", pipeline=SEMANTIC, against=(root / "out-a",), jobs=2)
+    # B now matches its own rows in the merged index: every row is a duplicate of itself or earlier
+    again = ledger(tmp_path / "again")
+    assert len(again) == len(part_ids(b))
+    assert (again.reason == "semantic_duplicate_of_earlier").all()
+
+
+def test_dask_gives_the_same_bytes(halves, tmp_path):
+    pytest.importorskip("distributed")
+    from curate.executors import DaskExecutor
+
+    root, b = halves
+    with DaskExecutor.local(2) as executor:
+        run_pipeline(parse_pipeline(PIPELINE, "test"), b, tmp_path / "dask", RunOptions(executor=executor, unit_rows=150, against=(str(root / "out-a"),)))
+    for name in ("kept", "removed"):
+        assert read_parts(root / "out-b" / name).equals(read_parts(tmp_path / "dask" / name))
+
+
+def test_new_row_reaches_an_earlier_group_through_a_row_the_earlier_run_removed(tmp_path):
+    """a2 (an edit of a1) was removed in A; b is near a2 but not near a1: the joint run links b
+    to a1 through a2, and so must the run against A's index (which keeps removed rows)."""
+    base = [f"w{i}" for i in range(60)]
+    a1 = " ".join(base)
+    a2 = " ".join(base + [f"x{i}" for i in range(8)])  # J(a1, a2) = 56/64
+    b = " ".join(base + [f"x{i}" for i in range(16)])  # J(b, a2) = 64/72, J(b, a1) = 56/72 < 0.8
+    filler = [" ".join(f"f{j}_{i}" for i in range(40)) for j in range(6)]
+    pq.write_table(pa.table({"id": ["a1", "a2", "fa"], "text": [a1, a2, filler[0]]}), _dir(tmp_path / "A") / "a.parquet")
+    pq.write_table(pa.table({"id": ["b", "fb"], "text": [b, filler[1]]}), _dir(tmp_path / "B") / "b.parquet")
+    near = {"stage": [{"kind": "minhash", "index": True}]}
+    run(tmp_path / "A", tmp_path / "out-a", pipeline=near)
+    assert ledger(tmp_path / "out-a").loc["a2", "duplicate_of"] == "a1"
+    run(tmp_path / "B", tmp_path / "out-b", pipeline=near, against=(tmp_path / "out-a",))
+    row = ledger(tmp_path / "out-b").loc["b"]
+    assert (row.reason, row.duplicate_of) == ("near_duplicate_of_earlier", "a1")
+    assert row.score == pytest.approx(64 / 72)
+
+
+def _dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
