@@ -189,7 +189,10 @@ def comparison_lines(comparison: dict, what: str = "mix of the pools") -> list[s
         if e["status"] == "beats_random":
             lines.append(f"For budget {e['budget']:.3g} samples, train on {_phrase(e['pools'])} ({e['unique']:,} unique samples, {e['epochs']:.3g} epochs): predicted loss {e['predicted_loss']:.4g}; {versus}.")
         elif e["status"] == "all_data":
-            lines.append(f"For budget {e['budget']:.3g} samples, the plan takes every pool: train on {_alternative_phrase(e['alternative'])} (random subsets are no better).")
+            lines.append(
+                f"For budget {e['budget']:.3g} samples, the plan takes every pool, so there is nothing to compare with random: train on {_alternative_phrase(e['alternative'])} "
+                f"(the pools' law predicts {e['predicted_loss']:.4g} for the same data: the error of its size-weighted mixing rule)."
+            )
         else:
             lines.append(
                 f"For budget {e['budget']:.3g} samples, train on {_alternative_phrase(e['alternative'])}; the pools' best mix, {_phrase(e['pools'])}, "

@@ -90,6 +90,7 @@ _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd}
 .rec{background:#f3f7ee;border-left:4px solid #5a8f29;padding:.8em 1em .8em 2.2em}.rec li{margin:.2em 0}
+.rec.warn{background:#fdf3e7;border-left-color:#c2571a}.rec.warn li:first-child{font-weight:600}
 .note{color:#666;font-size:.9em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f4f4f4}
 figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
@@ -101,9 +102,15 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
     sections = [f"<h1>{html.escape(report['title'])}</h1>"]
     if report.get("recommendation"):
         items = "".join(f"<li>{html.escape(line)}</li>" for line in report["recommendation"].splitlines())
-        sections.append(f'<ul class="rec">{items}</ul>')
+        warn = (report.get("random_baseline") or {}).get("verdict") == "no_better_than_random"
+        sections.append(f'<ul class="rec{" warn" if warn else ""}">{items}</ul>')
     for note in report.get("notes", []):
         sections.append(f'<p class="note">{html.escape(note)}</p>')
+    if report.get("random_baseline"):
+        sections.append("<h2>Against random data</h2>")
+        sections.append(_comparison_html(report["random_baseline"], "the pools' chosen mix"))
+        if "random_baseline" in images:
+            sections.append(_img(images["random_baseline"], "Predicted loss of the chosen mix, of random data of the same size (bars: 2 sd of the difference) and of all data"))
     law = report.get("law")
     if law:
         sections.append("<h2>Budget plan</h2>")
@@ -128,11 +135,6 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
         ))
         if "fit_per_pool" in images:
             sections.append(_img(images["fit_per_pool"], "Fitted curves against the observed runs, per pool and mix"))
-    if report.get("random_baseline"):
-        sections.append("<h2>Against random data</h2>")
-        sections.append(_comparison_html(report["random_baseline"], "the pools' chosen mix"))
-        if "random_baseline" in images:
-            sections.append(_img(images["random_baseline"], "Predicted loss of the chosen mix, of random data of the same size (bars: 2 sd of the difference) and of all data"))
     for evaluation in report.get("evaluations") or []:
         sections.append(f"<h2>Score {html.escape(evaluation['score'])} against random data</h2>")
         sections.append(f"<p>{evaluation['pools']} quantile pools of {html.escape(evaluation['score'])} ({html.escape(evaluation['direction_reason'])}; rows per pool {', '.join(f'{c:,}' for c in evaluation['pool_rows'])}), each prefix against random pools of the same sizes.</p>")
@@ -179,7 +181,7 @@ def _comparison_html(comparison: dict, what: str) -> str:
     return intro + _table(
         ["budget", "chosen pools", "unique", "predicted loss", "random, same size", "all data", "difference ± sd", "verdict", "train on"],
         [[f"{e['budget']:.3g}", "+".join(e["pools"]), f"{e['unique']:,}", f"{e['predicted_loss']:.4g}", f"{e['random_same_size']:.4g}", f"{e['all_data']:.4g}",
-          f"{e['difference']:+.3g} ± {e['difference_sd']:.2g}", STATUS_TEXT[e["status"]].split(" (")[0],
+          "(same data)" if e["status"] == "all_data" else f"{e['difference']:+.3g} ± {e['difference_sd']:.2g}", STATUS_TEXT[e["status"]].split(" (")[0],
           _pools_phrase(e["pools"]) if e["status"] == "beats_random" else ("all data" if e["alternative"]["kind"] == "all_data" else f"random {e['alternative']['unique']:,}")]
          for e in comparison["budgets"]],
     )

@@ -154,7 +154,7 @@ def random_baseline(comparison: dict, path: Path) -> Path:
     same = np.array([e["random_same_size"] for e in entries])
     spread = comparison.get("margin_sd", 2.0) * np.nan_to_num(np.array([e["difference_sd"] for e in entries]))
     ax.errorbar(budgets, same, yerr=spread, fmt="s--", color="tab:red", capsize=3, label="random data of the same size")
-    ax.plot(budgets, [e["all_data"] for e in entries], "^:", color="tab:blue", label="all data")
+    ax.plot(budgets, [e["all_data"] for e in entries], "^:", color="tab:blue", markerfacecolor="none", markersize=10, zorder=4, label="all data")
     for e in entries:
         if e["status"] == "beats_random":
             ax.annotate("beats random", (e["budget"], e["predicted_loss"]), textcoords="offset points", xytext=(0, -14), ha="center", fontsize=7, color="tab:green")

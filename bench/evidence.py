@@ -1,0 +1,154 @@
+"""Does the report's verdict against random data hold at budgets it never saw?
+
+    python bench/evidence.py [--rows 20000] [--seeds 2] [--check-seeds 3] [--balance none|cluster] [--out bench/out/evidence]
+
+Data: the Debian package descriptions (`--data`, default shared/data/debian_descriptions.parquet
+beside the checkout), predict `section` (the 20 largest) from `text`; `--rows` samples the corpus
+(seeded) to keep the proxy trainings short. Pipeline: the quickstart's prototype pools: exact
+dedup, hashing embeddings, prototypes (50 clusters, keep the hardest 90%, optionally balanced),
+4 pools of `proto_distance` (pool 0 = hardest), then the report with `label_column = "section"`:
+proxy trainings on each pool and on random pools of the same sizes up to 4 passes over a pool
+(prefix mixes up to 1 pass), `--seeds` seeds, both laws fitted, verdict per budget.
+
+Held out: two budgets 2x and 4x the largest samples-seen of any fitted run (so never fitted).
+At each, the bench trains the proxy for real on the plan's chosen prefix, on uniform random
+subsets of the same size and on all the data (`--check-seeds` seeds each; same held-out rows
+and proxy as the report) and checks the report: where it said "beats random", the chosen prefix
+must beat random there; where it said "no better than random" (or planned all data), the
+acceptance holds by the report's own caution, and the bench prints what training measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline  # noqa: E402
+from curate.report.build import _read_kept  # noqa: E402
+from curate.scaling.proxy_runs import ProxyRunSettings, _split, _take, _trajectory, top_classes  # noqa: E402
+from curate.training.features import hashed_ngram_bags  # noqa: E402
+
+
+def _shared_data(name: str) -> Path:
+    """`shared/data/NAME` beside the checkout or beside any folder above it."""
+    here = Path(__file__).resolve().parents[1]
+    for folder in (here, *here.parents):
+        if (folder / "shared" / "data" / name).exists():
+            return folder / "shared" / "data" / name
+    return here.parent / "shared" / "data" / name
+
+
+EPOCHS = [0.25, 0.5, 1.0, 2.0, 4.0]  # fitted runs: passes over each pool alone
+MIX_EPOCHS = [0.5, 1.0]  # fitted runs: passes over each prefix mix
+
+
+def pipeline(balance: str, seeds: int, budgets: list[float] | None) -> dict:
+    report = {"label_column": "section", "epochs": EPOCHS, "mix_epochs": MIX_EPOCHS, "seeds": seeds}
+    if budgets:
+        report["budgets"] = budgets
+    return {
+        "stage": [
+            {"kind": "exact"},
+            {"kind": "embed", "model": "hashing"},
+            {"kind": "prototypes", "clusters": 50, "keep": "hard", "fraction": 0.9, "balance": balance},
+            {"kind": "pools", "score": "proto_distance", "pools": 4},
+        ],
+        "report": report,
+    }
+
+
+def measured(kept: pl.DataFrame, budget: float, prefix: int, seeds: int, seed: int) -> dict[str, list[float]]:
+    """Held-out error after `budget` samples on the prefix, on random subsets of its size, on all data."""
+    settings = ProxyRunSettings(seed=seed)
+    rows, y = top_classes(kept.get_column("section").to_list(), settings.classes)
+    pools = kept.get_column("pool").to_numpy().astype(np.int64)[rows]
+    bags = hashed_ngram_bags(_take(kept.get_column("text").to_arrow(), rows), num_buckets=settings.proxy.num_buckets)
+    heldout, train = _split(len(y), settings)  # the report's split: same seed, same rows
+    chosen = train[pools[train] < prefix]
+    out: dict[str, list[float]] = {"chosen": [], "random": [], "all": []}
+    torch.set_num_threads(1)
+    for s in range(seeds):
+        subset = np.sort(np.random.default_rng([seed, 77, s]).choice(train, size=len(chosen), replace=False))
+        for name, members in (("chosen", chosen), ("random", subset), ("all", train)):
+            ((_, error, _),) = _trajectory(bags, y, int(y.max()) + 1, members, heldout, [budget / len(members)], "error", seed + 500 + s, settings.proxy)
+            out[name].append(error)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, default=_shared_data("debian_descriptions.parquet"))
+    parser.add_argument("--rows", type=int, default=20000, help="seeded sample of the corpus (0: all)")
+    parser.add_argument("--seeds", type=int, default=2, help="proxy seeds in the report (the uncertainty)")
+    parser.add_argument("--check-seeds", type=int, default=3, help="seeds of the held-out trainings")
+    parser.add_argument("--balance", default="none", choices=["none", "cluster"])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "evidence")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    frame = pl.read_parquet(args.data)
+    if args.rows and args.rows < frame.height:
+        frame = frame.sample(n=args.rows, seed=0).sort("id")
+    source = args.out / "input.parquet"
+    frame.write_parquet(source)
+    out = args.out / f"run-{args.balance}"
+
+    # 1. the pipeline and its report with default budgets, to learn the fitted range
+    run_pipeline(parse_pipeline(pipeline(args.balance, args.seeds, None), "bench"), source, out, RunOptions(overwrite=True))
+    law = json.loads((out / "scaling" / "law.json").read_text())
+    fitted_max = max(o["samples_seen"] for o in law["fit"]["observations"])
+    held = [2.0 * fitted_max, 4.0 * fitted_max]
+    # 2. the same report planned for the held-out budgets (runs reused, nothing refitted from them)
+    from curate.report import build_pipeline_report
+
+    build_pipeline_report(out, overrides={"budgets": held})
+    report = json.loads((out / "report.json").read_text())
+    baseline = report["random_baseline"]
+    print(f"Debian sections, {frame.height:,} rows sampled; kept {_read_kept(out, ['id']).height:,}; balance = {args.balance}; "
+          f"fitted runs up to {fitted_max:,.0f} samples seen; held-out budgets {held[0]:,.0f} and {held[1]:,.0f}; "
+          f"report seeds {args.seeds}, uncertainty: {baseline['uncertainty']}", flush=True)
+    print(f"report verdict: {baseline['verdict']}")
+    kept = _read_kept(out, ["id", "text", "section", "pool"])
+    rows = []
+    holds = True
+    for entry in baseline["budgets"]:
+        prefix = len(entry["pools"])
+        observed = measured(kept, entry["budget"], prefix, args.check_seeds, int(report.get("seed", 0) or 0))
+        mean = {k: float(np.mean(v)) for k, v in observed.items()}
+        sd = {k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in observed.items()}
+        diff = np.array(observed["chosen"]) - np.array(observed["random"])
+        if entry["status"] == "beats_random":
+            ok = mean["chosen"] < mean["random"]
+        elif entry["status"] == "worse_than_random":
+            ok = mean["chosen"] > mean["random"]
+        else:
+            ok = True  # the report did not claim the mix beats random
+        holds &= ok
+        rows.append((f"{entry['budget']:,.0f}", "+".join(entry["pools"]), f"{entry['predicted_loss']:.4f}", f"{entry['random_same_size']:.4f}", f"{entry['all_data']:.4f}",
+                     f"{entry['difference']:+.4f} ± {entry['difference_sd']:.4f}", entry["status"],
+                     f"{mean['chosen']:.4f} ± {sd['chosen']:.4f}", f"{mean['random']:.4f} ± {sd['random']:.4f}", f"{mean['all']:.4f} ± {sd['all']:.4f}",
+                     f"{diff.mean():+.4f}", "holds" if ok else "FAILS"))
+    header = ("budget", "chosen pools", "predicted", "pred. random", "pred. all", "pred. difference ± sd", "report says",
+              "measured chosen", "measured random", "measured all", "measured diff", "verdict")
+    widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
+    print()
+    for n, row in enumerate([header, *rows]):
+        print("| " + " | ".join(str(v).ljust(w) for v, w in zip(row, widths)) + " |")
+        if n == 0:
+            print("| " + " | ".join("-" * w for w in widths) + " |")
+    print(f"\n(held-out error rate = 1 - accuracy of the proxy on the report's held-out rows; measured: mean ± sd over {args.check_seeds} seeds)")
+    print(f"acceptance: {'the verdict holds at both held-out budgets' if holds else 'the verdict FAILS at a held-out budget'} ({time.perf_counter() - started:.0f} s)")
+    (args.out / f"result-{args.balance}.json").write_text(json.dumps({"verdict": baseline["verdict"], "holds": bool(holds), "rows": rows, "held_out_budgets": held}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
