@@ -5,8 +5,9 @@
 Data: the Debian package descriptions (`--data`, default shared/data/debian_descriptions.parquet
 beside the checkout), predict `section` (the 20 largest) from `text`; `--rows` samples the corpus
 (seeded) to keep the proxy trainings short. Pipeline: the quickstart's prototype pools: exact
-dedup, hashing embeddings, prototypes (50 clusters, keep the hardest 90%, optionally balanced),
-4 pools of `proto_distance` (pool 0 = hardest), then the report with `label_column = "section"`:
+dedup, hashing embeddings, prototypes (50 clusters, keep the hardest 90%), 4 pools of
+`proto_distance` (pool 0 = hardest); `--balance cluster` prunes and pools within each k-means
+cluster (prototypes `balance = "cluster"`, pools `balance_column = "proto_cluster"`); then the report with `label_column = "section"`:
 proxy trainings on each pool and on random pools of the same sizes up to 4 passes over a pool
 (prefix mixes up to 1 pass), `--seeds` seeds, both laws fitted, verdict per budget.
 
@@ -60,7 +61,7 @@ def pipeline(balance: str, seeds: int, budgets: list[float] | None) -> dict:
             {"kind": "exact"},
             {"kind": "embed", "model": "hashing"},
             {"kind": "prototypes", "clusters": 50, "keep": "hard", "fraction": 0.9, "balance": balance},
-            {"kind": "pools", "score": "proto_distance", "pools": 4},
+            {"kind": "pools", "score": "proto_distance", "pools": 4, **({"balance_column": "proto_cluster"} if balance == "cluster" else {})},
         ],
         "report": report,
     }

@@ -38,6 +38,7 @@ STATUS_TEXT = {
     "worse_than_random": "worse than random data of the same size",
     "all_data": "is all the data (nothing selected)",
 }
+STATUS_SHORT = {"beats_random": "beats random", "no_better_than_random": "no better than random", "worse_than_random": "worse than random", "all_data": "all data: nothing selected"}
 
 
 # ---------------------------------------------------------------------------------------

@@ -2,6 +2,10 @@
 the SeTa check."""
 
 import json
+import re
+import shutil
+import subprocess
+import tempfile
 
 import numpy as np
 import pyarrow as pa
@@ -114,6 +118,29 @@ def _clusters(out, texts):
     return prototype_distance(hashing_embed(pa.array(texts.tolist())), centroids)[0].astype(np.int64)
 
 
+def test_balanced_pools_give_every_pool_the_same_group_mix():
+    from curate.metrics.pools import assign_pools_by_group, pool_edges_by_group
+
+    rng = np.random.default_rng(2)
+    groups = rng.integers(0, 4, 2000)
+    scores = rng.random(2000) + groups  # group 3 would fill the best pool on its own
+    pools = assign_pools_by_group(scores, groups, pool_edges_by_group(scores, groups, 4, True), True)
+    table = np.array([np.bincount(pools[groups == g], minlength=4) for g in range(4)])
+    assert np.all(table.max(axis=1) - table.min(axis=1) <= 1)  # each group split evenly over the pools
+    assert (pools[groups == 3] == 0).mean() == pytest.approx(0.25, abs=0.01)
+
+
+def test_pools_stage_balance_column(tmp_path):
+    source = _labelled_corpus(tmp_path / "in.parquet")
+    spec = parse_pipeline({"stage": [{"kind": "pools", "score": "clean_score", "pools": 2, "balance_column": "label"}]})
+    run_pipeline(spec, source, tmp_path / "out", RunOptions())
+    kept = read_parts(tmp_path / "out" / "kept").to_pandas()
+    shares = kept.groupby("pool")["label"].value_counts(normalize=True).unstack()
+    assert np.allclose(shares.loc[0].to_numpy(), shares.loc[1].to_numpy(), atol=0.01)  # same label mix in both pools
+    with pytest.raises(UsageError):
+        run_pipeline(parse_pipeline({"stage": [{"kind": "pools", "score": "clean_score", "balance_column": "nope"}]}), source, tmp_path / "bad", RunOptions())
+
+
 @pytest.mark.parametrize("options", [{"balance": "labels"}, {"balance": "label"}, {"label_column": "label"}])
 def test_prototypes_balance_options_are_checked_at_parse_time(options):
     with pytest.raises(UsageError):
@@ -191,10 +218,17 @@ def test_random_pool_runs_match_the_quality_runs_in_size_budget_and_seed():
 REPORT = {"label_column": "label", "classes": 3, "epochs": [0.5, 1.0, 2.0, 4.0], "mix_epochs": [1.0], "budgets": [200.0, 2000.0]}
 
 
-def test_report_with_a_label_column_carries_the_random_baseline(tmp_path):
+@pytest.fixture(scope="module")
+def baseline_out(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("baseline")
     source = _labelled_corpus(tmp_path / "in.parquet")
     spec = parse_pipeline({"stage": [{"kind": "pools", "score": "clean_score", "pools": 2}], "report": REPORT})
     run_pipeline(spec, source, tmp_path / "out", RunOptions())
+    return tmp_path
+
+
+def test_report_with_a_label_column_carries_the_random_baseline(baseline_out):
+    tmp_path = baseline_out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     baseline = report["random_baseline"]
     assert baseline["verdict"] in ("beats_random", "no_better_than_random") and len(baseline["budgets"]) == 2
@@ -207,6 +241,29 @@ def test_report_with_a_label_column_carries_the_random_baseline(tmp_path):
     assert "Against random data" in page and "random, same size" in page
     random_runs = (tmp_path / "out" / "scaling" / "runs_random.csv").read_text().splitlines()
     assert len(random_runs) == len((tmp_path / "out" / "scaling" / "runs.csv").read_text().splitlines())
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (apt-get install -y chromium) -- the browser render check needs it")
+def test_random_baseline_report_renders_in_headless_chromium(baseline_out, tmp_path):
+    page = (baseline_out / "out" / "report.html").read_text()
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", """<script>window.addEventListener('load', () => {
+  const broken = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).length;
+  const verdict = document.querySelector('ul.rec li') ? document.querySelector('ul.rec li').textContent : '';
+  document.body.setAttribute('data-check', document.images.length + ':' + broken + ':' + verdict.slice(0, 12));
+});</script></body>"""))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tempfile.mkdtemp()}"]
+    dom = subprocess.run([_chromium(), *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    check = re.search(r'data-check="(\d+):(\d+):([^"]*)"', dom)
+    assert check, "the page did not load"
+    images, broken, verdict = int(check.group(1)), int(check.group(2)), check.group(3)
+    assert images >= 5 and broken == 0  # random_baseline, loss_vs_budget, mix_vs_budget, fit_per_pool, funnel, ...
+    assert verdict in ("No mix of th", "The chosen m")
 
 
 def test_cli_evaluate_checks_a_user_score_against_random(tmp_path):

@@ -173,7 +173,7 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
 
 def _comparison_html(comparison: dict, what: str) -> str:
     """Per budget: the chosen prefix, random data of its size, all data, the difference ± sd, the verdict."""
-    from curate.evaluate import STATUS_TEXT
+    from curate.evaluate import STATUS_SHORT
 
     intro = (f"<p>Verdict: <b>{'beats random data' if comparison['verdict'] == 'beats_random' else 'no better than random data'}</b> "
              f"({html.escape(what)}; a mix beats random only when its predicted loss is lower by more than {comparison['margin_sd']:g} sd of the difference; "
@@ -181,7 +181,7 @@ def _comparison_html(comparison: dict, what: str) -> str:
     return intro + _table(
         ["budget", "chosen pools", "unique", "predicted loss", "random, same size", "all data", "difference ± sd", "verdict", "train on"],
         [[f"{e['budget']:.3g}", "+".join(e["pools"]), f"{e['unique']:,}", f"{e['predicted_loss']:.4g}", f"{e['random_same_size']:.4g}", f"{e['all_data']:.4g}",
-          "(same data)" if e["status"] == "all_data" else f"{e['difference']:+.3g} ± {e['difference_sd']:.2g}", STATUS_TEXT[e["status"]].split(" (")[0],
+          "(same data)" if e["status"] == "all_data" else f"{e['difference']:+.3g} ± {e['difference_sd']:.2g}", STATUS_SHORT[e["status"]],
           _pools_phrase(e["pools"]) if e["status"] == "beats_random" else ("all data" if e["alternative"]["kind"] == "all_data" else f"random {e['alternative']['unique']:,}")]
          for e in comparison["budgets"]],
     )

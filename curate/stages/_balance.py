@@ -38,3 +38,25 @@ def balance_groups(balance: str, label_column: str, clusters: np.ndarray, rows: 
     if balance == "label":
         return label_groups(source, label_column, rows)
     return None
+
+
+def fit_group_values(source: BatchSource, column: str) -> pa.Array:
+    """The sorted distinct non-null values of a balance column (a group per value, nulls last)."""
+    if column not in source.schema.names:
+        names = ", ".join(n for n in source.schema.names if not n.startswith("__"))
+        raise UsageError(f"balance: no column {column!r} (columns: {names})", fix="set balance_column to a column of the input, e.g. proto_cluster after a prototypes stage")
+    chunks = [batch.column(column) for batch in source.batches(columns=[column])]
+    values = pa.chunked_array(chunks, type=source.schema.field(column).type).combine_chunks() if chunks else pa.array([], source.schema.field(column).type)
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    distinct = pc.unique(values.drop_null())
+    return distinct.take(pc.sort_indices(distinct))
+
+
+def group_ids(column: pa.Array | pa.ChunkedArray, values: pa.Array) -> np.ndarray:
+    """Group id per row: the index of its value in `values`; nulls and unseen values get len(values)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    return np.asarray(pc.fill_null(pc.index_in(column, value_set=values), len(values))).astype(np.int64)
