@@ -133,21 +133,20 @@ def compare_to_random(
         sds = [float(np.std([float(q.loss(budget, range(j))[0] - r.loss(budget, range(j))[0]) for q, r in pairs], ddof=1)) for pairs in spreads.values()]
         sd = max(sds)
         difference = chosen - same
-        if j == k:
-            status = "all_data"
-        elif np.isfinite(sd) and difference < -MARGIN_SD * sd:
-            status = "beats_random"
-        elif np.isfinite(sd) and difference > MARGIN_SD * sd:
-            status = "worse_than_random"
-        else:
-            status = "no_better_than_random"
+        status = "all_data" if j == k else _status(difference, sd)
+        candidates = []
+        for i in range(1, k):  # every strict prefix against random data of its size (the chosen one included)
+            d = float(q_losses[i - 1] - r_losses[i - 1])
+            s_i = max(float(np.std([float(q.loss(budget, range(i))[0] - r.loss(budget, range(i))[0]) for q, r in pairs], ddof=1)) for pairs in spreads.values())
+            candidates.append({"pools": q_law.names[:i], "unique": int(round(unique[i - 1])), "predicted_loss": float(q_losses[i - 1]), "random_same_size": float(r_losses[i - 1]),
+                               "difference": d, "difference_sd": s_i, "status": _status(d, s_i)})
         # the alternative to a mix that does not beat random: the best random subset size (all data included)
         alt = int(np.argmin(r_losses)) + 1
         entries.append({
             "budget": float(budget), "pools": q_law.names[:j], "unique": int(round(unique[j - 1])), "epochs": float(budget / unique[j - 1]),
             "predicted_loss": chosen, "random_same_size": same, "all_data": everything, "all_data_unique": int(round(unique[-1])),
             "difference": difference, "difference_sd": sd, "relative_difference": difference / same if same else float("nan"),
-            "status": status,
+            "status": status, "candidates": candidates,
             "alternative": {"kind": "all_data" if alt == k else "random_subset", "unique": int(round(unique[alt - 1])), "epochs": float(budget / unique[alt - 1]), "predicted_loss": float(r_losses[alt - 1])},
         })
     beats = [e for e in entries if e["status"] == "beats_random"]
@@ -160,6 +159,14 @@ def compare_to_random(
         "random_law": {"a": r_law.a, "pools": [{"name": p.name, "size": p.size, "b": p.b, "tau": p.tau} for p in r_law.pools], "rmse_log": r_law.fit.get("rmse_log")},
         "quality_law_rmse_log": q_law.fit.get("rmse_log"),
     }
+
+
+def _status(difference: float, sd: float) -> str:
+    if np.isfinite(sd) and difference < -MARGIN_SD * sd:
+        return "beats_random"
+    if np.isfinite(sd) and difference > MARGIN_SD * sd:
+        return "worse_than_random"
+    return "no_better_than_random"
 
 
 def _phrase(names: Sequence[str]) -> str:

@@ -232,6 +232,7 @@ def test_report_with_a_label_column_carries_the_random_baseline(baseline_out):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     baseline = report["random_baseline"]
     assert baseline["verdict"] in ("beats_random", "no_better_than_random") and len(baseline["budgets"]) == 2
+    assert report["verdict"] == baseline["verdict"]
     for entry in baseline["budgets"]:
         assert {"pools", "predicted_loss", "random_same_size", "all_data", "difference", "difference_sd", "status"} <= set(entry)
     first = report["recommendation"].splitlines()[0]

@@ -370,6 +370,7 @@ def build_pipeline_report(out: str | Path, overrides: dict | None = None, rerun:
         images = {**law_images, **images}
     from curate.evaluate import load_evaluations
 
+    report["verdict"] = (report.get("random_baseline") or {}).get("verdict")  # the plan's verdict against random data, or None
     report["evaluations"] = load_evaluations(out)
     report["seta_check"] = _seta_check(out, kept, settings, manifest, rerun, progress) if kept.height else None
     return write_report(out, report, images)
