@@ -53,11 +53,13 @@ METHODS = ("hard", "easy", "balanced-hard", "balanced-easy", "random")
 FRACTIONS = (0.2, 0.4, 0.6, 0.8)
 
 
-def load(model: str, cache: Path, data: Path = DEBIAN) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    frame = pl.read_parquet(data, columns=["id", "section", "text"])
+def load(model: str, cache: Path, data: Path = DEBIAN, vectors: Path | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    frame = pl.read_parquet(data, columns=["id", "section", "text"]).with_row_index("row")
     top = frame.get_column("section").value_counts(sort=True).head(20).get_column("section").to_list()
     frame = frame.filter(pl.col("section").is_in(top))
-    if model == "hashing":
+    if vectors is not None:  # precomputed (rows x d, the corpus file's row order), e.g. from an earlier store
+        x = np.load(vectors, mmap_mode="r")[frame.get_column("row").to_numpy()]
+    elif model == "hashing":
         x = hashing_embed(frame.get_column("text").to_arrow())
     else:
         if not (cache / "embeddings" / "embeddings.json").exists():
@@ -108,6 +110,7 @@ def main() -> None:
     parser.add_argument("--model", default="minilm", choices=["minilm", "hashing"])
     parser.add_argument("--data", type=Path, default=DEBIAN, help="debian_descriptions.parquet")
     parser.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / "out" / "debian-minilm", help="minilm store (embedded once)")
+    parser.add_argument("--vectors", type=Path, default=None, help="precomputed embeddings .npy (rows in the corpus file's order) instead of embedding")
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
@@ -116,7 +119,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     set_threads(os.cpu_count() or 1)
     started = time.perf_counter()
-    x, y, sections = load(args.model, args.cache, args.data)
+    x, y, sections = load(args.model, args.cache, args.data, args.vectors)
     order = np.random.default_rng(0).permutation(len(x))
     cut = int(0.8 * len(x))
     train, test = np.sort(order[:cut]), np.sort(order[cut:])

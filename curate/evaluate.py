@@ -6,8 +6,8 @@ data at the same budget, with the small proxy trainings of `curate.scaling.proxy
   held-out rows). Per budget: the chosen prefix, its predicted loss, the predicted loss of
   random data of the same size and of all data, and their difference with an uncertainty
   (the spread of per-seed fits with 2+ seeds, else a residual bootstrap of both fits). A mix
-  beats random only when it is better by more than `MARGIN_SD` standard deviations. Each prefix's
-  prediction is anchored to its own runs (`Prefixes`), so mixes are compared like with like.
+  beats random only when it is better by more than `MARGIN_SD` standard deviations. Each prefix
+  is predicted from a law fitted to its own runs (`Prefixes`), so mixes are compared like with like.
 - `seta_check`: a short proxy training of full data, SeTa and random subsets with SeTa's
   per-epoch counts (equal visits).
 - `evaluate_output`: `curate evaluate OUT`: the above for the run's pools and for any score
@@ -73,24 +73,31 @@ def _fit(table: RunsTable, model: str, irreducible: float, starts: int = 4, max_
 
 
 class Prefixes:
-    """Predicted loss of each prefix (pools 0..j-1) at planning sizes: the law's prediction times
-    exp(the prefix's mean log residual on its own runs). The size-weighted mixing rule misjudges
-    mixes of pools that differ in kind (on Debian prototype pools it over-predicted every quality
-    mix by 4-7% of error while the random pools, which do not differ, fitted well), so comparing
-    raw predictions called equal mixes "worse than random"; anchoring each prefix to its own runs
-    compares like with like. Prefixes without runs of their own keep the raw law."""
+    """Predicted loss of each prefix (pools 0..j-1) at planning sizes, from a law fitted to that
+    prefix's own runs as one pool (the pool law's shape, a, b and tau for the prefix itself).
+    The pool law builds a mix from per-pool utilities with a size-weighted mixing rule, which
+    misjudges mixes of pools that differ in kind: on Debian prototype pools it over-predicted
+    every quality mix while the random pools, which do not differ, fitted well, so raw
+    predictions called equal mixes "worse than random". Fitting quality prefix j and random
+    prefix j the same way compares like with like. A prefix without runs of its own (mix_epochs
+    = []) falls back to the pool law."""
 
-    def __init__(self, law: Law, table: RunsTable, plan_sizes: Sequence[float]):
+    def __init__(self, law: Law, table: RunsTable, plan_sizes: Sequence[float], model: str, irreducible: float, evaluations: int):
         self.law = law.with_sizes(plan_sizes)
-        self.offsets = np.zeros(len(law.pools) + 1)
+        unique = np.cumsum(plan_sizes)
+        self.prefix_laws: list[Law | None] = []
         for j in range(1, len(law.pools) + 1):
             rows = [r for r, m in enumerate(table.members) if m == tuple(range(j))]
-            if rows:
-                n = table.samples_seen[rows]
-                self.offsets[j] = float(np.mean(np.log(table.loss[rows]) - law.log_loss(n, range(j))))
+            if len(rows) < 2:
+                self.prefix_laws.append(None)
+                continue
+            single = RunsTable(["prefix"], np.array([table.mix_size[rows[0]]]), [(0,)] * len(rows), table.mix_size[rows], table.samples_seen[rows], table.loss[rows])
+            fitted = fit_law(single, model, irreducible, default_tau=law.pools[0].tau, starts=1, max_nfev=evaluations).law
+            self.prefix_laws.append(fitted.with_sizes([unique[j - 1]]))
 
     def loss(self, budget: float, j: int) -> float:
-        return float(self.law.loss(budget, range(j))[0] * np.exp(self.offsets[j]))
+        own = self.prefix_laws[j - 1]
+        return float(own.loss(budget, [0])[0]) if own is not None else float(self.law.loss(budget, range(j))[0])
 
     def all(self, budget: float) -> np.ndarray:
         return np.array([self.loss(budget, j) for j in range(1, len(self.law.pools) + 1)])
@@ -98,7 +105,7 @@ class Prefixes:
 
 def _pair(quality: RunsTable, random: RunsTable, model: str, irreducible: float, plan_sizes, starts: int = 1) -> tuple[Prefixes, Prefixes]:
     evaluations = 2000 if starts > 1 else REFIT_EVALUATIONS
-    return tuple(Prefixes(_fit(t, model, irreducible, starts, evaluations).law, t, plan_sizes) for t in (quality, random))  # type: ignore[return-value]
+    return tuple(Prefixes(_fit(t, model, irreducible, starts, evaluations).law, t, plan_sizes, model, irreducible, evaluations) for t in (quality, random))  # type: ignore[return-value]
 
 
 def _bootstrap(quality: Sequence[dict], random: Sequence[dict], model: str, irreducible: float, seed: int, plan_sizes) -> list[tuple[Prefixes, Prefixes]]:
@@ -181,11 +188,15 @@ def compare_to_random(
         "verdict": "beats_random" if beats else "no_better_than_random",
         "margin_sd": MARGIN_SD,
         "uncertainty": method,
-        "calibration": {"quality": q.offsets[1:].tolist(), "random": r.offsets[1:].tolist()},
+        "prefix_fits": [{"pools": names[: j + 1], "quality": _law_brief(ql), "random": _law_brief(rl)} for j, (ql, rl) in enumerate(zip(q.prefix_laws, r.prefix_laws))],
         "budgets": entries,
         "random_law": {"a": r.law.a, "pools": [{"name": p.name, "size": p.size, "b": p.b, "tau": p.tau} for p in r.law.pools], "rmse_log": r.law.fit.get("rmse_log")},
         "quality_law_rmse_log": q.law.fit.get("rmse_log"),
     }
+
+
+def _law_brief(law: Law | None) -> dict | None:
+    return None if law is None else {"a": law.a, "b": law.pools[0].b, "tau": law.pools[0].tau, "tau_identified": law.pools[0].tau_identified, "rmse_log": law.fit.get("rmse_log")}
 
 
 def _status(difference: float, sd: float) -> str:

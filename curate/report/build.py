@@ -356,8 +356,8 @@ def build_pipeline_report(out: str | Path, overrides: dict | None = None, rerun:
 
         comparison = compare_to_random(quality_runs, random_runs, settings.budgets or default_budgets(law), REPETITION_NAMES[settings.repetition], settings.irreducible, sizes=full_sizes, seed=int(manifest.get("seed", 0)))
         notes.append("Random baseline: the same proxy trainings on random pools of the same sizes (scaling/runs_random.csv), fitted the same way; "
-                     "'random data of the same size' is that law's prediction for the chosen prefix's size. In that comparison each prefix's prediction is "
-                     "anchored to the prefix's own runs (its mean log residual), so its chosen mix can differ from the budget plan's, which uses the law alone.")
+                     "'random data of the same size' is that law's prediction for the chosen prefix's size. In that comparison each prefix (and random subset) is "
+                     "predicted by a law fitted to its own runs, so its chosen mix can differ from the budget plan's, which builds mixes from the per-pool law.")
     else:
         notes.append('No budget plan: set label_column (proxy trainings on the pools), runs = "RUNS.csv" or law = "LAW.json" in the pipeline\'s [report] table.')
 
