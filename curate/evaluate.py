@@ -82,7 +82,7 @@ class Prefixes:
     prefix j the same way compares like with like. A prefix without runs of its own (mix_epochs
     = []) falls back to the pool law."""
 
-    def __init__(self, law: Law, table: RunsTable, plan_sizes: Sequence[float], model: str, irreducible: float, evaluations: int):
+    def __init__(self, law: Law, table: RunsTable, plan_sizes: Sequence[float], model: str, irreducible: float, evaluations: int, default_tau: float):
         self.law = law.with_sizes(plan_sizes)
         unique = np.cumsum(plan_sizes)
         self.prefix_laws: list[Law | None] = []
@@ -92,7 +92,7 @@ class Prefixes:
                 self.prefix_laws.append(None)
                 continue
             single = RunsTable(["prefix"], np.array([table.mix_size[rows[0]]]), [(0,)] * len(rows), table.mix_size[rows], table.samples_seen[rows], table.loss[rows])
-            fitted = fit_law(single, model, irreducible, default_tau=law.pools[0].tau, starts=1, max_nfev=evaluations).law
+            fitted = fit_law(single, model, irreducible, default_tau=default_tau, starts=1, max_nfev=evaluations).law
             self.prefix_laws.append(fitted.with_sizes([unique[j - 1]]))
 
     def loss(self, budget: float, j: int) -> float:
@@ -105,7 +105,12 @@ class Prefixes:
 
 def _pair(quality: RunsTable, random: RunsTable, model: str, irreducible: float, plan_sizes, starts: int = 1) -> tuple[Prefixes, Prefixes]:
     evaluations = 2000 if starts > 1 else REFIT_EVALUATIONS
-    return tuple(Prefixes(_fit(t, model, irreducible, starts, evaluations).law, t, plan_sizes, model, irreducible, evaluations) for t in (quality, random))  # type: ignore[return-value]
+    q_law, r_law = (_fit(t, model, irreducible, starts, evaluations).law for t in (quality, random))
+    # a prefix seen at most once has no half-life of its own: both sides get the same one (the
+    # random pools' median, the data's own repetition decay), never one side's pool-0 value
+    taus = [p.tau for p in r_law.pools if p.tau_identified] or [p.tau for p in r_law.pools]
+    tau = float(np.median(taus))
+    return Prefixes(q_law, quality, plan_sizes, model, irreducible, evaluations, tau), Prefixes(r_law, random, plan_sizes, model, irreducible, evaluations, tau)
 
 
 def _bootstrap(quality: Sequence[dict], random: Sequence[dict], model: str, irreducible: float, seed: int, plan_sizes) -> list[tuple[Prefixes, Prefixes]]:
