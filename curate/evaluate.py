@@ -179,8 +179,15 @@ def compare_to_random(
             d, s_i = float(q_losses[i - 1] - r_losses[i - 1]), spread(budget, i)
             candidates.append({"pools": names[:i], "unique": int(round(unique[i - 1])), "predicted_loss": float(q_losses[i - 1]), "random_same_size": float(r_losses[i - 1]),
                                "difference": d, "difference_sd": s_i, "status": _status(d, s_i)})
-        # the alternative to a mix that does not beat random: the best random subset size (all data included)
-        alt = int(np.argmin(r_losses)) + 1
+        # the alternative to a mix that does not beat random: all the data, unless a smaller random
+        # subset predicts lower by more than MARGIN_SD sd (below one pass every size predicts the
+        # same loss, so a smaller "best" size there is fit noise)
+        alt = k
+        for i in np.argsort(r_losses[:-1]):
+            sd_i = max(float(np.std([b.loss(budget, i + 1) - b.loss(budget, k) for _, b in pairs], ddof=1)) for pairs in spreads.values())
+            if r_losses[i] - r_losses[-1] < -MARGIN_SD * sd_i:
+                alt = int(i) + 1
+            break
         entries.append({
             "budget": float(budget), "pools": names[:j], "unique": int(round(unique[j - 1])), "epochs": float(budget / unique[j - 1]),
             "predicted_loss": chosen, "random_same_size": same, "all_data": everything, "all_data_unique": int(round(unique[-1])),
