@@ -152,7 +152,8 @@ def random_baseline(comparison: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(budgets, [e["predicted_loss"] for e in entries], "o-", color="tab:green", label="chosen mix of the pools")
     same = np.array([e["random_same_size"] for e in entries])
-    spread = comparison.get("margin_sd", 2.0) * np.nan_to_num(np.array([e["difference_sd"] for e in entries]))
+    # no bars where the best mix is all the data: there the two sides are the same rows
+    spread = comparison.get("margin_sd", 2.0) * np.nan_to_num(np.array([0.0 if e["status"] == "all_data" else e["difference_sd"] for e in entries]))
     ax.errorbar(budgets, same, yerr=spread, fmt="s--", color="tab:red", capsize=3, label="random data of the same size")
     ax.plot(budgets, [e["all_data"] for e in entries], "^:", color="tab:blue", markerfacecolor="none", markersize=10, zorder=4, label="all data")
     for e in entries:
