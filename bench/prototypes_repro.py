@@ -1,13 +1,16 @@
 """Does prototype pruning beat random pruning? Sorscher et al. (2022) on real labelled text.
 
-    python bench/prototypes_repro.py [--model minilm|hashing] [--cache /tmp/curate-bench/debian-minilm]
+    python bench/prototypes_repro.py [--model minilm|hashing] [--cache bench/out/debian-minilm] [--seeds 0 1 2]
 
 Task: predict the Debian `section` of a package from its short description, top 20 sections.
 Split: seeded 80% train / 20% test (test fixed for every run). Pruning scores: the prototypes
 metric (spherical k-means on the train embeddings, distance = 1 - cosine to the nearest
 centroid), computed once, without labels. For each kept fraction the same classifier is trained
 on the kept train rows: the hardest (largest distance), the easiest, or a uniform random
-subset (mean and spread over 2 seeds). Classifier: multinomial logistic regression (a torch
+subset; and the same two rules balanced (`select_by_difficulty(..., groups=cluster)`: each
+k-means cluster keeps its share of the rows, its hardest or easiest ones, so the kept data keeps
+the cluster mix). Every method runs once per seed (k-means seed and random subset seed; the
+split is fixed): mean and sample sd over the seeds. Classifier: multinomial logistic regression (a torch
 linear layer, full-batch L-BFGS, 50 iterations, L2 1e-4) on the embedding. This is the
 "linear probe on self-supervised features" end of the paper's experiments; the paper's claim to
 check: keep hard examples when data is abundant (large fractions), easy ones when scarce
@@ -36,20 +39,32 @@ from curate.metrics.prototypes import prototype_distance, select_by_difficulty  
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline  # noqa: E402
 from curate.shards import read_parts  # noqa: E402
 
-DEBIAN = Path("/work/shared/data/debian_descriptions.parquet")
+def _shared_data(name: str) -> Path:
+    """`shared/data/NAME` beside the checkout or beside any folder above it (worktrees nest deeper)."""
+    here = Path(__file__).resolve().parents[1]
+    for folder in (here, *here.parents):
+        if (folder / "shared" / "data" / name).exists():
+            return folder / "shared" / "data" / name
+    return here.parent / "shared" / "data" / name
+
+
+DEBIAN = _shared_data("debian_descriptions.parquet")
+METHODS = ("hard", "easy", "balanced-hard", "balanced-easy", "random")
 FRACTIONS = (0.2, 0.4, 0.6, 0.8)
 
 
-def load(model: str, cache: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    frame = pl.read_parquet(DEBIAN, columns=["id", "section", "text"])
+def load(model: str, cache: Path, data: Path = DEBIAN, vectors: Path | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    frame = pl.read_parquet(data, columns=["id", "section", "text"]).with_row_index("row")
     top = frame.get_column("section").value_counts(sort=True).head(20).get_column("section").to_list()
     frame = frame.filter(pl.col("section").is_in(top))
-    if model == "hashing":
+    if vectors is not None:  # precomputed (rows x d, the corpus file's row order), e.g. from an earlier store
+        x = np.load(vectors, mmap_mode="r")[frame.get_column("row").to_numpy()]
+    elif model == "hashing":
         x = hashing_embed(frame.get_column("text").to_arrow())
     else:
         if not (cache / "embeddings" / "embeddings.json").exists():
             print(f"embedding with {model} into {cache} (once) ...", flush=True)
-            run_pipeline(parse_pipeline({"stage": [{"kind": "embed", "model": model}]}, "bench"), DEBIAN, cache, RunOptions(overwrite=True))
+            run_pipeline(parse_pipeline({"stage": [{"kind": "embed", "model": model}]}, "bench"), data, cache, RunOptions(overwrite=True))
         store = pl.from_arrow(read_parts(cache / "embeddings", columns=["id", "embedding"]))
         joined = frame.select("id").join(store, on="id", how="left", maintain_order="left")
         x = np.asarray(joined.get_column("embedding").to_numpy(), dtype=np.float32).reshape(frame.height, -1)
@@ -81,51 +96,69 @@ def train_and_test(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
     return float((predicted == y_test).mean())
 
 
+def select(method: str, distance: np.ndarray, clusters: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Row mask (or indices for random) of the kept train rows for one method."""
+    if method == "random":
+        n = len(distance)
+        return np.sort(np.random.default_rng(1000 + seed).permutation(n)[: int(np.floor(fraction * n + 0.5))])
+    keep = method.removeprefix("balanced-")
+    return select_by_difficulty(distance, fraction, keep, clusters if method.startswith("balanced-") else None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="minilm", choices=["minilm", "hashing"])
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "curate-bench" / "debian-minilm")
+    parser.add_argument("--data", type=Path, default=DEBIAN, help="debian_descriptions.parquet")
+    parser.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / "out" / "debian-minilm", help="minilm store (embedded once)")
+    parser.add_argument("--vectors", type=Path, default=None, help="precomputed embeddings .npy (rows in the corpus file's order) instead of embedding")
     parser.add_argument("--clusters", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--random-seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw accuracies here")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     set_threads(os.cpu_count() or 1)
     started = time.perf_counter()
-    x, y, sections = load(args.model, args.cache)
-    rng = np.random.default_rng(args.seed)
-    order = rng.permutation(len(x))
+    x, y, sections = load(args.model, args.cache, args.data, args.vectors)
+    order = np.random.default_rng(0).permutation(len(x))
     cut = int(0.8 * len(x))
     train, test = np.sort(order[:cut]), np.sort(order[cut:])
     x_train, y_train, x_test, y_test = x[train], y[train], x[test], y[test]
-    centroids = spherical_kmeans(x_train, args.clusters, seed=args.seed)
-    _, distance = prototype_distance(x_train, centroids)
     print(f"Debian top-20 sections: {len(x):,} rows ({len(train):,} train / {len(test):,} test), {args.model} embeddings "
-          f"({x.shape[1]}-d), {args.clusters} prototypes; majority class {np.bincount(y_test).max() / len(y_test):.3f}", flush=True)
+          f"({x.shape[1]}-d), {args.clusters} prototypes, seeds {args.seeds}; majority class {np.bincount(y_test).max() / len(y_test):.3f}", flush=True)
     full = train_and_test(x_train, y_train, x_test, y_test, len(sections))
     print(f"  all {len(train):,} train rows: test accuracy {full:.4f}", flush=True)
-    rows = [("kept fraction", "kept rows", "hard (prototypes)", "easy (prototypes)", "random (mean ± sd)", "best")]
-    for fraction in FRACTIONS:
-        results = {}
-        for keep in ("hard", "easy"):
-            mask = select_by_difficulty(distance, fraction, keep)
-            results[keep] = train_and_test(x_train[mask], y_train[mask], x_test, y_test, len(sections))
-        randoms = []
-        for seed in range(args.random_seeds):
-            pick = np.random.default_rng(1000 + seed).permutation(len(train))[: int(mask.sum())]
-            randoms.append(train_and_test(x_train[pick], y_train[pick], x_test, y_test, len(sections)))
-        mean, sd = float(np.mean(randoms)), float(np.std(randoms))
-        best = max(("hard", results["hard"]), ("easy", results["easy"]), ("random", mean), key=lambda kv: kv[1])[0]
-        rows.append((f"{fraction:.1f}", f"{int(mask.sum()):,}", f"{results['hard']:.4f}", f"{results['easy']:.4f}", f"{mean:.4f} ± {sd:.4f}", best))
-        print(f"  fraction {fraction:.1f} done", flush=True)
+    scores: dict[tuple[float, str], list[float]] = {}
+    for seed in args.seeds:
+        centroids = spherical_kmeans(x_train, args.clusters, seed=seed)
+        clusters, distance = prototype_distance(x_train, centroids)
+        for fraction in args.fractions:
+            for method in METHODS:
+                pick = select(method, distance, clusters, fraction, seed)
+                scores.setdefault((fraction, method), []).append(train_and_test(x_train[pick], y_train[pick], x_test, y_test, len(sections)))
+            print(f"  seed {seed} fraction {fraction:.1f} done ({time.perf_counter() - started:.0f} s)", flush=True)
     print()
+    rows = [("kept fraction", "kept rows", *METHODS, "best")]
+    for fraction in args.fractions:
+        cells, means = [], {}
+        for method in METHODS:
+            values = scores[(fraction, method)]
+            means[method] = float(np.mean(values))
+            sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            cells.append(f"{means[method]:.4f} ± {sd:.4f}")
+        rows.append((f"{fraction:.1f}", f"{int(np.floor(fraction * len(train) + 0.5)):,}", *cells, max(means, key=means.get)))
     widths = [max(len(str(r[c])) for r in rows) for c in range(len(rows[0]))]
     for n, row in enumerate(rows):
         print("| " + " | ".join(str(v).ljust(w) for v, w in zip(row, widths)) + " |")
         if n == 0:
             print("| " + " | ".join("-" * w for w in widths) + " |")
-    print(f"| 1.0 | {len(train):,} | {full:.4f} (no pruning) | | | |")
-    print(f"\n({time.perf_counter() - started:.0f} s)")
+    print(f"| 1.0 | {len(train):,} | {full:.4f} (no pruning) |" + " |" * len(METHODS))
+    print(f"\n(test accuracy, mean ± sample sd over {len(args.seeds)} seeds; {time.perf_counter() - started:.0f} s)")
+    if args.json:
+        import json
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"model": args.model, "full": full, "seeds": args.seeds, "scores": {f"{f}:{m}": v for (f, m), v in scores.items()}}, indent=1))
 
 
 if __name__ == "__main__":

@@ -468,6 +468,37 @@ def export_command(
     out_console.print(f"exported {result.rows:,} kept rows to {result.target} ({len(result.files)} file{'s' if len(result.files) != 1 else ''})")
 
 
+# ---------------------------------------------------------------------------------------
+# `curate evaluate`: evidence before compute (logic in curate/evaluate.py).
+
+
+@app.command()
+def evaluate(
+    output: Path = typer.Argument(..., help="Output directory of a finished run."),
+    label_column: str = typer.Option(..., "--label-column", help="Label column the proxy classifier learns (e.g. section)."),
+    score: Optional[List[str]] = typer.Option(None, "--score", help="Numeric score column to check against random (repeatable); pools are its quantiles."),
+    direction: str = typer.Option("auto", "--direction", help="auto | higher | lower: which score values are better."),
+    budgets: Optional[str] = typer.Option(None, "--budgets", help="Budgets (samples seen): C1,C2,... or START:STOP:COUNT."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Proxy seeds per run (2+: the uncertainty is the spread across seeds)."),
+    rerun: bool = typer.Option(False, "--rerun", help="Retrain the proxy runs instead of reusing cached ones."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Check the run's pools and any score column against random data of the same size (proxy trainings); writes the report."""
+    from curate.evaluate import evaluate_output
+
+    if direction not in ("auto", "higher", "lower"):
+        raise UsageError(f"--direction {direction!r}", fix="use auto, higher or lower")
+    if seeds is not None and seeds < 1:
+        raise UsageError(f"--seeds {seeds}", fix="use 1 or more")
+    parsed = None
+    if budgets is not None:
+        from curate.scaling.allocate import parse_budgets
+
+        parsed = parse_budgets(budgets)
+    path = evaluate_output(output, label_column, score or [], direction=direction, budgets=parsed, seeds=seeds, rerun=rerun, progress=_progress(quiet))
+    out_console.print(f"report: {path}")
+
+
 def _is_click_error(exc: BaseException) -> bool:
     """click's ClickException, whether from click or from the copy that typer vendors."""
     return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__)

@@ -160,7 +160,9 @@ def test_demo_ends_with_a_budget_plan(tmp_path):
     main(["demo", "-o", str(tmp_path / "demo"), "-q"])
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert report["law"]["model"] == "goyal2024" and len(report["law"]["pools"]) == 4
-    assert len(report["plan"]["mixes"]) == 6 and report["recommendation"].startswith("For budget")
-    assert {"funnel", "pool_scores", "fit_per_pool", "loss_vs_budget", "mix_vs_budget"} <= set(report["plots"])
+    assert len(report["plan"]["mixes"]) == 6 and report["recommendation"].startswith(("No mix of the pools beats random", "The chosen mix of the pools beats random"))
+    assert len(report["random_baseline"]["budgets"]) == 6  # the random baseline, per planned budget
+    assert {"funnel", "pool_scores", "fit_per_pool", "loss_vs_budget", "mix_vs_budget", "random_baseline"} <= set(report["plots"])
     runs = (tmp_path / "demo" / "scaling" / "runs.csv").read_text().splitlines()
     assert runs[0].startswith("pool,pool_size,samples_seen,loss") and len(runs) == 1 + 4 * 7 + 3 * 3
+    assert len((tmp_path / "demo" / "scaling" / "runs_random.csv").read_text().splitlines()) == len(runs)

@@ -37,3 +37,22 @@ def assign_pools(scores: np.ndarray, edges: np.ndarray, higher_is_better: bool) 
     pools = worse_than.astype(np.int32)
     pools[np.isnan(g)] = len(edges)
     return pools
+
+
+def pool_edges_by_group(scores: np.ndarray, groups: np.ndarray, pools: int, higher_is_better: bool) -> np.ndarray:
+    """Edges per group, shape (groups, K - 1): balanced pools bucket each group on its own, so
+    every pool holds the same group mix (each cluster or label contributes its share of best
+    rows to pool 0) instead of pool 0 filling up with whole clusters. `groups` are ids >= 0."""
+    groups = np.asarray(groups, dtype=np.int64)
+    count = int(groups.max()) + 1 if len(groups) else 0
+    return np.vstack([pool_edges(scores[groups == g], pools, higher_is_better) for g in range(count)]) if count else np.empty((0, pools - 1))
+
+
+def assign_pools_by_group(scores: np.ndarray, groups: np.ndarray, edges: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    """Pool of each score against its own group's edges (`pool_edges_by_group`)."""
+    groups = np.asarray(groups, dtype=np.int64)
+    out = np.empty(len(scores), dtype=np.int32)
+    for g in np.unique(groups):
+        rows = groups == g
+        out[rows] = assign_pools(np.asarray(scores)[rows], edges[g], higher_is_better)
+    return out

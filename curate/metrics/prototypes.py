@@ -15,6 +15,16 @@ import numpy as np
 from curate.metrics.kmeans import assign
 
 KEEP_CHOICES = ("hard", "easy", "auto", "none")
+BALANCE_CHOICES = ("none", "cluster", "label")
+
+
+def check_balance(balance: str, label_column: str) -> None:
+    """`balance`: prune within each k-means cluster ("cluster") or each value of `label_column`
+    ("label") so the kept data keeps that mix; "none" prunes by distance over all rows."""
+    if balance not in BALANCE_CHOICES:
+        raise ValueError(f"balance must be one of {', '.join(BALANCE_CHOICES)}, got {balance!r}")
+    if (balance == "label") != bool(label_column):
+        raise ValueError('balance = "label" needs label_column = "COLUMN", and label_column is only used with it')
 
 
 def prototype_distance(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -28,17 +38,51 @@ def keep_count(n: int, fraction: float) -> int:
     return min(n, max(0, int(math.floor(fraction * n + 0.5))))
 
 
-def select_by_difficulty(distance: np.ndarray, fraction: float, keep: str) -> np.ndarray:
-    """Boolean keep mask: exactly `keep_count` rows, hardest or easiest, ties to earlier rows."""
+def group_quotas(groups: np.ndarray, total: int) -> np.ndarray:
+    """Rows to keep per group (indexed by group id) so the kept mix follows the groups' sizes
+    and the quotas sum to exactly `total`: largest remainders, ties to the smaller group id."""
+    sizes = np.bincount(groups) if len(groups) else np.zeros(0, np.int64)
+    if total <= 0 or sizes.sum() == 0:
+        return np.zeros(len(sizes), np.int64)
+    exact = sizes * (total / sizes.sum())
+    quotas = np.floor(exact).astype(np.int64)
+    short = total - int(quotas.sum())
+    if short > 0:
+        order = np.lexsort((np.arange(len(sizes)), -(exact - quotas)))
+        order = order[quotas[order] < sizes[order]]
+        quotas[order[:short]] += 1
+    return quotas
+
+
+def select_by_difficulty(distance: np.ndarray, fraction: float, keep: str, groups: np.ndarray | None = None) -> np.ndarray:
+    """Boolean keep mask: exactly `keep_count` rows, hardest or easiest, ties to earlier rows.
+
+    With `groups` (a k-means cluster or label id per row, >= 0) the pruning is balanced: each
+    group keeps its share of the total (`group_quotas`), its hardest or easiest rows, so the kept
+    data has the same cluster/label mix as the input. Unbalanced pruning by prototype distance
+    drains whole clusters (tight clusters are all "easy"), which shifts the label mix: on Debian
+    sections random pruning beat it at every kept fraction (docs/embeddings.md)."""
     n = len(distance)
     if keep == "none":
         return np.ones(n, dtype=bool)
     if keep not in ("hard", "easy"):
         raise ValueError(f"keep must be hard, easy or none here, got {keep!r}")
     key = -distance.astype(np.float64) if keep == "hard" else distance.astype(np.float64)
-    order = np.lexsort((np.arange(n), key))
     mask = np.zeros(n, dtype=bool)
-    mask[order[: keep_count(n, fraction)]] = True
+    total = keep_count(n, fraction)
+    if groups is None:
+        order = np.lexsort((np.arange(n), key))
+        mask[order[:total]] = True
+        return mask
+    groups = np.asarray(groups, dtype=np.int64)
+    if len(groups) != n or (n and groups.min() < 0):
+        raise ValueError("groups must give a non-negative group id per row")
+    order = np.lexsort((np.arange(n), key, groups))  # by group, then difficulty, then input order
+    sorted_groups = groups[order]
+    starts = np.searchsorted(sorted_groups, sorted_groups, side="left")
+    rank = np.arange(n) - starts
+    quotas = group_quotas(groups, total)
+    mask[order[rank < quotas[sorted_groups]]] = True
     return mask
 
 

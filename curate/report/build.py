@@ -39,12 +39,16 @@ def _pools_phrase(names: Sequence[str]) -> str:
     return f"pools {names[0]}-{names[-1]}"
 
 
-def recommendation(law: Law, mix: dict) -> str:
+def recommendation(law: Law, mix: dict, comparison: dict | None = None) -> str:
     """The plan in words, one line per statement: per budget the mix and epochs, where adding a
-    pool starts to pay, then caveats. The HTML shows the lines as a list."""
+    pool starts to pay, then caveats. With a random baseline (`comparison`), its verdict comes
+    first and each budget's line says how the mix compares with random data and all data.
+    The HTML shows the lines as a list."""
+    from curate.evaluate import comparison_lines
+
     entries = mix.get("mixes", [mix])
-    lines = []
-    for e in entries:
+    lines = comparison_lines(comparison) if comparison else []
+    for e in ([] if comparison else entries):
         all_pools = e["candidates"][-1]
         gain = (1 - e["predicted_loss"] / all_pools["predicted_loss"]) * 100
         versus = "" if len(e["pools"]) == len(law.pools) else f", {gain:.1f}% below training on all {len(law.pools)} pools"
@@ -86,6 +90,7 @@ _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd}
 .rec{background:#f3f7ee;border-left:4px solid #5a8f29;padding:.8em 1em .8em 2.2em}.rec li{margin:.2em 0}
+.rec.warn{background:#fdf3e7;border-left-color:#c2571a}.rec.warn li:first-child{font-weight:600}
 .note{color:#666;font-size:.9em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f4f4f4}
 figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
@@ -97,9 +102,15 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
     sections = [f"<h1>{html.escape(report['title'])}</h1>"]
     if report.get("recommendation"):
         items = "".join(f"<li>{html.escape(line)}</li>" for line in report["recommendation"].splitlines())
-        sections.append(f'<ul class="rec">{items}</ul>')
+        warn = (report.get("random_baseline") or {}).get("verdict") == "no_better_than_random"
+        sections.append(f'<ul class="rec{" warn" if warn else ""}">{items}</ul>')
     for note in report.get("notes", []):
         sections.append(f'<p class="note">{html.escape(note)}</p>')
+    if report.get("random_baseline"):
+        sections.append("<h2>Against random data</h2>")
+        sections.append(_comparison_html(report["random_baseline"], "the pools' chosen mix"))
+        if "random_baseline" in images:
+            sections.append(_img(images["random_baseline"], "Predicted loss of the chosen mix, of random data of the same size (bars: 2 sd of the difference) and of all data"))
     law = report.get("law")
     if law:
         sections.append("<h2>Budget plan</h2>")
@@ -124,6 +135,29 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
         ))
         if "fit_per_pool" in images:
             sections.append(_img(images["fit_per_pool"], "Fitted curves against the observed runs, per pool and mix"))
+    for evaluation in report.get("evaluations") or []:
+        sections.append(f"<h2>Score {html.escape(evaluation['score'])} against random data</h2>")
+        sections.append(f"<p>{evaluation['pools']} quantile pools of {html.escape(evaluation['score'])} ({html.escape(evaluation['direction_reason'])}; rows per pool {', '.join(f'{c:,}' for c in evaluation['pool_rows'])}), each prefix against random pools of the same sizes.</p>")
+        from curate.evaluate import comparison_lines
+
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in comparison_lines(evaluation["comparison"], f"quality prefix of {evaluation['score']}"))
+        sections.append(f'<ul class="rec">{items}</ul>')
+        sections.append(_comparison_html(evaluation["comparison"], f"pools of {evaluation['score']}"))
+    seta = report.get("seta_check")
+    if seta:
+        from curate.evaluate import seta_lines
+
+        sections.append("<h2>SeTa schedule against random data</h2>")
+        sections.append(f'<ul class="rec">{"".join(f"<li>{html.escape(line)}</li>" for line in seta_lines(seta))}</ul>')
+        sections.append(_table(
+            ["method", "held-out accuracy", "sd", "visits", "of full-data visits"],
+            [[m, f"{v['accuracy_mean']:.4f}", f"{v['accuracy_sd']:.4f}", f"{v['visits']:,}", f"{v['visit_fraction']:.1%}"] for m, v in seta["methods"].items()],
+        ))
+        schedule = seta.get("schedule")
+        if schedule:
+            sections.append(f"<p>Schedule (seta_schedule.json): {schedule['epochs']} epochs, {schedule['groups']} loss clusters, window {schedule['window']}; "
+                            f"it visits {schedule['visit_fraction']:.1%} of full-data training on the kept rows.</p>")
+            sections.append(_table(["epoch", "mode", "clusters", "rows"], [[e.get("epoch", i), e["mode"], ",".join(str(c) for c in e.get("clusters") or []) or "all", f"{e['rows']:,}"] for i, e in enumerate(schedule["plan"])]))
     pipeline = report.get("pipeline")
     if pipeline:
         sections.append("<h2>Pipeline</h2>")
@@ -137,6 +171,22 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
     return f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(report['title'])}</title><style>{_CSS}</style></head><body>{''.join(sections)}</body></html>\n"
 
 
+def _comparison_html(comparison: dict, what: str) -> str:
+    """Per budget: the chosen prefix, random data of its size, all data, the difference ± sd, the verdict."""
+    from curate.evaluate import STATUS_SHORT
+
+    intro = (f"<p>Verdict: <b>{'beats random data' if comparison['verdict'] == 'beats_random' else 'no better than random data'}</b> "
+             f"({html.escape(what)}; a mix beats random only when its predicted loss is lower by more than {comparison['margin_sd']:g} sd of the difference; "
+             f"uncertainty: {html.escape(comparison['uncertainty'])}).</p>")
+    return intro + _table(
+        ["budget", "chosen pools", "unique", "predicted loss", "random, same size", "all data", "difference ± sd", "verdict", "train on"],
+        [[f"{e['budget']:.3g}", "+".join(e["pools"]), f"{e['unique']:,}", f"{e['predicted_loss']:.4g}", f"{e['random_same_size']:.4g}", f"{e['all_data']:.4g}",
+          "(same data)" if e["status"] == "all_data" else f"{e['difference']:+.3g} ± {e['difference_sd']:.2g}", STATUS_SHORT[e["status"]],
+          _pools_phrase(e["pools"]) if e["status"] == "beats_random" else ("all data" if e["alternative"]["kind"] == "all_data" else f"random {e['alternative']['unique']:,}")]
+         for e in comparison["budgets"]],
+    )
+
+
 def write_report(directory: Path, report: dict, images: dict[str, Path]) -> Path:
     report = {**report, "plots": {k: f"plots/{p.name}" for k, p in images.items()}}
     atomic_write_json(directory / "report.json", report)
@@ -144,7 +194,7 @@ def write_report(directory: Path, report: dict, images: dict[str, Path]) -> Path
     return directory / "report.html"
 
 
-def _law_section(law: Law, budgets: Sequence[float], plot_dir: Path) -> tuple[dict, dict[str, Path]]:
+def _law_section(law: Law, budgets: Sequence[float], plot_dir: Path, comparison: dict | None = None) -> tuple[dict, dict[str, Path]]:
     mix = plan(law, budgets)
     images = {
         "loss_vs_budget": plots.loss_vs_budget(law, budgets, mix["switches"], plot_dir / "loss_vs_budget.png"),
@@ -153,7 +203,9 @@ def _law_section(law: Law, budgets: Sequence[float], plot_dir: Path) -> tuple[di
     fitted = plots.fit_per_pool(law, plot_dir / "fit_per_pool.png")
     if fitted is not None:
         images["fit_per_pool"] = fitted
-    return {"law": law_to_json(law), "plan": mix, "recommendation": recommendation(law, mix)}, images
+    if comparison:
+        images["random_baseline"] = plots.random_baseline(comparison, plot_dir / "random_baseline.png")
+    return {"law": law_to_json(law), "plan": mix, "recommendation": recommendation(law, mix, comparison), "random_baseline": comparison}, images
 
 
 def build_law_report(law: Law, budgets: Sequence[float] | None, directory: str | Path) -> Path:
@@ -190,20 +242,56 @@ def _pools_score_column(manifest: dict, kept: pl.DataFrame) -> str | None:
     return None
 
 
-def _proxy_law(out: Path, kept: pl.DataFrame, pools: np.ndarray, settings: ReportSettings, manifest: dict, rerun: bool, progress: Progress) -> Law:
-    """Fit from proxy trainings on the pools (runs reused from scaling/runs.csv unless rerun)."""
-    from curate.scaling.proxy_runs import EXTRA_COLUMNS, ProxyRunSettings, run_proxy_trainings
+def prototypes_keep(manifest: dict) -> str | None:
+    """The keep rule the run's prototypes stage used (for the direction of proto_distance)."""
+    keep = None
+    for entry in manifest.get("stages", []):
+        if entry.get("kind") == "prototypes" and entry.get("status") == "done":
+            keep = (entry.get("info") or {}).get("keep", keep)
+    return keep
 
-    runs_path = out / SCALING_DIR / "runs.csv"
-    if rerun or not runs_path.exists():
-        text_column = manifest["config"]["input"]["text_column"]
-        proxy = ProxyRunSettings(
-            epochs=tuple(settings.epochs), mix_epochs=tuple(settings.mix_epochs), heldout_fraction=settings.heldout_fraction,
-            classes=settings.classes, seeds=settings.seeds, metric=settings.metric, seed=int(manifest.get("seed", 0)),
-        )
-        rows = run_proxy_trainings(kept.get_column(text_column).to_arrow(), kept.get_column(settings.label_column).to_list(), pools, proxy, progress)
-        write_runs(runs_path, rows, EXTRA_COLUMNS)
-    return fit_law(read_runs(runs_path), REPETITION_NAMES[settings.repetition], settings.irreducible).law
+
+def _proxy_law(out: Path, kept: pl.DataFrame, pools: np.ndarray, settings: ReportSettings, manifest: dict, rerun: bool, progress: Progress) -> tuple[Law, list[dict], list[dict]]:
+    """Fit from proxy trainings on the pools; also the same trainings on random pools of the same
+    sizes (the random baseline). Runs cached in scaling/runs.csv and runs_random.csv unless rerun."""
+    from curate.evaluate import proxy_rows
+
+    text_column = manifest["config"]["input"]["text_column"]
+    quality, random = proxy_rows(out, out / SCALING_DIR, kept, pools, settings, text_column, int(manifest.get("seed", 0)), rerun, progress)
+    return fit_law(read_runs(out / SCALING_DIR / "runs.csv"), REPETITION_NAMES[settings.repetition], settings.irreducible).law, quality, random
+
+
+def _seta_check(out: Path, kept: pl.DataFrame, settings: ReportSettings, manifest: dict, rerun: bool, progress: Progress) -> dict | None:
+    """SeTa vs full data vs random at equal visits, when loss_clusters wrote a schedule and a label
+    column is known ([report] label_column, else the stage's own); cached in scaling/seta_check.json."""
+    import json
+
+    from curate.evaluate import seta_check
+    from curate.metrics.loss_clusters import SeTaConfig
+    from curate.stages.loss_clusters import SCHEDULE_FILE
+
+    path = out / SCHEDULE_FILE
+    stage = next((s for s in manifest.get("config", {}).get("stages", []) if s.get("kind") == "loss_clusters"), None)
+    if stage is None or not path.exists():
+        return None
+    options = stage.get("options", {})
+    label = settings.label_column or options.get("label_column")
+    if not label or label not in kept.columns:
+        return None
+    schedule = json.loads(path.read_text())
+    config = SeTaConfig(epochs=schedule["epochs"], prune_ratio=schedule["prune_ratio"], groups=schedule["groups"], window_scale=schedule["window_scale"], delta=schedule["delta"])
+    key = {"config": repr(config), "label": label, "rows": kept.height, "seta_rows": settings.seta_rows, "seta_seeds": settings.seta_seeds, "classes": settings.classes}
+    cache = out / SCALING_DIR / "seta_check.json"
+    if not rerun and cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached
+    text_column = manifest["config"]["input"]["text_column"]
+    check = seta_check(kept.get_column(text_column).to_arrow(), kept.get_column(label).to_list(), config, seeds=settings.seta_seeds,
+                       classes=settings.classes, max_rows=settings.seta_rows, seed=int(manifest.get("seed", 0)), progress=progress)
+    check = {**check, "label_column": label, "schedule": {k: schedule[k] for k in ("epochs", "groups", "window", "visit_fraction", "plan")}, "key": key}
+    save_json(cache, check)
+    return check
 
 
 def build_pipeline_report(out: str | Path, overrides: dict | None = None, rerun: bool = False, progress: Progress = QUIET) -> Path:
@@ -247,6 +335,7 @@ def build_pipeline_report(out: str | Path, overrides: dict | None = None, rerun:
             images["pool_scores"] = plots.pool_scores(scores[pooled], pools[pooled], score_name, plot_dir / "pool_scores.png")
 
     law = None
+    comparison = None
     if settings.law:
         law = load_law(settings.law)
     elif settings.runs:
@@ -254,24 +343,37 @@ def build_pipeline_report(out: str | Path, overrides: dict | None = None, rerun:
     elif settings.label_column and pools is not None:
         if settings.label_column not in kept.columns:
             raise UsageError(f"[report] label_column {settings.label_column!r} is not a column of kept/", path=out, fix=f"use one of {kept.columns}")
-        law = _proxy_law(out, kept, pools, settings, manifest, rerun, progress)
+        law, quality_runs, random_runs = _proxy_law(out, kept, pools, settings, manifest, rerun, progress)
         measured = "held-out error rate (1 - accuracy)" if settings.metric == "error" else "held-out cross-entropy"
         notes.append(f"'Loss' in this plan is the proxy classifier's {measured} on {settings.label_column!r} (the {settings.classes} most frequent values), from scaling/runs.csv.")
         counts = pipeline["pools"]["counts"]
+        full_sizes = None
         if [p.name for p in law.pools] == list(counts):
-            law = law.with_sizes([counts[p.name] for p in law.pools])
+            full_sizes = [float(counts[p.name]) for p in law.pools]
+            law = law.with_sizes(full_sizes)
             notes.append("The law was fitted on proxy trainings over part of each pool (the largest label classes, a held-out split); the plan is for the full pools in kept/.")
+        from curate.evaluate import compare_to_random
+
+        comparison = compare_to_random(quality_runs, random_runs, settings.budgets or default_budgets(law), REPETITION_NAMES[settings.repetition], settings.irreducible, sizes=full_sizes, seed=int(manifest.get("seed", 0)))
+        notes.append("Random baseline: the same proxy trainings on random pools of the same sizes (scaling/runs_random.csv), fitted the same way; "
+                     "'random data of the same size' is that law's prediction for the chosen prefix's size. In that comparison each prefix (and random subset) is "
+                     "predicted by a law fitted to its own runs, so its chosen mix can differ from the budget plan's, which builds mixes from the per-pool law.")
     else:
         notes.append('No budget plan: set label_column (proxy trainings on the pools), runs = "RUNS.csv" or law = "LAW.json" in the pipeline\'s [report] table.')
 
-    report: dict[str, Any] = {"title": "curate: pipeline report and budget-aware data mix", "notes": notes, "pipeline": pipeline, "recommendation": None, "law": None, "plan": None}
+    report: dict[str, Any] = {"title": "curate: pipeline report and budget-aware data mix", "notes": notes, "pipeline": pipeline, "recommendation": None, "law": None, "plan": None, "random_baseline": None}
     if law is not None:
         save_law(out / SCALING_DIR / "law.json", law)
         budgets = settings.budgets or default_budgets(law)
-        section, law_images = _law_section(law, budgets, plot_dir)
+        section, law_images = _law_section(law, budgets, plot_dir, comparison)
         save_json(out / SCALING_DIR / "mix.json", section["plan"])
         report.update(section)
         images = {**law_images, **images}
+    from curate.evaluate import load_evaluations
+
+    report["verdict"] = (report.get("random_baseline") or {}).get("verdict")  # the plan's verdict against random data, or None
+    report["evaluations"] = load_evaluations(out)
+    report["seta_check"] = _seta_check(out, kept, settings, manifest, rerun, progress) if kept.height else None
     return write_report(out, report, images)
 
 

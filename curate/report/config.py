@@ -26,11 +26,13 @@ REPORT_DEFAULTS: dict[str, Any] = {
     "irreducible": 0.0,
     "repetition": "goyal",
     "budget": None,  # the training budget in samples seen: the prototypes stage's keep = "auto" reads it
+    "seta_rows": 10000,  # SeTa check (after a loss_clusters stage): training rows sampled for its short proxy runs
+    "seta_seeds": 3,  # SeTa check: seeds per method (full, SeTa, random at equal visits)
 }
 _TYPES: dict[str, tuple[type, ...]] = {
     "law": (str,), "runs": (str,), "label_column": (str,), "pools": (int,), "classes": (int,), "seeds": (int,),
     "metric": (str,), "heldout_fraction": (float, int), "irreducible": (float, int), "repetition": (str,),
-    "budget": (float, int),
+    "budget": (float, int), "seta_rows": (int,), "seta_seeds": (int,),
 }
 
 
@@ -49,6 +51,8 @@ class ReportSettings:
     heldout_fraction: float = 0.2
     irreducible: float = 0.0
     repetition: str = "goyal"
+    seta_rows: int = 10000
+    seta_seeds: int = 3
 
 
 def _numbers(value: Any, key: str, where: str, allow_empty: bool = False) -> list[float]:
@@ -78,6 +82,6 @@ def parse_report_table(table: dict[str, Any] | None, where: str = "pipeline") ->
         raise UsageError(f"[report] metric {settings.metric!r}", path=where, fix='use "loss" or "error"')
     if settings.repetition not in ("goyal", "muennighoff"):
         raise UsageError(f"[report] repetition {settings.repetition!r}", path=where, fix='use "goyal" or "muennighoff"')
-    if settings.pools < 2 or settings.classes < 2 or settings.seeds < 1 or not (0 < settings.heldout_fraction < 1) or settings.irreducible < 0:
-        raise UsageError("[report] needs pools >= 2, classes >= 2, seeds >= 1, 0 < heldout_fraction < 1, irreducible >= 0", path=where, fix="fix the [report] values")
+    if settings.pools < 2 or settings.classes < 2 or settings.seeds < 1 or not (0 < settings.heldout_fraction < 1) or settings.irreducible < 0 or settings.seta_rows < 50 or settings.seta_seeds < 2:
+        raise UsageError("[report] needs pools >= 2, classes >= 2, seeds >= 1, 0 < heldout_fraction < 1, irreducible >= 0, seta_rows >= 50, seta_seeds >= 2", path=where, fix="fix the [report] values")
     return settings

@@ -142,3 +142,29 @@ def pool_scores(scores: np.ndarray, pools: np.ndarray, score_name: str, path: Pa
     ax.set_title(f"{score_name} per pool")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def random_baseline(comparison: dict, path: Path) -> Path:
+    """Per planned budget: the chosen mix, random data of the same size (bars: 2 sd of the
+    difference, drawn around it) and all data, as predicted by the two fitted laws."""
+    entries = comparison["budgets"]
+    budgets = np.array([e["budget"] for e in entries])
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(budgets, [e["predicted_loss"] for e in entries], "o-", color="tab:green", label="chosen mix of the pools")
+    same = np.array([e["random_same_size"] for e in entries])
+    # no bars where the best mix is all the data: there the two sides are the same rows
+    spread = comparison.get("margin_sd", 2.0) * np.nan_to_num(np.array([0.0 if e["status"] == "all_data" else e["difference_sd"] for e in entries]))
+    ax.errorbar(budgets, same, yerr=spread, fmt="s--", color="tab:red", capsize=3, label="random data of the same size")
+    ax.plot(budgets, [e["all_data"] for e in entries], "^:", color="tab:blue", markerfacecolor="none", markersize=10, zorder=4, label="all data")
+    for e in entries:
+        if e["status"] == "beats_random":
+            ax.annotate("beats random", (e["budget"], e["predicted_loss"]), textcoords="offset points", xytext=(0, -14), ha="center", fontsize=7, color="tab:green")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("budget (samples seen)")
+    ax.set_ylabel("predicted loss")
+    verdict = "beats random" if comparison["verdict"] == "beats_random" else "no better than random"
+    ax.set_title(f"Chosen mix against random data of the same size: {verdict}")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.2)
+    return _save(fig, path)

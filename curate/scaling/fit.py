@@ -92,9 +92,11 @@ def _clip_inside(theta: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.
 
 
 def fit_law(
-    runs: RunsTable, model: str = GOYAL, irreducible: float = 0.0, default_tau: float | None = None, starts: int = 4
+    runs: RunsTable, model: str = GOYAL, irreducible: float = 0.0, default_tau: float | None = None, starts: int = 4, max_nfev: int = 2000
 ) -> FitResult:
-    """Fit a, b_i and the repetition parameter of every pool seen past one pass."""
+    """Fit a, b_i and the repetition parameter of every pool seen past one pass. Refits that only
+    measure a spread (bootstraps) pass starts=1 and a smaller max_nfev: ill-posed subsets (one
+    seed's few runs) otherwise spend seconds each at the 2,000-evaluation cap."""
     free = identified_pools(runs)
     k = len(runs.pool_names)
     grid = TAU_GRID[model]
@@ -126,7 +128,7 @@ def fit_law(
         if any(np.allclose(theta, s, rtol=1e-3, atol=1e-6) for s in seen_starts):
             continue
         seen_starts.append(theta)
-        result = least_squares(problem.residuals, _clip_inside(theta, lower, upper), bounds=(lower, upper), x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=2000)
+        result = least_squares(problem.residuals, _clip_inside(theta, lower, upper), bounds=(lower, upper), x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=max_nfev)
         if best is None or result.cost < best.cost:
             best = result
     a, b, tau = problem.unpack(best.x)

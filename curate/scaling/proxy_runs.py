@@ -92,10 +92,15 @@ def _trajectory(
 
 
 def run_proxy_trainings(
-    texts, labels: Sequence, pools: Sequence[int], settings: ProxyRunSettings = ProxyRunSettings(), progress: Progress = QUIET
+    texts, labels: Sequence, pools: Sequence[int], settings: ProxyRunSettings = ProxyRunSettings(), progress: Progress = QUIET, random_pools: bool = False
 ) -> list[dict]:
     """RUNS.csv rows (pool, pool_size, samples_seen, loss, plus seed, epochs, error) for every
-    pool alone at settings.epochs and every prefix mix at settings.mix_epochs."""
+    pool alone at settings.epochs and every prefix mix at settings.mix_epochs.
+
+    `random_pools`: the random baseline. The training rows are dealt into pools of exactly the
+    same sizes at random (a fresh deal per seed), then trained with the same checkpoints, seeds
+    and held-out rows; random prefix 0..j-1 is a uniform random subset of the size of quality
+    prefix 0..j-1, so a law fitted to these runs predicts "random data of the same size"."""
     if settings.metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}")
     rows, y = top_classes(labels, settings.classes)
@@ -104,27 +109,30 @@ def run_proxy_trainings(
     num_classes = int(y.max()) + 1
     heldout, train = _split(len(y), settings)
     pool_ids = sorted(int(p) for p in np.unique(pools[train]))
-    members = {p: train[pools[train] == p] for p in pool_ids}
     plans: list[tuple[list[int], Sequence[float]]] = [([p], settings.epochs) for p in pool_ids]
     if settings.mix_epochs or settings.budgets:
         plans += [(pool_ids[:j], settings.mix_epochs) for j in range(2, len(pool_ids) + 1)]
+    sizes = {p: int(np.sum(pools[train] == p)) for p in pool_ids}
     if settings.budgets:
-        plans = [(mix, tuple(b / sum(len(members[p]) for p in mix) for b in settings.budgets)) for mix, _ in plans]
-    total = sum(len(np.concatenate([members[p] for p in mix])) * max(epochs) * settings.seeds for mix, epochs in plans)
+        plans = [(mix, tuple(b / sum(sizes[p] for p in mix) for b in settings.budgets)) for mix, _ in plans]
+    total = sum(sum(sizes[p] for p in mix) * max(epochs) * settings.seeds for mix, epochs in plans)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny batches: threading costs more than it gives
     out: list[dict] = []
     try:
-        with progress.task("proxy trainings", total=int(total), unit="samples") as bar:
-            for mix, epochs in plans:
-                mix_rows = np.concatenate([members[p] for p in mix])
-                for s in range(settings.seeds):
+        with progress.task("proxy trainings (random baseline)" if random_pools else "proxy trainings", total=int(total), unit="samples") as bar:
+            for s in range(settings.seeds):
+                train_pools = np.random.default_rng([settings.seed, 3, s]).permutation(pools[train]) if random_pools else pools[train]
+                members = {p: train[train_pools == p] for p in pool_ids}
+                for mix, epochs in plans:
+                    mix_rows = np.concatenate([members[p] for p in mix])
                     for seen, value, error in _trajectory(bags, y, num_classes, mix_rows, heldout, epochs, settings.metric, settings.seed + 1000 * s + 17 * len(mix), settings.proxy):
                         out.append({"pool": "+".join(str(p) for p in mix), "pool_size": len(mix_rows), "samples_seen": seen, "loss": round(value, 6), "seed": s, "epochs": round(seen / len(mix_rows), 4), "error": round(error, 6)})
                     bar.advance(int(len(mix_rows) * max(epochs)))
     finally:
         torch.set_num_threads(threads)
-    return out
+    order = {label: i for i, label in enumerate(dict.fromkeys("+".join(str(p) for p in mix) for mix, _ in plans))}
+    return sorted(out, key=lambda r: (order[r["pool"]], r["seed"]))  # stable: per pool, seeds in order, checkpoints ascending
 
 
 EXTRA_COLUMNS = ("seed", "epochs", "error")

@@ -15,7 +15,8 @@ import pyarrow.compute as pc
 from curate.errors import UsageError
 from curate.ledger import empty_ledger
 from curate.manifest import read_manifest
-from curate.metrics.pools import assign_pools, pool_edges
+from curate.metrics.pools import assign_pools, assign_pools_by_group, pool_edges, pool_edges_by_group
+from curate.stages._balance import fit_group_values, group_ids
 from curate.stages.base import BatchSource, Stage, StageContext
 from curate.stages.prototypes import with_columns
 
@@ -49,7 +50,7 @@ class Pools(Stage):
     kind = "pools"
     needs_fit = True
 
-    def __init__(self, *, score: str = "proto_distance", pools: int = 4, higher_is_better: bool | str | None = None):
+    def __init__(self, *, score: str = "proto_distance", pools: int = 4, higher_is_better: bool | str | None = None, balance_column: str = ""):
         if not score:
             raise ValueError("score must name a numeric column")
         if pools < 1:
@@ -59,6 +60,7 @@ class Pools(Stage):
         self.score = score
         self.pools = pools
         self.higher_is_better = higher_is_better
+        self.balance_column = balance_column  # e.g. "proto_cluster" or a label: pools within each value (curate.stages._balance)
 
     def fit_shard(self, source: BatchSource, ctx: StageContext) -> np.ndarray:
         """This unit's scores, in the narrowest dtype that holds them exactly (NaN = missing)."""
@@ -77,11 +79,19 @@ class Pools(Stage):
         else:
             self.higher_is_better_, reason = auto_direction(self.score, ctx)
         values = np.concatenate(partials).astype(np.float64, copy=False) if partials else np.empty(0)
-        self.edges_ = pool_edges(values, self.pools, self.higher_is_better_)
-        counts = np.bincount(assign_pools(values, self.edges_, self.higher_is_better_), minlength=self.pools)
+        # balance_column: the group of each row is read here (one small column, in input order)
+        self.groups_ = fit_group_values(source, self.balance_column) if self.balance_column else None
+        if self.groups_ is None:
+            self.edges_ = pool_edges(values, self.pools, self.higher_is_better_)
+            counts = np.bincount(assign_pools(values, self.edges_, self.higher_is_better_), minlength=self.pools)
+        else:
+            ids = np.concatenate([group_ids(b.column(self.balance_column), self.groups_) for b in source.batches(columns=[self.balance_column])] or [np.empty(0, np.int64)])
+            self.edges_ = pool_edges_by_group(values, ids, self.pools, self.higher_is_better_)
+            counts = np.bincount(assign_pools_by_group(values, ids, self.edges_, self.higher_is_better_), minlength=self.pools)
         ctx.info.update(
             score=self.score, pools=self.pools, higher_is_better=self.higher_is_better_, direction_reason=reason,
-            edges=[float(e) if self.higher_is_better_ else -float(e) for e in self.edges_], pool_rows=counts.tolist(),
+            edges=None if self.groups_ is not None else [float(e) if self.higher_is_better_ else -float(e) for e in self.edges_], pool_rows=counts.tolist(),
+            balance_column=self.balance_column or None,
             missing_scores=int(np.isnan(values).sum()),
             fit=f"scores read per unit on workers ({len(partials)} units), exact quantiles on the driver over {len(values)} gathered scores",
         )
@@ -97,7 +107,10 @@ class Pools(Stage):
         return kind
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
-        pools = assign_pools(_scores(batch.column(self.score)), self.edges_, self.higher_is_better_)
+        if self.groups_ is None:
+            pools = assign_pools(_scores(batch.column(self.score)), self.edges_, self.higher_is_better_)
+        else:
+            pools = assign_pools_by_group(_scores(batch.column(self.score)), group_ids(batch.column(self.balance_column), self.groups_), self.edges_, self.higher_is_better_)
         return with_columns(batch, {"pool": pa.array(pools, pa.int32())}), empty_ledger()
 
 

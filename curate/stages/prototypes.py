@@ -17,7 +17,8 @@ import pyarrow as pa
 
 from curate.ledger import empty_ledger, removed_rows
 from curate.metrics.kmeans import cap_clusters, kmeans_sample, set_threads, train_centroids
-from curate.metrics.prototypes import KEEP_CHOICES, choose_keep, prototype_distance, select_by_difficulty
+from curate.metrics.prototypes import KEEP_CHOICES, check_balance, choose_keep, prototype_distance, select_by_difficulty
+from curate.stages._balance import balance_groups
 from curate.stages.base import BatchSource, Stage, StageContext, row_ordinals, split_batch
 from curate.stages.embed import embeddings_for, load_vectors, needs_own_store, publish_if_absent
 
@@ -46,6 +47,8 @@ class Prototypes(Stage):
         abundance_threshold: float = 1.0,
         kmeans_iterations: int = 20,
         model: str = "",
+        balance: str = "none",
+        label_column: str = "",
     ):
         if clusters <= 0:
             raise ValueError(f"clusters must be positive, got {clusters}")
@@ -55,6 +58,7 @@ class Prototypes(Stage):
             raise ValueError(f"fraction is the share of rows to keep, in [0, 1], got {fraction}")
         if budget < 0 or abundance_threshold <= 0 or kmeans_iterations <= 0:
             raise ValueError("budget >= 0 (0: from [report] budget), abundance_threshold > 0, kmeans_iterations > 0")
+        check_balance(balance, label_column)
         self.clusters = clusters
         self.keep = keep
         self.fraction = fraction
@@ -62,6 +66,8 @@ class Prototypes(Stage):
         self.abundance_threshold = abundance_threshold
         self.kmeans_iterations = kmeans_iterations
         self.model = model
+        self.balance = balance
+        self.label_column = label_column
 
     def fit(self, source: BatchSource, ctx: StageContext) -> "Prototypes":
         emb = embeddings_for(source, ctx, self.model, write_parts=needs_own_store(ctx))
@@ -85,10 +91,10 @@ class Prototypes(Stage):
             reason += "; fraction = 1.0, so nothing is pruned"
         self.keep_ = keep
         self.rows_ = emb.rows
-        self.kept_ = select_by_difficulty(self.distance_, self.fraction, keep)
+        self.kept_ = select_by_difficulty(self.distance_, self.fraction, keep, balance_groups(self.balance, self.label_column, self.labels_, emb.rows, source))
         ctx.info.update(
             model=emb.model, embeddings_reused=emb.reused, embeddings_computed=emb.computed, embeddings_published=published,
-            clusters=k, clusters_requested=self.clusters, keep=keep, keep_reason=reason, fraction=self.fraction,
+            clusters=k, clusters_requested=self.clusters, balance=self.balance, keep=keep, keep_reason=reason, fraction=self.fraction,
             kept=int(self.kept_.sum()), distance_median=float(np.median(self.distance_)) if n else None,
             fit=f"driver k-means on {len(sample)} rows; distances on workers ({len(emb.paths)} units); selection on the driver",
         )
