@@ -1,6 +1,6 @@
 """Real validation of the scaling law: fit on small budgets, predict large ones, check the allocation.
 
-Data: /work/shared/data/debian_descriptions.parquet, predict `section` (the 20 largest) from
+Data: ../shared/data/debian_descriptions.parquet (beside the checkout), predict `section` (the 20 largest) from
 `text`. Pools: 4 quantile pools of out-of-fold proxy loss (pool 0 = lowest loss; the prototype
 distance pools of `curate pools` come from another branch). Runs: the hashed n-gram proxy
 trained on each pool alone and on each quality prefix (0+1, 0+1+2, 0+1+2+3), all evaluated on
@@ -33,7 +33,8 @@ from curate.scaling.proxy_runs import EXTRA_COLUMNS, ProxyRunSettings, run_proxy
 from curate.scaling.runs import RunsTable, read_runs, write_runs  # noqa: E402
 from curate.training.features import hashed_ngram_bags  # noqa: E402
 
-DATA = Path("/work/shared/data/debian_descriptions.parquet")
+from bench.corpora import DEBIAN_DESCRIPTIONS  # noqa: E402  (../shared/data beside the checkout)
+DATA = DEBIAN_DESCRIPTIONS
 
 
 def subset(runs: RunsTable, keep: np.ndarray) -> RunsTable:

@@ -42,7 +42,8 @@ from curate.metrics.semdedup import keep_priority, semantic_duplicates  # noqa: 
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline  # noqa: E402
 from curate.shards import read_parts  # noqa: E402
 
-DEBIAN = Path("/work/shared/data/debian_descriptions.parquet")
+from bench.corpora import DEBIAN_DESCRIPTIONS  # noqa: E402  (../shared/data beside the checkout)
+DEBIAN = DEBIAN_DESCRIPTIONS
 
 
 def brute_force_pairs(x: np.ndarray, threshold: float, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,6 @@
 """SeTa vs full data, InfoBatch and random pruning at equal cost, on real text classification.
 
-Data: /work/shared/data/debian_descriptions.parquet. Model: the proxy BagClassifier (hashed
+Data: ../shared/data/debian_descriptions.parquet (beside the checkout). Model: the proxy BagClassifier (hashed
 word + bigram bag, linear head), Adam, batch 256, fixed held-out test split (20%, its own
 seed). Tasks:
   top20   predict `section` among the 20 largest sections (clean labels)
@@ -35,7 +35,8 @@ from curate.training import InfoBatchSampler, SeTaSampler  # noqa: E402
 from curate.training.features import hashed_ngram_bags  # noqa: E402
 from curate.training.proxy import ProxyConfig, build_model, predict_losses, train_steps  # noqa: E402
 
-DATA = "/work/shared/data/debian_descriptions.parquet"
+from bench.corpora import DEBIAN_DESCRIPTIONS  # noqa: E402  (../shared/data beside the checkout)
+DATA = str(DEBIAN_DESCRIPTIONS)
 SPLIT_SEED = 12345
 METHODS = ["full", "seta", "seta_w0.3", "seta_p0.3", "infobatch", "random@seta", "fewer_epochs@seta"]
 

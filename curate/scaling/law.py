@@ -1,4 +1,4 @@
-"""Repetition-aware scaling laws for quality pools; /work/shared/scaling-laws.md is the contract.
+"""Repetition-aware scaling laws for quality pools; the design notes' scaling-laws.md is the contract.
 
 Goyal et al. 2024 ("goyal2024"): after n samples of a mix M of size P, the loss is a piecewise
 power law; during pass k the exponent is the size-weighted utility
