@@ -22,7 +22,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-DEBIAN_DESCRIPTIONS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "debian_descriptions.parquet"
+def shared_data(name: str) -> Path:
+    """`shared/data/NAME` beside the checkout, or beside any folder above it (a worktree nests
+    deeper); the plain beside-the-checkout path when none exists yet."""
+    here = Path(__file__).resolve().parents[1]
+    for folder in (here, *here.parents):
+        if (folder / "shared" / "data" / name).exists():
+            return folder / "shared" / "data" / name
+    return here.parent / "shared" / "data" / name
+
+
+DEBIAN_DESCRIPTIONS = shared_data("debian_descriptions.parquet")
 # The running interpreter's standard library and site-packages, wherever they are installed.
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 VENV_SITE = Path(sysconfig.get_paths()["purelib"])

@@ -39,14 +39,7 @@ from curate.report.build import _read_kept  # noqa: E402
 from curate.scaling.proxy_runs import ProxyRunSettings, _split, _take, _trajectory, top_classes  # noqa: E402
 from curate.training.features import hashed_ngram_bags  # noqa: E402
 
-
-def _shared_data(name: str) -> Path:
-    """`shared/data/NAME` beside the checkout or beside any folder above it."""
-    here = Path(__file__).resolve().parents[1]
-    for folder in (here, *here.parents):
-        if (folder / "shared" / "data" / name).exists():
-            return folder / "shared" / "data" / name
-    return here.parent / "shared" / "data" / name
+from bench.corpora import shared_data as _shared_data  # noqa: E402
 
 
 EPOCHS = [0.25, 0.5, 1.0, 2.0, 4.0]  # fitted runs: passes over each pool alone

@@ -38,14 +38,7 @@ from curate.metrics.kmeans import set_threads, spherical_kmeans  # noqa: E402
 from curate.metrics.prototypes import prototype_distance, select_by_difficulty  # noqa: E402
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline  # noqa: E402
 from curate.shards import read_parts  # noqa: E402
-
-def _shared_data(name: str) -> Path:
-    """`shared/data/NAME` beside the checkout or beside any folder above it (worktrees nest deeper)."""
-    here = Path(__file__).resolve().parents[1]
-    for folder in (here, *here.parents):
-        if (folder / "shared" / "data" / name).exists():
-            return folder / "shared" / "data" / name
-    return here.parent / "shared" / "data" / name
+from bench.corpora import shared_data as _shared_data  # noqa: E402
 
 
 DEBIAN = _shared_data("debian_descriptions.parquet")
