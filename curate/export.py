@@ -5,7 +5,6 @@ file in all), each written under a temp name and renamed when complete."""
 from __future__ import annotations
 
 import io
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.atomic import atomic_path
 from curate.errors import OutputError, UsageError
 from curate.formats import JSONL_SUFFIXES
 from curate.shards import DEFAULT_BATCH_SIZE, list_parts
@@ -94,18 +94,15 @@ def _prepare_directory(directory: Path) -> None:
 
 
 def _write_atomically(path: Path, parts: list[Path], codec: str | None) -> int:
-    tmp = path.with_name(f".{path.name}.tmp")
     rows = 0
     try:
-        with pa.output_stream(str(tmp), compression=codec) as sink:
+        with atomic_path(path) as tmp, pa.output_stream(str(tmp), compression=codec) as sink:
             for part in parts:
                 for batch in pq.ParquetFile(part).iter_batches(batch_size=DEFAULT_BATCH_SIZE):
                     sink.write(ndjson_bytes(batch))
                     rows += batch.num_rows
-        os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write ({exc.strerror or exc})", path=tmp, fix="free disk space or choose another -o") from None
+        raise OutputError(f"cannot write ({exc.strerror or exc})", path=path, fix="free disk space or choose another -o") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -9,9 +9,7 @@ import platform
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-from curate.atomic import atomic_write_json, atomic_write_text  # noqa: F401  (re-exported for callers)
+from curate.atomic import atomic_write_json
 
 MANIFEST_NAME = "manifest.json"
 _PACKAGES = ("curate", "pyarrow", "polars", "numpy", "xxhash", "faiss-cpu", "datasketch", "torch", "dask", "distributed")

@@ -125,7 +125,7 @@ def find_index(output: str | Path, stage: str, kind: str) -> StoredIndex:
             if json.loads(meta.read_text()).get("kind") == kind:
                 same_kind.append(meta.parent)
         except ValueError:
-            raise UsageError("index metadata is corrupt", path=meta, fix=rebuild) from None
+            raise UsageError("index metadata is corrupt", path=meta, fix=f"rebuild the index: curate index {output}") from None
     if len(same_kind) == 1:
         return read_index(same_kind[0])
     if not same_kind and named.is_dir():

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from curate.errors import UsageError
-from curate.manifest import atomic_write_json, atomic_write_text
+from curate.atomic import atomic_write_json, atomic_write_text
 from curate.progress import QUIET, Progress
 from curate.report import plots
 from curate.report.config import ReportSettings, parse_report_table
@@ -20,7 +20,7 @@ from curate.scaling import load_law, save_json, save_law
 from curate.scaling.allocate import plan, prefix_sizes
 from curate.scaling.fit import fit_law
 from curate.scaling.law import REPETITION_NAMES, Law, law_to_json
-from curate.scaling.runs import read_runs, write_runs
+from curate.scaling.runs import read_runs
 
 SCALING_DIR = "scaling"
 POOL_COLUMN = "pool"

@@ -10,8 +10,6 @@ are an error unless `null_labels = "remove"`, which sends those rows to the ledg
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.atomic import atomic_path
+from curate.atomic import atomic_path, atomic_write_json
 from curate.errors import UsageError
 from curate.ledger import empty_ledger, removed_rows
 from curate.metrics.loss_clusters import SeTaConfig, kmeans_1d, pruned_size, prune_by_loss, schedule
@@ -272,10 +270,7 @@ class LossClusters(Stage):
         return kept, removed_rows(gone.column(ctx.id_column), ctx.name, reasons, score=scores)
 
     def finish(self, ctx: StageContext) -> None:
-        path = ctx.output_dir / SCHEDULE_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.schedule_, indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write_json(Path(ctx.output_dir) / SCHEDULE_FILE, self.schedule_)
 
 
 def _with_column(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.RecordBatch:

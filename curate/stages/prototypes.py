@@ -8,13 +8,13 @@ gathers the distances (4 bytes a row) for the exact hardest/easiest selection.""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from curate.atomic import atomic_path
 from curate.ledger import empty_ledger, removed_rows
 from curate.metrics.kmeans import cap_clusters, kmeans_sample, set_threads, train_centroids
 from curate.metrics.prototypes import KEEP_CHOICES, check_balance, choose_keep, prototype_distance, select_by_difficulty
@@ -122,12 +122,8 @@ class Prototypes(Stage):
         return kept, removed_rows(removed.column(ctx.id_column), ctx.name, reason, score=self.distance_[pos][pruned])
 
     def finish(self, ctx: StageContext) -> None:
-        directory = Path(ctx.output_dir) / PROTOTYPES_DIR
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{CENTROIDS_NAME}.tmp"
-        with open(tmp, "wb") as handle:
+        with atomic_path(Path(ctx.output_dir) / PROTOTYPES_DIR / CENTROIDS_NAME) as tmp, open(tmp, "wb") as handle:
             np.save(handle, self.centroids_.astype(np.float32))
-        os.replace(tmp, directory / CENTROIDS_NAME)
 
 
 @dataclass(frozen=True)
