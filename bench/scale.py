@@ -89,12 +89,15 @@ def pipeline_toml(stages: list[dict], batch_size: int) -> str:
 
 
 class TreeRssSampler:
-    """Peak of the summed RSS of a process and its descendants, sampled on a thread."""
+    """Peak of the summed RSS of a process and its descendants, sampled on a thread, and the
+    last CPU seconds seen of each descendant (worker processes are not waited for by this
+    process, so getrusage does not count them)."""
 
     def __init__(self, pid: int, interval: float = 0.25):
         self.pid = pid
         self.interval = interval
         self.peak = 0
+        self.descendant_cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -120,6 +123,9 @@ class TreeRssSampler:
             for proc in procs:
                 try:
                     total += proc.memory_info().rss
+                    if proc.pid != self.pid:
+                        times = proc.cpu_times()
+                        self.descendant_cpu[proc.pid] = times.user + times.system
                 except psutil.NoSuchProcess:
                     continue
             self.peak = max(self.peak, total)
@@ -141,6 +147,7 @@ def run_measured(cmd: list[str], log: Path) -> dict:
     # ru_maxrss (KiB on Linux) of children is a running maximum: only meaningful if it grew.
     maxrss = after * 1024 if after > before else None
     # CPU seconds are less noisy than wall time on a shared machine.
+    cpu += sum(sampler.descendant_cpu.values())  # workers (sampled every 0.25 s)
     return {"wall_s": wall, "cpu_s": cpu, "exit_code": code, "tree_peak_rss": sampler.peak, "child_maxrss": maxrss}
 
 
@@ -196,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     totals = manifest["totals"]
     rows = totals["input_rows"]
     print(f"\ntotal: {rows:,} rows -> kept {totals['kept_rows']:,}, removed {totals['removed_rows']:,}")
-    print(f"run wall time: {run['wall_s']:.1f} s ({rows / run['wall_s']:,.0f} rows/s end to end, CLI start-up included); CPU {run['cpu_s']:.1f} s (user+sys)")
+    print(f"run wall time: {run['wall_s']:.1f} s ({rows / run['wall_s']:,.0f} rows/s end to end, CLI start-up included); CPU {run['cpu_s']:.1f} s (user+sys, worker processes included)")
     print(f"run peak RSS: process tree {_gib(run['tree_peak_rss'])} (sampled), largest process {_gib(run['child_maxrss'])} (ru_maxrss)")
     print(f"verify: exit {verify['exit_code']}, {verify['wall_s']:.1f} s, peak RSS {_gib(verify['tree_peak_rss'])}")
     print(f"load average (1/5/15 min): start {load_start[0]:.2f}/{load_start[1]:.2f}/{load_start[2]:.2f}, end {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f} on {os.cpu_count()} cores")

@@ -62,6 +62,9 @@ EMBEDDINGS_DIR = "embeddings"
 META_NAME = "embeddings.json"
 STORE_FORMAT = 1
 _WRITE_ROWS = 32_768
+# A unit's vectors stay in memory (not a memory-mapped file) up to this size when only the
+# store parts are wanted: 256 MiB is 170k rows at d = 384, a unit of a corpus up to ~5M rows.
+_IN_MEMORY_BYTES = 256 << 20
 _VECTORS = "vectors"
 _PARTS = "parts"
 _INDEX = "store-index.arrow"
@@ -280,14 +283,12 @@ class EmbedUnit:
         )
         dim = embedder.dim if embedder is not None else (_store_dim(self.stores[0]) if self.stores else DEFAULT_DIM)
         work = Path(ctx.work_dir)
-        with _unit_matrix(work, unit.index, len(rows), dim) as matrix:
+        with _unit_matrix(work, unit.index, len(rows), dim, keep=self.keep_vectors) as matrix:
             _fill_from_stores(self.stores, hits, matrix)
             if embedder is not None:
                 _compute_missing(unit, ctx, embedder, missing, matrix, self.window)
             if self.write_parts:
                 _write_unit_parts(work, unit.index, ids, matrix, text_hash)
-        if not self.keep_vectors:
-            _vectors_path(work, unit.index).unlink(missing_ok=True)
         from_output = int((hits["store"] == self.own_store).sum()) if hits.height and self.own_store >= 0 else 0
         return UnitEmbedded(rows, dim, hits.height, from_output)
 
@@ -338,9 +339,16 @@ def _vectors_path(work: Path, unit: int) -> Path:
 
 
 @contextmanager
-def _unit_matrix(work: Path, unit: int, m: int, dim: int) -> Iterator[np.ndarray]:
+def _unit_matrix(work: Path, unit: int, m: int, dim: int, keep: bool = True) -> Iterator[np.ndarray]:
     """A unit's (m, dim) float32 `.npy`, memory-mapped for writing under a unique temp name and
-    renamed into place when the block succeeds (bounded memory whatever the unit size)."""
+    renamed into place when the block succeeds (bounded memory whatever the unit size). When
+    the vectors are not kept (the embed stage only needs the store parts) and they fit in
+    _IN_MEMORY_BYTES, a plain array instead: no file written and deleted (measured on 500k
+    short texts, hashing, 2 cores, best of 3: the embed stage with --jobs 2 took 7.6 s with
+    the file and 6.8 s without; --jobs 1 11.5-11.7 s either way)."""
+    if not keep and m * dim * 4 <= _IN_MEMORY_BYTES:
+        yield np.zeros((m, dim), np.float32)
+        return
     with atomic_path(_vectors_path(work, unit), unique=True) as tmp:
         if m == 0 or dim == 0:
             matrix = np.zeros((m, dim), np.float32)
@@ -351,6 +359,8 @@ def _unit_matrix(work: Path, unit: int, m: int, dim: int) -> Iterator[np.ndarray
             matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(m, dim))
             yield matrix
             matrix.flush()
+    if not keep:
+        _vectors_path(work, unit).unlink(missing_ok=True)
 
 
 def _write_unit_parts(work: Path, unit: int, ids: pa.Array, matrix: np.ndarray, text_hash: np.ndarray) -> None:
