@@ -3,7 +3,7 @@
 `__init__` stores options and nothing else. `fit(source, ctx)` learns what needs the whole
 corpus (it may stream the source more than once) and keeps it compact in attributes with a
 trailing underscore. `transform(batch, ctx)` splits one batch into (kept, removed ledger rows).
-Runners (local, Dask) drive the same objects; the algorithms live in `curate.metrics`.
+The one runner drives the same objects on every executor; the algorithms live in `curate.metrics`.
 """
 
 from __future__ import annotations
@@ -111,36 +111,32 @@ class Stage:
     def finish(self, ctx: StageContext) -> None:
         """Called once after the last batch: write side outputs (centroids, schedules)."""
 
-    # -- Optional map-reduce fit, used by shard-parallel executors (curate.distributed) ------
+    # -- How a fit spreads its work (curate/runner.py runs it on any executor) ---------------
     #
-    # The local runner always calls `fit`. A cluster executor splits the source into ordered
-    # work units (shards, part files or row-group slices of them) and, when a stage overrides
-    # `fit_shard`, fits it as map-reduce instead of streaming everything through the driver:
+    # Every executor (this process, `--jobs N` processes, Dask) runs the same tasks over the
+    # source's ordered work units (`ctx.units(source)`). A stage fits in one of two ways:
     #
-    #   1. map     `fit_shard(unit_source, ctx)` on a worker, once per unit (ctx.shard = unit
-    #              index). Returns a compact, picklable partial (arrays, not rows).
+    # A. The map-reduce protocol, when the stage overrides `fit_shard`:
+    #   1. map     `fit_shard(unit, ctx)` as a task per unit (ctx.shard = unit index). Returns
+    #              a compact, picklable partial (arrays, not rows).
     #   2. shuffle (only if `fit_buckets(ctx) > 0`) `fit_shard` returns a list of exactly that
-    #              many pieces, piece b holding the keys that hash to bucket b; then
-    #              `fit_reduce(b, pieces, ctx)` runs on a worker per bucket with the pieces of
-    #              every unit, in input order.
-    #   3. merge   `fit_merge(partials, source, ctx)` on the driver, with the partials in input
-    #              (unit) order, or the reduced results in bucket order. It sets the fitted
-    #              `*_` attributes exactly as `fit` would; `source` is the whole stream, for a
-    #              final pass (IdLookup.collect on it runs as one task per unit on a cluster).
-    # Partials and pieces are pickled (the Dask executor shuffles pieces through files in the
-    # stage's work dir), so keep them numpy arrays or other plain picklable values.
+    #              many pieces, piece b holding the keys that hash to bucket b (written to files
+    #              in the stage's work dir); then `fit_reduce(b, pieces, ctx)` runs as a task
+    #              per bucket with the pieces of every unit, in input order.
+    #   3. merge   `fit_merge(partials, source, ctx)` on the driver, with the partials in unit
+    #              order, or the reduced results in bucket order. It sets the fitted `*_`
+    #              attributes; `IdLookup.collect(source, rows, ctx)` runs one task per unit.
+    # B. Its own `fit(source, ctx)` on the driver that sends every piece of per-row work
+    #    through `ctx.map(fn, items)` (several rounds where the algorithm needs them: minhash
+    #    sketches per unit, buckets and verification per bucket; prototypes k-means on a
+    #    sample on the driver, then distances per unit).
     #
-    # Contract: the fitted state, and so every output, is identical to `fit` on the same source,
-    # whatever the number of units, buckets or workers and whatever order tasks finish in:
-    # pick representatives by row ordinal (ROW_COLUMN), never by arrival order; make the
-    # result of a reduce independent of the bucket count. Tasks may be re-run after a worker
-    # dies, so map and reduce must be pure functions of their inputs (write nothing, or write
-    # under ctx.work_dir only). Stages without `fit_shard` are fitted on the driver by `fit`,
-    # which is always correct, just not parallel.
-    # Sketches for the other stages: minhash maps to band keys per unit, shuffles by band key,
-    # reduces to candidate pairs (lowest ordinal first) and merges with a union-find whose root
-    # is the lowest ordinal; embed maps to embeddings per unit (written under ctx.work_dir);
-    # k-means stays on the driver over a sample streamed back with the same seed.
+    # Contract: the fitted state, and so every output, is the same whatever the number of
+    # units, buckets or workers and whatever order tasks finish in: pick representatives by
+    # row ordinal (ROW_COLUMN), never by arrival order; make the result of a reduce independent
+    # of the bucket count. Tasks may be re-run after a worker dies, so they must be pure
+    # functions of their inputs (write nothing, or write under ctx.work_dir only, under unique
+    # temp names renamed into place). tests/test_executors.py checks every registered kind.
     #
     # Transform under an executor: each task gets its own unpickled copy of the fitted stage
     # (keep fitted state picklable and compact: a np.memmap pickles as a full in-memory copy,
