@@ -61,12 +61,20 @@ class PartSource:
 
 
 def _input_batches(
-    inputs: InputSet, index: int, row_groups: Sequence[int] | None, batch_size: int, drop_null_text: bool, columns: Sequence[str] | None
+    inputs: InputSet,
+    index: int,
+    row_groups: Sequence[int] | None,
+    batch_size: int,
+    drop_null_text: bool,
+    columns: Sequence[str] | None,
+    window: tuple[int, int] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Batches of one input file (or some of its row groups), with the null-text filter applied."""
+    """Batches of one input file (or some of its row groups, or the ordinals in `window`),
+    with the null-text filter applied."""
     text = inputs.columns.text
     read = None if columns is None else list(dict.fromkeys([*columns, text] if drop_null_text else columns))
-    for batch in inputs.file_batches(index, batch_size, read, row_groups):
+    batches = inputs.file_batches(index, batch_size, read, row_groups)
+    for batch in batches if window is None else _within(batches, *window):
         if drop_null_text and batch.column(text).null_count:
             batch = batch.filter(pc.is_valid(batch.column(text)))
         if columns is not None and drop_null_text and text not in columns:
@@ -108,15 +116,8 @@ class InputUnit:
 
     def batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
         inputs = InputSet([self.file], self.input_schema, self.columns)
-        batches = _input_batches(inputs, 0, self.row_groups, self.batch_size, False, columns if not self.drop_null_text else _with_text(columns, self.columns))
-        for batch in _within(batches, self.first_row, self.first_row + self.rows):
-            if self.drop_null_text:
-                text = self.columns.text
-                if batch.column(text).null_count:
-                    batch = batch.filter(pc.is_valid(batch.column(text)))
-                if columns is not None and text not in columns:
-                    batch = batch.drop_columns([text])
-            yield batch
+        window = (self.first_row, self.first_row + self.rows)
+        return _input_batches(inputs, 0, self.row_groups, self.batch_size, self.drop_null_text, columns, window)
 
     def with_nulls(self) -> "InputUnit":
         """The same rows before the null-text filter (the input check sees every row)."""
@@ -147,10 +148,6 @@ class PartUnit:
 
 
 Unit = InputUnit | PartUnit
-
-
-def _with_text(columns: Sequence[str] | None, spec: ColumnSpec) -> Sequence[str] | None:
-    return None if columns is None else list(dict.fromkeys([*columns, spec.text]))
 
 
 def _within(batches: Iterator[pa.RecordBatch], start: int, stop: int) -> Iterator[pa.RecordBatch]:
