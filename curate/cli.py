@@ -23,8 +23,8 @@ err_console = Console(stderr=True)
 
 InputOpt = typer.Option(..., "-i", "--input", help="Directory, file or glob of Parquet shards, JSON Lines files (.jsonl, .json, .jsonl.gz, .jsonl.zst) or a saved Hugging Face dataset.")
 InputFormatOpt = typer.Option(None, "--input-format", help="parquet | jsonl | hf (default: from the file names).")
-StorageOpt = typer.Option(None, "--storage-option", help="fsspec option KEY=VALUE for a URL input such as s3://bucket/in/ (repeatable), e.g. endpoint_url=http://127.0.0.1:9000.")
-OutputOpt = typer.Option(..., "-o", "--output", help="Output directory.")
+StorageOpt = typer.Option(None, "--storage-option", help="fsspec option KEY=VALUE for URL inputs and outputs such as s3://bucket/in/ (repeatable), e.g. endpoint_url=http://127.0.0.1:9000.")
+OutputOpt = typer.Option(..., "-o", "--output", help="Output directory, or an object-store URL such as s3://bucket/out/.")
 TextColumnOpt = typer.Option(None, "--text-column", help="Text column (default: text).")
 IdColumnOpt = typer.Option(None, "--id-column", help="Id column (default: id; absent -> '<file stem>:<row>').")
 DropNullOpt = typer.Option(False, "--drop-null-text", help="Send null texts to the ledger instead of failing.")
@@ -61,7 +61,7 @@ def _parse_sets(pairs: Optional[List[str]]) -> dict[str, Any]:
     return options
 
 
-def _run_spec(spec, input_path: str, output: Path, resume: bool, overwrite: bool, quiet: bool, *, jobs=None, workers=None, scheduler=None, against=None) -> None:
+def _run_spec(spec, input_path: str, output: str, resume: bool, overwrite: bool, quiet: bool, *, jobs=None, workers=None, scheduler=None, against=None) -> None:
     from curate.executors import make_executor
     from curate.index.build import check_against
     from curate.pipeline import RunOptions, run_pipeline
@@ -72,18 +72,27 @@ def _run_spec(spec, input_path: str, output: Path, resume: bool, overwrite: bool
             for line in executor.describe():
                 err_console.print(line, markup=False, highlight=False)
         result = run_pipeline(spec, input_path, output, RunOptions(resume=resume, overwrite=overwrite, progress=_progress(quiet), executor=executor, against=tuple(against or ())))
-    _print_run_summary(result.output, quiet)
+    _print_run_summary(str(result.output), quiet, spec.columns.storage_options)
 
 
-def _print_run_summary(out: Path, quiet: bool) -> None:
+def _print_run_summary(out: str, quiet: bool, options=()) -> None:
     from curate.inspect_output import stage_summaries
+    from curate.output_store import local_output
 
     if quiet:
         return
-    _stage_table(stage_summaries(out))
+    with local_output(out, options, wanted=lambda name: name.startswith("removed/")) as local:
+        _stage_table(stage_summaries(local))
+        has_report = (local / "report.html").exists() or "report.html" in (read_json_manifest(local).get("files") or {})
     out_console.print(f"output: {out}  (kept/, removed/, manifest.json)")
-    if (out / "report.html").exists():
-        out_console.print(f"report: {out / 'report.html'}")
+    if has_report:
+        out_console.print(f"report: {out.rstrip('/')}/report.html")
+
+
+def read_json_manifest(local: Path) -> dict:
+    from curate.manifest import read_manifest
+
+    return read_manifest(local) or {}
 
 
 def _stage_table(summaries) -> None:
@@ -135,7 +144,7 @@ def _single_stage(kind: str, options: dict[str, Any], text_column, id_column, dr
 def run(
     pipeline: Path = typer.Argument(..., help="Pipeline TOML file."),
     input: str = InputOpt,
-    output: Path = OutputOpt,
+    output: str = OutputOpt,
     input_format: Optional[str] = InputFormatOpt,
     storage: Optional[List[str]] = StorageOpt,
     resume: bool = ResumeOpt,
@@ -167,7 +176,7 @@ def run(
 @app.command()
 def dedup(
     input: str = InputOpt,
-    output: Path = OutputOpt,
+    output: str = OutputOpt,
     input_format: Optional[str] = InputFormatOpt,
     storage: Optional[List[str]] = StorageOpt,
     method: str = typer.Option("exact", "--method", help="exact | minhash | semantic"),
@@ -219,7 +228,7 @@ def index_command(
 @app.command()
 def embed(
     input: str = InputOpt,
-    output: Path = OutputOpt,
+    output: str = OutputOpt,
     input_format: Optional[str] = InputFormatOpt,
     storage: Optional[List[str]] = StorageOpt,
     model: Optional[str] = typer.Option(
@@ -252,7 +261,7 @@ def embed(
 @app.command()
 def score(
     input: str = InputOpt,
-    output: Path = OutputOpt,
+    output: str = OutputOpt,
     input_format: Optional[str] = InputFormatOpt,
     storage: Optional[List[str]] = StorageOpt,
     metric: str = typer.Option("prototypes", "--metric", help="prototypes | loss"),
@@ -285,7 +294,7 @@ def score(
 @app.command()
 def pools(
     input: str = InputOpt,
-    output: Path = OutputOpt,
+    output: str = OutputOpt,
     input_format: Optional[str] = InputFormatOpt,
     storage: Optional[List[str]] = StorageOpt,
     score_column: str = typer.Option(..., "--score", help="Score column to bucket."),
@@ -314,7 +323,7 @@ def demo(
     from curate.demo import run_demo
 
     result = run_demo(output, progress=_progress(quiet))
-    _print_run_summary(result.output, quiet)
+    _print_run_summary(str(result.output), quiet)
     out_console.print(f"demo corpus: {result.manifest['input']['rows']:,} rows -> kept {result.kept_rows:,}, removed {result.removed_rows:,}")
 
 
@@ -400,13 +409,15 @@ def _positive_list(text: str, option: str) -> list[float]:
 
 @app.command("report")
 def report_command(
-    output: Path = typer.Argument(..., help="Output directory of a finished run."),
+    output: str = typer.Argument(..., help="Output directory (or URL) of a finished run."),
     law_path: Optional[Path] = typer.Option(None, "--law", help="Use this fitted law instead of the run's [report] settings."),
     budgets: Optional[str] = typer.Option(None, "--budgets", help="C1,C2,... or START:STOP:COUNT (log range)."),
     rerun: bool = typer.Option(False, "--rerun", help="Redo the proxy trainings even if scaling/runs.csv exists."),
+    storage: Optional[List[str]] = StorageOpt,
     quiet: bool = QuietOpt,
 ) -> None:
     """(Re)build report.html, report.json and plots/ from an output directory."""
+    from curate.output_store import local_output
     from curate.report import build_pipeline_report
 
     overrides = {}
@@ -416,16 +427,24 @@ def report_command(
         from curate.scaling.allocate import parse_budgets
 
         overrides["budgets"] = parse_budgets(budgets)
-    path = build_pipeline_report(output, overrides=overrides, rerun=rerun, progress=_progress(quiet))
-    out_console.print(f"report: {path}")
+    with local_output(output, _storage_options(storage), writes=True) as local:
+        path = build_pipeline_report(local, overrides=overrides, rerun=rerun, progress=_progress(quiet))
+        shown = path if local == Path(output) else f"{output.rstrip('/')}/{path.relative_to(local).as_posix()}"
+    out_console.print(f"report: {shown}")
 
 
 @app.command()
-def verify(output: Path = typer.Argument(..., help="Output directory of a finished run.")) -> None:
+def verify(
+    output: str = typer.Argument(..., help="Output directory (or URL) of a finished run."),
+    storage: Optional[List[str]] = StorageOpt,
+) -> None:
     """Check that every input id is exactly once in kept/ or removed/."""
     from curate.inspect_output import verify_output
+    from curate.output_store import local_output
 
-    report = verify_output(output)
+    options = _storage_options(storage)
+    with local_output(output, options) as local:
+        report = verify_output(local, options)
     if report.ok:
         out_console.print(f"ok: {report.input_rows:,} input rows = {report.kept_rows:,} kept + {report.removed_rows:,} removed")
         return
@@ -438,33 +457,42 @@ def verify(output: Path = typer.Argument(..., help="Output directory of a finish
 
 
 @app.command()
-def inspect(output: Path = typer.Argument(..., help="Output directory of a finished run.")) -> None:
+def inspect(
+    output: str = typer.Argument(..., help="Output directory (or URL) of a finished run."),
+    storage: Optional[List[str]] = StorageOpt,
+) -> None:
     """Rows in and out per stage, removal reasons, pools and sizes."""
     from curate.inspect_output import directory_bytes, pool_counts, stage_summaries
+    from curate.output_store import local_output
 
-    _stage_table(stage_summaries(output))
-    for name in ("kept", "removed", "embeddings"):
-        size = directory_bytes(output / name)
-        if size:
-            out_console.print(f"{name}/: {size / 1e6:.1f} MB")
-    counts = pool_counts(output)
+    with local_output(output, _storage_options(storage)) as local:
+        _stage_table(stage_summaries(local))
+        for name in ("kept", "removed", "embeddings"):
+            size = directory_bytes(local / name)
+            if size:
+                out_console.print(f"{name}/: {size / 1e6:.1f} MB")
+        counts = pool_counts(local)
     if counts:
         out_console.print("pools: " + ", ".join(f"{k}: {v:,}" for k, v in counts.items()))
 
 
 @app.command("export")
 def export_command(
-    output: Path = typer.Argument(..., help="Output directory of a finished run."),
+    output: str = typer.Argument(..., help="Output directory (or URL) of a finished run."),
     format: str = typer.Option("jsonl", "--format", help="jsonl (kept/ itself is Parquet)."),
     target: Optional[Path] = typer.Option(None, "-o", "--output", help="A directory (one file per kept part; default OUT/kept-jsonl) or a file ending in .jsonl, .jsonl.gz or .jsonl.zst (all rows)."),
     compression: Optional[str] = typer.Option(None, "--compression", help="gzip | zstd | none (default: from a file name, else none)."),
+    storage: Optional[List[str]] = StorageOpt,
 ) -> None:
     """Write the kept rows of a finished output as JSON Lines."""
     from curate.export import export_jsonl
+    from curate.output_store import local_output
 
     if format != "jsonl":
         raise UsageError(f"unknown --format {format!r}", fix="use --format jsonl; kept/ already is Parquet")
-    result = export_jsonl(output, target, compression)
+    # A URL output with no -o gets OUT/kept-jsonl/ committed back to the store.
+    with local_output(output, _storage_options(storage), writes=target is None, wanted=lambda name: name.startswith("kept/")) as local:
+        result = export_jsonl(local, target, compression)
     out_console.print(f"exported {result.rows:,} kept rows to {result.target} ({len(result.files)} file{'s' if len(result.files) != 1 else ''})")
 
 
@@ -474,13 +502,14 @@ def export_command(
 
 @app.command()
 def evaluate(
-    output: Path = typer.Argument(..., help="Output directory of a finished run."),
+    output: str = typer.Argument(..., help="Output directory (or URL) of a finished run."),
     label_column: str = typer.Option(..., "--label-column", help="Label column the proxy classifier learns (e.g. section)."),
     score: Optional[List[str]] = typer.Option(None, "--score", help="Numeric score column to check against random (repeatable); pools are its quantiles."),
     direction: str = typer.Option("auto", "--direction", help="auto | higher | lower: which score values are better."),
     budgets: Optional[str] = typer.Option(None, "--budgets", help="Budgets (samples seen): C1,C2,... or START:STOP:COUNT."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Proxy seeds per run (2+: the uncertainty is the spread across seeds)."),
     rerun: bool = typer.Option(False, "--rerun", help="Retrain the proxy runs instead of reusing cached ones."),
+    storage: Optional[List[str]] = StorageOpt,
     quiet: bool = QuietOpt,
 ) -> None:
     """Check the run's pools and any score column against random data of the same size (proxy trainings); writes the report."""
@@ -495,8 +524,12 @@ def evaluate(
         from curate.scaling.allocate import parse_budgets
 
         parsed = parse_budgets(budgets)
-    path = evaluate_output(output, label_column, score or [], direction=direction, budgets=parsed, seeds=seeds, rerun=rerun, progress=_progress(quiet))
-    out_console.print(f"report: {path}")
+    from curate.output_store import local_output
+
+    with local_output(output, _storage_options(storage), writes=True) as local:
+        path = evaluate_output(local, label_column, score or [], direction=direction, budgets=parsed, seeds=seeds, rerun=rerun, progress=_progress(quiet))
+        shown = path if local == Path(output) else f"{output.rstrip('/')}/{path.relative_to(local).as_posix()}"
+    out_console.print(f"report: {shown}")
 
 
 def _is_click_error(exc: BaseException) -> bool:

@@ -414,6 +414,8 @@ def _probe_storage(work_dir: str, input_file: str, token: str) -> tuple[bool, st
     name = f".probe-{token}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     (Path(work_dir) / name).write_bytes(b"")
+    if "://" in input_file:  # an object store: each worker reaches it over the network itself
+        return True, name
     return os.access(input_file, os.R_OK), name
 
 

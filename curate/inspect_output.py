@@ -14,6 +14,7 @@ from curate.ledger import VerifyReport, verify_conservation
 from curate.manifest import read_manifest
 from curate.outputs import schema_from_record
 from curate.shards import ColumnSpec, InputFile, list_parts
+from curate.storage import StorageOptions
 
 
 def load_finished_manifest(out: Path) -> dict:
@@ -25,14 +26,15 @@ def load_finished_manifest(out: Path) -> dict:
     return manifest
 
 
-def verify_output(out: Path) -> VerifyReport:
+def verify_output(out: Path, options: StorageOptions = ()) -> VerifyReport:
+    """`options`: fsspec options for a URL input (else credentials come from the environment)."""
     manifest = load_finished_manifest(out)
     files = [InputFile(**f) for f in manifest["input"]["files"]]
-    missing = [f.path for f in files if not storage.exists(f.path)]  # URLs: credentials from the environment
+    missing = [f.path for f in files if not storage.exists(f.path, options)]
     if missing:
         raise UsageError("input file is gone, cannot verify against it", path=missing[0], fix="run verify where the input is still present")
     config = manifest["config"]["input"]
-    columns = ColumnSpec(text=config["text_column"], id=config["id_column"])
+    columns = ColumnSpec(text=config["text_column"], id=config["id_column"], storage_options=options)
     report = verify_conservation(files, columns, schema_from_record(manifest["input"]["schema"]), out / "kept", out / "removed")
     totals = manifest.get("totals", {})
     if totals and (totals.get("kept_rows"), totals.get("removed_rows")) != (report.kept_rows, report.removed_rows):

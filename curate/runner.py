@@ -23,10 +23,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from curate import storage
 from curate.errors import InputError, OutputError
 from curate.executors import Executor, LocalExecutor, cpu_count
 from curate.ledger import LEDGER_SCHEMA, ids_as_strings
 from curate.manifest import write_manifest
+from curate.output_store import OutputStore, is_remote
 from curate.outputs import STAGES_DIR, finalize, new_manifest, prepare_output, stage_dir_name
 from curate.progress import QUIET, Progress
 from curate.shards import ROW_COLUMN, InputSet, PartWriter, list_parts
@@ -114,25 +116,50 @@ def _collect_failed_writers(exc: BaseException) -> None:
 
 
 def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions = RunOptions()) -> RunResult:
-    """Run the pipeline over the input into `output`, on options.executor (or local processes)."""
+    """Run the pipeline over the input into `output` (a local directory, or a URL of an object
+    store: see `curate.output_store`), on options.executor (or local processes)."""
     if options.executor is not None:
-        return _run(spec, source, output, options, options.executor)
+        return _run_somewhere(spec, source, output, options, options.executor)
     with LocalExecutor(options.jobs) as executor:
-        return _run(spec, source, output, options, executor)
+        return _run_somewhere(spec, source, output, options, executor)
+
+
+def _run_somewhere(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions, executor: Executor) -> RunResult:
+    if not is_remote(output):
+        return _run(spec, source, storage.local_or_url(str(output)), options, executor)
+    store = OutputStore(str(output), spec.columns.storage_options)
+    staging = store.prepare(resume=options.resume, overwrite=options.overwrite)
+    # The staging directory is now empty (a fresh run) or holds the run to continue.
+    result = _run(spec, source, staging, replace(options, resume=True, overwrite=False), executor, commit=store.commit, output_name=store.url)
+    store.discard_staging()
+    return RunResult(store.url, result.manifest, result.kept_rows, result.removed_rows)  # type: ignore[arg-type]
+
+
+def _no_commit(_: Path) -> None:
+    """A local output is its own commit record: every write there is already atomic."""
 
 
 @_output_errors_are_user_errors
-def _run(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions, executor: Executor) -> RunResult:
+def _run(
+    spec: PipelineSpec,
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    options: RunOptions,
+    executor: Executor,
+    commit: Callable[[Path], None] = _no_commit,
+    output_name: str | None = None,
+) -> RunResult:
     out = Path(output)
     config = json.loads(json.dumps(spec.resolved()))
     if options.against:  # part of the config, so --resume refuses another set of earlier outputs
-        config["against"] = [str(Path(p).resolve()) for p in options.against]
-    inputs = InputSet.scan(source, spec.columns, output=out)  # an output inside the input is refused
+        config["against"] = [p if is_remote(p) else str(Path(p).resolve()) for p in options.against]
+    inputs = InputSet.scan(source, spec.columns, output=output_name or out)  # an output inside the input is refused
     input_record = [f.to_json() for f in inputs.files]
     manifest = prepare_output(out, config, input_record, resume=options.resume, overwrite=options.overwrite)
     if manifest is None:
         manifest = new_manifest(config, input_record, inputs, spec)
         write_manifest(out, manifest)
+        commit(out)
     if manifest.get("finalized"):
         return _result(out, manifest)
     workers = executor.workers
@@ -146,6 +173,7 @@ def _run(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLik
         _check_input(inputs, spec, stages_root, input_entry, executor, options.progress, unit_rows)
         input_entry["parallel_seconds"] = round(executor.busy_seconds - busy, 3)
         write_manifest(out, manifest)
+        commit(out)
         _notify(options, INPUT_STAGE)
     current: InputSource | PartSource = InputSource(inputs, spec.batch_size, spec.drop_null_text, input_entry["rows_removed"])
 
@@ -190,16 +218,19 @@ def _run(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLik
         if isinstance(current, PartSource):
             shutil.rmtree(current.directory, ignore_errors=True)
         current = PartSource(stage_dir / "kept", spec.batch_size)
+        commit(out)
         _notify(options, stage_spec.name)
 
     started, busy = time.perf_counter(), executor.busy_seconds
     finalize(out, spec, manifest, inputs, current, lambda fn, parts: executor.map(fn, parts))
     manifest["finalize_seconds"] = {"total": round(time.perf_counter() - started, 3), "parallel": round(executor.busy_seconds - busy, 3)}
     write_manifest(out, manifest)
+    commit(out)
     if spec.report is not None:  # the budget-aware report reads the finished output
         from curate.report import build_pipeline_report
 
         build_pipeline_report(out, progress=options.progress)
+        commit(out)
     return _result(out, manifest)
 
 

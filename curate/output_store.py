@@ -1,0 +1,270 @@
+"""An output in an object store (s3://, gs://, az://): staged locally, committed without rename.
+
+Object stores have no atomic rename of a directory, but they do write one object atomically
+(a PUT, or a multipart upload, is visible whole or not at all). So a run whose `-o` is a URL
+works in a local staging directory with the usual layout, and at every commit point (the
+first manifest, each finished stage, finalize, the report) the committer:
+
+  1. uploads every finished file that the store does not hold with the same size and digest,
+  2. writes `manifest.json` last, with a `files` record (path -> size, xxh3) of what it holds:
+     that PUT is the commit,
+  3. deletes objects under the prefix that the record does not list (leftovers of dead
+     attempts and superseded stage parts).
+
+Readers (`verify`, `inspect`, `report`, `--resume`, `--against`) trust only files that the
+manifest lists. A kill between 1 and 2 leaves new objects that no manifest lists (removed by
+the next commit) next to the previous commit, which is still whole; a kill between 2 and 3
+leaves only garbage that the next commit removes. Every listed file keeps its bytes until a
+commit stops listing it: outputs are deterministic, so a path written again (a resumed stage)
+gets the same bytes, and only one process, the driver, commits. Unique names per attempt are
+still used where several processes write at once: the task attempts in the staging directory.
+
+`--resume` continues from the staging directory when it holds the same run as the store (same
+machine), and otherwise rebuilds it from the store's last commit (another machine, or the
+staging directory lost), so an interrupted run can be finished anywhere that reaches the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import xxhash
+
+from curate import storage
+from curate.errors import CurateError, OutputError, UsageError
+from curate.manifest import MANIFEST_NAME
+from curate.storage import StorageOptions
+
+FILES_KEY = "files"
+STAGING_ENV = "CURATE_STAGING_DIR"
+# What a committed output may hold at its top level; anything else under the prefix is not
+# curate's, and a run refuses to write there (it would be deleted as a leftover).
+CURATE_NAMES = {
+    MANIFEST_NAME, "kept", "removed", "_stages", "embeddings", "prototypes", "index", "plots",
+    "report.html", "report.json", "evaluate", "kept-jsonl", "seta_schedule.json",
+}
+_SCRATCH = "work"  # a stage's scratch directory: never committed
+_FIX_REMOTE = "check the URL, the endpoint and the credentials (--storage-option KEY=VALUE, or the backend's environment variables)"
+
+
+def is_remote(output: str | os.PathLike) -> bool:
+    """A URL other than file:// (those are plain local paths)."""
+    return storage.is_url(storage.local_or_url(str(output)))
+
+
+def staging_root() -> Path:
+    """$CURATE_STAGING_DIR, else the curate cache directory's `staging/`."""
+    override = os.environ.get(STAGING_ENV)
+    if override:
+        return Path(override)
+    from curate.embedders import cache_dir
+
+    return cache_dir() / "staging"
+
+
+def file_digest(path: Path) -> str:
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def committable_files(root: Path) -> dict[str, Path]:
+    """Finished files under a local output: no temp (dot-named) files, no stage scratch."""
+    found: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (d == _SCRATCH and Path(dirpath).parent.name == "_stages"))
+        for name in filenames:
+            if name.startswith(".") or name == MANIFEST_NAME and Path(dirpath) == root:
+                continue
+            path = Path(dirpath) / name
+            found[path.relative_to(root).as_posix()] = path
+    return found
+
+
+class OutputStore:
+    """One output prefix in an object store, and the local staging directory that feeds it."""
+
+    def __init__(self, url: str, options: StorageOptions = ()):
+        self.url = url.rstrip("/")
+        self.options = options
+        self.fs, self.root = storage.filesystem(self.url, options)
+        self.root = self.root.rstrip("/")
+        self.staging = staging_root() / xxhash.xxh3_64_hexdigest(self.url.encode())
+
+    # -- errors -----------------------------------------------------------------------------
+
+    def call(self, what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Backend errors (botocore, aiohttp, ...) as one line naming the URL, exit 2."""
+        try:
+            return fn(*args, **kwargs)
+        except CurateError:
+            raise
+        except FileNotFoundError as exc:
+            raise OutputError(f"cannot {what}: not found ({exc})", path=self.url, fix="create the bucket first, or " + _FIX_REMOTE) from None
+        except Exception as exc:
+            text = str(exc).strip().splitlines()
+            raise OutputError(f"cannot {what} ({type(exc).__name__}: {text[0] if text else ''})", path=self.url, fix=_FIX_REMOTE) from None
+
+    def _key(self, relative: str) -> str:
+        return f"{self.root}/{relative}"
+
+    # -- reading the committed state ----------------------------------------------------------
+
+    def manifest(self) -> dict | None:
+        """The last commit record, or None when the prefix holds no curate output."""
+        def read() -> bytes | None:
+            try:
+                return self.fs.cat_file(self._key(MANIFEST_NAME))
+            except FileNotFoundError:
+                return None
+
+        data = self.call("read the manifest", read)
+        if data is None:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise OutputError("manifest.json in the store is not valid JSON", path=f"{self.url}/{MANIFEST_NAME}", fix="rerun with --overwrite") from None
+
+    def objects(self) -> list[str]:
+        """Every object under the prefix, relative to it."""
+        self.fs.invalidate_cache()
+        self.call("reach the bucket", self.fs.info, self.root.split("/")[0])  # a missing bucket names itself
+        keys = self.call("list the output", self.fs.find, self.root)
+        return sorted(k[len(self.root) + 1 :] for k in keys if k.startswith(self.root + "/"))
+
+    def pull(self, dest: Path, manifest: dict, wanted: Callable[[str], bool] = lambda _: True) -> None:
+        """Download the committed files `wanted` selects (and the manifest) into `dest`."""
+        record = manifest.get(FILES_KEY, {})
+        names = sorted(name for name in record if wanted(name))
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        if names:
+            try:
+                self.fs.get([self._key(n) for n in names], [str(dest / n) for n in names])
+            except FileNotFoundError:
+                missing = next(n for n in names if not self.fs.exists(self._key(n)))
+                raise OutputError("a file the manifest lists is missing from the store", path=f"{self.url}/{missing}", fix="rerun with --overwrite") from None
+            except Exception:
+                self.call("download the output", self.fs.get, [self._key(n) for n in names], [str(dest / n) for n in names])
+        for name in names:
+            if (dest / name).stat().st_size != record[name]["size"]:
+                raise OutputError("a file in the store differs from its manifest record", path=f"{self.url}/{name}", fix="rerun with --overwrite")
+        local = {k: v for k, v in manifest.items() if k != FILES_KEY}
+        (dest / MANIFEST_NAME).write_text(json.dumps(local, indent=2) + "\n", encoding="utf-8")
+
+    # -- the run's side ------------------------------------------------------------------------
+
+    def prepare(self, *, resume: bool, overwrite: bool) -> Path:
+        """Check the prefix against --resume/--overwrite and return the staging directory: empty
+        for a fresh run, or holding the state to resume (kept from this machine, or pulled)."""
+        committed = self.manifest()
+        objects = self.objects()
+        foreign = sorted({o.split("/")[0] for o in objects} - CURATE_NAMES)
+        if foreign or (objects and committed is None):
+            what = foreign[0] if foreign else objects[0]
+            raise OutputError(f"the output prefix holds objects that are not a curate output (e.g. {what})", path=self.url, fix="choose an empty prefix for -o")
+        if committed is not None and not resume and not overwrite:
+            raise OutputError("output prefix is not empty", path=self.url, fix="pass --resume to continue, --overwrite to start over, or another -o")
+        if overwrite and committed is not None:
+            # The manifest goes last: until then the prefix is still recognised as curate's.
+            self.call("clear the output", self.fs.rm, [self._key(o) for o in objects if o != MANIFEST_NAME])
+            self.call("clear the output", self.fs.rm, self._key(MANIFEST_NAME))
+            committed = None
+        if committed is None or not resume:
+            self._clear_staging()
+            return self.staging
+        if not self._staging_matches(committed):
+            self._clear_staging()
+            done = {f"_stages/{n}" for n in _stage_dirs_to_pull(committed)}
+            self.pull(self.staging, committed, lambda name: not name.startswith("_stages/") or any(name.startswith(d + "/") for d in done))
+        return self.staging
+
+    def _staging_matches(self, committed: dict) -> bool:
+        """The staging directory holds this run (same start) at or after the committed state."""
+        path = self.staging / MANIFEST_NAME
+        if not path.is_file():
+            return False
+        try:
+            local = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            return False
+        if local.get("created") != committed.get("created") or local.get("config") != committed.get("config"):
+            return False
+        done_local = [s["status"] == "done" for s in local.get("stages", [])]
+        done_store = [s["status"] == "done" for s in committed.get("stages", [])]
+        return all(a or not b for a, b in zip(done_local, done_store)) and (local.get("finalized") or not committed.get("finalized"))
+
+    def _clear_staging(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    def commit(self, local: Path, *, prune: bool = True) -> None:
+        """Upload what changed under `local`, write the manifest (the commit), then (with
+        `prune`) delete objects the new record does not list. Without `prune` the record keeps
+        the earlier files too (a reader that pulled part of an output and added files)."""
+        before = self.manifest() or {}
+        old = before.get(FILES_KEY, {})
+        files = committable_files(local)
+        record = dict(old) if not prune else {}
+        uploads = []
+        for name, path in files.items():
+            entry = {"size": path.stat().st_size, "xxh3": file_digest(path)}
+            record[name] = entry
+            if old.get(name) != entry:
+                uploads.append(name)
+        if uploads:
+            self.call("upload the output", self.fs.put, [str(files[n]) for n in uploads], [self._key(n) for n in uploads])
+        manifest = json.loads((local / MANIFEST_NAME).read_text(encoding="utf-8"))
+        manifest[FILES_KEY] = dict(sorted(record.items()))
+        self.call("write the manifest", self.fs.pipe_file, self._key(MANIFEST_NAME), (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+        if prune:
+            self.call("remove leftovers", self._remove_unlisted, record)
+
+    def _remove_unlisted(self, record: dict) -> None:
+        stale = [o for o in self.objects() if o != MANIFEST_NAME and o not in record]
+        if stale:
+            self.fs.rm([self._key(o) for o in stale])
+
+    def discard_staging(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _stage_dirs_to_pull(manifest: dict) -> list[str]:
+    """The stage directories a resume needs: every finished stage's ledger, and the kept rows of
+    the last finished stage (earlier kept rows were superseded and are not in the record)."""
+    from curate.outputs import stage_dir_name
+
+    return [stage_dir_name(i, s["name"]) for i, s in enumerate(manifest.get("stages", [])) if s.get("status") == "done"]
+
+
+@contextmanager
+def local_output(output: str | os.PathLike, options: StorageOptions = (), *, writes: bool = False, wanted: Callable[[str], bool] = lambda _: True) -> Iterator[Path]:
+    """A local directory holding a finished output: the path itself, or for a URL a temporary
+    copy of its committed files (`wanted` selects which). With `writes`, files the block adds
+    are committed back to the store on success."""
+    if not is_remote(output):
+        yield Path(storage.local_or_url(str(output)))
+        return
+    store = OutputStore(str(output), options)
+    manifest = store.manifest()
+    if manifest is None:
+        raise UsageError("no manifest.json: not a curate output", path=store.url, fix="pass the -o URL of a curate run")
+    staging_root().mkdir(parents=True, exist_ok=True)
+    view = Path(tempfile.mkdtemp(prefix="view-", dir=staging_root()))
+    try:
+        store.pull(view, manifest, wanted if manifest.get("finalized") else (lambda _: False))
+        yield view
+        if writes:
+            store.commit(view, prune=False)
+    finally:
+        shutil.rmtree(view, ignore_errors=True)

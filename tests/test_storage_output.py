@@ -1,0 +1,272 @@
+"""Output to an object store: a real S3 endpoint on loopback (moto's server, s3fs as client).
+
+A pipeline from s3://bucket/in/ to s3://bucket/out/ gives what the same run gives on local
+disk; SIGKILL at chosen points of the commit protocol (after the uploads, before the manifest;
+after the manifest, before the leftovers are removed) and at a random instant, then --resume,
+gives the uninterrupted output, whether the staging directory survived (same machine) or not
+(another machine); a 2-worker Dask cluster writes the same output; the readers (`verify`,
+`inspect`, `report`-style writers) work on the URL; bad prefixes are one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import xxhash
+
+from curate.output_store import FILES_KEY, OutputStore
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+from curate.shards import ColumnSpec, read_parts
+from conftest import cli
+from test_formats import make_rows, write_as
+from test_storage_input import BUCKET, aws_env, s3, upload  # noqa: F401  (fixtures)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PIPELINE = """
+[[stage]]
+kind = "exact"
+normalize = true
+[[stage]]
+kind = "minhash"
+threshold = 0.7
+ngram = 3
+[[stage]]
+kind = "embed"
+model = "hashing"
+[[stage]]
+kind = "prototypes"
+clusters = 4
+keep = "hard"
+fraction = 0.8
+[[stage]]
+kind = "pools"
+score = "proto_distance"
+pools = 3
+"""
+
+# Runs curate.cli.main in a child that SIGKILLs itself at the N-th commit step named in
+# CURATE_TEST_KILL_AT ("write the manifest:N" or "remove leftovers:N"). Test-only.
+CHILD = r"""
+import os, signal, sys
+event, _, nth = os.environ["CURATE_TEST_KILL_AT"].rpartition(":")
+seen = {"n": 0}
+from curate import output_store
+real_call = output_store.OutputStore.call
+def call(self, what, fn, *args, **kwargs):
+    if what == event:
+        seen["n"] += 1
+        if seen["n"] == int(nth):
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_call(self, what, fn, *args, **kwargs)
+output_store.OutputStore.call = call
+from curate.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.fixture
+def corpus(tmp_path, s3):
+    """(local input dir, its s3:// URL, pipeline path)."""
+    _, fs = s3
+    source = write_as(tmp_path, ".parquet", make_rows(400, seed=11), parts=3)
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(PIPELINE)
+    return source, upload(fs, source, f"{tmp_path.name}/in"), pipeline
+
+
+@pytest.fixture
+def staging(tmp_path, monkeypatch):
+    path = tmp_path / "staging"
+    monkeypatch.setenv("CURATE_STAGING_DIR", str(path))
+    return path
+
+
+def store_files(fs, url: str) -> dict[str, str]:
+    """Every object under the URL (path relative to it -> xxh3 of its bytes)."""
+    fs.invalidate_cache()
+    root = url[len("s3://") :]
+    return {k[len(root) + 1 :]: xxhash.xxh3_128_hexdigest(fs.cat_file(k)) for k in fs.find(root)}
+
+
+def local_files(out: Path) -> dict[str, str]:
+    return {p.relative_to(out).as_posix(): xxhash.xxh3_128_hexdigest(p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+
+
+def assert_same_output(fs, url: str, local: Path) -> None:
+    """Same files with the same bytes (the manifest aside: times differ), nothing else in the
+    store, and the manifest's record lists exactly the objects there."""
+    remote = store_files(fs, url)
+    here = local_files(local)
+    assert set(remote) == set(here)
+    differ = [name for name in here if name != "manifest.json" and remote[name] != here[name]]
+    assert not differ
+    manifest = json.loads(fs.cat_file(f"{url[len('s3://'):]}/manifest.json"))
+    assert manifest["finalized"]
+    assert set(manifest[FILES_KEY]) == set(remote) - {"manifest.json"}
+
+
+def test_s3_to_s3_equals_local_and_readers_work(tmp_path, capsys, s3, aws_env, corpus, staging):
+    _, fs = s3
+    source, url_in, pipeline = corpus
+    assert cli(["run", str(pipeline), "-i", str(source), "-o", str(tmp_path / "local"), "--quiet"], capsys)[0] == 0
+    url_out = f"s3://{BUCKET}/{tmp_path.name}/out"
+    code, err = cli(["run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet"], capsys)
+    assert code == 0, err
+    local = tmp_path / "local"
+    # The input's paths differ (s3:// vs local) only inside the manifest; every data file is equal.
+    assert_same_output(fs, url_out, local)
+    assert not any(name.startswith("_stages/") for name in store_files(fs, url_out))
+    assert not any(staging.iterdir()), "the staging directory is removed after a finished run"
+    assert cli(["verify", url_out], capsys)[0] == 0
+    assert cli(["inspect", url_out], capsys)[0] == 0
+    code, err = cli(["export", url_out], capsys)
+    assert code == 0, err
+    exported = store_files(fs, url_out)
+    assert any(name.startswith("kept-jsonl/") for name in exported)
+    manifest = json.loads(fs.cat_file(f"{url_out[len('s3://'):]}/manifest.json"))
+    assert set(manifest[FILES_KEY]) == set(exported) - {"manifest.json"}, "an added file is committed, earlier ones kept"
+    # Writing again needs --resume or --overwrite, like a local output.
+    code, err = cli(["run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet"], capsys)
+    assert code == 2 and "not empty" in err
+    code, err = cli(["run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet", "--overwrite"], capsys)
+    assert code == 0, err
+    assert_same_output(fs, url_out, local)  # kept-jsonl/ of the replaced output is gone
+
+
+def _child(args: list[str], kill_at: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", CHILD, *args], env={**env, "CURATE_TEST_KILL_AT": kill_at}, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+@pytest.mark.parametrize(
+    "kill_at, lose_staging",
+    [
+        ("write the manifest:4", False),  # stage 2's files uploaded, its commit not written
+        ("remove leftovers:3", True),  # committed, leftovers not yet removed; resumed elsewhere
+        ("upload the output:7", True),  # finalize's uploads not done; resumed elsewhere
+    ],
+)
+def test_kill_at_a_commit_step_then_resume(tmp_path, capsys, s3, aws_env, corpus, staging, kill_at, lose_staging):
+    _, fs = s3
+    source, url_in, pipeline = corpus
+    assert cli(["run", str(pipeline), "-i", str(source), "-o", str(tmp_path / "local"), "--quiet"], capsys)[0] == 0
+    url_out = f"s3://{BUCKET}/{tmp_path.name}/out"
+    args = ["run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet", "--jobs", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    killed = _child(args, kill_at, env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    committed = json.loads(fs.cat_file(f"{url_out[len('s3://'):]}/manifest.json"))
+    assert not committed["finalized"]
+    present = set(store_files(fs, url_out))
+    assert set(committed[FILES_KEY]) <= present, "every file a commit lists is in the store"
+    if lose_staging:
+        shutil.rmtree(staging)
+    code, err = cli(["run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet", "--resume"], capsys)
+    assert code == 0, err
+    assert_same_output(fs, url_out, tmp_path / "local")
+
+
+def test_random_kill_then_resume_on_another_machine(tmp_path, capsys, s3, aws_env, corpus, staging):
+    _, fs = s3
+    source, url_in, pipeline = corpus
+    assert cli(["run", str(pipeline), "-i", str(source), "-o", str(tmp_path / "local"), "--quiet"], capsys)[0] == 0
+    url_out = f"s3://{BUCKET}/{tmp_path.name}/out"
+    args = [sys.executable, "-m", "curate.cli", "run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet"]
+    child = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    key = f"{url_out[len('s3://'):]}/manifest.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and child.poll() is None:  # kill once two stages are committed
+        fs.invalidate_cache()
+        if fs.exists(key) and sum(s["status"] == "done" for s in json.loads(fs.cat_file(key))["stages"]) >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    shutil.rmtree(staging, ignore_errors=True)  # resumed where none of the local state is
+    code, err = cli(["run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet", "--resume"], capsys)
+    assert code == 0, err
+    assert_same_output(fs, url_out, tmp_path / "local")
+
+
+def test_leftovers_of_a_dead_attempt_are_never_read_and_are_removed(tmp_path, capsys, s3, aws_env, corpus, staging):
+    _, fs = s3
+    source, url_in, pipeline = corpus
+    url_out = f"s3://{BUCKET}/{tmp_path.name}/out"
+    killed = _child(["run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet", "--jobs", "1"], "write the manifest:3", {**os.environ, "PYTHONPATH": str(ROOT)})
+    assert killed.returncode == -signal.SIGKILL
+    root = url_out[len("s3://") :]
+    # A dead attempt's part under a name a later stage will use, with other rows in it.
+    fs.pipe_file(f"{root}/kept/part-00000.parquet", next(source.glob("*.parquet")).read_bytes())
+    fs.pipe_file(f"{root}/_stages/09-ghost/kept/part-00000.parquet", b"not parquet")
+    code, err = cli(["run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet", "--resume"], capsys)
+    assert code == 0, err
+    assert cli(["run", str(pipeline), "-i", str(source), "-o", str(tmp_path / "local"), "--quiet"], capsys)[0] == 0
+    assert_same_output(fs, url_out, tmp_path / "local")
+
+
+def test_dask_two_workers_write_the_same_output(tmp_path, capsys, s3, corpus, staging):
+    pytest.importorskip("distributed")
+    from curate.executors import DaskExecutor
+
+    endpoint, fs = s3
+    source, url_in, pipeline = corpus
+    options = (("endpoint_url", endpoint), ("key", "testing"), ("secret", "testing"))
+    spec = parse_pipeline({"stage": [{"kind": "exact", "normalize": True}, {"kind": "minhash", "threshold": 0.7, "ngram": 3}, {"kind": "embed", "model": "hashing"}]}, "test")
+    local_spec = spec
+    spec = type(spec)(**{**spec.__dict__, "columns": ColumnSpec(storage_options=options)})
+    run_pipeline(local_spec, source, tmp_path / "local", RunOptions(jobs=1))
+    url_out = f"s3://{BUCKET}/{tmp_path.name}/dask"
+    with DaskExecutor.local(2) as executor:
+        result = run_pipeline(spec, url_in, url_out, RunOptions(executor=executor, unit_rows=100))
+    assert str(result.output) == url_out
+    # Work units differ from the serial run's, so parts split differently: compare the rows.
+    local = tmp_path / "local"
+    pulled = tmp_path / "pulled"
+    fs.get(url_out[len("s3://") :], str(pulled), recursive=True)
+    for name in ("kept", "removed", "embeddings"):
+        assert read_parts(pulled / name).equals(read_parts(local / name)), name
+    manifest = json.loads((pulled / "manifest.json").read_text())
+    assert set(manifest[FILES_KEY]) == set(store_files(fs, url_out)) - {"manifest.json"}
+    code, err = cli(["verify", url_out, "--storage-option", f"endpoint_url={endpoint}", "--storage-option", "key=testing", "--storage-option", "secret=testing"], capsys)
+    assert code == 0, err
+
+
+def test_bad_output_prefixes_are_one_line(tmp_path, capsys, s3, aws_env, staging):
+    _, fs = s3
+    source = write_as(tmp_path, ".parquet", make_rows(50, seed=3), parts=1)
+    dedup = ["dedup", "-i", str(source), "--quiet"]
+    code, err = cli([*dedup, "-o", "s3://no-such-bucket-here/out"], capsys)
+    assert code == 2 and "s3://no-such-bucket-here/out" in err and "bucket" in err
+    fs.pipe_file(f"{BUCKET}/{tmp_path.name}/theirs/notes.txt", b"someone else's")
+    code, err = cli([*dedup, "-o", f"s3://{BUCKET}/{tmp_path.name}/theirs"], capsys)
+    assert code == 2 and "not a curate output" in err
+    code, err = cli([*dedup, "-o", f"s3://{BUCKET}/{tmp_path.name}/theirs", "--overwrite"], capsys)
+    assert code == 2 and "not a curate output" in err
+    assert fs.cat_file(f"{BUCKET}/{tmp_path.name}/theirs/notes.txt") == b"someone else's"
+    code, err = cli(["verify", f"s3://{BUCKET}/{tmp_path.name}/nothing"], capsys)
+    assert code == 2 and "no manifest.json" in err
+    assert not list((tmp_path / "staging").glob("view-*"))
+
+
+def test_unreachable_endpoint_fails_fast(tmp_path, capsys, staging, monkeypatch):
+    pytest.importorskip("s3fs")
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    source = write_as(tmp_path, ".parquet", make_rows(20, seed=1), parts=1)
+    started = time.monotonic()
+    code, err = cli(["dedup", "-i", str(source), "-o", "s3://bucket/out", "--quiet", "--storage-option", f"endpoint_url=http://127.0.0.1:{port}"], capsys)
+    assert code == 2 and "s3://bucket/out" in err and "connect" in err.lower()
+    assert time.monotonic() - started < 10
