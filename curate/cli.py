@@ -72,7 +72,7 @@ def _run_spec(spec, input_path: str, output: str, resume: bool, overwrite: bool,
             for line in executor.describe():
                 err_console.print(line, markup=False, highlight=False)
         result = run_pipeline(spec, input_path, output, RunOptions(resume=resume, overwrite=overwrite, progress=_progress(quiet), executor=executor, against=tuple(against or ())))
-    _print_run_summary(str(result.output), quiet, spec.columns.storage_options)
+    _print_run_summary(str(result.output), quiet, spec.output_options)
 
 
 def _print_run_summary(out: str, quiet: bool, options=()) -> None:
@@ -137,7 +137,8 @@ def _single_stage(kind: str, options: dict[str, Any], text_column, id_column, dr
     if batch_size is not None:
         data["batch_size"] = batch_size
     spec = parse_pipeline(data, f"curate {kind}")
-    return replace(spec, columns=replace(spec.columns, format=check_format(input_format), storage_options=_storage_options(storage)))
+    given = _storage_options(storage)
+    return replace(spec, columns=replace(spec.columns, format=check_format(input_format), storage_options=given), output_options=given)
 
 
 @app.command()
@@ -165,11 +166,13 @@ def run(
     from curate.formats import check_format
     from curate.pipeline import load_pipeline
     from curate.shards import ColumnSpec
+    from curate.spec import merge_options
 
     spec = load_pipeline(pipeline)
     input_format = check_format(input_format) or spec.columns.format
-    columns = ColumnSpec(text=text_column or spec.columns.text, id=id_column or spec.columns.id, format=input_format, storage_options=_storage_options(storage))
-    spec = replace(spec, columns=columns, drop_null_text=drop_null_text or spec.drop_null_text, seed=spec.seed if seed is None else seed)
+    given = _storage_options(storage)  # --storage-option: for the input and the output, over the file's tables
+    columns = ColumnSpec(text=text_column or spec.columns.text, id=id_column or spec.columns.id, format=input_format, storage_options=merge_options(spec.columns.storage_options, given))
+    spec = replace(spec, columns=columns, drop_null_text=drop_null_text or spec.drop_null_text, seed=spec.seed if seed is None else seed, output_options=merge_options(spec.output_options, given))
     _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler, against=against)
 
 

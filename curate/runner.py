@@ -127,7 +127,7 @@ def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os
 def _run_somewhere(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions, executor: Executor) -> RunResult:
     if not is_remote(output):
         return _run(spec, source, storage.local_or_url(str(output)), options, executor)
-    store = OutputStore(str(output), spec.columns.storage_options)
+    store = OutputStore(str(output), spec.output_options)
     staging = store.prepare(resume=options.resume, overwrite=options.overwrite)
     # The staging directory is now empty (a fresh run) or holds the run to continue.
     result = _run(spec, source, staging, replace(options, resume=True, overwrite=False), executor, commit=store.commit, output_name=store.url)

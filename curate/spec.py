@@ -29,6 +29,8 @@ class PipelineSpec:
     batch_size: int = DEFAULT_BATCH_SIZE
     report: dict[str, Any] | None = None
     source: str = "pipeline"
+    # fsspec options for a URL output ([output] storage_options); never written to the manifest.
+    output_options: tuple[tuple[str, Any], ...] = ()
 
     def resolved(self) -> dict[str, Any]:
         """The config as it will run: every stage option with its default filled in."""
@@ -50,8 +52,9 @@ class PipelineSpec:
         }
 
 
-_TOP_KEYS = {"input", "stage", "report", "seed", "batch_size"}
-_INPUT_KEYS = {"text_column", "id_column", "drop_null_text", "format"}
+_TOP_KEYS = {"input", "output", "stage", "report", "seed", "batch_size"}
+_INPUT_KEYS = {"text_column", "id_column", "drop_null_text", "format", "storage_options"}
+_OUTPUT_KEYS = {"storage_options"}
 
 
 def load_pipeline(path: str | os.PathLike) -> PipelineSpec:
@@ -76,6 +79,9 @@ def parse_pipeline(data: dict[str, Any], source: str = "pipeline") -> PipelineSp
     bad = sorted(set(input_table) - _INPUT_KEYS)
     if bad:
         raise UsageError(f"unknown [input] key(s) {bad}", path=source, fix=f"valid keys: {sorted(_INPUT_KEYS)}")
+    output_table = data.get("output", {})
+    if not isinstance(output_table, dict) or sorted(set(output_table) - _OUTPUT_KEYS):
+        raise UsageError("[output] takes only storage_options", path=source, fix='e.g. [output] storage_options = { endpoint_url = "http://127.0.0.1:9000" }')
     raw_stages = data.get("stage", [])
     if not isinstance(raw_stages, list) or not all(isinstance(s, dict) for s in raw_stages):
         raise UsageError("stages must be [[stage]] tables", path=source, fix="write each stage as a [[stage]] table with a kind")
@@ -103,13 +109,32 @@ def parse_pipeline(data: dict[str, Any], source: str = "pipeline") -> PipelineSp
         parse_report_table(report, source)
     return PipelineSpec(
         stages=stages,
-        columns=ColumnSpec(text=input_table.get("text_column", "text"), id=input_table.get("id_column", "id"), format=_input_format(input_table, source)),
+        columns=ColumnSpec(
+            text=input_table.get("text_column", "text"),
+            id=input_table.get("id_column", "id"),
+            format=_input_format(input_table, source),
+            storage_options=_storage_table(input_table, "input", source),
+        ),
         seed=seed,
         drop_null_text=bool(input_table.get("drop_null_text", False)),
         batch_size=batch_size,
         report=report,
         source=source,
+        output_options=_storage_table(output_table, "output", source),
     )
+
+
+def _storage_table(table: dict[str, Any], where: str, source: str) -> tuple[tuple[str, Any], ...]:
+    """[input]/[output] storage_options: an inline table of fsspec keyword arguments."""
+    options = table.get("storage_options", {})
+    if not isinstance(options, dict):
+        raise UsageError(f"[{where}] storage_options must be a table", path=source, fix=f'e.g. [{where}] storage_options = {{ endpoint_url = "http://127.0.0.1:9000" }}')
+    return tuple(sorted(options.items()))
+
+
+def merge_options(base: tuple[tuple[str, Any], ...], extra: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+    """The pipeline file's storage options, with the command line's on top."""
+    return tuple({**dict(base), **dict(extra)}.items())
 
 
 def _input_format(table: dict[str, Any], source: str) -> str | None:

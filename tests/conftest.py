@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 from pathlib import Path
 from typing import Sequence
 
@@ -68,3 +70,45 @@ def cli(argv: list[str], capsys) -> tuple[int, str]:
     """(exit code, stderr) of the real CLI run in-process."""
     code, _, err = run_cli(argv, capsys)
     return code, err
+
+
+# ---------------------------------------------------------------------------------------
+# A real S3 endpoint on loopback for the object-store tests.
+
+BUCKET = "curate-test"
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """(endpoint URL, s3fs filesystem) of a moto server on a free loopback port, one per test
+    session (moto keeps its buckets per process, so servers in one process share them)."""
+    s3fs = pytest.importorskip("s3fs")
+    server_module = pytest.importorskip("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log on stderr
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing", skip_instance_cache=True)
+    fs.mkdir(BUCKET)
+    yield endpoint, fs
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(s3, monkeypatch):
+    """Credentials the way users set them: the standard AWS variables, the endpoint included."""
+    endpoint, _ = s3
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    return endpoint
+
+
+def upload(fs, local, prefix: str) -> str:
+    fs.put(str(local), f"{BUCKET}/{prefix}", recursive=True)
+    fs.invalidate_cache()
+    return f"s3://{BUCKET}/{prefix}"

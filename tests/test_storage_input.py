@@ -5,53 +5,13 @@ JSON Lines and a saved dataset; a missing bucket or backend is one line, exit 2.
 from __future__ import annotations
 
 import importlib.util
-import logging
-import socket
 
 import pytest
 
 from curate.inspect_output import verify_output
 from curate.shards import ColumnSpec, InputSet, read_parts
-from conftest import cli
+from conftest import BUCKET, cli, upload
 from test_formats import DEDUP, make_rows, write_as
-
-BUCKET = "curate-test"
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """(endpoint URL, s3fs filesystem) of a moto server on a free loopback port."""
-    s3fs = pytest.importorskip("s3fs")
-    server_module = pytest.importorskip("moto.server")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log on stderr
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    fs = s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing", skip_instance_cache=True)
-    fs.mkdir(BUCKET)
-    yield endpoint, fs
-    server.stop()
-
-
-@pytest.fixture
-def aws_env(s3, monkeypatch):
-    """Credentials the way users set them: the standard AWS variables, the endpoint included."""
-    endpoint, _ = s3
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    return endpoint
-
-
-def upload(fs, local, prefix: str) -> str:
-    fs.put(str(local), f"{BUCKET}/{prefix}", recursive=True)
-    fs.invalidate_cache()
-    return f"s3://{BUCKET}/{prefix}"
-
 
 def kept_ids(out) -> list[str]:
     return read_parts(out / "kept").column("id").to_pylist()

@@ -18,16 +18,14 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import xxhash
 
-from curate.output_store import FILES_KEY, OutputStore
+from curate.output_store import FILES_KEY
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
-from curate.shards import ColumnSpec, read_parts
-from conftest import cli
+from curate.shards import read_parts
+from conftest import BUCKET, cli, upload
 from test_formats import make_rows, write_as
-from test_storage_input import BUCKET, aws_env, s3, upload  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -218,11 +216,11 @@ def test_dask_two_workers_write_the_same_output(tmp_path, capsys, s3, corpus, st
 
     endpoint, fs = s3
     source, url_in, pipeline = corpus
-    options = (("endpoint_url", endpoint), ("key", "testing"), ("secret", "testing"))
-    spec = parse_pipeline({"stage": [{"kind": "exact", "normalize": True}, {"kind": "minhash", "threshold": 0.7, "ngram": 3}, {"kind": "embed", "model": "hashing"}]}, "test")
-    local_spec = spec
-    spec = type(spec)(**{**spec.__dict__, "columns": ColumnSpec(storage_options=options)})
-    run_pipeline(local_spec, source, tmp_path / "local", RunOptions(jobs=1))
+    stages = [{"kind": "exact", "normalize": True}, {"kind": "minhash", "threshold": 0.7, "ngram": 3}, {"kind": "embed", "model": "hashing"}]
+    run_pipeline(parse_pipeline({"stage": stages}, "test"), source, tmp_path / "local", RunOptions(jobs=1))
+    # Credentials from the pipeline file's [input] and [output] tables (no AWS_* variables here).
+    options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+    spec = parse_pipeline({"stage": stages, "input": {"storage_options": options}, "output": {"storage_options": options}}, "test")
     url_out = f"s3://{BUCKET}/{tmp_path.name}/dask"
     with DaskExecutor.local(2) as executor:
         result = run_pipeline(spec, url_in, url_out, RunOptions(executor=executor, unit_rows=100))
