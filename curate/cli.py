@@ -66,7 +66,11 @@ def _run_spec(spec, input_path: str, output: str, resume: bool, overwrite: bool,
     from curate.index.build import check_against
     from curate.pipeline import RunOptions, run_pipeline
 
-    check_against(spec, against or ())
+    from curate.index.store import INDEX_DIR
+    from curate.output_store import local_outputs
+
+    with local_outputs(against or (), spec.output_options, wanted=lambda name: name.startswith(f"{INDEX_DIR}/")) as local_against:
+        check_against(spec, local_against)  # before anything is written
     with make_executor(jobs=jobs, workers=workers, scheduler=scheduler) as executor:
         if not quiet and (workers is not None or scheduler is not None):
             for line in executor.describe():

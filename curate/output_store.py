@@ -30,7 +30,7 @@ import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -268,3 +268,10 @@ def local_output(output: str | os.PathLike, options: StorageOptions = (), *, wri
             store.commit(view, prune=False)
     finally:
         shutil.rmtree(view, ignore_errors=True)
+
+
+@contextmanager
+def local_outputs(outputs: tuple[str, ...] | list[str], options: StorageOptions = (), *, wanted: Callable[[str], bool] = lambda _: True) -> Iterator[list[str]]:
+    """`local_output` for several outputs at once (the earlier outputs of --against)."""
+    with ExitStack() as stack:
+        yield [str(stack.enter_context(local_output(o, options, wanted=wanted))) for o in outputs]

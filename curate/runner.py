@@ -28,7 +28,8 @@ from curate.errors import InputError, OutputError
 from curate.executors import Executor, LocalExecutor, cpu_count
 from curate.ledger import LEDGER_SCHEMA, ids_as_strings
 from curate.manifest import write_manifest
-from curate.output_store import OutputStore, is_remote
+from curate.index.store import INDEX_DIR
+from curate.output_store import OutputStore, is_remote, local_outputs
 from curate.outputs import STAGES_DIR, finalize, new_manifest, prepare_output, stage_dir_name
 from curate.progress import QUIET, Progress
 from curate.shards import ROW_COLUMN, InputSet, PartWriter, list_parts
@@ -125,12 +126,17 @@ def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os
 
 
 def _run_somewhere(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions, executor: Executor) -> RunResult:
-    if not is_remote(output):
-        return _run(spec, source, storage.local_or_url(str(output)), options, executor)
-    store = OutputStore(str(output), spec.output_options)
-    staging = store.prepare(resume=options.resume, overwrite=options.overwrite)
-    # The staging directory is now empty (a fresh run) or holds the run to continue.
-    result = _run(spec, source, staging, replace(options, resume=True, overwrite=False), executor, commit=store.commit, output_name=store.url)
+    # Earlier outputs in an object store: only their index is read, so only it is fetched.
+    with local_outputs(options.against, spec.output_options, wanted=lambda name: name.startswith(f"{INDEX_DIR}/")) as against:
+        if not is_remote(output):
+            return _run(spec, source, storage.local_or_url(str(output)), options, executor, against_paths=tuple(against))
+        store = OutputStore(str(output), spec.output_options)
+        staging = store.prepare(resume=options.resume, overwrite=options.overwrite)
+        # The staging directory is now empty (a fresh run) or holds the run to continue.
+        result = _run(
+            spec, source, staging, replace(options, resume=True, overwrite=False), executor,
+            commit=store.commit, output_name=store.url, against_paths=tuple(against),
+        )
     store.discard_staging()
     return RunResult(store.url, result.manifest, result.kept_rows, result.removed_rows)  # type: ignore[arg-type]
 
@@ -148,7 +154,9 @@ def _run(
     executor: Executor,
     commit: Callable[[Path], None] = _no_commit,
     output_name: str | None = None,
+    against_paths: tuple[str, ...] | None = None,
 ) -> RunResult:
+    """`against_paths`: local copies of options.against (URLs fetched), which the config keeps."""
     out = Path(output)
     config = json.loads(json.dumps(spec.resolved()))
     if options.against:  # part of the config, so --resume refuses another set of earlier outputs
@@ -198,7 +206,7 @@ def _run(
             report=dict(spec.report or {}),
             unit_rows=unit_rows,
             executor=executor,
-            against=tuple(config.get("against", ())),
+            against=tuple(config.get("against", ())) if against_paths is None else against_paths,
         )
         stage = stage_class(stage_spec.kind).from_options(stage_spec.options, where=spec.source)
         started, busy = time.perf_counter(), executor.busy_seconds

@@ -268,3 +268,25 @@ def test_unreachable_endpoint_fails_fast(tmp_path, capsys, staging, monkeypatch)
     code, err = cli(["dedup", "-i", str(source), "-o", "s3://bucket/out", "--quiet", "--storage-option", f"endpoint_url=http://127.0.0.1:{port}"], capsys)
     assert code == 2 and "s3://bucket/out" in err and "connect" in err.lower()
     assert time.monotonic() - started < 10
+
+
+def test_against_an_earlier_output_in_the_store(tmp_path, capsys, s3, aws_env, staging):
+    """B deduplicated against A's index in the store removes what it removes against a local A;
+    only A's index is fetched (its kept rows are deleted from the store first)."""
+    _, fs = s3
+    rows = make_rows(300, seed=5)
+    first = write_as(tmp_path / "a", ".parquet", rows[:150], parts=2)
+    second = write_as(tmp_path / "b", ".parquet", rows[150:], parts=2)
+    base = f"s3://{BUCKET}/{tmp_path.name}"
+    dedup = ["dedup", "--method", "minhash", "--quiet"]
+    for out in (f"{base}/a", str(tmp_path / "local-a")):
+        assert cli([*dedup, "-i", str(first), "-o", out, "--index"], capsys)[0] == 0
+    fs.rm(f"{BUCKET}/{tmp_path.name}/a/kept", recursive=True)
+    for out, against in ((f"{base}/b", f"{base}/a"), (str(tmp_path / "local-b"), str(tmp_path / "local-a"))):
+        code, err = cli([*dedup, "-i", str(second), "-o", out, "--against", against], capsys)
+        assert code == 0, err
+    pulled = tmp_path / "pulled-b"
+    fs.get(f"{BUCKET}/{tmp_path.name}/b", str(pulled), recursive=True)
+    removed = read_parts(pulled / "removed")
+    assert removed.num_rows > 0 and "near_duplicate_of_earlier" in removed.column("reason").to_pylist()
+    assert removed.equals(read_parts(tmp_path / "local-b" / "removed"))
