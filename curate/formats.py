@@ -232,11 +232,13 @@ def read_batches(
     batch_size: int,
     row_groups: Sequence[int] | None = None,
     options: StorageOptions = (),
+    known: tuple[int, str] | None = None,
 ) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(first row of the batch within the file, batch) holding the columns of `schema` that the
-    file has (JSON Lines: all of them, null where a line lacks the field)."""
+    file has (JSON Lines: all of them, null where a line lacks the field). `known`: see
+    `open_parquet`."""
     if fmt == PARQUET:
-        yield from _parquet_batches(path, schema, batch_size, row_groups, options)
+        yield from _parquet_batches(path, schema, batch_size, row_groups, options, known)
         return
     if row_groups is not None:
         raise ValueError(f"row groups are a Parquet notion; {fmt} files are read whole (row_groups=None)")
@@ -277,20 +279,41 @@ def rebatch(batches: Iterable[pa.RecordBatch], batch_size: int) -> Iterator[pa.R
 # Parquet
 
 
-def _source(path: str, options: StorageOptions) -> object:
+def _source(path: str, options: StorageOptions, size: int | None = None) -> object:
     """What pyarrow opens: a local path as is (its native reader), a URL as an fsspec file."""
-    return storage.open_binary(path, options) if storage.is_url(path) else path
+    return storage.open_binary(path, options, size) if storage.is_url(path) else path
 
 
-def open_parquet(path: str, options: StorageOptions = ()) -> pq.ParquetFile:
+# Footers of object-store Parquet files this process has read, by (URL, fingerprint): the
+# input's fingerprint covers the footer, so a hit is the same bytes. Every work unit of a shard
+# opens it again (the input check, then each stage's fit and transform); without this each
+# open costs a HEAD and one or two footer GETs (on a loopback S3 endpoint, exact + minhash
+# over 200k rows in 16 shards: 128 opens).
+_FOOTERS: dict[tuple[str, str], pq.FileMetaData] = {}
+_FOOTERS_KEPT = 256
+
+
+def open_parquet(path: str, options: StorageOptions = (), known: tuple[int, str] | None = None) -> pq.ParquetFile:
+    """`known`: the file's (size, fingerprint) from the input scan, which lets a URL be opened
+    without a HEAD request and its footer come from this process's cache."""
+    cached = None
+    if known is not None and storage.is_url(path):
+        cached = _FOOTERS.get((path, known[1]))
     try:
-        return pq.ParquetFile(_source(path, options))
+        parquet = pq.ParquetFile(_source(path, options, known[0] if known else None), metadata=cached)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"not a readable Parquet file ({first_line(exc)})", path=path, fix="re-export the shard or remove it from the input") from None
+    if known is not None and cached is None and storage.is_url(path):
+        if len(_FOOTERS) >= _FOOTERS_KEPT:
+            _FOOTERS.pop(next(iter(_FOOTERS)))
+        _FOOTERS[(path, known[1])] = parquet.metadata
+    return parquet
 
 
-def _parquet_batches(path: str, schema: pa.Schema, batch_size: int, row_groups: Sequence[int] | None, options: StorageOptions) -> Iterator[tuple[int, pa.RecordBatch]]:
-    parquet = open_parquet(path, options)
+def _parquet_batches(
+    path: str, schema: pa.Schema, batch_size: int, row_groups: Sequence[int] | None, options: StorageOptions, known: tuple[int, str] | None = None
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    parquet = open_parquet(path, options, known)
     names = set(parquet.schema_arrow.names)
     columns = [name for name in schema.names if name in names]
     metadata = parquet.metadata
@@ -321,8 +344,8 @@ def _contiguous_runs(row_groups: Sequence[int], count: int, path: str) -> list[l
     return runs
 
 
-def parquet_row_group_rows(path: str, row_groups: Sequence[int] | None, options: StorageOptions = ()) -> int:
-    metadata = open_parquet(path, options).metadata
+def parquet_row_group_rows(path: str, row_groups: Sequence[int] | None, options: StorageOptions = (), known: tuple[int, str] | None = None) -> int:
+    metadata = open_parquet(path, options, known).metadata
     groups = range(metadata.num_row_groups) if row_groups is None else row_groups
     return sum(metadata.row_group(g).num_rows for g in groups)
 

@@ -219,10 +219,11 @@ class InputSet:
         wanted = list(self.schema.names) if columns is None else _with_required(columns, self.columns, self.schema)
         read = [name for name in wanted if file.has_id or name != self.columns.id]
         read_schema = pa.schema([self.schema.field(name) for name in read])
-        expected = file.rows if row_groups is None or file.format != PARQUET else parquet_row_group_rows(path, row_groups, options)
+        known = (file.size, file.fingerprint)
+        expected = file.rows if row_groups is None or file.format != PARQUET else parquet_row_group_rows(path, row_groups, options, known)
         seen = 0
         try:
-            for row, batch in read_batches(path, file.format, read_schema, batch_size, row_groups, options):
+            for row, batch in read_batches(path, file.format, read_schema, batch_size, row_groups, options, known):
                 n = batch.num_rows
                 yield self._conform(batch, wanted, file, file.row_offset + row, n)
                 seen += n

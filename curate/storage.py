@@ -114,10 +114,13 @@ class Remote:
         return bool(self.call("list", self.fs.isfile, self.path if path is None else path))
 
 
-def open_binary(location: str, options: StorageOptions = ()) -> BinaryIO:
-    """An fsspec file for a URL (read-ahead buffered by the backend)."""
+def open_binary(location: str, options: StorageOptions = (), size: int | None = None) -> BinaryIO:
+    """An fsspec file for a URL (read-ahead buffered by the backend); a known `size` saves the
+    HEAD request that opening would make."""
     remote = Remote(location, options)
-    return remote.call("open", remote.fs.open, remote.path, "rb")
+    if size is None:
+        return remote.call("open", remote.fs.open, remote.path, "rb")
+    return remote.call("open", remote.fs.open, remote.path, "rb", size=size)
 
 
 def size(location: str, options: StorageOptions = ()) -> int:

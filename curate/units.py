@@ -182,7 +182,7 @@ def plan_units(source: InputSource | PartSource | Unit, unit_rows: int = DEFAULT
             if getattr(file, "format", "parquet") != "parquet":  # a stream: one unit per file
                 units.append(InputUnit(len(units), file, None, file.rows, file.row_offset, inputs.schema, inputs.columns, source.batch_size, source.drop_null_text))
                 continue
-            metadata = open_parquet(file.path, inputs.columns.storage_options).metadata  # local path or fsspec URL
+            metadata = open_parquet(file.path, inputs.columns.storage_options, (file.size, file.fingerprint)).metadata  # local path or fsspec URL
             for groups, rows, before in _row_group_slices(metadata, unit_rows, split_groups=True):
                 units.append(
                     InputUnit(len(units), file, groups, rows, file.row_offset + before, inputs.schema, inputs.columns, source.batch_size, source.drop_null_text)
