@@ -373,6 +373,10 @@ class DaskExecutor(_Timed):
                 unseen.append(worker)
         blind = [worker for worker, (sees_input, _) in seen.items() if not sees_input]
         fix = "put the input and -o on storage every worker mounts under the same path (NFS, Lustre, ...)"
+        from curate.output_store import STAGING_ENV, staging_root
+
+        if Path(work_dir).resolve().is_relative_to(staging_root().resolve()):  # -o is an object-store URL
+            fix = f"with an object-store -o, set {STAGING_ENV} to a directory every worker mounts under the same path"
         if blind:
             raise UsageError(f"Dask worker {blind[0]} cannot read the input file {input_path}", fix=fix)
         if unseen:
