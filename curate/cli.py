@@ -217,16 +217,21 @@ def dedup(
 
 @app.command("index")
 def index_command(
-    output: Path = typer.Argument(..., help="Output directory of a finished run."),
-    add: Optional[Path] = typer.Option(None, "--add", help="A later output (run --against OUTPUT) whose index is merged into OUTPUT's."),
+    output: str = typer.Argument(..., help="Output directory (or URL) of a finished run."),
+    add: Optional[str] = typer.Option(None, "--add", help="A later output (run --against OUTPUT) whose index is merged into OUTPUT's."),
+    storage: Optional[List[str]] = StorageOpt,
     quiet: bool = QuietOpt,
     jobs: Optional[int] = JobsOpt,
 ) -> None:
     """Build OUTPUT/index/ (reruns the recorded pipeline over its recorded input), or merge a later output's index into it."""
     from curate.index.build import add_index, build_index
+    from curate.index.store import INDEX_DIR
+    from curate.output_store import local_output, local_outputs
     from curate.pipeline import RunOptions
 
-    built = add_index(output, add) if add is not None else build_index(output, RunOptions(progress=_progress(quiet), jobs=jobs))
+    options = _storage_options(storage)
+    with local_output(output, options, writes=True) as local, local_outputs([add] if add else [], options, wanted=lambda name: name.startswith(f"{INDEX_DIR}/")) as later:
+        built = add_index(local, later[0]) if add is not None else build_index(local, RunOptions(progress=_progress(quiet), jobs=jobs))
     if not quiet:
         for stored in built:
             out_console.print(f"{stored.directory}: {stored.kind}, {stored.rows:,} rows, {stored.nbytes:,} bytes ({stored.nbytes / max(stored.rows, 1):.0f} per row)")
