@@ -8,7 +8,7 @@ process on every core:
 
     local -> local   the baseline
     s3    -> local   input read through fsspec (row groups fetched with read-ahead)
-    s3    -> s3      and the output committed to the store (staged locally, see docs/storage.md)
+    s3    -> s3      and the output committed to the store (staged locally; README, "Object stores (output)")
 
 Prints wall seconds, rows/s and the ratio to the baseline, and checks that every run kept the
 same ids.
