@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from curate import storage
 from curate.errors import InputError, OutputError
-from curate.executors import Executor, LocalExecutor, cpu_count
+from curate.executors import Executor, LocalExecutor, cpu_count, preload_in_workers
 from curate.ledger import LEDGER_SCHEMA, ids_as_strings
 from curate.manifest import write_manifest
 from curate.index.store import INDEX_DIR
@@ -126,6 +126,9 @@ def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os
 
 
 def _run_somewhere(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions, executor: Executor) -> RunResult:
+    for location in (str(source), str(output), *options.against):
+        if is_remote(location) and storage.EXTRAS.get(storage.protocol(location)) == "s3":
+            preload_in_workers("s3fs")
     # Earlier outputs in an object store: only their index is read, so only it is fetched.
     with local_outputs(options.against, spec.output_options, wanted=lambda name: name.startswith(f"{INDEX_DIR}/")) as against:
         if not is_remote(output):

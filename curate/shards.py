@@ -169,8 +169,8 @@ class InputSet:
         options = columns.storage_options
         found = resolve_inputs(source, fmt, options)
         scans = []
-        for path, kind in found:
-            scan = scan_file(path, kind, columns.text, options)
+        looked = _look_at_files(found, columns.text, options)
+        for (path, kind), (scan, _, _) in zip(found, looked):
             if scan.schema is not None:
                 _check_columns(path, scan.schema, columns)
             scans.append(scan)
@@ -186,8 +186,8 @@ class InputSet:
         has_id = has_ids.pop() if has_ids else False  # files without records (empty JSON Lines) follow the others
         files: list[InputFile] = []
         offset = 0
-        for (path, kind), scan in zip(found, scans):
-            files.append(InputFile(path, storage.size(path, options), scan.rows, fingerprint_file(path, kind, options), offset, has_id, kind))
+        for (path, kind), (scan, size, fingerprint) in zip(found, looked):
+            files.append(InputFile(path, size, scan.rows, fingerprint, offset, has_id, kind))
             offset += scan.rows
         if not with_schema:  # nothing but empty files: zero rows of id and text
             unified = pa.schema([pa.field(columns.id, pa.string()), pa.field(columns.text, pa.string())])
@@ -266,6 +266,27 @@ class InputSet:
         arrays.append(pa.array(np.arange(start, start + n, dtype=np.int64)))
         names.append(ROW_COLUMN)
         return pa.RecordBatch.from_arrays(arrays, names=names)
+
+# Files of an object-store input looked at concurrently: each costs a few round trips (size,
+# head and footer for the fingerprint, footer for the schema), ~5 ms each even on loopback, so
+# 16 shards took 0.5 s one after another. Local files stay sequential (no latency to hide).
+_REMOTE_SCANS = 16
+
+
+def _look_at_files(found: list[tuple[str, str]], text_column: str, options: StorageOptions) -> list[tuple]:
+    """(scan, size, fingerprint) per file, in input order; the first error in order is raised."""
+
+    def look(item: tuple[str, str]) -> tuple:
+        path, kind = item
+        return scan_file(path, kind, text_column, options), storage.size(path, options), fingerprint_file(path, kind, options)
+
+    if len(found) < 2 or not any(storage.is_url(path) for path, _ in found):
+        return [look(item) for item in found]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(_REMOTE_SCANS, len(found))) as pool:
+        return list(pool.map(look, found))
+
 
 def _check_columns(path: Path, schema: pa.Schema, columns: ColumnSpec) -> None:
     if columns.text not in schema.names:
