@@ -47,7 +47,7 @@ STAGING_ENV = "CURATE_STAGING_DIR"
 # curate's, and a run refuses to write there (it would be deleted as a leftover).
 CURATE_NAMES = {
     MANIFEST_NAME, "kept", "removed", "_stages", "embeddings", "prototypes", "index", "plots",
-    "report.html", "report.json", "evaluate", "kept-jsonl", "seta_schedule.json",
+    "report.html", "report.json", "scaling", "kept-jsonl", "seta_schedule.json",
 }
 _SCRATCH = "work"  # a stage's scratch directory: never committed
 _FIX_REMOTE = "check the URL, the endpoint and the credentials (--storage-option KEY=VALUE, or the backend's environment variables)"
