@@ -87,7 +87,8 @@ def _print_run_summary(out: str, quiet: bool, options=()) -> None:
         return
     with local_output(out, options, wanted=lambda name: name.startswith("removed/")) as local:
         _stage_table(stage_summaries(local))
-        has_report = (local / "report.html").exists() or "report.html" in (read_json_manifest(local).get("files") or {})
+        # A URL output's view holds the ledger only; the config says whether a report was built.
+        has_report = (local / "report.html").exists() or bool(read_json_manifest(local).get("config", {}).get("report"))
     out_console.print(f"output: {out}  (kept/, removed/, manifest.json)")
     if has_report:
         out_console.print(f"report: {out.rstrip('/')}/report.html")
