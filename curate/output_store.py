@@ -175,6 +175,7 @@ class OutputStore:
             raise OutputError(f"the output prefix holds objects that are not a curate output (e.g. {what})", path=self.url, fix="choose an empty prefix for -o")
         if committed is not None and not resume and not overwrite:
             raise OutputError("output prefix is not empty", path=self.url, fix="pass --resume to continue, --overwrite to start over, or another -o")
+        self._abort_dead_uploads()
         if overwrite and committed is not None:
             # The manifest goes last: until then the prefix is still recognised as curate's.
             self.call("clear the output", self.fs.rm, [self._key(o) for o in objects if o != MANIFEST_NAME])
@@ -188,6 +189,16 @@ class OutputStore:
             done = {f"_stages/{n}" for n in _stage_dirs_to_pull(committed)}
             self.pull(self.staging, committed, lambda name: not name.startswith("_stages/") or any(name.startswith(d + "/") for d in done))
         return self.staging
+
+    def _abort_dead_uploads(self) -> None:
+        """S3 multipart uploads a killed run left under this prefix: never visible, but stored
+        (and billed) until aborted. Other stores have no such state."""
+        if storage.EXTRAS.get(storage.protocol(self.url)) != "s3":
+            return
+        bucket, _, prefix = self.root.partition("/")
+        listing = self.call("list unfinished uploads", self.fs.call_s3, "list_multipart_uploads", Bucket=bucket, Prefix=f"{prefix}/")
+        for upload in listing.get("Uploads", []) or []:
+            self.call("abort an unfinished upload", self.fs.call_s3, "abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
 
     def _staging_matches(self, committed: dict) -> bool:
         """The staging directory holds this run (same start) at or after the committed state."""

@@ -204,8 +204,15 @@ def test_leftovers_of_a_dead_attempt_are_never_read_and_are_removed(tmp_path, ca
     # A dead attempt's part under a name a later stage will use, with other rows in it.
     fs.pipe_file(f"{root}/kept/part-00000.parquet", next(source.glob("*.parquet")).read_bytes())
     fs.pipe_file(f"{root}/_stages/09-ghost/kept/part-00000.parquet", b"not parquet")
+    # And an upload the kill cut short: invisible, but kept (and billed) by S3 until aborted.
+    bucket, _, prefix = root.partition("/")
+    fs.call_s3("create_multipart_upload", Bucket=bucket, Key=f"{prefix}/kept/part-00001.parquet")
+    elsewhere = fs.call_s3("create_multipart_upload", Bucket=bucket, Key=f"{prefix}-other/x")
     code, err = cli(["run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet", "--resume"], capsys)
     assert code == 0, err
+    open_uploads = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix).get("Uploads", [])
+    assert [u["Key"] for u in open_uploads] == [f"{prefix}-other/x"], "only this output's dead uploads are aborted"
+    fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=f"{prefix}-other/x", UploadId=elsewhere["UploadId"])
     assert cli(["run", str(pipeline), "-i", str(source), "-o", str(tmp_path / "local"), "--quiet"], capsys)[0] == 0
     assert_same_output(fs, url_out, tmp_path / "local")
 
