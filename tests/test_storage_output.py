@@ -140,6 +140,12 @@ def test_s3_to_s3_equals_local_and_readers_work(tmp_path, capsys, s3, aws_env, c
     assert_same_output(fs, url_out, local)  # kept-jsonl/ of the replaced output is gone
 
 
+def resume_and_compare(capsys, fs, pipeline: Path, url_in: str, url_out: str, local: Path) -> None:
+    code, err = cli(["run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet", "--resume"], capsys)
+    assert code == 0, err
+    assert_same_output(fs, url_out, local)
+
+
 def _child(args: list[str], kill_at: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", CHILD, *args], env={**env, "CURATE_TEST_KILL_AT": kill_at}, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
@@ -167,9 +173,7 @@ def test_kill_at_a_commit_step_then_resume(tmp_path, capsys, s3, aws_env, corpus
     assert set(committed[FILES_KEY]) <= present, "every file a commit lists is in the store"
     if lose_staging:
         shutil.rmtree(staging)
-    code, err = cli(["run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet", "--resume"], capsys)
-    assert code == 0, err
-    assert_same_output(fs, url_out, tmp_path / "local")
+    resume_and_compare(capsys, fs, pipeline, url_in, url_out, tmp_path / "local")
 
 
 def test_random_kill_then_resume_on_another_machine(tmp_path, capsys, s3, aws_env, corpus, staging):
@@ -189,9 +193,7 @@ def test_random_kill_then_resume_on_another_machine(tmp_path, capsys, s3, aws_en
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
     shutil.rmtree(staging, ignore_errors=True)  # resumed where none of the local state is
-    code, err = cli(["run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet", "--resume"], capsys)
-    assert code == 0, err
-    assert_same_output(fs, url_out, tmp_path / "local")
+    resume_and_compare(capsys, fs, pipeline, url_in, url_out, tmp_path / "local")
 
 
 def test_leftovers_of_a_dead_attempt_are_never_read_and_are_removed(tmp_path, capsys, s3, aws_env, corpus, staging):
