@@ -25,8 +25,10 @@ from curate.shards import read_parts
 
 try:
     from corpora import build_long_corpus, debian_descriptions
+    from minhash import TreeCpu
 except ImportError:  # run as a module
     from bench.corpora import build_long_corpus, debian_descriptions
+    from bench.minhash import TreeCpu
 
 def pipeline(model: str, threshold: float, semantic: bool = True) -> dict:
     stages = [{"kind": "exact", "normalize": True, "index": True}, {"kind": "minhash", "index": True}]
@@ -52,9 +54,18 @@ def split(corpus: Path, root: Path, shards: int) -> tuple[Path, Path, Path, int,
 
 
 def timed(spec: dict, source: Path, out: Path, jobs: int | None, against: tuple[Path, ...] = ()) -> float:
-    started = time.perf_counter()
-    run_pipeline(parse_pipeline(spec, "bench"), source, out, RunOptions(jobs=jobs, against=tuple(map(str, against))))
-    return time.perf_counter() - started
+    return measured(spec, source, out, jobs, against)[0]
+
+
+def measured(spec: dict, source: Path, out: Path, jobs: int | None, against: tuple[Path, ...] = ()) -> tuple[float, float, dict]:
+    """Wall seconds, CPU seconds of the process tree, and the manifest's stage seconds (and
+    the seconds tasks spent matching against earlier outputs, where a stage records them)."""
+    with TreeCpu() as cpu:
+        started = time.perf_counter()
+        result = run_pipeline(parse_pipeline(spec, "bench"), source, out, RunOptions(jobs=jobs, against=tuple(map(str, against))))
+        wall = time.perf_counter() - started
+    stages = {s["name"]: (s["seconds"], s["info"].get("earlier_task_seconds")) for s in result.manifest["stages"] if s["name"] != "input"}
+    return wall, cpu.seconds, stages
 
 
 def main() -> None:
@@ -77,22 +88,34 @@ def main() -> None:
         t_joint = timed(spec, ab, root / "out-joint", args.jobs)
         t_a = timed(spec, a, root / "out-a", args.jobs)
         shutil.rmtree(a)  # B against A reads A's index only
-        t_alone, t_against = float("inf"), float("inf")
+        alone, against = (float("inf"), float("inf"), {}), (float("inf"), float("inf"), {})
+        cpu_alone, cpu_against = float("inf"), float("inf")
         for repeat in range(args.repeats):  # alternated, best of: the machine is shared
             for out in (root / "out-b-alone", root / "out-b"):
                 shutil.rmtree(out, ignore_errors=True)
-            t_alone = min(t_alone, timed(spec, b, root / "out-b-alone", args.jobs))
-            t_against = min(t_against, timed(spec, b, root / "out-b", args.jobs, against=(root / "out-a",)))
-
-        print(f"joint A+B run: {t_joint:.2f} s; A with index: {t_a:.2f} s")
-        print(f"B alone:            {t_alone:.2f} s (best of {args.repeats})")
-        print(f"B against A index:  {t_against:.2f} s  ({t_against / t_alone:.2f}x B alone)")
+            run = measured(spec, b, root / "out-b-alone", args.jobs)
+            alone, cpu_alone = min(alone, run), min(cpu_alone, run[1])
+            run = measured(spec, b, root / "out-b", args.jobs, against=(root / "out-a",))
+            against, cpu_against = min(against, run), min(cpu_against, run[1])
         stages = [s["kind"] for s in spec["stage"]]
-        for stage in stages:
+        loads = {}
+        for stage in stages:  # the index load: files read and every digest checked, as a run does
             started = time.perf_counter()
             stored = read_index(root / "out-a" / "index" / stage)
-            load = time.perf_counter() - started
-            print(f"index {stage}: {stored.rows:,} rows, {stored.nbytes:,} bytes = {stored.nbytes / stored.rows:.0f} bytes/row; load + check {load * 1000:.0f} ms")
+            loads[stage] = (time.perf_counter() - started, stored)
+        load = sum(seconds for seconds, _ in loads.values())
+
+        print(f"joint A+B run: {t_joint:.2f} s; A with index: {t_a:.2f} s")
+        print(f"B alone:            {alone[0]:.2f} s wall, {cpu_alone:.2f} s CPU (best of {args.repeats})")
+        print(f"B against A index:  {against[0]:.2f} s wall, {cpu_against:.2f} s CPU: {against[0] / alone[0]:.2f}x B alone wall, {cpu_against / cpu_alone:.2f}x CPU")
+        print(f"index load (all stages, files read and digests checked): {load * 1000:.0f} ms; B against A = {against[0] / (alone[0] + load):.2f}x (B alone + index load)")
+        for stage in stages:
+            (s_alone, _), (s_against, matching) = alone[2][stage], against[2][stage]
+            extra = f"; tasks matching against A: {matching:.2f} s summed over tasks" if matching is not None else ""
+            print(f"  stage {stage}: {s_alone:.2f} s alone, {s_against:.2f} s against A (index load included){extra}")
+        for stage in stages:
+            seconds, stored = loads[stage]
+            print(f"index {stage}: {stored.rows:,} rows, {stored.nbytes:,} bytes = {stored.nbytes / stored.rows:.0f} bytes/row; load + check {seconds * 1000:.0f} ms")
         text_bytes = pl.read_parquet(corpus.path).select(pl.col("text").str.len_bytes().sum()).item()
         shard_bytes = sum(p.stat().st_size for p in ab.glob("*.parquet"))
         print(f"(the data: {text_bytes / corpus.rows:.0f} text bytes/row; the id and text shards: {shard_bytes / corpus.rows:.0f} Parquet bytes/row)")

@@ -254,14 +254,51 @@ def _part_texts(directory: Path, prefix: str) -> set[str]:
 
 def test_semantic_index_add_and_two_jobs(semantic_halves, tmp_path, capsys):
     root, b = semantic_halves
-    assert cli(["index", str(root / "out-a"), "--add", str(root / "out-b"), "-q"], capsys)[0] == 0
-    merged = json.loads((root / "out-a" / "index" / "semdedup" / "index.json").read_text())
+    grown = tmp_path / "out-a"
+    shutil.copytree(root / "out-a", grown)  # the module's outputs stay as they are
+    assert cli(["index", str(grown), "--add", str(root / "out-b"), "-q"], capsys)[0] == 0
+    merged = json.loads((grown / "index" / "semdedup" / "index.json").read_text())
     assert merged["rows"] == 600
-    run(b, tmp_path / "again", pipeline=SEMANTIC, against=(root / "out-a",), jobs=2)
+    run(b, tmp_path / "again", pipeline=SEMANTIC, against=(grown,), jobs=2)
     # B now matches its own rows in the merged index: every row is a duplicate of itself or earlier
     again = ledger(tmp_path / "again")
     assert len(again) == len(part_ids(b))
     assert (again.reason == "semantic_duplicate_of_earlier").all()
+
+
+def test_semantic_matching_gives_the_same_bytes_on_two_jobs(semantic_halves, tmp_path):
+    root, b = semantic_halves
+    run(b, tmp_path / "two", pipeline=SEMANTIC, against=(root / "out-a",), jobs=2)
+    for name in ("kept", "removed"):
+        assert read_parts(root / "out-b" / name).equals(read_parts(tmp_path / "two" / name))
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    info = next(s["info"] for s in manifest["stages"] if s["name"] == "semdedup")
+    assert info["earlier_matches"] > 0 and info["earlier_task_seconds"] > 0
+
+
+def test_best_matches_is_the_brute_force_best_in_any_chunking(monkeypatch):
+    from curate.index import semantic
+
+    rng = np.random.default_rng(2)
+    earlier = rng.normal(size=(300, 16)).astype(np.float32)
+    new = np.concatenate([earlier[rng.integers(0, 300, 40)] + rng.normal(scale=0.05, size=(40, 16)), rng.normal(size=(60, 16))]).astype(np.float32)
+    new[:5] = earlier[7]  # exact copies: ties between equal earlier rows go to the first
+    earlier[11] = earlier[7]
+    earlier /= np.linalg.norm(earlier, axis=1, keepdims=True)
+    new /= np.linalg.norm(new, axis=1, keepdims=True)
+    cos = np.einsum("id,jd->ij", new.astype(np.float64), earlier.astype(np.float64))
+    want_rows = np.flatnonzero(cos.max(axis=1) >= 0.9)
+    want_best = cos[want_rows].argmax(axis=1)
+    results = []
+    for dense_max in (1 << 22, 700, 1):  # one product, several chunks, one row at a time
+        monkeypatch.setattr(semantic, "_DENSE_MAX", dense_max)
+        results.append(semantic.best_matches(new, earlier, 0.9))
+    for rows, best, sims in results:
+        assert rows.tolist() == want_rows.tolist()
+        assert best.tolist() == want_best.tolist()
+        assert np.allclose(sims, cos[rows, best], atol=1e-6)
+        assert (best[:5] == 7).all()
+    assert all(np.array_equal(results[0][2], r[2]) for r in results)
 
 
 def test_dask_gives_the_same_bytes(halves, tmp_path):
