@@ -140,6 +140,11 @@ class _Match:
         keys = mh.band_keys(store.signatures(shingled), self.bands, self.rows, self.seed) & _KEY_MASK
         query = keys.ravel().astype(np.uint32)
         query_row = np.repeat(shingled, self.bands)
+        # Lookups in key order: searchsorted over the stored keys then walks them forward
+        # (measured: 12 ms instead of 29 ms for 111k lookups in 410k keys); the candidate
+        # pairs are sorted below, so their order does not matter.
+        order = np.argsort(query, kind="stable")
+        query, query_row = query[order], query_row[order]
         out_new, out_which, out_old, out_jac, candidates = [], [], [], [], 0
         for k, stored in enumerate(self.indexes):
             stored_keys, stored_rows = stored.array("band_keys"), stored.array("band_rows")
