@@ -125,8 +125,8 @@ def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os
 def _run(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions, executor: Executor) -> RunResult:
     out = Path(output)
     config = json.loads(json.dumps(spec.resolved()))
-    if options.against:  # part of the config, so --resume refuses another set of earlier outputs
-        config["against"] = [str(Path(p).resolve()) for p in options.against]
+    if options.against:  # part of the config (after the pipeline file's), so --resume refuses another set
+        config["against"] = list(dict.fromkeys([*config.get("against", []), *(str(Path(p).resolve()) for p in options.against)]))
     inputs = InputSet.scan(source, spec.columns, output=out)  # an output inside the input is refused
     input_record = [f.to_json() for f in inputs.files]
     manifest = prepare_output(out, config, input_record, resume=options.resume, overwrite=options.overwrite)

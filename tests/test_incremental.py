@@ -194,6 +194,49 @@ def _pipeline_file(directory: Path) -> Path:
     return path
 
 
+def test_against_in_the_pipeline_file_is_the_command_line_option(halves, tmp_path, monkeypatch, capsys):
+    """`against` in the file, relative to the file's directory, from another working
+    directory: the same result as --against; --against on the command line adds after it."""
+    root, b = halves
+    folder = root / "pipelines"
+    folder.mkdir(exist_ok=True)
+    pipeline = folder / "later.toml"
+    pipeline.write_text('against = ["../out-a"]\n' + _pipeline_file(tmp_path).read_text())
+    monkeypatch.chdir(tmp_path)
+    code, err = cli(["run", str(pipeline), "-i", str(b), "-o", "from-file", "-q"], capsys)
+    assert code == 0, err
+    assert ledger(tmp_path / "from-file").sort_index().equals(ledger(root / "out-b").sort_index())  # other work units than the fixture's: same rows
+    recorded = json.loads((tmp_path / "from-file" / "manifest.json").read_text())["config"]["against"]
+    assert recorded == [str((root / "out-a").resolve())]
+
+    extra = tmp_path / "extra"
+    run(b, extra)  # a second earlier output (B itself, indexed): every B row now has an earlier copy
+    code, err = cli(["run", str(pipeline), "-i", str(b), "-o", "both", "-q", "--against", str(extra)], capsys)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "both" / "manifest.json").read_text())
+    assert manifest["config"]["against"] == [str((root / "out-a").resolve()), str(extra.resolve())]
+    both = ledger(tmp_path / "both")
+    assert len(both) == len(part_ids(b)) and both.reason.str.endswith("_of_earlier").all()
+    # a text A holds still names A's row (the older output comes first); the rest name B's own
+    by_a = ledger(root / "out-b")
+    by_a = by_a[by_a.reason == "exact_duplicate_of_earlier"]
+    assert len(by_a) and (both.loc[by_a.index, "duplicate_of"] == by_a.duplicate_of).all()
+    assert both.drop(by_a.index).duplicate_of.isin(part_ids(b)).all()
+
+
+def test_against_key_errors_are_exit_2(halves, tmp_path, capsys):
+    root, b = halves
+    bad = tmp_path / "bad.toml"
+    bad.write_text("against = 3\n" + _pipeline_file(tmp_path).read_text())
+    code, err = cli(["run", str(bad), "-i", str(b), "-o", str(tmp_path / "o"), "-q"], capsys)
+    assert code == 2 and "against must be a path or a list of paths" in err
+    missing = tmp_path / "missing.toml"
+    missing.write_text('against = "no-such-output"\n' + _pipeline_file(tmp_path).read_text())
+    code, err = cli(["run", str(missing), "-i", str(b), "-o", str(tmp_path / "o"), "-q"], capsys)
+    assert code == 2 and "not a finished curate output" in err and str(tmp_path / "no-such-output") in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_interrupted_stage_resumes_to_the_same_result(halves, tmp_path, monkeypatch):
     root, b = halves
     from curate.index import minhash as minhash_index

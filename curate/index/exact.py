@@ -70,12 +70,14 @@ def _matches(found: list["_Found"], indexes: list[StoredIndex]) -> EarlierMatche
     if parts:
         order = np.argsort(np.concatenate(positions), kind="stable")
         ids = pa.concat_arrays(parts).take(pa.array(order))
-    return EarlierMatches(rows, ids)
+    # ascending rows: a unit lists its matches index by index within each batch
+    order = np.argsort(rows, kind="stable")
+    return EarlierMatches(rows[order], ids.take(pa.array(order)))
 
 
 @dataclass(frozen=True)
 class _Found:
-    rows: np.ndarray  # ordinals matched in an earlier index, ascending
+    rows: np.ndarray  # ordinals matched in an earlier index (by batch, then index)
     which: np.ndarray  # which index
     where: np.ndarray  # the stored key's position
     kept_rows: np.ndarray  # first occurrences (when building an index): ordinals, keys, ids
