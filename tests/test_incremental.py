@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -261,6 +265,90 @@ def test_interrupted_stage_resumes_to_the_same_result(halves, tmp_path, monkeypa
     run(b, out, against=(root / "out-a",), resume=True)
     for name in ("kept", "removed"):
         assert read_parts(out / name).equals(read_parts(root / "out-b" / name))
+
+
+# Killed with SIGKILL, as tests/test_kill_resume.py kills other runs, at instants inside the
+# matching stages: while a stage writes its index (after matching against the earlier index)
+# and between semdedup's per-unit cluster files (the pass that assigns rows to the earlier
+# centroids). Counted per process, like that file's events; prepended to its child script.
+INDEX_KILLS = r"""
+import os, signal
+from pathlib import Path
+_event, _, _nth = os.environ.get("CURATE_TEST_KILL_AT", ":0").partition(":")
+_seen = {"n": 0}
+_replace = os.replace
+def _index_replace(src, dst, *a, **k):
+    dst_path = Path(str(dst))
+    name = "index" if dst_path.parent.parent.name == "index" else "npz" if dst_path.suffix == ".npz" else None
+    if name == _event:
+        _seen["n"] += 1
+        if _seen["n"] == int(_nth or 0):
+            os.kill(os.getpid(), signal.SIGKILL)
+    return _replace(src, dst, *a, **k)
+os.replace = _index_replace
+"""
+KILL_PIPELINE = """
+[[stage]]
+kind = "exact"
+normalize = true
+index = true
+[[stage]]
+kind = "minhash"
+index = true
+[[stage]]
+kind = "semdedup"
+model = "hashing"
+threshold = 0.9
+clusters = 8
+index = true
+"""
+
+
+@pytest.mark.parametrize("plan", ["injected", pytest.param("random", marks=pytest.mark.slow)])
+def test_sigkilled_against_run_resumes_to_the_uninterrupted_bytes(tmp_path, monkeypatch, plan):
+    """kill -9 of `curate run ... --against OLD` mid-stage (exact's, minhash's and semdedup's
+    matching and index writes; or at random times on the process pool), then --resume: the
+    same kept rows, ledger and index bytes as a run never killed."""
+    from tests import test_kill_resume as kr
+
+    (a, b), _ = write_parts(tmp_path, n=600, seed=11)
+    pipeline = tmp_path / "pipeline.toml"
+    pipeline.write_text(KILL_PIPELINE)
+    run(a, tmp_path / "out-a", pipeline=tomllib.loads(KILL_PIPELINE))
+    shutil.rmtree(a)
+
+    def start(pipeline, corpus, out, resume, kill_at=None):
+        argv = [sys.executable, "-c", INDEX_KILLS + kr.CHILD, "run", str(pipeline), "-i", str(corpus), "-o", str(out), "--quiet", "--against", str(tmp_path / "out-a")]
+        argv += ["--resume"] if resume else []
+        argv += ["--jobs", "1"] if kill_at else []  # injected kills are counted in this process
+        return subprocess.Popen(argv, cwd=kr.ROOT, env=kr._env(kill_at), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    monkeypatch.setattr(kr, "start_run", start)
+    started = time.perf_counter()
+    assert kr.finish(start(pipeline, b, tmp_path / "reference", resume=False)) == 0
+    seconds = time.perf_counter() - started
+    kept, removed = kr.read_dir(tmp_path / "reference" / "kept"), kr.read_dir(tmp_path / "reference" / "removed")
+    assert removed.num_rows and {"exact_duplicate_of_earlier", "near_duplicate_of_earlier", "semantic_duplicate_of_earlier"} <= set(removed.column("reason").to_pylist())
+    out = tmp_path / "out"
+    if plan == "injected":
+        # run 1 dies mid exact's index write (after its matching); run 2 redoes exact (3 index
+        # files) and dies mid minhash's; run 3 redoes minhash and dies between semdedup's
+        # per-unit cluster files; run 4 redoes semdedup and dies mid its index write (after
+        # matching); run 5 finishes
+        chain = ["index:2", "index:5", "npz:2", "index:2"]
+        assert kr.resume_to_end(pipeline, b, out, chain) == len(chain)
+    else:
+        rng = np.random.default_rng(16)
+        for attempt in range(3):  # the machine is shared: if the run outpaced every kill, kill sooner
+            out = tmp_path / f"out-{attempt}"
+            if kr.resume_to_end(pipeline, b, out, [float(d) for d in seconds * rng.uniform(0.2, 0.9, size=4) / 2**attempt]):
+                break
+        else:
+            pytest.fail("no run was killed")
+    kr.assert_same_result(out, kept, removed)
+    for path in sorted((tmp_path / "reference" / "index").rglob("*")):
+        if path.is_file() and path.name != "index.json":
+            assert path.read_bytes() == (out / path.relative_to(tmp_path / "reference")).read_bytes(), path
 
 
 SEMANTIC = {"stage": [{"kind": "semdedup", "model": "hashing", "threshold": 0.9, "clusters": 8, "index": True}]}
