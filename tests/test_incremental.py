@@ -192,6 +192,37 @@ def test_truncated_or_missing_index_is_exit_2_naming_the_file(halves, tmp_path, 
         run(b, tmp_path / "o3", against=(copy,))
 
 
+def test_altered_index_file_is_caught_by_its_digest_old_or_new(halves, tmp_path):
+    """Same size, one byte changed: the digest in index.json catches it, whether the index was
+    written with XXH3-128 digests or, as earlier indexes were, BLAKE2b."""
+    import hashlib
+
+    from curate.index.store import read_index
+
+    root, _ = halves
+    copy = tmp_path / "old"
+    shutil.copytree(root / "out-a", copy)
+    directory = copy / "index" / "minhash"
+    meta = json.loads((directory / "index.json").read_text())
+    assert all(set(f) == {"bytes", "xxh3_128"} for f in meta["files"].values())
+    for name, entry in meta["files"].items():  # as an index written before XXH3 digests
+        entry.pop("xxh3_128")
+        entry["blake2b"] = hashlib.blake2b((directory / name).read_bytes(), digest_size=16).hexdigest()
+    (directory / "index.json").write_text(json.dumps(meta))
+    assert read_index(directory).rows == meta["rows"]
+    for fresh in (False, True):
+        if fresh:
+            shutil.rmtree(copy)
+            shutil.copytree(root / "out-a", copy)
+        target = directory / "band_rows.npy"
+        data = bytearray(target.read_bytes())
+        data[-1] ^= 1
+        target.write_bytes(bytes(data))
+        with pytest.raises(UsageError, match="digest differs") as caught:
+            read_index(directory)
+        assert "band_rows.npy" in str(caught.value)
+
+
 def _pipeline_file(directory: Path) -> Path:
     path = directory / "p.toml"
     path.write_text('[[stage]]\nkind = "exact"\nnormalize = true\nindex = true\n[[stage]]\nkind = "minhash"\nindex = true\n')
