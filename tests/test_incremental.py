@@ -463,15 +463,18 @@ def test_best_matches_is_the_brute_force_best_in_any_chunking(monkeypatch):
     assert all(np.array_equal(results[0][2], r[2]) for r in results)
 
 
-def test_dask_gives_the_same_bytes(halves, tmp_path):
+def test_dask_gives_the_same_bytes(halves, semantic_halves, tmp_path):
     pytest.importorskip("distributed")
     from curate.executors import DaskExecutor
 
     root, b = halves
+    semantic_root, semantic_b = semantic_halves
     with DaskExecutor.local(2) as executor:
         run_pipeline(parse_pipeline(PIPELINE, "test"), b, tmp_path / "dask", RunOptions(executor=executor, unit_rows=150, against=(str(root / "out-a"),)))
+        run_pipeline(parse_pipeline(SEMANTIC, "test"), semantic_b, tmp_path / "dask-semantic", RunOptions(executor=executor, unit_rows=150, against=(str(semantic_root / "out-a"),)))
     for name in ("kept", "removed"):
         assert read_parts(root / "out-b" / name).equals(read_parts(tmp_path / "dask" / name))
+        assert read_parts(semantic_root / "out-b" / name).equals(read_parts(tmp_path / "dask-semantic" / name))
 
 
 def test_new_row_reaches_an_earlier_group_through_a_row_the_earlier_run_removed(tmp_path):

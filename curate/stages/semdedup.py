@@ -96,6 +96,7 @@ class SemDedup(Stage):
             fit=f"driver k-means on {len(sample)} rows; assignment on workers ({len(units)} units), within-cluster search on workers ({buckets} buckets)",
         )
         if earlier:
+            ctx.info["fit"] += f"; against {len(earlier)} earlier output(s): their centroids in the assignment, {len(jobs) - buckets} buckets of their clusters in the search"
             # task seconds spent matching (assignment to earlier centroids + earlier buckets), summed over tasks
             ctx.info["earlier_task_seconds"] = round(sum(a[2] for a in assigned) + sum(r[3] for r in results[buckets:]), 3)
         semantic_index.after_fit(self, source, ctx, emb, centroids, clusters_dir, earlier, matched)
