@@ -1,13 +1,17 @@
 """Incremental dedup: the second half of a real corpus deduplicated against the first half's
 index, vs deduplicating it alone and vs one joint run over both halves, in the same run.
 
-    python bench/incremental.py [--corpus DEBIAN_PARQUET | --long] [--jobs N] [--repeats 3] [--model hashing] [--no-semantic]
+    python bench/incremental.py [--corpus DEBIAN_PARQUET | --long] [--jobs N] [--repeats 3] [--model hashing]
+                                [--no-semantic] [--index-verify exact|estimate]
 
-The corpus is split in halves A and B by input order. Runs (exact with normalize, then
-minhash, `index = true`): A alone (writing its index), B alone, B --against A (A's shards
-deleted first), and A+B jointly. Printed: wall seconds of B alone and of B against A's index,
-the index load (files read and digests checked, per stage), the index bytes per row, and how
-the rows removed from B compare with the joint run's (ids; duplicate_of)."""
+The corpus is split in halves A and B by input order. Runs (exact with normalize, minhash,
+semdedup with hashing embeddings, all `index = true`): A alone (writing its index), B alone,
+B --against A (A's shards deleted first), and A+B jointly. Printed, all from this one run: wall
+and CPU seconds (this process and its workers) of B alone and of B against A's index (best of
+--repeats, alternated), the index load (files read and digests checked, per stage), each
+stage's seconds in both runs (and the task seconds semdedup spends matching), the index bytes
+per row, and how the rows removed from B compare with the joint run's (ids, duplicate_of,
+precision and recall)."""
 
 from __future__ import annotations
 
@@ -30,8 +34,8 @@ except ImportError:  # run as a module
     from bench.corpora import build_long_corpus, debian_descriptions
     from bench.minhash import TreeCpu
 
-def pipeline(model: str, threshold: float, semantic: bool = True) -> dict:
-    stages = [{"kind": "exact", "normalize": True, "index": True}, {"kind": "minhash", "index": True}]
+def pipeline(model: str, threshold: float, semantic: bool = True, index_verify: str = "exact") -> dict:
+    stages = [{"kind": "exact", "normalize": True, "index": True}, {"kind": "minhash", "index": True, "index_verify": index_verify}]
     if semantic:
         stages.append({"kind": "semdedup", "model": model, "threshold": threshold, "index": True})
     return {"stage": stages}
@@ -78,8 +82,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="B alone and B against A, alternated, best of")
     parser.add_argument("--semantic-threshold", type=float, default=0.9, help="semdedup's cosine threshold")
     parser.add_argument("--no-semantic", action="store_true", help="exact and minhash only")
+    parser.add_argument("--index-verify", choices=("exact", "estimate"), default="exact", help="what the minhash index keeps to verify later rows: shingle fingerprints (exact) or 16-bit signature slots (estimate)")
     args = parser.parse_args()
-    spec = pipeline(args.model, args.semantic_threshold, not args.no_semantic)
+    spec = pipeline(args.model, args.semantic_threshold, not args.no_semantic, args.index_verify)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         corpus = build_long_corpus(root / "long") if args.long else debian_descriptions(args.corpus)
@@ -133,7 +138,8 @@ def main() -> None:
             earlier = int((later.reason == f"{reason}_of_earlier").sum())
             print(
                 f"{stage}: joint removes {len(want):,} B rows, B --against A removes {len(got):,} ({earlier:,} as {reason}_of_earlier); "
-                f"same ids: {len(both):,}, only joint {len(want - got):,}, only incremental {len(got - want):,}; same duplicate_of {same_rep:.4f}"
+                f"same ids: {len(both):,}, only joint {len(want - got):,}, only incremental {len(got - want):,}; same duplicate_of {same_rep:.4f}; "
+                f"precision {len(both) / max(len(got), 1):.4f}, recall {len(both) / max(len(want), 1):.4f}"
             )
             if stage == "semdedup":
                 # Rows only the incremental run removes, explained: the joint run kept the row

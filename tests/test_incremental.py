@@ -477,6 +477,47 @@ def test_dask_gives_the_same_bytes(halves, semantic_halves, tmp_path):
         assert read_parts(semantic_root / "out-b" / name).equals(read_parts(tmp_path / "dask-semantic" / name))
 
 
+def test_signature_index_verifies_by_estimate_in_less_space(halves, tmp_path, capsys):
+    """index_verify = "estimate": the index keeps 16-bit signature slots instead of shingle
+    fingerprints; later rows are verified against it by estimated Jaccard, close to the joint
+    run (which verifies exactly); an exact run against it is exit 2 naming both settings."""
+    root, b = halves
+    a = tmp_path / "A"
+    shutil.copytree(root / "joint", a, ignore=lambda _, names: [n for n in names if not n.startswith("p0-")])
+    estimate = {"stage": [{**s, "index_verify": "estimate"} if s["kind"] == "minhash" else s for s in PIPELINE["stage"]]}
+    run(a, tmp_path / "out-a", pipeline=estimate)
+    shutil.rmtree(a)
+    directory = tmp_path / "out-a" / "index" / "minhash"
+    meta = json.loads((directory / "index.json").read_text())
+    assert meta["settings"]["index_verify"] == "estimate"
+    assert "signatures.npy" in meta["files"] and "fingerprints.npy" not in meta["files"]
+    signatures = np.load(directory / "signatures.npy")
+    assert signatures.dtype == np.uint16 and signatures.shape == (meta["rows"], 128)
+    exact_bytes = sum(f["bytes"] for f in json.loads((root / "out-a" / "index" / "minhash" / "index.json").read_text())["files"].values())
+    assert sum(f["bytes"] for f in meta["files"].values()) < exact_bytes  # 60-word texts: 256 bytes a row vs ~5 x 60
+
+    run(b, tmp_path / "out-b", pipeline=estimate, against=(tmp_path / "out-a",))
+    joint = ledger(root / "out-joint", part_ids(b))
+    later = ledger(tmp_path / "out-b")
+    want, got = set(joint.index[joint.stage == "minhash"]), set(later.index[later.stage == "minhash"])
+    assert len(want & got) >= 0.9 * len(want) and len(want & got) >= 0.9 * len(got)
+    earlier = later[later.reason == "near_duplicate_of_earlier"]
+    assert len(earlier) and earlier.duplicate_of.isin(part_ids(root / "joint") - part_ids(b)).all()
+    direct = earlier.score.dropna()
+    assert (direct >= 0.8).all() and np.allclose(direct * 128, np.round(direct * 128))  # estimates: k / num_perm
+
+    code, err = cli(["dedup", "-i", str(b), "-o", str(tmp_path / "o"), "--method", "minhash", "--against", str(tmp_path / "out-a")], capsys)
+    assert code == 2 and "index_verify = 'exact'" in err and "index_verify = 'estimate'" in err
+    before = {p: p.read_bytes() for p in (root / "out-a" / "index").rglob("*") if p.is_file()}
+    code, err = cli(["index", str(root / "out-a"), "--add", str(tmp_path / "out-b"), "-q"], capsys)  # an exact index takes no signature index
+    assert code == 2 and "index_verify" in err
+    assert before == {p: p.read_bytes() for p in (root / "out-a" / "index").rglob("*") if p.is_file()}  # no stage merged
+    assert cli(["index", str(tmp_path / "out-a"), "--add", str(tmp_path / "out-b"), "-q"], capsys)[0] == 0
+    merged = np.load(directory / "signatures.npy")
+    assert merged.shape == (len(signatures) + json.loads((tmp_path / "out-b" / "index" / "minhash" / "index.json").read_text())["rows"], 128)
+    assert np.array_equal(merged[: len(signatures)], signatures)
+
+
 def test_new_row_reaches_an_earlier_group_through_a_row_the_earlier_run_removed(tmp_path):
     """a2 (an edit of a1) was removed in A; b is near a2 but not near a1: the joint run links b
     to a1 through a2, and so must the run against A's index (which keeps removed rows)."""

@@ -33,10 +33,19 @@ _FP_BYTES = mh.FINGERPRINT_BITS // 8
 _KEY_MASK = np.uint64(0xFFFFFFFF)
 
 
+# What an index keeps to verify a later row's candidates against its rows: "exact" the shingle
+# fingerprints (exact Jaccard, as the joint run verifies; 5 bytes per distinct shingle), or
+# "estimate" each row's signature as 16-bit slots (Jaccard estimated from equal slots, as
+# verify = "estimate" does; 2 bytes x num_perm a row, whatever the text's length).
+INDEX_VERIFY = ("exact", "estimate")
+_SLOT_MASK = np.uint32(0xFFFF)  # equal 16-bit slots by chance: 1 in 65,536, J moves by that much
+
+
 def settings(stage, seed: int) -> dict:
     return {
         "ngram": stage.ngram, "num_perm": stage.num_perm, "unit": stage.unit, "bands": int(stage.bands_),
         "rows": int(stage.rows_), "seed": int(seed), "threshold": float(stage.threshold), "verify": stage.verify,
+        "index_verify": stage.index_verify,
     }
 
 
@@ -163,11 +172,16 @@ class _Match:
             if not len(pairs):
                 continue
             new_members, old_members = mh.sorted_unique(new), mh.sorted_unique(old)
-            new_sets, new_offsets = mh.unique_sorted_sets(*store.shingles(new_members))
-            old_sets, old_offsets = fingerprints(stored, old_members)
-            sets = np.concatenate([new_sets, old_sets])
-            set_offsets = np.concatenate([new_offsets, new_offsets[-1] + old_offsets[1:]])
-            jac = mh.exact_jaccard(sets, set_offsets, np.searchsorted(new_members, new), len(new_members) + np.searchsorted(old_members, old))
+            if stored.settings.get("index_verify", "exact") == "estimate":
+                new_slots = slots(store.signatures(new_members))
+                old_slots = np.asarray(stored.array("signatures")[old_members])
+                jac = mh.estimated_jaccard(new_slots[np.searchsorted(new_members, new)], old_slots[np.searchsorted(old_members, old)])
+            else:
+                new_sets, new_offsets = mh.unique_sorted_sets(*store.shingles(new_members))
+                old_sets, old_offsets = fingerprints(stored, old_members)
+                sets = np.concatenate([new_sets, old_sets])
+                set_offsets = np.concatenate([new_offsets, new_offsets[-1] + old_offsets[1:]])
+                jac = mh.exact_jaccard(sets, set_offsets, np.searchsorted(new_members, new), len(new_members) + np.searchsorted(old_members, old))
             keep = jac >= self.threshold
             out_new.append(new[keep])
             out_which.append(np.full(int(keep.sum()), k, np.int64))
@@ -183,6 +197,11 @@ def fingerprints(stored: StoredIndex, rows: np.ndarray) -> tuple[np.ndarray, np.
     lengths = np.asarray(offsets[rows + 1] - offsets[rows], dtype=np.int64)
     packed = np.asarray(stored.array("fingerprints")[_ranges(np.asarray(offsets[rows], dtype=np.int64), lengths)])
     return unpack(packed), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+def slots(signatures: np.ndarray) -> np.ndarray:
+    """The low 16 bits of each signature slot: what an `index_verify = "estimate"` index keeps."""
+    return (signatures & _SLOT_MASK).astype(np.uint16)
 
 
 def pack(values: np.ndarray) -> np.ndarray:
@@ -208,7 +227,7 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def _build(stage, ctx: StageContext, work: Path, units: list, starts: np.ndarray, ordinals: np.ndarray) -> StoredIndex:
-    task = _Rows(str(work), starts, stage.num_perm, stage.bands_, stage.rows_, ctx.seed, ctx.id_column)
+    task = _Rows(str(work), starts, stage.num_perm, stage.bands_, stage.rows_, ctx.seed, ctx.id_column, stage.index_verify)
     parts = ctx.map(task, list(enumerate(units)), label=f"{ctx.name}: index", sizes=[u.rows for u in units])
     ids = pa.concat_arrays([p[4] for p in parts]) if parts else pa.array([], pa.string())
     root = ids
@@ -218,12 +237,19 @@ def _build(stage, ctx: StageContext, work: Path, units: list, starts: np.ndarray
     earlier = stage.earlier_
     if earlier is not None and len(earlier):
         root = _put(root, np.searchsorted(ordinals, earlier.rows), earlier.ids)
+    if stage.index_verify == "estimate":
+        verification = {"signatures": np.concatenate([p[2] for p in parts]) if parts else np.empty((0, stage.num_perm), np.uint16)}
+    else:
+        counts = np.concatenate([p[3] for p in parts]) if parts else np.empty(0, np.int64)
+        verification = {
+            "fingerprints": np.concatenate([p[2] for p in parts]) if parts else np.empty((0, _FP_BYTES), np.uint8),
+            "fp_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        }
     return _write(
         index_dir(ctx.output_dir, ctx.name), ctx.name, settings(stage, ctx.seed),
         np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.uint32),
         np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64),
-        np.concatenate([p[2] for p in parts]) if parts else np.empty((0, _FP_BYTES), np.uint8),
-        np.concatenate([p[3] for p in parts]) if parts else np.empty(0, np.int64),
+        verification,
         pa.table({"id": ids, "root": root}),
     )
 
@@ -235,15 +261,13 @@ def _put(values: pa.Array, at: np.ndarray, new: pa.Array) -> pa.Array:
     return pa.array(out, pa.string())
 
 
-def _write(directory, stage: str, stored_settings: dict, keys: np.ndarray, key_rows: np.ndarray, packed: np.ndarray, counts: np.ndarray, table: pa.Table) -> StoredIndex:
+def _write(directory, stage: str, stored_settings: dict, keys: np.ndarray, key_rows: np.ndarray, verification: dict[str, np.ndarray], table: pa.Table) -> StoredIndex:
+    """`verification`: `fingerprints` and `fp_offsets`, or `signatures` (index_verify)."""
     order = np.lexsort((key_rows, keys))
     row_type = np.uint32 if table.num_rows < (1 << 32) else np.int64
     return write_index(
         directory, kind=KIND, stage=stage, settings=stored_settings,
-        arrays={
-            "band_keys": keys[order].astype(np.uint32), "band_rows": key_rows[order].astype(row_type),
-            "fingerprints": packed, "fp_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        },
+        arrays={"band_keys": keys[order].astype(np.uint32), "band_rows": key_rows[order].astype(row_type), **verification},
         table=table,
     )
 
@@ -260,6 +284,7 @@ class _Rows:
     rows: int
     seed: int
     id_column: str
+    index_verify: str = "exact"
 
     def __call__(self, item: tuple[int, object]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, pa.Array]:
         from curate.stages.minhash import RowStore
@@ -269,24 +294,34 @@ class _Rows:
         dense = np.arange(int(self.starts[position]), int(self.starts[position + 1]), dtype=np.int64)
         shingled = dense[store.shingle_counts(dense) > 0]
         keys = (mh.band_keys(store.signatures(shingled), self.bands, self.rows, self.seed) & _KEY_MASK).astype(np.uint32)
-        sets, offsets = mh.unique_sorted_sets(*store.shingles(dense)) if len(dense) else (np.empty(0, np.uint64), np.zeros(1, np.int64))
+        if self.index_verify == "estimate":
+            verification, counts = slots(store.signatures(dense)), np.zeros(0, np.int64)
+        else:
+            sets, offsets = mh.unique_sorted_sets(*store.shingles(dense)) if len(dense) else (np.empty(0, np.uint64), np.zeros(1, np.int64))
+            verification, counts = pack(sets), np.diff(offsets)
         ids = [ids_as_strings(b.column(self.id_column)) for b in unit.batches(columns=[self.id_column])]  # type: ignore[attr-defined]
         ids_array = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
         if len(ids_array) != len(dense):
             raise RuntimeError(f"minhash index: unit {position} has {len(ids_array)} ids for {len(dense)} rows")
-        return keys.ravel(), np.repeat(shingled, self.bands), pack(sets), np.diff(offsets), ids_array
+        return keys.ravel(), np.repeat(shingled, self.bands), verification, counts, ids_array
 
 
 def merge(base: StoredIndex, later: StoredIndex, directory) -> StoredIndex:
     """One index of both outputs, the earlier output's rows first (they come first in order)."""
     check_settings(later, base.settings, here=f"in the index of {Path(base.directory).parent.parent}")
     n = base.rows
-    base_off, later_off = np.asarray(base.array("fp_offsets")), np.asarray(later.array("fp_offsets"))
+    if base.settings.get("index_verify", "exact") == "estimate":
+        verification = {"signatures": np.concatenate([base.array("signatures"), later.array("signatures")])}
+    else:
+        base_off, later_off = np.asarray(base.array("fp_offsets")), np.asarray(later.array("fp_offsets"))
+        verification = {
+            "fingerprints": np.concatenate([base.array("fingerprints"), later.array("fingerprints")]),
+            "fp_offsets": np.concatenate([base_off, base_off[-1] + later_off[1:]]).astype(np.int64),
+        }
     return _write(
         directory, base.stage, base.settings,
         np.concatenate([base.array("band_keys"), later.array("band_keys")]),
         np.concatenate([np.asarray(base.array("band_rows"), np.int64), np.asarray(later.array("band_rows"), np.int64) + n]),
-        np.concatenate([base.array("fingerprints"), later.array("fingerprints")]),
-        np.concatenate([np.diff(base_off), np.diff(later_off)]),
+        verification,
         pa.concat_tables([base.table(), later.table()]).combine_chunks(),
     )

@@ -140,10 +140,14 @@ def find_index(output: str | Path, stage: str, kind: str) -> StoredIndex:
     raise UsageError(f"{why} under {INDEX_DIR}/", path=output, fix=f"run the earlier pipeline with index = true on its {kind} stage, or build it: curate index {output}")
 
 
+# Settings added after indexes were first written, with the value those indexes have.
+_SETTING_DEFAULTS = {"index_verify": "exact"}
+
+
 def check_settings(stored: StoredIndex, settings: dict[str, Any], here: str = "in this run") -> None:
     """Matching needs the same keys: any setting that differs is exit 2 naming both values."""
     for key, ours in settings.items():
-        theirs = stored.settings.get(key)
+        theirs = stored.settings.get(key, _SETTING_DEFAULTS.get(key))
         if theirs != ours:
             raise UsageError(
                 f"{key} = {ours!r} {here} but {key} = {theirs!r} in the {stored.kind} index of {Path(stored.directory).parent.parent}",
