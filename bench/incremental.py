@@ -95,13 +95,15 @@ def main() -> None:
         shutil.rmtree(a)  # B against A reads A's index only
         alone, against = (float("inf"), float("inf"), {}), (float("inf"), float("inf"), {})
         cpu_alone, cpu_against = float("inf"), float("inf")
+        pairs = []  # (wall ratio, CPU ratio) of each repeat's two runs, back to back
         for repeat in range(args.repeats):  # alternated, best of: the machine is shared
             for out in (root / "out-b-alone", root / "out-b"):
                 shutil.rmtree(out, ignore_errors=True)
-            run = measured(spec, b, root / "out-b-alone", args.jobs)
-            alone, cpu_alone = min(alone, run), min(cpu_alone, run[1])
-            run = measured(spec, b, root / "out-b", args.jobs, against=(root / "out-a",))
-            against, cpu_against = min(against, run), min(cpu_against, run[1])
+            first = measured(spec, b, root / "out-b-alone", args.jobs)
+            alone, cpu_alone = min(alone, first), min(cpu_alone, first[1])
+            second = measured(spec, b, root / "out-b", args.jobs, against=(root / "out-a",))
+            against, cpu_against = min(against, second), min(cpu_against, second[1])
+            pairs.append((second[0] / first[0], second[1] / first[1]))
         stages = [s["kind"] for s in spec["stage"]]
         loads = {}
         for stage in stages:  # the index load: files read and every digest checked, as a run does
@@ -114,6 +116,8 @@ def main() -> None:
         print(f"B alone:            {alone[0]:.2f} s wall, {cpu_alone:.2f} s CPU (best of {args.repeats})")
         print(f"B against A index:  {against[0]:.2f} s wall, {cpu_against:.2f} s CPU: {against[0] / alone[0]:.2f}x B alone wall, {cpu_against / cpu_alone:.2f}x CPU")
         print(f"index load (all stages, files read and digests checked): {load * 1000:.0f} ms; B against A = {against[0] / (alone[0] + load):.2f}x (B alone + index load)")
+        walls, cpus = sorted(p[0] for p in pairs), sorted(p[1] for p in pairs)
+        print(f"per repeat, against / alone: wall {' '.join(f'{r:.2f}' for r in walls)} (median {walls[len(walls) // 2]:.2f}); CPU {' '.join(f'{r:.2f}' for r in cpus)} (median {cpus[len(cpus) // 2]:.2f})")
         for stage in stages:
             (s_alone, _), (s_against, matching) = alone[2][stage], against[2][stage]
             extra = f"; tasks matching against A: {matching:.2f} s summed over tasks" if matching is not None else ""
