@@ -35,7 +35,7 @@ except ImportError:  # run as a module
     from bench.minhash import TreeCpu
 
 def pipeline(model: str, threshold: float, semantic: bool = True, index_verify: str = "exact") -> dict:
-    stages = [{"kind": "exact", "normalize": True, "index": True}, {"kind": "minhash", "index": True, "index_verify": index_verify}]
+    stages = [{"kind": "exact", "normalize": True, "index": True}, {"kind": "minhash", "index": True, **({"index_verify": index_verify} if index_verify != "exact" else {})}]
     if semantic:
         stages.append({"kind": "semdedup", "model": model, "threshold": threshold, "index": True})
     return {"stage": stages}
