@@ -277,7 +277,7 @@ def test_interrupted_stage_resumes_to_the_same_result(halves, tmp_path, monkeypa
     from curate.index import minhash as minhash_index
 
     calls = {"n": 0}
-    real = minhash_index._Match.__call__
+    real = minhash_index._UnitPass.__call__
 
     def fail_second(self, unit):
         calls["n"] += 1
@@ -285,12 +285,12 @@ def test_interrupted_stage_resumes_to_the_same_result(halves, tmp_path, monkeypa
             raise RuntimeError("killed mid-stage")
         return real(self, unit)
 
-    monkeypatch.setattr(minhash_index._Match, "__call__", fail_second)
+    monkeypatch.setattr(minhash_index._UnitPass, "__call__", fail_second)
     out = tmp_path / "resumed"
     with pytest.raises(RuntimeError, match="mid-stage"):
         run(b, out, against=(root / "out-a",))
     assert not (out / "kept").exists()
-    monkeypatch.setattr(minhash_index._Match, "__call__", real)
+    monkeypatch.setattr(minhash_index._UnitPass, "__call__", real)
     with pytest.raises(UsageError, match="config differs"):
         run(b, out, resume=True)  # --resume with other earlier outputs than the run began with
     run(b, out, against=(root / "out-a",), resume=True)
