@@ -1,13 +1,17 @@
 """Incremental dedup: the second half of a real corpus deduplicated against the first half's
 index, vs deduplicating it alone and vs one joint run over both halves, in the same run.
 
-    python bench/incremental.py [--corpus DEBIAN_PARQUET | --long] [--jobs N] [--repeats 3] [--model hashing] [--no-semantic]
+    python bench/incremental.py [--corpus DEBIAN_PARQUET | --long] [--jobs N] [--repeats 3] [--model hashing]
+                                [--no-semantic] [--index-verify exact|estimate]
 
-The corpus is split in halves A and B by input order. Runs (exact with normalize, then
-minhash, `index = true`): A alone (writing its index), B alone, B --against A (A's shards
-deleted first), and A+B jointly. Printed: wall seconds of B alone and of B against A's index,
-the index load (files read and digests checked, per stage), the index bytes per row, and how
-the rows removed from B compare with the joint run's (ids; duplicate_of)."""
+The corpus is split in halves A and B by input order. Runs (exact with normalize, minhash,
+semdedup with hashing embeddings, all `index = true`): A alone (writing its index), B alone,
+B --against A (A's shards deleted first), and A+B jointly. Printed, all from this one run: wall
+and CPU seconds (this process and its workers) of B alone and of B against A's index (best of
+--repeats, alternated), the index load (files read and digests checked, per stage), each
+stage's seconds in both runs (and the task seconds semdedup spends matching), the index bytes
+per row, and how the rows removed from B compare with the joint run's (ids, duplicate_of,
+precision and recall)."""
 
 from __future__ import annotations
 
@@ -25,11 +29,13 @@ from curate.shards import read_parts
 
 try:
     from corpora import build_long_corpus, debian_descriptions
+    from minhash import TreeCpu
 except ImportError:  # run as a module
     from bench.corpora import build_long_corpus, debian_descriptions
+    from bench.minhash import TreeCpu
 
-def pipeline(model: str, threshold: float, semantic: bool = True) -> dict:
-    stages = [{"kind": "exact", "normalize": True, "index": True}, {"kind": "minhash", "index": True}]
+def pipeline(model: str, threshold: float, semantic: bool = True, index_verify: str = "exact") -> dict:
+    stages = [{"kind": "exact", "normalize": True, "index": True}, {"kind": "minhash", "index": True, **({"index_verify": index_verify} if index_verify != "exact" else {})}]
     if semantic:
         stages.append({"kind": "semdedup", "model": model, "threshold": threshold, "index": True})
     return {"stage": stages}
@@ -52,9 +58,18 @@ def split(corpus: Path, root: Path, shards: int) -> tuple[Path, Path, Path, int,
 
 
 def timed(spec: dict, source: Path, out: Path, jobs: int | None, against: tuple[Path, ...] = ()) -> float:
-    started = time.perf_counter()
-    run_pipeline(parse_pipeline(spec, "bench"), source, out, RunOptions(jobs=jobs, against=tuple(map(str, against))))
-    return time.perf_counter() - started
+    return measured(spec, source, out, jobs, against)[0]
+
+
+def measured(spec: dict, source: Path, out: Path, jobs: int | None, against: tuple[Path, ...] = ()) -> tuple[float, float, dict]:
+    """Wall seconds, CPU seconds of the process tree, and the manifest's stage seconds (and
+    the seconds tasks spent matching against earlier outputs, where a stage records them)."""
+    with TreeCpu() as cpu:
+        started = time.perf_counter()
+        result = run_pipeline(parse_pipeline(spec, "bench"), source, out, RunOptions(jobs=jobs, against=tuple(map(str, against))))
+        wall = time.perf_counter() - started
+    stages = {s["name"]: (s["seconds"], s["info"].get("earlier_task_seconds")) for s in result.manifest["stages"] if s["name"] != "input"}
+    return wall, cpu.seconds, stages
 
 
 def main() -> None:
@@ -67,8 +82,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="B alone and B against A, alternated, best of")
     parser.add_argument("--semantic-threshold", type=float, default=0.9, help="semdedup's cosine threshold")
     parser.add_argument("--no-semantic", action="store_true", help="exact and minhash only")
+    parser.add_argument("--index-verify", choices=("exact", "estimate"), default="exact", help="what the minhash index keeps to verify later rows: shingle fingerprints (exact) or 16-bit signature slots (estimate)")
     args = parser.parse_args()
-    spec = pipeline(args.model, args.semantic_threshold, not args.no_semantic)
+    spec = pipeline(args.model, args.semantic_threshold, not args.no_semantic, args.index_verify)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         corpus = build_long_corpus(root / "long") if args.long else debian_descriptions(args.corpus)
@@ -77,22 +93,38 @@ def main() -> None:
         t_joint = timed(spec, ab, root / "out-joint", args.jobs)
         t_a = timed(spec, a, root / "out-a", args.jobs)
         shutil.rmtree(a)  # B against A reads A's index only
-        t_alone, t_against = float("inf"), float("inf")
+        alone, against = (float("inf"), float("inf"), {}), (float("inf"), float("inf"), {})
+        cpu_alone, cpu_against = float("inf"), float("inf")
+        pairs = []  # (wall ratio, CPU ratio) of each repeat's two runs, back to back
         for repeat in range(args.repeats):  # alternated, best of: the machine is shared
             for out in (root / "out-b-alone", root / "out-b"):
                 shutil.rmtree(out, ignore_errors=True)
-            t_alone = min(t_alone, timed(spec, b, root / "out-b-alone", args.jobs))
-            t_against = min(t_against, timed(spec, b, root / "out-b", args.jobs, against=(root / "out-a",)))
-
-        print(f"joint A+B run: {t_joint:.2f} s; A with index: {t_a:.2f} s")
-        print(f"B alone:            {t_alone:.2f} s (best of {args.repeats})")
-        print(f"B against A index:  {t_against:.2f} s  ({t_against / t_alone:.2f}x B alone)")
+            first = measured(spec, b, root / "out-b-alone", args.jobs)
+            alone, cpu_alone = min(alone, first), min(cpu_alone, first[1])
+            second = measured(spec, b, root / "out-b", args.jobs, against=(root / "out-a",))
+            against, cpu_against = min(against, second), min(cpu_against, second[1])
+            pairs.append((second[0] / first[0], second[1] / first[1]))
         stages = [s["kind"] for s in spec["stage"]]
-        for stage in stages:
+        loads = {}
+        for stage in stages:  # the index load: files read and every digest checked, as a run does
             started = time.perf_counter()
             stored = read_index(root / "out-a" / "index" / stage)
-            load = time.perf_counter() - started
-            print(f"index {stage}: {stored.rows:,} rows, {stored.nbytes:,} bytes = {stored.nbytes / stored.rows:.0f} bytes/row; load + check {load * 1000:.0f} ms")
+            loads[stage] = (time.perf_counter() - started, stored)
+        load = sum(seconds for seconds, _ in loads.values())
+
+        print(f"joint A+B run: {t_joint:.2f} s; A with index: {t_a:.2f} s")
+        print(f"B alone:            {alone[0]:.2f} s wall, {cpu_alone:.2f} s CPU (best of {args.repeats})")
+        print(f"B against A index:  {against[0]:.2f} s wall, {cpu_against:.2f} s CPU: {against[0] / alone[0]:.2f}x B alone wall, {cpu_against / cpu_alone:.2f}x CPU")
+        print(f"index load (all stages, files read and digests checked): {load * 1000:.0f} ms; B against A = {against[0] / (alone[0] + load):.2f}x (B alone + index load)")
+        walls, cpus = sorted(p[0] for p in pairs), sorted(p[1] for p in pairs)
+        print(f"per repeat, against / alone: wall {' '.join(f'{r:.2f}' for r in walls)} (median {walls[len(walls) // 2]:.2f}); CPU {' '.join(f'{r:.2f}' for r in cpus)} (median {cpus[len(cpus) // 2]:.2f})")
+        for stage in stages:
+            (s_alone, _), (s_against, matching) = alone[2][stage], against[2][stage]
+            extra = f"; tasks matching against A: {matching:.2f} s summed over tasks" if matching is not None else ""
+            print(f"  stage {stage}: {s_alone:.2f} s alone, {s_against:.2f} s against A (index load included){extra}")
+        for stage in stages:
+            seconds, stored = loads[stage]
+            print(f"index {stage}: {stored.rows:,} rows, {stored.nbytes:,} bytes = {stored.nbytes / stored.rows:.0f} bytes/row; load + check {seconds * 1000:.0f} ms")
         text_bytes = pl.read_parquet(corpus.path).select(pl.col("text").str.len_bytes().sum()).item()
         shard_bytes = sum(p.stat().st_size for p in ab.glob("*.parquet"))
         print(f"(the data: {text_bytes / corpus.rows:.0f} text bytes/row; the id and text shards: {shard_bytes / corpus.rows:.0f} Parquet bytes/row)")
@@ -110,7 +142,8 @@ def main() -> None:
             earlier = int((later.reason == f"{reason}_of_earlier").sum())
             print(
                 f"{stage}: joint removes {len(want):,} B rows, B --against A removes {len(got):,} ({earlier:,} as {reason}_of_earlier); "
-                f"same ids: {len(both):,}, only joint {len(want - got):,}, only incremental {len(got - want):,}; same duplicate_of {same_rep:.4f}"
+                f"same ids: {len(both):,}, only joint {len(want - got):,}, only incremental {len(got - want):,}; same duplicate_of {same_rep:.4f}; "
+                f"precision {len(both) / max(len(got), 1):.4f}, recall {len(both) / max(len(want), 1):.4f}"
             )
             if stage == "semdedup":
                 # Rows only the incremental run removes, explained: the joint run kept the row

@@ -37,7 +37,7 @@ SetOpt = typer.Option(None, "--set", help="Extra stage option KEY=VALUE (repeata
 JobsOpt = typer.Option(None, "--jobs", "-j", help="Worker processes on this machine (default: every core; 1 = serial in this process).")
 WorkersOpt = typer.Option(None, "--workers", help="Run on a local Dask cluster of N worker processes.")
 SchedulerOpt = typer.Option(None, "--scheduler", help="Run on a running Dask cluster: tcp://HOST:PORT of its scheduler.")
-AgainstOpt = typer.Option(None, "--against", help="Earlier output (repeatable, oldest first): rows duplicating its rows are removed, using only its index.")
+AgainstOpt = typer.Option(None, "--against", help="Earlier output (repeatable, oldest first; after any in the pipeline file's against): rows duplicating its rows are removed, using only its index.")
 
 
 def _progress(quiet: bool):
@@ -69,7 +69,8 @@ def _run_spec(spec, input_path: str, output: str, resume: bool, overwrite: bool,
     from curate.index.store import INDEX_DIR
     from curate.output_store import local_outputs
 
-    with local_outputs(against or (), spec.output_options, wanted=lambda name: name.startswith(f"{INDEX_DIR}/")) as local_against:
+    earlier = list(dict.fromkeys([*spec.against, *(against or ())]))  # the pipeline file's earlier outputs, then the command line's
+    with local_outputs(earlier, spec.output_options, wanted=lambda name: name.startswith(f"{INDEX_DIR}/")) as local_against:
         check_against(spec, local_against)  # before anything is written
     with make_executor(jobs=jobs, workers=workers, scheduler=scheduler) as executor:
         if not quiet and (workers is not None or scheduler is not None):

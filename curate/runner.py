@@ -33,7 +33,7 @@ from curate.output_store import OutputStore, is_remote, local_outputs
 from curate.outputs import STAGES_DIR, finalize, new_manifest, prepare_output, stage_dir_name
 from curate.progress import QUIET, Progress
 from curate.shards import ROW_COLUMN, InputSet, PartWriter, list_parts
-from curate.spec import PipelineSpec
+from curate.spec import PipelineSpec, earlier_output
 from curate.stages.base import Stage, StageContext, stage_class
 from curate.tasks import INPUT_STAGE, CheckUnit, FirstRepeatedId, FitMap, FitReduce, Transform, assemble, save_stage
 from curate.units import DEFAULT_UNIT_ROWS, InputSource, InputUnit, PartSource, plan_units, unit_rows_for
@@ -126,11 +126,12 @@ def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os
 
 
 def _run_somewhere(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions, executor: Executor) -> RunResult:
-    for location in (str(source), str(output), *options.against):
+    earlier = earlier_outputs(spec, options)
+    for location in (str(source), str(output), *earlier):
         if is_remote(location) and storage.EXTRAS.get(storage.protocol(location)) == "s3":
             preload_in_workers("s3fs")
     # Earlier outputs in an object store: only their index is read, so only it is fetched.
-    with local_outputs(options.against, spec.output_options, wanted=lambda name: name.startswith(f"{INDEX_DIR}/")) as against:
+    with local_outputs(earlier, spec.output_options, wanted=lambda name: name.startswith(f"{INDEX_DIR}/")) as against:
         if not is_remote(output):
             return _run(spec, source, storage.local_or_url(str(output)), options, executor, against_paths=tuple(against))
         store = OutputStore(str(output), spec.output_options)
@@ -142,6 +143,11 @@ def _run_somewhere(spec: PipelineSpec, source: str | os.PathLike, output: str | 
         )
     store.discard_staging()
     return RunResult(store.url, result.manifest, result.kept_rows, result.removed_rows)  # type: ignore[arg-type]
+
+
+def earlier_outputs(spec: PipelineSpec, options: RunOptions) -> list[str]:
+    """The pipeline file's earlier outputs, then the run's, each once, as the config records them."""
+    return list(dict.fromkeys(earlier_output(p) for p in (*spec.against, *options.against)))
 
 
 def _no_commit(_: Path) -> None:
@@ -159,11 +165,12 @@ def _run(
     output_name: str | None = None,
     against_paths: tuple[str, ...] | None = None,
 ) -> RunResult:
-    """`against_paths`: local copies of options.against (URLs fetched), which the config keeps."""
+    """`against_paths`: local copies of `earlier_outputs` (URLs fetched); the config keeps
+    the outputs as given."""
     out = Path(output)
     config = json.loads(json.dumps(spec.resolved()))
-    if options.against:  # part of the config, so --resume refuses another set of earlier outputs
-        config["against"] = [p if is_remote(p) else str(Path(p).resolve()) for p in options.against]
+    if options.against:  # part of the config (after the pipeline file's), so --resume refuses another set
+        config["against"] = earlier_outputs(spec, options)
     inputs = InputSet.scan(source, spec.columns, output=output_name or out)  # an output inside the input is refused
     input_record = [f.to_json() for f in inputs.files]
     manifest = prepare_output(out, config, input_record, resume=options.resume, overwrite=options.overwrite)

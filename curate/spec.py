@@ -31,6 +31,9 @@ class PipelineSpec:
     source: str = "pipeline"
     # fsspec options for a URL output ([output] storage_options); never written to the manifest.
     output_options: tuple[tuple[str, Any], ...] = ()
+    # Earlier outputs whose indexes the dedup stages match against (`against = [...]`, oldest
+    # first); the CLI's --against and RunOptions.against add theirs after these.
+    against: tuple[str, ...] = ()
 
     def resolved(self) -> dict[str, Any]:
         """The config as it will run: every stage option with its default filled in."""
@@ -49,10 +52,12 @@ class PipelineSpec:
             "seed": self.seed,
             "stages": stages,
             "report": self.report,
+            # absent when empty: outputs made before the key existed still resume
+            **({"against": [earlier_output(p) for p in self.against]} if self.against else {}),
         }
 
 
-_TOP_KEYS = {"input", "output", "stage", "report", "seed", "batch_size"}
+_TOP_KEYS = {"input", "output", "stage", "report", "seed", "batch_size", "against"}
 _INPUT_KEYS = {"text_column", "id_column", "drop_null_text", "format", "storage_options"}
 _OUTPUT_KEYS = {"storage_options"}
 
@@ -66,10 +71,12 @@ def load_pipeline(path: str | os.PathLike) -> PipelineSpec:
         raise UsageError("pipeline file does not exist", path=path, fix="pass a TOML pipeline, e.g. pipelines/quickstart.toml") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"malformed TOML ({exc})", path=path, fix="fix the TOML syntax") from None
-    return parse_pipeline(data, str(path))
+    return parse_pipeline(data, str(path), base=path.parent)
 
 
-def parse_pipeline(data: dict[str, Any], source: str = "pipeline") -> PipelineSpec:
+def parse_pipeline(data: dict[str, Any], source: str = "pipeline", base: str | os.PathLike | None = None) -> PipelineSpec:
+    """The spec of a parsed pipeline table; relative `against` paths are taken from `base` (a
+    pipeline file's directory) when given, else from the working directory."""
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise UsageError(f"unknown top-level key(s) {unknown}", path=source, fix=f"valid keys: {sorted(_TOP_KEYS)}")
@@ -108,6 +115,7 @@ def parse_pipeline(data: dict[str, Any], source: str = "pipeline") -> PipelineSp
 
         parse_report_table(report, source)
     return PipelineSpec(
+        against=_against(data.get("against", []), source, base),
         stages=stages,
         columns=ColumnSpec(
             text=input_table.get("text_column", "text"),
@@ -144,3 +152,18 @@ def _input_format(table: dict[str, Any], source: str) -> str | None:
         return check_format(table.get("format"))
     except UsageError as exc:
         raise UsageError(f"[input] format: {exc}", path=source, fix="format = \"parquet\", \"jsonl\" or \"hf\" (or leave it out)") from None
+
+
+def earlier_output(location: str) -> str:
+    """How an earlier output is recorded: a URL as given, a local path absolute."""
+    return location if "://" in location else str(Path(location).resolve())
+
+
+def _against(value: Any, source: str, base: str | os.PathLike | None) -> tuple[str, ...]:
+    """`against = "OLD_OUT"` or a list of them, oldest first; each relative path is taken from
+    `base` (the pipeline file's directory), so a pipeline runs the same from any directory."""
+    paths = [value] if isinstance(value, str) else value
+    if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+        raise UsageError(f"against must be a path or a list of paths, got {value!r}", path=source, fix='e.g. against = ["../out-2026-10"] (earlier outputs, oldest first)')
+    resolved = [str(Path(base) / p) if base is not None and not Path(p).is_absolute() and "://" not in p else p for p in paths]
+    return tuple(dict.fromkeys(resolved))  # an output listed twice is matched once

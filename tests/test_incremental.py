@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -188,10 +192,84 @@ def test_truncated_or_missing_index_is_exit_2_naming_the_file(halves, tmp_path, 
         run(b, tmp_path / "o3", against=(copy,))
 
 
+def test_altered_index_file_is_caught_by_its_digest_old_or_new(halves, tmp_path):
+    """Same size, one byte changed: the digest in index.json catches it, whether the index was
+    written with XXH3-128 digests or, as earlier indexes were, BLAKE2b."""
+    import hashlib
+
+    from curate.index.store import read_index
+
+    root, _ = halves
+    copy = tmp_path / "old"
+    shutil.copytree(root / "out-a", copy)
+    directory = copy / "index" / "minhash"
+    meta = json.loads((directory / "index.json").read_text())
+    assert all(set(f) == {"bytes", "xxh3_128"} for f in meta["files"].values())
+    for name, entry in meta["files"].items():  # as an index written before XXH3 digests
+        entry.pop("xxh3_128")
+        entry["blake2b"] = hashlib.blake2b((directory / name).read_bytes(), digest_size=16).hexdigest()
+    (directory / "index.json").write_text(json.dumps(meta))
+    assert read_index(directory).rows == meta["rows"]
+    for fresh in (False, True):
+        if fresh:
+            shutil.rmtree(copy)
+            shutil.copytree(root / "out-a", copy)
+        target = directory / "band_rows.npy"
+        data = bytearray(target.read_bytes())
+        data[-1] ^= 1
+        target.write_bytes(bytes(data))
+        with pytest.raises(UsageError, match="digest differs") as caught:
+            read_index(directory)
+        assert "band_rows.npy" in str(caught.value)
+
+
 def _pipeline_file(directory: Path) -> Path:
     path = directory / "p.toml"
     path.write_text('[[stage]]\nkind = "exact"\nnormalize = true\nindex = true\n[[stage]]\nkind = "minhash"\nindex = true\n')
     return path
+
+
+def test_against_in_the_pipeline_file_is_the_command_line_option(halves, tmp_path, monkeypatch, capsys):
+    """`against` in the file, relative to the file's directory, from another working
+    directory: the same result as --against; --against on the command line adds after it."""
+    root, b = halves
+    folder = root / "pipelines"
+    folder.mkdir(exist_ok=True)
+    pipeline = folder / "later.toml"
+    pipeline.write_text('against = ["../out-a"]\n' + _pipeline_file(tmp_path).read_text())
+    monkeypatch.chdir(tmp_path)
+    code, err = cli(["run", str(pipeline), "-i", str(b), "-o", "from-file", "-q"], capsys)
+    assert code == 0, err
+    assert ledger(tmp_path / "from-file").sort_index().equals(ledger(root / "out-b").sort_index())  # other work units than the fixture's: same rows
+    recorded = json.loads((tmp_path / "from-file" / "manifest.json").read_text())["config"]["against"]
+    assert recorded == [str((root / "out-a").resolve())]
+
+    extra = tmp_path / "extra"
+    run(b, extra)  # a second earlier output (B itself, indexed): every B row now has an earlier copy
+    code, err = cli(["run", str(pipeline), "-i", str(b), "-o", "both", "-q", "--against", str(extra)], capsys)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "both" / "manifest.json").read_text())
+    assert manifest["config"]["against"] == [str((root / "out-a").resolve()), str(extra.resolve())]
+    both = ledger(tmp_path / "both")
+    assert len(both) == len(part_ids(b)) and both.reason.str.endswith("_of_earlier").all()
+    # a text A holds still names A's row (the older output comes first); the rest name B's own
+    by_a = ledger(root / "out-b")
+    by_a = by_a[by_a.reason == "exact_duplicate_of_earlier"]
+    assert len(by_a) and (both.loc[by_a.index, "duplicate_of"] == by_a.duplicate_of).all()
+    assert both.drop(by_a.index).duplicate_of.isin(part_ids(b)).all()
+
+
+def test_against_key_errors_are_exit_2(halves, tmp_path, capsys):
+    root, b = halves
+    bad = tmp_path / "bad.toml"
+    bad.write_text("against = 3\n" + _pipeline_file(tmp_path).read_text())
+    code, err = cli(["run", str(bad), "-i", str(b), "-o", str(tmp_path / "o"), "-q"], capsys)
+    assert code == 2 and "against must be a path or a list of paths" in err
+    missing = tmp_path / "missing.toml"
+    missing.write_text('against = "no-such-output"\n' + _pipeline_file(tmp_path).read_text())
+    code, err = cli(["run", str(missing), "-i", str(b), "-o", str(tmp_path / "o"), "-q"], capsys)
+    assert code == 2 and "not a finished curate output" in err and str(tmp_path / "no-such-output") in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_interrupted_stage_resumes_to_the_same_result(halves, tmp_path, monkeypatch):
@@ -199,7 +277,7 @@ def test_interrupted_stage_resumes_to_the_same_result(halves, tmp_path, monkeypa
     from curate.index import minhash as minhash_index
 
     calls = {"n": 0}
-    real = minhash_index._Match.__call__
+    real = minhash_index._UnitPass.__call__
 
     def fail_second(self, unit):
         calls["n"] += 1
@@ -207,17 +285,101 @@ def test_interrupted_stage_resumes_to_the_same_result(halves, tmp_path, monkeypa
             raise RuntimeError("killed mid-stage")
         return real(self, unit)
 
-    monkeypatch.setattr(minhash_index._Match, "__call__", fail_second)
+    monkeypatch.setattr(minhash_index._UnitPass, "__call__", fail_second)
     out = tmp_path / "resumed"
     with pytest.raises(RuntimeError, match="mid-stage"):
         run(b, out, against=(root / "out-a",))
     assert not (out / "kept").exists()
-    monkeypatch.setattr(minhash_index._Match, "__call__", real)
+    monkeypatch.setattr(minhash_index._UnitPass, "__call__", real)
     with pytest.raises(UsageError, match="config differs"):
         run(b, out, resume=True)  # --resume with other earlier outputs than the run began with
     run(b, out, against=(root / "out-a",), resume=True)
     for name in ("kept", "removed"):
         assert read_parts(out / name).equals(read_parts(root / "out-b" / name))
+
+
+# Killed with SIGKILL, as tests/test_kill_resume.py kills other runs, at instants inside the
+# matching stages: while a stage writes its index (after matching against the earlier index)
+# and between semdedup's per-unit cluster files (the pass that assigns rows to the earlier
+# centroids). Counted per process, like that file's events; prepended to its child script.
+INDEX_KILLS = r"""
+import os, signal
+from pathlib import Path
+_event, _, _nth = os.environ.get("CURATE_TEST_KILL_AT", ":0").partition(":")
+_seen = {"n": 0}
+_replace = os.replace
+def _index_replace(src, dst, *a, **k):
+    dst_path = Path(str(dst))
+    name = "index" if dst_path.parent.parent.name == "index" else "npz" if dst_path.suffix == ".npz" else None
+    if name == _event:
+        _seen["n"] += 1
+        if _seen["n"] == int(_nth or 0):
+            os.kill(os.getpid(), signal.SIGKILL)
+    return _replace(src, dst, *a, **k)
+os.replace = _index_replace
+"""
+KILL_PIPELINE = """
+[[stage]]
+kind = "exact"
+normalize = true
+index = true
+[[stage]]
+kind = "minhash"
+index = true
+[[stage]]
+kind = "semdedup"
+model = "hashing"
+threshold = 0.9
+clusters = 8
+index = true
+"""
+
+
+@pytest.mark.parametrize("plan", ["injected", pytest.param("random", marks=pytest.mark.slow)])
+def test_sigkilled_against_run_resumes_to_the_uninterrupted_bytes(tmp_path, monkeypatch, plan):
+    """kill -9 of `curate run ... --against OLD` mid-stage (exact's, minhash's and semdedup's
+    matching and index writes; or at random times on the process pool), then --resume: the
+    same kept rows, ledger and index bytes as a run never killed."""
+    from tests import test_kill_resume as kr
+
+    (a, b), _ = write_parts(tmp_path, n=600, seed=11)
+    pipeline = tmp_path / "pipeline.toml"
+    pipeline.write_text(KILL_PIPELINE)
+    run(a, tmp_path / "out-a", pipeline=tomllib.loads(KILL_PIPELINE))
+    shutil.rmtree(a)
+
+    def start(pipeline, corpus, out, resume, kill_at=None):
+        argv = [sys.executable, "-c", INDEX_KILLS + kr.CHILD, "run", str(pipeline), "-i", str(corpus), "-o", str(out), "--quiet", "--against", str(tmp_path / "out-a")]
+        argv += ["--resume"] if resume else []
+        argv += ["--jobs", "1"] if kill_at else []  # injected kills are counted in this process
+        return subprocess.Popen(argv, cwd=kr.ROOT, env=kr._env(kill_at), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    monkeypatch.setattr(kr, "start_run", start)
+    started = time.perf_counter()
+    assert kr.finish(start(pipeline, b, tmp_path / "reference", resume=False)) == 0
+    seconds = time.perf_counter() - started
+    kept, removed = kr.read_dir(tmp_path / "reference" / "kept"), kr.read_dir(tmp_path / "reference" / "removed")
+    assert removed.num_rows and {"exact_duplicate_of_earlier", "near_duplicate_of_earlier", "semantic_duplicate_of_earlier"} <= set(removed.column("reason").to_pylist())
+    out = tmp_path / "out"
+    if plan == "injected":
+        # run 1 dies mid exact's index write (after its matching); run 2 redoes exact (3 index
+        # files) and dies mid minhash's; run 3 redoes minhash and dies between semdedup's
+        # per-unit cluster files; run 4 redoes semdedup and dies mid its index write (after
+        # matching); run 5 finishes
+        chain = ["index:2", "index:5", "npz:2", "index:2"]
+        assert kr.resume_to_end(pipeline, b, out, chain) == len(chain)
+    else:
+        rng = np.random.default_rng(16)
+        for attempt in range(3):  # the machine is shared: if the run outpaced every kill, kill sooner
+            out = tmp_path / f"out-{attempt}"
+            if kr.resume_to_end(pipeline, b, out, [float(d) for d in seconds * rng.uniform(0.2, 0.9, size=4) / 2**attempt]):
+                break
+        else:
+            pytest.fail("no run was killed")
+    kr.assert_same_result(out, kept, removed)
+    for path in sorted((tmp_path / "reference" / "index").rglob("*")):
+        if path.is_file() and path.name != "index.json":
+            assert path.read_bytes() == (out / path.relative_to(tmp_path / "reference")).read_bytes(), path
 
 
 SEMANTIC = {"stage": [{"kind": "semdedup", "model": "hashing", "threshold": 0.9, "clusters": 8, "index": True}]}
@@ -254,25 +416,106 @@ def _part_texts(directory: Path, prefix: str) -> set[str]:
 
 def test_semantic_index_add_and_two_jobs(semantic_halves, tmp_path, capsys):
     root, b = semantic_halves
-    assert cli(["index", str(root / "out-a"), "--add", str(root / "out-b"), "-q"], capsys)[0] == 0
-    merged = json.loads((root / "out-a" / "index" / "semdedup" / "index.json").read_text())
+    grown = tmp_path / "out-a"
+    shutil.copytree(root / "out-a", grown)  # the module's outputs stay as they are
+    assert cli(["index", str(grown), "--add", str(root / "out-b"), "-q"], capsys)[0] == 0
+    merged = json.loads((grown / "index" / "semdedup" / "index.json").read_text())
     assert merged["rows"] == 600
-    run(b, tmp_path / "again", pipeline=SEMANTIC, against=(root / "out-a",), jobs=2)
+    run(b, tmp_path / "again", pipeline=SEMANTIC, against=(grown,), jobs=2)
     # B now matches its own rows in the merged index: every row is a duplicate of itself or earlier
     again = ledger(tmp_path / "again")
     assert len(again) == len(part_ids(b))
     assert (again.reason == "semantic_duplicate_of_earlier").all()
 
 
-def test_dask_gives_the_same_bytes(halves, tmp_path):
+def test_semantic_matching_gives_the_same_bytes_on_two_jobs(semantic_halves, tmp_path):
+    root, b = semantic_halves
+    run(b, tmp_path / "two", pipeline=SEMANTIC, against=(root / "out-a",), jobs=2)
+    for name in ("kept", "removed"):
+        assert read_parts(root / "out-b" / name).equals(read_parts(tmp_path / "two" / name))
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    info = next(s["info"] for s in manifest["stages"] if s["name"] == "semdedup")
+    assert info["earlier_matches"] > 0 and info["earlier_task_seconds"] > 0
+
+
+def test_best_matches_is_the_brute_force_best_in_any_chunking(monkeypatch):
+    from curate.index import semantic
+
+    rng = np.random.default_rng(2)
+    earlier = rng.normal(size=(300, 16)).astype(np.float32)
+    new = np.concatenate([earlier[rng.integers(0, 300, 40)] + rng.normal(scale=0.05, size=(40, 16)), rng.normal(size=(60, 16))]).astype(np.float32)
+    new[:5] = earlier[7]  # exact copies: ties between equal earlier rows go to the first
+    earlier[11] = earlier[7]
+    earlier /= np.linalg.norm(earlier, axis=1, keepdims=True)
+    new /= np.linalg.norm(new, axis=1, keepdims=True)
+    cos = np.einsum("id,jd->ij", new.astype(np.float64), earlier.astype(np.float64))
+    want_rows = np.flatnonzero(cos.max(axis=1) >= 0.9)
+    want_best = cos[want_rows].argmax(axis=1)
+    results = []
+    for dense_max in (1 << 22, 700, 1):  # one product, several chunks, one row at a time
+        monkeypatch.setattr(semantic, "_DENSE_MAX", dense_max)
+        results.append(semantic.best_matches(new, earlier, 0.9))
+    for rows, best, sims in results:
+        assert rows.tolist() == want_rows.tolist()
+        assert best.tolist() == want_best.tolist()
+        assert np.allclose(sims, cos[rows, best], atol=1e-6)
+        assert (best[:5] == 7).all()
+    assert all(np.array_equal(results[0][2], r[2]) for r in results)
+
+
+def test_dask_gives_the_same_bytes(halves, semantic_halves, tmp_path):
     pytest.importorskip("distributed")
     from curate.executors import DaskExecutor
 
     root, b = halves
+    semantic_root, semantic_b = semantic_halves
     with DaskExecutor.local(2) as executor:
         run_pipeline(parse_pipeline(PIPELINE, "test"), b, tmp_path / "dask", RunOptions(executor=executor, unit_rows=150, against=(str(root / "out-a"),)))
+        run_pipeline(parse_pipeline(SEMANTIC, "test"), semantic_b, tmp_path / "dask-semantic", RunOptions(executor=executor, unit_rows=150, against=(str(semantic_root / "out-a"),)))
     for name in ("kept", "removed"):
         assert read_parts(root / "out-b" / name).equals(read_parts(tmp_path / "dask" / name))
+        assert read_parts(semantic_root / "out-b" / name).equals(read_parts(tmp_path / "dask-semantic" / name))
+
+
+def test_signature_index_verifies_by_estimate_in_less_space(halves, tmp_path, capsys):
+    """index_verify = "estimate": the index keeps 16-bit signature slots instead of shingle
+    fingerprints; later rows are verified against it by estimated Jaccard, close to the joint
+    run (which verifies exactly); an exact run against it is exit 2 naming both settings."""
+    root, b = halves
+    a = tmp_path / "A"
+    shutil.copytree(root / "joint", a, ignore=lambda _, names: [n for n in names if not n.startswith("p0-")])
+    estimate = {"stage": [{**s, "index_verify": "estimate"} if s["kind"] == "minhash" else s for s in PIPELINE["stage"]]}
+    run(a, tmp_path / "out-a", pipeline=estimate)
+    shutil.rmtree(a)
+    directory = tmp_path / "out-a" / "index" / "minhash"
+    meta = json.loads((directory / "index.json").read_text())
+    assert meta["settings"]["index_verify"] == "estimate"
+    assert "signatures.npy" in meta["files"] and "fingerprints.npy" not in meta["files"]
+    signatures = np.load(directory / "signatures.npy")
+    assert signatures.dtype == np.uint16 and signatures.shape == (meta["rows"], 128)
+    exact_bytes = sum(f["bytes"] for f in json.loads((root / "out-a" / "index" / "minhash" / "index.json").read_text())["files"].values())
+    assert sum(f["bytes"] for f in meta["files"].values()) < exact_bytes  # 60-word texts: 256 bytes a row vs ~5 x 60
+
+    run(b, tmp_path / "out-b", pipeline=estimate, against=(tmp_path / "out-a",))
+    joint = ledger(root / "out-joint", part_ids(b))
+    later = ledger(tmp_path / "out-b")
+    want, got = set(joint.index[joint.stage == "minhash"]), set(later.index[later.stage == "minhash"])
+    assert len(want & got) >= 0.9 * len(want) and len(want & got) >= 0.9 * len(got)
+    earlier = later[later.reason == "near_duplicate_of_earlier"]
+    assert len(earlier) and earlier.duplicate_of.isin(part_ids(root / "joint") - part_ids(b)).all()
+    direct = earlier.score.dropna()
+    assert (direct >= 0.8).all() and np.allclose(direct * 128, np.round(direct * 128))  # estimates: k / num_perm
+
+    code, err = cli(["dedup", "-i", str(b), "-o", str(tmp_path / "o"), "--method", "minhash", "--against", str(tmp_path / "out-a")], capsys)
+    assert code == 2 and "index_verify = 'exact'" in err and "index_verify = 'estimate'" in err
+    before = {p: p.read_bytes() for p in (root / "out-a" / "index").rglob("*") if p.is_file()}
+    code, err = cli(["index", str(root / "out-a"), "--add", str(tmp_path / "out-b"), "-q"], capsys)  # an exact index takes no signature index
+    assert code == 2 and "index_verify" in err
+    assert before == {p: p.read_bytes() for p in (root / "out-a" / "index").rglob("*") if p.is_file()}  # no stage merged
+    assert cli(["index", str(tmp_path / "out-a"), "--add", str(tmp_path / "out-b"), "-q"], capsys)[0] == 0
+    merged = np.load(directory / "signatures.npy")
+    assert merged.shape == (len(signatures) + json.loads((tmp_path / "out-b" / "index" / "minhash" / "index.json").read_text())["rows"], 128)
+    assert np.array_equal(merged[: len(signatures)], signatures)
 
 
 def test_new_row_reaches_an_earlier_group_through_a_row_the_earlier_run_removed(tmp_path):

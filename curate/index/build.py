@@ -12,7 +12,7 @@ from pathlib import Path
 from curate.atomic import replace_dir
 from curate.errors import UsageError
 from curate.index import exact, minhash, semantic
-from curate.index.store import INDEX_DIR, META, StoredIndex, find_index, read_index
+from curate.index.store import INDEX_DIR, META, StoredIndex, check_settings, find_index, read_index
 from curate.shards import fingerprint_file
 
 MERGERS = {exact.KIND: exact.merge, minhash.KIND: minhash.merge, semantic.KIND: semantic.merge}
@@ -80,10 +80,15 @@ def add_index(output: str | Path, later: str | Path) -> list[StoredIndex]:
     metas = sorted((later / INDEX_DIR).glob(f"*/{META}"))
     if not metas:
         raise UsageError(f"no index under {INDEX_DIR}/", path=later, fix=f"run it with index = true on its dedup stages, or build it: curate index {later}")
-    merged = []
-    for meta in metas:
+    pairs = []
+    for meta in metas:  # every pair checked before any index changes: no half-merged output
         new = read_index(meta.parent)
         base = find_index(output, new.stage, new.kind)
+        check_settings(new, base.settings, here=f"in the index of {output}")
+        check_settings(base, new.settings, here=f"in the index of {later}")
+        pairs.append((base, new))
+    merged = []
+    for base, new in pairs:
         tmp = Path(base.directory).with_name(f".{Path(base.directory).name}.merge")
         shutil.rmtree(tmp, ignore_errors=True)
         MERGERS[new.kind](base, new, tmp)
@@ -103,7 +108,7 @@ def check_against(spec, against: list[str] | tuple[str, ...]) -> None:
         return
     stages = [s for s in spec.stages if s.kind in MERGERS]
     if not stages:
-        raise UsageError("--against needs a dedup stage (exact, minhash or semdedup) in the pipeline", path=spec.source, fix="add one, or drop --against")
+        raise UsageError("--against (or against in the pipeline file) needs a dedup stage (exact, minhash or semdedup) in the pipeline", path=spec.source, fix="add one, or drop the earlier outputs")
     for stage_spec in stages:
         stage = stage_class(stage_spec.kind).from_options(stage_spec.options, where=spec.source)
         if stage_spec.kind == semantic.KIND:
@@ -114,6 +119,4 @@ def check_against(spec, against: list[str] | tuple[str, ...]) -> None:
             stage.bands_, stage.rows_ = stage.lsh_shape()
             wanted = minhash.settings(stage, spec.seed)
         for path in against:
-            from curate.index.store import check_settings
-
             check_settings(find_index(path, stage_spec.name, stage_spec.kind), wanted)

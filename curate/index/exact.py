@@ -70,12 +70,14 @@ def _matches(found: list["_Found"], indexes: list[StoredIndex]) -> EarlierMatche
     if parts:
         order = np.argsort(np.concatenate(positions), kind="stable")
         ids = pa.concat_arrays(parts).take(pa.array(order))
-    return EarlierMatches(rows, ids)
+    # ascending rows: a unit lists its matches index by index within each batch
+    order = np.argsort(rows, kind="stable")
+    return EarlierMatches(rows[order], ids.take(pa.array(order)))
 
 
 @dataclass(frozen=True)
 class _Found:
-    rows: np.ndarray  # ordinals matched in an earlier index, ascending
+    rows: np.ndarray  # ordinals matched in an earlier index (by batch, then index)
     which: np.ndarray  # which index
     where: np.ndarray  # the stored key's position
     kept_rows: np.ndarray  # first occurrences (when building an index): ordinals, keys, ids
@@ -96,7 +98,9 @@ class _Pass:
     want_index: bool
 
     def __call__(self, unit) -> _Found:
-        keys_of = [stored.array("keys") for stored in self.indexes]
+        # each index's two key words as contiguous arrays, once per task (searchsorted would
+        # copy a strided column of the memory map on every batch)
+        keys_of = [(np.ascontiguousarray(keys[:, 0]), np.ascontiguousarray(keys[:, 1])) for keys in (stored.array("keys") for stored in self.indexes)]
         rows, which, where, kept_rows, kept_keys, kept_ids = [], [], [], [], [], []
         columns = [self.text_column, self.id_column] if self.want_index else [self.text_column]
         for batch in unit.batches(columns=columns):
@@ -104,8 +108,8 @@ class _Pass:
             key = hash128(normalize_texts(texts) if self.normalize else texts)
             ordinals = row_ordinals(batch)
             unseen = np.ones(len(ordinals), dtype=bool)
-            for k, keys in enumerate(keys_of):
-                found, pos = _lookup(keys[:, 0], keys[:, 1], key[:, 0], key[:, 1])
+            for k, (hi, lo) in enumerate(keys_of):
+                found, pos = _lookup(hi, lo, key[:, 0], key[:, 1])
                 hit = found & unseen
                 rows.append(ordinals[hit])
                 which.append(np.full(int(hit.sum()), k, np.int64))

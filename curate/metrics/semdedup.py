@@ -119,12 +119,13 @@ def merge_duplicates(removed: list[np.ndarray], representative: list[np.ndarray]
     return removed_all[sort], np.concatenate(representative).astype(np.int64, copy=False)[sort], np.concatenate(similarity).astype(np.float32)[sort]
 
 
-def plan_buckets(sizes: np.ndarray, buckets: int) -> np.ndarray:
+def plan_buckets(sizes: np.ndarray, buckets: int, cost: np.ndarray | None = None) -> np.ndarray:
     """Bucket of each cluster so buckets cost about the same: clusters by falling cost (size
-    squared, the pairwise search) to the cheapest bucket so far (LPT), ties to lower numbers."""
+    squared, the pairwise search, unless `cost` is given) to the cheapest bucket so far (LPT),
+    ties to lower numbers."""
     sizes = np.asarray(sizes, dtype=np.int64)
     buckets = max(1, min(buckets, len(sizes))) if len(sizes) else 1
-    cost = sizes.astype(np.float64) ** 2
+    cost = sizes.astype(np.float64) ** 2 if cost is None else np.asarray(cost, dtype=np.float64)
     load = np.zeros(buckets)
     bucket_of = np.zeros(len(sizes), np.int32)
     for c in np.lexsort((np.arange(len(sizes)), -cost)):

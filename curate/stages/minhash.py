@@ -82,6 +82,7 @@ class MinHashDedup(Stage):
         false_positive_weight: float = 0.1,
         false_negative_weight: float = 0.9,
         index: bool = False,
+        index_verify: str = "exact",
     ):
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
@@ -107,6 +108,9 @@ class MinHashDedup(Stage):
         self.false_positive_weight = false_positive_weight
         self.false_negative_weight = false_negative_weight
         self.index = index  # keep OUT/index/<name>/ for later runs' --against (curate.index)
+        if index_verify not in minhash_index.INDEX_VERIFY:
+            raise ValueError(f"index_verify must be one of {minhash_index.INDEX_VERIFY}, got {index_verify!r}")
+        self.index_verify = index_verify  # what the index keeps to verify later rows against its rows
 
     def lsh_shape(self) -> tuple[int, int]:
         """(bands, rows): the user's, the other one filled in, or the weighted-error optimum."""

@@ -6,10 +6,14 @@ Parallel shape: vectors per work unit (`curate.stages.embed`), k-means on the dr
 sample chosen by seed and row position, then two task maps: assignment per unit (cluster and
 centroid cosine of each row, to a file) and the within-cluster search per bucket of clusters
 (each bucket task reads every unit's cluster labels, 16 bytes a row, and the vectors of its own
-clusters). The driver merges the buckets' duplicates (small) and looks their ids up."""
+clusters). The driver merges the buckets' duplicates (small) and looks their ids up. Against
+earlier outputs (`--against`, `curate.index.semantic`), the assignment also labels each row with
+its nearest centroid of every earlier index, and the search map also runs the buckets of
+earlier clusters: no extra pass over the new vectors, no extra task round."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +23,7 @@ import pyarrow as pa
 from curate.atomic import atomic_path
 from curate.index import semantic as semantic_index
 from curate.index.earlier import drop_duplicates
+from curate.index.store import StoredIndex
 from curate.metrics.kmeans import assign, auto_clusters, kmeans_sample, set_threads, train_centroids
 from curate.metrics.semdedup import KEEP_RULES, cluster_duplicates, merge_duplicates, plan_buckets
 from curate.stages.base import BatchSource, IdLookup, Stage, StageContext
@@ -60,6 +65,7 @@ class SemDedup(Stage):
     def fit(self, source: BatchSource, ctx: StageContext) -> "SemDedup":
         emb = embeddings_for(source, ctx, self.model, write_parts=needs_own_store(ctx))
         published = publish_if_absent(emb, ctx)
+        earlier = semantic_index.open_earlier(self, ctx, emb)
         n = emb.num_rows
         k = auto_clusters(n) if self.clusters <= 0 else max(1, min(self.clusters, n))
         sample = kmeans_sample(n, k, ctx.seed, self.kmeans_fit_fraction)
@@ -68,12 +74,19 @@ class SemDedup(Stage):
             centroids = train_centroids(emb.gather(sample), k, seed=ctx.seed, niter=self.kmeans_iterations) if n else np.zeros((0, emb.dim), np.float32)
         clusters_dir = str(Path(ctx.work_dir) / _CLUSTERS)
         units = [(u, emb.paths[u], emb.rows[emb.offsets[u] : emb.offsets[u + 1]]) for u in range(len(emb.paths))]
-        counts = ctx.map(AssignClusters(centroids, clusters_dir, emb.dim, ctx.task_threads), units, label=f"{ctx.name}: assigning", sizes=[len(u[2]) for u in units])
-        sizes = np.sum(counts, axis=0) if counts else np.zeros(len(centroids), np.int64)
+        assigned = ctx.map(AssignClusters(centroids, clusters_dir, emb.dim, ctx.task_threads, earlier), units, label=f"{ctx.name}: assigning", sizes=[len(u[2]) for u in units])
+        sizes = np.sum([a[0] for a in assigned], axis=0) if assigned else np.zeros(len(centroids), np.int64)
         buckets = max(1, min(len(centroids), BUCKETS_PER_WORKER * ctx.workers))
         bucket_of = plan_buckets(sizes, buckets)
         search = SearchBuckets(clusters_dir, tuple(emb.paths), emb.dim, bucket_of, self.threshold, self.keep, ctx.seed, ctx.task_threads)
-        found = ctx.map(search, range(buckets), label=f"{ctx.name}: searching clusters")
+        earlier_counts = [np.sum([a[1][i] for a in assigned], axis=0) if assigned else np.zeros(0, np.int64) for i in range(len(earlier))]
+        matches = semantic_index.match_tasks(earlier, earlier_counts, clusters_dir, tuple(emb.paths), emb.dim, self.threshold, buckets, ctx.task_threads)
+        jobs = [(-1, b) for b in range(buckets)] + [(m, b) for m, (_, count) in enumerate(matches) for b in range(count)]
+        results = ctx.map(Search(search, tuple(task for task, _ in matches)), jobs, label=f"{ctx.name}: searching clusters")
+        found = results[:buckets]
+        matched: list[list] = [[] for _ in earlier]
+        for (m, _), result in zip(jobs[buckets:], results[buckets:]):
+            matched[matches[m][0].position].append(result)
         self.removed_rows_, self.representatives_, self.similarity_ = merge_duplicates([f[0] for f in found], [f[1] for f in found], [f[2] for f in found])
         self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx)
         ctx.info.update(
@@ -82,7 +95,11 @@ class SemDedup(Stage):
             removed=len(self.removed_rows_), threshold=self.threshold, keep=self.keep,
             fit=f"driver k-means on {len(sample)} rows; assignment on workers ({len(units)} units), within-cluster search on workers ({buckets} buckets)",
         )
-        semantic_index.after_fit(self, source, ctx, emb, centroids, clusters_dir)
+        if earlier:
+            ctx.info["fit"] += f"; against {len(earlier)} earlier output(s): their centroids in the assignment, {len(jobs) - buckets} buckets of their clusters in the search"
+            # task seconds spent matching (assignment to earlier centroids + earlier buckets), summed over tasks
+            ctx.info["earlier_task_seconds"] = round(sum(a[2] for a in assigned) + sum(r[3] for r in results[buckets:]), 3)
+        semantic_index.after_fit(self, source, ctx, emb, centroids, clusters_dir, earlier, matched)
         return self
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
@@ -94,21 +111,28 @@ class SemDedup(Stage):
 
 @dataclass(frozen=True)
 class AssignClusters:
-    """One unit: nearest centroid and its cosine per row, with the ordinals, to
-    `clusters/NNNNN.npz`; returns the unit's cluster sizes."""
+    """One unit: nearest centroid and its cosine per row, with the ordinals (and each row's
+    nearest centroid of every earlier index), to `clusters/NNNNN.npz`; returns the unit's
+    cluster sizes, its row count per earlier cluster of each earlier index, and the seconds the
+    earlier assignment took."""
 
     centroids: np.ndarray
     clusters_dir: str
     dim: int
     threads: int
+    earlier: tuple[StoredIndex, ...] = ()
 
-    def __call__(self, job: tuple[int, str, np.ndarray]) -> np.ndarray:
+    def __call__(self, job: tuple[int, str, np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], float]:
         unit, path, rows = job
         set_threads(self.threads)
-        labels, similarity = assign(load_vectors(path, self.dim), self.centroids)
+        vectors = load_vectors(path, self.dim)
+        labels, similarity = assign(vectors, self.centroids)
+        started = time.perf_counter()
+        earlier_labels, earlier_counts = semantic_index.assign_earlier(vectors, self.earlier)
+        seconds = time.perf_counter() - started
         with atomic_path(Path(self.clusters_dir) / f"{unit:05d}.npz", unique=True) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, labels=labels, similarity=similarity, rows=rows)
-        return np.bincount(labels, minlength=len(self.centroids))
+            np.savez(handle, labels=labels, similarity=similarity, rows=rows, **earlier_labels)
+        return np.bincount(labels, minlength=len(self.centroids)), earlier_counts, seconds
 
 
 @dataclass(frozen=True)
@@ -154,6 +178,19 @@ class SearchBuckets:
             reps.append(found.representative)
             similarity.append(found.similarity)
         return (*merge_duplicates(removed, reps, similarity), pairs)
+
+
+@dataclass(frozen=True)
+class Search:
+    """The search map's one task kind: job (-1, b) is bucket b of this run's clusters, job
+    (m, b) bucket b of the clusters of the m-th earlier index that has any."""
+
+    own: SearchBuckets
+    earlier: tuple[semantic_index.MatchBuckets, ...] = ()
+
+    def __call__(self, job: tuple[int, int]):
+        which, bucket = job
+        return self.own(bucket) if which < 0 else self.earlier[which](bucket)
 
 
 STAGE = SemDedup
