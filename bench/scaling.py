@@ -1,8 +1,8 @@
 """Real validation of the scaling law: fit on small budgets, predict large ones, check the allocation.
 
 Data: ../shared/data/debian_descriptions.parquet (beside the checkout), predict `section` (the 20 largest) from
-`text`. Pools: 4 quantile pools of out-of-fold proxy loss (pool 0 = lowest loss; the prototype
-distance pools of `curate pools` come from another branch). Runs: the hashed n-gram proxy
+`text`. Pools: 4 quantile pools of out-of-fold proxy loss (pool 0 = lowest loss; a score of
+its own, so the check does not lean on the prototype distance that `curate pools` uses). Runs: the hashed n-gram proxy
 trained on each pool alone and on each quality prefix (0+1, 0+1+2, 0+1+2+3), all evaluated on
 one held-out set (5,000 rows from all pools) at the same budgets (samples seen, with
 repetition). The law is fitted on single-pool runs with budgets <= --fit-max and then predicts
