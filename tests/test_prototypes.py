@@ -226,3 +226,14 @@ def test_reading_in_place_gives_what_the_lookup_by_id_gives(tmp_path, monkeypatc
         assert read_parts(tmp_path / "fast" / name).equals(read_parts(tmp_path / "slow" / name))
     assert (tmp_path / "fast" / "prototypes" / "centroids.npy").read_bytes() == (tmp_path / "slow" / "prototypes" / "centroids.npy").read_bytes()
     assert read_parts(tmp_path / "fast" / "kept").num_rows == 840
+
+
+def test_rescoring_a_few_rows_at_a_time_gives_the_same_bits_as_whole_blocks():
+    from curate.metrics.kmeans import _rescore, row_dot
+
+    x = clustered(n=3000, d=32, seed=6)
+    centroids = x[[3, 700, 1400, 2100, 2999]]
+    ids = np.random.default_rng(0).integers(0, len(centroids), size=(len(x), 3))
+    whole = np.column_stack([row_dot(x, centroids[ids[:, j]]) for j in range(3)])
+    assert np.array_equal(_rescore(x, centroids, ids, rows=7), whole)
+    assert np.array_equal(_rescore(x, centroids, ids), whole)
