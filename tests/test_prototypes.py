@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +155,85 @@ def test_distances_do_not_depend_on_how_rows_are_batched():
     pieces = [prototype_distance(x[a:b], centroids) for a, b in zip(cuts[:-1], cuts[1:])]
     assert np.array_equal(np.concatenate([p[0] for p in pieces]), labels)
     assert np.array_equal(np.concatenate([p[1] for p in pieces]), distance)
+
+
+# --- vectors read in place from the store -------------------------------------------------------
+
+
+def write_shards(directory: Path, shards: int = 3, rows: int = 400, seed: int = 2) -> Path:
+    rng = np.random.default_rng(seed)
+    words = ["apt", "lib", "dev", "doc", "python", "perl", "font", "data", "tool", "game", "rust", "go"]
+    directory.mkdir()
+    for s in range(shards):
+        texts = [" ".join(rng.choice(words, size=int(rng.integers(2, 9)))) for _ in range(rows)]
+        pq.write_table(pa.table({"id": [f"s{s}-{i}" for i in range(rows)], "text": texts}), directory / f"shard-{s}.parquet", row_group_size=100)
+    return directory
+
+
+def input_source(directory: Path):
+    from curate.shards import ColumnSpec, InputSet
+    from curate.units import InputSource
+
+    return InputSource(InputSet.scan(directory, ColumnSpec()), 64, drop_null_text=False)
+
+
+def test_stored_vectors_are_read_in_place_only_when_the_rows_line_up(tmp_path):
+    from curate.stages.base import StageContext
+    from curate.stages.embed import load_vectors, stored_embeddings, vector_blocks
+
+    source = write_shards(tmp_path / "in")
+    out = tmp_path / "out"
+    run_pipeline(parse_pipeline({"stage": [{"kind": "embed", "model": "hashing"}]}, "test"), source, out, RunOptions(jobs=1, unit_rows=250))
+    store = read_parts(out / "embeddings")
+    stored = np.asarray(store.column("embedding").combine_chunks().flatten()).reshape(store.num_rows, -1)
+    # units of 200 rows over store parts of 300: some units span two parts
+    ctx = StageContext(name="prototypes", output_dir=out, work_dir=tmp_path / "work", unit_rows=170)
+    sample = np.array([0, 5, 299, 300, 301, 777, 1199])
+    emb = stored_embeddings(input_source(source), ctx, "hashing", sample)
+    assert emb is not None and emb.read_in_place and emb.reused == 1200 and emb.computed == 0
+    assert any(len(p.pieces) > 1 for p in emb.paths)
+    assert np.array_equal(np.concatenate([load_vectors(p, emb.dim) for p in emb.paths]), stored)
+    assert np.array_equal(np.concatenate([b for p in emb.paths for b in vector_blocks(p, emb.dim, 7)]), stored)
+    assert np.array_equal(emb.gather(sample), stored[sample])
+    assert np.array_equal(emb.gather(np.array([1, 2, 900])), stored[[1, 2, 900]])
+    assert np.array_equal(emb.rows, np.arange(1200))
+
+    assert stored_embeddings(input_source(source), ctx, "minilm", sample) is None  # another model's store
+    edited = tmp_path / "edited"
+    shutil.copytree(source, edited)
+    table = pq.read_table(edited / "shard-1.parquet")
+    texts = table.column("text").to_pylist()
+    texts[150] += " edited"
+    pq.write_table(table.set_column(1, "text", pa.array(texts)), edited / "shard-1.parquet", row_group_size=100)
+    assert stored_embeddings(input_source(edited), ctx, "hashing", sample) is None  # same id, new text
+    (edited / "shard-1.parquet").unlink()
+    assert stored_embeddings(input_source(edited), ctx, "hashing") is None  # fewer rows than the store
+
+
+def test_reading_in_place_gives_what_the_lookup_by_id_gives(tmp_path, monkeypatch):
+    """embed -> prototypes reads the store in place; forced through the id lookup (the path a
+    store that does not line up takes) every output is the same."""
+    import curate.stages.prototypes as prototypes_stage
+
+    source = write_shards(tmp_path / "in")
+    spec = parse_pipeline({"stage": [{"kind": "embed", "model": "hashing"}, {"kind": "prototypes", "clusters": 5, "keep": "hard", "fraction": 0.7}]}, "test")
+    fast = run_pipeline(spec, source, tmp_path / "fast", RunOptions(jobs=1, unit_rows=250))
+    monkeypatch.setattr(prototypes_stage, "stored_embeddings", lambda *args, **kwargs: None)
+    slow = run_pipeline(spec, source, tmp_path / "slow", RunOptions(jobs=1, unit_rows=250))
+    assert "read in place" in fast.manifest["stages"][2]["info"]["fit"]
+    assert "read in place" not in slow.manifest["stages"][2]["info"]["fit"]
+    for name in ("kept", "removed"):
+        assert read_parts(tmp_path / "fast" / name).equals(read_parts(tmp_path / "slow" / name))
+    assert (tmp_path / "fast" / "prototypes" / "centroids.npy").read_bytes() == (tmp_path / "slow" / "prototypes" / "centroids.npy").read_bytes()
+    assert read_parts(tmp_path / "fast" / "kept").num_rows == 840
+
+
+def test_rescoring_a_few_rows_at_a_time_gives_the_same_bits_as_whole_blocks():
+    from curate.metrics.kmeans import _rescore, row_dot
+
+    x = clustered(n=3000, d=32, seed=6)
+    centroids = x[[3, 700, 1400, 2100, 2999]]
+    ids = np.random.default_rng(0).integers(0, len(centroids), size=(len(x), 3))
+    whole = np.column_stack([row_dot(x, centroids[ids[:, j]]) for j in range(3)])
+    assert np.array_equal(_rescore(x, centroids, ids, rows=7), whole)
+    assert np.array_equal(_rescore(x, centroids, ids), whole)

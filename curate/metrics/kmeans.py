@@ -20,6 +20,7 @@ MAX_POINTS_PER_CENTROID = 64  # training sample cap: more points barely move cen
 # FAISS candidates re-scored per row: the exact nearest centroid is among FAISS's top 3 unless
 # three centroids are within FAISS's error (about 1e-7 in cosine) of each other.
 RESCORE_CANDIDATES = 3
+RESCORE_ROWS = 1_024  # rows re-scored at a time: 1.5 MiB of gathered centroids at d = 384
 
 
 def auto_clusters(n: int) -> int:
@@ -91,12 +92,24 @@ def assign(x: np.ndarray, centroids: np.ndarray, chunk: int = ASSIGN_CHUNK) -> t
     for start in range(0, n, chunk):
         block = np.ascontiguousarray(x[start : start + chunk], dtype=np.float32)
         _, ids = index.search(block, candidates)
-        sims = np.column_stack([row_dot(block, centroids[ids[:, j]]) for j in range(candidates)])
+        sims = _rescore(block, centroids, ids)
         best = sims.max(axis=1, keepdims=True)
         choice = np.where(sims == best, ids, np.iinfo(np.int64).max).min(axis=1)
         labels[start : start + len(block)] = choice
         similarity[start : start + len(block)] = best[:, 0]
     return labels, similarity
+
+
+def _rescore(block: np.ndarray, centroids: np.ndarray, ids: np.ndarray, rows: int = RESCORE_ROWS) -> np.ndarray:
+    """(n, candidates) row_dot of each row with each of its candidate centroids, a few rows at a
+    time so the gathered centroid rows stay in cache (same bits: row_dot is per row). Measured on
+    260k stored vectors x 3 candidates: 0.07 s instead of 0.13-0.15 s for whole 16,384-row blocks."""
+    sims = np.empty(ids.shape, np.float32)
+    for start in range(0, len(block), rows):
+        part, part_ids = block[start : start + rows], ids[start : start + rows]
+        for j in range(ids.shape[1]):
+            sims[start : start + rows, j] = row_dot(part, centroids[part_ids[:, j]])
+    return sims
 
 
 def row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:

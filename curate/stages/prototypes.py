@@ -4,7 +4,10 @@ to the hardest or easiest fraction, centroids to OUT/prototypes/centroids.npy.
 Parallel shape: vectors per work unit (`curate.stages.embed`), k-means on the driver over a
 sample chosen by seed and row position (at most 64 rows per cluster: 12,800 rows for 200
 clusters), the distance of every row to its nearest centroid as one task per unit; the driver
-gathers the distances (4 bytes a row) for the exact hardest/easiest selection."""
+gathers the distances (4 bytes a row) for the exact hardest/easiest selection. After an embed
+stage the vectors are read in place from OUT/embeddings (`stored_embeddings`): a task per unit
+checks its rows against the store and returns its share of the k-means sample, and the distance
+tasks stream their unit's vectors from the store's parts a block at a time."""
 
 from __future__ import annotations
 
@@ -16,11 +19,11 @@ import pyarrow as pa
 
 from curate.atomic import atomic_path
 from curate.ledger import empty_ledger, removed_rows
-from curate.metrics.kmeans import cap_clusters, kmeans_sample, set_threads, train_centroids
+from curate.metrics.kmeans import ASSIGN_CHUNK, cap_clusters, kmeans_sample, set_threads, train_centroids
 from curate.metrics.prototypes import KEEP_CHOICES, check_balance, choose_keep, prototype_distance, select_by_difficulty
 from curate.stages._balance import balance_groups
 from curate.stages.base import BatchSource, Stage, StageContext, row_ordinals, split_batch
-from curate.stages.embed import embeddings_for, load_vectors, needs_own_store, publish_if_absent
+from curate.stages.embed import StoreSlice, embeddings_for, needs_own_store, publish_if_absent, stored_embeddings, vector_blocks
 
 PROTOTYPES_DIR = "prototypes"
 CENTROIDS_NAME = "centroids.npy"
@@ -70,7 +73,9 @@ class Prototypes(Stage):
         self.label_column = label_column
 
     def fit(self, source: BatchSource, ctx: StageContext) -> "Prototypes":
-        emb = embeddings_for(source, ctx, self.model, write_parts=needs_own_store(ctx))
+        emb = stored_embeddings(source, ctx, self.model, sample=kmeans_sample(source.num_rows, cap_clusters(self.clusters, source.num_rows), ctx.seed))
+        if emb is None:
+            emb = embeddings_for(source, ctx, self.model, write_parts=needs_own_store(ctx))
         published = publish_if_absent(emb, ctx)
         n = emb.num_rows
         k = cap_clusters(self.clusters, n)
@@ -96,7 +101,11 @@ class Prototypes(Stage):
             model=emb.model, embeddings_reused=emb.reused, embeddings_computed=emb.computed, embeddings_published=published,
             clusters=k, clusters_requested=self.clusters, balance=self.balance, keep=keep, keep_reason=reason, fraction=self.fraction,
             kept=int(self.kept_.sum()), distance_median=float(np.median(self.distance_)) if n else None,
-            fit=f"driver k-means on {len(sample)} rows; distances on workers ({len(emb.paths)} units); selection on the driver",
+            fit=(
+                f"driver k-means on {len(sample)} rows; distances on workers ({len(emb.paths)} units"
+                + (", vectors read in place from the store" if emb.read_in_place else "")
+                + "); selection on the driver"
+            ),
         )
         return self
 
@@ -134,9 +143,13 @@ class UnitDistances:
     dim: int
     threads: int
 
-    def __call__(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, path: str | StoreSlice) -> tuple[np.ndarray, np.ndarray]:
         set_threads(self.threads)
-        return prototype_distance(load_vectors(path, self.dim), self.centroids)
+        # a block at a time: the blocks are assign's own chunks, so the result is the same bits
+        found = [prototype_distance(block, self.centroids) for block in vector_blocks(path, self.dim, ASSIGN_CHUNK)]
+        if not found:
+            return np.empty(0, np.int32), np.empty(0, np.float32)
+        return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
 
 
 STAGE = Prototypes
