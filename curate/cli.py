@@ -82,6 +82,7 @@ def _run_spec(spec, input_path: str, output: str, resume: bool, overwrite: bool,
 
 def _print_run_summary(out: str, quiet: bool, options=()) -> None:
     from curate.inspect_output import stage_summaries
+    from curate.manifest import read_manifest
     from curate.output_store import local_output
 
     if quiet:
@@ -89,16 +90,15 @@ def _print_run_summary(out: str, quiet: bool, options=()) -> None:
     with local_output(out, options, wanted=lambda name: name.startswith("removed/")) as local:
         _stage_table(stage_summaries(local))
         # A URL output's view holds the ledger only; the config says whether a report was built.
-        has_report = (local / "report.html").exists() or bool(read_json_manifest(local).get("config", {}).get("report"))
+        has_report = (local / "report.html").exists() or bool((read_manifest(local) or {}).get("config", {}).get("report"))
     out_console.print(f"output: {out}  (kept/, removed/, manifest.json)")
     if has_report:
         out_console.print(f"report: {out.rstrip('/')}/report.html")
 
 
-def read_json_manifest(local: Path) -> dict:
-    from curate.manifest import read_manifest
-
-    return read_manifest(local) or {}
+def _where(path: Path, local: Path, output: str) -> str:
+    """A file written in `local` as the user knows it: the path, or under the output's URL."""
+    return str(path) if local == Path(output) else f"{output.rstrip('/')}/{path.relative_to(local).as_posix()}"
 
 
 def _stage_table(summaries) -> None:
@@ -443,7 +443,7 @@ def report_command(
         overrides["budgets"] = parse_budgets(budgets)
     with local_output(output, _storage_options(storage), writes=True) as local:
         path = build_pipeline_report(local, overrides=overrides, rerun=rerun, progress=_progress(quiet))
-        shown = path if local == Path(output) else f"{output.rstrip('/')}/{path.relative_to(local).as_posix()}"
+        shown = _where(path, local, output)
     out_console.print(f"report: {shown}")
 
 
@@ -542,7 +542,7 @@ def evaluate(
 
     with local_output(output, _storage_options(storage), writes=True) as local:
         path = evaluate_output(local, label_column, score or [], direction=direction, budgets=parsed, seeds=seeds, rerun=rerun, progress=_progress(quiet))
-        shown = path if local == Path(output) else f"{output.rstrip('/')}/{path.relative_to(local).as_posix()}"
+        shown = _where(path, local, output)
     out_console.print(f"report: {shown}")
 
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator
 import xxhash
 
 from curate import storage
-from curate.errors import CurateError, OutputError, UsageError
+from curate.errors import OutputError, UsageError
 from curate.manifest import MANIFEST_NAME
 from curate.storage import StorageOptions
 
@@ -50,7 +50,6 @@ CURATE_NAMES = {
     "report.html", "report.json", "scaling", "kept-jsonl", "seta_schedule.json",
 }
 _SCRATCH = "work"  # a stage's scratch directory: never committed
-_FIX_REMOTE = "check the URL, the endpoint and the credentials (--storage-option KEY=VALUE, or the backend's environment variables)"
 
 
 def is_remote(output: str | os.PathLike) -> bool:
@@ -98,20 +97,17 @@ class OutputStore:
         self.fs, self.root = storage.filesystem(self.url, options)
         self.root = self.root.rstrip("/")
         self.staging = staging_root() / xxhash.xxh3_64_hexdigest(self.url.encode())
+        # path -> (size, mtime_ns, xxh3): a commit digests only files new since the last one
+        # (every stage boundary would otherwise re-read the whole output so far).
+        self._digests: dict[str, tuple[int, int, str]] = {}
 
     # -- errors -----------------------------------------------------------------------------
 
     def call(self, what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Backend errors (botocore, aiohttp, ...) as one line naming the URL, exit 2."""
-        try:
-            return fn(*args, **kwargs)
-        except CurateError:
-            raise
-        except FileNotFoundError as exc:
-            raise OutputError(f"cannot {what}: not found ({exc})", path=self.url, fix="create the bucket first, or " + _FIX_REMOTE) from None
-        except Exception as exc:
-            text = str(exc).strip().splitlines()
-            raise OutputError(f"cannot {what} ({type(exc).__name__}: {text[0] if text else ''})", path=self.url, fix=_FIX_REMOTE) from None
+        """Backend errors as one line naming the URL, exit 2."""
+        return storage.call_backend(
+            self.url, what, fn, *args, error=OutputError, missing=f"cannot {what}: not found", missing_fix="create the bucket first, or " + storage.FIX_REMOTE, **kwargs
+        )
 
     def _key(self, relative: str) -> str:
         return f"{self.root}/{relative}"
@@ -148,14 +144,15 @@ class OutputStore:
         dest.mkdir(parents=True, exist_ok=True)
         for name in names:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        if names:
+        def download() -> None:
             try:
                 self.fs.get([self._key(n) for n in names], [str(dest / n) for n in names])
             except FileNotFoundError:
                 missing = next(n for n in names if not self.fs.exists(self._key(n)))
                 raise OutputError("a file the manifest lists is missing from the store", path=f"{self.url}/{missing}", fix="rerun with --overwrite") from None
-            except Exception:
-                self.call("download the output", self.fs.get, [self._key(n) for n in names], [str(dest / n) for n in names])
+
+        if names:
+            self.call("download the output", download)
         for name in names:
             if (dest / name).stat().st_size != record[name]["size"]:
                 raise OutputError("a file in the store differs from its manifest record", path=f"{self.url}/{name}", fix="rerun with --overwrite")
@@ -185,9 +182,10 @@ class OutputStore:
             self._clear_staging()
             return self.staging
         if not self._staging_matches(committed):
+            # A commit lists only finished stages' files (it follows the manifest write that
+            # marks the stage done), which is exactly what the resume needs.
             self._clear_staging()
-            done = {f"_stages/{n}" for n in _stage_dirs_to_pull(committed)}
-            self.pull(self.staging, committed, lambda name: not name.startswith("_stages/") or any(name.startswith(d + "/") for d in done))
+            self.pull(self.staging, committed)
         return self.staging
 
     def _abort_dead_uploads(self) -> None:
@@ -229,7 +227,7 @@ class OutputStore:
         record = dict(old) if not prune else {}
         uploads = []
         for name, path in files.items():
-            entry = {"size": path.stat().st_size, "xxh3": file_digest(path)}
+            entry = self._entry(path)
             record[name] = entry
             if old.get(name) != entry:
                 uploads.append(name)
@@ -241,6 +239,15 @@ class OutputStore:
         if prune:
             self.call("remove leftovers", self._remove_unlisted, record)
 
+    def _entry(self, path: Path) -> dict[str, Any]:
+        """A file's record entry: its size and xxh3."""
+        stat = path.stat()
+        known = self._digests.get(str(path))
+        if known is None or known[:2] != (stat.st_size, stat.st_mtime_ns):
+            known = (stat.st_size, stat.st_mtime_ns, file_digest(path))
+            self._digests[str(path)] = known
+        return {"size": stat.st_size, "xxh3": known[2]}
+
     def _remove_unlisted(self, record: dict) -> None:
         stale = [o for o in self.objects() if o != MANIFEST_NAME and o not in record]
         if stale:
@@ -248,14 +255,6 @@ class OutputStore:
 
     def discard_staging(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def _stage_dirs_to_pull(manifest: dict) -> list[str]:
-    """The stage directories a resume needs: every finished stage's ledger, and the kept rows of
-    the last finished stage (earlier kept rows were superseded and are not in the record)."""
-    from curate.outputs import stage_dir_name
-
-    return [stage_dir_name(i, s["name"]) for i, s in enumerate(manifest.get("stages", [])) if s.get("status") == "done"]
 
 
 @contextmanager

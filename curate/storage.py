@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 import posixpath
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 from curate.errors import CurateError, InputError, UsageError
 
 StorageOptions = tuple[tuple[str, Any], ...]
 # fsspec protocol -> the curate extra that installs its backend
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure"}
-_FIX_REMOTE = "check the URL, the endpoint and the credentials (--storage-option KEY=VALUE, or the backend's environment variables)"
+FIX_REMOTE = "check the URL, the endpoint and the credentials (--storage-option KEY=VALUE, or the backend's environment variables)"
 
 
 def is_url(location: str) -> bool:
@@ -91,15 +91,7 @@ class Remote:
         return f"{self.scheme}://{path.lstrip('/')}"
 
     def call(self, what: str, fn, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except CurateError:
-            raise
-        except FileNotFoundError:
-            raise InputError("input does not exist", path=self.url, fix=_FIX_REMOTE) from None
-        except Exception as exc:  # backends raise their own types (botocore, aiohttp, ...)
-            text = str(exc).strip().splitlines()
-            raise InputError(f"cannot {what} ({type(exc).__name__}: {text[0] if text else ''})", path=self.url, fix=_FIX_REMOTE) from None
+        return call_backend(self.url, what, fn, *args, **kwargs)
 
     def glob(self) -> list[str]:
         return [self.location(p) for p in self.call("list", self.fs.glob, self.path)]
@@ -112,6 +104,29 @@ class Remote:
 
     def isfile(self, path: str | None = None) -> bool:
         return bool(self.call("list", self.fs.isfile, self.path if path is None else path))
+
+
+def call_backend(
+    url: str,
+    what: str,
+    fn: Callable[..., Any],
+    *args: Any,
+    error: type[CurateError] = InputError,
+    missing: str = "input does not exist",
+    missing_fix: str = FIX_REMOTE,
+    **kwargs: Any,
+) -> Any:
+    """`fn(*args, **kwargs)` with a backend's errors (botocore, aiohttp, ...) turned into one
+    line naming the URL: `error` (InputError for input, OutputError for an output)."""
+    try:
+        return fn(*args, **kwargs)
+    except CurateError:
+        raise
+    except FileNotFoundError:
+        raise error(missing, path=url, fix=missing_fix) from None
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        raise error(f"cannot {what} ({type(exc).__name__}: {text[0] if text else ''})", path=url, fix=FIX_REMOTE) from None
 
 
 def open_binary(location: str, options: StorageOptions = (), size: int | None = None) -> BinaryIO:
