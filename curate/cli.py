@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from curate.allocator import tune_allocator
 from curate.errors import CurateError, UsageError
 
 # Exit codes: 0 ok, 1 internal error (a bug), 2 bad input or usage, 3 `verify` found a broken output.
@@ -553,6 +554,7 @@ def _is_click_error(exc: BaseException) -> bool:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: user errors become one line and exit 2; bugs exit 1."""
+    tune_allocator()  # every command's array work (index, evaluate, report) gains from it
     try:
         result = app(args=argv, standalone_mode=False)
         if isinstance(result, int) and result:

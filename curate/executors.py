@@ -20,6 +20,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import cloudpickle
 
+from curate.allocator import allocator_environment, tune_allocator
 from curate.errors import OutputError, UsageError
 from curate.progress import QUIET, Progress
 
@@ -68,6 +69,7 @@ def invoke(payload: bytes, digest: str, item: Any) -> Any:
     """Run one item: the function is unpickled once per process and kept for the next items."""
     fn = _FUNCTIONS.get(digest)
     if fn is None:
+        tune_allocator()  # a Dask worker process runs no initializer of ours
         fn = cloudpickle.loads(payload)
         _FUNCTIONS[digest] = fn
         while len(_FUNCTIONS) > 4:
@@ -240,6 +242,7 @@ def _init_worker_process(threads: int, driver_pid: int, environ: dict[str, str],
     for name in _THREAD_VARS:
         os.environ[name] = str(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    tune_allocator()
     try:  # BLAS was loaded by the fork server before these variables were set
         from threadpoolctl import threadpool_limits
 
@@ -293,14 +296,20 @@ class DaskExecutor(_Timed):
 
         if workers < 1:
             raise UsageError(f"--workers must be at least 1, got {workers}", fix="e.g. --workers 2")
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=threads_per_worker,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",  # a free port: never collide with another cluster
-            silence_logs=logging.ERROR,
-        )
+        import dask
+
+        # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=64 KiB (to give memory back
+        # for its memory monitor), which makes every large NumPy buffer a fresh mmap: this
+        # cluster's workers start with curate's thresholds instead (curate.allocator says why).
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **allocator_environment()}}):
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=threads_per_worker,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",  # a free port: never collide with another cluster
+                silence_logs=logging.ERROR,
+            )
         try:
             client = Client(cluster)
         except BaseException:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from curate import storage
+from curate.allocator import tune_allocator
 from curate.errors import InputError, OutputError
 from curate.executors import Executor, LocalExecutor, cpu_count, preload_in_workers
 from curate.ledger import LEDGER_SCHEMA, ids_as_strings
@@ -119,6 +120,7 @@ def _collect_failed_writers(exc: BaseException) -> None:
 def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions = RunOptions()) -> RunResult:
     """Run the pipeline over the input into `output` (a local directory, or a URL of an object
     store: see `curate.output_store`), on options.executor (or local processes)."""
+    tune_allocator()
     if options.executor is not None:
         return _run_somewhere(spec, source, output, options, options.executor)
     with LocalExecutor(options.jobs) as executor:

@@ -14,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from itertools import takewhile
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -389,6 +389,7 @@ class PartWriter:
     max_bytes: int = DEFAULT_PART_BYTES
     compression: str = "zstd"
     first_index: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # more pq.ParquetWriter keywords
     _writer: pq.ParquetWriter | None = field(default=None, init=False, repr=False)
     _tmp_path: Path | None = field(default=None, init=False, repr=False)
     _bytes: int = field(default=0, init=False, repr=False)
@@ -466,7 +467,7 @@ class PartWriter:
         final = self.directory / f"part-{self._index:05d}.parquet"
         self._tmp_path = final.with_name(f".{final.name}.tmp")
         try:
-            self._writer = pq.ParquetWriter(self._tmp_path, self.schema, compression=self.compression)
+            self._writer = pq.ParquetWriter(self._tmp_path, self.schema, compression=self.compression, **self.options)
         except OSError as exc:
             raise OutputError(f"cannot write ({exc.strerror or exc})", path=self._tmp_path, fix="choose a writable output path with -o") from None
         self._bytes = 0
