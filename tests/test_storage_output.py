@@ -279,6 +279,48 @@ def test_unreachable_endpoint_fails_fast(tmp_path, capsys, staging, monkeypatch)
     assert time.monotonic() - started < 10
 
 
+@pytest.fixture
+def strict_s3(tmp_path):
+    """A moto server that checks credentials (moto accepts any key unless told otherwise), in
+    its own process so the session's lenient server is untouched."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto.server")
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail("the moto server did not start")
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_wrong_credentials_are_one_line_naming_the_url(tmp_path, capsys, strict_s3, staging, monkeypatch):
+    for name, value in {"AWS_ACCESS_KEY_ID": "not-a-key", "AWS_SECRET_ACCESS_KEY": "not-a-secret", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    endpoint = ["--storage-option", f"endpoint_url={strict_s3}"]
+    source = write_as(tmp_path, ".parquet", make_rows(20, seed=1), parts=1)
+    code, err = cli(["dedup", "-i", str(source), "-o", "s3://bucket/out", "--quiet", *endpoint], capsys)
+    assert code == 2 and "s3://bucket/out" in err and "credentials" in err and len(err.strip().splitlines()) == 1
+    local = tmp_path / "out"
+    code, err = cli(["dedup", "-i", "s3://bucket/in/", "-o", str(local), "--quiet", *endpoint], capsys)
+    assert code == 2 and "s3://bucket/in" in err and "credentials" in err and len(err.strip().splitlines()) == 1
+    assert not local.exists()
+
+
 def test_against_an_earlier_output_in_the_store(tmp_path, capsys, s3, aws_env, staging):
     """B deduplicated against A's index in the store removes what it removes against a local A;
     only A's index is fetched (its kept rows are deleted from the store first)."""
