@@ -41,7 +41,13 @@ def filesystem(url: str, options: StorageOptions = ()) -> tuple[Any, str]:
     try:
         import fsspec
 
-        return fsspec.core.url_to_fs(url, **_with_defaults(scheme, dict(options)))
+        kwargs = _with_defaults(scheme, dict(options))
+        if EXTRAS.get(scheme) == "gcs" and _gcs_emulator(kwargs):
+            from gcsfs.core import GCSFileSystem
+
+            fs = GCSFileSystem(**kwargs)
+            return fs, fs._strip_protocol(url)
+        return fsspec.core.url_to_fs(url, **kwargs)
     except ImportError as exc:
         extra = EXTRAS.get(scheme)
         fix = f"pip install 'curate[{extra}]'" if extra else f"install the fsspec backend for {scheme}://"
@@ -60,6 +66,16 @@ def _with_defaults(scheme: str, options: dict[str, Any]) -> dict[str, Any]:
     if EXTRAS.get(scheme) == "s3" and "config_kwargs" not in options:
         options["config_kwargs"] = _S3_CONFIG
     return options
+
+
+def _gcs_emulator(options: dict[str, Any]) -> bool:
+    """An endpoint other than Google's (an emulator, or a GCS-compatible server): gcsfs's
+    default class then asks the Storage Control gRPC API for each bucket's layout, which such
+    servers do not serve. Measured against gcp-storage-emulator: every call that touches a
+    bucket waited out a 60 s gRPC retry (a TLS handshake to a plain HTTP port, never cached);
+    the HTTP JSON client alone answers in milliseconds."""
+    endpoint = options.get("endpoint_url") or os.environ.get("STORAGE_EMULATOR_HOST", "")
+    return endpoint not in ("", "default") and "googleapis.com" not in str(endpoint)
 
 
 def join(location: str, name: str) -> str:
@@ -133,9 +149,17 @@ def open_binary(location: str, options: StorageOptions = (), size: int | None = 
     """An fsspec file for a URL (read-ahead buffered by the backend); a known `size` saves the
     HEAD request that opening would make."""
     remote = Remote(location, options)
-    if size is None:
-        return remote.call("open", remote.fs.open, remote.path, "rb")
-    return remote.call("open", remote.fs.open, remote.path, "rb", size=size)
+    kwargs = dict(_OPEN_DEFAULTS.get(EXTRAS.get(remote.scheme, ""), {}))
+    if size is not None:
+        kwargs["size"] = size
+    return remote.call("open", remote.fs.open, remote.path, "rb", **kwargs)
+
+
+# gcsfs's default "adaptive" cache starts background prefetch tasks on fsspec's event loop; the
+# files pyarrow leaves to the garbage collector then end each run with "Task was destroyed but
+# it is pending!" lines on stderr (measured: 12 to 18 per 3-shard run against
+# gcp-storage-emulator). "readahead" is fsspec's plain buffered read, which s3fs uses too.
+_OPEN_DEFAULTS = {"gcs": {"cache_type": "readahead"}}
 
 
 def size(location: str, options: StorageOptions = ()) -> int:
