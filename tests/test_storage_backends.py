@@ -170,6 +170,46 @@ def test_az_output_equals_a_local_run_and_overwrite_clears_it(tmp_path, capsys, 
     assert code == 0, err
 
 
+# curate.cli.main in a child that SIGKILLs itself at the N-th step named in KILL_AT
+# ("write the manifest:N": after that commit's uploads, before its manifest).
+KILLED_CHILD = r"""
+import os, signal, sys
+from curate import output_store
+event, _, nth = os.environ["KILL_AT"].rpartition(":")
+seen = [0]
+real_call = output_store.OutputStore.call
+def call(self, what, fn, *args, **kwargs):
+    seen[0] += what == event
+    if what == event and seen[0] == int(nth):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_call(self, what, fn, *args, **kwargs)
+output_store.OutputStore.call = call
+from curate.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_az_killed_run_resumes_from_the_store_elsewhere(tmp_path, capsys, local_run, container):
+    """Killed between a commit's uploads and its manifest, then resumed without the staging
+    directory (another machine): the resume pulls the last commit from Azure, and the next
+    commit deletes the dead attempt's unlisted objects."""
+    source, pipeline, local = local_run
+    name, fs, connection = container
+    url = f"az://{name}/out/"
+    argv = ["run", str(pipeline), "-i", str(source), "-o", url, "--quiet", "--storage-option", f"connection_string={connection}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KILL_AT": "write the manifest:3"}
+    done = subprocess.run([sys.executable, "-c", KILLED_CHILD, *argv], env=env, capture_output=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+    fs.invalidate_cache()
+    manifest = json.loads(fs.cat_file(f"{name}/out/manifest.json"))
+    unlisted = set(fs.find(f"{name}/out")) - {f"{name}/out/{n}" for n in [*manifest[FILES_KEY], "manifest.json"]}
+    assert not manifest["finalized"] and unlisted  # the killed commit's uploads
+    shutil.rmtree(tmp_path / "staging")
+    code, err = cli([*argv, "--resume"], capsys)
+    assert code == 0, err
+    assert_store_equals_local(fs, f"{name}/out", local)
+
+
 @pytest.mark.parametrize("scheme", ["az", "abfs"])
 def test_az_input_keeps_the_local_ids_and_ledger(tmp_path, capsys, local_run, container, monkeypatch, scheme):
     source, pipeline, local = local_run
