@@ -294,3 +294,14 @@ def test_gs_missing_bucket_names_the_url(tmp_path, capsys, local_run, gcs_emulat
     code, err = cli(["run", str(pipeline), "-i", str(source), "-o", url, "--quiet", *options], capsys)
     assert_one_line_error(code, err, url)
     assert "create the bucket" in err
+
+
+@pytest.mark.parametrize(("url", "module", "extra"), [("gs://bucket/in/", "gcsfs", "gcs"), ("az://container/in/", "adlfs", "azure")])
+def test_a_missing_backend_names_the_extra(tmp_path, capsys, monkeypatch, url, module, extra):
+    from fsspec.registry import _registry  # classes fsspec has imported already
+
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it fails
+    monkeypatch.delitem(_registry, url.split("://")[0], raising=False)
+    code, err = cli(["dedup", "-i", url, "-o", str(tmp_path / "out"), "--quiet"], capsys)
+    assert_one_line_error(code, err, url)
+    assert f"pip install 'curate[{extra}]'" in err
