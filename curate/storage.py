@@ -78,6 +78,11 @@ def _gcs_emulator(options: dict[str, Any]) -> bool:
     return endpoint not in ("", "default") and "googleapis.com" not in str(endpoint)
 
 
+def bucket_word(url: str) -> str:
+    """What the store calls its top level, for error messages: Azure's containers are buckets."""
+    return "container" if EXTRAS.get(protocol(url)) == "azure" else "bucket"
+
+
 def join(location: str, name: str) -> str:
     return posixpath.join(location, name)
 

@@ -227,11 +227,11 @@ def test_az_missing_container_names_the_url(tmp_path, capsys, local_run, azurite
     url = f"az://no-such-container-{uuid.uuid4().hex[:8]}/in/"
     code, err = cli(["run", str(pipeline), "-i", url, "-o", str(tmp_path / "x"), "--quiet", *option], capsys)
     assert_one_line_error(code, err, url)
-    assert "does not exist" in err
+    assert "does not exist" in err and "check the container name" in err
     url = f"az://no-such-container-{uuid.uuid4().hex[:8]}/out/"
     code, err = cli(["run", str(pipeline), "-i", str(source), "-o", url, "--quiet", *option], capsys)
     assert_one_line_error(code, err, url)
-    assert "create the bucket" in err
+    assert "create the container first" in err
     assert not (tmp_path / "x").exists()
 
 
