@@ -305,3 +305,31 @@ def test_a_missing_backend_names_the_extra(tmp_path, capsys, monkeypatch, url, m
     code, err = cli(["dedup", "-i", url, "-o", str(tmp_path / "out"), "--quiet"], capsys)
     assert_one_line_error(code, err, url)
     assert f"pip install 'curate[{extra}]'" in err
+
+
+def test_a_connection_error_is_not_a_missing_input(tmp_path, capsys, monkeypatch):
+    """fsspec's isdir/exists answer False on any OSError; aiohttp's connection errors are
+    OSErrors, so a backend built on it (gcsfs) once made an unreachable store "does not exist"."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    def refuse(self, path, **kwargs):
+        raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 1)")
+
+    monkeypatch.setattr(MemoryFileSystem, "info", refuse)
+    url = "memory://bucket/in/"
+    code, err = cli(["dedup", "-i", url, "-o", str(tmp_path / "out"), "--quiet"], capsys)
+    assert_one_line_error(code, err, url)
+    assert "cannot list (ConnectionRefusedError" in err and "does not exist" not in err
+
+
+@pytest.mark.slow
+def test_gs_unreachable_endpoint_is_one_line(tmp_path, capsys):
+    """gcsfs tries a request 6 times with 1+2+4+8+16 s of back-off (fixed in its class):
+    about 34 s, then one line, without gcsfs's logged tracebacks."""
+    pytest.importorskip("gcsfs")
+    url = "gs://bucket/in/"
+    argv = [sys.executable, "-m", "curate.cli", "dedup", "-i", url, "-o", str(tmp_path / "out"), "--quiet",
+            "--storage-option", f"endpoint_url=http://127.0.0.1:{free_port()}", "--storage-option", "token=anon"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert_one_line_error(done.returncode, done.stderr, url)
+    assert "cannot list (ClientConnectorError" in done.stderr
