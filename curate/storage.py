@@ -182,7 +182,7 @@ def open_binary(location: str, options: StorageOptions = (), size: int | None = 
 
 # gcsfs's default "adaptive" cache starts background prefetch tasks on fsspec's event loop; the
 # files pyarrow leaves to the garbage collector then end each run with "Task was destroyed but
-# it is pending!" lines on stderr (measured: 12 to 18 per 3-shard run against
+# it is pending!" lines on stderr (measured: 12 per 3-shard run against
 # gcp-storage-emulator). "readahead" is fsspec's plain buffered read, which s3fs uses too.
 _OPEN_DEFAULTS = {"gcs": {"cache_type": "readahead"}}
 
