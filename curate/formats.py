@@ -123,7 +123,7 @@ def _resolve_remote(url: str, fmt: str | None, options: StorageOptions) -> list[
         return _resolve_listing(url.rstrip("/"), remote.find(), fmt, options)
     if remote.isfile():
         return [(url, fmt or format_of_name(url) or PARQUET)]
-    raise InputError("input does not exist", path=url, fix="pass an existing prefix, object or glob with -i; check the bucket name")
+    raise InputError("input does not exist", path=url, fix=f"pass an existing prefix, object or glob with -i; check the {storage.bucket_word(url)} name")
 
 
 def _resolve_matches(pattern: str, files: list[str], datasets: list[str], fmt: str | None, options: StorageOptions) -> list[tuple[str, str]]:

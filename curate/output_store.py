@@ -106,7 +106,7 @@ class OutputStore:
     def call(self, what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
         """Backend errors as one line naming the URL, exit 2."""
         return storage.call_backend(
-            self.url, what, fn, *args, error=OutputError, missing=f"cannot {what}: not found", missing_fix="create the bucket first, or " + storage.FIX_REMOTE, **kwargs
+            self.url, what, fn, *args, error=OutputError, missing=f"cannot {what}: not found", missing_fix=f"create the {storage.bucket_word(self.url)} first, or " + storage.FIX_REMOTE, **kwargs
         )
 
     def _key(self, relative: str) -> str:
@@ -133,7 +133,7 @@ class OutputStore:
     def objects(self) -> list[str]:
         """Every object under the prefix, relative to it."""
         self.fs.invalidate_cache()
-        self.call("reach the bucket", self.fs.info, self.root.split("/")[0])  # a missing bucket names itself
+        self.call(f"reach the {storage.bucket_word(self.url)}", self.fs.info, self.root.split("/")[0])  # a missing bucket names itself
         keys = self.call("list the output", self.fs.find, self.root)
         return sorted(k[len(self.root) + 1 :] for k in keys if k.startswith(self.root + "/"))
 
