@@ -508,7 +508,8 @@ def export_command(
     # A URL output with no -o gets OUT/kept-jsonl/ committed back to the store.
     with local_output(output, _storage_options(storage), writes=target is None, wanted=lambda name: name.startswith("kept/")) as local:
         result = export_jsonl(local, target, compression)
-    out_console.print(f"exported {result.rows:,} kept rows to {result.target} ({len(result.files)} file{'s' if len(result.files) != 1 else ''})")
+        shown = _where(Path(result.target), local, output) if target is None else result.target
+    out_console.print(f"exported {result.rows:,} kept rows to {shown} ({len(result.files)} file{'s' if len(result.files) != 1 else ''})", soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ JSON Lines and a saved dataset; a missing bucket or backend is one line, exit 2.
 
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 
@@ -62,13 +61,6 @@ def test_missing_bucket_and_prefix_name_the_url(tmp_path, capsys, aws_env):
         code, err = cli(["dedup", "-i", url, "-o", str(tmp_path / "out"), "--quiet"], capsys)
         assert code == 2 and url in err and "does not exist" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out" / "kept").exists()
-
-
-def test_a_missing_backend_names_the_extra(tmp_path, capsys):
-    if importlib.util.find_spec("gcsfs") is not None:
-        pytest.skip("gcsfs is installed here")
-    code, err = cli(["dedup", "-i", "gs://bucket/in/", "-o", str(tmp_path / "out"), "--quiet"], capsys)
-    assert code == 2 and "pip install 'curate[gcs]'" in err and "gs://bucket/in/" in err, err
 
 
 def test_file_urls_are_local_paths(tmp_path, capsys):

@@ -24,7 +24,7 @@ import xxhash
 from curate.output_store import FILES_KEY
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.shards import read_parts
-from conftest import BUCKET, cli, upload
+from conftest import BUCKET, cli, run_cli, upload
 from test_formats import make_rows, write_as
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,8 +126,9 @@ def test_s3_to_s3_equals_local_and_readers_work(tmp_path, capsys, s3, aws_env, c
     assert not any(staging.iterdir()), "the staging directory is removed after a finished run"
     assert cli(["verify", url_out], capsys)[0] == 0
     assert cli(["inspect", url_out], capsys)[0] == 0
-    code, err = cli(["export", url_out], capsys)
+    code, said, err = run_cli(["export", url_out], capsys)
     assert code == 0, err
+    assert f"to {url_out}/kept-jsonl " in said, "the export is shown where the user finds it, not in staging"
     exported = store_files(fs, url_out)
     assert any(name.startswith("kept-jsonl/") for name in exported)
     manifest = json.loads(fs.cat_file(f"{url_out[len('s3://'):]}/manifest.json"))
