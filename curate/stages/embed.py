@@ -67,7 +67,11 @@ from curate.stages.base import BatchSource, Stage, StageContext, row_ordinals
 EMBEDDINGS_DIR = "embeddings"
 META_NAME = "embeddings.json"
 STORE_FORMAT = 1
-_WRITE_ROWS = 32_768
+# Rows per store row group: small enough that converting, encoding and compressing a batch
+# stays in the CPU caches. Writing a 62,500-row unit (d = 384) took 0.26-0.32 s with 4,096
+# rows whether one or two processes wrote at once, and 0.48 s each for two at once with
+# 32,768 rows (0.27-0.36 s alone).
+_WRITE_ROWS = 4_096
 # A unit's vectors stay in memory (not a memory-mapped file) up to this size when only the
 # store parts are wanted: 256 MiB is 170k rows at d = 384, a unit of a corpus up to ~5M rows.
 _IN_MEMORY_BYTES = 256 << 20
