@@ -75,6 +75,53 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+Mapper = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
+# (relative name, local path, size, mtime_ns, the store's entry for the name or None)
+Upload = tuple[str, str, int, int, "dict[str, Any] | None"]
+
+
+def _in_process(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    return [fn(item) for item in items]
+
+
+def upload_batches(files: list[Upload], workers: int) -> list[list[Upload]]:
+    """About two batches per worker of similar byte counts (one in-process), each file whole,
+    in name order within a batch (a task per file would cost a filesystem set-up per file)."""
+    if not files:
+        return []
+    count = 1 if workers <= 1 else min(len(files), 2 * workers)
+    batches: list[list[Upload]] = [[] for _ in range(count)]
+    loads = [0] * count
+    for item in sorted(files, key=lambda f: (-f[2], f[0])):  # largest first onto the lightest
+        lightest = loads.index(min(loads))
+        batches[lightest].append(item)
+        loads[lightest] += item[2]
+    return [sorted(b) for b in batches if b]
+
+
+class UploadFiles:
+    """A commit task: digest each file and upload those whose entry differs from the store's."""
+
+    def __init__(self, url: str, options: StorageOptions):
+        self.url, self.options = url, options
+
+    def __call__(self, batch: list[Upload]) -> list[dict[str, Any]]:
+        fs, root = storage.filesystem(self.url, self.options)
+        root = root.rstrip("/")
+        entries, puts = [], []
+        for name, path, size, _, stored in batch:
+            entry = {"size": size, "xxh3": file_digest(Path(path))}
+            entries.append(entry)
+            if stored != entry:
+                puts.append((path, f"{root}/{name}"))
+        if puts:
+            storage.call_backend(
+                self.url, "upload the output", fs.put, [p for p, _ in puts], [k for _, k in puts],
+                error=OutputError, missing="cannot upload the output: not found", missing_fix=f"create the {storage.bucket_word(self.url)} first, or " + storage.FIX_REMOTE,
+            )
+        return entries
+
+
 def committable_files(root: Path) -> dict[str, Path]:
     """Finished files under a local output: no temp (dot-named) files, no stage scratch."""
     found: dict[str, Path] = {}
@@ -217,36 +264,40 @@ class OutputStore:
         shutil.rmtree(self.staging, ignore_errors=True)
         self.staging.mkdir(parents=True, exist_ok=True)
 
-    def commit(self, local: Path, *, prune: bool = True) -> None:
+    def commit(self, local: Path, *, prune: bool = True, map: Mapper | None = None, workers: int = 1) -> None:
         """Upload what changed under `local`, write the manifest (the commit), then (with
         `prune`) delete objects the new record does not list. Without `prune` the record keeps
-        the earlier files too (a reader that pulled part of an output and added files)."""
+        the earlier files too (a reader that pulled part of an output and added files).
+
+        With `map` (an executor's), the files not digested before are digested and uploaded
+        by tasks, so the workers move the row data and the driver only writes the record."""
         before = self.manifest() or {}
         old = before.get(FILES_KEY, {})
         files = committable_files(local)
         record = dict(old) if not prune else {}
-        uploads = []
+        uploads, fresh = [], []
         for name, path in files.items():
-            entry = self._entry(path)
-            record[name] = entry
-            if old.get(name) != entry:
-                uploads.append(name)
-        if uploads:
-            self.call("upload the output", self.fs.put, [str(files[n]) for n in uploads], [self._key(n) for n in uploads])
+            stat = path.stat()
+            known = self._digests.get(str(path))
+            if known is None or known[:2] != (stat.st_size, stat.st_mtime_ns):
+                fresh.append((name, str(path), stat.st_size, stat.st_mtime_ns, old.get(name)))
+                continue
+            record[name] = {"size": stat.st_size, "xxh3": known[2]}
+            if old.get(name) != record[name]:
+                uploads.append((name, str(path), stat.st_size, stat.st_mtime_ns, old.get(name)))
+        # Files already digested but not in the store (a failed commit) are uploaded as they are.
+        batches = upload_batches(uploads + fresh, workers)
+        task = UploadFiles(self.url, self.options)
+        results = (map or _in_process)(task, batches) if batches else []
+        for batch, entries in zip(batches, results):
+            for (name, path, size, mtime, _), entry in zip(batch, entries):
+                record[name] = entry
+                self._digests[path] = (size, mtime, entry["xxh3"])
         manifest = json.loads((local / MANIFEST_NAME).read_text(encoding="utf-8"))
         manifest[FILES_KEY] = dict(sorted(record.items()))
         self.call("write the manifest", self.fs.pipe_file, self._key(MANIFEST_NAME), (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
         if prune:
             self.call("remove leftovers", self._remove_unlisted, record)
-
-    def _entry(self, path: Path) -> dict[str, Any]:
-        """A file's record entry: its size and xxh3."""
-        stat = path.stat()
-        known = self._digests.get(str(path))
-        if known is None or known[:2] != (stat.st_size, stat.st_mtime_ns):
-            known = (stat.st_size, stat.st_mtime_ns, file_digest(path))
-            self._digests[str(path)] = known
-        return {"size": stat.st_size, "xxh3": known[2]}
 
     def _remove_unlisted(self, record: dict) -> None:
         stale = [o for o in self.objects() if o != MANIFEST_NAME and o not in record]

@@ -141,7 +141,8 @@ def _run_somewhere(spec: PipelineSpec, source: str | os.PathLike, output: str | 
         # The staging directory is now empty (a fresh run) or holds the run to continue.
         result = _run(
             spec, source, staging, replace(options, resume=True, overwrite=False), executor,
-            commit=store.commit, output_name=store.url, against_paths=tuple(against),
+            commit=lambda out: store.commit(out, map=lambda fn, items: executor.map(fn, items, label="committing"), workers=executor.workers),
+            output_name=store.url, against_paths=tuple(against),
         )
     store.discard_staging()
     return RunResult(store.url, result.manifest, result.kept_rows, result.removed_rows)  # type: ignore[arg-type]

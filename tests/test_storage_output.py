@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import xxhash
 
@@ -57,15 +58,15 @@ CHILD = r"""
 import os, signal, sys
 event, _, nth = os.environ["CURATE_TEST_KILL_AT"].rpartition(":")
 seen = {"n": 0}
-from curate import output_store
-real_call = output_store.OutputStore.call
-def call(self, what, fn, *args, **kwargs):
+from curate import storage
+real_call = storage.call_backend
+def call(url, what, fn, *args, **kwargs):
     if what == event:
         seen["n"] += 1
         if seen["n"] == int(nth):
             os.kill(os.getpid(), signal.SIGKILL)
-    return real_call(self, what, fn, *args, **kwargs)
-output_store.OutputStore.call = call
+    return real_call(url, what, fn, *args, **kwargs)
+storage.call_backend = call
 from curate.cli import main
 main(sys.argv[1:])
 """
@@ -342,3 +343,44 @@ def test_against_an_earlier_output_in_the_store(tmp_path, capsys, s3, aws_env, s
     removed = read_parts(pulled / "removed")
     assert removed.num_rows > 0 and "near_duplicate_of_earlier" in removed.column("reason").to_pylist()
     assert removed.equals(read_parts(tmp_path / "local-b" / "removed"))
+
+
+def test_commit_digests_and_uploads_in_tasks_and_only_what_changed(tmp_path, s3, aws_env, staging):
+    """The row data of a commit moves in executor tasks (workers), not in the driver; a file
+    already committed with the same bytes is neither digested again nor uploaded."""
+    from curate.output_store import OutputStore, file_digest, upload_batches
+
+    _, fs = s3
+    local = tmp_path / "staged"
+    (local / "kept").mkdir(parents=True)
+    (local / "manifest.json").write_text(json.dumps({"finalized": False, "stages": []}))
+    rng = np.random.default_rng(3)
+    for i, size in enumerate([5000, 300, 70000, 1200, 9]):
+        (local / "kept" / f"part-{i:05d}.parquet").write_bytes(rng.bytes(size))
+    url = f"s3://{BUCKET}/{tmp_path.name}/out"
+    store = OutputStore(url)
+    sent: list[list[str]] = []
+
+    def mapper(fn, items):
+        sent.append([name for batch in items for name, *_ in batch])
+        return [fn(batch) for batch in items]
+
+    store.commit(local, map=mapper, workers=2)
+    names = sorted(f"kept/part-{i:05d}.parquet" for i in range(5))
+    assert sorted(sent[0]) == names
+    record = json.loads(fs.cat_file(f"{BUCKET}/{tmp_path.name}/out/manifest.json"))[FILES_KEY]
+    for name in names:
+        assert record[name] == {"size": (local / name).stat().st_size, "xxh3": file_digest(local / name)}
+        assert fs.cat_file(f"{BUCKET}/{tmp_path.name}/out/{name}") == (local / name).read_bytes()
+    store.commit(local, map=mapper, workers=2)
+    assert len(sent) == 1, "nothing changed: no task"
+    (local / "kept" / "part-00001.parquet").write_bytes(b"changed")
+    store.commit(local, map=mapper, workers=2)
+    assert sent[-1] == ["kept/part-00001.parquet"]
+    assert fs.cat_file(f"{BUCKET}/{tmp_path.name}/out/kept/part-00001.parquet") == b"changed"
+    # Batches: every file once, about two per worker, the bytes spread evenly.
+    files = [(f"f{i}", "", size, 0, None) for i, size in enumerate([100, 90, 80, 10, 10, 10, 5])]
+    batches = upload_batches(files, 2)
+    assert len(batches) == 4 and sorted(f for b in batches for f in b) == sorted(files)
+    assert max(sum(f[2] for f in b) for b in batches) == 100
+    assert len(upload_batches(files, 1)) == 1
