@@ -16,8 +16,10 @@ manifest lists. A kill between 1 and 2 leaves new objects that no manifest lists
 the next commit) next to the previous commit, which is still whole; a kill between 2 and 3
 leaves only garbage that the next commit removes. Every listed file keeps its bytes until a
 commit stops listing it: outputs are deterministic, so a path written again (a resumed stage)
-gets the same bytes, and only one process, the driver, commits. Unique names per attempt are
-still used where several processes write at once: the task attempts in the staging directory.
+gets the same bytes, and only one process, the driver, writes the record (the digests and
+uploads of step 1 run as executor tasks, so the workers move the bytes). Unique names per
+attempt are still used where several processes write at once: the task attempts in the
+staging directory.
 
 `--resume` continues from the staging directory when it holds the same run as the store (same
 machine), and otherwise rebuilds it from the store's last commit (another machine, or the
