@@ -445,7 +445,7 @@ def report_command(
     with local_output(output, _storage_options(storage), writes=True) as local:
         path = build_pipeline_report(local, overrides=overrides, rerun=rerun, progress=_progress(quiet))
         shown = _where(path, local, output)
-    out_console.print(f"report: {shown}")
+    out_console.print(f"report: {shown}", soft_wrap=True)
 
 
 @app.command()
@@ -545,7 +545,7 @@ def evaluate(
     with local_output(output, _storage_options(storage), writes=True) as local:
         path = evaluate_output(local, label_column, score or [], direction=direction, budgets=parsed, seeds=seeds, rerun=rerun, progress=_progress(quiet))
         shown = _where(path, local, output)
-    out_console.print(f"report: {shown}")
+    out_console.print(f"report: {shown}", soft_wrap=True)
 
 
 def _is_click_error(exc: BaseException) -> bool:

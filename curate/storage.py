@@ -85,6 +85,14 @@ def _endpoint(fs: Any) -> str | None:
     return None
 
 
+def _through_proxy(scheme: str, host: str) -> bool:
+    """A proxy from the environment (HTTPS_PROXY, ...) carries the client's connections: a
+    direct connect would say nothing about whether the endpoint is reachable."""
+    from urllib.request import getproxies, proxy_bypass
+
+    return scheme in getproxies() and not proxy_bypass(host)
+
+
 def _check_reachable(url: str, fs: Any) -> None:
     import socket
     from urllib.parse import urlsplit
@@ -96,7 +104,7 @@ def _check_reachable(url: str, fs: Any) -> None:
     if not parts.hostname:
         return
     address = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-    if address in _REACHED:
+    if address in _REACHED or _through_proxy(parts.scheme, parts.hostname):
         return
     try:
         socket.create_connection(address, timeout=CONNECT_TIMEOUT).close()

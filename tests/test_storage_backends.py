@@ -338,3 +338,23 @@ def test_an_unreachable_endpoint_fails_fast_in_one_line(tmp_path, capsys, scheme
     assert_one_line_error(code, err, url)
     assert "cannot connect to http://127.0.0.1:" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_endpoint_check_stands_aside_for_a_proxy(monkeypatch):
+    """Behind HTTPS_PROXY / HTTP_PROXY the client connects through the proxy: a direct connect
+    would fail on networks that only allow the proxy, so the check is skipped there."""
+    from types import SimpleNamespace
+
+    from curate import storage
+    from curate.errors import UsageError
+
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    fs = SimpleNamespace(service_client=SimpleNamespace(url=f"http://127.0.0.1:{free_port()}/account"))
+    with pytest.raises(UsageError, match="cannot connect to http://127.0.0.1:"):
+        storage._check_reachable("az://container/in/", fs)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
+    storage._check_reachable("az://container/in/", fs)  # through the proxy: not checked
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with pytest.raises(UsageError):
+        storage._check_reachable("az://container/in/", fs)
