@@ -64,15 +64,8 @@ def _parse_sets(pairs: Optional[List[str]]) -> dict[str, Any]:
 
 def _run_spec(spec, input_path: str, output: str, resume: bool, overwrite: bool, quiet: bool, *, jobs=None, workers=None, scheduler=None, against=None) -> None:
     from curate.executors import make_executor
-    from curate.index.build import check_against
     from curate.pipeline import RunOptions, run_pipeline
 
-    from curate.index.store import INDEX_DIR
-    from curate.output_store import local_outputs
-
-    earlier = list(dict.fromkeys([*spec.against, *(against or ())]))  # the pipeline file's earlier outputs, then the command line's
-    with local_outputs(earlier, spec.output_options, wanted=lambda name: name.startswith(f"{INDEX_DIR}/")) as local_against:
-        check_against(spec, local_against)  # before anything is written
     with make_executor(jobs=jobs, workers=workers, scheduler=scheduler) as executor:
         if not quiet and (workers is not None or scheduler is not None):
             for line in executor.describe():

@@ -77,6 +77,13 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def call_output(url: str, what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """A backend call on the output store: its errors as one line naming the URL, exit 2."""
+    return storage.call_backend(
+        url, what, fn, *args, error=OutputError, missing=f"cannot {what}: not found", missing_fix=f"create the {storage.bucket_word(url)} first, or " + storage.FIX_REMOTE, **kwargs
+    )
+
+
 Mapper = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
 # (relative name, local path, size, mtime_ns, the store's entry for the name or None)
 Upload = tuple[str, str, int, int, "dict[str, Any] | None"]
@@ -117,10 +124,7 @@ class UploadFiles:
             if stored != entry:
                 puts.append((path, f"{root}/{name}"))
         if puts:
-            storage.call_backend(
-                self.url, "upload the output", fs.put, [p for p, _ in puts], [k for _, k in puts],
-                error=OutputError, missing="cannot upload the output: not found", missing_fix=f"create the {storage.bucket_word(self.url)} first, or " + storage.FIX_REMOTE,
-            )
+            call_output(self.url, "upload the output", fs.put, [p for p, _ in puts], [k for _, k in puts])
         return entries
 
 
@@ -153,10 +157,7 @@ class OutputStore:
     # -- errors -----------------------------------------------------------------------------
 
     def call(self, what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Backend errors as one line naming the URL, exit 2."""
-        return storage.call_backend(
-            self.url, what, fn, *args, error=OutputError, missing=f"cannot {what}: not found", missing_fix=f"create the {storage.bucket_word(self.url)} first, or " + storage.FIX_REMOTE, **kwargs
-        )
+        return call_output(self.url, what, fn, *args, **kwargs)
 
     def _key(self, relative: str) -> str:
         return f"{self.root}/{relative}"
@@ -277,18 +278,16 @@ class OutputStore:
         old = before.get(FILES_KEY, {})
         files = committable_files(local)
         record = dict(old) if not prune else {}
-        uploads, fresh = [], []
+        work: list[Upload] = []  # new or changed since the last digest, or not in the store yet
         for name, path in files.items():
             stat = path.stat()
             known = self._digests.get(str(path))
-            if known is None or known[:2] != (stat.st_size, stat.st_mtime_ns):
-                fresh.append((name, str(path), stat.st_size, stat.st_mtime_ns, old.get(name)))
-                continue
-            record[name] = {"size": stat.st_size, "xxh3": known[2]}
-            if old.get(name) != record[name]:
-                uploads.append((name, str(path), stat.st_size, stat.st_mtime_ns, old.get(name)))
-        # Files already digested but not in the store (a failed commit) are uploaded as they are.
-        batches = upload_batches(uploads + fresh, workers)
+            if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+                record[name] = {"size": stat.st_size, "xxh3": known[2]}
+                if old.get(name) == record[name]:
+                    continue
+            work.append((name, str(path), stat.st_size, stat.st_mtime_ns, old.get(name)))
+        batches = upload_batches(work, workers)
         task = UploadFiles(self.url, self.options)
         results = (map or _in_process)(task, batches) if batches else []
         for batch, entries in zip(batches, results):

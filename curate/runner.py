@@ -134,6 +134,10 @@ def _run_somewhere(spec: PipelineSpec, source: str | os.PathLike, output: str | 
             preload_in_workers("s3fs")
     # Earlier outputs in an object store: only their index is read, so only it is fetched.
     with local_outputs(earlier, spec.output_options, wanted=lambda name: name.startswith(f"{INDEX_DIR}/")) as against:
+        if against:
+            from curate.index.build import check_against
+
+            check_against(spec, against)  # a bad earlier index is exit 2 before anything is written
         if not is_remote(output):
             return _run(spec, source, storage.local_or_url(str(output)), options, executor, against_paths=tuple(against))
         store = OutputStore(str(output), spec.output_options)
