@@ -36,11 +36,12 @@ _MOUNT_AND_EXEC = 'mount -t tmpfs tmpfs "$1" && shift && exec "$@"'
 
 
 def _namespace_prefixes() -> list[list[str]]:
-    """`unshare` invocations to try: a plain mount namespace (root), else one inside a user
-    namespace mapping us to root (unprivileged hosts that allow user namespaces)."""
+    """`unshare` invocations to try: a plain mount namespace (root with CAP_SYS_ADMIN), else one
+    inside a user namespace mapping us to root (unprivileged users, or root in a container
+    without CAP_SYS_ADMIN, on hosts that allow user namespaces)."""
     plain = ["unshare", "--mount", "--propagation", "private", "--"]
     mapped = ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private", "--"]
-    return [plain, mapped] if os.geteuid() == 0 else [mapped]
+    return [plain, mapped] if os.geteuid() == 0 else [mapped]  # plain needs root
 
 
 @functools.lru_cache(maxsize=1)
