@@ -39,6 +39,15 @@ def atomic_path(path: str | os.PathLike, *, unique: bool = False, fsync: bool = 
     except BaseException:
         _remove(tmp)
         raise
+    _published(final)
+
+
+def _published(path: Path) -> None:
+    """A run whose workers share no disk uploads each finished file (curate.scratch)."""
+    from curate import scratch
+
+    if scratch.active() is not None:
+        scratch.published(path)
 
 
 def _remove(path: Path) -> None:
@@ -64,8 +73,17 @@ def atomic_write_json(path: str | os.PathLike, data: Any, *, fsync: bool = False
 def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     """Put a finished directory in place of `final` (which may exist): old moved aside, new
     renamed in, old removed. A kill in between leaves `final` or its `.old` twin, never a mix."""
+    from curate import scratch
+
     tmp, final = Path(tmp), Path(final)
     old = final.with_name(f".{final.name}.old")
+    if scratch.relative(final) is not None:  # workers without the driver's disk: the store too
+        scratch.remove(old)
+        if scratch.exists(final):
+            scratch.move(final, old)
+        scratch.move(tmp, final)
+        scratch.remove(old)
+        return
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         os.replace(final, old)

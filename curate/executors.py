@@ -42,6 +42,10 @@ class Executor(Protocol):
 
     def check_storage(self, work_dir: str, input_path: str) -> None: ...
 
+    def shares_directory(self, directory: str) -> bool: ...
+
+    def forget(self, path: str) -> None: ...
+
     def describe(self) -> list[str]: ...
 
     def close(self) -> None: ...
@@ -146,6 +150,12 @@ class LocalExecutor(_Timed):
 
     def check_storage(self, work_dir: str, input_path: str) -> None:
         """Every worker is on this machine: it sees what the driver sees."""
+
+    def shares_directory(self, directory: str) -> bool:
+        return True
+
+    def forget(self, path: str) -> None:
+        """Nothing to drop: the workers use the driver's files."""
 
     def describe(self) -> list[str]:
         if self.workers == 1:
@@ -355,6 +365,11 @@ class DaskExecutor(_Timed):
             return []
         started = time.perf_counter()
         sizes = list(sizes) if sizes is not None else [1] * len(items)
+        from curate import scratch
+
+        mirror = scratch.active()
+        if mirror is not None:  # workers without the driver's disk: files go through the store
+            fn = scratch.InMirror(fn, mirror)
         payload = cloudpickle.dumps(fn)
         digest = _digest(payload)
         client = self.client
@@ -368,7 +383,12 @@ class DaskExecutor(_Timed):
                     if future.status == "error":
                         future.result()  # re-raises the worker's exception (InputError stays exit 2)
                     bar.advance(size_of[future.key])
-            return client.gather(futures)
+            results = client.gather(futures)
+            if mirror is not None:
+                for _, uploaded in results:
+                    scratch.merge(uploaded)
+                results = [result for result, _ in results]
+            return results
         except BaseException:
             client.cancel(futures)
             raise
@@ -381,27 +401,52 @@ class DaskExecutor(_Timed):
         import uuid
         from pathlib import Path
 
+        from curate import scratch
+
         if (work_dir, input_path) in self._storage_checked:
             return
         token = uuid.uuid4().hex
-        seen = self.client.run(_probe_storage, work_dir, input_path, token)
+        try:
+            seen = self.client.run(_probe_storage, work_dir, input_path, token)
+        except OSError as exc:
+            raise OutputError(
+                f"a Dask worker cannot create the run's working directory ({exc.strerror or exc})", path=work_dir,
+                fix="set CURATE_STAGING_DIR to a local directory path that every machine can create (an object-store -o), or put -o on storage every worker mounts",
+            ) from None
         unseen = []
         for worker, (_, marker) in seen.items():
             try:
                 (Path(work_dir) / marker).unlink()
             except FileNotFoundError:
-                unseen.append(worker)
-        blind = [worker for worker, (sees_input, _) in seen.items() if not sees_input]
-        fix = "put the input and -o on storage every worker mounts under the same path (NFS, Lustre, ...)"
-        from curate.output_store import STAGING_ENV, staging_root
-
-        if Path(work_dir).resolve().is_relative_to(staging_root().resolve()):  # -o is an object-store URL
-            fix = f"with an object-store -o, set {STAGING_ENV} to a directory every worker mounts under the same path"
+                if scratch.relative(work_dir) is None:  # a mirrored run hands files over through the store
+                    unseen.append(worker)
+        blind = [worker for worker, (sees_input, _) in seen.items() if not sees_input and scratch.relative(input_path) is None]
+        fix = "put the input and -o on storage every worker mounts under the same path (NFS, Lustre, ...), or use object-store URLs for both"
         if blind:
             raise UsageError(f"Dask worker {blind[0]} cannot read the input file {input_path}", fix=fix)
         if unseen:
             raise OutputError(f"Dask worker {unseen[0]} writes somewhere this machine cannot see", path=work_dir, fix=fix)
         self._storage_checked.add((work_dir, input_path))
+
+    def shares_directory(self, directory: str) -> bool:
+        """Does every worker see this directory of the driver's (the same machine, or a shared
+        mount)? A marker file written here must show on each worker."""
+        from pathlib import Path
+
+        marker = Path(directory) / f".shared-probe-{os.getpid()}-{time.monotonic_ns()}"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_bytes(b"")
+        try:
+            seen = self.client.run(os.path.exists, str(marker))
+        finally:
+            marker.unlink(missing_ok=True)
+        return all(seen.values())
+
+    def forget(self, path: str) -> None:
+        """Drop the workers' local copies of a mirrored run's files under `path`."""
+        from curate.scratch import forget_local
+
+        self.client.run(forget_local, path)
 
     def describe(self) -> list[str]:
         """One-time lines for the user: where the cluster is and where to watch it."""

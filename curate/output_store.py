@@ -32,13 +32,14 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import xxhash
 
-from curate import storage
+from curate import scratch, storage
 from curate.errors import OutputError, UsageError
 from curate.manifest import MANIFEST_NAME
 from curate.storage import StorageOptions
@@ -52,6 +53,9 @@ CURATE_NAMES = {
     "report.html", "report.json", "scaling", "kept-jsonl", "seta_schedule.json",
 }
 _SCRATCH = "work"  # a stage's scratch directory: never committed
+# A mirrored resume pulls committed files up to this size to the driver (manifests, metadata,
+# centroids); bigger ones (row data) are read from the store where they are needed.
+_PULL_BYTES = 1 << 20
 
 
 def is_remote(output: str | os.PathLike) -> bool:
@@ -153,6 +157,7 @@ class OutputStore:
         # path -> (size, mtime_ns, xxh3): a commit digests only files new since the last one
         # (every stage boundary would otherwise re-read the whole output so far).
         self._digests: dict[str, tuple[int, int, str]] = {}
+        self.committed_files: dict[str, dict[str, Any]] = {}  # a mirrored resume's starting record
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -211,9 +216,13 @@ class OutputStore:
 
     # -- the run's side ------------------------------------------------------------------------
 
-    def prepare(self, *, resume: bool, overwrite: bool) -> Path:
+    def prepare(self, *, resume: bool, overwrite: bool, mirrored: bool = False) -> Path:
         """Check the prefix against --resume/--overwrite and return the staging directory: empty
-        for a fresh run, or holding the state to resume (kept from this machine, or pulled)."""
+        for a fresh run, or holding the state to resume (kept from this machine, or pulled).
+
+        `mirrored` (workers without the driver's disk, curate.scratch): a staging directory of
+        this run's own, with the store as the state to resume from; only the small committed
+        files (manifests, metadata) are pulled, and `committed_files` is the record."""
         committed = self.manifest()
         objects = self.objects()
         foreign = sorted({o.split("/")[0] for o in objects} - CURATE_NAMES)
@@ -228,6 +237,13 @@ class OutputStore:
             self.call("clear the output", self.fs.rm, [self._key(o) for o in objects if o != MANIFEST_NAME])
             self.call("clear the output", self.fs.rm, self._key(MANIFEST_NAME))
             committed = None
+        if mirrored:
+            self.staging = self.staging.with_name(f"{self.staging.name}-{uuid.uuid4().hex[:12]}")
+            self._clear_staging()
+            if committed is not None and resume:
+                self.committed_files = dict(committed.get(FILES_KEY, {}))
+                self.pull(self.staging, committed, lambda name: committed[FILES_KEY][name]["size"] <= _PULL_BYTES)
+            return self.staging
         if committed is None or not resume:
             self._clear_staging()
             return self.staging
@@ -278,6 +294,12 @@ class OutputStore:
         old = before.get(FILES_KEY, {})
         files = committable_files(local)
         record = dict(old) if not prune else {}
+        if scratch.active() is not None:
+            # Workers without the driver's disk uploaded their files as they wrote them; the
+            # driver uploads the few it wrote outside the hooks (curate.scratch).
+            record.update((name, entry) for name, entry in scratch.record().items() if scratch.is_output_file(name))
+            files = {name: path for name, path in files.items() if name not in record}
+            map = None
         work: list[Upload] = []  # new or changed since the last digest, or not in the store yet
         for name, path in files.items():
             stat = path.stat()

@@ -10,7 +10,6 @@ OUT/removed: kept/ never holds rows of an unfinished run.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import __version__
+from curate import __version__, scratch
 from curate.atomic import atomic_path
 from curate.errors import OutputError, UsageError
 from curate.ledger import LEDGER_SCHEMA
@@ -119,29 +118,31 @@ def finalize(out: Path, spec: PipelineSpec, manifest: dict, inputs: InputSet, la
     `map_parts(fn, parts)` runs the per-part rewrite on the run's executor."""
     stages_root = out / STAGES_DIR
     kept_final = out / "kept"
-    if not kept_final.exists():
+    if not scratch.exists(kept_final):
         if isinstance(last, InputSource):  # a pipeline with no stages: the input, as read
             with atomic_path(kept_final) as tmp, PartWriter(tmp) as writer:
                 writer.schema = last.schema
                 writer.write_all(last.batches())
         else:
-            os.replace(last.directory, kept_final)
+            scratch.move(last.directory, kept_final)
     map_parts(strip_row_column, list_parts(kept_final))
     removed_final = out / "removed"
-    if not removed_final.exists():
-        with atomic_path(removed_final) as tmp:
-            tmp.mkdir()
-            index = 0
-            stage_dirs = [stage_dir_name(0, INPUT_STAGE)] + [stage_dir_name(i, s.name) for i, s in enumerate(spec.stages, start=1)]
-            for name in stage_dirs:
-                for part in list_parts(stages_root / name / "removed"):
-                    if pq.read_metadata(part).num_rows == 0:
-                        continue
-                    _link_or_copy(part, tmp / f"part-{index:05d}.parquet")
-                    index += 1
-            if index == 0:
-                PartWriter(tmp, schema=LEDGER_SCHEMA).close()
-    shutil.rmtree(stages_root, ignore_errors=True)
+    if not scratch.exists(removed_final):
+        # Gathered under a temp name, then renamed: a kill leaves no half removed/.
+        tmp = removed_final.with_name(f".{removed_final.name}.tmp")
+        scratch.remove(tmp)
+        index = 0
+        stage_dirs = [stage_dir_name(0, INPUT_STAGE)] + [stage_dir_name(i, s.name) for i, s in enumerate(spec.stages, start=1)]
+        for name in stage_dirs:
+            for part in list_parts(stages_root / name / "removed"):
+                if scratch.read_metadata(part).num_rows == 0:
+                    continue
+                scratch.copy(part, tmp / f"part-{index:05d}.parquet")
+                index += 1
+        if index == 0:
+            PartWriter(tmp, schema=LEDGER_SCHEMA).close()
+        scratch.move(tmp, removed_final)
+    scratch.remove(stages_root)
     manifest["finalized"] = True
     manifest["totals"] = {"input_rows": inputs.num_rows, "kept_rows": count_part_rows(kept_final), "removed_rows": count_part_rows(removed_final)}
     write_manifest(out, manifest)
@@ -149,10 +150,10 @@ def finalize(out: Path, spec: PipelineSpec, manifest: dict, inputs: InputSet, la
 
 def strip_row_column(part: Path) -> None:
     """Drop the internal ordinal from a published part (rewritten atomically)."""
-    schema = pq.read_schema(part)
+    schema = scratch.read_metadata(part).schema.to_arrow_schema()
     if ROW_COLUMN not in schema.names:
         return
-    source = pq.ParquetFile(part)
+    source = pq.ParquetFile(scratch.ensure(part))
     with atomic_path(part) as tmp:
         writer = pq.ParquetWriter(tmp, schema.remove(schema.get_field_index(ROW_COLUMN)), compression="zstd")
         try:
@@ -162,10 +163,3 @@ def strip_row_column(part: Path) -> None:
         except BaseException:
             close_quietly(writer)  # a full disk must not leave a writer that retries at exit
             raise
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)

@@ -15,7 +15,6 @@ import functools
 import gc
 import json
 import os
-import shutil
 import sys
 import time
 import traceback
@@ -23,14 +22,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from curate import storage
+from curate import scratch, storage
 from curate.allocator import tune_allocator
 from curate.errors import InputError, OutputError
 from curate.executors import Executor, LocalExecutor, cpu_count, preload_in_workers
 from curate.ledger import LEDGER_SCHEMA, ids_as_strings
 from curate.manifest import write_manifest
 from curate.index.store import INDEX_DIR
-from curate.output_store import OutputStore, is_remote, local_outputs
+from curate.output_store import OutputStore, is_remote, local_outputs, staging_root
 from curate.outputs import STAGES_DIR, finalize, new_manifest, prepare_output, stage_dir_name
 from curate.progress import QUIET, Progress
 from curate.shards import ROW_COLUMN, InputSet, PartWriter, list_parts
@@ -141,13 +140,25 @@ def _run_somewhere(spec: PipelineSpec, source: str | os.PathLike, output: str | 
         if not is_remote(output):
             return _run(spec, source, storage.local_or_url(str(output)), options, executor, against_paths=tuple(against))
         store = OutputStore(str(output), spec.output_options)
-        staging = store.prepare(resume=options.resume, overwrite=options.overwrite)
+        staging_root().mkdir(parents=True, exist_ok=True)
+        # Workers that do not see the driver's staging directory (other machines) hand files
+        # over through the store instead (curate.scratch).
+        mirrored = not executor.shares_directory(str(staging_root()))
+        staging = store.prepare(resume=options.resume, overwrite=options.overwrite, mirrored=mirrored)
         # The staging directory is now empty (a fresh run) or holds the run to continue.
-        result = _run(
-            spec, source, staging, replace(options, resume=True, overwrite=False), executor,
-            commit=lambda out: store.commit(out, map=lambda fn, items: executor.map(fn, items, label="committing"), workers=executor.workers),
-            output_name=store.url, against_paths=tuple(against),
-        )
+        if mirrored:
+            scratch.activate(scratch.Mirror(str(staging.absolute()), store.url, spec.output_options), record=store.committed_files)
+        try:
+            result = _run(
+                spec, source, staging, replace(options, resume=True, overwrite=False), executor,
+                commit=lambda out: store.commit(out, map=lambda fn, items: executor.map(fn, items, label="committing"), workers=executor.workers),
+                output_name=store.url, against_paths=tuple(against),
+            )
+        finally:
+            if mirrored:
+                scratch.activate(None)
+                executor.forget(str(staging))
+                store.discard_staging()
     store.discard_staging()
     return RunResult(store.url, result.manifest, result.kept_rows, result.removed_rows)  # type: ignore[arg-type]
 
@@ -208,7 +219,7 @@ def _run(
         if entry["status"] == "done":
             current = PartSource(stage_dir / "kept", spec.batch_size)
             continue
-        shutil.rmtree(stage_dir, ignore_errors=True)
+        _drop(stage_dir, executor)
         ctx = StageContext(
             name=stage_spec.name,
             columns=spec.columns,
@@ -239,9 +250,9 @@ def _run(
             info=ctx.info,
         )
         write_manifest(out, manifest)
-        shutil.rmtree(ctx.work_dir, ignore_errors=True)
+        _drop(ctx.work_dir, executor)
         if isinstance(current, PartSource):
-            shutil.rmtree(current.directory, ignore_errors=True)
+            _drop(current.directory, executor)
         current = PartSource(stage_dir / "kept", spec.batch_size)
         commit(out)
         _notify(options, stage_spec.name)
@@ -298,7 +309,7 @@ def _fit_map_reduce(stage: Stage, source: InputSource | PartSource, units: list,
     partials = ctx.map(FitMap(stage, task_ctx, shuffle_dir, buckets), units, label=f"{ctx.name}: fitting", sizes=[u.rows for u in units])
     if shuffle_dir is not None:
         partials = ctx.map(FitReduce(stage, task_ctx, shuffle_dir, len(units)), range(buckets), label=f"{ctx.name}: reducing")
-        shutil.rmtree(shuffle_dir, ignore_errors=True)
+        _drop(Path(shuffle_dir), ctx.executor)
     stage.fit_merge(partials, source, ctx)
 
 
@@ -307,7 +318,7 @@ def _check_input(inputs: InputSet, spec: PipelineSpec, stages_root: Path, entry:
     tasks; the earliest problem in input order is the one raised."""
     started = time.perf_counter()
     check_dir = stages_root / stage_dir_name(0, INPUT_STAGE)
-    shutil.rmtree(check_dir, ignore_errors=True)
+    _drop(check_dir, executor)
     units_dir = check_dir / "work" / _UNITS
     units_dir.mkdir(parents=True)
     units = plan_units(InputSource(inputs, spec.batch_size, spec.drop_null_text), unit_rows)
@@ -329,7 +340,7 @@ def _check_input(inputs: InputSet, spec: PipelineSpec, stages_root: Path, entry:
     assemble(units_dir, len(units), check_dir, kinds=("removed",))
     if not list_parts(check_dir / "removed"):
         PartWriter(check_dir / "removed", schema=LEDGER_SCHEMA).close()
-    shutil.rmtree(check_dir / "work", ignore_errors=True)
+    _drop(check_dir / "work", executor)
     entry.update(status="done", rows_in=inputs.num_rows, rows_out=inputs.num_rows - null_texts, rows_removed=null_texts, seconds=round(time.perf_counter() - started, 3), info={})
 
 
@@ -358,6 +369,14 @@ def _raise_input_problem(inputs: InputSet, spec: PipelineSpec, ordinal: int, _ra
         path=file.path,
         fix="fill or drop null texts, or pass --drop-null-text to send them to the ledger",
     )
+
+
+def _drop(path: Path, executor: Executor | None) -> None:
+    """Remove a stage's directory or scratch: here, in the store of a mirrored run, and the
+    workers' copies of it (curate.scratch)."""
+    scratch.remove(path)
+    if scratch.active() is not None and executor is not None:
+        executor.forget(str(path))
 
 
 def _notify(options: RunOptions, name: str) -> None:

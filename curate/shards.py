@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
-from curate import storage
+from curate import scratch, storage
 from curate.errors import InputError, OutputError, UsageError
 from curate.formats import (
     JSONL,
@@ -354,8 +354,11 @@ def _unify(schemas: list[pa.Schema], paths: list[str], columns: ColumnSpec) -> p
 
 
 def list_parts(directory: str | os.PathLike) -> list[Path]:
-    """Finished part files in order (temp files from an interrupted write are ignored)."""
+    """Finished part files in order (temp files from an interrupted write are ignored); in a
+    run whose workers share no disk, the store's too (curate.scratch)."""
     directory = Path(directory)
+    if scratch.relative(directory) is not None:
+        return [directory / name for name in scratch.list_names(directory) if PART_PATTERN.match(name)]
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.iterdir() if PART_PATTERN.match(p.name))
@@ -363,17 +366,17 @@ def list_parts(directory: str | os.PathLike) -> list[Path]:
 
 def iter_part_batches(directory: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
     for path in list_parts(directory):
-        parquet = pq.ParquetFile(path)
+        parquet = scratch.parquet_file(path)
         yield from parquet.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
 
 
 def count_part_rows(directory: str | os.PathLike) -> int:
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in list_parts(directory))
+    return sum(scratch.read_metadata(p).num_rows for p in list_parts(directory))
 
 
 def read_parts(directory: str | os.PathLike, columns: Sequence[str] | None = None) -> pa.Table:
     """Whole-table read, for tests, verification of small outputs and reports."""
-    parts = list_parts(directory)
+    parts = scratch.local_paths(list_parts(directory))
     if not parts:
         return pa.table({})
     return pa.concat_tables([pq.read_table(p, columns=list(columns) if columns else None) for p in parts], promote_options="permissive")
@@ -479,6 +482,7 @@ class PartWriter:
             self._writer.close()
             final = self.directory / f"part-{self._index:05d}.parquet"
             os.replace(self._tmp_path, final)
+            scratch.published(final)
         except OSError as exc:
             tmp = self._tmp_path
             self.abort()

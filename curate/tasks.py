@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate import scratch
 from curate.atomic import atomic_path
 from curate.errors import OutputError
 from curate.ledger import LEDGER_SCHEMA, ids_as_strings, removed_rows
@@ -48,7 +49,7 @@ def write_piece(path: Path, piece: Any) -> None:
 def read_pieces(shuffle_dir: str | Path, bucket: int, count: int) -> list[Any]:
     pieces = []
     for unit in range(count):
-        with open(piece_path(shuffle_dir, bucket, unit), "rb") as handle:
+        with open(scratch.ensure(piece_path(shuffle_dir, bucket, unit)), "rb") as handle:
             pieces.append(cloudpickle.load(handle))
     return pieces
 
@@ -102,7 +103,7 @@ def load_stage(path: str) -> Stage:
     """A fitted stage, unpickled once per worker process (the file name is unique per run)."""
     stage = _STAGES.get(path)
     if stage is None:
-        with open(path, "rb") as handle:
+        with open(scratch.ensure(path), "rb") as handle:
             stage = cloudpickle.load(handle)
         _STAGES.clear()  # one stage at a time: drop the previous stage's fitted state
         _STAGES[path] = stage
@@ -118,7 +119,7 @@ def save_stage(stage: Stage, work_dir: Path) -> str:
 
 
 def unit_counts(directory: Path) -> tuple[int, int]:
-    return tuple(sum(pq.read_metadata(p).num_rows for p in list_parts(directory / kind)) for kind in ("kept", "removed"))  # type: ignore[return-value]
+    return tuple(sum(scratch.read_metadata(p).num_rows for p in list_parts(directory / kind)) for kind in ("kept", "removed"))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class Transform:
 
     def __call__(self, unit: Unit) -> tuple[int, int]:
         final = Path(self.units_dir) / f"{unit.index:05d}"
-        if final.is_dir():  # an earlier attempt finished before its worker died
+        if scratch.is_dir(final):  # an earlier attempt finished before its worker died
             return unit_counts(final)
         attempt = Path(self.units_dir) / f".{unit.index:05d}.{uuid.uuid4().hex}.tmp"
         stage = load_stage(self.stage_path)
@@ -164,6 +165,8 @@ def publish_attempt(attempt: Path, final: Path) -> None:
         os.rename(attempt, final)
     except OSError:
         shutil.rmtree(attempt, ignore_errors=True)
+        return
+    scratch.published(final)
 
 
 def assemble(units_dir: Path, count: int, stage_dir: Path, kinds: tuple[str, ...] = ("kept", "removed")) -> tuple[int, ...]:
@@ -177,10 +180,10 @@ def assemble(units_dir: Path, count: int, stage_dir: Path, kinds: tuple[str, ...
         first_schema: pa.Schema | None = None
         spare: Path | None = None
         for unit in range(count):
-            if not (units_dir / f"{unit:05d}").is_dir():
+            if not scratch.is_dir(units_dir / f"{unit:05d}"):
                 raise OutputError(f"the output of work unit {unit} is missing", path=units_dir, fix="put -o on storage every worker mounts under the same path, then rerun with --resume")
             for part in list_parts(units_dir / f"{unit:05d}" / kind):
-                metadata = pq.read_metadata(part)
+                metadata = scratch.read_metadata(part)
                 if metadata.num_rows == 0:
                     spare = spare or part
                     continue
@@ -189,17 +192,17 @@ def assemble(units_dir: Path, count: int, stage_dir: Path, kinds: tuple[str, ...
                     first_schema = schema
                 elif not schema.equals(first_schema, check_metadata=False):
                     _rewrite_conformed(part, first_schema)  # as one PartWriter over every unit would
-                os.replace(part, target / f"part-{index:05d}.parquet")
+                scratch.move(part, target / f"part-{index:05d}.parquet")
                 index += 1
                 rows += metadata.num_rows
         if index == 0 and spare is not None:
-            os.replace(spare, target / "part-00000.parquet")
+            scratch.move(spare, target / "part-00000.parquet")
         totals.append(rows)
     return tuple(totals)
 
 
 def _rewrite_conformed(part: Path, schema: pa.Schema) -> None:
-    table = _conform_to(pq.read_table(part), schema)
+    table = _conform_to(pq.read_table(scratch.ensure(part)), schema)
     with atomic_path(part) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 

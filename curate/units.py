@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate import scratch
 from curate.formats import open_parquet
 from curate.shards import ROW_COLUMN, ColumnSpec, InputFile, InputSet, count_part_rows, iter_part_batches, list_parts
 
@@ -52,7 +53,7 @@ class PartSource:
         self.batch_size = batch_size
         self.num_rows = count_part_rows(self.directory)
         parts = list_parts(self.directory)
-        self.schema = pq.read_schema(parts[0]) if parts else pa.schema([])
+        self.schema = scratch.read_metadata(parts[0]).schema.to_arrow_schema() if parts else pa.schema([])
 
     def batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
         if columns is not None:
@@ -144,7 +145,7 @@ class PartUnit:
         if columns is not None:
             columns = list(dict.fromkeys([*columns, ROW_COLUMN]))
         groups = list(self.row_groups) if self.row_groups is not None else None
-        yield from pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_size, row_groups=groups, columns=columns, use_threads=False)
+        yield from scratch.parquet_file(self.path).iter_batches(batch_size=self.batch_size, row_groups=groups, columns=columns, use_threads=False)
 
 
 Unit = InputUnit | PartUnit
@@ -189,7 +190,7 @@ def plan_units(source: InputSource | PartSource | Unit, unit_rows: int = DEFAULT
                 )
         return units
     for part in list_parts(source.directory):
-        metadata = pq.read_metadata(part)
+        metadata = scratch.read_metadata(part)
         for groups, rows, _ in _row_group_slices(metadata, unit_rows):
             bounds = _ordinal_bounds(metadata, groups)
             units.append(PartUnit(len(units), str(part), groups, rows, source.schema, source.batch_size, bounds))

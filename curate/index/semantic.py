@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
+from curate import scratch
 from curate.index.earlier import EarlierMatches
 from curate.index.minhash import _put
 from curate.index.store import StoredIndex, check_settings, find_index, index_dir, write_index
@@ -173,7 +174,7 @@ class MatchBuckets:
         key = label_key(self.position)
         unit_of, local, rows, labels = [], [], [], []
         for unit in range(len(self.vector_paths)):
-            with np.load(Path(self.clusters_dir) / f"{unit:05d}.npz") as data:
+            with np.load(scratch.ensure(Path(self.clusters_dir) / f"{unit:05d}.npz")) as data:
                 unit_labels = data[key]
                 mine = np.flatnonzero(self.bucket_of[unit_labels] == bucket) if len(unit_labels) else np.empty(0, np.int64)
                 unit_of.append(np.full(len(mine), unit, np.int32))
@@ -240,7 +241,7 @@ def best_matches(new: np.ndarray, earlier: np.ndarray, threshold: float) -> tupl
 def _build(stage, source: BatchSource, ctx: StageContext, emb, centroids: np.ndarray, clusters_dir: str) -> StoredIndex:
     labels = []
     for u in range(len(emb.paths)):
-        with np.load(Path(clusters_dir) / f"{u:05d}.npz") as data:
+        with np.load(scratch.ensure(Path(clusters_dir) / f"{u:05d}.npz")) as data:
             labels.append(data["labels"])
     label = np.concatenate(labels) if labels else np.empty(0, np.int32)
     ids = IdLookup.collect(source, emb.rows, ctx)(emb.rows) if len(emb.rows) else pa.array([], pa.string())

@@ -29,21 +29,20 @@ stream the vectors from the parts (`vector_blocks`): no index, no copy, no `.npy
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from curate import scratch
 from curate.atomic import atomic_path, atomic_write_json, replace_dir
 from curate.embedders import (
     DEFAULT_MODEL,
@@ -140,18 +139,32 @@ class Embeddings:
     def unit_vectors(self, unit: int) -> np.ndarray:
         return load_vectors(self.paths[unit], self.dim)
 
-    def gather(self, positions: np.ndarray) -> np.ndarray:
-        """Vectors at ascending stream positions (a k-means sample), read unit by unit."""
+    def gather(self, positions: np.ndarray, map: Callable | None = None) -> np.ndarray:
+        """Vectors at ascending stream positions (a k-means sample), read unit by unit; with
+        `map` (ctx.map), one task per unit reads them where the vectors are, so the driver
+        receives the sample, not the units' files (workers on other machines, curate.scratch)."""
         positions = np.asarray(positions, dtype=np.int64)
         if self.sample is not None and np.array_equal(positions, self.sample[0]):
             return self.sample[1]
         out = np.empty((len(positions), self.dim), dtype=np.float32)
         cuts = np.searchsorted(positions, self.offsets)
-        for unit in range(len(self.paths)):
-            lo, hi = cuts[unit], cuts[unit + 1]
-            if hi > lo:
-                out[lo:hi] = self.unit_vectors(unit)[positions[lo:hi] - self.offsets[unit]]
+        jobs = [(unit, self.paths[unit], positions[cuts[unit] : cuts[unit + 1]] - self.offsets[unit]) for unit in range(len(self.paths)) if cuts[unit + 1] > cuts[unit]]
+        read = _UnitRows(self.dim)
+        found = map(read, jobs) if map is not None else [read(job) for job in jobs]
+        for (unit, _, _), vectors in zip(jobs, found):
+            out[cuts[unit] : cuts[unit + 1]] = vectors
         return out
+
+
+@dataclass(frozen=True)
+class _UnitRows:
+    """A unit's vectors at the given local positions."""
+
+    dim: int
+
+    def __call__(self, job: tuple[int, "str | StoreSlice", np.ndarray]) -> np.ndarray:
+        _, path, local = job
+        return np.ascontiguousarray(load_vectors(path, self.dim)[local])
 
 
 def load_vectors(path: str | StoreSlice, dim: int) -> np.ndarray:
@@ -160,7 +173,7 @@ def load_vectors(path: str | StoreSlice, dim: int) -> np.ndarray:
     if isinstance(path, StoreSlice):
         blocks = list(vector_blocks(path, dim, _READ_ROWS))
         return np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
-    vectors = np.load(path, mmap_mode="r")
+    vectors = np.load(scratch.ensure(path), mmap_mode="r")
     return vectors if vectors.shape[0] else np.zeros((0, dim), np.float32)
 
 
@@ -177,7 +190,7 @@ def vector_blocks(path: str | StoreSlice, dim: int, rows: int) -> Iterator[np.nd
 
 
 def read_store_meta(directory: Path) -> dict | None:
-    meta_path = Path(directory) / META_NAME
+    meta_path = scratch.ensure(Path(directory) / META_NAME)
     if not meta_path.is_file():
         return None
     try:
@@ -282,7 +295,7 @@ def stored_embeddings(source: BatchSource, ctx: StageContext, model: str, sample
     version = model_version(model)
     if not _usable(meta, model, version):
         return None
-    part_rows = [(str(part), pq.read_metadata(part).num_rows) for part in list_parts(store)]
+    part_rows = [(str(part), scratch.read_metadata(part).num_rows) for part in list_parts(store)]
     units = ctx.units(source)
     unit_rows = [u.rows for u in units]
     total = sum(unit_rows)
@@ -328,14 +341,14 @@ def publish(emb: Embeddings, output_dir: Path) -> Path:
         raise RuntimeError("publish needs embeddings computed with write_parts=True")
     final = Path(output_dir) / EMBEDDINGS_DIR
     tmp = Path(output_dir) / f".{EMBEDDINGS_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    scratch.remove(tmp)
     tmp.mkdir(parents=True)
     index = 0
     for unit in range(len(emb.paths)):
         for part in list_parts(Path(emb.parts_dir) / f"{unit:05d}"):
-            if pq.read_metadata(part).num_rows == 0:
+            if scratch.read_metadata(part).num_rows == 0:
                 continue
-            os.replace(part, tmp / f"part-{index:05d}.parquet")
+            scratch.move(part, tmp / f"part-{index:05d}.parquet")
             index += 1
     if index == 0:  # no rows: one empty part still carries the schema
         PartWriter(tmp, schema=store_schema(emb.dim)).close()
@@ -488,7 +501,7 @@ class StoredUnit:
 def _store_batches(where: StoreSlice, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
     """The slice's rows of the store's `columns`, in order, reading only the row groups they are in."""
     for path, first, end in where.pieces:
-        parquet = pq.ParquetFile(path)
+        parquet = scratch.parquet_file(path)
         metadata = parquet.metadata
         starts = np.concatenate([[0], np.cumsum([metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])]).astype(np.int64)
         groups = range(int(np.searchsorted(starts, first, side="right")) - 1, int(np.searchsorted(starts, end, side="left")))
@@ -550,7 +563,7 @@ def _unit_matrix(work: Path, unit: int, m: int, dim: int, keep: bool = True) -> 
             yield matrix
             matrix.flush()
     if not keep:
-        _vectors_path(work, unit).unlink(missing_ok=True)
+        scratch.remove(_vectors_path(work, unit))
 
 
 def _write_unit_parts(work: Path, unit: int, ids: pa.Array, matrix: np.ndarray, text_hash: np.ndarray) -> None:
@@ -580,7 +593,7 @@ def _write_unit_parts(work: Path, unit: int, ids: pa.Array, matrix: np.ndarray, 
 
 def _store_dir(path: Path) -> Path:
     """Accept either an output directory or its embeddings/ directory."""
-    return path if (path / META_NAME).is_file() else path / EMBEDDINGS_DIR
+    return path if scratch.ensure(path / META_NAME).is_file() else path / EMBEDDINGS_DIR
 
 
 def _usable(meta: dict | None, model: str, version: str) -> bool:
@@ -596,7 +609,7 @@ def _store_dim(store: str) -> int:
 
 def _index_part(part: str) -> np.ndarray:
     """(id hash high, id hash low, text hash) of every row of one store part."""
-    table = pq.read_table(part, columns=["id", "text_hash"])
+    table = scratch.parquet_file(part).read(columns=["id", "text_hash"])
     keys = np.empty((table.num_rows, 3), np.uint64)
     if table.num_rows:
         keys[:, :2] = hash128(table.column("id"))
@@ -636,7 +649,7 @@ def _lookup(index_path: str | None, ids: pa.Array, text_hash: np.ndarray) -> pl.
         return empty
     key = hash128(ids)
     wanted = pl.DataFrame({"id_hi": key[:, 0], "id_lo": key[:, 1], "text_hash": text_hash, "pos": np.arange(len(ids), dtype=np.int64)})
-    index = pl.read_ipc(index_path)
+    index = pl.read_ipc(scratch.ensure(index_path))
     return wanted.join(index, on=["id_hi", "id_lo", "text_hash"], how="inner").select("pos", "store", "part", "row").sort("store", "part", "row")
 
 
@@ -646,7 +659,7 @@ def _fill_from_stores(stores: tuple[str, ...], hits: pl.DataFrame, matrix: np.nd
         return
     for (store, part), group in hits.group_by(["store", "part"], maintain_order=True):
         path = list_parts(stores[store])[part]
-        parquet = pq.ParquetFile(path)
+        parquet = scratch.parquet_file(path)
         sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.metadata.num_row_groups)]
         starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         stored = group.get_column("row").to_numpy()

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate import scratch
 from curate.atomic import atomic_path, atomic_write_json
 from curate.errors import UsageError
 from curate.ledger import empty_ledger, removed_rows
@@ -300,7 +301,7 @@ class ProxyFold:
         from curate.training.features import Bags
         from curate.training.proxy import fold_losses, torch_threads
 
-        load = lambda name: np.load(Path(self.shared) / f"{name}.npy", mmap_mode="r")
+        load = lambda name: np.load(scratch.ensure(Path(self.shared) / f"{name}.npy"), mmap_mode="r")
         bags = Bags(load("indices"), np.array(load("offsets")))
         with torch_threads(self.torch_threads):
             return fold_losses(bags, np.array(load("codes")), np.array(load("fold_of")), fold, self.num_classes, epochs=self.epochs, seed=self.seed, config=self.config)

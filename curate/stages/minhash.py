@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate import scratch
 from curate.atomic import atomic_path
 from curate.index import minhash as minhash_index
 from curate.index.earlier import drop_duplicates
@@ -156,8 +157,8 @@ class MinHashDedup(Stage):
         groups = mh.duplicate_groups(len(nodes), np.searchsorted(nodes, edges_i), np.searchsorted(nodes, edges_j), edges_est)
         verified = time.perf_counter()
 
-        store = RowStore(work, starts, self.num_perm)
-        self._fitted(store.ordinals(nodes[groups.removed]), store.ordinals(nodes[groups.representative]), groups.score, source, ctx)
+        ordinals = _ordinals_by_task(RowStore(work, starts, self.num_perm), nodes, ctx)
+        self._fitted(ordinals[groups.removed], ordinals[groups.representative], groups.score, source, ctx)
         ctx.info.update(
             bands=bands,
             rows=rows,
@@ -223,7 +224,7 @@ class RowStore:
     def _map(self, unit: int, what: str, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
         if math.prod(shape) == 0:
             return np.empty(shape, dtype=dtype)
-        return np.memmap(_unit_file(self.work, unit, what), dtype=dtype, mode="r", shape=shape)
+        return np.memmap(scratch.ensure(_unit_file(self.work, unit, what)), dtype=dtype, mode="r", shape=shape)
 
     def _unit_rows(self, unit: int) -> int:
         return int(self.starts[unit + 1] - self.starts[unit])
@@ -232,7 +233,7 @@ class RowStore:
         """Shingle offsets of a unit's rows (8 bytes per row of the unit, kept per task)."""
         found = self._offsets.get(unit)
         if found is None:
-            counts = np.fromfile(_unit_file(self.work, unit, "counts"), dtype=np.int64)
+            counts = np.fromfile(scratch.ensure(_unit_file(self.work, unit, "counts")), dtype=np.int64)
             found = self._offsets[unit] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         return found
 
@@ -273,6 +274,23 @@ class RowStore:
             ordinals = self._map(unit, "rows", np.int64, (self._unit_rows(unit),))
             out[order[where]] = ordinals[local]
         return out
+
+
+def _ordinals_by_task(store: RowStore, rows: np.ndarray, ctx: StageContext) -> np.ndarray:
+    """Row ordinals of the sorted dense `rows`, one task per unit that has any: the driver gets
+    the ordinals, never the units' files (workers on other machines, curate.scratch)."""
+    jobs = [(unit, local) for unit, local, _ in store._by_unit(rows)]
+    found = ctx.map(_UnitOrdinals(store), jobs) if jobs else []
+    return np.concatenate(found) if found else np.empty(0, np.int64)
+
+
+@dataclass(frozen=True)
+class _UnitOrdinals:
+    store: RowStore
+
+    def __call__(self, job: tuple[int, np.ndarray]) -> np.ndarray:
+        unit, local = job
+        return self.store.ordinals(local + self.store.starts[unit])
 
 
 # ---------------------------------------------------------------------------------------

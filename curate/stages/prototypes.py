@@ -82,7 +82,7 @@ class Prototypes(Stage):
         sample = kmeans_sample(n, k, ctx.seed)
         set_threads(ctx.threads)
         with ctx.progress.task(f"{ctx.name}: k-means ({k} clusters on {len(sample)} rows)", total=None):
-            self.centroids_ = train_centroids(emb.gather(sample), k, seed=ctx.seed, niter=self.kmeans_iterations) if n else np.zeros((0, emb.dim), np.float32)
+            self.centroids_ = train_centroids(emb.gather(sample, ctx.map), k, seed=ctx.seed, niter=self.kmeans_iterations) if n else np.zeros((0, emb.dim), np.float32)
         sizes = np.diff(emb.offsets).tolist()
         scored = ctx.map(UnitDistances(self.centroids_, emb.dim, ctx.task_threads), emb.paths, label=f"{ctx.name}: distances", sizes=sizes)
         self.labels_ = np.concatenate([s[0] for s in scored]) if scored else np.empty(0, np.int32)

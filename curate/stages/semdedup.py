@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from curate import scratch
 from curate.atomic import atomic_path
 from curate.index import semantic as semantic_index
 from curate.index.earlier import drop_duplicates
@@ -71,7 +72,7 @@ class SemDedup(Stage):
         sample = kmeans_sample(n, k, ctx.seed, self.kmeans_fit_fraction)
         set_threads(ctx.threads)
         with ctx.progress.task(f"{ctx.name}: k-means ({k} clusters on {len(sample)} rows)", total=None):
-            centroids = train_centroids(emb.gather(sample), k, seed=ctx.seed, niter=self.kmeans_iterations) if n else np.zeros((0, emb.dim), np.float32)
+            centroids = train_centroids(emb.gather(sample, ctx.map), k, seed=ctx.seed, niter=self.kmeans_iterations) if n else np.zeros((0, emb.dim), np.float32)
         clusters_dir = str(Path(ctx.work_dir) / _CLUSTERS)
         units = [(u, emb.paths[u], emb.rows[emb.offsets[u] : emb.offsets[u + 1]]) for u in range(len(emb.paths))]
         assigned = ctx.map(AssignClusters(centroids, clusters_dir, emb.dim, ctx.task_threads, earlier), units, label=f"{ctx.name}: assigning", sizes=[len(u[2]) for u in units])
@@ -153,7 +154,7 @@ class SearchBuckets:
         set_threads(self.threads)
         unit_of, local, rows, labels, sims = [], [], [], [], []
         for unit in range(len(self.vector_paths)):
-            with np.load(Path(self.clusters_dir) / f"{unit:05d}.npz") as data:
+            with np.load(scratch.ensure(Path(self.clusters_dir) / f"{unit:05d}.npz")) as data:
                 unit_labels = data["labels"]
                 mine = np.nonzero(self.bucket_of[unit_labels] == bucket)[0] if len(unit_labels) else np.empty(0, np.int64)
                 unit_of.append(np.full(len(mine), unit, np.int32))

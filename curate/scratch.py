@@ -1,0 +1,354 @@
+"""A run's scratch when the Dask workers share no disk with the driver: the store is the one copy.
+
+With an object-store `-o` a run works in a local staging directory (curate.output_store). When
+every worker sees that directory (one machine, or an NFS mount), tasks and the driver hand files
+to each other through it. When they do not (workers on other machines, each with its own disk),
+the staging directory becomes a *mirror* of the output prefix: the same absolute path on every
+machine, each machine's copy a local cache, and the store the copy that everybody sees:
+
+- a finished file under the staging directory (a unit's parts, a shuffle piece, a MinHash
+  signature file, a fitted stage) is uploaded by the process that wrote it, to the same relative
+  key under the output prefix (`published`, called where a write becomes final);
+- a reader that lacks a file locally downloads it first (`ensure`), or reads a Parquet file's
+  footer and columns from the store (`parquet_file`), so the driver reads footers, not rows;
+- moves, copies and removals that the driver makes (a stage's unit parts assembled in order,
+  finalize) are store-side operations: row data never passes through the driver.
+
+Files that belong to the output are recorded with their size and digest by the process that
+uploads them; tasks hand their records back with their results (`InMirror`), and the driver's
+commit writes the manifest from the merged record (curate.output_store). Scratch under
+`_stages/*/work/` is never recorded, and the next commit removes it from the store.
+
+Without a mirror every function here is the plain local operation.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow.parquet as pq
+
+from curate import storage
+from curate.manifest import MANIFEST_NAME
+from curate.storage import StorageOptions
+
+
+@dataclass(frozen=True)
+class Mirror:
+    root: str  # the local staging directory: the same absolute path on every machine
+    url: str  # the output prefix in the store
+    options: StorageOptions = ()
+
+
+_MIRROR: Mirror | None = None
+_FS: tuple[Any, str] | None = None  # (filesystem, the prefix's path in it) for _MIRROR
+# relative name -> {"size", "xxh3"} of the files this process uploaded or learned of (the
+# commit lists those that are output files: `is_output_file`)
+_RECORD: dict[str, dict[str, Any]] = {}
+
+
+def activate(mirror: Mirror | None, record: dict[str, dict[str, Any]] | None = None) -> None:
+    """Make `mirror` this process's (None: plain local files). A worker keeps its mirror for
+    the next task of the same run; a new run starts from an empty record."""
+    global _MIRROR, _FS
+    if mirror != _MIRROR:
+        _FS = None
+        _RECORD.clear()
+    _MIRROR = mirror
+    if record is not None:
+        _RECORD.clear()
+        _RECORD.update(record)
+
+
+def active() -> Mirror | None:
+    return _MIRROR
+
+
+def record() -> dict[str, dict[str, Any]]:
+    """What this process knows the output to hold (the driver: the whole run so far)."""
+    return dict(_RECORD)
+
+
+def drain() -> dict[str, dict[str, Any]]:
+    """This task's uploads, handed back to the driver with its result."""
+    found = dict(_RECORD)
+    _RECORD.clear()
+    return found
+
+
+def merge(entries: dict[str, dict[str, Any]]) -> None:
+    _RECORD.update(entries)
+
+
+def _store() -> tuple[Any, str]:
+    global _FS
+    if _FS is None:
+        assert _MIRROR is not None
+        fs, root = storage.filesystem(_MIRROR.url, _MIRROR.options)
+        _FS = fs, root.rstrip("/")
+    return _FS
+
+
+def _call(what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    from curate.output_store import call_output
+
+    assert _MIRROR is not None
+    return call_output(_MIRROR.url, what, fn, *args, **kwargs)
+
+
+def relative(path: str | os.PathLike) -> str | None:
+    """`path` relative to the mirrored staging directory, None when not under it (or no mirror)."""
+    if _MIRROR is None:
+        return None
+    text = os.path.abspath(path)
+    root = _MIRROR.root.rstrip("/")
+    if not text.startswith(root + "/"):
+        return None
+    return text[len(root) + 1 :]
+
+
+def _key(rel: str) -> str:
+    return f"{_store()[1]}/{rel}"
+
+
+def _hidden(rel: str) -> bool:
+    """A temp name or an unfinished attempt (dot-named): never published."""
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
+def is_output_file(rel: str) -> bool:
+    """A file the commit record lists: not scratch (`_stages/*/work/`), not hidden, not the
+    manifest (the commit writes it)."""
+    parts = rel.split("/")
+    return not _hidden(rel) and rel != MANIFEST_NAME and not (len(parts) > 2 and parts[0] == "_stages" and parts[2] == "work")
+
+
+def _local_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path).as_posix()))
+
+
+# ---------------------------------------------------------------------------------------
+# Writes.
+
+
+def published(path: str | os.PathLike) -> None:
+    """A file (or a directory of files) is finished at `path`: upload it to its key, and record
+    output files. Called where writes become final (atomic renames, part writers)."""
+    rel = relative(path)
+    if rel is None or _hidden(rel) or rel == MANIFEST_NAME:
+        return
+    from curate.output_store import file_digest
+
+    files = _local_files(Path(path))
+    root = Path(_MIRROR.root)  # type: ignore[union-attr]
+    names = [f.relative_to(root).as_posix() for f in files]
+    if not files:
+        return
+    fs, _ = _store()
+    _call("upload the output", fs.put, [str(f) for f in files], [_key(n) for n in names])
+    for name, file in zip(names, files):  # scratch too: a unit's parts become a stage's by a move
+        _RECORD[name] = {"size": file.stat().st_size, "xxh3": file_digest(file)}
+
+
+def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename a file or directory; with a mirror, in the store too (server-side copies): files
+    that only this process held (written under a temp name) are uploaded under the new name."""
+    src, dst = Path(src), Path(dst)
+    moved: set[str] = set()
+    if _MIRROR is not None and relative(src) is not None:
+        moved = set(_transfer(src, dst, keep_source=False))
+    if src.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+        if _MIRROR is not None and relative(dst) is not None:
+            root = Path(_MIRROR.root)
+            for file in _local_files(dst):
+                if file.relative_to(root).as_posix() not in moved:
+                    published(file)
+
+
+def copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy one file: a hard link locally where possible; with a mirror, a store-side copy."""
+    src, dst = Path(src), Path(dst)
+    if _MIRROR is not None and relative(src) is not None:
+        _transfer(src, dst, keep_source=True)
+    if src.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+
+def _transfer(src: Path, dst: Path, *, keep_source: bool) -> list[str]:
+    """Copy (or move) the store's files at `src` to `dst`; their new relative names."""
+    src_rel, dst_rel = relative(src), relative(dst)
+    assert src_rel is not None and dst_rel is not None
+    names = _store_files(src_rel)
+    pairs = [(n, dst_rel + n[len(src_rel) :]) for n in names]
+    fs, _ = _store()
+    for old, new in pairs:
+        _call("copy in the output", fs.copy, _key(old), _key(new))
+    if not keep_source and names:
+        _call("remove from the output", fs.rm, [_key(n) for n in names])
+    for old, new in pairs:
+        entry = _RECORD.get(old) if keep_source else _RECORD.pop(old, None)
+        if entry is not None:
+            _RECORD[new] = entry
+    return [new for _, new in pairs]
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Remove a file or directory here and, with a mirror, from the store and the record."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+    rel = relative(path)
+    if rel is None:
+        return
+    for name in [n for n in _RECORD if n == rel or n.startswith(rel + "/")]:
+        del _RECORD[name]
+    names = _store_files(rel)
+    if names:
+        fs, _ = _store()
+        _call("remove from the output", fs.rm, [_key(n) for n in names])
+
+
+# ---------------------------------------------------------------------------------------
+# Reads.
+
+
+def _store_files(rel: str) -> list[str]:
+    """Relative names of the store's files at `rel` (a file) or under it (a directory)."""
+    fs, root = _store()
+    key = _key(rel)
+    fs.invalidate_cache(key)  # other processes write here
+
+    def find() -> list[str]:
+        try:
+            return list(fs.find(key))
+        except FileNotFoundError:
+            return []
+
+    found = _call("list the output", find)
+    return sorted(k[len(root) + 1 :] for k in found if k == key or k.startswith(key + "/"))
+
+
+def _store_kind(rel: str) -> str | None:
+    fs, _ = _store()
+    key = _key(rel)
+    fs.invalidate_cache(key)
+
+    def info() -> str | None:
+        try:
+            return fs.info(key)["type"]
+        except FileNotFoundError:
+            return None
+
+    return _call("read the output", info)
+
+
+def ensure(path: str | os.PathLike) -> Path:
+    """`path`, downloaded from the store first when it is missing here (a file, or every file
+    of a directory); without a mirror, or outside the staging directory, `path` as it is."""
+    path = Path(path)
+    rel = relative(path)
+    if rel is None or path.is_file():
+        return path
+    names = [n for n in _store_files(rel) if not (Path(_MIRROR.root) / n).is_file()]  # type: ignore[union-attr]
+    if not names:
+        return path
+    fs, _ = _store()
+    root = Path(_MIRROR.root)  # type: ignore[union-attr]
+    temps = []
+    for name in names:
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temps.append(target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.get"))
+    try:
+        _call("download from the output", fs.get, [_key(n) for n in names], [str(t) for t in temps])
+        for name, temp in zip(names, temps):
+            os.replace(temp, root / name)  # another process may have fetched it too: same bytes
+    finally:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+    return path
+
+
+def exists(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    if path.exists():
+        return True
+    rel = relative(path)
+    return rel is not None and _store_kind(rel) is not None
+
+
+def is_dir(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    if path.is_dir() or relative(path) is None:
+        return path.is_dir()
+    return _store_kind(relative(path)) == "directory"  # type: ignore[arg-type]
+
+
+def list_names(directory: str | os.PathLike) -> list[str]:
+    """Names of the entries of a directory: the local ones and, with a mirror, the store's."""
+    directory = Path(directory)
+    names = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
+    rel = relative(directory)
+    if rel is not None:
+        prefix = rel + "/"
+        names |= {n[len(prefix) :].split("/")[0] for n in _store_files(rel) if n.startswith(prefix)}
+    return sorted(names)
+
+
+def parquet_file(path: str | os.PathLike) -> pq.ParquetFile:
+    """A Parquet file here, or read from the store in place: the footer and the columns asked
+    for, not the whole file (the driver reads footers of parts the workers wrote)."""
+    path = Path(path)
+    rel = relative(path)
+    if rel is None or path.is_file():
+        return pq.ParquetFile(path)
+    fs, _ = _store()
+    handle = _call("read the output", fs.open, _key(rel), "rb")
+    return pq.ParquetFile(handle)
+
+
+def read_metadata(path: str | os.PathLike) -> pq.FileMetaData:
+    return parquet_file(path).metadata
+
+
+def local_paths(paths: list[Path]) -> list[Path]:
+    """The files, downloaded where they are missing here (whole-table reads)."""
+    return [ensure(p) for p in paths]
+
+
+# ---------------------------------------------------------------------------------------
+# Tasks.
+
+
+@dataclass(frozen=True)
+class InMirror:
+    """A task run on a worker of a mirrored run: the mirror set, and the task's uploads handed
+    back with its result for the driver's record."""
+
+    fn: Callable[[Any], Any]
+    mirror: Mirror
+
+    def __call__(self, item: Any) -> tuple[Any, dict[str, dict[str, Any]]]:
+        activate(self.mirror)
+        drain()  # a failed earlier task's uploads: its retry uploads them again
+        return self.fn(item), drain()
+
+
+def forget_local(path: str) -> None:
+    """On a worker: drop this machine's copies under `path` (the store keeps the files)."""
+    shutil.rmtree(path, ignore_errors=True)
