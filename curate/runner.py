@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from curate import scratch, storage
 from curate.allocator import tune_allocator
-from curate.errors import InputError, OutputError
+from curate.errors import InputError, OutputError, UsageError
 from curate.executors import Executor, LocalExecutor, cpu_count, preload_in_workers
 from curate.ledger import LEDGER_SCHEMA, ids_as_strings
 from curate.manifest import write_manifest
@@ -144,6 +144,8 @@ def _run_somewhere(spec: PipelineSpec, source: str | os.PathLike, output: str | 
         # Workers that do not see the driver's staging directory (other machines) hand files
         # over through the store instead (curate.scratch).
         mirrored = not executor.shares_directory(str(staging_root()))
+        if mirrored:
+            _views_for_workers(earlier, against, spec)
         staging = store.prepare(resume=options.resume, overwrite=options.overwrite, mirrored=mirrored)
         # The staging directory is now empty (a fresh run) or holds the run to continue.
         if mirrored:
@@ -157,10 +159,24 @@ def _run_somewhere(spec: PipelineSpec, source: str | os.PathLike, output: str | 
         finally:
             if mirrored:
                 scratch.activate(None)
-                executor.forget(str(staging))
+                scratch.forget_views()
+                for path in (staging, *against):
+                    executor.forget(str(path))
                 store.discard_staging()
     store.discard_staging()
     return RunResult(store.url, result.manifest, result.kept_rows, result.removed_rows)  # type: ignore[arg-type]
+
+
+def _views_for_workers(earlier: list[str], views: list[str], spec: PipelineSpec) -> None:
+    """Workers without the driver's disk read an earlier output's index from its store; an
+    earlier output on the driver's disk is out of their reach."""
+    for location, view in zip(earlier, views):
+        if not is_remote(location):
+            raise UsageError(
+                "the Dask workers do not share this machine's disk, so they cannot read an earlier output on it",
+                path=location, fix="give --against the earlier output's object-store URL (or run curate on a machine whose disk the workers mount)",
+            )
+        scratch.register_view(view, location, spec.output_options)
 
 
 def earlier_outputs(spec: PipelineSpec, options: RunOptions) -> list[str]:
@@ -265,6 +281,8 @@ def _run(
     if spec.report is not None:  # the budget-aware report reads the finished output
         from curate.report import build_pipeline_report
 
+        for name in ("kept", "removed"):  # the report reads the finished output where it runs
+            scratch.ensure(out / name)
         build_pipeline_report(out, progress=options.progress)
         commit(out)
     return _result(out, manifest)

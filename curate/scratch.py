@@ -332,6 +332,45 @@ def local_paths(paths: list[Path]) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------
+# Local copies of other outputs in a store (the earlier outputs of --against).
+
+_VIEWS: dict[str, tuple[str, StorageOptions]] = {}  # local copy -> (its output's URL, options)
+
+
+def register_view(local: str | os.PathLike, url: str, options: StorageOptions) -> None:
+    _VIEWS[os.path.abspath(local)] = (url.rstrip("/"), options)
+
+
+def forget_views() -> None:
+    _VIEWS.clear()
+
+
+def view_origin(path: str | os.PathLike) -> tuple[str, StorageOptions] | None:
+    """The store URL of a path inside a registered local copy, None otherwise."""
+    text = os.path.abspath(path)
+    for local, (url, options) in _VIEWS.items():
+        if text == local or text.startswith(local + "/"):
+            return url + text[len(local) :], options
+    return None
+
+
+def fetch(url: str, options: StorageOptions, path: str | os.PathLike) -> Path:
+    """Download one file from a store to `path` (temp name, then rename)."""
+    from curate.output_store import call_output
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fs, key = storage.filesystem(url, options)
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.get")
+    try:
+        call_output(url, "download", fs.get_file, key, str(temp))
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
 # Tasks.
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from curate import scratch
@@ -41,9 +44,9 @@ def isolated(tmp_path, monkeypatch):
         yield address, staging
 
 
-def _spec(endpoint: str, stages: list[dict]):
+def _spec(endpoint: str, stages: list[dict], **more):
     options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
-    return parse_pipeline({"stage": stages, "input": {"storage_options": options}, "output": {"storage_options": options}}, "test")
+    return parse_pipeline({"stage": stages, "input": {"storage_options": options}, "output": {"storage_options": options}, **more}, "test")
 
 
 def test_workers_without_the_drivers_disk_write_the_same_output(tmp_path, capsys, s3, isolated, monkeypatch):
@@ -85,3 +88,95 @@ def test_workers_without_the_drivers_disk_write_the_same_output(tmp_path, capsys
     assert all(not files for files in leftovers.values()), f"workers keep no copies after the run: {leftovers}"
     code, err = cli(["verify", url_out, "--storage-option", f"endpoint_url={endpoint}", "--storage-option", "key=testing", "--storage-option", "secret=testing"], capsys)
     assert code == 0, err
+
+
+def test_an_interrupted_run_resumes_from_the_store_alone(tmp_path, s3, isolated, monkeypatch):
+    """Stopped after its second stage and resumed on the same isolated cluster: the driver starts
+    from the store's last commit (its own staging directory is new), and the result is the
+    uninterrupted local run's, a loss-clusters stage (a proxy model shared through a file) and
+    the report included."""
+    from curate.executors import DaskExecutor
+
+    endpoint, fs = s3
+    address, _ = isolated
+    rng = np.random.default_rng(5)
+    labels = np.array(["alpha", "beta", "gamma"])[rng.integers(0, 3, 900)]
+    texts = [f"{label} thing number {i % 700} {'common' if i % 2 else 'other'}" for i, label in enumerate(labels)]
+    source = tmp_path / "in"
+    source.mkdir()
+    frame = pa.table({"id": [f"doc{i}" for i in range(900)], "text": texts, "label": labels.tolist()})
+    for s in range(3):
+        pq.write_table(frame.slice(300 * s, 300), source / f"shard-{s}.parquet", row_group_size=100)
+    url_in = upload(fs, source, f"{tmp_path.name}/in")
+    stages = [
+        {"kind": "exact"},
+        {"kind": "loss_clusters", "label_column": "label", "epochs": 6, "keep": "easy", "fraction": 0.9, "proxy_epochs": 1, "folds": 2, "num_buckets": 1024},
+        {"kind": "embed", "model": "hashing"},
+    ]
+    local = tmp_path / "local"
+    run_pipeline(parse_pipeline({"stage": stages, "report": {}}, "test"), source, local, RunOptions(jobs=1))
+    spec = _spec(endpoint, stages, report={})
+    url_out = f"s3://{BUCKET}/{tmp_path.name}/out"
+    monkeypatch.setattr("curate.output_store._PULL_BYTES", 0)  # the resume pulls no file but the manifest
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_loss_clusters(name: str) -> None:
+        if name == "loss_clusters":
+            raise Stop
+
+    with DaskExecutor.connect(address) as executor:
+        with pytest.raises(Stop):
+            run_pipeline(spec, url_in, url_out, RunOptions(executor=executor, unit_rows=100, on_stage_done=stop_after_loss_clusters))
+        committed = json.loads(fs.cat_file(f"{url_out}/manifest.json"))
+        assert [s["status"] for s in committed["stages"]] == ["done", "done", "done", "pending"]
+        result = run_pipeline(spec, url_in, url_out, RunOptions(executor=executor, unit_rows=100, resume=True))
+    assert scratch.active() is None
+    assert result.manifest["stages"][2]["info"] == committed["stages"][2]["info"], "finished stages are not run again"
+    pulled = tmp_path / "pulled"
+    fs.get(url_out[len("s3://") :], str(pulled), recursive=True)
+    for name in ("kept", "removed", "embeddings"):
+        assert read_parts(pulled / name).equals(read_parts(local / name)), name
+    assert json.loads((pulled / "seta_schedule.json").read_text()) == json.loads((local / "seta_schedule.json").read_text())
+    assert (pulled / "report.html").is_file() and (pulled / "report.json").is_file()
+    stored = {p[len(fs._strip_protocol(url_out)) + 1 :] for p in fs.find(url_out)}
+    assert set(json.loads((pulled / "manifest.json").read_text())[FILES_KEY]) == stored - {"manifest.json"}
+
+
+def test_against_an_earlier_output_in_the_store(tmp_path, s3, isolated):
+    """Workers without the driver's disk read an earlier output's indexes from its store: B run
+    against A on the isolated cluster removes what it removes on local disk. An earlier output on
+    the driver's disk is refused in one line before anything is written."""
+    from curate.errors import UsageError
+    from curate.executors import DaskExecutor
+
+    endpoint, fs = s3
+    address, _ = isolated
+    rows = make_rows(400, seed=7)
+    first = write_as(tmp_path / "a", ".parquet", rows[:200], parts=2)
+    second = write_as(tmp_path / "b", ".parquet", rows[200:], parts=2)
+    url_b_in = upload(fs, second, f"{tmp_path.name}/b-in")
+    stages = [
+        {"kind": "exact", "normalize": True, "index": True},
+        {"kind": "minhash", "threshold": 0.7, "ngram": 3, "index": True},
+        {"kind": "semdedup", "model": "hashing", "threshold": 0.9, "clusters": 4, "index": True},
+    ]
+    base = f"s3://{BUCKET}/{tmp_path.name}"
+    run_pipeline(_spec(endpoint, stages), first, f"{base}/a", RunOptions(jobs=1))
+    run_pipeline(parse_pipeline({"stage": stages}, "test"), first, tmp_path / "local-a", RunOptions(jobs=1))
+    run_pipeline(parse_pipeline({"stage": stages}, "test"), second, tmp_path / "local-b", RunOptions(jobs=1, against=(str(tmp_path / "local-a"),)))
+    with DaskExecutor.connect(address) as executor:
+        run_pipeline(_spec(endpoint, stages), url_b_in, f"{base}/b", RunOptions(executor=executor, unit_rows=50, against=(f"{base}/a",)))
+        with pytest.raises(UsageError, match="cannot read an earlier output"):
+            run_pipeline(_spec(endpoint, stages), url_b_in, f"{base}/c", RunOptions(executor=executor, against=(str(tmp_path / "local-a"),)))
+    assert not fs.exists(f"{base}/c")
+    pulled = tmp_path / "pulled-b"
+    fs.get(f"{BUCKET}/{tmp_path.name}/b", str(pulled), recursive=True)
+    removed = read_parts(pulled / "removed")
+    reasons = set(removed.column("reason").to_pylist())
+    assert {"exact_duplicate_of_earlier", "near_duplicate_of_earlier"} <= reasons, reasons
+    # Within a batch the ledger lists matches of the earlier output first, so the ledger's row
+    # order follows the work units: compare its rows as a set, the kept rows in order.
+    assert removed.sort_by("id").equals(read_parts(tmp_path / "local-b" / "removed").sort_by("id"))
+    assert read_parts(pulled / "kept").equals(read_parts(tmp_path / "local-b" / "kept"))

@@ -41,12 +41,23 @@ class StoredIndex:
     settings: dict
     rows: int
     files: dict
+    # (URL, storage options) of this index in the earlier output's store, when the directory is
+    # a local copy of it: a worker without the driver's disk fetches the files from there.
+    origin: tuple[str, tuple] | None = None
 
     def array(self, name: str) -> np.ndarray:
-        return np.load(Path(self.directory) / f"{name}.npy", mmap_mode="r")
+        return np.load(self._file(f"{name}.npy"), mmap_mode="r")
 
     def table(self) -> pa.Table:
-        return pq.read_table(Path(self.directory) / IDS)
+        return pq.read_table(self._file(IDS))
+
+    def _file(self, name: str) -> Path:
+        path = Path(self.directory) / name
+        if self.origin is not None and not path.is_file():
+            from curate import scratch
+
+            scratch.fetch(f"{self.origin[0]}/{name}", self.origin[1], path)
+        return path
 
     @property
     def nbytes(self) -> int:
@@ -106,7 +117,9 @@ def read_index(directory: str | Path) -> StoredIndex:
         algorithm = DIGEST if DIGEST in expected else "blake2b"
         if _digest(path, algorithm) != expected.get(algorithm):
             raise UsageError("index file is corrupt (digest differs from index.json)", path=path, fix=rebuild)
-    return StoredIndex(str(directory), kind, stage, settings, rows, files)
+    from curate import scratch
+
+    return StoredIndex(str(directory), kind, stage, settings, rows, files, scratch.view_origin(directory))
 
 
 def find_index(output: str | Path, stage: str, kind: str) -> StoredIndex:
