@@ -10,11 +10,19 @@ process on every core:
     s3    -> local   input read through fsspec (row groups fetched with read-ahead)
     s3    -> s3      and the output committed to the store (staged locally; README, "Object stores (output)")
 
+With `--cluster`, two more, each on a 2-worker Dask cluster on this machine:
+
+    s3 -> s3, dask, shared disk   the workers see the driver's staging directory
+    s3 -> s3, dask, no shared disk  each worker has its own empty disk at that path (a private
+                                  tmpfs in a mount namespace: needs root or user namespaces), so
+                                  every file a task hands on goes through the store (curate.scratch)
+
 Prints wall seconds, rows/s and the ratio to the baseline, and checks that every run kept the
 same ids.
 
     python bench/storage.py                       # 1M rows from bench/corpus_short.py (cached)
     python bench/storage.py --rows 200000 --repeats 2
+    python bench/storage.py --rows 200000 --cluster   # + the two Dask runs
 
 A loopback server shares this machine's cores with curate, so the ratio is an upper bound on
 what the store costs; read `load`.
@@ -30,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,6 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pyarrow.parquet as pq  # noqa: E402
 
 from bench.corpus_short import cached_corpus  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from isolated_cluster import isolated_cluster  # noqa: E402
 
 PIPELINE = '[[stage]]\nkind = "exact"\n\n[[stage]]\nkind = "minhash"\nthreshold = 0.8\n'
 BUCKET = "curate-bench"
@@ -93,6 +105,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration; the fastest is kept")
     parser.add_argument("--endpoint", default=None, help="a real S3-compatible endpoint instead of a loopback moto server")
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: every core)")
+    parser.add_argument("--cluster", action="store_true", help="also run s3 -> s3 on 2 Dask workers, with and without a shared disk")
     args = parser.parse_args()
 
     import s3fs
@@ -128,23 +141,35 @@ def main() -> None:
         print(f"cpus: {os.cpu_count()}   load before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         best: dict[str, float] = {}
         server_cpu: dict[str, float] = {}
-        for _ in range(args.repeats):
-            for name, (source, out) in configs.items():
-                before = cpu_seconds(server.pid) if server else None
-                seconds = run_cli(["run", str(pipeline), "-i", source, "-o", out, "--overwrite", *jobs], env)
-                if seconds < best.get(name, float("inf")):
-                    best[name] = seconds
-                    if before is not None:
-                        server_cpu[name] = (cpu_seconds(server.pid) or before) - before
+        with ExitStack() as stack:
+            executors = {name: jobs for name in configs}
+            if args.cluster:
+                configs["s3 -> s3, dask, shared disk"] = (f"s3://{prefix}/in", f"s3://{prefix}/out-dask")
+                executors["s3 -> s3, dask, shared disk"] = ["--workers", "2"]
+                address = stack.enter_context(isolated_cluster(work / "staging", 2, {"AWS_ENDPOINT_URL": endpoint, "CURATE_STAGING_DIR": str(work / "staging")}))
+                configs["s3 -> s3, dask, no shared disk"] = (f"s3://{prefix}/in", f"s3://{prefix}/out-isolated")
+                executors["s3 -> s3, dask, no shared disk"] = ["--scheduler", address]
+            for _ in range(args.repeats):
+                for name, (source, out) in configs.items():
+                    before = cpu_seconds(server.pid) if server else None
+                    seconds = run_cli(["run", str(pipeline), "-i", source, "-o", out, "--overwrite", *executors[name]], env)
+                    if seconds < best.get(name, float("inf")):
+                        best[name] = seconds
+                        if before is not None:
+                            server_cpu[name] = (cpu_seconds(server.pid) or before) - before
         base = best["local -> local"]
-        print(f"\n{'run':<16}{'wall s':>9}{'rows/s':>12}{'vs local':>10}{'server cpu s':>14}")
+        print(f"\n{'run':<32}{'wall s':>9}{'rows/s':>12}{'vs local':>10}{'server cpu s':>14}")
         for name, seconds in best.items():
             taken = f"{server_cpu[name]:>14.2f}" if name in server_cpu else f"{'-':>14}"
-            print(f"{name:<16}{seconds:>9.2f}{args.rows / seconds:>12,.0f}{seconds / base:>9.2f}x{taken}")
+            print(f"{name:<32}{seconds:>9.2f}{args.rows / seconds:>12,.0f}{seconds / base:>9.2f}x{taken}")
         print("server cpu s: CPU the loopback endpoint used during the run, on the cores curate also uses")
         fs.get(f"{prefix}/out/kept", str(work / "s3-s3" / "kept"), recursive=True)
         reference = kept_ids(work / "local")
         same = kept_ids(work / "s3-local") == reference and kept_ids(work / "s3-s3") == reference
+        for name, out in (("s3 -> s3, dask, shared disk", "out-dask"), ("s3 -> s3, dask, no shared disk", "out-isolated")):
+            if name in configs:
+                fs.get(f"{prefix}/{out}/kept", str(work / out / "kept"), recursive=True)
+                same = same and kept_ids(work / out) == reference
         print(f"(vs local: wall time over the local run's; above 1 = slower)\nsame kept ids in every run: {same}   load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         fs.rm(prefix, recursive=True)
     finally:

@@ -291,7 +291,9 @@ def _exit_when_gone(pid: int) -> None:
 class DaskExecutor(_Timed):
     """`--workers N` (a LocalCluster on loopback) or `--scheduler ADDR` (a running cluster).
 
-    Workers read and write the same paths as the driver (`check_storage` verifies it)."""
+    Workers read and write the same paths as the driver (`check_storage` verifies it), or, for
+    an object-store output on workers that do not see the driver's disk, hand files over
+    through the store (curate.scratch)."""
 
     def __init__(self, client: Any, *, cluster: Any = None):
         self.client = client

@@ -196,6 +196,11 @@ def _transfer(src: Path, dst: Path, *, keep_source: bool) -> list[str]:
     fs, _ = _store()
     for old, new in pairs:
         _call("copy in the output", fs.copy, _key(old), _key(new))
+        if old not in _RECORD:
+            # The task that uploaded it died before its result came back (its retry found the
+            # unit done): digest the object where it is. Only on that recovery path does the
+            # driver read such a file.
+            _RECORD[old] = _store_entry(old)
     if not keep_source and names:
         _call("remove from the output", fs.rm, [_key(n) for n in names])
     for old, new in pairs:
@@ -203,6 +208,41 @@ def _transfer(src: Path, dst: Path, *, keep_source: bool) -> list[str]:
         if entry is not None:
             _RECORD[new] = entry
     return [new for _, new in pairs]
+
+
+def _store_entry(rel: str) -> dict[str, Any]:
+    import xxhash
+
+    fs, _ = _store()
+    digest = xxhash.xxh3_128()
+    size = 0
+    with _call("read the output", fs.open, _key(rel), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+            size += len(block)
+    return {"size": size, "xxh3": digest.hexdigest()}
+
+
+DONE_NAME = "_DONE"  # a finished task directory in the store: uploaded after all its files
+
+
+def mark_done(directory: str | os.PathLike) -> None:
+    """A directory's files are all in the store. Object stores have no directory rename, so a
+    second attempt (a retry, a task of a killed run) must not take a half-uploaded directory
+    for a finished one: this marker, written last, is what `is_done` looks for."""
+    rel = relative(directory)
+    if rel is None or _hidden(rel):
+        return
+    fs, _ = _store()
+    _call("upload the output", fs.pipe_file, _key(f"{rel}/{DONE_NAME}"), b"")
+
+
+def is_done(directory: str | os.PathLike) -> bool:
+    """A task's output directory is finished: renamed into place here, or marked in the store."""
+    rel = relative(directory)
+    if rel is None:
+        return Path(directory).is_dir()
+    return _store_kind(f"{rel}/{DONE_NAME}") == "file"
 
 
 def remove(path: str | os.PathLike) -> None:

@@ -133,7 +133,7 @@ class Transform:
 
     def __call__(self, unit: Unit) -> tuple[int, int]:
         final = Path(self.units_dir) / f"{unit.index:05d}"
-        if scratch.is_dir(final):  # an earlier attempt finished before its worker died
+        if scratch.is_done(final):  # an earlier attempt finished before its worker died
             return unit_counts(final)
         attempt = Path(self.units_dir) / f".{unit.index:05d}.{uuid.uuid4().hex}.tmp"
         stage = load_stage(self.stage_path)
@@ -167,6 +167,7 @@ def publish_attempt(attempt: Path, final: Path) -> None:
         shutil.rmtree(attempt, ignore_errors=True)
         return
     scratch.published(final)
+    scratch.mark_done(final)
 
 
 def assemble(units_dir: Path, count: int, stage_dir: Path, kinds: tuple[str, ...] = ("kept", "removed")) -> tuple[int, ...]:
@@ -180,7 +181,7 @@ def assemble(units_dir: Path, count: int, stage_dir: Path, kinds: tuple[str, ...
         first_schema: pa.Schema | None = None
         spare: Path | None = None
         for unit in range(count):
-            if not scratch.is_dir(units_dir / f"{unit:05d}"):
+            if not scratch.is_done(units_dir / f"{unit:05d}"):
                 raise OutputError(f"the output of work unit {unit} is missing", path=units_dir, fix="put -o on storage every worker mounts under the same path, then rerun with --resume")
             for part in list_parts(units_dir / f"{unit:05d}" / kind):
                 metadata = scratch.read_metadata(part)

@@ -7,6 +7,8 @@ task or to the driver went through the store (curate.scratch)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +182,39 @@ def test_against_an_earlier_output_in_the_store(tmp_path, s3, isolated):
     # order follows the work units: compare its rows as a set, the kept rows in order.
     assert removed.sort_by("id").equals(read_parts(tmp_path / "local-b" / "removed").sort_by("id"))
     assert read_parts(pulled / "kept").equals(read_parts(tmp_path / "local-b" / "kept"))
+
+
+@pytest.mark.parametrize("kill_at", ["copy in the output:5", "write the manifest:3"], ids=["mid-assemble", "before-commit"])
+def test_driver_killed_then_resumed_without_a_shared_disk(tmp_path, capsys, s3, isolated, kill_at):
+    """SIGKILL of the driver in the middle of moving a stage's parts in the store, or with a
+    stage's files uploaded but not committed; `--resume` (a new driver, a new staging
+    directory, the same workers, possibly tasks of the dead run still finishing) gives the
+    uninterrupted local run's rows."""
+    from test_storage_output import ROOT, _child
+
+    endpoint, fs = s3
+    address, _ = isolated
+    source = write_as(tmp_path / "in", ".parquet", make_rows(600, seed=13), parts=3)
+    url_in = upload(fs, source, f"{tmp_path.name}/in")
+    stages = STAGES[:3]
+    run_pipeline(parse_pipeline({"stage": stages}, "test"), source, tmp_path / "local", RunOptions(jobs=1))
+    options = f'{{ endpoint_url = "{endpoint}", key = "testing", secret = "testing" }}'
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(
+        f"[input]\nstorage_options = {options}\n[output]\nstorage_options = {options}\n"
+        + "".join(f"[[stage]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in stage.items()) for stage in stages)
+    )
+    url_out = f"s3://{BUCKET}/{tmp_path.name}/out"
+    args = ["run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet", "--scheduler", address]
+    killed = _child(args, kill_at, {**os.environ, "PYTHONPATH": str(ROOT)})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    committed = json.loads(fs.cat_file(f"{url_out}/manifest.json"))
+    assert not committed["finalized"]
+    code, err = cli([*args, "--resume"], capsys)
+    assert code == 0, err
+    pulled = tmp_path / "pulled"
+    fs.get(url_out[len("s3://") :], str(pulled), recursive=True)
+    for name in ("kept", "removed", "embeddings"):
+        assert read_parts(pulled / name).equals(read_parts(tmp_path / "local" / name)), name
+    stored = {p[len(fs._strip_protocol(url_out)) + 1 :] for p in fs.find(url_out)}
+    assert set(json.loads((pulled / "manifest.json").read_text())[FILES_KEY]) == stored - {"manifest.json"}

@@ -57,9 +57,9 @@ def after_fit(stage, source: BatchSource, ctx: StageContext, work: Path, units: 
         return
     if stage.verify != "exact":
         raise UsageError(f"stage {ctx.name!r}: an index (index = true or --against) needs verify = 'exact', got {stage.verify!r}", fix="drop the verify option (exact is the default)")
-    from curate.stages.minhash import RowStore
+    from curate.stages.minhash import RowStore, ordinals_by_task
 
-    ordinals = RowStore(work, starts, stage.num_perm).ordinals(np.arange(int(starts[-1]), dtype=np.int64))
+    ordinals = ordinals_by_task(RowStore(work, starts, stage.num_perm), np.arange(int(starts[-1]), dtype=np.int64), ctx)
     indexes = [find_index(path, ctx.name, KIND) for path in ctx.against]
     for stored in indexes:
         check_settings(stored, settings(stage, ctx.seed))

@@ -250,7 +250,7 @@ def _build(stage, source: BatchSource, ctx: StageContext, emb, centroids: np.nda
         root = _put(root, np.searchsorted(emb.rows, stage.removed_rows_), stage.representative_ids_(stage.representatives_))
     if stage.earlier_ is not None and len(stage.earlier_):
         root = _put(root, np.searchsorted(emb.rows, stage.earlier_.rows), stage.earlier_.ids)
-    vectors = emb.gather(np.arange(emb.num_rows)) if emb.num_rows else np.zeros((0, emb.dim), np.float32)
+    vectors = emb.gather(np.arange(emb.num_rows), ctx.map) if emb.num_rows else np.zeros((0, emb.dim), np.float32)
     return _write(index_dir(ctx.output_dir, ctx.name), ctx.name, settings(stage, emb), vectors, label, centroids, pa.table({"id": ids_as_strings(ids), "root": root}))
 
 

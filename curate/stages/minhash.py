@@ -157,7 +157,7 @@ class MinHashDedup(Stage):
         groups = mh.duplicate_groups(len(nodes), np.searchsorted(nodes, edges_i), np.searchsorted(nodes, edges_j), edges_est)
         verified = time.perf_counter()
 
-        ordinals = _ordinals_by_task(RowStore(work, starts, self.num_perm), nodes, ctx)
+        ordinals = ordinals_by_task(RowStore(work, starts, self.num_perm), nodes, ctx)
         self._fitted(ordinals[groups.removed], ordinals[groups.representative], groups.score, source, ctx)
         ctx.info.update(
             bands=bands,
@@ -276,7 +276,7 @@ class RowStore:
         return out
 
 
-def _ordinals_by_task(store: RowStore, rows: np.ndarray, ctx: StageContext) -> np.ndarray:
+def ordinals_by_task(store: RowStore, rows: np.ndarray, ctx: StageContext) -> np.ndarray:
     """Row ordinals of the sorted dense `rows`, one task per unit that has any: the driver gets
     the ordinals, never the units' files (workers on other machines, curate.scratch)."""
     jobs = [(unit, local) for unit, local, _ in store._by_unit(rows)]
