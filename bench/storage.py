@@ -47,6 +47,8 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from bench.corpus_short import cached_corpus  # noqa: E402
 
+# bench/dask.py would shadow the dask package for the cluster harness: drop this script's folder.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from isolated_cluster import isolated_cluster  # noqa: E402
 

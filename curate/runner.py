@@ -216,7 +216,10 @@ def _run(
         return _result(out, manifest)
     workers = executor.workers
     unit_rows = unit_rows_for(inputs.num_rows, workers, options.unit_rows)
-    manifest["executor"] = {"description": executor.describe()[0], "workers": workers, "threads_per_task": executor.threads_per_task, "unit_rows": unit_rows}
+    manifest["executor"] = {
+        "description": executor.describe()[0], "workers": workers, "threads_per_task": executor.threads_per_task, "unit_rows": unit_rows,
+        "files_between_tasks": "disk" if scratch.active() is None else "store",  # curate.scratch
+    }
 
     stages_root = out / STAGES_DIR
     input_entry = manifest["stages"][0]

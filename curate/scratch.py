@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyarrow.parquet as pq
 
@@ -50,6 +52,8 @@ _FS: tuple[Any, str] | None = None  # (filesystem, the prefix's path in it) for 
 # relative name -> {"size", "xxh3"} of the files this process uploaded or learned of (the
 # commit lists those that are output files: `is_output_file`)
 _RECORD: dict[str, dict[str, Any]] = {}
+_LOCK = threading.Lock()  # a Dask worker may run tasks in several threads
+_SIZES: dict[str, int] = {}  # relative name -> size, from listings and uploads (saves HEADs)
 
 
 def activate(mirror: Mirror | None, record: dict[str, dict[str, Any]] | None = None) -> None:
@@ -59,6 +63,7 @@ def activate(mirror: Mirror | None, record: dict[str, dict[str, Any]] | None = N
     if mirror != _MIRROR:
         _FS = None
         _RECORD.clear()
+        _SIZES.clear()
     _MIRROR = mirror
     if record is not None:
         _RECORD.clear()
@@ -75,9 +80,10 @@ def record() -> dict[str, dict[str, Any]]:
 
 
 def drain() -> dict[str, dict[str, Any]]:
-    """This task's uploads, handed back to the driver with its result."""
-    found = dict(_RECORD)
-    _RECORD.clear()
+    """This process's uploads since the last drain, handed back to the driver with a task's result."""
+    with _LOCK:
+        found = dict(_RECORD)
+        _RECORD.clear()
     return found
 
 
@@ -152,9 +158,14 @@ def published(path: str | os.PathLike) -> None:
     if not files:
         return
     fs, _ = _store()
-    _call("upload the output", fs.put, [str(f) for f in files], [_key(n) for n in names])
-    for name, file in zip(names, files):  # scratch too: a unit's parts become a stage's by a move
-        _RECORD[name] = {"size": file.stat().st_size, "xxh3": file_digest(file)}
+    for name, file in zip(names, files):
+        # put_file, not put: put checks every target for a directory first (a HEAD and a LIST
+        # per file, measured against moto: 30% of a run's requests).
+        _call("upload the output", fs.put_file, str(file), _key(name))
+        _SIZES[name] = file.stat().st_size
+    entries = {name: {"size": file.stat().st_size, "xxh3": file_digest(file)} for name, file in zip(names, files)}
+    with _LOCK:  # scratch too: a unit's parts become a stage's by a move
+        _RECORD.update(entries)
 
 
 def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -191,19 +202,25 @@ def _transfer(src: Path, dst: Path, *, keep_source: bool) -> list[str]:
     """Copy (or move) the store's files at `src` to `dst`; their new relative names."""
     src_rel, dst_rel = relative(src), relative(dst)
     assert src_rel is not None and dst_rel is not None
-    names = _store_files(src_rel)
+    names = [src_rel] if src_rel in _RECORD else _store_files(src_rel)  # a known file: no listing
     pairs = [(n, dst_rel + n[len(src_rel) :]) for n in names]
     fs, _ = _store()
     for old, new in pairs:
-        _call("copy in the output", fs.copy, _key(old), _key(new))
+        # cp_file and rm_file, not copy and rm: those expand each path first (a HEAD and a
+        # LIST per file, measured against moto).
+        _call("copy in the output", fs.cp_file, _key(old), _key(new))
         if old not in _RECORD:
             # The task that uploaded it died before its result came back (its retry found the
             # unit done): digest the object where it is. Only on that recovery path does the
             # driver read such a file.
             _RECORD[old] = _store_entry(old)
     if not keep_source and names:
-        _call("remove from the output", fs.rm, [_key(n) for n in names])
+        for name in names:
+            _call("remove from the output", fs.rm_file, _key(name))
     for old, new in pairs:
+        size = _SIZES.get(old) if keep_source else _SIZES.pop(old, None)
+        if size is not None:
+            _SIZES[new] = size
         entry = _RECORD.get(old) if keep_source else _RECORD.pop(old, None)
         if entry is not None:
             _RECORD[new] = entry
@@ -242,7 +259,16 @@ def is_done(directory: str | os.PathLike) -> bool:
     rel = relative(directory)
     if rel is None:
         return Path(directory).is_dir()
-    return _store_kind(f"{rel}/{DONE_NAME}") == "file"
+    fs, _ = _store()
+
+    def marked() -> bool:
+        try:
+            fs.cat_file(_key(f"{rel}/{DONE_NAME}"))  # one GET; info() adds a LIST when absent
+        except FileNotFoundError:
+            return False
+        return True
+
+    return _call("read the output", marked)
 
 
 def remove(path: str | os.PathLike) -> None:
@@ -257,6 +283,8 @@ def remove(path: str | os.PathLike) -> None:
         return
     for name in [n for n in _RECORD if n == rel or n.startswith(rel + "/")]:
         del _RECORD[name]
+    for name in [n for n in _SIZES if n == rel or n.startswith(rel + "/")]:
+        del _SIZES[name]
     names = _store_files(rel)
     if names:
         fs, _ = _store()
@@ -273,14 +301,16 @@ def _store_files(rel: str) -> list[str]:
     key = _key(rel)
     fs.invalidate_cache(key)  # other processes write here
 
-    def find() -> list[str]:
+    def find() -> dict[str, Any]:
         try:
-            return list(fs.find(key))
+            return fs.find(key, detail=True)
         except FileNotFoundError:
-            return []
+            return {}
 
-    found = _call("list the output", find)
-    return sorted(k[len(root) + 1 :] for k in found if k == key or k.startswith(key + "/"))
+    found = {k: v for k, v in _call("list the output", find).items() if k == key or k.startswith(key + "/")}
+    names = {k[len(root) + 1 :]: v.get("size") for k, v in found.items()}
+    _SIZES.update((n, size) for n, size in names.items() if size is not None)
+    return sorted(names)
 
 
 def _store_kind(rel: str) -> str | None:
@@ -304,6 +334,8 @@ def ensure(path: str | os.PathLike) -> Path:
     rel = relative(path)
     if rel is None or path.is_file():
         return path
+    if not path.is_dir() and _get_file(rel, path):  # one GET, no listing: the usual case
+        return path
     names = [n for n in _store_files(rel) if not (Path(_MIRROR.root) / n).is_file()]  # type: ignore[union-attr]
     if not names:
         return path
@@ -324,6 +356,28 @@ def ensure(path: str | os.PathLike) -> Path:
     return path
 
 
+def _get_file(rel: str, path: Path) -> bool:
+    """Download the object at `rel` to `path`; False when there is no such object."""
+    fs, _ = _store()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.get")
+
+    def get() -> bool:
+        try:
+            fs.get_file(_key(rel), str(temp))
+        except FileNotFoundError:
+            return False
+        return True
+
+    try:
+        if not _call("download from the output", get) or not temp.is_file():
+            return False
+        os.replace(temp, path)  # another process may have fetched it too: same bytes
+        return True
+    finally:
+        temp.unlink(missing_ok=True)
+
+
 def exists(path: str | os.PathLike) -> bool:
     path = Path(path)
     if path.exists():
@@ -339,6 +393,31 @@ def is_dir(path: str | os.PathLike) -> bool:
     return _store_kind(relative(path)) == "directory"  # type: ignore[arg-type]
 
 
+_SNAPSHOTS: dict[str, list[str]] = {}  # relative directory -> the store's files under it
+
+
+@contextmanager
+def listed(directory: str | os.PathLike) -> Iterator[None]:
+    """List the store under `directory` once and answer `list_names` below it from that list
+    (the driver assembling a stage: one listing instead of two per work unit). For blocks in
+    which nobody else adds files there."""
+    rel = relative(directory)
+    if rel is not None:
+        _SNAPSHOTS[rel] = _store_files(rel)
+    try:
+        yield
+    finally:
+        if rel is not None:
+            _SNAPSHOTS.pop(rel, None)
+
+
+def _listing(rel: str) -> list[str]:
+    for top, names in _SNAPSHOTS.items():
+        if rel == top or rel.startswith(top + "/"):
+            return [n for n in names if n.startswith(rel + "/")]
+    return _store_files(rel)
+
+
 def list_names(directory: str | os.PathLike) -> list[str]:
     """Names of the entries of a directory: the local ones and, with a mirror, the store's."""
     directory = Path(directory)
@@ -346,11 +425,17 @@ def list_names(directory: str | os.PathLike) -> list[str]:
     rel = relative(directory)
     if rel is not None:
         prefix = rel + "/"
-        names |= {n[len(prefix) :].split("/")[0] for n in _store_files(rel) if n.startswith(prefix)}
+        names |= {n[len(prefix) :].split("/")[0] for n in _listing(rel) if n.startswith(prefix)}
     return sorted(names)
 
 
-def parquet_file(path: str | os.PathLike) -> pq.ParquetFile:
+def known_size(path: str | os.PathLike) -> int | None:
+    """The size of a store file this process has listed or written, None if unknown."""
+    rel = relative(path)
+    return None if rel is None else _SIZES.get(rel)
+
+
+def parquet_file(path: str | os.PathLike, size: int | None = None) -> pq.ParquetFile:
     """A Parquet file here, or read from the store in place: the footer and the columns asked
     for, not the whole file (the driver reads footers of parts the workers wrote)."""
     path = Path(path)
@@ -358,7 +443,9 @@ def parquet_file(path: str | os.PathLike) -> pq.ParquetFile:
     if rel is None or path.is_file():
         return pq.ParquetFile(path)
     fs, _ = _store()
-    handle = _call("read the output", fs.open, _key(rel), "rb")
+    size = size if size is not None else _SIZES.get(rel)
+    known = {"size": size} if size is not None else {}  # from a listing: no HEAD
+    handle = _call("read the output", fs.open, _key(rel), "rb", **known)
     return pq.ParquetFile(handle)
 
 
@@ -424,7 +511,8 @@ class InMirror:
 
     def __call__(self, item: Any) -> tuple[Any, dict[str, dict[str, Any]]]:
         activate(self.mirror)
-        drain()  # a failed earlier task's uploads: its retry uploads them again
+        # What this process uploaded since the last drain: this task's files, and those of a
+        # task that failed (or ran beside it in another thread); the driver merges the union.
         return self.fn(item), drain()
 
 

@@ -156,7 +156,7 @@ class Transform:
             shutil.rmtree(attempt, ignore_errors=True)
             raise
         publish_attempt(attempt, final)
-        return unit_counts(final)
+        return kept_writer.rows_written, removed_writer.rows_written
 
 
 def publish_attempt(attempt: Path, final: Path) -> None:
@@ -173,6 +173,11 @@ def publish_attempt(attempt: Path, final: Path) -> None:
 def assemble(units_dir: Path, count: int, stage_dir: Path, kinds: tuple[str, ...] = ("kept", "removed")) -> tuple[int, ...]:
     """Move every unit's parts into stage_dir/{kept,removed} in unit (input) order. Empty parts
     are dropped unless nothing else is left, so the directory still carries the schema."""
+    with scratch.listed(units_dir):
+        return _assemble(units_dir, count, stage_dir, kinds)
+
+
+def _assemble(units_dir: Path, count: int, stage_dir: Path, kinds: tuple[str, ...]) -> tuple[int, ...]:
     totals = []
     for kind in kinds:
         target = stage_dir / kind

@@ -136,6 +136,7 @@ class PartUnit:
     schema: pa.Schema
     batch_size: int
     ordinal_range: tuple[int, int] = (0, 2**62)  # from the Parquet statistics when present
+    size: int | None = None  # bytes, when known (a store's listing): a reader skips the HEAD
 
     @property
     def num_rows(self) -> int:
@@ -145,7 +146,7 @@ class PartUnit:
         if columns is not None:
             columns = list(dict.fromkeys([*columns, ROW_COLUMN]))
         groups = list(self.row_groups) if self.row_groups is not None else None
-        yield from scratch.parquet_file(self.path).iter_batches(batch_size=self.batch_size, row_groups=groups, columns=columns, use_threads=False)
+        yield from scratch.parquet_file(self.path, self.size).iter_batches(batch_size=self.batch_size, row_groups=groups, columns=columns, use_threads=False)
 
 
 Unit = InputUnit | PartUnit
@@ -193,7 +194,7 @@ def plan_units(source: InputSource | PartSource | Unit, unit_rows: int = DEFAULT
         metadata = scratch.read_metadata(part)
         for groups, rows, _ in _row_group_slices(metadata, unit_rows):
             bounds = _ordinal_bounds(metadata, groups)
-            units.append(PartUnit(len(units), str(part), groups, rows, source.schema, source.batch_size, bounds))
+            units.append(PartUnit(len(units), str(part), groups, rows, source.schema, source.batch_size, bounds, scratch.known_size(part)))
     return units
 
 

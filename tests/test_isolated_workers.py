@@ -79,6 +79,7 @@ def test_workers_without_the_drivers_disk_write_the_same_output(tmp_path, capsys
     assert not fetched, sorted({f.rsplit("/", 1)[0] for f in fetched})
     assert str(result.output) == url_out
     assert result.manifest["stages"][1]["info"]["work_units"] > 2, "the units must spread over both workers"
+    assert result.manifest["executor"]["files_between_tasks"] == "store"
     pulled = tmp_path / "pulled"
     fs.get(url_out[len("s3://") :], str(pulled), recursive=True)
     for name in ("kept", "removed", "embeddings"):

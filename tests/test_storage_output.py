@@ -236,6 +236,7 @@ def test_dask_two_workers_write_the_same_output(tmp_path, capsys, s3, corpus, st
     with DaskExecutor.local(2) as executor:
         result = run_pipeline(spec, url_in, url_out, RunOptions(executor=executor, unit_rows=100))
     assert str(result.output) == url_out
+    assert result.manifest["executor"]["files_between_tasks"] == "disk", "workers on this machine share its disk"
     # Work units differ from the serial run's, so parts split differently: compare the rows.
     local = tmp_path / "local"
     pulled = tmp_path / "pulled"
