@@ -28,6 +28,7 @@ from curate.errors import InputError, OutputError, UsageError
 from curate.executors import Executor, LocalExecutor, cpu_count, preload_in_workers
 from curate.ledger import LEDGER_SCHEMA, ids_as_strings
 from curate.manifest import write_manifest
+from curate.index import origin as index_origin
 from curate.index.store import INDEX_DIR
 from curate.output_store import OutputStore, is_remote, local_outputs, staging_root
 from curate.outputs import STAGES_DIR, finalize, new_manifest, prepare_output, stage_dir_name
@@ -159,7 +160,7 @@ def _run_somewhere(spec: PipelineSpec, source: str | os.PathLike, output: str | 
         finally:
             if mirrored:
                 scratch.activate(None)
-                scratch.forget_views()
+                index_origin.forget()
                 for path in (staging, *against):
                     executor.forget(str(path))
                 store.discard_staging()
@@ -176,7 +177,7 @@ def _views_for_workers(earlier: list[str], views: list[str], spec: PipelineSpec)
                 "the Dask workers do not share this machine's disk, so they cannot read an earlier output on it",
                 path=location, fix="give --against the earlier output's object-store URL (or run curate on a machine whose disk the workers mount)",
             )
-        scratch.register_view(view, location, spec.output_options)
+        index_origin.register(view, location, spec.output_options)
 
 
 def earlier_outputs(spec: PipelineSpec, options: RunOptions) -> list[str]:

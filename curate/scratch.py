@@ -14,10 +14,11 @@ machine, each machine's copy a local cache, and the store the copy that everybod
 - moves, copies and removals that the driver makes (a stage's unit parts assembled in order,
   finalize) are store-side operations: row data never passes through the driver.
 
-Files that belong to the output are recorded with their size and digest by the process that
-uploads them; tasks hand their records back with their results (`InMirror`), and the driver's
-commit writes the manifest from the merged record (curate.output_store). Scratch under
-`_stages/*/work/` is never recorded, and the next commit removes it from the store.
+Every uploaded file is recorded with its size and digest by the process that uploads it (a
+unit's parts become a stage's by a move, which carries the record); tasks hand their records
+back with their results (`InMirror`), and the driver's commit lists the output files of the
+merged record in the manifest (curate.output_store). Scratch under `_stages/*/work/` is never
+listed there, and the next commit removes it from the store.
 
 Without a mirror every function here is the plain local operation.
 """
@@ -158,12 +159,13 @@ def published(path: str | os.PathLike) -> None:
     if not files:
         return
     fs, _ = _store()
+    entries = {}
     for name, file in zip(names, files):
         # put_file, not put: put checks every target for a directory first (a HEAD and a LIST
         # per file, measured against moto: 30% of a run's requests).
         _call("upload the output", fs.put_file, str(file), _key(name))
-        _SIZES[name] = file.stat().st_size
-    entries = {name: {"size": file.stat().st_size, "xxh3": file_digest(file)} for name, file in zip(names, files)}
+        entries[name] = {"size": file.stat().st_size, "xxh3": file_digest(file)}
+        _SIZES[name] = entries[name]["size"]
     with _LOCK:  # scratch too: a unit's parts become a stage's by a move
         _RECORD.update(entries)
 
@@ -359,23 +361,7 @@ def ensure(path: str | os.PathLike) -> Path:
 def _get_file(rel: str, path: Path) -> bool:
     """Download the object at `rel` to `path`; False when there is no such object."""
     fs, _ = _store()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.get")
-
-    def get() -> bool:
-        try:
-            fs.get_file(_key(rel), str(temp))
-        except FileNotFoundError:
-            return False
-        return True
-
-    try:
-        if not _call("download from the output", get) or not temp.is_file():
-            return False
-        os.replace(temp, path)  # another process may have fetched it too: same bytes
-        return True
-    finally:
-        temp.unlink(missing_ok=True)
+    return _call("download from the output", storage.download_file, fs, _key(rel), path)
 
 
 def exists(path: str | os.PathLike) -> bool:
@@ -456,45 +442,6 @@ def read_metadata(path: str | os.PathLike) -> pq.FileMetaData:
 def local_paths(paths: list[Path]) -> list[Path]:
     """The files, downloaded where they are missing here (whole-table reads)."""
     return [ensure(p) for p in paths]
-
-
-# ---------------------------------------------------------------------------------------
-# Local copies of other outputs in a store (the earlier outputs of --against).
-
-_VIEWS: dict[str, tuple[str, StorageOptions]] = {}  # local copy -> (its output's URL, options)
-
-
-def register_view(local: str | os.PathLike, url: str, options: StorageOptions) -> None:
-    _VIEWS[os.path.abspath(local)] = (url.rstrip("/"), options)
-
-
-def forget_views() -> None:
-    _VIEWS.clear()
-
-
-def view_origin(path: str | os.PathLike) -> tuple[str, StorageOptions] | None:
-    """The store URL of a path inside a registered local copy, None otherwise."""
-    text = os.path.abspath(path)
-    for local, (url, options) in _VIEWS.items():
-        if text == local or text.startswith(local + "/"):
-            return url + text[len(local) :], options
-    return None
-
-
-def fetch(url: str, options: StorageOptions, path: str | os.PathLike) -> Path:
-    """Download one file from a store to `path` (temp name, then rename)."""
-    from curate.output_store import call_output
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fs, key = storage.filesystem(url, options)
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.get")
-    try:
-        call_output(url, "download", fs.get_file, key, str(temp))
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    return path
 
 
 # ---------------------------------------------------------------------------------------

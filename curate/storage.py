@@ -256,3 +256,26 @@ def read_bytes(location: str, options: StorageOptions = ()) -> bytes:
             return handle.read()
     remote = Remote(location, options)
     return remote.call("read", remote.fs.cat_file, remote.path)
+
+
+def download_file(fs: Any, key: str, path: str | os.PathLike) -> bool:
+    """One object to a local file, under a temp name renamed into place (a reader never sees
+    half a file; two processes fetching the same object both land the same bytes); False when
+    there is no such object."""
+    import uuid
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.get")
+    try:
+        try:
+            fs.get_file(key, str(temp))
+        except FileNotFoundError:
+            return False
+        if not temp.is_file():
+            return False
+        os.replace(temp, path)
+        return True
+    finally:
+        temp.unlink(missing_ok=True)

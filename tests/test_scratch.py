@@ -115,3 +115,34 @@ def test_without_a_mirror_everything_is_local(tmp_path):
     assert (tmp_path / "b" / "f.bin").read_bytes() == b"x" and scratch.is_done(tmp_path / "b")
     scratch.remove(tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_an_index_copy_fetches_its_files_from_the_earlier_outputs_store(tmp_path, s3):
+    """A worker without the driver's disk opens an earlier output's index through the driver's
+    local copy: what the copy lacks there comes from the store the copy was taken from."""
+    import numpy as np
+
+    from curate.index import origin
+    from curate.index.store import read_index, write_index
+
+    endpoint, fs = s3
+    built = tmp_path / "earlier" / "index" / "dedup"
+    write_index(built, kind="exact", stage="dedup", settings={"normalize": False}, arrays={"keys": np.arange(6, dtype=np.uint64).reshape(3, 2)}, table=pa.table({"id": ["a", "b", "c"]}))
+    url = f"s3://{BUCKET}/{tmp_path.name}/earlier"
+    fs.put(str(tmp_path / "earlier"), url[len("s3://") :], recursive=True)
+    copy = tmp_path / "view"
+    (copy / "index").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(built, copy / "index" / "dedup")
+    options = (("endpoint_url", endpoint), ("key", "testing"), ("secret", "testing"))
+    origin.register(copy, url, options)
+    try:
+        stored = read_index(copy / "index" / "dedup")
+    finally:
+        origin.forget()
+    assert stored.origin == (f"{url}/index/dedup", options)
+    shutil.rmtree(copy)  # the worker's machine: no copy at all
+    assert np.asarray(stored.array("keys")).tolist() == [[0, 1], [2, 3], [4, 5]]
+    assert stored.table().column("id").to_pylist() == ["a", "b", "c"]
+    assert origin.origin_of(copy / "index") is None, "forgotten after the run"

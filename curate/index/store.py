@@ -54,9 +54,9 @@ class StoredIndex:
     def _file(self, name: str) -> Path:
         path = Path(self.directory) / name
         if self.origin is not None and not path.is_file():
-            from curate import scratch
+            from curate.index.origin import fetch
 
-            scratch.fetch(f"{self.origin[0]}/{name}", self.origin[1], path)
+            fetch(f"{self.origin[0]}/{name}", self.origin[1], path)
         return path
 
     @property
@@ -117,9 +117,9 @@ def read_index(directory: str | Path) -> StoredIndex:
         algorithm = DIGEST if DIGEST in expected else "blake2b"
         if _digest(path, algorithm) != expected.get(algorithm):
             raise UsageError("index file is corrupt (digest differs from index.json)", path=path, fix=rebuild)
-    from curate import scratch
+    from curate.index.origin import origin_of
 
-    return StoredIndex(str(directory), kind, stage, settings, rows, files, scratch.view_origin(directory))
+    return StoredIndex(str(directory), kind, stage, settings, rows, files, origin_of(directory))
 
 
 def find_index(output: str | Path, stage: str, kind: str) -> StoredIndex:
