@@ -540,3 +540,30 @@ def test_new_row_reaches_an_earlier_group_through_a_row_the_earlier_run_removed(
 def _dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def test_the_ledger_against_an_earlier_output_is_in_input_order_whatever_the_units(tmp_path):
+    """Rows matched against an earlier output and rows duplicated within the run go to the
+    ledger in input order, so one run gives the same ledger whatever its batches and work
+    units (it used to list each batch's earlier matches first)."""
+    from test_formats import make_rows, write_as
+
+    rows = make_rows(400, seed=7)
+    first = write_as(tmp_path / "a", ".parquet", rows[:200], parts=2)
+    second = write_as(tmp_path / "b", ".parquet", rows[200:], parts=2)
+    stages = [{"kind": "exact", "normalize": True, "index": True}, {"kind": "minhash", "threshold": 0.7, "ngram": 3, "index": True}]
+    spec = parse_pipeline({"stage": stages}, "test")
+    run_pipeline(spec, first, tmp_path / "a-out", RunOptions(jobs=1))
+    ledgers = []
+    for name, options in (("whole", RunOptions(jobs=1)), ("cut", RunOptions(jobs=2, unit_rows=50))):
+        run_pipeline(parse_pipeline({"stage": stages, "batch_size": 64 if name == "cut" else 65536}, "test"), second, tmp_path / name, replace_against(options, tmp_path / "a-out"))
+        ledgers.append(read_parts(tmp_path / name / "removed"))
+    reasons = set(ledgers[0].column("reason").to_pylist())
+    assert {"exact_duplicate", "exact_duplicate_of_earlier"} <= reasons, reasons
+    assert ledgers[0].equals(ledgers[1])
+
+
+def replace_against(options: RunOptions, earlier: Path) -> RunOptions:
+    from dataclasses import replace
+
+    return replace(options, against=(str(earlier),))

@@ -58,9 +58,14 @@ def drop_duplicates(
         where = np.searchsorted(earlier.rows, rows[hit])
         score = None if earlier.scores is None else pa.array(earlier.scores[where], pa.float64(), from_pandas=True)  # NaN: no score
         ledger = removed_rows(removed.column(ctx.id_column), ctx.name, f"{reason}_of_earlier", duplicate_of=earlier.ids.take(pa.array(where)), score=score)
+    rest = row_ordinals(batch)
     kept, later = drop_fitted_duplicates(batch, removed_sorted, representatives, representative_ids, stage=ctx.name, reason=reason, id_column=ctx.id_column, scores=scores)
     if later.num_rows == 0:
         return kept, ledger
     if ledger.num_rows == 0:
         return kept, later
-    return kept, pa.Table.from_batches([ledger, later]).combine_chunks().to_batches()[0]
+    # Both kinds in input order, as without --against: the ledger must not depend on where
+    # batches and work units are cut (it did: all of a batch's earlier matches came first).
+    order = np.argsort(np.concatenate([rows[hit], rest[sorted_member(removed_sorted, rest)]]), kind="stable")
+    both = pa.Table.from_batches([ledger, later]).combine_chunks().take(pa.array(order))
+    return kept, both.combine_chunks().to_batches()[0]
