@@ -72,23 +72,18 @@ def atomic_write_json(path: str | os.PathLike, data: Any, *, fsync: bool = False
 
 def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     """Put a finished directory in place of `final` (which may exist): old moved aside, new
-    renamed in, old removed. A kill in between leaves `final` or its `.old` twin, never a mix."""
+    renamed in, old removed. A kill in between leaves `final` or its `.old` twin, never a mix.
+    Through curate.scratch, whose moves are plain renames here and also move the store's copy
+    in a run whose workers share no disk."""
     from curate import scratch
 
     tmp, final = Path(tmp), Path(final)
     old = final.with_name(f".{final.name}.old")
-    if scratch.relative(final) is not None:  # workers without the driver's disk: the store too
-        scratch.remove(old)
-        if scratch.exists(final):
-            scratch.move(final, old)
-        scratch.move(tmp, final)
-        scratch.remove(old)
-        return
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    scratch.remove(old)
+    if scratch.exists(final):
+        scratch.move(final, old)
+    scratch.move(tmp, final)
+    scratch.remove(old)
 
 
 def _json_default(value: Any) -> Any:

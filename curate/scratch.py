@@ -17,7 +17,7 @@ machine, each machine's copy a local cache, and the store the copy that everybod
 Every uploaded file is recorded with its size and digest by the process that uploads it (a
 unit's parts become a stage's by a move, which carries the record); tasks hand their records
 back with their results (`InMirror`), and the driver's commit lists the output files of the
-merged record in the manifest (curate.output_store). Scratch under `_stages/*/work/` is never
+merged record in the manifest (curate.output_store). A stage's scratch (its `work` folder) is never
 listed there, and the next commit removes it from the store.
 
 Without a mirror every function here is the plain local operation.
@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +128,7 @@ def _hidden(rel: str) -> bool:
 
 
 def is_output_file(rel: str) -> bool:
-    """A file the commit record lists: not scratch (`_stages/*/work/`), not hidden, not the
+    """A file the commit record lists: not a stage's scratch (its `work` folder), not hidden, not the
     manifest (the commit writes it)."""
     parts = rel.split("/")
     return not _hidden(rel) and rel != MANIFEST_NAME and not (len(parts) > 2 and parts[0] == "_stages" and parts[2] == "work")
@@ -338,23 +337,10 @@ def ensure(path: str | os.PathLike) -> Path:
         return path
     if not path.is_dir() and _get_file(rel, path):  # one GET, no listing: the usual case
         return path
-    names = [n for n in _store_files(rel) if not (Path(_MIRROR.root) / n).is_file()]  # type: ignore[union-attr]
-    if not names:
-        return path
-    fs, _ = _store()
     root = Path(_MIRROR.root)  # type: ignore[union-attr]
-    temps = []
-    for name in names:
-        target = root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temps.append(target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.get"))
-    try:
-        _call("download from the output", fs.get, [_key(n) for n in names], [str(t) for t in temps])
-        for name, temp in zip(names, temps):
-            os.replace(temp, root / name)  # another process may have fetched it too: same bytes
-    finally:
-        for temp in temps:
-            temp.unlink(missing_ok=True)
+    for name in _store_files(rel):  # a directory: each file this machine lacks
+        if not (root / name).is_file():
+            _get_file(name, root / name)
     return path
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import uuid
+from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from curate.errors import CurateError, InputError, UsageError
@@ -262,9 +264,6 @@ def download_file(fs: Any, key: str, path: str | os.PathLike) -> bool:
     """One object to a local file, under a temp name renamed into place (a reader never sees
     half a file; two processes fetching the same object both land the same bytes); False when
     there is no such object."""
-    import uuid
-    from pathlib import Path
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.get")

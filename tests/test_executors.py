@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import free_port
 from curate.errors import UsageError
 from curate.executors import DaskExecutor, make_executor
 from curate.inspect_output import verify_output
@@ -280,14 +280,8 @@ def test_assembly_refuses_a_missing_unit_output(tmp_path):
         assemble(tmp_path / "units", 2, tmp_path / "stage")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_scheduler_is_a_usage_error_naming_the_address():
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(UsageError, match=address):
         DaskExecutor.connect(address, timeout=2)
@@ -300,7 +294,7 @@ def test_cli_with_unreachable_scheduler_exits_2(tmp_path, corpus, capsys):
 
     pipeline = tmp_path / "p.toml"
     pipeline.write_text('[[stage]]\nkind = "exact"\n')
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(SystemExit) as exit_info:
         main(["run", str(pipeline), "-i", str(corpus), "-o", str(tmp_path / "out"), "--scheduler", address, "-q"])

@@ -201,7 +201,7 @@ def test_driver_killed_then_resumed_without_a_shared_disk(tmp_path, capsys, s3, 
     pipeline = tmp_path / "p.toml"
     pipeline.write_text(
         f"[input]\nstorage_options = {options}\n[output]\nstorage_options = {options}\n"
-        + "".join(f"[[stage]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in stage.items()) for stage in stages)
+        + "".join("[[stage]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in stage.items()) for stage in stages)
     )
     url_out = f"s3://{BUCKET}/{tmp_path.name}/out"
     args = ["run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet", "--scheduler", address]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,44 +23,13 @@ import xxhash
 
 from curate.output_store import FILES_KEY
 from curate.shards import read_parts
-from conftest import cli
+from conftest import cli, free_port, start_server, stop_server
 from test_formats import DEDUP, make_rows, write_as
 
 ROOT = Path(__file__).resolve().parent.parent
 # Azurite's published development account (the same for every install; not a secret).
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(argv: list[str], port: int, what: str) -> subprocess.Popen:
-    """Start a server process and wait (up to 30 s) until its port accepts connections."""
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{what} exited: {process.stderr.read().decode(errors='replace')[-500:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return process
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    pytest.fail(f"{what} did not listen on port {port} within 30 s")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def connection_string(endpoint: str, key: str = AZURITE_KEY) -> str:
@@ -102,18 +70,21 @@ def gcs_emulator():
 def container(azurite):
     """A fresh container: (its name, adlfs filesystem, connection string)."""
     connection, fs = azurite
-    name = f"c{uuid.uuid4().hex[:16]}"
-    fs.mkdir(name)
-    return name, fs, connection
+    return _fresh(fs, "c"), fs, connection
 
 
 @pytest.fixture
 def bucket(gcs_emulator):
     """A fresh bucket: (its name, gcsfs filesystem, endpoint)."""
     endpoint, fs = gcs_emulator
-    name = f"b{uuid.uuid4().hex[:16]}"
+    return _fresh(fs, "b"), fs, endpoint
+
+
+def _fresh(fs, letter: str) -> str:
+    """A new top-level container or bucket of a unique name."""
+    name = f"{letter}{uuid.uuid4().hex[:16]}"
     fs.mkdir(name)
-    return name, fs, endpoint
+    return name
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import xxhash
 from curate.output_store import FILES_KEY
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.shards import read_parts
-from conftest import BUCKET, cli, run_cli, upload
+from conftest import BUCKET, cli, free_port, run_cli, start_server, stop_server, upload
 from test_formats import make_rows, write_as
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -268,11 +268,7 @@ def test_bad_output_prefixes_are_one_line(tmp_path, capsys, s3, aws_env, staging
 
 def test_unreachable_endpoint_fails_fast(tmp_path, capsys, staging, monkeypatch):
     pytest.importorskip("s3fs")
-    import socket
-
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     for name, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)
     source = write_as(tmp_path, ".parquet", make_rows(20, seed=1), parts=1)
@@ -288,27 +284,13 @@ def strict_s3(tmp_path):
     its own process so the session's lenient server is untouched."""
     pytest.importorskip("s3fs")
     pytest.importorskip("moto.server")
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port, "moto server", env)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail("the moto server did not start")
-                time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        stop_server(server)
 
 
 def test_wrong_credentials_are_one_line_naming_the_url(tmp_path, capsys, strict_s3, staging, monkeypatch):
