@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from curate.allocator import tune_allocator
+from curate.runtime import tune_allocator
 from curate.errors import CurateError, UsageError
 
 # Exit codes: 0 ok, 1 internal error (a bug), 2 bad input or usage, 3 `verify` found a broken output.
@@ -42,7 +42,7 @@ AgainstOpt = typer.Option(None, "--against", help="Earlier output (repeatable, o
 
 
 def _progress(quiet: bool):
-    from curate.progress import Progress
+    from curate.engine.progress import Progress
 
     return Progress(enabled=False if quiet else None)
 
@@ -63,7 +63,7 @@ def _parse_sets(pairs: Optional[List[str]]) -> dict[str, Any]:
 
 
 def _run_spec(spec, input_path: str, output: str, resume: bool, overwrite: bool, quiet: bool, *, jobs=None, workers=None, scheduler=None, against=None) -> None:
-    from curate.executors import make_executor
+    from curate.engine.executors import make_executor
     from curate.pipeline import RunOptions, run_pipeline
 
     with make_executor(jobs=jobs, workers=workers, scheduler=scheduler) as executor:
@@ -75,9 +75,9 @@ def _run_spec(spec, input_path: str, output: str, resume: bool, overwrite: bool,
 
 
 def _print_run_summary(out: str, quiet: bool, options=()) -> None:
-    from curate.inspect_output import stage_summaries
-    from curate.manifest import read_manifest
-    from curate.output_store import local_output
+    from curate.commands.inspect import stage_summaries
+    from curate.output.manifest import read_manifest
+    from curate.output.store import local_output
 
     if quiet:
         return
@@ -125,7 +125,7 @@ def _storage_options(pairs: Optional[List[str]]) -> tuple[tuple[str, Any], ...]:
 def _single_stage(kind: str, options: dict[str, Any], text_column, id_column, drop_null_text, seed, batch_size, input_format=None, storage=None):
     from dataclasses import replace
 
-    from curate.formats import check_format
+    from curate.io.formats import check_format
     from curate.pipeline import parse_pipeline
 
     data: dict[str, Any] = {"stage": [{"kind": kind, **{k: v for k, v in options.items() if v is not None}}]}
@@ -163,10 +163,10 @@ def run(
     """Run a pipeline file over the input shards: on every core here (--jobs), or on Dask (--workers, --scheduler)."""
     from dataclasses import replace
 
-    from curate.formats import check_format
+    from curate.io.formats import check_format
     from curate.pipeline import load_pipeline
-    from curate.shards import ColumnSpec
-    from curate.spec import merge_options
+    from curate.io.inputs import ColumnSpec
+    from curate.engine.spec import merge_options
 
     spec = load_pipeline(pipeline)
     input_format = check_format(input_format) or spec.columns.format
@@ -220,9 +220,9 @@ def index_command(
     jobs: Optional[int] = JobsOpt,
 ) -> None:
     """Build OUTPUT/index/ (reruns the recorded pipeline over its recorded input), or merge a later output's index into it."""
-    from curate.index.build import add_index, build_index
+    from curate.commands.index import add_index, build_index
     from curate.index.store import INDEX_DIR
-    from curate.output_store import local_output, local_outputs
+    from curate.output.store import local_output, local_outputs
     from curate.pipeline import RunOptions
 
     options = _storage_options(storage)
@@ -328,7 +328,7 @@ def demo(
     quiet: bool = QuietOpt,
 ) -> None:
     """Run the quickstart pipeline on the bundled demo corpus."""
-    from curate.demo import run_demo
+    from curate.commands.demo import run_demo
 
     result = run_demo(output, progress=_progress(quiet))
     _print_run_summary(str(result.output), quiet)
@@ -425,7 +425,7 @@ def report_command(
     quiet: bool = QuietOpt,
 ) -> None:
     """(Re)build report.html, report.json and plots/ from an output directory."""
-    from curate.output_store import local_output
+    from curate.output.store import local_output
     from curate.report import build_pipeline_report
 
     overrides = {}
@@ -447,8 +447,8 @@ def verify(
     storage: Optional[List[str]] = StorageOpt,
 ) -> None:
     """Check that every input id is exactly once in kept/ or removed/."""
-    from curate.inspect_output import verify_output
-    from curate.output_store import local_output
+    from curate.commands.inspect import verify_output
+    from curate.output.store import local_output
 
     options = _storage_options(storage)
     with local_output(output, options) as local:
@@ -470,8 +470,8 @@ def inspect(
     storage: Optional[List[str]] = StorageOpt,
 ) -> None:
     """Rows in and out per stage, removal reasons, pools and sizes."""
-    from curate.inspect_output import directory_bytes, pool_counts, stage_summaries
-    from curate.output_store import local_output
+    from curate.commands.inspect import directory_bytes, pool_counts, stage_summaries
+    from curate.output.store import local_output
 
     with local_output(output, _storage_options(storage)) as local:
         _stage_table(stage_summaries(local))
@@ -493,8 +493,8 @@ def export_command(
     storage: Optional[List[str]] = StorageOpt,
 ) -> None:
     """Write the kept rows of a finished output as JSON Lines."""
-    from curate.export import export_jsonl
-    from curate.output_store import local_output
+    from curate.commands.export import export_jsonl
+    from curate.output.store import local_output
 
     if format != "jsonl":
         raise UsageError(f"unknown --format {format!r}", fix="use --format jsonl; kept/ already is Parquet")
@@ -522,7 +522,7 @@ def evaluate(
     quiet: bool = QuietOpt,
 ) -> None:
     """Check the run's pools and any score column against random data of the same size (proxy trainings); writes the report."""
-    from curate.evaluate import evaluate_output
+    from curate.commands.evaluate import evaluate_output
 
     if direction not in ("auto", "higher", "lower"):
         raise UsageError(f"--direction {direction!r}", fix="use auto, higher or lower")
@@ -533,7 +533,7 @@ def evaluate(
         from curate.scaling.allocate import parse_budgets
 
         parsed = parse_budgets(budgets)
-    from curate.output_store import local_output
+    from curate.output.store import local_output
 
     with local_output(output, _storage_options(storage), writes=True) as local:
         path = evaluate_output(local, label_column, score or [], direction=direction, budgets=parsed, seeds=seeds, rerun=rerun, progress=_progress(quiet))

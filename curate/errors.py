@@ -25,3 +25,10 @@ class UsageError(CurateError):
 
 class OutputError(CurateError):
     """The output directory cannot be used as asked (non-empty, unwritable, full disk)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none): what a one-line
+    error quotes of a library's multi-line message."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curate.inspect_output import verify_output
+from curate.commands.inspect import verify_output
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
-from curate.shards import read_parts
+from curate.io.parts import read_parts
 
 _CLUSTERS: dict[int, object] = {}
 SIDE_OUTPUTS = ("prototypes/centroids.npy", "seta_schedule.json")
@@ -25,7 +25,7 @@ SIDE_OUTPUTS = ("prototypes/centroids.npy", "seta_schedule.json")
 def dask_executors():
     """DaskExecutor.local(1) and DaskExecutor.local(3), shared by every module that uses them."""
     pytest.importorskip("distributed")
-    from curate.executors import DaskExecutor
+    from curate.engine.executors import DaskExecutor
 
     for workers in (1, 3):
         if workers not in _CLUSTERS:

@@ -10,15 +10,15 @@ import sys
 
 import pytest
 
-from curate.executors import LocalExecutor
+from curate.engine.executors import LocalExecutor
 
 glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 
 
 def _tuned_here(_: int) -> bool:
-    from curate import allocator
+    from curate import runtime
 
-    return allocator._tuned
+    return runtime._tuned
 
 
 def _run(code: str, **env: str) -> str:
@@ -29,7 +29,7 @@ def _run(code: str, **env: str) -> str:
 
 @glibc
 def test_thresholds_are_set_once_and_a_users_own_setting_wins():
-    code = "from curate.allocator import tune_allocator; print(tune_allocator(), tune_allocator())"
+    code = "from curate.runtime import tune_allocator; print(tune_allocator(), tune_allocator())"
     assert _run(code) == "True True"
     assert _run(code, MALLOC_MMAP_THRESHOLD_="131072") == "False False"
 
@@ -42,15 +42,15 @@ def test_every_local_worker_process_is_tuned():
 
 @glibc
 def test_cli_tunes_the_driver(tmp_path):
-    code = "import sys; from curate import cli, allocator\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\nprint(allocator._tuned)"
+    code = "import sys; from curate import cli, runtime\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\nprint(runtime._tuned)"
     assert _run(code).splitlines()[-1] == "True"
 
 
 @glibc
 def test_a_local_dask_cluster_starts_its_workers_with_the_thresholds():
     pytest.importorskip("distributed")
-    from curate.allocator import allocator_environment
-    from curate.executors import DaskExecutor
+    from curate.runtime import allocator_environment
+    from curate.engine.executors import DaskExecutor
 
     with DaskExecutor.local(1) as executor:
         seen = executor.client.run(lambda: {k: os.environ.get(k) for k in allocator_environment()})

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.inspect_output import verify_output
-from curate.shards import list_parts
+from curate.commands.inspect import verify_output
+from curate.io.parts import list_parts
 from conftest import cli
 
 EXACT = '[[stage]]\nkind = "exact"\nnormalize = true\n'

@@ -8,7 +8,7 @@ import pytest
 
 from curate.pipeline import load_pipeline
 
-PIPELINES = sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.toml"))
+PIPELINES = sorted((Path(__file__).resolve().parents[1] / "curate" / "pipelines").glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=[p.stem for p in PIPELINES])

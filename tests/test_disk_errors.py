@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate.cli import main
-from curate.inspect_output import verify_output
-from curate.shards import list_parts
+from curate.commands.inspect import verify_output
+from curate.io.parts import list_parts
 from conftest import cli
 from tests.gen_corpus import write_corpus
 

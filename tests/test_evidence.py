@@ -14,13 +14,14 @@ import pytest
 
 from curate.cli import main
 from curate.errors import UsageError
-from curate.evaluate import compare_to_random, comparison_lines, runs_table
-from curate.inspect_output import verify_output
-from curate.metrics.prototypes import group_quotas, keep_count, select_by_difficulty
+from curate.report.wording import comparison_lines
+from curate.scaling.baseline import compare_to_random, runs_table
+from curate.commands.inspect import verify_output
+from curate.algorithms.prototypes import group_quotas, keep_count, select_by_difficulty
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.scaling.law import Law, Pool
 from curate.scaling.proxy_runs import ProxyRunSettings, run_proxy_trainings
-from curate.shards import read_parts
+from curate.io.parts import read_parts
 from curate.training.proxy import ProxyConfig
 
 # ---------------------------------------------------------------------------------------
@@ -111,15 +112,15 @@ def pd_categorical(values):
 
 def _clusters(out, texts):
     """Each row's nearest saved centroid, recomputed from the hashing embedding."""
-    from curate.metrics.hashing_embed import hashing_embed
-    from curate.metrics.prototypes import prototype_distance
+    from curate.embeddings.hashing import hashing_embed
+    from curate.algorithms.prototypes import prototype_distance
 
     centroids = np.load(out / "prototypes" / "centroids.npy")
     return prototype_distance(hashing_embed(pa.array(texts.tolist())), centroids)[0].astype(np.int64)
 
 
 def test_balanced_pools_give_every_pool_the_same_group_mix():
-    from curate.metrics.pools import assign_pools_by_group, pool_edges_by_group
+    from curate.algorithms.pools import assign_pools_by_group, pool_edges_by_group
 
     rng = np.random.default_rng(2)
     groups = rng.integers(0, 4, 2000)

@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from curate.metrics.exact import FirstSeenIndex, hash128, normalize_texts
+from curate.algorithms.exact import FirstSeenIndex, hash128, normalize_texts
 from curate.pipeline import parse_pipeline, run_pipeline
-from curate.shards import read_parts
-from curate.inspect_output import verify_output
+from curate.io.parts import read_parts
+from curate.commands.inspect import verify_output
 
 import pyarrow as pa
 

@@ -20,12 +20,13 @@ import pytest
 
 from conftest import free_port
 from curate.errors import UsageError
-from curate.executors import DaskExecutor, make_executor
-from curate.inspect_output import verify_output
+from curate.engine.executors import DaskExecutor, make_executor
+from curate.commands.inspect import verify_output
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
-from curate.tasks import Transform, assemble
-from curate.units import InputSource, InputUnit, plan_units
-from curate.shards import InputSet, read_parts
+from curate.engine.tasks import Transform, assemble
+from curate.engine.units import InputSource, InputUnit, plan_units
+from curate.io.inputs import InputSet
+from curate.io.parts import read_parts
 from curate.stages.base import StageContext, available_kinds
 from curate.stages.exact import ExactDedup
 
@@ -432,9 +433,9 @@ def test_killing_a_worker_mid_run_gives_the_same_output(tmp_path, monkeypatch, c
     corpus = make_corpus(tmp_path / "in", shards=10, rows=400, seed=5)
     spec = parse_pipeline({"stage": [{"kind": "exact"}], "batch_size": 200}, "test")
     local = run_pipeline(spec, corpus, tmp_path / "local", SERIAL).output
-    import curate.runner
+    import curate.engine.runner
 
-    monkeypatch.setattr(curate.runner, "stage_class", lambda kind, where="pipeline": SlowExact)
+    monkeypatch.setattr(curate.engine.runner, "stage_class", lambda kind, where="pipeline": SlowExact)
     executor = DaskExecutor(client)
     out = tmp_path / "dask"
     outcome: dict = {}
@@ -475,7 +476,7 @@ def _slow_square(x: int) -> int:
 
 
 def test_local_pool_returns_results_in_item_order_whatever_finishes_first():
-    from curate.executors import LocalExecutor
+    from curate.engine.executors import LocalExecutor
 
     with LocalExecutor(2) as executor:
         assert executor.map(_slow_square, range(5), sizes=[1] * 5) == [0, 1, 4, 9, 16]
@@ -487,7 +488,7 @@ def test_local_pool_returns_results_in_item_order_whatever_finishes_first():
 
 def test_an_input_error_in_a_worker_process_reaches_the_driver_as_itself():
     from curate.errors import InputError
-    from curate.executors import LocalExecutor
+    from curate.engine.executors import LocalExecutor
 
     def fail(x: int) -> int:
         if x == 3:
@@ -499,7 +500,7 @@ def test_an_input_error_in_a_worker_process_reaches_the_driver_as_itself():
 
 
 def test_worker_processes_cap_their_thread_pools_at_their_share_of_the_cores():
-    from curate.executors import LocalExecutor
+    from curate.engine.executors import LocalExecutor
 
     with LocalExecutor(2) as executor:
         share = executor.threads_per_task

@@ -12,10 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import formats
-from curate.inspect_output import verify_output
+from curate.io import formats
+from curate.commands.inspect import verify_output
 from curate.pipeline import parse_pipeline, run_pipeline
-from curate.shards import ROW_COLUMN, ColumnSpec, InputFile, InputSet, read_parts, refuse_output_inside_input
+from curate.io.inputs import ROW_COLUMN, ColumnSpec, InputFile, InputSet, refuse_output_inside_input
+from curate.io.parts import read_parts
 from curate.errors import UsageError
 from conftest import cli, run_cli
 
@@ -372,7 +373,7 @@ def test_export_refusals(tmp_path, capsys):
 def test_other_formats_give_the_serial_result_on_a_process_pool_and_on_dask(tmp_path, fmt):
     """Every executor reads units through InputSet.file_batches: a JSON Lines or saved-dataset
     file is one unit, read by a worker, with the same ordinals as the serial run."""
-    from curate.executors import DaskExecutor
+    from curate.engine.executors import DaskExecutor
     from curate.pipeline import RunOptions
 
     source = write_as(tmp_path, fmt, make_rows(300), parts=3)

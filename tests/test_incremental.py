@@ -19,7 +19,7 @@ import pytest
 from conftest import cli
 from curate.errors import UsageError
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
-from curate.shards import read_parts
+from curate.io.parts import read_parts
 
 WORDS = np.array(
     "data model train token shard batch loss cluster prune dedup hash vector embed sample epoch budget scale "
@@ -465,7 +465,7 @@ def test_best_matches_is_the_brute_force_best_in_any_chunking(monkeypatch):
 
 def test_dask_gives_the_same_bytes(halves, semantic_halves, tmp_path):
     pytest.importorskip("distributed")
-    from curate.executors import DaskExecutor
+    from curate.engine.executors import DaskExecutor
 
     root, b = halves
     semantic_root, semantic_b = semantic_halves

@@ -2,7 +2,7 @@
 its staging directory (a private tmpfs in a mount namespace, tests/isolated_cluster.py), so the
 only thing they share with the driver is the S3 endpoint. A pipeline from s3:// to s3:// on such
 a cluster gives what the same pipeline gives on local disk: every file a task hands to another
-task or to the driver went through the store (curate.scratch)."""
+task or to the driver went through the store (curate.io.mirror)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import scratch
-from curate.output_store import FILES_KEY
+from curate.io import mirror
+from curate.output.store import FILES_KEY
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
-from curate.shards import read_parts
+from curate.io.parts import read_parts
 from conftest import BUCKET, cli, upload
 from isolated_cluster import can_isolate, isolated_cluster
 from test_formats import make_rows, write_as
@@ -52,14 +52,14 @@ def _spec(endpoint: str, stages: list[dict], **more):
 
 
 def test_workers_without_the_drivers_disk_write_the_same_output(tmp_path, capsys, s3, isolated, monkeypatch):
-    from curate.executors import DaskExecutor
+    from curate.engine.executors import DaskExecutor
 
     fetched = []  # what the driver downloads: never row data
-    real_ensure = scratch.ensure
+    real_ensure = mirror.ensure
 
     def spy(path):
-        if scratch.relative(path) is not None and not Path(path).exists() and Path(path).suffix != ".json":  # metadata is fine
-            fetched.append(scratch.relative(path))
+        if mirror.relative(path) is not None and not Path(path).exists() and Path(path).suffix != ".json":  # metadata is fine
+            fetched.append(mirror.relative(path))
         return real_ensure(path)
 
     monkeypatch.setattr(scratch, "ensure", spy)
@@ -75,7 +75,7 @@ def test_workers_without_the_drivers_disk_write_the_same_output(tmp_path, capsys
         assert not executor.shares_directory(str(staging)), "the harness must hide the driver's disk"
         result = run_pipeline(_spec(endpoint, STAGES), url_in, url_out, RunOptions(executor=executor, unit_rows=100))
         leftovers = executor.client.run(lambda: sorted(str(p) for p in Path(staging).rglob("*") if p.is_file() and not p.name.startswith(".")))
-    assert scratch.active() is None
+    assert mirror.active() is None
     assert not fetched, sorted({f.rsplit("/", 1)[0] for f in fetched})
     assert str(result.output) == url_out
     assert result.manifest["stages"][1]["info"]["work_units"] > 2, "the units must spread over both workers"
@@ -98,7 +98,7 @@ def test_an_interrupted_run_resumes_from_the_store_alone(tmp_path, s3, isolated,
     from the store's last commit (its own staging directory is new), and the result is the
     uninterrupted local run's, a loss-clusters stage (a proxy model shared through a file) and
     the report included."""
-    from curate.executors import DaskExecutor
+    from curate.engine.executors import DaskExecutor
 
     endpoint, fs = s3
     address, _ = isolated
@@ -120,7 +120,7 @@ def test_an_interrupted_run_resumes_from_the_store_alone(tmp_path, s3, isolated,
     run_pipeline(parse_pipeline({"stage": stages, "report": {}}, "test"), source, local, RunOptions(jobs=1))
     spec = _spec(endpoint, stages, report={})
     url_out = f"s3://{BUCKET}/{tmp_path.name}/out"
-    monkeypatch.setattr("curate.output_store._PULL_BYTES", 0)  # the resume pulls no file but the manifest
+    monkeypatch.setattr("curate.output.store._PULL_BYTES", 0)  # the resume pulls no file but the manifest
 
     class Stop(Exception):
         pass
@@ -135,7 +135,7 @@ def test_an_interrupted_run_resumes_from_the_store_alone(tmp_path, s3, isolated,
         committed = json.loads(fs.cat_file(f"{url_out}/manifest.json"))
         assert [s["status"] for s in committed["stages"]] == ["done", "done", "done", "pending"]
         result = run_pipeline(spec, url_in, url_out, RunOptions(executor=executor, unit_rows=100, resume=True))
-    assert scratch.active() is None
+    assert mirror.active() is None
     assert result.manifest["stages"][2]["info"] == committed["stages"][2]["info"], "finished stages are not run again"
     pulled = tmp_path / "pulled"
     fs.get(url_out[len("s3://") :], str(pulled), recursive=True)
@@ -152,7 +152,7 @@ def test_against_an_earlier_output_in_the_store(tmp_path, s3, isolated):
     against A on the isolated cluster removes what it removes on local disk. An earlier output on
     the driver's disk is refused in one line before anything is written."""
     from curate.errors import UsageError
-    from curate.executors import DaskExecutor
+    from curate.engine.executors import DaskExecutor
 
     endpoint, fs = s3
     address, _ = isolated

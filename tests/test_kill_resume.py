@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.inspect_output import verify_output
-from curate.shards import list_parts
+from curate.commands.inspect import verify_output
+from curate.io.parts import list_parts
 from curate.stages.base import available_kinds
 from tests.gen_corpus import write_corpus
 

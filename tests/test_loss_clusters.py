@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 
 from curate.errors import UsageError
-from curate.inspect_output import verify_output
-from curate.metrics.loss_clusters import (
+from curate.commands.inspect import verify_output
+from curate.algorithms.loss_clusters import (
     SeTaConfig,
     epoch_mode,
     kmeans_1d,
@@ -306,7 +306,8 @@ def test_proxy_folds_run_as_tasks_give_the_serial_out_of_fold_losses(tmp_path):
     import pyarrow as pa
 
     from curate.training.features import hashed_ngram_bags
-    from curate.training.proxy import ProxyConfig, encode_labels, out_of_fold_losses, torch_threads
+    from curate.training.proxy import ProxyConfig, encode_labels, out_of_fold_losses
+    from curate.runtime import torch_threads
 
     frame = write_corpus(tmp_path / "in.parquet", n=300)
     stages = [{"kind": "loss_clusters", "label_column": "label", "proxy_epochs": 2, "folds": 3, "num_buckets": 4096}]

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from scipy import integrate
 
-from curate.metrics import minhash as mh
+from curate.algorithms import minhash as mh
 
 
 def reference_words(text: str | None) -> list[str]:

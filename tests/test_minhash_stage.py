@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate.errors import UsageError
-from curate.inspect_output import verify_output
+from curate.commands.inspect import verify_output
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.stages.minhash import MinHashDedup
 
@@ -207,7 +207,7 @@ def serial_reference(table: pa.Table, verify: str, **options) -> dict[str, tuple
     """{removed id: (duplicate_of, score)} from the array functions run on the whole corpus at
     once, as a single process computes it: every band's buckets over every row, each candidate
     pair verified (no skipping), connected components rooted at the earliest row."""
-    from curate.metrics import minhash as mh
+    from curate.algorithms import minhash as mh
 
     stage = MinHashDedup(verify=verify, **options)
     bands, rows = stage.lsh_shape()
@@ -254,7 +254,7 @@ def test_same_bytes_for_jobs_and_unit_sizes(spanning, tmp_path: Path) -> None:
 @pytest.mark.parametrize("workers", [2, 3])
 def test_same_bytes_on_a_dask_cluster(spanning, tmp_path: Path, workers: int) -> None:
     pytest.importorskip("distributed")
-    from curate.executors import DaskExecutor
+    from curate.engine.executors import DaskExecutor
 
     with DaskExecutor.local(workers) as executor:
         for verify in VERIFY:

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from curate.errors import OutputError, UsageError
-from curate.inspect_output import verify_output
-from curate.manifest import read_manifest
+from curate.commands.inspect import verify_output
+from curate.output.manifest import read_manifest
 from curate.pipeline import RunOptions, load_pipeline, parse_pipeline, run_pipeline
-from curate.shards import read_parts
+from curate.io.parts import read_parts
 
 from conftest import write_shards
 

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate.errors import UsageError
-from curate.inspect_output import verify_output
-from curate.metrics.pools import assign_pools, pool_edges
+from curate.commands.inspect import verify_output
+from curate.algorithms.pools import assign_pools, pool_edges
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
-from curate.shards import read_parts
+from curate.io.parts import read_parts
 
 
 def pools_of(scores, k, higher=True):

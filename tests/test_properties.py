@@ -20,9 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from curate.inspect_output import verify_output
+from curate.commands.inspect import verify_output
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
-from curate.shards import ROW_COLUMN, InputSet, list_parts
+from curate.io.inputs import ROW_COLUMN, InputSet
+from curate.io.parts import list_parts
 from curate.stages.base import available_kinds
 
 SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.inspect_output import verify_output
-from curate.metrics.prototypes import choose_keep, keep_count, select_by_difficulty
+from curate.commands.inspect import verify_output
+from curate.algorithms.prototypes import choose_keep, keep_count, select_by_difficulty
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
-from curate.shards import read_parts
+from curate.io.parts import read_parts
 
 
 def clustered(n: int = 1000, d: int = 16, seed: int = 0) -> np.ndarray:
@@ -146,7 +146,7 @@ def test_prototypes_give_the_same_scores_on_every_executor(tmp_path, dask_execut
 
 
 def test_distances_do_not_depend_on_how_rows_are_batched():
-    from curate.metrics.prototypes import prototype_distance
+    from curate.algorithms.prototypes import prototype_distance
 
     x = clustered(n=3000, d=32, seed=5)
     centroids = x[[3, 700, 1400, 2100]]
@@ -171,15 +171,15 @@ def write_shards(directory: Path, shards: int = 3, rows: int = 400, seed: int = 
 
 
 def input_source(directory: Path):
-    from curate.shards import ColumnSpec, InputSet
-    from curate.units import InputSource
+    from curate.io.inputs import ColumnSpec, InputSet
+    from curate.engine.units import InputSource
 
     return InputSource(InputSet.scan(directory, ColumnSpec()), 64, drop_null_text=False)
 
 
 def test_stored_vectors_are_read_in_place_only_when_the_rows_line_up(tmp_path):
     from curate.stages.base import StageContext
-    from curate.stages.embed import load_vectors, stored_embeddings, vector_blocks
+    from curate.embeddings.store import load_vectors, stored_embeddings, vector_blocks
 
     source = write_shards(tmp_path / "in")
     out = tmp_path / "out"
@@ -229,7 +229,7 @@ def test_reading_in_place_gives_what_the_lookup_by_id_gives(tmp_path, monkeypatc
 
 
 def test_rescoring_a_few_rows_at_a_time_gives_the_same_bits_as_whole_blocks():
-    from curate.metrics.kmeans import _rescore, row_dot
+    from curate.algorithms.kmeans import _rescore, row_dot
 
     x = clustered(n=3000, d=32, seed=6)
     centroids = x[[3, 700, 1400, 2100, 2999]]

@@ -1,4 +1,4 @@
-"""curate.scratch against a real S3 endpoint (moto): a mirrored staging directory whose files
+"""curate.io.mirror against a real S3 endpoint (moto): a mirrored staging directory whose files
 live in the store, as the workers of a cluster without a shared disk see it."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from curate import scratch
-from curate.atomic import atomic_write_bytes
-from curate.shards import PartWriter, count_part_rows, list_parts, read_parts
-from curate.tasks import publish_attempt
+from curate.io import mirror as scratch
+from curate.io.atomic import atomic_write_bytes
+from curate.io.parts import PartWriter, count_part_rows, list_parts, read_parts
+from curate.io.parts import publish_attempt
 from conftest import BUCKET
 
 
@@ -21,9 +21,9 @@ def mirror(tmp_path, s3):
     root.mkdir()
     prefix = f"{BUCKET}/{tmp_path.name}/out"
     options = (("endpoint_url", endpoint), ("key", "testing"), ("secret", "testing"))
-    scratch.activate(scratch.Mirror(str(root), f"s3://{prefix}", options))
+    token = scratch.activate(scratch.Mirror(str(root), f"s3://{prefix}", options))
     yield root, prefix, fs
-    scratch.activate(None)
+    scratch.deactivate(token)
 
 
 def _forget_local(root):
@@ -41,10 +41,10 @@ def test_a_finished_write_is_uploaded_recorded_and_fetched_where_missing(mirror)
     assert fs.cat_file(f"{prefix}/_stages/01-x/work/piece.bin") == b"abc"
     record = scratch.record()
     assert record["kept-notes.txt"]["size"] == 5 and "xxh3" in record["kept-notes.txt"]
-    assert not scratch.is_output_file("_stages/01-x/work/piece.bin") and scratch.is_output_file("kept-notes.txt")
+    assert not mirror.is_output_file("_stages/01-x/work/piece.bin") and mirror.is_output_file("kept-notes.txt")
     assert not any(name.startswith(".") or "/." in name for name in record), "temp names are never published"
     _forget_local(root)  # another machine: nothing here
-    assert scratch.exists(root / "kept-notes.txt") and not (root / "kept-notes.txt").exists()
+    assert mirror.exists(root / "kept-notes.txt") and not (root / "kept-notes.txt").exists()
     assert scratch.ensure(root / "kept-notes.txt").read_bytes() == b"hello"
     assert scratch.ensure(root / "missing.txt") == root / "missing.txt" and not (root / "missing.txt").exists()
 
@@ -86,12 +86,12 @@ def test_a_task_directory_counts_as_done_only_once_marked(mirror):
     root, prefix, fs = mirror
     final = root / "units" / "00000"
     fs.pipe_file(f"{prefix}/units/00000/kept/part-00000.parquet", b"half")
-    assert scratch.is_dir(final) and not scratch.is_done(final)
+    assert mirror.is_dir(final) and not mirror.is_done(final)
     attempt = root / "units" / ".00000.abc.tmp"
     (attempt / "kept").mkdir(parents=True)
     (attempt / "kept" / "part-00000.parquet").write_bytes(b"whole")
     publish_attempt(attempt, final)
-    assert scratch.is_done(final)
+    assert mirror.is_done(final)
     fs.invalidate_cache()
     assert fs.cat_file(f"{prefix}/units/00000/kept/part-00000.parquet") == b"whole"
 
@@ -112,7 +112,7 @@ def test_without_a_mirror_everything_is_local(tmp_path):
     atomic_write_bytes(tmp_path / "a" / "f.bin", b"x")
     assert scratch.record() == {}
     scratch.move(tmp_path / "a", tmp_path / "b")
-    assert (tmp_path / "b" / "f.bin").read_bytes() == b"x" and scratch.is_done(tmp_path / "b")
+    assert (tmp_path / "b" / "f.bin").read_bytes() == b"x" and mirror.is_done(tmp_path / "b")
     scratch.remove(tmp_path / "b")
     assert not (tmp_path / "b").exists()
 

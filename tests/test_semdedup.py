@@ -11,10 +11,10 @@ import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from curate.inspect_output import verify_output
-from curate.metrics.semdedup import semantic_duplicates
+from curate.commands.inspect import verify_output
+from curate.algorithms.semdedup import semantic_duplicates
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
-from curate.shards import read_parts
+from curate.io.parts import read_parts
 
 
 def planted(n: int = 1200, d: int = 24, groups: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -173,8 +173,8 @@ def test_semdedup_gives_the_same_duplicates_on_every_executor(tmp_path, dask_exe
 
 def test_search_buckets_do_not_change_the_result():
     """The stage's split (clusters searched per bucket, merged) equals the whole-array function."""
-    from curate.metrics.kmeans import assign, spherical_kmeans
-    from curate.metrics.semdedup import cluster_duplicates, merge_duplicates, plan_buckets
+    from curate.algorithms.kmeans import assign, spherical_kmeans
+    from curate.algorithms.semdedup import cluster_duplicates, merge_duplicates, plan_buckets
 
     x, _ = planted(n=1500, groups=80, seed=9)
     whole = semantic_duplicates(x, threshold=0.95, clusters=7, keep="random", seed=3)
@@ -192,7 +192,7 @@ def test_search_buckets_do_not_change_the_result():
 
 
 def test_buckets_balance_the_pairwise_cost():
-    from curate.metrics.semdedup import plan_buckets
+    from curate.algorithms.semdedup import plan_buckets
 
     bucket_of = plan_buckets(np.array([100, 10, 10, 10, 90, 5]), 2)
     cost = np.bincount(bucket_of, weights=np.array([100, 10, 10, 10, 90, 5]) ** 2.0)

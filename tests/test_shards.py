@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from curate.errors import InputError
-from curate.shards import ROW_COLUMN, ColumnSpec, InputSet, PartWriter, list_parts, read_parts, resolve_input_files
+from curate.io.inputs import ROW_COLUMN, ColumnSpec, InputSet, resolve_input_files
+from curate.io.parts import PartWriter, list_parts, read_parts
 
 from conftest import random_texts, write_shards
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from curate.output_store import FILES_KEY
-from curate.shards import read_parts
+from curate.output.store import FILES_KEY
+from curate.io.parts import read_parts
 from conftest import cli, free_port, start_server, stop_server
 from test_formats import DEDUP, make_rows, write_as
 
@@ -145,16 +145,16 @@ def test_az_output_equals_a_local_run_and_overwrite_clears_it(tmp_path, capsys, 
 # ("write the manifest:N": after that commit's uploads, before its manifest).
 KILLED_CHILD = r"""
 import os, signal, sys
-from curate import output_store
+from curate.output import store
 event, _, nth = os.environ["KILL_AT"].rpartition(":")
 seen = [0]
-real_call = output_store.OutputStore.call
+real_call = store.OutputStore.call
 def call(self, what, fn, *args, **kwargs):
     seen[0] += what == event
     if what == event and seen[0] == int(nth):
         os.kill(os.getpid(), signal.SIGKILL)
     return real_call(self, what, fn, *args, **kwargs)
-output_store.OutputStore.call = call
+store.OutputStore.call = call
 from curate.cli import main
 main(sys.argv[1:])
 """
@@ -316,7 +316,7 @@ def test_the_endpoint_check_stands_aside_for_a_proxy(monkeypatch):
     would fail on networks that only allow the proxy, so the check is skipped there."""
     from types import SimpleNamespace
 
-    from curate import storage
+    from curate.io import storage
     from curate.errors import UsageError
 
     for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):

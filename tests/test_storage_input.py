@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from curate.inspect_output import verify_output
-from curate.shards import ColumnSpec, InputSet, read_parts
+from curate.commands.inspect import verify_output
+from curate.io.inputs import ColumnSpec, InputSet
+from curate.io.parts import read_parts
 from conftest import BUCKET, cli, upload
 from test_formats import DEDUP, make_rows, write_as
 

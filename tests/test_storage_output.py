@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import xxhash
 
-from curate.output_store import FILES_KEY
+from curate.output.store import FILES_KEY
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
-from curate.shards import read_parts
+from curate.io.parts import read_parts
 from conftest import BUCKET, cli, free_port, run_cli, start_server, stop_server, upload
 from test_formats import make_rows, write_as
 
@@ -58,7 +58,7 @@ CHILD = r"""
 import os, signal, sys
 event, _, nth = os.environ["CURATE_TEST_KILL_AT"].rpartition(":")
 seen = {"n": 0}
-from curate import storage
+from curate.io import storage
 real_call = storage.call_backend
 def call(url, what, fn, *args, **kwargs):
     if what == event:
@@ -223,7 +223,7 @@ def test_leftovers_of_a_dead_attempt_are_never_read_and_are_removed(tmp_path, ca
 
 def test_dask_two_workers_write_the_same_output(tmp_path, capsys, s3, corpus, staging):
     pytest.importorskip("distributed")
-    from curate.executors import DaskExecutor
+    from curate.engine.executors import DaskExecutor
 
     endpoint, fs = s3
     source, url_in, pipeline = corpus
@@ -331,7 +331,7 @@ def test_against_an_earlier_output_in_the_store(tmp_path, capsys, s3, aws_env, s
 def test_commit_digests_and_uploads_in_tasks_and_only_what_changed(tmp_path, s3, aws_env, staging):
     """The row data of a commit moves in executor tasks (workers), not in the driver; a file
     already committed with the same bytes is neither digested again nor uploaded."""
-    from curate.output_store import OutputStore, file_digest, upload_batches
+    from curate.output.store import OutputStore, file_digest, upload_batches
 
     _, fs = s3
     local = tmp_path / "staged"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from curate.ledger import empty_ledger, removed_rows
+from curate.output.ledger import empty_ledger, removed_rows
 from curate.stages.base import IdLookup, StageContext, drop_fitted_duplicates, row_ordinals, sorted_member, split_batch
 
 

@@ -12,8 +12,8 @@ import pyarrow as pa
 
 from curate.index.earlier import EarlierMatches, without
 from curate.index.store import StoredIndex, check_settings, find_index, index_dir, write_index
-from curate.ledger import ids_as_strings
-from curate.metrics.exact import _lookup, hash128, normalize_texts
+from curate.output.ledger import ids_as_strings
+from curate.algorithms.exact import _lookup, hash128, normalize_texts
 from curate.stages.base import BatchSource, StageContext, row_ordinals, sorted_member
 
 KIND = "exact"

@@ -21,8 +21,9 @@ import pyarrow.compute as pc
 from curate.errors import UsageError
 from curate.index.earlier import EarlierMatches
 from curate.index.store import StoredIndex, check_settings, find_index, index_dir, write_index
-from curate.ledger import ids_as_strings
-from curate.metrics import minhash as mh
+from curate.output.ledger import ids_as_strings
+from curate.algorithms import minhash as mh
+from curate.algorithms.minhash_rows import RowStore, ordinals_by_task
 from curate.stages.base import BatchSource, StageContext
 
 KIND = "minhash"
@@ -42,9 +43,10 @@ _SLOT_MASK = np.uint32(0xFFFF)  # equal 16-bit slots by chance: 1 in 65,536, J m
 
 
 def settings(stage, seed: int) -> dict:
+    bands, rows = stage.lsh_shape()
     return {
-        "ngram": stage.ngram, "num_perm": stage.num_perm, "unit": stage.unit, "bands": int(stage.bands_),
-        "rows": int(stage.rows_), "seed": int(seed), "threshold": float(stage.threshold), "verify": stage.verify,
+        "ngram": stage.ngram, "num_perm": stage.num_perm, "unit": stage.unit, "bands": int(bands),
+        "rows": int(rows), "seed": int(seed), "threshold": float(stage.threshold), "verify": stage.verify,
         "index_verify": stage.index_verify,
     }
 
@@ -57,9 +59,8 @@ def after_fit(stage, source: BatchSource, ctx: StageContext, work: Path, units: 
         return
     if stage.verify != "exact":
         raise UsageError(f"stage {ctx.name!r}: an index (index = true or --against) needs verify = 'exact', got {stage.verify!r}", fix="drop the verify option (exact is the default)")
-    from curate.stages.minhash import RowStore, ordinals_by_task
 
-    ordinals = ordinals_by_task(RowStore(work, starts, stage.num_perm), np.arange(int(starts[-1]), dtype=np.int64), ctx)
+    ordinals = ordinals_by_task(RowStore(work, starts, stage.num_perm), np.arange(int(starts[-1]), dtype=np.int64), ctx.map)
     indexes = [find_index(path, ctx.name, KIND) for path in ctx.against]
     for stored in indexes:
         check_settings(stored, settings(stage, ctx.seed))
@@ -147,7 +148,6 @@ class _UnitPass:
     index_verify: str = "exact"
 
     def __call__(self, item: tuple[int, object]) -> tuple[tuple | None, tuple | None]:
-        from curate.stages.minhash import RowStore
 
         position, unit = item
         store = RowStore(self.work, self.starts, self.num_perm)

@@ -23,17 +23,17 @@ import numpy as np
 import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
-from curate import scratch
+from curate.io import mirror
 from curate.index.earlier import EarlierMatches
 from curate.index.minhash import _put
 from curate.index.store import StoredIndex, check_settings, find_index, index_dir, write_index
-from curate.ledger import ids_as_strings
-from curate.metrics.kmeans import assign, row_dot, set_threads
-from curate.metrics.semdedup import plan_buckets
+from curate.output.ledger import ids_as_strings
+from curate.algorithms.kmeans import assign, row_dot, set_threads
+from curate.algorithms.semdedup import plan_buckets
 from curate.stages.base import BatchSource, IdLookup, StageContext
 
 KIND = "semdedup"
-_SEARCH_MARGIN = 1e-4  # as curate.metrics.semdedup: BLAS proposes, the per-row dot decides
+_SEARCH_MARGIN = 1e-4  # as curate.algorithms.semdedup: BLAS proposes, the per-row dot decides
 # New x earlier cosines of one cluster computed at once (16 MB of float32): one BLAS product
 # per cluster chunk, on one BLAS thread. Measured on the Debian halves (10.7M new x earlier
 # pairs, 384-d): 0.06 s as products on one thread, 0.10 s as one FAISS range search per
@@ -169,12 +169,12 @@ class MatchBuckets:
             return (*self._search(bucket), time.perf_counter() - started)
 
     def _search(self, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from curate.stages.embed import load_vectors
+        from curate.embeddings.store import load_vectors
 
         key = label_key(self.position)
         unit_of, local, rows, labels = [], [], [], []
         for unit in range(len(self.vector_paths)):
-            with np.load(scratch.ensure(Path(self.clusters_dir) / f"{unit:05d}.npz")) as data:
+            with np.load(mirror.ensure(Path(self.clusters_dir) / f"{unit:05d}.npz")) as data:
                 unit_labels = data[key]
                 mine = np.flatnonzero(self.bucket_of[unit_labels] == bucket) if len(unit_labels) else np.empty(0, np.int64)
                 unit_of.append(np.full(len(mine), unit, np.int32))
@@ -241,7 +241,7 @@ def best_matches(new: np.ndarray, earlier: np.ndarray, threshold: float) -> tupl
 def _build(stage, source: BatchSource, ctx: StageContext, emb, centroids: np.ndarray, clusters_dir: str) -> StoredIndex:
     labels = []
     for u in range(len(emb.paths)):
-        with np.load(scratch.ensure(Path(clusters_dir) / f"{u:05d}.npz")) as data:
+        with np.load(mirror.ensure(Path(clusters_dir) / f"{u:05d}.npz")) as data:
             labels.append(data["labels"])
     label = np.concatenate(labels) if labels else np.empty(0, np.int32)
     ids = IdLookup.collect(source, emb.rows, ctx)(emb.rows) if len(emb.rows) else pa.array([], pa.string())

@@ -19,7 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from curate.atomic import atomic_path, atomic_write_json
+from curate.io.storage import digest_stream
+
+from curate.io.atomic import atomic_path, atomic_write_json
 from curate.errors import UsageError
 
 FORMAT = 1
@@ -176,6 +178,4 @@ def _describe(path: Path) -> dict:
 def _digest(path: Path, algorithm: str) -> str:
     digest = xxhash.xxh3_128() if algorithm == DIGEST else hashlib.blake2b(digest_size=16)
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return digest_stream(handle, digest).hexdigest()

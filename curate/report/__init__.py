@@ -12,7 +12,7 @@ def build_law_report(law, budgets, directory):
 
 def build_pipeline_report(out, overrides=None, rerun=False, progress=None):
     """See curate.report.build.build_pipeline_report."""
-    from curate.progress import QUIET
+    from curate.engine.progress import QUIET
     from curate.report.build import build_pipeline_report as build
 
     return build(out, overrides=overrides, rerun=rerun, progress=progress or QUIET)

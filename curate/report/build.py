@@ -12,8 +12,9 @@ import numpy as np
 import polars as pl
 
 from curate.errors import UsageError
-from curate.atomic import atomic_write_json, atomic_write_text
-from curate.progress import QUIET, Progress
+from curate.output.read import read_kept
+from curate.io.atomic import atomic_write_json, atomic_write_text
+from curate.engine.progress import QUIET, Progress
 from curate.report import plots
 from curate.report.config import ReportSettings, parse_report_table
 from curate.scaling import load_law, save_json, save_law
@@ -44,7 +45,7 @@ def recommendation(law: Law, mix: dict, comparison: dict | None = None) -> str:
     pool starts to pay, then caveats. With a random baseline (`comparison`), its verdict comes
     first and each budget's line says how the mix compares with random data and all data.
     The HTML shows the lines as a list."""
-    from curate.evaluate import comparison_lines
+    from curate.report.wording import comparison_lines
 
     entries = mix.get("mixes", [mix])
     lines = comparison_lines(comparison) if comparison else []
@@ -138,14 +139,14 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
     for evaluation in report.get("evaluations") or []:
         sections.append(f"<h2>Score {html.escape(evaluation['score'])} against random data</h2>")
         sections.append(f"<p>{evaluation['pools']} quantile pools of {html.escape(evaluation['score'])} ({html.escape(evaluation['direction_reason'])}; rows per pool {', '.join(f'{c:,}' for c in evaluation['pool_rows'])}), each prefix against random pools of the same sizes.</p>")
-        from curate.evaluate import comparison_lines
+        from curate.report.wording import comparison_lines
 
         items = "".join(f"<li>{html.escape(line)}</li>" for line in comparison_lines(evaluation["comparison"], f"quality prefix of {evaluation['score']}"))
         sections.append(f'<ul class="rec">{items}</ul>')
         sections.append(_comparison_html(evaluation["comparison"], f"pools of {evaluation['score']}"))
     seta = report.get("seta_check")
     if seta:
-        from curate.evaluate import seta_lines
+        from curate.report.wording import seta_lines
 
         sections.append("<h2>SeTa schedule against random data</h2>")
         sections.append(f'<ul class="rec">{"".join(f"<li>{html.escape(line)}</li>" for line in seta_lines(seta))}</ul>')
@@ -173,7 +174,7 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
 
 def _comparison_html(comparison: dict, what: str) -> str:
     """Per budget: the chosen prefix, random data of its size, all data, the difference ± sd, the verdict."""
-    from curate.evaluate import STATUS_SHORT
+    from curate.report.wording import STATUS_SHORT
 
     intro = (f"<p>Verdict: <b>{'beats random data' if comparison['verdict'] == 'beats_random' else 'no better than random data'}</b> "
              f"({html.escape(what)}; a mix beats random only when its predicted loss is lower by more than {comparison['margin_sd']:g} sd of the difference; "
@@ -223,15 +224,6 @@ def build_law_report(law: Law, budgets: Sequence[float] | None, directory: str |
 # From a pipeline output.
 
 
-def _read_kept(out: Path, columns: Sequence[str] | None = None) -> pl.DataFrame:
-    from curate.shards import list_parts
-
-    parts = list_parts(out / "kept")
-    if not parts:
-        return pl.DataFrame()
-    return pl.concat([pl.read_parquet(p, columns=list(columns) if columns else None) for p in parts], how="vertical_relaxed")
-
-
 def _pools_score_column(manifest: dict, kept: pl.DataFrame) -> str | None:
     """The score the pools stage bucketed (its `score` option), if that column survived into kept/."""
     for stage in manifest.get("config", {}).get("stages", []):
@@ -242,19 +234,10 @@ def _pools_score_column(manifest: dict, kept: pl.DataFrame) -> str | None:
     return None
 
 
-def prototypes_keep(manifest: dict) -> str | None:
-    """The keep rule the run's prototypes stage used (for the direction of proto_distance)."""
-    keep = None
-    for entry in manifest.get("stages", []):
-        if entry.get("kind") == "prototypes" and entry.get("status") == "done":
-            keep = (entry.get("info") or {}).get("keep", keep)
-    return keep
-
-
 def _proxy_law(out: Path, kept: pl.DataFrame, pools: np.ndarray, settings: ReportSettings, manifest: dict, rerun: bool, progress: Progress) -> tuple[Law, list[dict], list[dict]]:
     """Fit from proxy trainings on the pools; also the same trainings on random pools of the same
     sizes (the random baseline). Runs cached in scaling/runs.csv and runs_random.csv unless rerun."""
-    from curate.evaluate import proxy_rows
+    from curate.scaling.baseline import proxy_rows
 
     text_column = manifest["config"]["input"]["text_column"]
     quality, random = proxy_rows(out, out / SCALING_DIR, kept, pools, settings, text_column, int(manifest.get("seed", 0)), rerun, progress)
@@ -266,8 +249,8 @@ def _seta_check(out: Path, kept: pl.DataFrame, settings: ReportSettings, manifes
     column is known ([report] label_column, else the stage's own); cached in scaling/seta_check.json."""
     import json
 
-    from curate.evaluate import seta_check
-    from curate.metrics.loss_clusters import SeTaConfig
+    from curate.training.seta_check import seta_check
+    from curate.algorithms.loss_clusters import SeTaConfig
     from curate.stages.loss_clusters import SCHEDULE_FILE
 
     path = out / SCHEDULE_FILE
@@ -296,7 +279,8 @@ def _seta_check(out: Path, kept: pl.DataFrame, settings: ReportSettings, manifes
 
 def build_pipeline_report(out: str | Path, overrides: dict | None = None, rerun: bool = False, progress: Progress = QUIET) -> Path:
     """report.html/json and plots/ in a finished output dir, from its `[report]` settings (plus overrides)."""
-    from curate.inspect_output import load_finished_manifest, stage_summaries
+    from curate.commands.inspect import stage_summaries
+    from curate.output.read import load_finished_manifest
 
     out = Path(out)
     manifest = load_finished_manifest(out)
@@ -309,7 +293,7 @@ def build_pipeline_report(out: str | Path, overrides: dict | None = None, rerun:
     images["funnel"] = plots.funnel(stages, plot_dir / "funnel.png")
     pipeline: dict[str, Any] = {"stages": stages, "pools": None}
 
-    kept = _read_kept(out)
+    kept = read_kept(out)
     pools = scores = None
     score_name = None
     if POOL_COLUMN in kept.columns:
@@ -352,7 +336,7 @@ def build_pipeline_report(out: str | Path, overrides: dict | None = None, rerun:
             full_sizes = [float(counts[p.name]) for p in law.pools]
             law = law.with_sizes(full_sizes)
             notes.append("The law was fitted on proxy trainings over part of each pool (the largest label classes, a held-out split); the plan is for the full pools in kept/.")
-        from curate.evaluate import compare_to_random
+        from curate.scaling.baseline import compare_to_random
 
         comparison = compare_to_random(quality_runs, random_runs, settings.budgets or default_budgets(law), REPETITION_NAMES[settings.repetition], settings.irreducible, sizes=full_sizes, seed=int(manifest.get("seed", 0)))
         notes.append("Random baseline: the same proxy trainings on random pools of the same sizes (scaling/runs_random.csv), fitted the same way; "
@@ -369,7 +353,7 @@ def build_pipeline_report(out: str | Path, overrides: dict | None = None, rerun:
         save_json(out / SCALING_DIR / "mix.json", section["plan"])
         report.update(section)
         images = {**law_images, **images}
-    from curate.evaluate import load_evaluations
+    from curate.scaling.baseline import load_evaluations
 
     report["verdict"] = (report.get("random_baseline") or {}).get("verdict")  # the plan's verdict against random data, or None
     report["evaluations"] = load_evaluations(out)

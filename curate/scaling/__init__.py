@@ -22,7 +22,7 @@ def load_law(path: str | Path) -> Law:
 
 
 def save_json(path: str | Path, data: dict) -> None:
-    from curate.atomic import atomic_write_json
+    from curate.io.atomic import atomic_write_json
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

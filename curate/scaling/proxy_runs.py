@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from curate.progress import QUIET, Progress
+from curate.engine.progress import QUIET, Progress
 from curate.training.features import Bags, hashed_ngram_bags
 from curate.training.proxy import ProxyConfig, build_model, out_of_fold_losses, predict_losses, train_steps
 

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from curate.atomic import atomic_path
+from curate.io.atomic import atomic_path
 from curate.errors import InputError
 
 RUN_COLUMNS = ("pool", "pool_size", "samples_seen", "loss")

@@ -3,7 +3,7 @@
 `__init__` stores options and nothing else. `fit(source, ctx)` learns what needs the whole
 corpus (it may stream the source more than once) and keeps it compact in attributes with a
 trailing underscore. `transform(batch, ctx)` splits one batch into (kept, removed ledger rows).
-The one runner drives the same objects on every executor; the algorithms live in `curate.metrics`.
+The one runner drives the same objects on every executor; the algorithms live in `curate.algorithms`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.errors import UsageError
-from curate.progress import QUIET, Progress
-from curate.shards import DEFAULT_BATCH_SIZE, ROW_COLUMN, ColumnSpec
+from curate.engine.progress import QUIET, Progress
+from curate.io.inputs import DEFAULT_BATCH_SIZE, ROW_COLUMN, ColumnSpec
 
 _NOT_STAGES = {"base"}
 
@@ -56,9 +56,9 @@ class StageContext:
     # Under a shard-parallel executor: the index of the work unit (an input shard, a part file
     # or a slice of one) this copy of the stage is running on; None on the driver.
     shard: int | None = None
-    # Rows per work unit (curate.units); the runner sets it from the source size and workers.
+    # Rows per work unit (curate.engine.units); the runner sets it from the source size and workers.
     unit_rows: int = 1_000_000
-    # Where `map` runs tasks (curate.executors); None on a worker, where map runs inline. It
+    # Where `map` runs tasks (curate.engine.executors); None on a worker, where map runs inline. It
     # never travels with a pickled context (a Dask client or a process pool cannot).
     executor: Any = field(default=None, repr=False, compare=False)
 
@@ -80,9 +80,9 @@ class StageContext:
         return self.executor.map(fn, items, progress=self.progress, label=label, sizes=sizes)
 
     def units(self, source: "BatchSource") -> list[Any]:
-        """The source's ordered work units (curate.units); each is a BatchSource with `index`,
+        """The source's ordered work units (curate.engine.units); each is a BatchSource with `index`,
         `rows`, `ordinal_range` and `batches(columns)`."""
-        from curate.units import plan_units
+        from curate.engine.units import plan_units
 
         return plan_units(source, self.unit_rows)
 
@@ -101,6 +101,8 @@ class Stage:
 
     kind: ClassVar[str] = ""
     needs_fit: ClassVar[bool] = False
+    # Top-level names of OUT this stage may write besides kept/ and removed/ (curate.output.layout).
+    side_outputs: ClassVar[tuple[str, ...]] = ()
 
     def fit(self, source: BatchSource, ctx: StageContext) -> "Stage":
         return self
@@ -227,6 +229,17 @@ def available_kinds() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_") and m.name not in _NOT_STAGES)
 
 
+def all_side_outputs() -> tuple[str, ...]:
+    """The top-level names every registered stage kind may write into an output."""
+    names: set[str] = set()
+    for kind in available_kinds():
+        try:
+            names.update(stage_class(kind).side_outputs)
+        except UsageError:  # a kind whose optional package is missing writes nothing
+            continue
+    return tuple(sorted(names))
+
+
 def stage_class(kind: str, where: str = "pipeline") -> type[Stage]:
     kinds = available_kinds()
     if kind not in kinds:
@@ -313,7 +326,7 @@ def scan_ids(source: BatchSource, wanted: np.ndarray, id_column: str) -> tuple[n
 
 
 def _string_ids(ids: pa.Array) -> pa.Array:
-    from curate.ledger import ids_as_strings
+    from curate.output.ledger import ids_as_strings
 
     return ids_as_strings(ids)
 
@@ -341,7 +354,7 @@ def drop_fitted_duplicates(
     """The transform every dedup stage shares: rows whose ordinal a fit marked as removed
     (`removed_sorted`, ascending, aligned with `representatives` and `scores`) go to the
     ledger with the id of the row they duplicate; the rest stay."""
-    from curate.ledger import empty_ledger, removed_rows
+    from curate.output.ledger import empty_ledger, removed_rows
 
     rows = row_ordinals(batch)
     is_dup = sorted_member(removed_sorted, rows)

@@ -7,12 +7,14 @@ import pyarrow as pa
 
 from curate.index import exact as exact_index
 from curate.index.earlier import drop_duplicates
-from curate.metrics.exact import FirstSeenIndex, hash128, normalize_texts
+from curate.algorithms.exact import FirstSeenIndex, hash128, normalize_texts
+from curate.index.store import INDEX_DIR
 from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, row_ordinals
 
 
 class ExactDedup(Stage):
     kind = "exact"
+    side_outputs = (INDEX_DIR,)  # with index = true or --against
     needs_fit = True
 
     def __init__(self, *, normalize: bool = False, index: bool = False):

@@ -17,11 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import scratch
-from curate.atomic import atomic_path, atomic_write_json
+from curate.io import mirror
+from curate.io.atomic import atomic_path, atomic_write_json
 from curate.errors import UsageError
-from curate.ledger import empty_ledger, removed_rows
-from curate.metrics.loss_clusters import SeTaConfig, kmeans_1d, pruned_size, prune_by_loss, schedule
+from curate.output.ledger import empty_ledger, removed_rows
+from curate.algorithms.loss_clusters import SeTaConfig, kmeans_1d, pruned_size, prune_by_loss, schedule
 from curate.stages.base import BatchSource, Stage, StageContext, row_ordinals, split_batch
 
 SCHEDULE_FILE = "seta_schedule.json"
@@ -31,6 +31,7 @@ _REASONS = {1: "pruned_easy", 2: "pruned_hard", 3: "null_label"}
 
 class LossClusters(Stage):
     kind = "loss_clusters"
+    side_outputs = (SCHEDULE_FILE,)
     needs_fit = True
 
     def __init__(
@@ -299,9 +300,10 @@ class ProxyFold:
 
     def __call__(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
         from curate.training.features import Bags
-        from curate.training.proxy import fold_losses, torch_threads
+        from curate.runtime import torch_threads
+        from curate.training.proxy import fold_losses
 
-        load = lambda name: np.load(scratch.ensure(Path(self.shared) / f"{name}.npy"), mmap_mode="r")
+        load = lambda name: np.load(mirror.ensure(Path(self.shared) / f"{name}.npy"), mmap_mode="r")
         bags = Bags(load("indices"), np.array(load("offsets")))
         with torch_threads(self.torch_threads):
             return fold_losses(bags, np.array(load("codes")), np.array(load("fold_of")), fold, self.num_classes, epochs=self.epochs, seed=self.seed, config=self.config)

@@ -1,4 +1,4 @@
-"""MinHash LSH near-dup stage: map-reduce over work units around `curate.metrics.minhash`.
+"""MinHash LSH near-dup stage: map-reduce over work units around `curate.algorithms.minhash`.
 
 fit, as three rounds of tasks on the run's executor (`ctx.map`), the driver merging only
 small results:
@@ -20,10 +20,7 @@ estimate among its verified pairs, and neither depends on which task saw a pair 
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
-import mmap
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,13 +32,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import scratch
-from curate.atomic import atomic_path
+from curate.runtime import tune_allocator
+from curate.io.atomic import atomic_path
 from curate.index import minhash as minhash_index
 from curate.index.earlier import drop_duplicates
-from curate.metrics import minhash as mh
+from curate.algorithms import minhash as mh
+from curate.algorithms.minhash_rows import RowStore, unit_file, ordinals_by_task
+from curate.index.store import INDEX_DIR
 from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, row_ordinals
-from curate.tasks import piece_path, read_pieces, write_piece
+from curate.io.parts import piece_path, read_pieces, write_piece
 
 VERIFY_MODES = ("estimate", "exact", "none")
 UNITS = ("word", "char")
@@ -68,6 +67,7 @@ class MinHashDedup(Stage):
     minimize 0.1 x false-positive + 0.9 x false-negative area (14 x 9 at 0.8, 128)."""
 
     kind = "minhash"
+    side_outputs = (INDEX_DIR,)  # with index = true or --against
     needs_fit = True
 
     def __init__(
@@ -157,7 +157,7 @@ class MinHashDedup(Stage):
         groups = mh.duplicate_groups(len(nodes), np.searchsorted(nodes, edges_i), np.searchsorted(nodes, edges_j), edges_est)
         verified = time.perf_counter()
 
-        ordinals = ordinals_by_task(RowStore(work, starts, self.num_perm), nodes, ctx)
+        ordinals = ordinals_by_task(RowStore(work, starts, self.num_perm), nodes, ctx.map)
         self._fitted(ordinals[groups.removed], ordinals[groups.representative], groups.score, source, ctx)
         ctx.info.update(
             bands=bands,
@@ -198,101 +198,6 @@ class MinHashDedup(Stage):
 # Per-unit files: signatures, shingles, shingle counts and row ordinals of unit u, by name.
 
 
-def _unit_file(work: str | Path, unit: int, what: str) -> Path:
-    return Path(work) / "units" / f"{unit:05d}.{what}"
-
-
-class RowStore:
-    """Rows of every unit's files by dense row index (unit u holds rows starts[u]..starts[u+1]),
-    read through memory maps: a task reads the pages of the rows it asks for, not the files."""
-
-    def __init__(self, work: str | Path, starts: np.ndarray, num_perm: int):
-        self.work = Path(work)
-        self.starts = starts
-        self.num_perm = num_perm
-        self._offsets: dict[int, np.ndarray] = {}
-
-    def _by_unit(self, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray, slice]]:
-        """(unit, local rows, slice of `rows`) for sorted `rows`, unit by unit."""
-        units = np.searchsorted(self.starts, rows, side="right") - 1
-        bounds = np.concatenate([[0], np.flatnonzero(np.diff(units)) + 1, [len(rows)]])
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            if hi > lo:
-                unit = int(units[lo])
-                yield unit, rows[lo:hi] - self.starts[unit], slice(int(lo), int(hi))
-
-    def _map(self, unit: int, what: str, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
-        if math.prod(shape) == 0:
-            return np.empty(shape, dtype=dtype)
-        return np.memmap(scratch.ensure(_unit_file(self.work, unit, what)), dtype=dtype, mode="r", shape=shape)
-
-    def _unit_rows(self, unit: int) -> int:
-        return int(self.starts[unit + 1] - self.starts[unit])
-
-    def offsets(self, unit: int) -> np.ndarray:
-        """Shingle offsets of a unit's rows (8 bytes per row of the unit, kept per task)."""
-        found = self._offsets.get(unit)
-        if found is None:
-            counts = np.fromfile(scratch.ensure(_unit_file(self.work, unit, "counts")), dtype=np.int64)
-            found = self._offsets[unit] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return found
-
-    def signatures(self, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), num_perm) uint32 signatures of sorted `rows`."""
-        out = np.empty((len(rows), self.num_perm), dtype=np.uint32)
-        for unit, local, where in self._by_unit(rows):
-            sig = self._map(unit, "sig", np.uint32, (self._unit_rows(unit), self.num_perm))
-            out[where] = sig[local]
-            _release(sig)
-        return out
-
-    def shingles(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(raw shingle hashes, offsets) of sorted `rows`, concatenated in row order."""
-        values, lengths = [], []
-        for unit, local, _ in self._by_unit(rows):
-            offsets = self.offsets(unit)
-            shingles = self._map(unit, "shingles", np.uint64, (int(offsets[-1]),))
-            found, found_offsets = _gather_ranges(shingles, offsets, local)
-            _release(shingles)
-            values.append(found)
-            lengths.append(np.diff(found_offsets))
-        if not values:
-            return np.empty(0, np.uint64), np.zeros(1, np.int64)
-        return np.concatenate(values), np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
-
-    def shingle_counts(self, rows: np.ndarray) -> np.ndarray:
-        out = np.empty(len(rows), dtype=np.int64)
-        for unit, local, where in self._by_unit(rows):
-            out[where] = np.diff(self.offsets(unit))[local]
-        return out
-
-    def ordinals(self, rows: np.ndarray) -> np.ndarray:
-        """Row ordinals (ROW_COLUMN) of dense rows, in the order given."""
-        out = np.empty(len(rows), dtype=np.int64)
-        order = np.argsort(rows, kind="stable")
-        for unit, local, where in self._by_unit(rows[order]):
-            ordinals = self._map(unit, "rows", np.int64, (self._unit_rows(unit),))
-            out[order[where]] = ordinals[local]
-        return out
-
-
-def ordinals_by_task(store: RowStore, rows: np.ndarray, ctx: StageContext) -> np.ndarray:
-    """Row ordinals of the sorted dense `rows`, one task per unit that has any: the driver gets
-    the ordinals, never the units' files (workers on other machines, curate.scratch)."""
-    jobs = [(unit, local) for unit, local, _ in store._by_unit(rows)]
-    found = ctx.map(_UnitOrdinals(store), jobs) if jobs else []
-    return np.concatenate(found) if found else np.empty(0, np.int64)
-
-
-@dataclass(frozen=True)
-class _UnitOrdinals:
-    store: RowStore
-
-    def __call__(self, job: tuple[int, np.ndarray]) -> np.ndarray:
-        unit, local = job
-        return self.store.ordinals(local + self.store.starts[unit])
-
-
 # ---------------------------------------------------------------------------------------
 # The three rounds of tasks.
 
@@ -331,12 +236,12 @@ class _Sketch:
         return chunk_rows, sig, shingles, counts, has, mh.band_keys(sig[has], self.bands, self.rows, self.seed)
 
     def __call__(self, unit) -> UnitSketch:
-        _keep_freed_memory()
+        tune_allocator()
         ordinals: list[np.ndarray] = []
         counts: list[np.ndarray] = []
         pieces: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in range(self.buckets)]
         done = shingled = 0
-        paths = {what: _unit_file(self.work, unit.index, what) for what in ("sig", "shingles", "counts", "rows")}
+        paths = {what: unit_file(self.work, unit.index, what) for what in ("sig", "shingles", "counts", "rows")}
         with (
             atomic_path(paths["sig"], unique=True) as sig_tmp,
             atomic_path(paths["shingles"], unique=True) as shingle_tmp,
@@ -486,24 +391,6 @@ def _exact_verify(cand_i: np.ndarray, cand_j: np.ndarray, est: np.ndarray, store
     return keep, checked
 
 
-@functools.cache
-def _keep_freed_memory() -> None:
-    """Let glibc keep freed chunk-sized arrays for the next chunk instead of unmapping them.
-
-    Every text chunk allocates and frees a few arrays of its size (several MB); above glibc's
-    128 KB mmap threshold each is returned to the OS and the next chunk faults its pages back
-    in. Measured on 91 MB of long documents: a third of the signature round's CPU was that
-    system time; a 64 MB threshold (256 MB trim) keeps them in the heap. Peak memory is
-    unchanged; the process keeps up to 256 MB of freed heap. Once per process; glibc only."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 64 << 20)
-        libc.mallopt(m_trim_threshold, 256 << 20)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def _check_increasing(sketches: list[UnitSketch]) -> None:
     last = -1
     for sketch in sketches:
@@ -558,22 +445,6 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-
-
-def _gather_ranges(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """values[offsets[r]:offsets[r + 1]] for each r in rows, concatenated, with new offsets."""
-    lengths = offsets[rows + 1] - offsets[rows]
-    new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    index = np.repeat(offsets[rows] - new_offsets[:-1], lengths) + np.arange(int(new_offsets[-1]), dtype=np.int64)
-    return np.asarray(values[index]), new_offsets
-
-
-def _release(array: np.ndarray) -> None:
-    """Drop a memory map's pages from this process (they stay in the page cache): the spill is
-    read in blocks, so resident memory follows one block, not the file."""
-    handle = getattr(array, "_mmap", None)
-    if handle is not None and hasattr(mmap, "MADV_DONTNEED"):
-        handle.madvise(mmap.MADV_DONTNEED)
 
 
 STAGE = MinHashDedup

@@ -13,10 +13,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.errors import UsageError
-from curate.ledger import empty_ledger
-from curate.manifest import read_manifest
-from curate.metrics.pools import assign_pools, assign_pools_by_group, pool_edges, pool_edges_by_group
+from curate.output.ledger import empty_ledger
+from curate.output.manifest import read_manifest
+from curate.algorithms.pools import assign_pools, assign_pools_by_group, pool_edges, pool_edges_by_group
 from curate.stages._balance import fit_group_values, group_ids
+from curate.output.read import prototypes_keep
 from curate.stages.base import BatchSource, Stage, StageContext
 from curate.stages.prototypes import with_columns
 
@@ -26,7 +27,7 @@ _LOWER_IS_BETTER_HINTS = ("loss", "perplexity", "ppl")
 def auto_direction(score: str, ctx: StageContext) -> tuple[bool, str]:
     """Whether larger scores are better for a column, and why (for the manifest)."""
     if score == "proto_distance":
-        keep = _last_prototypes_keep(ctx)
+        keep = prototypes_keep(read_manifest(ctx.output_dir) or {})
         if keep == "easy":
             return False, "proto_distance with prototypes keep = easy in this run: closer to a prototype is better"
         source = f"prototypes keep = {keep} in this run" if keep else "no prototypes stage in this run, assuming keep = hard"
@@ -35,15 +36,6 @@ def auto_direction(score: str, ctx: StageContext) -> tuple[bool, str]:
     if any(hint in lowered for hint in _LOWER_IS_BETTER_HINTS):
         return False, f"'{score}' looks like a loss or perplexity: lower is better"
     return True, f"'{score}' is taken as a quality score: higher is better (set higher_is_better = false otherwise)"
-
-
-def _last_prototypes_keep(ctx: StageContext) -> str | None:
-    manifest = read_manifest(ctx.output_dir) or {}
-    keep = None
-    for entry in manifest.get("stages", []):
-        if entry.get("kind") == "prototypes" and entry.get("status") == "done":
-            keep = (entry.get("info") or {}).get("keep", keep)
-    return keep
 
 
 class Pools(Stage):

@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curate.atomic import atomic_path
-from curate.ledger import empty_ledger, removed_rows
-from curate.metrics.kmeans import ASSIGN_CHUNK, cap_clusters, kmeans_sample, set_threads, train_centroids
-from curate.metrics.prototypes import KEEP_CHOICES, check_balance, choose_keep, prototype_distance, select_by_difficulty
+from curate.io.atomic import atomic_path
+from curate.output.ledger import empty_ledger, removed_rows
+from curate.algorithms.kmeans import ASSIGN_CHUNK, cap_clusters, kmeans_sample, set_threads, train_centroids
+from curate.algorithms.prototypes import KEEP_CHOICES, check_balance, choose_keep, prototype_distance, select_by_difficulty
 from curate.stages._balance import balance_groups
 from curate.stages.base import BatchSource, Stage, StageContext, row_ordinals, split_batch
-from curate.stages.embed import StoreSlice, embeddings_for, needs_own_store, publish_if_absent, stored_embeddings, vector_blocks
+from curate.stages.embed import embeddings_for
+from curate.embeddings.store import StoreSlice, needs_own_store, publish_if_absent, stored_embeddings, vector_blocks
 
 PROTOTYPES_DIR = "prototypes"
 CENTROIDS_NAME = "centroids.npy"
@@ -38,6 +39,7 @@ def with_columns(batch: pa.RecordBatch, columns: dict[str, pa.Array]) -> pa.Reco
 
 class Prototypes(Stage):
     kind = "prototypes"
+    side_outputs = (PROTOTYPES_DIR,)
     needs_fit = True
 
     def __init__(

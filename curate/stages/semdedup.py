@@ -1,6 +1,6 @@
 """Semantic dedup stage (SemDeDup): drop rows whose embedding has cosine >= threshold with a kept
 row of the same k-means cluster. Embeddings come from OUT/embeddings (an earlier embed stage)
-or are computed with `model`; the algorithm is `curate.metrics.semdedup`.
+or are computed with `model`; the algorithm is `curate.algorithms.semdedup`.
 
 Parallel shape: vectors per work unit (`curate.stages.embed`), k-means on the driver over a
 sample chosen by seed and row position, then two task maps: assignment per unit (cluster and
@@ -20,15 +20,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curate import scratch
-from curate.atomic import atomic_path
+from curate.io import mirror
+from curate.io.atomic import atomic_path
 from curate.index import semantic as semantic_index
 from curate.index.earlier import drop_duplicates
 from curate.index.store import StoredIndex
-from curate.metrics.kmeans import assign, auto_clusters, kmeans_sample, set_threads, train_centroids
-from curate.metrics.semdedup import KEEP_RULES, cluster_duplicates, merge_duplicates, plan_buckets
+from curate.algorithms.kmeans import assign, auto_clusters, kmeans_sample, set_threads, train_centroids
+from curate.algorithms.semdedup import KEEP_RULES, cluster_duplicates, merge_duplicates, plan_buckets
+from curate.index.store import INDEX_DIR
 from curate.stages.base import BatchSource, IdLookup, Stage, StageContext
-from curate.stages.embed import embeddings_for, load_vectors, needs_own_store, publish_if_absent
+from curate.stages.embed import embeddings_for
+from curate.embeddings.store import load_vectors, needs_own_store, publish_if_absent
 
 _CLUSTERS = "clusters"
 BUCKETS_PER_WORKER = 4  # cluster sizes are skewed: a few buckets per worker even out the load
@@ -36,6 +38,7 @@ BUCKETS_PER_WORKER = 4  # cluster sizes are skewed: a few buckets per worker eve
 
 class SemDedup(Stage):
     kind = "semdedup"
+    side_outputs = (INDEX_DIR,)  # with index = true or --against
     needs_fit = True
 
     def __init__(
@@ -154,7 +157,7 @@ class SearchBuckets:
         set_threads(self.threads)
         unit_of, local, rows, labels, sims = [], [], [], [], []
         for unit in range(len(self.vector_paths)):
-            with np.load(scratch.ensure(Path(self.clusters_dir) / f"{unit:05d}.npz")) as data:
+            with np.load(mirror.ensure(Path(self.clusters_dir) / f"{unit:05d}.npz")) as data:
                 unit_labels = data["labels"]
                 mine = np.nonzero(self.bucket_of[unit_labels] == bucket)[0] if len(unit_labels) else np.empty(0, np.int64)
                 unit_of.append(np.full(len(mine), unit, np.int32))

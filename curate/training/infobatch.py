@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from curate.metrics.loss_clusters import epoch_seed
+from curate.algorithms.loss_clusters import epoch_seed
 from curate.training.seta import DEFAULT_INITIAL_LOSS, LossHistorySampler, _as_numpy
 
 

@@ -6,9 +6,8 @@ never measured by a model that trained on it."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -17,18 +16,6 @@ import torch
 from torch import nn
 
 from curate.training.features import Bags
-
-
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run a block with `count` intra-op threads, then restore. The proxy's small sparse
-    batches gain nothing from threads, and on a busy machine 2 threads ran ~100x slower than 1."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, count))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class BagClassifier(nn.Module):

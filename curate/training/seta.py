@@ -11,7 +11,7 @@
 
 The selection for an epoch is drawn once (on the first `len()` or iteration after
 `set_epoch`) from the losses recorded so far, so `len(sampler)` always equals what that
-epoch yields. The algorithm lives in `curate.metrics.loss_clusters`.
+epoch yields. The algorithm lives in `curate.algorithms.loss_clusters`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from curate.metrics.loss_clusters import SeTaConfig, epoch_mode, epoch_seed, select_epoch
+from curate.algorithms.loss_clusters import SeTaConfig, epoch_mode, epoch_seed, select_epoch
 
 DEFAULT_INITIAL_LOSS = 3.0  # InfoBatch's starting score: unseen samples look hard, not easy
 

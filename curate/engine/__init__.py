@@ -1,0 +1,1 @@
+"""Running a pipeline: the spec, the one runner, work units, tasks, executors and progress."""

@@ -1,0 +1,1 @@
+"""Bytes in and out: atomic writes, storage URLs, cache paths, input formats, part files, the store mirror."""

@@ -1,0 +1,1 @@
+"""The output directory: its names, the manifest, the ledger, local and object-store commits, readers."""

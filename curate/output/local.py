@@ -1,0 +1,166 @@
+"""The output directory: preparing it (fresh, resume, overwrite) and publishing the result.
+
+Run layout inside OUT while a run is under way:
+  _stages/NN-name/kept/      that stage's kept rows (the next stage's input)
+  _stages/NN-name/removed/   that stage's ledger rows
+  _stages/NN-name/work/      scratch (unit outputs, shuffle pieces, memory maps)
+Finalizing renames the last kept dir to OUT/kept and links the ledgers, in stage order, into
+OUT/removed: kept/ never holds rows of an unfinished run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate import __version__
+from curate.io import mirror
+from curate.io.atomic import atomic_path
+from curate.errors import OutputError, UsageError
+from curate.output.ledger import LEDGER_SCHEMA
+from curate.output.layout import INPUT_STAGE, STAGES_DIR
+from curate.output.manifest import MANIFEST_NAME, package_versions, read_manifest, write_manifest
+from curate.io.inputs import DEFAULT_BATCH_SIZE, ROW_COLUMN, InputSet
+from curate.io.parts import PartWriter, close_quietly, count_part_rows, list_parts
+from curate.engine.spec import PipelineSpec
+from curate.engine.units import InputSource, PartSource
+
+_PROBE = ".curate-write-probe"
+
+
+def stage_dir_name(position: int, name: str) -> str:
+    return f"{position:02d}-{name}"
+
+
+def new_manifest(config: dict, input_record: list[dict], inputs: InputSet, spec: PipelineSpec) -> dict:
+    stages = [{"name": INPUT_STAGE, "kind": INPUT_STAGE, "status": "pending"}]
+    stages += [{"name": s.name, "kind": s.kind, "status": "pending"} for s in spec.stages]
+    return {
+        "curate_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "input": {"files": input_record, "rows": inputs.num_rows, "synthesized_ids": inputs.synthesized_ids, "schema": schema_record(inputs.schema)},
+        "config": config,
+        "seed": spec.seed,
+        "packages": package_versions(),
+        "stages": stages,
+        "finalized": False,
+    }
+
+
+def schema_record(schema: pa.Schema) -> str:
+    return schema.serialize().to_pybytes().hex()
+
+
+def schema_from_record(record: str) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(record)))
+
+
+def prepare_output(out: Path, config: dict, input_record: list[dict], *, resume: bool, overwrite: bool) -> dict | None:
+    """The manifest to resume from, or None for a fresh run (the directory is then empty)."""
+    existing = read_manifest(out) if out.exists() else None
+    non_empty = out.exists() and any(out.iterdir())
+    if resume and existing is None and non_empty and _only_start_debris(out):
+        non_empty = False  # killed before the first manifest landed: nothing to keep, start fresh
+    if resume and existing is not None:
+        if _fingerprints(existing["input"]["files"]) != _fingerprints(input_record):
+            raise UsageError("--resume: the input files changed since this output was started", path=out, fix="rerun with --overwrite")
+        if existing["config"] != config:
+            raise UsageError("--resume: the pipeline config differs from the one this output was started with", path=out, fix="rerun with --overwrite, or use the original pipeline")
+        return existing
+    if non_empty:
+        if not overwrite and not resume:
+            raise OutputError("output directory is not empty", path=out, fix="pass --resume to continue, --overwrite to start over, or another -o")
+        if existing is None and overwrite:
+            raise OutputError("refusing to overwrite a directory that is not a curate output (no manifest.json)", path=out, fix="choose an empty or new -o")
+        if existing is None and resume:
+            raise OutputError("--resume: no manifest.json here", path=out, fix="start without --resume")
+        _clear_directory(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / _PROBE
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write the output directory ({exc.strerror})", path=out, fix="choose a writable -o") from None
+    return None
+
+
+def _only_start_debris(out: Path) -> bool:
+    """True when OUT holds nothing but what a run writes before its first manifest: the write
+    probe, a temp manifest, an empty _stages tree (all curate names, so nothing of the user's)."""
+    for child in out.iterdir():
+        if child.name == _PROBE or (child.name.startswith(f".{MANIFEST_NAME}") and child.name.endswith(".tmp")):
+            continue
+        if child.name == STAGES_DIR and child.is_dir() and not any(p.is_file() for p in child.rglob("*")):
+            continue
+        return False
+    return True
+
+
+def _clear_directory(out: Path) -> None:
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _fingerprints(files: list[dict]) -> list[tuple[str, str]]:
+    return [(f["path"], f["fingerprint"]) for f in files]
+
+
+def finalize(out: Path, spec: PipelineSpec, manifest: dict, inputs: InputSet, last: InputSource | PartSource, map_parts: Callable) -> None:
+    """Publish kept/ and removed/ from the stage directories; safe to redo after a kill.
+    `map_parts(fn, parts)` runs the per-part rewrite on the run's executor."""
+    stages_root = out / STAGES_DIR
+    kept_final = out / "kept"
+    if not mirror.exists(kept_final):
+        if isinstance(last, InputSource):  # a pipeline with no stages: the input, as read
+            with atomic_path(kept_final) as tmp, PartWriter(tmp) as writer:
+                writer.schema = last.schema
+                writer.write_all(last.batches())
+        else:
+            mirror.move(last.directory, kept_final)
+    map_parts(strip_row_column, list_parts(kept_final))
+    removed_final = out / "removed"
+    if not mirror.exists(removed_final):
+        # Gathered under a temp name, then renamed: a kill leaves no half removed/.
+        tmp = removed_final.with_name(f".{removed_final.name}.tmp")
+        mirror.remove(tmp)
+        index = 0
+        stage_dirs = [stage_dir_name(0, INPUT_STAGE)] + [stage_dir_name(i, s.name) for i, s in enumerate(spec.stages, start=1)]
+        for name in stage_dirs:
+            for part in list_parts(stages_root / name / "removed"):
+                if mirror.read_metadata(part).num_rows == 0:
+                    continue
+                mirror.copy(part, tmp / f"part-{index:05d}.parquet")
+                index += 1
+        if index == 0:
+            PartWriter(tmp, schema=LEDGER_SCHEMA).close()
+        mirror.move(tmp, removed_final)
+    mirror.remove(stages_root)
+    manifest["finalized"] = True
+    manifest["totals"] = {"input_rows": inputs.num_rows, "kept_rows": count_part_rows(kept_final), "removed_rows": count_part_rows(removed_final)}
+    write_manifest(out, manifest)
+
+
+def strip_row_column(part: Path) -> None:
+    """Drop the internal ordinal from a published part (rewritten atomically)."""
+    schema = mirror.read_metadata(part).schema.to_arrow_schema()
+    if ROW_COLUMN not in schema.names:
+        return
+    source = pq.ParquetFile(mirror.ensure(part))
+    with atomic_path(part) as tmp:
+        writer = pq.ParquetWriter(tmp, schema.remove(schema.get_field_index(ROW_COLUMN)), compression="zstd")
+        try:
+            for batch in source.iter_batches(batch_size=DEFAULT_BATCH_SIZE):
+                writer.write_batch(batch.drop_columns([ROW_COLUMN]))
+            writer.close()
+        except BaseException:
+            close_quietly(writer)  # a full disk must not leave a writer that retries at exit
+            raise
