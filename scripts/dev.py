@@ -3,6 +3,7 @@
 
     python3 scripts/dev.py demo     # creates/reuses .venv, installs, runs `curate demo`
     python3 scripts/dev.py test     # same set-up, then runs the test suite
+    python3 scripts/dev.py lint     # ruff check and ruff format --check
     python3 scripts/dev.py curate ARGS...   # any curate command in the venv
 
 torch is installed first as `torch==2.13.0` (the CPU build this machine carries); a plain
@@ -47,7 +48,7 @@ def ensure_env() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"demo", "test", "curate"}:
+    if not argv or argv[0] not in {"demo", "test", "lint", "curate"}:
         print(__doc__)
         return 2
     ensure_env()
@@ -57,6 +58,13 @@ def main(argv: list[str]) -> int:
         args = [str(BIN / "curate"), "demo", *rest]
     elif command == "test":
         args = [_python(), "-m", "pytest", *rest]
+    elif command == "lint":
+        paths = rest or ["curate", "tests", "bench", "scripts"]
+        for check in (["check"], ["format", "--check"]):
+            done = subprocess.run([_python(), "-m", "ruff", *check, *paths], cwd=ROOT, env=env)
+            if done.returncode:
+                return done.returncode
+        return 0
     else:
         args = [str(BIN / "curate"), *rest]
     print("+", " ".join(args), flush=True)

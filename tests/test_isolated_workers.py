@@ -62,7 +62,7 @@ def test_workers_without_the_drivers_disk_write_the_same_output(tmp_path, capsys
             fetched.append(mirror.relative(path))
         return real_ensure(path)
 
-    monkeypatch.setattr(scratch, "ensure", spy)
+    monkeypatch.setattr(mirror, "ensure", spy)
 
     endpoint, fs = s3
     address, staging = isolated
