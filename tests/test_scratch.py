@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 
 from curate.io import mirror as scratch
+from curate.output.layout import is_committed
 from curate.io.atomic import atomic_write_bytes
 from curate.io.parts import PartWriter, count_part_rows, list_parts, read_parts
 from curate.io.parts import publish_attempt
@@ -41,10 +42,10 @@ def test_a_finished_write_is_uploaded_recorded_and_fetched_where_missing(mirror)
     assert fs.cat_file(f"{prefix}/_stages/01-x/work/piece.bin") == b"abc"
     record = scratch.record()
     assert record["kept-notes.txt"]["size"] == 5 and "xxh3" in record["kept-notes.txt"]
-    assert not mirror.is_output_file("_stages/01-x/work/piece.bin") and mirror.is_output_file("kept-notes.txt")
+    assert not is_committed("_stages/01-x/work/piece.bin") and is_committed("kept-notes.txt")
     assert not any(name.startswith(".") or "/." in name for name in record), "temp names are never published"
     _forget_local(root)  # another machine: nothing here
-    assert mirror.exists(root / "kept-notes.txt") and not (root / "kept-notes.txt").exists()
+    assert scratch.exists(root / "kept-notes.txt") and not (root / "kept-notes.txt").exists()
     assert scratch.ensure(root / "kept-notes.txt").read_bytes() == b"hello"
     assert scratch.ensure(root / "missing.txt") == root / "missing.txt" and not (root / "missing.txt").exists()
 
@@ -86,12 +87,12 @@ def test_a_task_directory_counts_as_done_only_once_marked(mirror):
     root, prefix, fs = mirror
     final = root / "units" / "00000"
     fs.pipe_file(f"{prefix}/units/00000/kept/part-00000.parquet", b"half")
-    assert mirror.is_dir(final) and not mirror.is_done(final)
+    assert scratch.is_dir(final) and not scratch.is_done(final)
     attempt = root / "units" / ".00000.abc.tmp"
     (attempt / "kept").mkdir(parents=True)
     (attempt / "kept" / "part-00000.parquet").write_bytes(b"whole")
     publish_attempt(attempt, final)
-    assert mirror.is_done(final)
+    assert scratch.is_done(final)
     fs.invalidate_cache()
     assert fs.cat_file(f"{prefix}/units/00000/kept/part-00000.parquet") == b"whole"
 
@@ -112,7 +113,7 @@ def test_without_a_mirror_everything_is_local(tmp_path):
     atomic_write_bytes(tmp_path / "a" / "f.bin", b"x")
     assert scratch.record() == {}
     scratch.move(tmp_path / "a", tmp_path / "b")
-    assert (tmp_path / "b" / "f.bin").read_bytes() == b"x" and mirror.is_done(tmp_path / "b")
+    assert (tmp_path / "b" / "f.bin").read_bytes() == b"x" and scratch.is_done(tmp_path / "b")
     scratch.remove(tmp_path / "b")
     assert not (tmp_path / "b").exists()
 
@@ -136,11 +137,8 @@ def test_an_index_copy_fetches_its_files_from_the_earlier_outputs_store(tmp_path
 
     shutil.copytree(built, copy / "index" / "dedup")
     options = (("endpoint_url", endpoint), ("key", "testing"), ("secret", "testing"))
-    origin.register(copy, url, options)
-    try:
+    with origin.registered([(copy, url)], options):
         stored = read_index(copy / "index" / "dedup")
-    finally:
-        origin.forget()
     assert stored.origin == (f"{url}/index/dedup", options)
     shutil.rmtree(copy)  # the worker's machine: no copy at all
     assert np.asarray(stored.array("keys")).tolist() == [[0, 1], [2, 3], [4, 5]]

@@ -61,7 +61,7 @@ def select_by_difficulty(distance: np.ndarray, fraction: float, keep: str, group
     group keeps its share of the total (`group_quotas`), its hardest or easiest rows, so the kept
     data has the same cluster/label mix as the input. Unbalanced pruning by prototype distance
     drains whole clusters (tight clusters are all "easy"), which shifts the label mix: on Debian
-    sections random pruning beat it at every kept fraction (docs/embeddings.md)."""
+    sections random pruning beat it at every kept fraction (docs/design/embeddings.md)."""
     n = len(distance)
     if keep == "none":
         return np.ones(n, dtype=bool)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -23,7 +22,7 @@ import pyarrow as pa
 
 from curate.embeddings.minilm import load_sentence_transformer, minilm_version, normalize_rows
 from curate.errors import UsageError
-from curate.runtime import torch_threads, worker_slot
+from curate.runtime import ContextThreadPool, torch_threads, worker_slot
 from curate.embeddings.hashing import DEFAULT_DIM, HASHING_VERSION, hashing_embed
 
 DEFAULT_MODEL = "minilm"
@@ -264,7 +263,7 @@ class MiniLMEmbedder:
             return out
         slices = [(start, strings[start : start + _PREFETCH_ROWS]) for start in range(0, n, _PREFETCH_ROWS)]
         positions, results = [], []
-        with ThreadPoolExecutor(max_workers=1) as helper, torch.inference_mode():
+        with ContextThreadPool(max_workers=1) as helper, torch.inference_mode():
             pending = helper.submit(self._prepare, slices[0][1], slices[0][0])
             for index in range(len(slices)):
                 batches = pending.result()

@@ -6,7 +6,7 @@ vectors are rotated by PCA (kept at 384 dimensions, so the embedding store's lay
 as minilm's) and weighted by SIF (1e-4) from Zipf ranks. A text's vector is then the mean of its
 token vectors, L2-normalized: no transformer at encode time, tens of thousands of rows/s on one
 core. It agrees with MiniLM well enough to rank rows by distance to a centroid (prototypes,
-pools) but not to find the same duplicates (see docs/embeddings.md for the measured table).
+pools) but not to find the same duplicates (see docs/design/embeddings.md for the measured table).
 """
 
 from __future__ import annotations

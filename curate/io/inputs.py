@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from curate.io import storage
+from curate.runtime import ContextThreadPool
 from curate.errors import InputError, UsageError
 from curate.io.formats import check_format, file_stem, parquet_row_group_rows, read_batches, resolve_inputs, scan_file, JSONL, PARQUET
 from curate.errors import first_line
@@ -266,9 +267,8 @@ def _look_at_files(found: list[tuple[str, str]], text_column: str, options: Stor
 
     if len(found) < 2 or not any(storage.is_url(path) for path, _ in found):
         return [look(item) for item in found]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(min(_REMOTE_SCANS, len(found))) as pool:
+    
+    with ContextThreadPool(min(_REMOTE_SCANS, len(found))) as pool:
         return list(pool.map(look, found))
 
 

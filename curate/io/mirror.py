@@ -495,10 +495,4 @@ def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     remove(old)
 
 
-def bind_threads() -> Callable[[], None]:
-    """An initializer for a thread pool whose threads read through this context's mirror."""
-    current = _CURRENT.get()
-    return lambda: _CURRENT.set(current) and None
-
-
 on_publish(published)

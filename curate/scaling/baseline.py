@@ -155,7 +155,7 @@ def compare_to_random(
         on few runs, so picking the best of them flatters one by chance: 5 of 16 synthetic draws
         of truly random pools "beat random" on them alone) and the pool laws (which misjudge mixes
         of unlike pools: 5 of 11 claims failed on Debian). Together: 0 of 16 such draws
-        (docs/scaling.md)."""
+        (docs/design/scaling.md)."""
         own, law = _status(d, sd), _status(*pool_law(budget, i))
         return own if own == law else "no_better_than_random"
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.runtime import tune_allocator
+from curate.runtime import ContextThreadPool, tune_allocator
 from curate.io.atomic import atomic_path
 from curate.index import minhash as minhash_index
 from curate.index.earlier import drop_duplicates
@@ -419,7 +419,7 @@ def _text_chunks(rows: np.ndarray, texts: pa.Array | pa.ChunkedArray) -> Iterato
 
 def prefetch(items: Iterable[T], depth: int = 1) -> Iterator[T]:
     """Iterate `items` on a background thread, `depth` items ahead."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="minhash-read") as pool:
+    with ContextThreadPool(max_workers=1, thread_name_prefix="minhash-read") as pool:
         iterator = iter(items)
         sentinel = object()
         pending: deque[Future] = deque(pool.submit(next, iterator, sentinel) for _ in range(depth))
@@ -438,7 +438,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
         yield from map(fn, items)
         return
     pending: deque[Future[R]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minhash") as pool:
+    with ContextThreadPool(max_workers=workers, thread_name_prefix="minhash") as pool:
         for item in items:
             pending.append(pool.submit(fn, item))
             if len(pending) >= 2 * workers:
