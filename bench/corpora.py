@@ -7,24 +7,32 @@ vendored by several packages: pip/_vendor, setuptools/_vendor, ...), /usr/share/
 natural: vendored copies at other versions, licence boilerplate, man pages of tool families.
 
 `debian_descriptions()` is the shared short-text corpus (63,666 package descriptions), found
-next to the repository (`../shared/data`) unless a path is given.
+in `shared/data/` beside the checkout (or in `$CURATE_SHARED_DATA`) unless a path is given.
+
+    python -m bench.corpora [OUT_DIR] [--max-docs 8000]    # writes OUT_DIR/long.parquet
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
 import os
 import sysconfig
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+
 def shared_data(name: str) -> Path:
-    """`shared/data/NAME` beside the checkout, or beside any folder above it (a worktree nests
-    deeper); the plain beside-the-checkout path when none exists yet."""
+    """`$CURATE_SHARED_DATA/NAME` when that variable is set; else `shared/data/NAME` beside the
+    checkout, or beside any folder above it (a worktree nests deeper); else the plain
+    beside-the-checkout path, which does not exist yet."""
+    if os.environ.get("CURATE_SHARED_DATA"):
+        return Path(os.environ["CURATE_SHARED_DATA"]) / name
     here = Path(__file__).resolve().parents[1]
     for folder in (here, *here.parents):
         if (folder / "shared" / "data" / name).exists():
@@ -58,7 +66,7 @@ def debian_descriptions(path: str | os.PathLike | None = None) -> Corpus:
     """The Debian descriptions at `path`, or next to the repository."""
     found = Path(path) if path is not None else DEBIAN_DESCRIPTIONS.resolve()
     if not found.is_file():
-        raise SystemExit(f"no Debian descriptions at {found}: pass their Parquet file's path")
+        raise SystemExit(f"no Debian descriptions at {found}: pass their Parquet file's path or set CURATE_SHARED_DATA")
     meta = pq.read_metadata(found)
     return Corpus(found, meta.num_rows, found.stat().st_size)
 
@@ -131,10 +139,15 @@ def build_long_corpus(
     return Corpus(target, len(ids), total)
 
 
-if __name__ == "__main__":
-    import sys
-    import time
-
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build the long-document corpus (OUT_DIR/long.parquet).")
+    parser.add_argument("out_dir", nargs="?", type=Path, default=Path("curate-long-corpus"))
+    parser.add_argument("--max-docs", type=int, default=8000)
+    args = parser.parse_args(argv)
     started = time.perf_counter()
-    corpus = build_long_corpus(sys.argv[1] if len(sys.argv) > 1 else "curate-long-corpus")
+    corpus = build_long_corpus(args.out_dir, max_docs=args.max_docs)
     print(f"{corpus.rows} documents, {corpus.bytes / 1e6:.1f} MB of text -> {corpus.path} ({time.perf_counter() - started:.1f}s)")
+
+
+if __name__ == "__main__":
+    main()

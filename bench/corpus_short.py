@@ -1,14 +1,17 @@
 """A corpus of about a million real short texts from what this machine has, in Parquet shards.
 
 Sources (all real text, read in a fixed order): Debian package descriptions
-(../shared/data/debian_descriptions.parquet beside the checkout, else `apt-cache dumpavail`), English man
+(`shared/data/debian_descriptions.parquet`, see bench.corpora, else `apt-cache dumpavail`), English man
 page paragraphs (/usr/share/man/man*), documentation paragraphs (/usr/share/doc), and
 source lines from the Python installs (stdlib and the venv's site-packages). Natural
 redundancy is kept (the same licence paragraph or `import os` line in many files is what
 dedup is for). If the sources fall short of the target, rows are replicated with small
 seeded edits (a dropped word, a swapped pair, a changed case), which makes near duplicates.
 
-The result is cached under a directory keyed by (rows, shards, seed), so benchmarks reuse it.
+The result is cached under a directory keyed by (rows, shards, seed), so benchmarks reuse it
+(`$CURATE_BENCH_CACHE`, default a folder in the temp directory).
+
+    python -m bench.corpus_short --rows 500000 --shards 8    # prints the corpus directory
 """
 
 from __future__ import annotations
@@ -29,8 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-# The shared data folder sits next to the repository checkout (../shared/data); override with CURATE_SHARED_DATA.
-DEBIAN_PARQUET = Path(os.environ.get("CURATE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "debian_descriptions.parquet"
+from bench.corpora import DEBIAN_DESCRIPTIONS as DEBIAN_PARQUET
 MAN_ROOT = Path("/usr/share/man")
 DOC_ROOT = Path("/usr/share/doc")
 MIN_CHARS = 12

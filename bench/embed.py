@@ -1,8 +1,9 @@
 """Embedding throughput from one run on the same texts: bare sentence-transformers encode vs
 `curate embed` with every backend and device present, rows/s and the ratio to bare.
 
-    python bench/embed.py [--corpus debian_descriptions.parquet] [--rows 2000] [--repeats 2]
+    python -m bench.embed [--corpus debian_descriptions.parquet] [--rows 2000] [--repeats 2]
                           [--threads N] [--static-rows 0] [--processes] [--int8]
+    python -m bench.embed --rows 200 --repeats 1 --static-rows 5000     # a quick run
 
 Texts: `--rows` seeded random rows of the corpus (default: the shared Debian descriptions).
 Bare = model load + `model.encode(texts, batch_size=64, normalize_embeddings=True)` (fp32 on the
@@ -30,24 +31,19 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
-from curate import embedders  # noqa: E402
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline  # noqa: E402
-from curate.shards import read_parts  # noqa: E402
-
-DEBIAN = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "debian_descriptions.parquet"
+from bench._harness import Run, add_result_argument, cpu_flags, importable, start_run, timed
+from bench.corpora import DEBIAN_DESCRIPTIONS as DEBIAN
+from curate import embedders
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+from curate.shards import read_parts
 
 
 MODEL_SECONDS: dict[str, float] = {}  # per run: seconds inside load_embedder and encode
@@ -126,7 +122,7 @@ def run_processes(texts: list[str], processes: int) -> float:
         return time.perf_counter() - started
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=DEBIAN, help="Parquet file with a text column")
     parser.add_argument("--text-column", default="text")
@@ -136,7 +132,9 @@ def main() -> None:
     parser.add_argument("--static-rows", type=int, default=0, help="rows for minilm-static and hashing (0: all)")
     parser.add_argument("--processes", action="store_true", help="also time threads vs processes for bare encode")
     parser.add_argument("--int8", action="store_true", help="also time ONNX dynamic int8 against ONNX fp32 (encode only)")
-    args = parser.parse_args()
+    add_result_argument(parser, "embed")
+    args = parser.parse_args(argv)
+    run = start_run("embed", argv, args.result, "Embedding throughput: bare sentence-transformers encode vs `curate embed` with each backend and device, same texts.", vars(args))
 
     import torch
 
@@ -146,9 +144,11 @@ def main() -> None:
     sample = table.take(pa.array(np.sort(rng.choice(table.num_rows, min(args.rows, table.num_rows), replace=False))))
     texts = sample.column("text").to_pylist()
     rows = len(texts)
-    has_onnx = _importable("onnxruntime")
+    has_onnx = importable("onnxruntime")
     has_gpu = torch.cuda.is_available()
-    print(f"{rows} rows of {args.corpus.name}, {args.threads} threads, load average {os.getloadavg()[0]:.1f}", flush=True)
+    if has_gpu:
+        run.data["gpu"] = torch.cuda.get_device_name(0)
+    print(f"{rows} rows of {args.corpus.name}, {args.threads} threads" + (f", GPU {run.data['gpu']}" if has_gpu else ""), flush=True)
     if has_onnx:
         from curate.onnx_embed import ensure_onnx_model
 
@@ -182,47 +182,50 @@ def main() -> None:
                 print(f"  round {repeat + 1}: {name}: {seconds:.2f} s{note}", flush=True)
 
         reference = vectors["bare sentence-transformers, cpu fp32"]
-        print(f"\nminilm, {rows} rows (best of {args.repeats}; includes model load):")
-        print(f"  {'':44} {'seconds':>8} {'rows/s':>8} {'x bare':>7} {'min cos':>8} {'1M rows':>9}")
+        minilm_rows = []
         for name, seconds in best.items():
             bare = best["bare sentence-transformers, cuda fp16" if "cuda" in name else "bare sentence-transformers, cpu fp32"]
             cosine = float(np.einsum("ij,ij->i", vectors[name], reference).min())
-            print(f"  {name:44} {seconds:8.2f} {rows / seconds:8.0f} {bare / seconds:7.2f} {cosine:8.5f} {_hours(1e6 * seconds / rows):>9}")
+            minilm_rows.append([name, round(seconds, 2), round(rows / seconds), bare / seconds, round(cosine, 5), _hours(1e6 * seconds / rows)])
+        run.table(f"minilm, {rows} rows (best of {args.repeats}; includes model load)", ["run", "seconds", "rows/s", "x bare", "min cos vs bare cpu", "1M rows"], minilm_rows)
         torch_cpu = best["curate embed --backend torch --device cpu"]
-        print(f"  stage overhead over bare (torch, cpu), best vs best: {100 * (torch_cpu / best['bare sentence-transformers, cpu fp32'] - 1):+.1f}% (target <= 10%)")
+        run.compare("stage overhead over bare (torch, cpu), best vs best", torch_cpu / best["bare sentence-transformers, cpu fp32"] - 1, unit="%", target="<= 10%")
         for name, shares in own_work.items():
-            print(f"  {name}: the stage's own work (outside model load + encode), median of rounds: {100 * float(np.median(shares)):.1f}% of load + encode")
+            run.compare(f"{name}: the stage's own work (outside model load + encode) / load + encode, median of rounds", float(np.median(shares)), unit="%")
         if has_onnx:
-            print(f"  onnx / torch stage speed: {torch_cpu / best['curate embed --backend onnx --device cpu']:.2f}x (target >= 1.3x)")
+            run.compare("onnx / torch stage speed", torch_cpu / best["curate embed --backend onnx --device cpu"], target=">= 1.3x")
         if not has_gpu:
-            print("  no CUDA device: the GPU rows are not measured")
+            run.note("no CUDA device: the GPU rows are not measured")
 
         fast_rows = table if args.static_rows <= 0 else table.slice(0, args.static_rows)
         fast_source = Path(tmp) / "fast.parquet"
         pq.write_table(fast_rows, fast_source)
-        print(f"\nstatic and hashing, {fast_rows.num_rows} rows:")
+        fast = []
         for model in ("minilm-static", "hashing"):
-            if model == "minilm-static" and not _importable("model2vec"):
-                print("  minilm-static: model2vec not installed, skipped")
+            if model == "minilm-static" and not importable("model2vec"):
+                run.note("minilm-static: model2vec not installed, skipped")
                 continue
             embedder = embedders.load_embedder(model, threads=args.threads)  # distils on first use
             column = fast_rows.column("text").combine_chunks()
-            encode = min(_timed(lambda: embedder.encode(column)) for _ in range(2))
+            encode = min(timed(lambda: embedder.encode(column))[0] for _ in range(2))
             stage = min(run_ours(fast_source, Path(tmp) / "out-fast", args.threads, model=model)[0] for _ in range(2))
-            print(f"  {model:14} encode {fast_rows.num_rows / encode:9,.0f} rows/s; whole `curate embed` run {fast_rows.num_rows / stage:9,.0f} rows/s"
-                  f" (1M rows: {_hours(1e6 * stage / fast_rows.num_rows)})")
+            fast.append([model, round(fast_rows.num_rows / encode), round(fast_rows.num_rows / stage), _hours(1e6 * stage / fast_rows.num_rows)])
+        run.table(f"static and hashing, {fast_rows.num_rows} rows (best of 2)", ["model", "encode rows/s", "whole `curate embed` run rows/s", "1M rows"], fast)
 
         if args.int8 and has_onnx:
-            int8_check(texts, reference, args.threads, Path(tmp))
+            int8_check(texts, reference, args.threads, Path(tmp), run)
 
         if args.processes:
             threaded = min(run_bare(texts, args.threads)[0] for _ in range(2))
             split = min(run_processes(texts, args.threads) for _ in range(2))
-            print(f"\nbare encode, {rows} rows: 1 process x {args.threads} threads {rows / threaded:.0f} rows/s (incl. load); "
-                  f"{args.threads} processes x 1 thread {rows / split:.0f} rows/s (load included too)")
+            run.table(f"bare encode, {rows} rows, model load included (best of 2)", ["layout", "rows/s"], [
+                [f"1 process x {args.threads} threads", round(rows / threaded)],
+                [f"{args.threads} processes x 1 thread", round(rows / split)],
+            ])
+    run.write()
 
 
-def int8_check(texts: list[str], reference: np.ndarray, threads: int, tmp: Path) -> None:
+def int8_check(texts: list[str], reference: np.ndarray, threads: int, tmp: Path, run: Run) -> None:
     """Dynamic int8 quantization of the exported model: speed against fp32 ONNX (encode only,
     length-sorted, best of 2) and cosine against bare torch fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -233,33 +236,22 @@ def int8_check(texts: list[str], reference: np.ndarray, threads: int, tmp: Path)
     quantize_dynamic(str(ensure_onnx_model()), str(quantized), weight_type=QuantType.QInt8)
     order = np.argsort([len(t) for t in texts], kind="stable")
     sorted_texts = pa.array([texts[i] for i in order])
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    print(f"\nONNX int8 vs fp32, {len(texts)} rows, {threads} threads, CPU has AVX-512 VNNI: {'avx512_vnni' in flags}")
+    rates, table = {}, []
     for label, path in (("fp32", None), ("int8", quantized)):
         embedder = OnnxMiniLMEmbedder(threads=threads, model_path=path)
-        seconds = min(_timed(lambda: embedder.encode(sorted_texts)) for _ in range(2))
+        seconds = min(timed(lambda: embedder.encode(sorted_texts))[0] for _ in range(2))
         vectors = np.empty_like(reference)
         vectors[order] = embedder.encode(sorted_texts)
         cosine = np.einsum("ij,ij->i", vectors, reference)
-        print(f"  {label}: {len(texts) / seconds:.0f} rows/s, cosine vs torch fp32 min {cosine.min():.4f} mean {cosine.mean():.4f}")
-
-
-def _importable(name: str) -> bool:
-    try:
-        __import__(name)
-        return True
-    except ImportError:
-        return False
+        rates[label] = len(texts) / seconds
+        table.append([label, round(rates[label]), round(float(cosine.min()), 4), round(float(cosine.mean()), 4)])
+    run.table(f"ONNX int8 vs fp32, {len(texts)} rows, {threads} threads, encode only (CPU has AVX-512 VNNI: {'avx512_vnni' in cpu_flags()})",
+              ["weights", "rows/s", "min cos vs torch fp32", "mean cos"], table)
+    run.compare("ONNX int8 / fp32 encode speed", rates["int8"] / rates["fp32"])
 
 
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
-
-
-def _timed(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Does the report's verdict against random data hold at budgets it never saw?
 
-    python bench/evidence.py [--rows 20000] [--seeds 2] [--check-seeds 3] [--balance none|cluster] [--out bench/out/evidence]
+    python -m bench.evidence [--rows 20000] [--seeds 2] [--check-seeds 3] [--balance none|cluster] [--out bench/out/evidence]
+    python -m bench.evidence --rows 3000 --seeds 1 --check-seeds 1      # a quick run
 
 Data: the Debian package descriptions (`--data`, default shared/data/debian_descriptions.parquet
 beside the checkout), predict `section` (the 20 largest) from `text`; `--rows` samples the corpus
@@ -24,22 +25,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._harness import REPO_ROOT, add_result_argument, part_table, start_run
+from bench.corpora import DEBIAN_DESCRIPTIONS
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+from curate.scaling.proxy_runs import ProxyRunSettings, top_classes
+from curate.training.features import hashed_ngram_bags
 
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline  # noqa: E402
-from curate.report.build import _read_kept  # noqa: E402
-from curate.scaling.proxy_runs import ProxyRunSettings, _split, _take, _trajectory, top_classes  # noqa: E402
-from curate.training.features import hashed_ngram_bags  # noqa: E402
-
-from bench.corpora import shared_data as _shared_data  # noqa: E402
+# PRIVATE curate API, no public equivalent yet: the report's held-out split and one proxy
+# training, which the held-out check must repeat exactly as the report ran them.
+from curate.scaling.proxy_runs import _split as report_heldout_split
+from curate.scaling.proxy_runs import _trajectory as proxy_trajectory
 
 
 EPOCHS = [0.25, 0.5, 1.0, 2.0, 4.0]  # fitted runs: passes over each pool alone
@@ -61,13 +64,18 @@ def pipeline(balance: str, seeds: int, budgets: list[float] | None) -> dict:
     }
 
 
+def read_kept(out: Path, columns: list[str]) -> pl.DataFrame:
+    """The kept rows of a finished output (the report reads the same parts)."""
+    return pl.from_arrow(part_table(out / "kept", columns=columns))
+
+
 def measured(kept: pl.DataFrame, budget: float, prefixes: list[int], seeds: int, seed: int) -> dict[str, list[float]]:
     """Held-out error after `budget` samples on each prefix, on random subsets of its size, and on all data."""
     settings = ProxyRunSettings(seed=seed)
     rows, y = top_classes(kept.get_column("section").to_list(), settings.classes)
     pools = kept.get_column("pool").to_numpy().astype(np.int64)[rows]
-    bags = hashed_ngram_bags(_take(kept.get_column("text").to_arrow(), rows), num_buckets=settings.proxy.num_buckets)
-    heldout, train = _split(len(y), settings)  # the report's split: same seed, same rows
+    bags = hashed_ngram_bags(kept.get_column("text").to_arrow().take(pa.array(rows)), num_buckets=settings.proxy.num_buckets)
+    heldout, train = report_heldout_split(len(y), settings)  # the report's split: same seed, same rows
     out: dict[str, list[float]] = {}
     torch.set_num_threads(1)
     for s in range(seeds):
@@ -76,21 +84,25 @@ def measured(kept: pl.DataFrame, budget: float, prefixes: list[int], seeds: int,
             chosen = train[pools[train] < j]
             runs += [(f"prefix{j}", chosen), (f"random{j}", np.sort(np.random.default_rng([seed, 77, j, s]).choice(train, size=len(chosen), replace=False)))]
         for name, members in runs:
-            ((_, error, _),) = _trajectory(bags, y, int(y.max()) + 1, members, heldout, [budget / len(members)], "error", seed + 500 + s, settings.proxy)
+            ((_, error, _),) = proxy_trajectory(bags, y, int(y.max()) + 1, members, heldout, [budget / len(members)], "error", seed + 500 + s, settings.proxy)
             out.setdefault(name, []).append(error)
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data", type=Path, default=_shared_data("debian_descriptions.parquet"))
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEBIAN_DESCRIPTIONS)
     parser.add_argument("--rows", type=int, default=20000, help="seeded sample of the corpus (0: all)")
     parser.add_argument("--seeds", type=int, default=2, help="proxy seeds in the report (the uncertainty)")
     parser.add_argument("--check-seeds", type=int, default=2, help="seeds of the held-out trainings")
     parser.add_argument("--balance", default="none", choices=["none", "cluster"])
     parser.add_argument("--reuse", action="store_true", help="reuse the pipeline run and its proxy runs in --out")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "evidence")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "evidence", help="pipeline runs (default: bench/out/evidence, not committed)")
+    add_result_argument(parser, None, "evidence, or evidence-cluster with --balance cluster")
+    args = parser.parse_args(argv)
+    result = args.result or ("evidence" if args.balance == "none" else f"evidence-{args.balance}")
+    run = start_run("evidence", argv, result, "Does the report's verdict against random data hold at budgets it never saw? Proxy trainings at held-out budgets, "
+                "quality prefixes vs random subsets of the same size.", vars(args))
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     frame = pl.read_parquet(args.data)
@@ -112,11 +124,11 @@ def main() -> None:
     build_pipeline_report(out, overrides={"budgets": held})
     report = json.loads((out / "report.json").read_text())
     baseline = report["random_baseline"]
-    print(f"Debian sections, {frame.height:,} rows sampled; kept {_read_kept(out, ['id']).height:,}; balance = {args.balance}; "
+    print(f"Debian sections, {frame.height:,} rows sampled; kept {read_kept(out, ['id']).height:,}; balance = {args.balance}; "
           f"fitted runs up to {fitted_max:,.0f} samples seen; held-out budgets {held[0]:,.0f} and {held[1]:,.0f}; "
           f"report seeds {args.seeds}, uncertainty: {baseline['uncertainty']}", flush=True)
     print(f"report verdict: {baseline['verdict']}")
-    kept = _read_kept(out, ["id", "text", "section", "pool"])
+    kept = read_kept(out, ["id", "text", "section", "pool"])
     rows = []
     holds = True  # every per-prefix status the report gave
     checked = failed = 0
@@ -147,17 +159,14 @@ def main() -> None:
         rows.append((f"{entry['budget']:,.0f}", "all data" + (" (chosen)" if entry["status"] == "all_data" else ""), "", f"{entry['all_data']:.4f}", "", "", "", f"{mean['all']:.4f} ± {sd['all']:.4f}", "", ""))
     header = ("budget", "pools", "predicted", "pred. random same size", "pred. difference ± sd", "report says",
               "measured pools", "measured random same size", "measured diff", "check")
-    widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
-    print()
-    for n, row in enumerate([header, *rows]):
-        print("| " + " | ".join(str(v).ljust(w) for v, w in zip(row, widths)) + " |")
-        if n == 0:
-            print("| " + " | ".join("-" * w for w in widths) + " |")
-    print(f"\n(held-out error rate = 1 - accuracy of the proxy on the report's held-out rows; measured: mean ± sd over {args.check_seeds} seeds)")
+    run.table(f"held-out error rate (1 - accuracy of the proxy on the report's held-out rows); measured: mean ± sd over {args.check_seeds} seeds", header, rows)
     statuses = [e["status"] for e in baseline["budgets"]]
-    print(f"acceptance (chosen mix vs random, or 'no better than random'): {'holds' if accepted else 'FAILS'} at both held-out budgets (statuses: {', '.join(statuses)})")
-    print(f"per-prefix claims (beats / worse than random): {checked - failed} of {checked} hold ({time.perf_counter() - started:.0f} s)")
-    (args.out / f"result-{args.balance}.json").write_text(json.dumps({"verdict": baseline["verdict"], "accepted": bool(accepted), "prefix_claims_hold": bool(holds), "rows": rows, "held_out_budgets": held}, indent=1))
+    run.data.update(verdict=baseline["verdict"], uncertainty=baseline["uncertainty"], held_out_budgets=held, fitted_max_samples_seen=fitted_max, statuses=statuses,
+                    rows_sampled=frame.height)
+    run.check(f"acceptance (chosen mix vs random, or 'no better than random') at both held-out budgets (statuses: {', '.join(statuses)})", accepted)
+    run.check(f"per-prefix claims (beats / worse than random) hold: {checked - failed} of {checked}", holds)
+    print(f"({time.perf_counter() - started:.0f} s)")
+    run.write()
 
 
 if __name__ == "__main__":

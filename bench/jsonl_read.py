@@ -2,27 +2,27 @@
 streaming decoder (json.loads per line, RecordBatch.from_pylist per batch) vs the same corpus
 as Parquet, same data, same run.
 
-    python bench/jsonl_read.py [--input PARQUET] [--replicate 3] [--repeat 3]
+    python -m bench.jsonl_read [--input PARQUET] [--replicate 3] [--repeat 3] [--rows N]
 
 Writes the corpus as .jsonl, .jsonl.gz and .jsonl.zst in a temp dir and reads every row of
 each through `InputSet.batches` (the path every stage takes) and through the decoder loop;
-prints seconds (best of --repeat) and the ratios."""
+prints seconds (best of --repeat) and the ratios. `--rows N`: the first N rows of the input
+before replicating (a quick run)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 
+from bench._harness import add_result_argument, best_of, start_run
+from bench.corpora import DEBIAN_DESCRIPTIONS
 from curate.formats import jsonl_compression
 from curate.shards import InputSet
-
-DEFAULT_INPUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "debian_descriptions.parquet"
 
 
 def decoder_loop(path: Path, schema: pa.Schema, batch_size: int = 65_536) -> int:
@@ -50,22 +50,19 @@ def curate_read(inputs: InputSet) -> int:
     return sum(batch.num_rows for batch in inputs.batches())
 
 
-def best(fn, repeat: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeat):
-        started = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - started)
-    return min(times), result
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", type=Path, default=DEFAULT_INPUT)
+    parser.add_argument("--input", type=Path, default=DEBIAN_DESCRIPTIONS)
     parser.add_argument("--replicate", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    frame = pl.concat([pl.read_parquet(args.input)] * args.replicate)
+    parser.add_argument("--rows", type=int, default=0, help="first N rows of the input (0: all)")
+    add_result_argument(parser, "jsonl_read")
+    args = parser.parse_args(argv)
+    run = start_run("jsonl_read", argv, args.result, "JSON Lines read throughput: curate's reader vs a json.loads-per-line decoder vs Parquet, same data.", vars(args))
+    frame = pl.read_parquet(args.input)
+    if args.rows:
+        frame = frame.head(args.rows)
+    frame = pl.concat([frame] * args.replicate)
     frame = frame.with_columns(pl.concat_str([pl.col("id"), pl.int_range(pl.len()).cast(pl.String)], separator="#").alias("id"))
     schema = frame.to_arrow().schema
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,18 +72,24 @@ def main() -> None:
         for suffix, codec in ((".jsonl.gz", "gzip"), (".jsonl.zst", "zstd")):
             with open(root / "corpus.jsonl", "rb") as source, pa.output_stream(str(root / f"corpus{suffix}"), compression=codec) as sink:
                 sink.write(source.read())
-        print(f"{frame.height:,} rows, {(root / 'corpus.jsonl').stat().st_size / 1e6:.1f} MB as JSON Lines")
+        megabytes = (root / "corpus.jsonl").stat().st_size / 1e6
+        print(f"{frame.height:,} rows, {megabytes:.1f} MB as JSON Lines")
+        run.params.update(input_rows=frame.height, jsonl_megabytes=round(megabytes, 1))
         parquet = InputSet.scan(root / "corpus.parquet")
-        parquet_s, _ = best(lambda: curate_read(parquet), args.repeat)
-        print(f"parquet     curate read {parquet_s:.3f} s")
+        parquet_s, _ = best_of(lambda: curate_read(parquet), args.repeat)
+        table = [["parquet", round(parquet_s, 3), None, None, None, None, 1.0]]
+        same_rows = True
         for suffix in (".jsonl", ".jsonl.gz", ".jsonl.zst"):
             path = root / f"corpus{suffix}"
-            scan_s, inputs = best(lambda: InputSet.scan(path), args.repeat)
-            ours, rows = best(lambda: curate_read(inputs), args.repeat)
-            theirs, rows_b = best(lambda: decoder_loop(path, schema), args.repeat)
-            assert rows == rows_b == frame.height
-            print(f"{suffix:11s} curate read {ours:.3f} s (scan {scan_s:.3f} s)  json.loads loop {theirs:.3f} s  "
-                  f"read ratio {theirs / ours:.1f}x, with scan {theirs / (ours + scan_s):.1f}x; read {ours / parquet_s:.0f}x Parquet's time")
+            scan_s, inputs = best_of(lambda: InputSet.scan(path), args.repeat)
+            ours, rows = best_of(lambda: curate_read(inputs), args.repeat)
+            theirs, rows_b = best_of(lambda: decoder_loop(path, schema), args.repeat)
+            same_rows &= rows == rows_b == frame.height
+            table.append([suffix, round(ours, 3), round(scan_s, 3), round(theirs, 3), theirs / ours, theirs / (ours + scan_s), ours / parquet_s])
+            run.compare(f"{suffix}: json.loads loop time / curate read time (scan included)", theirs / (ours + scan_s))
+    run.table(f"seconds, best of {args.repeat}", ["file", "curate read s", "curate scan s", "json.loads loop s", "loop / read", "loop / (read + scan)", "read / Parquet read"], table)
+    run.check("every reader returned every row", same_rows)
+    run.write()
 
 
 if __name__ == "__main__":

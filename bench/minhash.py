@@ -15,8 +15,10 @@ Python reference tokenizer, independent of ours) for all pairs a prefix filter c
 out (complete for Jaccard >= threshold); the rows to remove are every member but the earliest
 of each connected component. Precision and recall are over removed rows.
 
-    python bench/minhash.py [--corpus long] [--long-docs 8000] [--repeats 2] [--jobs N]
-                            [--debian PATH] [--long-corpus PATH] [--json out.json]
+    python -m bench.minhash [--corpus long] [--long-docs 8000] [--repeats 2] [--jobs N]
+                            [--debian PATH] [--long-corpus PATH]
+    python -m bench.minhash --corpus debian --short-docs 5000 --verify exact   # a quick run
+    python -m bench.minhash --scale-rows 1000000     # our stage alone: time and peak RSS
 
 Timings of ours and of the datasketch loop are the best of `--repeats` runs (the machine may
 be shared); ratios are computed within the run.
@@ -30,10 +32,9 @@ import gc
 import io
 import json
 import math
-import os
 import re
 import shutil
-import sys
+import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,12 +44,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.corpora import build_long_corpus, debian_descriptions  # noqa: E402
-from curate.ledger import ids_as_strings  # noqa: E402
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline  # noqa: E402
-from curate.shards import iter_part_batches  # noqa: E402
+from bench._harness import ProcessTree, Run, add_result_argument, cli_env, curate_cli, removed_ids, start_run
+from bench.corpora import build_long_corpus, debian_descriptions
+from curate.ledger import ids_as_strings
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 WORD = re.compile(r"\w+")
 
@@ -143,70 +142,13 @@ def score(removed: set[str], truth: set[str]) -> tuple[float, float]:
 # Runners.
 
 
-class TreeCpu:
-    """CPU seconds of this process and of every process under it (the run's fork server and
-    worker processes, which are not our children to wait for, so RUSAGE_CHILDREN misses them)
-    while the block runs. Descendants are sampled every `interval` s; a worker's last slice
-    before it exits is missed, so the figure is a slight undercount."""
-
-    def __init__(self, interval: float = 0.1):
-        import threading
-
-        import psutil
-
-        self.interval = interval
-        self.me = psutil.Process()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.seen: dict[tuple[int, float], float] = {}
-        self.peak_rss: dict[tuple[int, float], tuple[str, int]] = {}  # (command line, bytes)
-        self.before: dict[tuple[int, float], float] = {}
-        self.seconds = 0.0
-        self.sampling = 0.0
-
-    def _descendants(self) -> dict[tuple[int, float], float]:
-        import psutil
-
-        found = {}
-        for proc in self.me.children(recursive=True):
-            try:
-                key = (proc.pid, proc.create_time())
-                times, rss = proc.cpu_times(), proc.memory_info().rss
-                found[key] = times.user + times.system
-                if rss > self.peak_rss.get(key, ("", 0))[1]:
-                    self.peak_rss[key] = (" ".join(proc.cmdline())[-60:], rss)
-            except psutil.Error:
-                continue
-        return found
-
-    def _sample(self) -> None:
-        while not self.stop.wait(self.interval):
-            self.seen.update(self._descendants())
-        self.sampling = time.thread_time()  # this thread's own CPU, not the run's
-
-    def __enter__(self) -> "TreeCpu":
-        self.before = self._descendants()  # a fork server left by an earlier run: only its growth counts
-        self.own = time.process_time()
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seen.update(self._descendants())
-        self.stop.set()
-        self.thread.join()
-        children = sum(cpu - self.before.get(key, 0.0) for key, cpu in self.seen.items())
-        self.seconds = time.process_time() - self.own - self.sampling + children
-
-
 def run_ours(shards: Path, out: Path, threshold: float, ngram: int, num_perm: int, jobs: int | None, verify: str) -> tuple[float, set[str], dict]:
     spec = parse_pipeline({"stage": [{"kind": "minhash", "threshold": threshold, "ngram": ngram, "num_perm": num_perm, "verify": verify}]}, "bench")
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
     result = run_pipeline(spec, shards, out, RunOptions(jobs=jobs))
     seconds = time.perf_counter() - started
-    removed = set()
-    for batch in iter_part_batches(out / "removed", columns=["id"]):
-        removed.update(ids_as_strings(batch.column("id")).to_pylist())
+    removed = removed_ids(out)
     stage = result.manifest["stages"][1]
     return seconds, removed, {"stage_seconds": stage["seconds"], "input_check_seconds": result.manifest["stages"][0]["seconds"], "executor": result.manifest["executor"]["description"], **stage["info"]}
 
@@ -344,7 +286,7 @@ def write_shards(table: pa.Table, out: Path, shards: int) -> Path:
     return out
 
 
-def bench_corpus(name: str, table: pa.Table, args: argparse.Namespace, tmp: Path) -> list[Result]:
+def bench_corpus(name: str, table: pa.Table, args: argparse.Namespace, tmp: Path, run: Run) -> list[Result]:
     from curate.stages.minhash import MinHashDedup
 
     shards = write_shards(table.select(["id", "text"]), tmp / f"{name}-in", args.shards)
@@ -356,6 +298,7 @@ def bench_corpus(name: str, table: pa.Table, args: argparse.Namespace, tmp: Path
     truth_rows, truth_info = ground_truth(texts, args.ngram, args.threshold)
     truth = {ids[i] for i in truth_rows}
     print(f"ground truth: {len(truth):,} rows to remove ({truth_info['true_pairs']:,} pairs with exact Jaccard >= {args.threshold}; {time.perf_counter() - t0:.1f}s)", flush=True)
+    run.data[name] = {"documents": len(texts), "megabytes": round(mb, 2), "truth_rows": len(truth), **truth_info}
     results: list[Result] = []
 
     def add(method: str, seconds: float | None, removed: set[str] | None, note: str = "", extra: dict | None = None, cpu: float = 0.0) -> None:
@@ -365,15 +308,16 @@ def bench_corpus(name: str, table: pa.Table, args: argparse.Namespace, tmp: Path
         line = f"{method:<30}" + (f"{seconds:8.2f}s (cpu {cpu:6.2f}s) {len(texts) / seconds:8,.0f} docs/s {mb / seconds:6.2f} MB/s  removed {len(removed):6,}  P {p:.4f}  R {r:.4f}" if seconds and removed is not None and p is not None and r is not None else f"  {note}")
         print(line, flush=True)
 
-    def best_of(run, repeats: int):
-        """(wall, cpu, result) of the run with the least wall time among `repeats`."""
+    def best_of(measure, repeats: int):
+        """(wall, cpu, result) of the run with the least wall time among `repeats`; CPU counted
+        over the run's worker processes too."""
         best = None
         for _ in range(max(1, repeats)):
             gc.collect()
-            with TreeCpu() as cpu:
-                found = run()
+            with ProcessTree() as cpu:
+                found = measure()
             if best is None or found[0] < best[0]:
-                best = (found[0], cpu.seconds, found)
+                best = (found[0], cpu.cpu_seconds, found)
         return best
 
     jobs_label = "all cores" if args.jobs is None else f"--jobs {args.jobs}"
@@ -407,14 +351,22 @@ def bench_corpus(name: str, table: pa.Table, args: argparse.Namespace, tmp: Path
         if r.seconds and base.seconds and r.extra.get("cpu_seconds") and base.extra.get("cpu_seconds"):
             r.extra["cpu_speedup_vs_datasketch"] = round(base.extra["cpu_seconds"] / r.extra["cpu_seconds"], 2)
     print("speed-up vs the datasketch loop, wall (cpu): " + ", ".join(f"{r.method} {r.extra['speedup_vs_datasketch']:.1f}x ({r.extra.get('cpu_speedup_vs_datasketch', float('nan')):.1f}x)" for r in results if "speedup_vs_datasketch" in r.extra))
+    run.table(
+        f"{name}: {len(texts):,} documents, {mb:.1f} MB of text; ground truth {len(truth):,} rows to remove",
+        ["method", "seconds", "CPU s", "docs/s", "MB/s", "removed", "precision", "recall", "x datasketch (wall)", "x datasketch (CPU)", "note"],
+        [[r.method, r.seconds, r.extra.get("cpu_seconds") if r.seconds else None, len(texts) / r.seconds if r.seconds else None, mb / r.seconds if r.seconds else None,
+          r.removed, r.precision, r.recall, r.extra.get("speedup_vs_datasketch"), r.extra.get("cpu_speedup_vs_datasketch"), r.note] for r in results],
+        show=False,
+    )
+    for r in results:
+        if r.method.startswith("curate") and "speedup_vs_datasketch" in r.extra:
+            run.compare(f"{name}: {r.method} vs the datasketch loop, wall", r.extra["speedup_vs_datasketch"])
     return results
 
 
-def scale_run(rows: int, tmp: Path, jobs: int | None, debian: Path | None) -> None:
+def scale_run(rows: int, tmp: Path, jobs: int | None, debian: Path | None, run: Run) -> None:
     """Memory and time of our stage alone on `rows` short documents (the Debian descriptions
     tiled, every other copy with one extra word), run as a child process to read its peak RSS."""
-    import subprocess
-
     import polars as pl
 
     base = pl.read_parquet(debian_descriptions(debian).path, columns=["id", "text"])
@@ -430,33 +382,43 @@ def scale_run(rows: int, tmp: Path, jobs: int | None, debian: Path | None) -> No
         part.write_parquet(src / f"part-{k:05d}.parquet")
     mb = table["text"].str.len_bytes().sum() / 1e6
     started = time.perf_counter()
-    with TreeCpu() as tree:
+    with ProcessTree() as tree:
         subprocess.run(
-            [sys.executable, "-m", "curate.cli", "dedup", "-i", str(src), "-o", str(tmp / "scale-out"), "--method", "minhash", "--quiet", *(["--jobs", str(jobs)] if jobs else [])],
+            curate_cli("dedup", "-i", str(src), "-o", str(tmp / "scale-out"), "--method", "minhash", "--quiet", *(["--jobs", str(jobs)] if jobs else [])),
             check=True,
-            cwd=Path(__file__).resolve().parents[1],
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            env=cli_env(),
         )
     seconds = time.perf_counter() - started
     manifest = json.loads((tmp / "scale-out" / "manifest.json").read_text())
     stage = manifest["stages"][1]
     # Peak RSS by process, sampled every 0.1 s: the CLI (driver), the fork server, each worker.
-    peaks = sorted(tree.peak_rss.values(), key=lambda item: -item[1])
-    driver = next((rss for cmd, rss in peaks if "curate.cli" in cmd), 0)
-    workers = [rss for cmd, rss in peaks if "forkserver" not in cmd and "curate.cli" not in cmd]
+    peaks = sorted(tree.peak_rss_by_process.items(), key=lambda item: -item[1][1])
+    driver = next((rss for _, (cmd, rss) in peaks if "curate.cli" in cmd), 0)
+    fork_servers = {key[0] for key, (cmd, _) in peaks if "forkserver" in cmd}
+    workers = [rss for key, (_, rss) in peaks if tree.parent.get(key) in fork_servers]  # forked by the fork server
     print(f"\n== scale: {rows:,} short documents, {mb:.0f} MB, {manifest['executor']['description']} ==")
-    print(f"curate dedup --method minhash: {seconds:.1f}s end to end ({rows / seconds:,.0f} docs/s), CPU {tree.seconds:.1f}s, removed {stage['rows_removed']:,}")
+    print(f"curate dedup --method minhash: {seconds:.1f}s end to end ({rows / seconds:,.0f} docs/s), CPU {tree.cpu_seconds:.1f}s, removed {stage['rows_removed']:,}")
     print(f"peak RSS: driver {driver / 2**20:,.0f} MiB, workers {', '.join(f'{w / 2**20:,.0f}' for w in workers) or 'none'} MiB (sampled every 0.1 s)")
     print(f"stage info: {stage['info']}")
+    run.table(f"{rows:,} short documents, {mb:.0f} MB, {manifest['executor']['description']}", ["figure", "value"], [
+        ["seconds, end to end", round(seconds, 1)],
+        ["docs/s", round(rows / seconds)],
+        ["CPU seconds (all processes)", round(tree.cpu_seconds, 1)],
+        ["rows removed", stage["rows_removed"]],
+        ["peak RSS, driver (MiB)", round(driver / 2**20)],
+        ["peak RSS, largest worker (MiB)", round(max(workers, default=0) / 2**20)],
+    ], show=False)
+    run.data.update(stage_info=stage["info"], worker_peak_rss_mib=[round(w / 2**20) for w in workers])
+    run.note("peak RSS per process sampled every 0.1 s", show=False)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--long-docs", type=int, default=8000)
     parser.add_argument("--min-bytes", type=int, default=300, help="long corpus: smallest document")
     parser.add_argument("--max-bytes", type=int, default=200_000, help="long corpus: largest document")
     parser.add_argument("--long-corpus", type=Path, default=None, help="a Parquet file (id, text) to use instead of building the long corpus")
-    parser.add_argument("--debian", type=Path, default=None, help="debian_descriptions.parquet (default: ../shared/data next to the repository)")
+    parser.add_argument("--debian", type=Path, default=None, help="debian_descriptions.parquet (default: shared/data beside the checkout)")
     parser.add_argument("--short-docs", type=int, default=0, help="0: all Debian descriptions")
     parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--ngram", type=int, default=5)
@@ -467,14 +429,19 @@ def main() -> None:
     parser.add_argument("--verify", nargs="+", default=["exact", "estimate"], choices=["estimate", "exact", "none"])
     parser.add_argument("--corpus", nargs="+", default=["debian", "long"], choices=["debian", "long"])
     parser.add_argument("--skip", nargs="*", default=[], choices=["rensa", "datatrove"])
-    parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--scale-rows", type=int, default=0, help="only measure our stage's time and peak RSS on this many short documents")
-    args = parser.parse_args()
+    add_result_argument(parser, None, "minhash, or minhash-scale with --scale-rows")
+    args = parser.parse_args(argv)
+    result = args.result or ("minhash-scale" if args.scale_rows else "minhash")
     if args.scale_rows:
+        run = start_run("minhash", argv, result, "Our MinHash stage alone (`curate dedup --method minhash`): time and peak RSS of the driver and each worker.", vars(args))
         with tempfile.TemporaryDirectory(prefix="curate-bench-minhash-") as tmp_name:
-            scale_run(args.scale_rows, Path(tmp_name), args.jobs, args.debian)
+            scale_run(args.scale_rows, Path(tmp_name), args.jobs, args.debian, run)
+        run.write()
         return
-    print(f"cores: {os.cpu_count()}, jobs: {args.jobs or 'all cores'}, repeats: {args.repeats}, load average: {os.getloadavg()}")
+    run = start_run("minhash", argv, result, "MinHash near-dup: our stage vs datasketch (and rensa, datatrove where installed) on the same real documents, "
+                "precision and recall against exact Jaccard.", vars(args))
+    print(f"jobs: {args.jobs or 'all cores'}, repeats: {args.repeats}")
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="curate-bench-minhash-") as tmp_name:
         tmp = Path(tmp_name)
@@ -482,13 +449,12 @@ def main() -> None:
             table = pq.read_table(debian_descriptions(args.debian).path, columns=["id", "text"])
             if args.short_docs:
                 table = table.slice(0, args.short_docs)
-            results += bench_corpus("debian", table, args, tmp)
+            results += bench_corpus("debian", table, args, tmp, run)
         if "long" in args.corpus:
             path = args.long_corpus or build_long_corpus(tmp / "long-src", max_docs=args.long_docs, min_bytes=args.min_bytes, max_bytes=args.max_bytes).path
-            results += bench_corpus("long", pq.read_table(path, columns=["id", "text"]), args, tmp)
-    print(f"load average at the end: {os.getloadavg()}")
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+            results += bench_corpus("long", pq.read_table(path, columns=["id", "text"]), args, tmp, run)
+    run.data["results"] = [asdict(r) for r in results]
+    run.write()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Does prototype pruning beat random pruning? Sorscher et al. (2022) on real labelled text.
 
-    python bench/prototypes_repro.py [--model minilm|hashing] [--cache bench/out/debian-minilm] [--seeds 0 1 2]
+    python -m bench.prototypes_repro [--model minilm|hashing] [--cache bench/out/debian-minilm] [--seeds 0 1 2]
+    python -m bench.prototypes_repro --model hashing --rows 10000 --seeds 0 --fractions 0.4 0.8   # a quick run
 
 Task: predict the Debian `section` of a package from its short description, top 20 sections.
 Split: seeded 80% train / 20% test (test fixed for every run). Pruning scores: the prototypes
@@ -14,39 +15,37 @@ split is fixed): mean and sample sd over the seeds. Classifier: multinomial logi
 linear layer, full-batch L-BFGS, 50 iterations, L2 1e-4) on the embedding. This is the
 "linear probe on self-supervised features" end of the paper's experiments; the paper's claim to
 check: keep hard examples when data is abundant (large fractions), easy ones when scarce
-(small fractions), and both beat random in their regime.
+(small fractions), and both beat random in their regime. `--rows N`: a seeded sample of N rows
+of the corpus.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import polars as pl
+import torch
 
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-import torch  # noqa: E402
+from bench._harness import REPO_ROOT, add_result_argument, start_run
+from bench.corpora import DEBIAN_DESCRIPTIONS as DEBIAN
+from curate.metrics.hashing_embed import hashing_embed
+from curate.metrics.kmeans import set_threads, spherical_kmeans
+from curate.metrics.prototypes import prototype_distance, select_by_difficulty
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+from curate.shards import read_parts
 
-from curate.metrics.hashing_embed import hashing_embed  # noqa: E402
-from curate.metrics.kmeans import set_threads, spherical_kmeans  # noqa: E402
-from curate.metrics.prototypes import prototype_distance, select_by_difficulty  # noqa: E402
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline  # noqa: E402
-from curate.shards import read_parts  # noqa: E402
-from bench.corpora import shared_data as _shared_data  # noqa: E402
-
-
-DEBIAN = _shared_data("debian_descriptions.parquet")
 METHODS = ("hard", "easy", "balanced-hard", "balanced-easy", "random")
 FRACTIONS = (0.2, 0.4, 0.6, 0.8)
 
 
-def load(model: str, cache: Path, data: Path = DEBIAN, vectors: Path | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load(model: str, cache: Path, data: Path = DEBIAN, vectors: Path | None = None, rows: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
     frame = pl.read_parquet(data, columns=["id", "section", "text"]).with_row_index("row")
+    if rows and rows < frame.height:
+        frame = frame.sample(n=rows, seed=0).sort("row")
     top = frame.get_column("section").value_counts(sort=True).head(20).get_column("section").to_list()
     frame = frame.filter(pl.col("section").is_in(top))
     if vectors is not None:  # precomputed (rows x d, the corpus file's row order), e.g. from an earlier store
@@ -97,21 +96,24 @@ def select(method: str, distance: np.ndarray, clusters: np.ndarray, fraction: fl
     return select_by_difficulty(distance, fraction, keep, clusters if method.startswith("balanced-") else None)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm", choices=["minilm", "hashing"])
     parser.add_argument("--data", type=Path, default=DEBIAN, help="debian_descriptions.parquet")
-    parser.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / "out" / "debian-minilm", help="minilm store (embedded once)")
+    parser.add_argument("--rows", type=int, default=0, help="a seeded sample of N rows (0: all)")
+    parser.add_argument("--cache", type=Path, default=REPO_ROOT / "bench" / "out" / "debian-minilm", help="minilm store (embedded once; default bench/out/debian-minilm)")
     parser.add_argument("--vectors", type=Path, default=None, help="precomputed embeddings .npy (rows in the corpus file's order) instead of embedding")
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
-    parser.add_argument("--json", type=Path, default=None, help="also write the raw accuracies here")
-    args = parser.parse_args()
+    add_result_argument(parser, None, "prototypes_repro-MODEL")
+    args = parser.parse_args(argv)
+    run = start_run("prototypes_repro", argv, args.result or f"prototypes_repro-{args.model}",
+                "Prototype pruning vs random pruning (Sorscher et al. 2022): test accuracy of a linear probe on the kept train rows, Debian sections.", vars(args))
     torch.set_num_threads(os.cpu_count() or 1)
     set_threads(os.cpu_count() or 1)
     started = time.perf_counter()
-    x, y, sections = load(args.model, args.cache, args.data, args.vectors)
+    x, y, sections = load(args.model, args.cache, args.data, args.vectors, args.rows)
     order = np.random.default_rng(0).permutation(len(x))
     cut = int(0.8 * len(x))
     train, test = np.sort(order[:cut]), np.sort(order[cut:])
@@ -129,8 +131,7 @@ def main() -> None:
                 pick = select(method, distance, clusters, fraction, seed)
                 scores.setdefault((fraction, method), []).append(train_and_test(x_train[pick], y_train[pick], x_test, y_test, len(sections)))
             print(f"  seed {seed} fraction {fraction:.1f} done ({time.perf_counter() - started:.0f} s)", flush=True)
-    print()
-    rows = [("kept fraction", "kept rows", *METHODS, "best")]
+    rows = []
     for fraction in args.fractions:
         cells, means = [], {}
         for method in METHODS:
@@ -138,19 +139,15 @@ def main() -> None:
             means[method] = float(np.mean(values))
             sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
             cells.append(f"{means[method]:.4f} ± {sd:.4f}")
-        rows.append((f"{fraction:.1f}", f"{int(np.floor(fraction * len(train) + 0.5)):,}", *cells, max(means, key=means.get)))
-    widths = [max(len(str(r[c])) for r in rows) for c in range(len(rows[0]))]
-    for n, row in enumerate(rows):
-        print("| " + " | ".join(str(v).ljust(w) for v, w in zip(row, widths)) + " |")
-        if n == 0:
-            print("| " + " | ".join("-" * w for w in widths) + " |")
-    print(f"| 1.0 | {len(train):,} | {full:.4f} (no pruning) |" + " |" * len(METHODS))
-    print(f"\n(test accuracy, mean ± sample sd over {len(args.seeds)} seeds; {time.perf_counter() - started:.0f} s)")
-    if args.json:
-        import json
-
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"model": args.model, "full": full, "seeds": args.seeds, "scores": {f"{f}:{m}": v for (f, m), v in scores.items()}}, indent=1))
+        rows.append((f"{fraction:.1f}", int(np.floor(fraction * len(train) + 0.5)), *cells, max(means, key=means.get)))
+        best_pruned = max(means[m] for m in METHODS if m != "random")
+        run.compare(f"kept {fraction:.1f}: best prototype rule minus random, test accuracy", best_pruned - means["random"], unit="")
+    rows.append(("1.0", len(train), *[""] * len(METHODS), f"{full:.4f} (no pruning)"))
+    run.table(f"test accuracy, mean ± sample sd over {len(args.seeds)} seeds; {len(x):,} rows ({len(train):,} train / {len(test):,} test), "
+              f"{args.model} embeddings, {args.clusters} prototypes", ["kept fraction", "kept rows", *METHODS, "best"], rows)
+    run.data.update(full=full, seeds=args.seeds, scores={f"{f}:{m}": v for (f, m), v in scores.items()})
+    print(f"({time.perf_counter() - started:.0f} s)")
+    run.write()
 
 
 if __name__ == "__main__":

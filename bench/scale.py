@@ -1,7 +1,8 @@
 """End-to-end scale benchmark: the standard pipeline over ~1M real short texts on this machine.
 
-    python bench/scale.py                          # 1M rows, hashing embeddings
-    python bench/scale.py --model minilm --rows 100000
+    python -m bench.scale                          # 1M rows, hashing embeddings
+    python -m bench.scale --model minilm --rows 100000
+    python -m bench.scale --rows 20000 --shards 4  # a quick run
 
 Runs `python -m curate.cli run` as a subprocess (so the numbers are the CLI's, imports and
 all), then `curate verify`. Prints wall time per stage from manifest.json, rows/s, and the
@@ -9,32 +10,26 @@ peak memory: the child's ru_maxrss (getrusage RUSAGE_CHILDREN, largest single pr
 the peak summed RSS of the whole process tree (psutil, sampled every 0.25 s), which also
 catches worker processes. Stage kinds that are not registered in this checkout are skipped
 and listed; so are stages whose input column comes from a skipped stage.
-Targets (DESIGN section 7): peak RSS < 4 GiB, wall < 10 minutes for 1M rows.
+Targets (DESIGN section 7): peak RSS < 4 GiB, wall < 10 minutes for 1M rows. No peer runs
+beside it: the figures are checked against those targets.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
+from bench._harness import GIB, ProcessTree, add_result_argument, cli_env, curate_cli, gib, start_run
+from bench.corpus_short import cached_corpus
+from curate.stages.base import available_kinds, stage_class
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.corpus_short import cached_corpus  # noqa: E402
-from curate.stages.base import available_kinds, stage_class  # noqa: E402
-
-GIB = 1024**3
 RSS_TARGET = 4 * GIB
 WALL_TARGET_S = 600.0
 
@@ -79,7 +74,7 @@ def plan_stages(wanted: list[dict], kinds: list[str]) -> tuple[list[dict], list[
 
 
 def pipeline_toml(stages: list[dict], batch_size: int) -> str:
-    lines = ["# written by bench/scale.py", f"batch_size = {batch_size}", "", "[input]", 'text_column = "text"', 'id_column = "id"', ""]
+    lines = ["# written by bench.scale", f"batch_size = {batch_size}", "", "[input]", 'text_column = "text"', 'id_column = "id"', ""]
     for stage in stages:
         lines.append("[[stage]]")
         for key, value in stage.items():
@@ -88,58 +83,14 @@ def pipeline_toml(stages: list[dict], batch_size: int) -> str:
     return "\n".join(lines)
 
 
-class TreeRssSampler:
-    """Peak of the summed RSS of a process and its descendants, sampled on a thread, and the
-    last CPU seconds seen of each descendant (worker processes are not waited for by this
-    process, so getrusage does not count them)."""
-
-    def __init__(self, pid: int, interval: float = 0.25):
-        self.pid = pid
-        self.interval = interval
-        self.peak = 0
-        self.descendant_cpu: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "TreeRssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        try:
-            root = psutil.Process(self.pid)
-        except psutil.NoSuchProcess:
-            return
-        while not self._stop.is_set():
-            total = 0
-            try:
-                procs = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                return
-            for proc in procs:
-                try:
-                    total += proc.memory_info().rss
-                    if proc.pid != self.pid:
-                        times = proc.cpu_times()
-                        self.descendant_cpu[proc.pid] = times.user + times.system
-                except psutil.NoSuchProcess:
-                    continue
-            self.peak = max(self.peak, total)
-            self._stop.wait(self.interval)
-
-
 def run_measured(cmd: list[str], log: Path) -> dict:
     """Run `cmd`, return wall seconds, exit code, and peak memory (tree sample and ru_maxrss)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     started = time.perf_counter()
     with open(log, "wb") as handle:
-        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
-        with TreeRssSampler(proc.pid) as sampler:
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=cli_env())
+        with ProcessTree(proc.pid, interval=0.25) as sampler:
             code = proc.wait()
     wall = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -147,12 +98,8 @@ def run_measured(cmd: list[str], log: Path) -> dict:
     # ru_maxrss (KiB on Linux) of children is a running maximum: only meaningful if it grew.
     maxrss = after * 1024 if after > before else None
     # CPU seconds are less noisy than wall time on a shared machine.
-    cpu += sum(sampler.descendant_cpu.values())  # workers (sampled every 0.25 s)
-    return {"wall_s": wall, "cpu_s": cpu, "exit_code": code, "tree_peak_rss": sampler.peak, "child_maxrss": maxrss}
-
-
-def _gib(value: int | None) -> str:
-    return "n/a" if value is None else f"{value / GIB:.2f} GiB"
+    cpu += sampler.descendant_cpu_seconds  # workers (sampled every 0.25 s)
+    return {"wall_s": wall, "cpu_s": cpu, "exit_code": code, "tree_peak_rss": sampler.peak_rss, "child_maxrss": maxrss}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,10 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=65_536)
     parser.add_argument("--work-dir", type=Path, default=None, help="where OUT goes (default: a temp dir, removed after)")
     parser.add_argument("--keep-output", action="store_true")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    add_result_argument(parser, "scale")
     args = parser.parse_args(argv)
-
-    load_start = os.getloadavg()
+    run = start_run("scale", argv, args.result, "End to end: exact -> minhash -> embed -> prototypes -> pools over real short texts through the CLI; time per stage and peak memory.", vars(args))
     started = time.perf_counter()
     corpus = cached_corpus(args.rows, args.shards, args.seed)
     print(f"corpus: {corpus} ({args.rows:,} rows, {args.shards} shards; ready in {time.perf_counter() - started:.1f} s)")
@@ -183,15 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     pipeline.write_text(pipeline_toml(stages, args.batch_size))
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
-    python = sys.executable
-    run = run_measured([python, "-m", "curate.cli", "run", str(pipeline), "-i", str(corpus), "-o", str(out), "--quiet"], work / "run.log")
-    if run["exit_code"] != 0:
+    measured = run_measured(curate_cli("run", str(pipeline), "-i", str(corpus), "-o", str(out), "--quiet"), work / "run.log")
+    if measured["exit_code"] != 0:
         print((work / "run.log").read_text()[-4000:])
-        print(f"FAILED: curate run exited {run['exit_code']} (log: {work / 'run.log'})")
+        print(f"FAILED: curate run exited {measured['exit_code']} (log: {work / 'run.log'})")
         return 1
-    verify = run_measured([python, "-m", "curate.cli", "verify", str(out)], work / "verify.log")
+    verify = run_measured(curate_cli("verify", str(out)), work / "verify.log")
     manifest = json.loads((out / "manifest.json").read_text())
-    load_end = os.getloadavg()
 
     print(f"\n{'stage':<14}{'rows in':>12}{'rows out':>12}{'seconds':>10}{'rows/s':>12}")
     stage_rows = []
@@ -203,21 +147,35 @@ def main(argv: list[str] | None = None) -> int:
     totals = manifest["totals"]
     rows = totals["input_rows"]
     print(f"\ntotal: {rows:,} rows -> kept {totals['kept_rows']:,}, removed {totals['removed_rows']:,}")
-    print(f"run wall time: {run['wall_s']:.1f} s ({rows / run['wall_s']:,.0f} rows/s end to end, CLI start-up included); CPU {run['cpu_s']:.1f} s (user+sys, worker processes included)")
-    print(f"run peak RSS: process tree {_gib(run['tree_peak_rss'])} (sampled), largest process {_gib(run['child_maxrss'])} (ru_maxrss)")
-    print(f"verify: exit {verify['exit_code']}, {verify['wall_s']:.1f} s, peak RSS {_gib(verify['tree_peak_rss'])}")
-    print(f"load average (1/5/15 min): start {load_start[0]:.2f}/{load_start[1]:.2f}/{load_start[2]:.2f}, end {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f} on {os.cpu_count()} cores")
-    peak = max(run["tree_peak_rss"], run["child_maxrss"] or 0)
+    run.table(f"{rows:,} rows -> kept {totals['kept_rows']:,}, removed {totals['removed_rows']:,}", ["stage", "rows in", "rows out", "seconds", "rows/s"],
+              [[s["name"], s["rows_in"], s["rows_out"], round(s["seconds"], 1), round(s["rows_in"] / s["seconds"]) if s["seconds"] and s["rows_in"] else None] for s in stage_rows], show=False)
+    peak = max(measured["tree_peak_rss"], measured["child_maxrss"] or 0)
     ok_rss = peak < RSS_TARGET
-    ok_wall = run["wall_s"] < WALL_TARGET_S * rows / 1_000_000
-    print(f"targets: peak RSS < 4 GiB: {'ok' if ok_rss else 'MISSED'}; wall < 10 min per 1M rows: {'ok' if ok_wall else 'MISSED'}")
+    ok_wall = measured["wall_s"] < WALL_TARGET_S * rows / 1_000_000
+    whole = [
+        ["curate run: wall s (CLI start-up included)", round(measured["wall_s"], 1)],
+        ["curate run: rows/s end to end", round(rows / measured["wall_s"])],
+        ["curate run: CPU s (worker processes included)", round(measured["cpu_s"], 1)],
+        ["curate run: peak RSS of the process tree (sampled)", gib(measured["tree_peak_rss"])],
+        ["curate run: largest process (ru_maxrss)", gib(measured["child_maxrss"])],
+        ["curate verify: wall s", round(verify["wall_s"], 1)],
+        ["curate verify: peak RSS of the process tree", gib(verify["tree_peak_rss"])],
+    ]
     embed = next((s for s in stage_rows if s["name"].startswith("embed")), None)
     if rows < 1_000_000:
         scale = 1_000_000 / rows
         projected = sum(s["seconds"] for s in stage_rows) * scale
-        print(f"projected for 1M rows (stage times scaled linearly x{scale:g}): {projected:.0f} s" + (f", of which embed {embed['seconds'] * scale:.0f} s" if embed else ""))
-    if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "notes": notes, "stages": stage_rows, "run": run, "verify": verify, "totals": totals, "load_start": load_start, "load_end": load_end}, indent=2))
+        whole.append([f"projected for 1M rows (stage times scaled linearly x{scale:g}), s", round(projected)])
+        if embed:
+            whole.append(["  of which embed, s", round(embed["seconds"] * scale)])
+    run.table("whole run", ["figure", "value"], whole)
+    run.check("peak RSS < 4 GiB", ok_rss)
+    run.check("wall < 10 min per 1M rows", ok_wall)
+    run.check("curate verify passes", verify["exit_code"] == 0)
+    for note in notes:
+        run.note(note, show=False)
+    run.data.update(stages=stage_rows, run=measured, verify=verify, totals=totals)
+    run.write()
     if not args.keep_output and args.work_dir is None:
         shutil.rmtree(work, ignore_errors=True)
     else:

@@ -1,6 +1,6 @@
 """Real validation of the scaling law: fit on small budgets, predict large ones, check the allocation.
 
-Data: ../shared/data/debian_descriptions.parquet (beside the checkout), predict `section` (the 20 largest) from
+Data: shared/data/debian_descriptions.parquet (beside the checkout, see bench.corpora), predict `section` (the 20 largest) from
 `text`. Pools: 4 quantile pools of out-of-fold proxy loss (pool 0 = lowest loss; a score of
 its own, so the check does not lean on the prototype distance that `curate pools` uses). Runs: the hashed n-gram proxy
 trained on each pool alone and on each quality prefix (0+1, 0+1+2, 0+1+2+3), all evaluated on
@@ -9,32 +9,32 @@ repetition). The law is fitted on single-pool runs with budgets <= --fit-max and
 (a) the single-pool runs beyond it, (b) every prefix-mix run (never fitted), and (c) which prefix
 is best at each large budget, against what the proxies measured.
 
-    python bench/scaling.py                 # ~10 min on 2 shared cores; runs cached in --out
-    python bench/scaling.py --reuse         # refit and re-evaluate from the cached runs.csv
+    python -m bench.scaling                 # about 10 min on 2 cores; runs cached in --out
+    python -m bench.scaling --reuse         # refit and re-evaluate from the cached runs.csv
+    python -m bench.scaling --rows 10000 --budgets 1000,2000,4000,8000 --fit-max 4000   # a quick run
+
+The baseline in the same run is the observed loss of every run the law did not see; `--rows N`
+takes a seeded sample of N rows of the corpus.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from curate.scaling.allocate import allocate  # noqa: E402
-from curate.scaling.fit import fit_law  # noqa: E402
-from curate.scaling.law import GOYAL, MUENNIGHOFF, law_to_json  # noqa: E402
-from curate.scaling.proxy_runs import EXTRA_COLUMNS, ProxyRunSettings, run_proxy_trainings, score_pools, top_classes  # noqa: E402
-from curate.scaling.runs import RunsTable, read_runs, write_runs  # noqa: E402
-from curate.training.features import hashed_ngram_bags  # noqa: E402
-
-from bench.corpora import DEBIAN_DESCRIPTIONS  # noqa: E402  (../shared/data beside the checkout)
-DATA = DEBIAN_DESCRIPTIONS
+from bench._harness import REPO_ROOT, add_result_argument, start_run
+from bench.corpora import DEBIAN_DESCRIPTIONS as DATA
+from curate.scaling.allocate import allocate
+from curate.scaling.fit import fit_law
+from curate.scaling.law import GOYAL, MUENNIGHOFF, law_to_json
+from curate.scaling.proxy_runs import EXTRA_COLUMNS, ProxyRunSettings, run_proxy_trainings, score_pools, top_classes
+from curate.scaling.runs import RunsTable, read_runs, write_runs
+from curate.training.features import hashed_ngram_bags
 
 
 def subset(runs: RunsTable, keep: np.ndarray) -> RunsTable:
@@ -106,21 +106,27 @@ def print_result(name: str, result: dict) -> None:
         print(f"  budget {c['budget']:.3g}: predicted best prefix {c['predicted_best']} pools, observed best {c['observed_best']} (regret {c['regret_pct']:.2f}%; all pools would be {c['observed_all_pools']:.4f} vs best {c['observed_best_loss']:.4f})")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("bench/out/scaling"))
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "scaling", help="runs.csv cache and full results (default: bench/out/scaling, not committed)")
+    parser.add_argument("--rows", type=int, default=0, help="a seeded sample of N rows of the corpus (0: all)")
     parser.add_argument("--reuse", action="store_true", help="reuse OUT/runs.csv instead of training again")
     parser.add_argument("--pools", type=int, default=4)
     parser.add_argument("--budgets", default="1000,2000,4000,8000,15000,30000,60000,120000,240000", help="samples seen, every pool and prefix")
     parser.add_argument("--fit-max", type=float, default=60000, help="fit on single-pool runs with at most this many samples seen")
     parser.add_argument("--irreducible", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    add_result_argument(parser, "scaling")
+    args = parser.parse_args(argv)
+    run = start_run("scaling", argv, args.result, "Scaling law on real data: fit on small budgets of single pools, predict larger budgets and prefix mixes never fitted, "
+                "check the allocation against what proxies measured.", vars(args))
     args.out.mkdir(parents=True, exist_ok=True)
     runs_csv = args.out / "runs.csv"
     timings = {}
     if not (args.reuse and runs_csv.exists()):
         frame = pl.read_parquet(DATA)
+        if args.rows and args.rows < frame.height:
+            frame = frame.sample(n=args.rows, seed=args.seed)
         rows, labels = top_classes(frame.get_column("section").to_list(), 20)
         texts = frame.get_column("text").to_arrow().take(rows)
         print(f"{len(rows):,} of {frame.height:,} rows in the 20 largest sections", flush=True)
@@ -145,7 +151,19 @@ def main() -> None:
                 results[name] = evaluate(table, args.fit_max, model, args.irreducible, with_mixes)
                 print_result(name, results[name])
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"\nresults: {args.out / 'results.json'}")
+    print(f"\nper-run predictions: {args.out / 'results.json'}")
+    summary, allocation = [], []
+    for name, result in results.items():
+        if not isinstance(result, dict) or "summary" not in result:
+            continue
+        for group, s in result["summary"].items():
+            summary.append([name, group, s["runs"], round(s["mean_abs_pct"], 2), round(s["max_abs_pct"], 2)])
+        for c in result["allocation"]:
+            allocation.append([name, c["budget"], c["predicted_best"], c["observed_best"], round(c["regret_pct"], 2)])
+    run.table(f"predicted vs observed loss, fitted on budgets <= {args.fit_max:g} samples seen", ["fit", "runs", "count", "mean abs error %", "max abs error %"], summary, show=False)
+    run.table("allocation beyond the fitted budgets: best prefix (number of pools) predicted vs observed", ["fit", "budget", "predicted best", "observed best", "regret %"], allocation, show=False)
+    run.data.update(timings=timings, laws={name: r["law"] for name, r in results.items() if isinstance(r, dict) and "law" in r})
+    run.write()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Semantic dedup quality vs brute force on real data, and time / peak RSS at 1M x 384.
 
-    python bench/semdedup.py [--cache /tmp/curate-bench/debian-minilm] [--rows 1000000]
-    python bench/semdedup.py --skip-real        # only the synthetic scale run
-    python bench/semdedup.py --skip-synthetic   # only the Debian quality run
+    python -m bench.semdedup [--cache DIR] [--rows 1000000]
+    python -m bench.semdedup --skip-real        # only the synthetic scale run
+    python -m bench.semdedup --skip-synthetic   # only the Debian quality run
+    python -m bench.semdedup --model hashing --rows 20000   # a quick run
 
 Part 1 (Debian, minilm, T = 0.95): the `semdedup` stage's removed rows vs brute force, i.e.
 connected components of the exact all-pairs cosine >= T graph (FAISS range search over the
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -29,21 +29,16 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import faiss
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy.sparse import coo_matrix  # noqa: E402
-from scipy.sparse.csgraph import connected_components  # noqa: E402
-
-from curate.metrics.kmeans import set_threads  # noqa: E402
-from curate.metrics.semdedup import keep_priority, semantic_duplicates  # noqa: E402
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline  # noqa: E402
-from curate.shards import read_parts  # noqa: E402
-
-from bench.corpora import DEBIAN_DESCRIPTIONS  # noqa: E402  (../shared/data beside the checkout)
-DEBIAN = DEBIAN_DESCRIPTIONS
+from bench._harness import GIB, Run, add_result_argument, cli_env, own_peak_rss, part_table, removed_ids, start_run
+from bench.corpora import DEBIAN_DESCRIPTIONS as DEBIAN
+from curate.metrics.kmeans import set_threads
+from curate.metrics.semdedup import keep_priority, semantic_duplicates
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 
 def brute_force_pairs(x: np.ndarray, threshold: float, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +65,7 @@ def removed_by_components(n: int, i: np.ndarray, j: np.ndarray, priority: np.nda
     return np.sort(order[~first])
 
 
-def real_data(cache: Path, threshold: float, seed: int, model: str = "minilm") -> None:
+def real_data(cache: Path, threshold: float, seed: int, model: str, run: Run) -> None:
     work = Path(tempfile.mkdtemp(prefix="curate-bench-semdedup-"))
     try:
         if model == "minilm" and not (cache / "embeddings" / "embeddings.json").exists():
@@ -88,30 +83,36 @@ def real_data(cache: Path, threshold: float, seed: int, model: str = "minilm") -
         print(f"  pipeline (embed reused {embed_info['reused']:,} / computed {embed_info['computed']:,}; semdedup): {seconds:.1f} s, "
               f"semdedup stage {result.manifest['stages'][2]['seconds']:.1f} s, {sem_info['clusters']} clusters, largest {sem_info['largest_cluster']}")
 
-        store = read_parts(out / "embeddings")
+        run.data["real"] = {"rows": result.manifest["input"]["rows"], "pipeline_seconds": seconds, "semdedup_seconds": result.manifest["stages"][2]["seconds"],
+                            "clusters": sem_info["clusters"], "largest_cluster": sem_info["largest_cluster"]}
+        store = part_table(out / "embeddings")
         ids = np.array(store.column("id").to_pylist(), dtype=object)
         x = np.ascontiguousarray(store.column("embedding").combine_chunks().values.to_numpy().reshape(store.num_rows, -1))
-        stage_removed = set(read_parts(out / "removed").column("id").to_pylist())
+        stage_removed = removed_ids(out)
         set_threads(os.cpu_count() or 1)
         started = time.perf_counter()
         i, j = brute_force_pairs(x, threshold)
         print(f"  brute force: {len(i):,} pairs with cosine >= {threshold} ({time.perf_counter() - started:.1f} s)")
 
-        rows = [("clusters", "removed", "brute-force removed", "precision", "recall", "pairs split across clusters", "seconds")]
+        rows = []
+        ledger_matches = True
         for clusters in (0, 50, 100):
             started = time.perf_counter()
             ours = semantic_duplicates(x, threshold, clusters=clusters, keep="hard", seed=seed)
             took = time.perf_counter() - started
             if clusters == 0:  # the stage's configuration: its ledger must be exactly this
-                assert set(ids[ours.removed]) == stage_removed, "stage ledger differs from the pure function"
+                ledger_matches = set(ids[ours.removed]) == stage_removed
             truth = removed_by_components(len(x), i, j, keep_priority(ours.centroid_similarity, "hard", seed))
             hit = len(np.intersect1d(ours.removed, truth))
             split = int((ours.labels[i] != ours.labels[j]).sum())
             k = len(ours.centroids)
-            rows.append((f"{k}{' (auto)' if clusters == 0 else ''}", f"{len(ours.removed):,}", f"{len(truth):,}",
-                         f"{hit / max(1, len(ours.removed)):.4f}", f"{hit / max(1, len(truth)):.4f}",
-                         f"{split:,} of {len(i):,} ({100 * split / max(1, len(i)):.2f}%)", f"{took:.1f}"))
-        _print_table(rows)
+            rows.append((f"{k}{' (auto)' if clusters == 0 else ''}", len(ours.removed), len(truth),
+                         round(hit / max(1, len(ours.removed)), 4), round(hit / max(1, len(truth)), 4),
+                         f"{split:,} of {len(i):,} ({100 * split / max(1, len(i)):.2f}%)", round(took, 1)))
+        run.table(f"Debian descriptions, {model}, T = {threshold}: semdedup vs brute force ({len(i):,} pairs with cosine >= {threshold})",
+                  ["clusters", "removed", "brute-force removed", "precision", "recall", "pairs split across clusters", "seconds"], rows)
+        if not run.check("the stage's ledger is the pure function's removed rows", ledger_matches):
+            raise SystemExit("stage ledger differs from the pure function")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -146,36 +147,32 @@ def synthetic_child(path: str, threshold: float, seed: int) -> None:
     started = time.perf_counter()
     result = semantic_duplicates(x, threshold, clusters=0, keep="hard", seed=seed)
     seconds = time.perf_counter() - started
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_rss_gib": peak_kib / 2**20, "removed": len(result.removed),
+    print(json.dumps({"seconds": seconds, "peak_rss_gib": own_peak_rss() / GIB, "removed": len(result.removed),
                       "clusters": len(result.centroids), "largest_cluster": result.largest_cluster, "pairs": result.pairs}))
 
 
-def synthetic(rows: int, threshold: float, seed: int) -> None:
+def synthetic(rows: int, threshold: float, seed: int, run: Run) -> None:
     with tempfile.TemporaryDirectory(prefix="curate-bench-semdedup-") as tmp:
         path = Path(tmp) / "x.npy"
         started = time.perf_counter()
         planted = make_synthetic(path, rows, 384, seed)
         print(f"\nsynthetic: {rows:,} x 384 float32 ({path.stat().st_size / 2**30:.2f} GiB memmap), {planted:,} planted near copies "
               f"(made in {time.perf_counter() - started:.0f} s)", flush=True)
-        child = subprocess.run([sys.executable, __file__, "--synthetic-child", str(path), "--threshold", str(threshold), "--seed", str(seed)],
-                               capture_output=True, text=True, check=True)
+        child = subprocess.run([sys.executable, "-m", "bench.semdedup", "--synthetic-child", str(path), "--threshold", str(threshold), "--seed", str(seed)],
+                               capture_output=True, text=True, check=True, env=cli_env())
         report = json.loads(child.stdout.strip().splitlines()[-1])
         print(f"  semantic_duplicates: {report['seconds']:.1f} s (target < 300 s), peak RSS {report['peak_rss_gib']:.2f} GiB (target < 3 GiB)")
         print(f"  {report['clusters']} clusters (largest {report['largest_cluster']:,}), {report['pairs']:,} pairs, "
               f"removed {report['removed']:,} (planted {planted:,}; copies of a common original also pair up)")
+        run.table(f"synthetic: {rows:,} x 384 unit vectors, {planted:,} planted near copies, T = {threshold}; semantic_duplicates in a child process",
+                  ["figure", "value"], [["seconds", round(report["seconds"], 1)], ["peak RSS (GiB)", round(report["peak_rss_gib"], 2)], ["clusters", report["clusters"]],
+                                        ["largest cluster", report["largest_cluster"]], ["pairs", report["pairs"]], ["removed", report["removed"]]], show=False)
+        run.check("synthetic: under 300 s per 1M rows", report["seconds"] < 300 * rows / 1_000_000)
+        run.check("synthetic: peak RSS under 3 GiB", report["peak_rss_gib"] < 3)
 
 
-def _print_table(rows: list[tuple]) -> None:
-    widths = [max(len(str(r[c])) for r in rows) for c in range(len(rows[0]))]
-    for n, row in enumerate(rows):
-        print("  | " + " | ".join(str(v).ljust(w) for v, w in zip(row, widths)) + " |")
-        if n == 0:
-            print("  | " + " | ".join("-" * w for w in widths) + " |")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "curate-bench" / "debian-minilm")
     parser.add_argument("--threshold", type=float, default=0.95)
     parser.add_argument("--model", default="minilm", choices=["minilm", "hashing"])
@@ -183,15 +180,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--skip-synthetic", action="store_true")
-    parser.add_argument("--synthetic-child")
-    args = parser.parse_args()
+    parser.add_argument("--synthetic-child", help=argparse.SUPPRESS)
+    add_result_argument(parser, None, "semdedup-MODEL")
+    args = parser.parse_args(argv)
     if args.synthetic_child:
         synthetic_child(args.synthetic_child, args.threshold, args.seed)
         return
+    run = start_run("semdedup", argv, args.result or f"semdedup-{args.model}", "Semantic dedup: the stage vs brute force (all pairs at cosine >= T) on real data; "
+                "time and peak RSS on synthetic vectors.", vars(args))
     if not args.skip_real:
-        real_data(args.cache, args.threshold, args.seed, args.model)
+        real_data(args.cache, args.threshold, args.seed, args.model, run)
     if not args.skip_synthetic:
-        synthetic(args.rows, args.threshold, args.seed)
+        synthetic(args.rows, args.threshold, args.seed, run)
+    run.write()
 
 
 if __name__ == "__main__":

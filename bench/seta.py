@@ -1,6 +1,6 @@
 """SeTa vs full data, InfoBatch and random pruning at equal cost, on real text classification.
 
-Data: ../shared/data/debian_descriptions.parquet (beside the checkout). Model: the proxy BagClassifier (hashed
+Data: shared/data/debian_descriptions.parquet (beside the checkout, see bench.corpora). Model: the proxy BagClassifier (hashed
 word + bigram bag, linear head), Adam, batch 256, fixed held-out test split (20%, its own
 seed). Tasks:
   top20   predict `section` among the 20 largest sections (clean labels)
@@ -12,30 +12,29 @@ per-epoch sample counts (same visits, uniform choice); and full data for fewer e
 (round(SeTa visits / n) whole epochs: the other way to spend the same budget). Also times
 the SeTa selection (k-means + window + shuffle) on 1M losses.
 
-    python bench/seta.py --seeds 0 1 2 --tasks top20 noisy --out bench/seta_results.json
+    python -m bench.seta --seeds 0 1 2 --tasks top20 noisy
+    python -m bench.seta --seeds 0 --tasks top20 --epochs 2 --methods full seta random@seta --skip-overhead   # a quick run
+
+The result file is rewritten after every training, so a stopped run leaves what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._harness import add_result_argument, start_run
+from bench.corpora import DEBIAN_DESCRIPTIONS
+from curate.metrics.loss_clusters import kmeans_1d
+from curate.training import InfoBatchSampler, SeTaSampler
+from curate.training.features import hashed_ngram_bags
+from curate.training.proxy import ProxyConfig, build_model, predict_losses, train_steps
 
-from curate.metrics.loss_clusters import kmeans_1d  # noqa: E402
-from curate.training import InfoBatchSampler, SeTaSampler  # noqa: E402
-from curate.training.features import hashed_ngram_bags  # noqa: E402
-from curate.training.proxy import ProxyConfig, build_model, predict_losses, train_steps  # noqa: E402
-
-from bench.corpora import DEBIAN_DESCRIPTIONS  # noqa: E402  (../shared/data beside the checkout)
 DATA = str(DEBIAN_DESCRIPTIONS)
 SPLIT_SEED = 12345
 METHODS = ["full", "seta", "seta_w0.3", "seta_p0.3", "infobatch", "random@seta", "fewer_epochs@seta"]
@@ -80,7 +79,7 @@ class FixedCountSampler:
         return rng.choice(self.n, size=self.counts[epoch], replace=False)
 
 
-def run(task: dict, method: str, seed: int, epochs: int, counts: list[int] | None = None, lr: float = ProxyConfig().lr) -> dict:
+def train(task: dict, method: str, seed: int, epochs: int, counts: list[int] | None = None, lr: float = ProxyConfig().lr) -> dict:
     n = task["train_bags"].rows
     config = ProxyConfig(lr=lr)
     model, optimizer = build_model(config, task["classes"], seed)
@@ -161,8 +160,12 @@ def overhead(n: int = 1_000_000, repeats: int = 3) -> dict:
     }
 
 
-def summarize(results: list[dict], task_name: str) -> list[str]:
-    lines = [f"### {task_name}", "", "| method | test accuracy % (mean ± sd) (vs full) | visits vs full | flipped labels among visits | seconds | seeds |", "|---|---|---|---|---|---|"]
+SUMMARY_COLUMNS = ["method", "test accuracy % (mean ± sd) (vs full)", "visits vs full", "flipped labels among visits", "seconds", "seeds"]
+
+
+def summarize(results: list[dict]) -> list[list]:
+    """One row per method of SUMMARY_COLUMNS, over the seeds."""
+    lines = []
     full = [r for r in results if r["method"] == "full"]
     full_acc = statistics.mean(r["accuracy"] for r in full) if full else float("nan")
     for method in METHODS:
@@ -175,11 +178,11 @@ def summarize(results: list[dict], task_name: str) -> list[str]:
         sec = statistics.mean(r["seconds"] for r in rows)
         delta = statistics.mean(acc) - 100 * full_acc
         flipped = statistics.mean(sum(f * c for f, c in zip(r["flipped_share"], r["per_epoch"])) / max(sum(r["per_epoch"]), 1) for r in rows)
-        lines.append(f"| {method} | {statistics.mean(acc):.2f} ± {sd:.2f} ({delta:+.2f}) | {100 * vis:.1f}% | {100 * flipped:.1f}% | {sec:.1f} | {len(rows)} |")
+        lines.append([method, f"{statistics.mean(acc):.2f} ± {sd:.2f} ({delta:+.2f})", f"{100 * vis:.1f}%", f"{100 * flipped:.1f}%", round(sec, 1), len(rows)])
     return lines
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tasks", nargs="+", default=["top20", "noisy"], choices=["top20", "noisy"])
@@ -189,10 +192,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=ProxyConfig().lr, help="Adam learning rate (default: the proxy's 0.02)")
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--skip-overhead", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    add_result_argument(parser, "seta")
+    args = parser.parse_args(argv)
+    run = start_run("seta", argv, args.result, "SeTa vs full data, InfoBatch and random pruning at equal cost: test accuracy of the proxy classifier, Debian sections.", vars(args))
     torch.set_num_threads(args.threads)
-    report: dict = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "tasks": {}}
+    report = run.data
+    report["tasks"] = {}
     if not args.skip_overhead:
         report["overhead"] = overhead()
         o = report["overhead"]
@@ -202,6 +207,11 @@ def main() -> None:
             f"update() calls over a 1M-sample epoch at batch 256 {o['update_seconds_per_epoch_batch256']:.3f} s",
             flush=True,
         )
+        run.table(f"sampler overhead on {o['n']:,} samples", ["step", "wall s", "CPU s"], [
+            ["k-means", round(o["kmeans_seconds"], 3), round(o["kmeans_cpu_seconds"], 3)],
+            ["selection + shuffle per epoch", round(o["select_and_shuffle_seconds"], 3), round(o["select_and_shuffle_cpu_seconds"], 3)],
+            ["update() calls over a 1M-sample epoch, batch 256", round(o["update_seconds_per_epoch_batch256"], 3), None],
+        ], show=False)
     for task_name in args.tasks:
         task = load_task(task_name, args.noise)
         n = task["train_bags"].rows
@@ -211,19 +221,22 @@ def main() -> None:
             seta_counts = None
             for method in args.methods:
                 if method in ("random@seta", "fewer_epochs@seta") and seta_counts is None:
-                    seta_counts = run(task, "seta", seed, args.epochs, lr=args.lr)["per_epoch"]
-                result = run(task, method, seed, args.epochs, seta_counts, lr=args.lr)
+                    seta_counts = train(task, "seta", seed, args.epochs, lr=args.lr)["per_epoch"]
+                result = train(task, method, seed, args.epochs, seta_counts, lr=args.lr)
                 if method == "seta":
                     seta_counts = result["per_epoch"]
                 results.append(result)
                 print(f"  seed {seed} {method:12s} acc {100 * result['accuracy']:.2f}%  visits {100 * result['visit_fraction']:.1f}%  {result['seconds']:.1f}s  per-epoch {result['per_epoch']}", flush=True)
-                if args.out:
-                    report["tasks"][task_name] = {"train_rows": n, "classes": task["classes"], "results": results}
-                    args.out.write_text(json.dumps(report, indent=1))
+                report["tasks"][task_name] = {"train_rows": n, "classes": task["classes"], "results": results}
+                run.write(complete=False)
         report["tasks"][task_name] = {"train_rows": n, "classes": task["classes"], "results": results}
-        print("\n".join(summarize(results, task_name)), flush=True)
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=1))
+        run.table(f"{task_name}: {n:,} train rows, {task['classes']} classes, {args.epochs} epochs", SUMMARY_COLUMNS, summarize(results))
+        accuracy = {m: statistics.mean(r["accuracy"] for r in results if r["method"] == m) for m in {r["method"] for r in results}}
+        if "seta" in accuracy and "random@seta" in accuracy:
+            run.compare(f"{task_name}: SeTa minus random pruning at the same visits, test accuracy (points)", 100 * (accuracy["seta"] - accuracy["random@seta"]), unit="")
+        if "seta" in accuracy and "full" in accuracy:
+            run.compare(f"{task_name}: SeTa minus full data, test accuracy (points)", 100 * (accuracy["seta"] - accuracy["full"]), unit="")
+    run.write()
 
 
 if __name__ == "__main__":

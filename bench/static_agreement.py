@@ -1,8 +1,9 @@
 """How far `minilm-static` (and `hashing`, as a floor) agree with MiniLM, on real texts.
 
-    python bench/static_agreement.py [--corpus debian_descriptions.parquet] [--rows 20000]
+    python -m bench.static_agreement [--corpus debian_descriptions.parquet] [--rows 20000]
                                      [--docstrings PYTHON_SOURCE_DIR] [--docstring-rows 10000]
                                      [--threshold 0.95] [--clusters 100]
+    python -m bench.static_agreement --rows 2000 --clusters 20     # a quick run
 
 Texts are made unique first (exact copies are the exact stage's job, and every embedding finds
 them). Semantic dedup: MiniLM's duplicate pairs are the pairs at cosine >= `--threshold` (the
@@ -29,25 +30,20 @@ import argparse
 import ast
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from scipy.stats import spearmanr
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
-
-from curate.embedders import load_embedder  # noqa: E402
-from curate.metrics.kmeans import spherical_kmeans  # noqa: E402
-from curate.metrics.prototypes import prototype_distance  # noqa: E402
-
-DEBIAN = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "debian_descriptions.parquet"
+from bench._harness import Run, add_result_argument, importable, start_run
+from bench.corpora import DEBIAN_DESCRIPTIONS as DEBIAN
+from curate.embedders import load_embedder
+from curate.metrics.kmeans import spherical_kmeans
+from curate.metrics.prototypes import prototype_distance
 SWEEP = np.round(np.arange(0.80, 0.9951, 0.005), 3)
 WINDOW = 4096
 
@@ -119,20 +115,23 @@ def sweep(reference: np.ndarray, predicted: np.ndarray, sims: np.ndarray) -> lis
     return rows
 
 
-def measure(name: str, texts: list[str], models: dict, args) -> dict:
+def measure(name: str, texts: list[str], models: dict, args, run: Run) -> dict:
     print(f"\n== {name}: {len(texts)} texts, mean {np.mean([len(t) for t in texts]):.0f} characters", flush=True)
-    vectors = {}
+    vectors, speed = {}, {}
     for label, embedder in models.items():
         started = time.perf_counter()
         vectors[label] = encode(embedder, texts)
-        print(f"  {label}: {len(texts) / (time.perf_counter() - started):,.0f} rows/s", flush=True)
+        speed[label] = len(texts) / (time.perf_counter() - started)
+        print(f"  {label}: {speed[label]:,.0f} rows/s", flush=True)
     reference, _ = pairs_at(vectors["minilm"], args.threshold)
     print(f"  minilm pairs at cosine >= {args.threshold}: {len(reference):,}")
     centroids = spherical_kmeans(vectors["minilm"], args.clusters, seed=0)
     base_labels, base_distance = prototype_distance(vectors["minilm"], centroids)
     reseeded = prototype_distance(vectors["minilm"], spherical_kmeans(vectors["minilm"], args.clusters, seed=1))[1]
-    print(f"  k-means noise floor: Spearman of minilm's distances, seed 0 vs seed 1: {spearmanr(base_distance, reseeded).statistic:.3f}")
+    floor = float(spearmanr(base_distance, reseeded).statistic)
+    print(f"  k-means noise floor: Spearman of minilm's distances, seed 0 vs seed 1: {floor:.3f}")
     results = {}
+    summary = [["minilm", round(speed["minilm"]), len(reference), None, None, None, None, None, round(floor, 3), None]]
     for label in models:
         if label == "minilm":
             continue
@@ -148,6 +147,11 @@ def measure(name: str, texts: list[str], models: dict, args) -> dict:
         print(f"  {label}: best F1 {best[3]:.3f} at t = {best[0]:.3f} (precision {best[1]:.3f}, recall {best[2]:.3f}, {best[4]:,} pairs); "
               f"at t = {args.threshold}: precision {at_default[1]:.3f}, recall {at_default[2]:.3f}; "
               f"Spearman of distance to centroid vs minilm: {rho:.3f} (own k-means), {rho_same:.3f} (minilm's clusters)", flush=True)
+        summary.append([label, round(speed[label]), best[4], round(best[0], 3), round(best[3], 3), round(at_default[1], 3), round(at_default[2], 3), round(rho, 3), None, round(rho_same, 3)])
+        run.compare(f"{name}: {label} / minilm encode speed", speed[label] / speed["minilm"])
+    run.table(f"{name}: {len(texts)} unique texts; minilm pairs at cosine >= {args.threshold} are the reference",
+              ["model", "rows/s", "pairs (minilm: at T; others: at best t)", "best t", "best F1", f"precision at {args.threshold}", f"recall at {args.threshold}",
+               "Spearman vs minilm (own k-means)", "Spearman, minilm reseeded (noise floor)", "Spearman vs minilm (minilm's clusters)"], summary, show=False)
     return results
 
 
@@ -160,7 +164,7 @@ def _distance_in_partition(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndar
     return 1.0 - np.einsum("ij,ij->i", x, centroids[labels])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=DEBIAN, help="Parquet file with a text column")
     parser.add_argument("--text-column", default="text")
@@ -170,14 +174,12 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.95, help="MiniLM duplicate threshold (cosine)")
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    args = parser.parse_args()
+    add_result_argument(parser, "static_agreement")
+    args = parser.parse_args(argv)
+    run = start_run("static_agreement", argv, args.result, "How far minilm-static (and hashing, as a floor) agree with MiniLM: duplicate pairs and prototype distances.", vars(args))
 
-    try:
-        import onnxruntime  # noqa: F401
-
-        backend = "onnx"
-    except ImportError:
-        backend = "torch"
+    backend = "onnx" if importable("onnxruntime") else "torch"
+    run.params["minilm_backend"] = backend
     models = {
         "minilm": load_embedder("minilm", threads=args.threads, backend=backend, device="cpu"),
         "minilm-static": load_embedder("minilm-static", threads=args.threads),
@@ -186,16 +188,19 @@ def main() -> None:
     column = pq.read_table(args.corpus, columns=[args.text_column]).column(0).to_pylist()
     rng = np.random.default_rng(0)
     texts = [column[i] or "" for i in np.sort(rng.choice(len(column), min(args.rows, len(column)), replace=False))]
-    first = measure(args.corpus.name, unique(texts), models, args)
+    first = measure(args.corpus.name, unique(texts), models, args, run)
+    run.data[args.corpus.name] = first
     if args.docstrings:
-        second = measure(f"docstrings under {args.docstrings.name}/", unique(docstring_texts(args.docstrings, args.docstring_rows)), models, args)
-        print("\nthreshold found on the first corpus, checked on the second:")
+        second = measure(f"docstrings under {args.docstrings.name}/", unique(docstring_texts(args.docstrings, args.docstring_rows)), models, args, run)
+        run.data["docstrings"] = second
+        transfer = []
         for label, result in first.items():
             t = max(result["sweep"], key=lambda r: r[3])[0]
             there = next(r for r in second[label]["sweep"] if r[0] == t)
             own = max(second[label]["sweep"], key=lambda r: r[3])
-            print(f"  {label}: at t = {t:.3f}: precision {there[1]:.3f}, recall {there[2]:.3f}, F1 {there[3]:.3f} "
-                  f"(its own best: t = {own[0]:.3f}, F1 {own[3]:.3f})")
+            transfer.append([label, round(t, 3), round(there[1], 3), round(there[2], 3), round(there[3], 3), round(own[0], 3), round(own[3], 3)])
+        run.table("threshold found on the first corpus, checked on the second", ["model", "t", "precision", "recall", "F1", "its own best t", "its own best F1"], transfer)
+    run.write()
 
 
 if __name__ == "__main__":

@@ -20,17 +20,19 @@ With `--cluster`, two more, each on a 2-worker Dask cluster on this machine:
 Prints wall seconds, rows/s and the ratio to the baseline, and checks that every run kept the
 same ids.
 
-    python bench/storage.py                       # 1M rows from bench/corpus_short.py (cached)
-    python bench/storage.py --rows 200000 --repeats 2
-    python bench/storage.py --rows 200000 --cluster   # + the two Dask runs
+    python -m bench.storage                       # 1M rows from bench.corpus_short (cached)
+    python -m bench.storage --rows 200000 --repeats 2
+    python -m bench.storage --rows 200000 --cluster   # + the two Dask runs
+    python -m bench.storage --rows 20000 --shards 4   # a quick run
 
 A loopback server shares this machine's cores with curate, so the ratio is an upper bound on
-what the store costs; read `load`.
+what the store costs.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import socket
@@ -41,19 +43,20 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import pyarrow.parquet as pq  # noqa: E402
-
-from bench.corpus_short import cached_corpus  # noqa: E402
-
-# bench/dask.py would shadow the dask package for the cluster harness: drop this script's folder.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from isolated_cluster import isolated_cluster  # noqa: E402
+from bench._harness import REPO_ROOT, add_result_argument, cli_env, curate_cli, kept_ids, start_run
+from bench.corpus_short import cached_corpus
 
 PIPELINE = '[[stage]]\nkind = "exact"\n\n[[stage]]\nkind = "minhash"\nthreshold = 0.8\n'
 BUCKET = "curate-bench"
+
+
+def isolated_cluster(hidden: Path, workers: int, env: dict):
+    """The test suite's Dask cluster whose workers each see an empty disk at `hidden`
+    (tests/isolated_cluster.py, loaded from the checkout: `tests` is not a package)."""
+    spec = importlib.util.spec_from_file_location("isolated_cluster", REPO_ROOT / "tests" / "isolated_cluster.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.isolated_cluster(hidden, workers, env)
 
 
 def free_port() -> int:
@@ -88,19 +91,14 @@ def cpu_seconds(pid: int) -> float | None:
 
 def run_cli(args: list[str], env: dict) -> float:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "curate.cli", *args, "--quiet"], env=env, capture_output=True, text=True)
+    done = subprocess.run(curate_cli(*args, "--quiet"), env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"curate {' '.join(args)} failed: {done.stderr.strip()}")
     return seconds
 
 
-def kept_ids(directory: Path) -> list:
-    parts = sorted((directory / "kept").glob("part-*.parquet"))
-    return [i for p in parts for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--shards", type=int, default=16)
@@ -108,7 +106,9 @@ def main() -> None:
     parser.add_argument("--endpoint", default=None, help="a real S3-compatible endpoint instead of a loopback moto server")
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: every core)")
     parser.add_argument("--cluster", action="store_true", help="also run s3 -> s3 on 2 Dask workers, with and without a shared disk")
-    args = parser.parse_args()
+    add_result_argument(parser, "storage")
+    args = parser.parse_args(argv)
+    run = start_run("storage", argv, args.result, "Object store vs local disk: exact + minhash read from (and written to) an S3 endpoint against the same run on local disk.", vars(args))
 
     import s3fs
 
@@ -120,7 +120,7 @@ def main() -> None:
     else:
         server, endpoint = start_moto()
         os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "CURATE_STAGING_DIR": str(work / "staging"), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = cli_env({"AWS_ENDPOINT_URL": endpoint, "CURATE_STAGING_DIR": str(work / "staging")})
     try:
         fs = s3fs.S3FileSystem(endpoint_url=endpoint)
         if not args.endpoint:
@@ -140,7 +140,7 @@ def main() -> None:
         }
         print(f"corpus: {args.rows:,} rows, {size / 1e6:.1f} MB in {args.shards} Parquet shards; pipeline: exact -> minhash(0.8)")
         print(f"endpoint: {endpoint} ({'given' if args.endpoint else 'moto server on loopback'}); upload of the corpus {upload:.1f} s")
-        print(f"cpus: {os.cpu_count()}   load before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        run.params.update(endpoint="given" if args.endpoint else "moto server on loopback", corpus_megabytes=round(size / 1e6, 1), upload_seconds=round(upload, 1))
         best: dict[str, float] = {}
         server_cpu: dict[str, float] = {}
         with ExitStack() as stack:
@@ -160,11 +160,13 @@ def main() -> None:
                         if before is not None:
                             server_cpu[name] = (cpu_seconds(server.pid) or before) - before
         base = best["local -> local"]
-        print(f"\n{'run':<32}{'wall s':>9}{'rows/s':>12}{'vs local':>10}{'server cpu s':>14}")
+        run.table(f"{args.rows:,} rows, best of {args.repeats}; vs local: wall time over the local run's (above 1 = slower); "
+                  "server CPU s: CPU the loopback endpoint used during the run, on the cores curate also uses",
+                  ["run", "wall s", "rows/s", "vs local", "server CPU s"],
+                  [[name, round(seconds, 2), round(args.rows / seconds), seconds / base, round(server_cpu[name], 2) if name in server_cpu else None] for name, seconds in best.items()])
         for name, seconds in best.items():
-            taken = f"{server_cpu[name]:>14.2f}" if name in server_cpu else f"{'-':>14}"
-            print(f"{name:<32}{seconds:>9.2f}{args.rows / seconds:>12,.0f}{seconds / base:>9.2f}x{taken}")
-        print("server cpu s: CPU the loopback endpoint used during the run, on the cores curate also uses")
+            if name != "local -> local":
+                run.compare(f"{name} / local -> local, wall", seconds / base)
         fs.get(f"{prefix}/out/kept", str(work / "s3-s3" / "kept"), recursive=True)
         reference = kept_ids(work / "local")
         same = kept_ids(work / "s3-local") == reference and kept_ids(work / "s3-s3") == reference
@@ -172,7 +174,8 @@ def main() -> None:
             if name in configs:
                 fs.get(f"{prefix}/{out}/kept", str(work / out / "kept"), recursive=True)
                 same = same and kept_ids(work / out) == reference
-        print(f"(vs local: wall time over the local run's; above 1 = slower)\nsame kept ids in every run: {same}   load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        run.check("same kept ids in every run", same)
+        run.write()
         fs.rm(prefix, recursive=True)
     finally:
         if server is not None:
