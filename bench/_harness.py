@@ -267,14 +267,14 @@ def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def part_table(directory: str | os.PathLike, columns: Sequence[str] | None = None):
     """All part files of an output directory (kept/, removed/, embeddings/) as one Arrow table."""
-    from curate.shards import read_parts
+    from curate.io.parts import read_parts
 
     return read_parts(directory, columns=columns)
 
 
 def kept_ids(out: str | os.PathLike) -> list[str]:
     """Kept ids of a finished output, in output order, as strings."""
-    from curate.ledger import ids_as_strings
+    from curate.output.ledger import ids_as_strings
 
     table = part_table(Path(out) / "kept", columns=["id"])
     return ids_as_strings(table.column("id")).to_pylist() if table.num_rows else []
@@ -282,8 +282,8 @@ def kept_ids(out: str | os.PathLike) -> list[str]:
 
 def removed_ids(out: str | os.PathLike) -> set[str]:
     """Ids in the output's ledger (removed/), as strings."""
-    from curate.ledger import ids_as_strings
-    from curate.shards import iter_part_batches
+    from curate.output.ledger import ids_as_strings
+    from curate.io.parts import iter_part_batches
 
     found: set[str] = set()
     for batch in iter_part_batches(Path(out) / "removed", columns=["id"]):

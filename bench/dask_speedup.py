@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench._harness import add_result_argument, load_average, same_outputs, start_run
 from bench.corpus_short import cached_corpus
-from curate.executors import DaskExecutor, LocalExecutor
+from curate.engine.executors import DaskExecutor, LocalExecutor
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 CONFIGS = {"jobs1": ("local", 1), "jobs2": ("local", 2), "dask1": ("dask", 1), "dask2": ("dask", 2)}

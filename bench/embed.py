@@ -41,9 +41,9 @@ import pyarrow.parquet as pq
 
 from bench._harness import Run, add_result_argument, cpu_flags, importable, start_run, timed
 from bench.corpora import DEBIAN_DESCRIPTIONS as DEBIAN
-from curate import embedders
+from curate.embeddings import models
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
-from curate.shards import read_parts
+from curate.io.parts import read_parts
 
 
 MODEL_SECONDS: dict[str, float] = {}  # per run: seconds inside load_embedder and encode
@@ -56,7 +56,7 @@ def run_ours(source: Path, out: Path, threads: int, **stage) -> tuple[float, np.
     import curate.stages.embed as embed_stage
 
     shutil.rmtree(out, ignore_errors=True)
-    embedders.clear_loaded()
+    models.clear_loaded()
     MODEL_SECONDS.clear()
     MODEL_SECONDS["model"] = 0.0
     loader = embed_stage.load_embedder
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         run.data["gpu"] = torch.cuda.get_device_name(0)
     print(f"{rows} rows of {args.corpus.name}, {args.threads} threads" + (f", GPU {run.data['gpu']}" if has_gpu else ""), flush=True)
     if has_onnx:
-        from curate.onnx_embed import ensure_onnx_model
+        from curate.embeddings.onnx import ensure_onnx_model
 
         print(f"ONNX model (exported once): {ensure_onnx_model()}", flush=True)
 
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
             if model == "minilm-static" and not importable("model2vec"):
                 run.note("minilm-static: model2vec not installed, skipped")
                 continue
-            embedder = embedders.load_embedder(model, threads=args.threads)  # distils on first use
+            embedder = models.load_embedder(model, threads=args.threads)  # distils on first use
             column = fast_rows.column("text").combine_chunks()
             encode = min(timed(lambda: embedder.encode(column))[0] for _ in range(2))
             stage = min(run_ours(fast_source, Path(tmp) / "out-fast", args.threads, model=model)[0] for _ in range(2))
@@ -230,7 +230,7 @@ def int8_check(texts: list[str], reference: np.ndarray, threads: int, tmp: Path,
     length-sorted, best of 2) and cosine against bare torch fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from curate.onnx_embed import OnnxMiniLMEmbedder, ensure_onnx_model
+    from curate.embeddings.onnx import OnnxMiniLMEmbedder, ensure_onnx_model
 
     quantized = tmp / "int8.onnx"
     quantize_dynamic(str(ensure_onnx_model()), str(quantized), weight_type=QuantType.QInt8)

@@ -18,7 +18,7 @@ import polars as pl
 from bench._harness import add_result_argument, start_run
 from bench.corpora import DEBIAN_DESCRIPTIONS
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
-from curate.shards import count_part_rows
+from curate.io.parts import count_part_rows
 
 
 def build_corpus(source: Path, replicate: int, directory: Path, rows: int = 0) -> Path:

@@ -28,7 +28,7 @@ from bench._harness import ProcessTree, add_result_argument, kept_ids, removed_i
 from bench.corpora import build_long_corpus, debian_descriptions
 from curate.index.store import read_index
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
-from curate.shards import read_parts
+from curate.io.parts import read_parts
 
 
 def pipeline(model: str, threshold: float, semantic: bool = True, index_verify: str = "exact") -> dict:

@@ -21,8 +21,8 @@ import pyarrow as pa
 
 from bench._harness import add_result_argument, best_of, start_run
 from bench.corpora import DEBIAN_DESCRIPTIONS
-from curate.formats import jsonl_compression
-from curate.shards import InputSet
+from curate.io.formats import jsonl_compression
+from curate.io.inputs import InputSet
 
 
 def decoder_loop(path: Path, schema: pa.Schema, batch_size: int = 65_536) -> int:

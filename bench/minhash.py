@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 
 from bench._harness import ProcessTree, Run, add_result_argument, cli_env, curate_cli, removed_ids, start_run
 from bench.corpora import build_long_corpus, debian_descriptions
-from curate.ledger import ids_as_strings
+from curate.output.ledger import ids_as_strings
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 WORD = re.compile(r"\w+")

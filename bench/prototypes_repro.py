@@ -32,11 +32,11 @@ import torch
 
 from bench._harness import REPO_ROOT, add_result_argument, start_run
 from bench.corpora import DEBIAN_DESCRIPTIONS as DEBIAN
-from curate.metrics.hashing_embed import hashing_embed
-from curate.metrics.kmeans import set_threads, spherical_kmeans
-from curate.metrics.prototypes import prototype_distance, select_by_difficulty
+from curate.embeddings.hashing import hashing_embed
+from curate.algorithms.kmeans import set_threads, spherical_kmeans
+from curate.algorithms.prototypes import prototype_distance, select_by_difficulty
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
-from curate.shards import read_parts
+from curate.io.parts import read_parts
 
 METHODS = ("hard", "easy", "balanced-hard", "balanced-easy", "random")
 FRACTIONS = (0.2, 0.4, 0.6, 0.8)

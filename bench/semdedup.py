@@ -36,8 +36,8 @@ from scipy.sparse.csgraph import connected_components
 
 from bench._harness import GIB, Run, add_result_argument, cli_env, own_peak_rss, part_table, removed_ids, start_run
 from bench.corpora import DEBIAN_DESCRIPTIONS as DEBIAN
-from curate.metrics.kmeans import set_threads
-from curate.metrics.semdedup import keep_priority, semantic_duplicates
+from curate.algorithms.kmeans import set_threads
+from curate.algorithms.semdedup import keep_priority, semantic_duplicates
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 

@@ -30,7 +30,7 @@ import torch
 
 from bench._harness import add_result_argument, start_run
 from bench.corpora import DEBIAN_DESCRIPTIONS
-from curate.metrics.loss_clusters import kmeans_1d
+from curate.algorithms.loss_clusters import kmeans_1d
 from curate.training import InfoBatchSampler, SeTaSampler
 from curate.training.features import hashed_ngram_bags
 from curate.training.proxy import ProxyConfig, build_model, predict_losses, train_steps

@@ -41,9 +41,9 @@ from scipy.stats import spearmanr
 
 from bench._harness import Run, add_result_argument, importable, start_run
 from bench.corpora import DEBIAN_DESCRIPTIONS as DEBIAN
-from curate.embedders import load_embedder
-from curate.metrics.kmeans import spherical_kmeans
-from curate.metrics.prototypes import prototype_distance
+from curate.embeddings.models import load_embedder
+from curate.algorithms.kmeans import spherical_kmeans
+from curate.algorithms.prototypes import prototype_distance
 SWEEP = np.round(np.arange(0.80, 0.9951, 0.005), 3)
 WINDOW = 4096
 

@@ -15,7 +15,7 @@ With `--cluster`, two more, each on a 2-worker Dask cluster on this machine:
     s3 -> s3, dask, shared disk   the workers see the driver's staging directory
     s3 -> s3, dask, no shared disk  each worker has its own empty disk at that path (a private
                                   tmpfs in a mount namespace: needs root or user namespaces), so
-                                  every file a task hands on goes through the store (curate.scratch)
+                                  every file a task hands on goes through the store (curate.io.mirror)
 
 Prints wall seconds, rows/s and the ratio to the baseline, and checks that every run kept the
 same ids.
