@@ -75,7 +75,7 @@ def _run_spec(spec, input_path: str, output: str, resume: bool, overwrite: bool,
 
 
 def _print_run_summary(out: str, quiet: bool, options=()) -> None:
-    from curate.commands.inspect import stage_summaries
+    from curate.output.read import stage_summaries
     from curate.output.manifest import read_manifest
     from curate.output.store import local_output
 
@@ -470,7 +470,7 @@ def inspect(
     storage: Optional[List[str]] = StorageOpt,
 ) -> None:
     """Rows in and out per stage, removal reasons, pools and sizes."""
-    from curate.commands.inspect import directory_bytes, pool_counts, stage_summaries
+    from curate.output.read import directory_bytes, pool_counts, stage_summaries
     from curate.output.store import local_output
 
     with local_output(output, _storage_options(storage)) as local:

@@ -169,7 +169,7 @@ def test_inspect_gives_each_stage_its_own_reasons(tmp_path, capsys):
     pipeline.write_text('[[stage]]\nkind = "exact"\n[[stage]]\nkind = "exact"\nnormalize = true\n')
     code, _, err = run_cli(["run", str(pipeline), "-i", str(source), "-o", str(tmp_path / "out"), "--quiet"], capsys)
     assert code == 0, err
-    from curate.commands.inspect import stage_summaries
+    from curate.output.read import stage_summaries
 
     reasons = {s.name: s.reasons for s in stage_summaries(tmp_path / "out")}
     assert reasons["exact"] == {"exact_duplicate": 1} and reasons["exact_2"] == {"exact_duplicate": 1}

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from curate.io import mirror
 from curate.io import storage
+from curate.io.atomic import atomic_path
 from curate.runtime import tune_allocator
 from curate.errors import InputError, OutputError, UsageError
 from curate.engine.executors import Executor, LocalExecutor
@@ -62,6 +63,9 @@ class RunOptions:
     on_stage_done: Callable[[str], None] | None = None
     # Earlier outputs whose index dedup stages match against (curate.index), oldest first.
     against: tuple[str, ...] = ()
+    # Builds the budget-aware report of a finished output whose pipeline has a [report] table
+    # (curate.pipeline passes curate.report's builder; the engine knows nothing of reports).
+    build_report: Callable[[Path, Progress], Any] | None = None
 
 
 @dataclass
@@ -215,7 +219,7 @@ def _run(
     input_record = [f.to_json() for f in inputs.files]
     manifest = prepare_output(out, config, input_record, resume=options.resume, overwrite=options.overwrite)
     if manifest is None:
-        manifest = new_manifest(config, input_record, inputs, spec)
+        manifest = new_manifest(config, input_record, inputs, [(s.name, s.kind) for s in spec.stages], spec.seed)
         write_manifest(out, manifest)
         commit(out)
     if manifest.get("finalized"):
@@ -283,18 +287,26 @@ def _run(
         _notify(options, stage_spec.name)
 
     started, busy = time.perf_counter(), executor.busy_seconds
-    finalize(out, spec, manifest, inputs, current, lambda fn, parts: executor.map(fn, parts))
+    finalize(out, manifest, inputs.num_rows, functools.partial(_publish_kept, current), lambda fn, parts: executor.map(fn, parts))
     manifest["finalize_seconds"] = {"total": round(time.perf_counter() - started, 3), "parallel": round(executor.busy_seconds - busy, 3)}
     write_manifest(out, manifest)
     commit(out)
-    if spec.report is not None:  # the budget-aware report reads the finished output
-        from curate.report import build_pipeline_report
-
+    if spec.report is not None and options.build_report is not None:  # reads the finished output
         for name in ("kept", "removed"):  # the report reads the finished output where it runs
             mirror.ensure(out / name)
-        build_pipeline_report(out, progress=options.progress)
+        options.build_report(out, options.progress)
         commit(out)
     return _result(out, manifest)
+
+
+def _publish_kept(last: InputSource | PartSource, kept_final: Path) -> None:
+    """The last stage's kept rows become OUT/kept; with no stages, the input as read."""
+    if isinstance(last, InputSource):
+        with atomic_path(kept_final) as tmp, PartWriter(tmp) as writer:
+            writer.schema = last.schema
+            writer.write_all(last.batches())
+    else:
+        mirror.move(last.directory, kept_final)
 
 
 def run_stage(stage: Stage, source: InputSource | PartSource, ctx: StageContext, stage_dir: Path, *, last: bool = False) -> tuple[int, int]:

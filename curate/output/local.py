@@ -27,8 +27,6 @@ from curate.output.layout import INPUT_STAGE, STAGES_DIR
 from curate.output.manifest import MANIFEST_NAME, package_versions, read_manifest, write_manifest
 from curate.io.inputs import DEFAULT_BATCH_SIZE, ROW_COLUMN, InputSet
 from curate.io.parts import PartWriter, close_quietly, count_part_rows, list_parts
-from curate.engine.spec import PipelineSpec
-from curate.engine.units import InputSource, PartSource
 
 _PROBE = ".curate-write-probe"
 
@@ -37,17 +35,18 @@ def stage_dir_name(position: int, name: str) -> str:
     return f"{position:02d}-{name}"
 
 
-def new_manifest(config: dict, input_record: list[dict], inputs: InputSet, spec: PipelineSpec) -> dict:
-    stages = [{"name": INPUT_STAGE, "kind": INPUT_STAGE, "status": "pending"}]
-    stages += [{"name": s.name, "kind": s.kind, "status": "pending"} for s in spec.stages]
+def new_manifest(config: dict, input_record: list[dict], inputs: InputSet, stages: list[tuple[str, str]], seed: int) -> dict:
+    """A fresh run's manifest; `stages` are the pipeline's (name, kind) pairs in order."""
+    entries = [{"name": INPUT_STAGE, "kind": INPUT_STAGE, "status": "pending"}]
+    entries += [{"name": name, "kind": kind, "status": "pending"} for name, kind in stages]
     return {
         "curate_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "input": {"files": input_record, "rows": inputs.num_rows, "synthesized_ids": inputs.synthesized_ids, "schema": schema_record(inputs.schema)},
         "config": config,
-        "seed": spec.seed,
+        "seed": seed,
         "packages": package_versions(),
-        "stages": stages,
+        "stages": entries,
         "finalized": False,
     }
 
@@ -114,18 +113,13 @@ def _fingerprints(files: list[dict]) -> list[tuple[str, str]]:
     return [(f["path"], f["fingerprint"]) for f in files]
 
 
-def finalize(out: Path, spec: PipelineSpec, manifest: dict, inputs: InputSet, last: InputSource | PartSource, map_parts: Callable) -> None:
+def finalize(out: Path, manifest: dict, input_rows: int, publish_kept: Callable[[Path], None], map_parts: Callable) -> None:
     """Publish kept/ and removed/ from the stage directories; safe to redo after a kill.
     `map_parts(fn, parts)` runs the per-part rewrite on the run's executor."""
     stages_root = out / STAGES_DIR
     kept_final = out / "kept"
     if not mirror.exists(kept_final):
-        if isinstance(last, InputSource):  # a pipeline with no stages: the input, as read
-            with atomic_path(kept_final) as tmp, PartWriter(tmp) as writer:
-                writer.schema = last.schema
-                writer.write_all(last.batches())
-        else:
-            mirror.move(last.directory, kept_final)
+        publish_kept(kept_final)
     map_parts(strip_row_column, list_parts(kept_final))
     removed_final = out / "removed"
     if not mirror.exists(removed_final):
@@ -133,7 +127,7 @@ def finalize(out: Path, spec: PipelineSpec, manifest: dict, inputs: InputSet, la
         tmp = removed_final.with_name(f".{removed_final.name}.tmp")
         mirror.remove(tmp)
         index = 0
-        stage_dirs = [stage_dir_name(0, INPUT_STAGE)] + [stage_dir_name(i, s.name) for i, s in enumerate(spec.stages, start=1)]
+        stage_dirs = [stage_dir_name(i, entry["name"]) for i, entry in enumerate(manifest["stages"])]
         for name in stage_dirs:
             for part in list_parts(stages_root / name / "removed"):
                 if mirror.read_metadata(part).num_rows == 0:
@@ -145,7 +139,7 @@ def finalize(out: Path, spec: PipelineSpec, manifest: dict, inputs: InputSet, la
         mirror.move(tmp, removed_final)
     mirror.remove(stages_root)
     manifest["finalized"] = True
-    manifest["totals"] = {"input_rows": inputs.num_rows, "kept_rows": count_part_rows(kept_final), "removed_rows": count_part_rows(removed_final)}
+    manifest["totals"] = {"input_rows": input_rows, "kept_rows": count_part_rows(kept_final), "removed_rows": count_part_rows(removed_final)}
     write_manifest(out, manifest)
 
 

@@ -1,11 +1,14 @@
-"""Readers of a finished output: its manifest, once it says the run finished."""
+"""Readers of a finished output: its manifest once it says the run finished, the kept rows,
+per-stage counts and removal reasons (what `inspect`, `export`, `evaluate` and the report read)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from curate.errors import UsageError
 from curate.io.parts import list_parts
@@ -36,3 +39,48 @@ def prototypes_keep(manifest: dict) -> str | None:
         if entry.get("kind") == "prototypes" and entry.get("status") == "done":
             keep = (entry.get("info") or {}).get("keep", keep)
     return keep
+
+
+@dataclass
+class StageSummary:
+    name: str
+    kind: str
+    rows_in: int
+    rows_out: int
+    rows_removed: int
+    seconds: float
+    reasons: dict[str, int]
+
+def stage_summaries(out: Path) -> list[StageSummary]:
+    manifest = load_finished_manifest(out)
+    reasons = removal_reasons(out)
+    summaries = []
+    for entry in manifest["stages"]:
+        summaries.append(
+            StageSummary(
+                entry["name"], entry["kind"], entry.get("rows_in", 0), entry.get("rows_out", 0), entry.get("rows_removed", 0),
+                entry.get("seconds", 0.0), reasons.get(entry["name"], {}),
+            )
+        )
+    return summaries
+
+def removal_reasons(out: Path) -> dict[str, dict[str, int]]:
+    parts = list_parts(out / "removed")
+    if not parts:
+        return {}
+    frame = pl.concat([pl.read_parquet(p, columns=["stage", "reason"]) for p in parts])
+    counts = frame.group_by(["stage", "reason"]).len().sort(["stage", "reason"])
+    result: dict[str, dict[str, int]] = {}
+    for stage, reason, n in counts.iter_rows():
+        result.setdefault(stage, {})[reason] = n
+    return result
+
+def directory_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) if directory.exists() else 0
+
+def pool_counts(out: Path) -> dict[int, int] | None:
+    parts = list_parts(out / "kept")
+    if not parts or "pool" not in pq.read_schema(parts[0]).names:
+        return None
+    frame = pl.concat([pl.read_parquet(p, columns=["pool"]) for p in parts])
+    return {int(k): int(v) for k, v in frame.group_by("pool").len().sort("pool").iter_rows()}

@@ -279,7 +279,7 @@ def _seta_check(out: Path, kept: pl.DataFrame, settings: ReportSettings, manifes
 
 def build_pipeline_report(out: str | Path, overrides: dict | None = None, rerun: bool = False, progress: Progress = QUIET) -> Path:
     """report.html/json and plots/ in a finished output dir, from its `[report]` settings (plus overrides)."""
-    from curate.commands.inspect import stage_summaries
+    from curate.output.read import stage_summaries
     from curate.output.read import load_finished_manifest
 
     out = Path(out)
