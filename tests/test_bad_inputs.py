@@ -339,7 +339,7 @@ def test_glob_matching_nothing(env, capsys):
         ('[[stage]\nkind = "exact"\n', "malformed TOML"),
         ('[[stage]]\nkind = "no_such_stage"\n', "unknown stage kind 'no_such_stage'"),
         ('[[stage]]\nkind = "exact"\nnormalise = true\n', "no option 'normalise'"),
-        ('[[stage]]\nkind = "exact"\nnormalize = "yes"\n', "should be bool"),
+        ('[[stage]]\nkind = "exact"\nnormalize = "yes"\n', "must be a bool"),
         ('[[stage]]\nnormalize = true\n', "has no kind"),
         ('stages = 3\n', "unknown top-level key"),
         ('batch_size = 0\n[[stage]]\nkind = "exact"\n', "batch_size"),

@@ -156,7 +156,7 @@ def test_column_model_names_missing_column(tmp_path):
 
 
 def test_unknown_model_is_a_usage_error():
-    with pytest.raises(UsageError, match="unknown model"):
+    with pytest.raises(UsageError, match="option 'model' must be a model name"):
         parse_pipeline({"stage": [{"kind": "embed", "model": "bert"}]}, "test")
 
 

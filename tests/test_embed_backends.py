@@ -77,9 +77,9 @@ def test_cuda_index_beyond_the_devices_is_a_usage_error(fake_cuda):
 
 
 def test_unknown_device_is_rejected_when_the_pipeline_is_parsed():
-    with pytest.raises(UsageError, match="unknown device"):
+    with pytest.raises(UsageError, match="option 'device' must be auto, cpu, cuda or cuda:N, got 'gpu'"):
         parse_pipeline({"stage": [{"kind": "embed", "device": "gpu"}]}, "test")
-    with pytest.raises(UsageError, match="unknown backend"):
+    with pytest.raises(UsageError, match="option 'backend' must be one of 'torch', 'onnx'"):
         parse_pipeline({"stage": [{"kind": "embed", "backend": "tensorrt"}]}, "test")
 
 

@@ -37,7 +37,7 @@ def test_unknown_option_lists_the_valid_ones():
 
 
 def test_option_of_the_wrong_type_is_a_usage_error():
-    with pytest.raises(UsageError, match="should be bool"):
+    with pytest.raises(UsageError, match="option 'normalize' must be a bool"):
         parse_pipeline({"stage": [{"kind": "exact", "normalize": "yes"}]})
 
 

@@ -1,7 +1,9 @@
 """Property tests over generated corpora and shard layouts (hypothesis, modest example counts).
 
 - conservation: every input id exactly once in kept or removed, for every registered stage kind
-  (with the options table below; kinds without an entry are skipped) and for random pipelines;
+  (with the options table below; a kind without an entry fails) and for random pipelines;
+- options: every option of every kind refuses the invalid values its declared constraints
+  generate, naming the option, and the defaults pass;
 - idempotence: a dedup pipeline run on its own kept output removes nothing;
 - determinism: the same kept rows and ledger whatever the batch size;
 - the shard reader streams every row once, in order, for any file / row-group / batch layout;
@@ -21,10 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from curate.commands.inspect import verify_output
+from curate.errors import UsageError
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.io.inputs import ROW_COLUMN, InputSet
 from curate.io.parts import list_parts
-from curate.stages.base import available_kinds
+from curate.stages.base import available_kinds, stage_class
+from curate.stages.constraints import invalid_option_values
 
 SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -100,8 +104,6 @@ def kind_cases() -> list:
         marks = []
         if kind not in KINDS:
             marks.append(pytest.mark.skip(reason=f"stage kind '{kind}' is not registered in this checkout"))
-        elif kind not in STAGE_TABLE:
-            marks.append(pytest.mark.skip(reason=f"no options table entry for '{kind}': add one to STAGE_TABLE"))
         needed = {s["kind"] for p in STAGE_TABLE.get(kind, []) for s in p} - set(KINDS)
         if needed and kind in KINDS:
             marks.append(pytest.mark.skip(reason=f"'{kind}' needs unregistered stage(s) {sorted(needed)}"))
@@ -114,11 +116,42 @@ def kind_cases() -> list:
 @given(corpus=corpora(), variant=st.integers(0, 3), batch_size=st.integers(1, 20))
 def test_every_stage_kind_conserves_rows(kind, corpus, variant, batch_size):
     shards, with_ids, row_group = corpus
-    pipelines = STAGE_TABLE[kind]
+    pipelines = STAGE_TABLE.get(kind)
+    assert pipelines, f"no options table entry for stage kind '{kind}': add one to STAGE_TABLE"
     with tempfile.TemporaryDirectory() as tmp:
         write_shards(Path(tmp) / "in", shards, with_ids, row_group)
         run(pipelines[variant % len(pipelines)], Path(tmp) / "in", Path(tmp) / "out", batch_size)
         assert_conservation(Path(tmp) / "out", sum(map(len, shards)))
+
+
+def test_every_registered_kind_has_a_stage_table_entry():
+    missing = sorted(set(KINDS) - set(STAGE_TABLE))
+    assert not missing, f"add STAGE_TABLE entries for {missing}"
+
+
+OPTION_CASES = [pytest.param(kind, name, id=f"{kind}.{name}") for kind in KINDS for name in stage_class(kind).option_names()]
+
+
+@pytest.mark.parametrize("kind, name", OPTION_CASES)
+@settings(max_examples=10, deadline=None)
+@given(data=st.data())
+def test_every_option_refuses_the_invalid_values_its_constraints_generate(kind, name, data):
+    cls = stage_class(kind)
+    value = data.draw(st.sampled_from(invalid_option_values(cls, name)), label=name)
+    with pytest.raises(UsageError, match=f"stage '{kind}': option '{name}' must be"):
+        cls.from_options({name: value})
+    with pytest.raises(UsageError, match=f"option '{name}' must be"):  # built directly: __init__ stores, the runner's check refuses
+        cls(**{name: value}).validate_options()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_defaults_and_the_table_options_pass(kind):
+    cls = stage_class(kind)
+    for name, default in cls.option_defaults().items():
+        assert any(c.accepts(default) for c in cls.option_constraints[name]), (kind, name, default)
+    for pipeline in STAGE_TABLE.get(kind, []):  # the defaults plus what the kind needs (loss_clusters: a column)
+        options = {k: v for k, v in pipeline[-1].items() if k != "kind"}
+        cls.from_options(options).validate_options()
 
 
 def _runnable_pipelines() -> list[list[dict]]:

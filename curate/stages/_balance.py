@@ -7,8 +7,27 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.algorithms.prototypes import check_balance
 from curate.errors import UsageError
 from curate.stages.base import BatchSource, row_ordinals
+from curate.stages.constraints import Together
+
+
+def _balance_fits_label(options: dict) -> bool:
+    try:
+        check_balance(options["balance"], options["label_column"])
+    except ValueError:
+        return False
+    return True
+
+
+# A stage with `balance` and `label_column` options (prototypes): the two go together.
+BALANCE_NEEDS_LABEL = Together(
+    "balance",
+    _balance_fits_label,
+    "'label' exactly when label_column is set (here label_column = {label_column!r})",
+    fix='set balance = "label" with label_column = "COLUMN", or another balance without label_column',
+)
 
 
 def label_groups(source: BatchSource, label_column: str, rows: np.ndarray) -> np.ndarray:

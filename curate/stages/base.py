@@ -22,8 +22,9 @@ import pyarrow.compute as pc
 from curate.errors import UsageError
 from curate.engine.progress import QUIET, Progress
 from curate.io.inputs import DEFAULT_BATCH_SIZE, ROW_COLUMN, ColumnSpec
+from curate.stages.constraints import Constraint, Together, check_options
 
-_NOT_STAGES = {"base"}
+_NOT_STAGES = {"base", "constraints"}
 
 
 class BatchSource(Protocol):
@@ -96,13 +97,19 @@ class StageContext:
 
 
 class Stage:
-    """Base class: subclasses set `kind`, take keyword options in `__init__`, override
+    """Base class: subclasses set `kind`, take keyword options in `__init__` (which stores them,
+    nothing else) and declare their accepted values in `option_constraints`, override
     `transform` and, when they need the whole corpus, `fit` (with `needs_fit = True`)."""
 
     kind: ClassVar[str] = ""
     needs_fit: ClassVar[bool] = False
     # Top-level names of OUT this stage may write besides kept/ and removed/ (curate.output.layout).
     side_outputs: ClassVar[tuple[str, ...]] = ()
+    # Every `__init__` option's accepted values, declared once (curate.stages.constraints): a
+    # value is valid when any constraint in its list accepts it. `option_rules` holds the
+    # checks across options. `from_options` and `validate_options` apply both; `__init__` only stores.
+    option_constraints: ClassVar[dict[str, list[Constraint]]] = {}
+    option_rules: ClassVar[list[Together]] = []
 
     def fit(self, source: BatchSource, ctx: StageContext) -> "Stage":
         return self
@@ -189,34 +196,16 @@ class Stage:
                 path=where,
                 fix=f"valid options for '{cls.kind}': {', '.join(valid) or 'none'}",
             )
-        defaults = cls.option_defaults()
-        for name, value in options.items():
-            default = defaults.get(name)
-            if default is not None and not _type_fits(value, default):
-                raise UsageError(
-                    f"option '{name}' of stage '{cls.kind}' should be {type(default).__name__}, got {value!r}",
-                    path=where,
-                    fix=f"set {name} = {default!r} or another {type(default).__name__}",
-                )
-        try:
-            return cls(**options)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"stage '{cls.kind}': {exc}", path=where, fix=f"check the options of '{cls.kind}'") from None
+        check_options(cls, options, where)
+        return cls(**options)
+
+    def validate_options(self, where: object | None = None) -> None:
+        """The check `from_options` makes, on a stage built directly (`MinHashDedup(ngram=0)`):
+        `__init__` only stores, so the runner calls this before the stage fits."""
+        check_options(type(self), self.get_params(), where)
 
     def get_params(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.option_names() if hasattr(self, name)}
-
-
-def _type_fits(value: Any, default: Any) -> bool:
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, str):
-        return isinstance(value, str)
-    return True
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,17 +7,30 @@ import time
 import pyarrow as pa
 
 from curate.embeddings.models import (
+    BACKENDS,
     DEFAULT_MODEL,
+    DTYPES,
     column_of,
     validate_model_name,
-    validate_backend,
     validate_device,
-    validate_dtype,
     describe,
 )
 from curate.output.ledger import empty_ledger
 from curate.stages.base import BatchSource, Stage, StageContext
+from curate.stages.constraints import Interval, Options, Rule, Text
 from curate.embeddings.store import EMBEDDINGS_DIR, embeddings_for, publish
+
+_MODEL_NAMES = "minilm, minilm-static, hashing or column:NAME"
+MODEL = Rule(validate_model_name, f"a model name: {_MODEL_NAMES}", invalid=["bert", "column:"])
+
+
+def _stored_or_model_name(model: str) -> None:
+    if model:
+        validate_model_name(model)
+
+
+# The stages that reuse an embed stage's vectors: "" takes the store's model (else the default).
+STORED_OR_MODEL = Rule(_stored_or_model_name, f'"" (the stored embeddings\' model) or a model name: {_MODEL_NAMES}', invalid=["bert", "column:"])
 
 
 class Embed(Stage):
@@ -26,17 +39,20 @@ class Embed(Stage):
     kind = "embed"
     needs_fit = True
     side_outputs = (EMBEDDINGS_DIR,)
+    option_constraints = {
+        "model": [MODEL],
+        "cache": [Text()],
+        "window": [Interval(int, 1, None)],
+        "encode_batch": [Interval(int, 1, None)],
+        "device": [Rule(validate_device, "auto, cpu, cuda or cuda:N", invalid=["gpu", "cuda:x"])],
+        "backend": [Options(BACKENDS)],
+        "dtype": [Options(DTYPES)],
+    }
 
     def __init__(
         self, *, model: str = DEFAULT_MODEL, cache: str = "", window: int = 4096, encode_batch: int = 64,
         device: str = "auto", backend: str = "torch", dtype: str = "auto",
     ):
-        validate_model_name(model)
-        validate_device(device)
-        validate_backend(backend)
-        validate_dtype(dtype)
-        if window <= 0 or encode_batch <= 0:
-            raise ValueError("window and encode_batch must be positive")
         self.model = model
         self.cache = cache
         self.window = window

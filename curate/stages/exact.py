@@ -10,12 +10,14 @@ from curate.index.earlier import drop_duplicates
 from curate.algorithms.exact import FirstSeenIndex, hash128, normalize_texts
 from curate.index.store import INDEX_DIR
 from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, row_ordinals
+from curate.stages.constraints import Boolean
 
 
 class ExactDedup(Stage):
     kind = "exact"
     side_outputs = (INDEX_DIR,)  # with index = true or --against
     needs_fit = True
+    option_constraints = {"normalize": [Boolean()], "index": [Boolean()]}
 
     def __init__(self, *, normalize: bool = False, index: bool = False):
         self.normalize = normalize

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,16 +24,58 @@ from curate.errors import UsageError
 from curate.output.ledger import empty_ledger, removed_rows
 from curate.algorithms.loss_clusters import SeTaConfig, kmeans_1d, pruned_size, prune_by_loss, schedule
 from curate.stages.base import BatchSource, Stage, StageContext, row_ordinals, split_batch
+from curate.stages.constraints import Interval, Options, Text, Together
 
 SCHEDULE_FILE = "seta_schedule.json"
 _KEEP = 0
 _REASONS = {1: "pruned_easy", 2: "pruned_hard", 3: "null_label"}
 
 
+def _seta_fits(options: dict[str, Any]) -> bool:
+    """SeTaConfig's own check, so a rule it gains across its fields holds at parse time too."""
+    try:
+        SeTaConfig(**{name: options[name] for name in ("epochs", "prune_ratio", "groups", "window_scale", "delta")})
+    except ValueError:
+        return False
+    return True
+
+
 class LossClusters(Stage):
     kind = "loss_clusters"
     side_outputs = (SCHEDULE_FILE,)
     needs_fit = True
+    option_constraints = {
+        "loss_column": [Text()],
+        "label_column": [Text()],
+        "keep": [Options(("hard", "easy", "none"))],
+        "fraction": [Interval(float, 0, 1, closed="right")],
+        # SeTa's knobs, with the ranges SeTaConfig accepts
+        "epochs": [Interval(int, 1, None)],
+        "groups": [Interval(int, 1, None)],
+        "window_scale": [Interval(float, 0, 1, closed="right")],
+        "delta": [Interval(float, 0, 1)],
+        "prune_ratio": [Interval(float, 0, 1, closed="left")],
+        # the proxy classifier (label_column)
+        "proxy_epochs": [Interval(int, 1, None)],
+        "folds": [Interval(int, 2, None)],
+        "num_buckets": [Interval(int, 2, None)],
+        "ngrams": [Interval(int, 1, None)],
+        "null_labels": [Options(("error", "remove"))],
+        "torch_threads": [Interval(int, 1, None)],
+    }
+    option_rules = [
+        Together(
+            "loss_column", lambda o: bool(o["loss_column"]) != bool(o["label_column"]),
+            "a column when label_column is empty and empty when it is set (here label_column = {label_column!r})",
+            fix='set exactly one of loss_column = "COLUMN" (your per-sample losses) or label_column = "COLUMN" (train a proxy classifier on it)',
+        ),
+        Together(
+            "fraction", lambda o: o["keep"] != "none" or o["fraction"] >= 1.0,
+            '1.0 when keep = "none" (pruning needs keep = "hard" or "easy")',
+            fix='set fraction = 1.0, or keep = "hard" (abundant data) or "easy" (scarce data)',
+        ),
+        Together("epochs", _seta_fits, "a SeTa schedule that SeTaConfig accepts with groups = {groups}, window_scale = {window_scale}, delta = {delta}, prune_ratio = {prune_ratio}"),
+    ]
 
     def __init__(
         self,
@@ -53,19 +96,6 @@ class LossClusters(Stage):
         null_labels: str = "error",
         torch_threads: int = 1,
     ):
-        if bool(loss_column) == bool(label_column):
-            raise ValueError('set exactly one of loss_column = "..." (your per-sample losses) or label_column = "..." (train a proxy classifier on it)')
-        if keep not in ("hard", "easy", "none"):
-            raise ValueError(f'keep must be "hard", "easy" or "none", got {keep!r}')
-        if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-        if keep == "none" and fraction < 1.0:
-            raise ValueError('fraction < 1 needs keep = "hard" (abundant data) or "easy" (scarce data)')
-        if null_labels not in ("error", "remove"):
-            raise ValueError(f'null_labels must be "error" or "remove", got {null_labels!r}')
-        if proxy_epochs < 1 or folds < 2 or num_buckets < 2 or ngrams < 1 or torch_threads < 1:
-            raise ValueError("proxy_epochs >= 1, folds >= 2, num_buckets >= 2, ngrams >= 1 and torch_threads >= 1 are required")
-        SeTaConfig(epochs=epochs, prune_ratio=prune_ratio, groups=groups, window_scale=window_scale, delta=delta)  # validates
         self.loss_column = loss_column
         self.label_column = label_column
         self.keep = keep

@@ -40,6 +40,7 @@ from curate.algorithms import minhash as mh
 from curate.algorithms.minhash_rows import RowStore, unit_file, ordinals_by_task
 from curate.index.store import INDEX_DIR
 from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, row_ordinals
+from curate.stages.constraints import Boolean, Interval, Options, Together
 from curate.io.parts import piece_path, read_pieces, write_piece
 
 VERIFY_MODES = ("estimate", "exact", "none")
@@ -69,6 +70,27 @@ class MinHashDedup(Stage):
     kind = "minhash"
     side_outputs = (INDEX_DIR,)  # with index = true or --against
     needs_fit = True
+    option_constraints = {
+        "threshold": [Interval(float, 0, 1, closed="right")],
+        "ngram": [Interval(int, 1, None)],
+        "num_perm": [Interval(int, 2, 1024)],
+        "unit": [Options(UNITS)],
+        "bands": [Interval(int, 0, None)],  # 0: choose (lsh_shape)
+        "rows": [Interval(int, 0, None)],
+        "verify": [Options(VERIFY_MODES)],
+        "false_positive_weight": [Interval(float, 0, None)],
+        "false_negative_weight": [Interval(float, 0, None)],
+        "index": [Boolean()],
+        "index_verify": [Options(minhash_index.INDEX_VERIFY)],
+    }
+    option_rules = [
+        Together("rows", lambda o: o["rows"] <= o["num_perm"], "0 (choose) or at most num_perm = {num_perm}"),
+        Together(
+            "bands", lambda o: o["bands"] * max(o["rows"], 1) <= o["num_perm"],
+            "0 (choose) or a count with bands x rows <= num_perm (here rows = {rows}, num_perm = {num_perm})",
+        ),
+        Together("false_negative_weight", lambda o: o["false_positive_weight"] + o["false_negative_weight"] > 0, "above 0 when false_positive_weight is 0 (not both 0)"),
+    ]
 
     def __init__(
         self,
@@ -85,20 +107,6 @@ class MinHashDedup(Stage):
         index: bool = False,
         index_verify: str = "exact",
     ):
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-        if ngram < 1:
-            raise ValueError(f"ngram must be >= 1, got {ngram}")
-        if not 2 <= num_perm <= 1024:
-            raise ValueError(f"num_perm must be in 2..1024, got {num_perm}")
-        if unit not in UNITS:
-            raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
-        if verify not in VERIFY_MODES:
-            raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
-        if bands < 0 or rows < 0 or bands * max(rows, 1) > num_perm:
-            raise ValueError(f"bands x rows must fit in num_perm = {num_perm} (got {bands} x {rows}); 0 means choose")
-        if false_positive_weight < 0 or false_negative_weight < 0 or false_positive_weight + false_negative_weight == 0:
-            raise ValueError("false_positive_weight and false_negative_weight must be >= 0 and not both 0")
         self.threshold = threshold
         self.ngram = ngram
         self.num_perm = num_perm
@@ -109,8 +117,6 @@ class MinHashDedup(Stage):
         self.false_positive_weight = false_positive_weight
         self.false_negative_weight = false_negative_weight
         self.index = index  # keep OUT/index/<name>/ for later runs' --against (curate.index)
-        if index_verify not in minhash_index.INDEX_VERIFY:
-            raise ValueError(f"index_verify must be one of {minhash_index.INDEX_VERIFY}, got {index_verify!r}")
         self.index_verify = index_verify  # what the index keeps to verify later rows against its rows
 
     def lsh_shape(self) -> tuple[int, int]:

@@ -19,6 +19,7 @@ from curate.algorithms.pools import assign_pools, assign_pools_by_group, pool_ed
 from curate.stages._balance import fit_group_values, group_ids
 from curate.output.read import prototypes_keep
 from curate.stages.base import BatchSource, Stage, StageContext
+from curate.stages.constraints import Boolean, Interval, IsNone, Options, Text
 from curate.stages.prototypes import with_columns
 
 _LOWER_IS_BETTER_HINTS = ("loss", "perplexity", "ppl")
@@ -41,14 +42,14 @@ def auto_direction(score: str, ctx: StageContext) -> tuple[bool, str]:
 class Pools(Stage):
     kind = "pools"
     needs_fit = True
+    option_constraints = {
+        "score": [Text(nonempty=True)],  # a numeric column
+        "pools": [Interval(int, 1, None)],
+        "higher_is_better": [Boolean(), Options(("auto",)), IsNone()],  # "auto"/None: auto_direction
+        "balance_column": [Text()],
+    }
 
     def __init__(self, *, score: str = "proto_distance", pools: int = 4, higher_is_better: bool | str | None = None, balance_column: str = ""):
-        if not score:
-            raise ValueError("score must name a numeric column")
-        if pools < 1:
-            raise ValueError(f"pools must be >= 1, got {pools}")
-        if not (higher_is_better is None or isinstance(higher_is_better, bool) or higher_is_better == "auto"):
-            raise ValueError(f"higher_is_better must be true, false or \"auto\", got {higher_is_better!r}")
         self.score = score
         self.pools = pools
         self.higher_is_better = higher_is_better

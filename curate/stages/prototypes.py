@@ -20,10 +20,11 @@ import pyarrow as pa
 from curate.io.atomic import atomic_path
 from curate.output.ledger import empty_ledger, removed_rows
 from curate.algorithms.kmeans import ASSIGN_CHUNK, cap_clusters, kmeans_sample, set_threads, train_centroids
-from curate.algorithms.prototypes import KEEP_CHOICES, check_balance, choose_keep, prototype_distance, select_by_difficulty
-from curate.stages._balance import balance_groups
+from curate.algorithms.prototypes import BALANCE_CHOICES, KEEP_CHOICES, choose_keep, prototype_distance, select_by_difficulty
+from curate.stages._balance import BALANCE_NEEDS_LABEL, balance_groups
 from curate.stages.base import BatchSource, Stage, StageContext, row_ordinals, split_batch
-from curate.stages.embed import embeddings_for
+from curate.stages.constraints import Interval, Options, Text
+from curate.stages.embed import STORED_OR_MODEL, embeddings_for
 from curate.embeddings.store import StoreSlice, needs_own_store, publish_if_absent, stored_embeddings, vector_blocks
 
 PROTOTYPES_DIR = "prototypes"
@@ -41,6 +42,18 @@ class Prototypes(Stage):
     kind = "prototypes"
     side_outputs = (PROTOTYPES_DIR,)
     needs_fit = True
+    option_constraints = {
+        "clusters": [Interval(int, 1, None)],
+        "keep": [Options(KEEP_CHOICES)],
+        "fraction": [Interval(float, 0, 1)],  # the share of rows to keep
+        "budget": [Interval(int, 0, None)],  # 0: from [report] budget
+        "abundance_threshold": [Interval(float, 0, None, closed="neither")],
+        "kmeans_iterations": [Interval(int, 1, None)],
+        "model": [STORED_OR_MODEL],
+        "balance": [Options(BALANCE_CHOICES)],
+        "label_column": [Text()],
+    }
+    option_rules = [BALANCE_NEEDS_LABEL]
 
     def __init__(
         self,
@@ -55,15 +68,6 @@ class Prototypes(Stage):
         balance: str = "none",
         label_column: str = "",
     ):
-        if clusters <= 0:
-            raise ValueError(f"clusters must be positive, got {clusters}")
-        if keep not in KEEP_CHOICES:
-            raise ValueError(f"keep must be one of {', '.join(KEEP_CHOICES)}, got {keep!r}")
-        if not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"fraction is the share of rows to keep, in [0, 1], got {fraction}")
-        if budget < 0 or abundance_threshold <= 0 or kmeans_iterations <= 0:
-            raise ValueError("budget >= 0 (0: from [report] budget), abundance_threshold > 0, kmeans_iterations > 0")
-        check_balance(balance, label_column)
         self.clusters = clusters
         self.keep = keep
         self.fraction = fraction

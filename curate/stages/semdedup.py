@@ -29,7 +29,8 @@ from curate.algorithms.kmeans import assign, auto_clusters, kmeans_sample, set_t
 from curate.algorithms.semdedup import KEEP_RULES, cluster_duplicates, merge_duplicates, plan_buckets
 from curate.index.store import INDEX_DIR
 from curate.stages.base import BatchSource, IdLookup, Stage, StageContext
-from curate.stages.embed import embeddings_for
+from curate.stages.constraints import Boolean, Interval, Options
+from curate.stages.embed import STORED_OR_MODEL, embeddings_for
 from curate.embeddings.store import load_vectors, needs_own_store, publish_if_absent
 
 _CLUSTERS = "clusters"
@@ -40,6 +41,15 @@ class SemDedup(Stage):
     kind = "semdedup"
     side_outputs = (INDEX_DIR,)  # with index = true or --against
     needs_fit = True
+    option_constraints = {
+        "threshold": [Interval(float, -1, 1)],  # a cosine similarity
+        "clusters": [Interval(int, 0, None)],  # 0: about sqrt(rows)
+        "keep": [Options(KEEP_RULES)],
+        "kmeans_fit_fraction": [Interval(float, 0, 1, closed="right")],
+        "kmeans_iterations": [Interval(int, 1, None)],
+        "model": [STORED_OR_MODEL],
+        "index": [Boolean()],
+    }
 
     def __init__(
         self,
@@ -52,12 +62,6 @@ class SemDedup(Stage):
         model: str = "",
         index: bool = False,
     ):
-        if not -1.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")
-        if keep not in KEEP_RULES:
-            raise ValueError(f"keep must be one of {', '.join(KEEP_RULES)}, got {keep!r}")
-        if clusters < 0 or kmeans_iterations <= 0 or not 0.0 < kmeans_fit_fraction <= 1.0:
-            raise ValueError("clusters >= 0 (0 = about sqrt(rows)), kmeans_iterations > 0, 0 < kmeans_fit_fraction <= 1")
         self.threshold = threshold
         self.clusters = clusters
         self.keep = keep
