@@ -14,12 +14,13 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from curate.errors import UsageError
 
-if TYPE_CHECKING:
-    from curate.stages.base import Stage
+# A stage class (curate.stages.base.Stage, not imported: the base imports this module). It has
+# `kind`, `option_constraints`, `option_rules` and `option_defaults()`.
+StageClass = Any
 
 
 class Constraint(Protocol):
@@ -212,7 +213,7 @@ def describe_all(constraints: Sequence[Constraint]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
 
 
-def invalid_option_values(stage_cls: type[Stage], name: str) -> list[Any]:
+def invalid_option_values(stage_cls: StageClass, name: str) -> list[Any]:
     """Values of option `name` that none of its constraints accepts (one constraint's invalid
     value may be another's valid one, e.g. None for pools' higher_is_better)."""
     constraints = stage_cls.option_constraints[name]
@@ -236,7 +237,7 @@ def toml_value(value: Any) -> str:
     return repr(value)
 
 
-def check_options(stage_cls: type[Stage], options: dict[str, Any], where: object | None = "pipeline") -> None:
+def check_options(stage_cls: StageClass, options: dict[str, Any], where: object | None = "pipeline") -> None:
     """Raise a UsageError for the first option its constraints refuse, then for the first
     `option_rules` entry the options (defaults filled in) break. Options without a declared
     constraint pass here; tests/test_stage_options.py makes sure there are none."""
