@@ -35,7 +35,19 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # CPU features that move our figures: SIMD width for hashing and distances, int8/bf16 dot
 # products for quantized embedding models.
-FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd", "sve")
+FLAGS_OF_INTEREST = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "neon",
+    "asimd",
+    "sve",
+)
 GIB = 1024**3
 
 
@@ -62,7 +74,14 @@ def _cpuinfo() -> dict[str, str]:
 
 def cpu_model() -> str:
     info = _cpuinfo()
-    return info.get("model name") or info.get("Model") or info.get("Hardware") or platform.processor() or platform.machine() or "unknown CPU"
+    return (
+        info.get("model name")
+        or info.get("Model")
+        or info.get("Hardware")
+        or platform.processor()
+        or platform.machine()
+        or "unknown CPU"
+    )
 
 
 def cpu_flags() -> list[str]:
@@ -110,10 +129,14 @@ def machine() -> dict:
 def machine_line(info: dict | None = None) -> str:
     """`CPU model, N cores (flags), M GiB`: what goes beside a figure."""
     info = info or machine()
-    cores = f"{info['cores']} cores" + (f" ({info['usable_cores']} usable)" if info.get("usable_cores") not in (None, info["cores"]) else "")
+    cores = f"{info['cores']} cores" + (
+        f" ({info['usable_cores']} usable)" if info.get("usable_cores") not in (None, info["cores"]) else ""
+    )
     flags = [f for f in info.get("flags") or [] if not f.startswith("amx_")]
     amx = [f.removeprefix("amx_") for f in info.get("flags") or [] if f.startswith("amx_")]
-    flags = ", ".join(flags + ([f"amx ({'/'.join(amx)})"] if amx else [])) or "none of " + "/".join(FLAGS_OF_INTEREST[:3])
+    flags = ", ".join(flags + ([f"amx ({'/'.join(amx)})"] if amx else [])) or "none of " + "/".join(
+        FLAGS_OF_INTEREST[:3]
+    )
     memory = f", {info['memory_gib']:g} GiB RAM" if info.get("memory_gib") else ""
     return f"{info['cpu']}, {cores}, flags {flags}{memory}"
 
@@ -220,7 +243,7 @@ class ProcessTree:
             self._cpu.update(self._sample())
         self._sampler_cpu = time.thread_time()  # this thread's own CPU, not the run's
 
-    def __enter__(self) -> "ProcessTree":
+    def __enter__(self) -> ProcessTree:
         self._before = self._sample()
         self._cpu.update(self._before)
         self._thread.start()
@@ -282,8 +305,8 @@ def kept_ids(out: str | os.PathLike) -> list[str]:
 
 def removed_ids(out: str | os.PathLike) -> set[str]:
     """Ids in the output's ledger (removed/), as strings."""
-    from curate.output.ledger import ids_as_strings
     from curate.io.parts import iter_part_batches
+    from curate.output.ledger import ids_as_strings
 
     found: set[str] = set()
     for batch in iter_part_batches(Path(out) / "removed", columns=["id"]):
@@ -294,7 +317,9 @@ def removed_ids(out: str | os.PathLike) -> set[str]:
 LEDGER_COLUMNS = ("id", "stage", "reason", "duplicate_of")
 
 
-def output_signature(out: str | os.PathLike, kept: Sequence[str] = ("id",), removed: Sequence[str] = LEDGER_COLUMNS) -> tuple:
+def output_signature(
+    out: str | os.PathLike, kept: Sequence[str] = ("id",), removed: Sequence[str] = LEDGER_COLUMNS
+) -> tuple:
     """What two runs of one pipeline must agree on: the kept rows' `kept` columns in order and
     the ledger's `removed` columns (either may be empty to skip it)."""
     out = Path(out)
@@ -303,7 +328,9 @@ def output_signature(out: str | os.PathLike, kept: Sequence[str] = ("id",), remo
     return kept_rows, removed_rows
 
 
-def same_outputs(outs: Iterable[str | os.PathLike], kept: Sequence[str] = ("id",), removed: Sequence[str] = LEDGER_COLUMNS) -> bool:
+def same_outputs(
+    outs: Iterable[str | os.PathLike], kept: Sequence[str] = ("id",), removed: Sequence[str] = LEDGER_COLUMNS
+) -> bool:
     """Every output has the first one's signature (kept ids in order, ledger)."""
     outs = list(outs)
     reference = output_signature(outs[0], kept, removed)
@@ -368,7 +395,14 @@ def portable(value: Any) -> Any:
     return str(value)
 
 
-def write_result(name: str, payload: dict, *, command: str | None = None, started: float | None = None, load_start: Sequence[float] | None = None) -> Path:
+def write_result(
+    name: str,
+    payload: dict,
+    *,
+    command: str | None = None,
+    started: float | None = None,
+    load_start: Sequence[float] | None = None,
+) -> Path:
     """Write `bench/results/NAME.json` atomically: the machine, the command line, a UTC
     timestamp, the load average at the start and end (recorded, not a figure), and `payload`
     (the figures: params, tables, comparisons, checks, data)."""
@@ -397,8 +431,12 @@ def write_result(name: str, payload: dict, *, command: str | None = None, starte
 
 def add_result_argument(parser: argparse.ArgumentParser, default: str | None, shown: str | None = None) -> None:
     """`--result NAME`: the result file's name (`shown` describes a default chosen later)."""
-    parser.add_argument("--result", default=default, metavar="NAME",
-                        help=f"write the figures to bench/results/NAME.json (default: {shown or default}); '-': write no file")
+    parser.add_argument(
+        "--result",
+        default=default,
+        metavar="NAME",
+        help=f"write the figures to bench/results/NAME.json (default: {shown or default}); '-': write no file",
+    )
 
 
 class Run:
@@ -427,8 +465,14 @@ class Run:
 
     def compare(self, label: str, value: float | None, unit: str = "x", target: str | None = None) -> None:
         """One figure measured in this run against a peer or a baseline (a ratio, a share, ...)."""
-        self.comparisons.append({"label": label, "value": value, "unit": unit, **({"target": target} if target else {})})
-        shown = "n/a" if value is None or not math.isfinite(value) else (f"{value:.0%}" if unit == "%" else f"{value:.3g}{unit}")
+        self.comparisons.append(
+            {"label": label, "value": value, "unit": unit, **({"target": target} if target else {})}
+        )
+        shown = (
+            "n/a"
+            if value is None or not math.isfinite(value)
+            else (f"{value:.0%}" if unit == "%" else f"{value:.3g}{unit}")
+        )
         print(f"{label}: {shown}" + (f" (target {target})" if target else ""), flush=True)
 
     def check(self, label: str, ok: bool) -> bool:
@@ -442,21 +486,44 @@ class Run:
             print(f"note: {text}", flush=True)
 
     def payload(self) -> dict:
-        return {"module": self.module, "summary": self.summary, "params": self.params, "tables": self.tables,
-                "comparisons": self.comparisons, "checks": self.checks, "notes": self.notes, "data": self.data}
+        return {
+            "module": self.module,
+            "summary": self.summary,
+            "params": self.params,
+            "tables": self.tables,
+            "comparisons": self.comparisons,
+            "checks": self.checks,
+            "notes": self.notes,
+            "data": self.data,
+        }
 
     def write(self, complete: bool = True) -> Path | None:
         """The result file (None with `--result -`); `complete=False` for a checkpoint mid-run."""
         if self.result == "-":
             return None
-        path = write_result(self.result, {**self.payload(), "complete": complete}, command=self.command, started=self.started, load_start=self.load_start)
+        path = write_result(
+            self.result,
+            {**self.payload(), "complete": complete},
+            command=self.command,
+            started=self.started,
+            load_start=self.load_start,
+        )
         if complete:
-            print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in load_average())}; result: {path.relative_to(REPO_ROOT)} "
-                  "(python -m bench.report renders bench/RESULTS.md)", flush=True)
+            print(
+                f"\nload average at the end: {' '.join(f'{x:.2f}' for x in load_average())}; result: {path.relative_to(REPO_ROOT)} "
+                "(python -m bench.report renders bench/RESULTS.md)",
+                flush=True,
+            )
         return path
 
 
-def start_run(module: str, argv: Sequence[str] | None = None, result: str | None = None, summary: str = "", params: dict | None = None) -> Run:
+def start_run(
+    module: str,
+    argv: Sequence[str] | None = None,
+    result: str | None = None,
+    summary: str = "",
+    params: dict | None = None,
+) -> Run:
     """Begin a run: print the machine and the load average, record both."""
     run = Run(module, argv, result, summary)
     if params:

@@ -66,7 +66,9 @@ def debian_descriptions(path: str | os.PathLike | None = None) -> Corpus:
     """The Debian descriptions at `path`, or next to the repository."""
     found = Path(path) if path is not None else DEBIAN_DESCRIPTIONS.resolve()
     if not found.is_file():
-        raise SystemExit(f"no Debian descriptions at {found}: pass their Parquet file's path or set CURATE_SHARED_DATA")
+        raise SystemExit(
+            f"no Debian descriptions at {found}: pass their Parquet file's path or set CURATE_SHARED_DATA"
+        )
     meta = pq.read_metadata(found)
     return Corpus(found, meta.num_rows, found.stat().st_size)
 
@@ -111,7 +113,11 @@ def build_long_corpus(
     total = 0
     for index, (label, root, pattern, compressed) in enumerate(LONG_SOURCES):
         # Leftover quota from earlier, smaller sources goes to the later ones.
-        quota = max_docs - len(ids) if index == len(LONG_SOURCES) - 1 else per_source + max(0, per_source * index - len(ids))
+        quota = (
+            max_docs - len(ids)
+            if index == len(LONG_SOURCES) - 1
+            else per_source + max(0, per_source * index - len(ids))
+        )
         taken = 0
         for path in sorted(root.rglob(pattern)):
             if taken >= quota:
@@ -146,7 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     corpus = build_long_corpus(args.out_dir, max_docs=args.max_docs)
-    print(f"{corpus.rows} documents, {corpus.bytes / 1e6:.1f} MB of text -> {corpus.path} ({time.perf_counter() - started:.1f}s)")
+    print(
+        f"{corpus.rows} documents, {corpus.bytes / 1e6:.1f} MB of text -> {corpus.path} ({time.perf_counter() - started:.1f}s)"
+    )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.corpora import DEBIAN_DESCRIPTIONS as DEBIAN_PARQUET
+
 MAN_ROOT = Path("/usr/share/man")
 DOC_ROOT = Path("/usr/share/doc")
 MIN_CHARS = 12
@@ -88,7 +89,7 @@ def _man_lines(raw: str) -> Iterator[str]:
         if line.startswith((".PP", ".SH", ".SS", ".TP", ".IP", ".LP", ".P ", ".sp", ".br")) or line.strip() == ".P":
             yield ""
             continue
-        if line.startswith((".\\\"", "'\\\"", ".TH", ".de", ".if", ".ie", ".el", ".ds", ".nr", ".so")):
+        if line.startswith(('.\\"', "'\\\"", ".TH", ".de", ".if", ".ie", ".el", ".ds", ".nr", ".so")):
             continue
         line = _TROFF_LINE.sub("", line)
         yield _TROFF_ESCAPE.sub("", line).replace("\\", "")
@@ -98,7 +99,11 @@ def man_paragraphs() -> Iterator[str]:
     for section in sorted(MAN_ROOT.glob("man*")):
         for path in sorted(section.iterdir()):
             try:
-                raw = gzip.open(path, "rt", errors="replace").read() if path.suffix == ".gz" else path.read_text(errors="replace")
+                raw = (
+                    gzip.open(path, "rt", errors="replace").read()
+                    if path.suffix == ".gz"
+                    else path.read_text(errors="replace")
+                )
             except (OSError, EOFError):
                 continue
             for paragraph in _paragraphs(_man_lines(raw)):
@@ -111,7 +116,11 @@ def doc_paragraphs() -> Iterator[str]:
         if path.suffix not in ("", ".gz", ".txt", ".md", ".rst") or path.stat().st_size > 2_000_000:
             continue
         try:
-            raw = gzip.open(path, "rt", errors="replace").read() if path.suffix == ".gz" else path.read_text(errors="replace")
+            raw = (
+                gzip.open(path, "rt", errors="replace").read()
+                if path.suffix == ".gz"
+                else path.read_text(errors="replace")
+            )
         except (OSError, EOFError, UnicodeError):
             continue
         if "\x00" in raw:

@@ -57,7 +57,14 @@ def timed_run(spec, corpus: Path, out: Path, executor) -> dict:
     manifest = json.loads((out / "manifest.json").read_text())
     per_stage = {s["name"]: (s.get("seconds", 0.0), s.get("parallel_seconds", 0.0)) for s in manifest["stages"][1:]}
     fits = {s["name"]: s.get("info", {}).get("fit", "") for s in manifest["stages"][1:]}
-    return {"wall": wall, "parallel": parallel, "driver": wall - parallel, "stages": per_stage, "fits": fits, "load": (load_average() or [None])[0]}
+    return {
+        "wall": wall,
+        "parallel": parallel,
+        "driver": wall - parallel,
+        "stages": per_stage,
+        "fits": fits,
+        "load": (load_average() or [None])[0],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,12 +77,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a new temp dir)")
     add_result_argument(parser, "dask_speedup")
     args = parser.parse_args(argv)
-    run = start_run("dask_speedup", argv, args.result, "Scale-out: one pipeline on 1 and 2 local processes and on 1 and 2 Dask workers; speed-up and the driver's serial share.", vars(args))
+    run = start_run(
+        "dask_speedup",
+        argv,
+        args.result,
+        "Scale-out: one pipeline on 1 and 2 local processes and on 1 and 2 Dask workers; speed-up and the driver's serial share.",
+        vars(args),
+    )
 
     corpus = cached_corpus(args.rows, args.shards)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="curate-bench-dask-"))
     spec = parse_pipeline({"stage": stages(args.model)}, "bench")
-    print(f"corpus: {args.rows:,} rows in {args.shards} shards; pipeline: " + " -> ".join(s["kind"] for s in stages(args.model)) + f" (model {args.model})")
+    print(
+        f"corpus: {args.rows:,} rows in {args.shards} shards; pipeline: "
+        + " -> ".join(s["kind"] for s in stages(args.model))
+        + f" (model {args.model})"
+    )
 
     results: dict[str, dict] = {}
     for _ in range(args.repeats):
@@ -88,25 +105,56 @@ def main(argv: list[str] | None = None) -> None:
 
     names = list(results)
     stage_names = list(results[names[0]]["stages"])
-    header = f"{'run':<8}{'wall s':>9}" + "".join(f"{s[:10]:>12}" for s in stage_names) + f"{'driver s':>10}{'driver %':>10}{'load':>7}"
+    header = (
+        f"{'run':<8}{'wall s':>9}"
+        + "".join(f"{s[:10]:>12}" for s in stage_names)
+        + f"{'driver s':>10}{'driver %':>10}{'load':>7}"
+    )
     print()
     print(header)
     print("-" * len(header))
     for name, r in results.items():
         cells = "".join(f"{r['stages'][s][0]:>7.1f}/{r['stages'][s][1]:<4.0f}" for s in stage_names)
-        print(f"{name:<8}{r['wall']:>9.2f}{cells}{r['driver']:>10.2f}{r['driver'] / r['wall']:>10.0%}{r['load'] or 0:>7.2f}")
-    print("stage cells: seconds / seconds inside parallel tasks; driver = wall - time inside executor maps (serial work)")
+        print(
+            f"{name:<8}{r['wall']:>9.2f}{cells}{r['driver']:>10.2f}{r['driver'] / r['wall']:>10.0%}{r['load'] or 0:>7.2f}"
+        )
+    print(
+        "stage cells: seconds / seconds inside parallel tasks; driver = wall - time inside executor maps (serial work)"
+    )
     print("how each fit ran: " + "; ".join(f"{s}: {f}" for s, f in results[names[-1]]["fits"].items() if f))
-    run.table(f"best of {args.repeats}; stage cells: seconds / seconds inside parallel tasks; driver = wall - time inside executor maps",
-              ["run", "wall s", *stage_names, "driver s", "driver share"],
-              [[name, round(r["wall"], 2), *(f"{r['stages'][s][0]:.1f} / {r['stages'][s][1]:.0f}" for s in stage_names), round(r["driver"], 2), f"{r['driver'] / r['wall']:.0%}"]
-               for name, r in results.items()], show=False)
+    run.table(
+        f"best of {args.repeats}; stage cells: seconds / seconds inside parallel tasks; driver = wall - time inside executor maps",
+        ["run", "wall s", *stage_names, "driver s", "driver share"],
+        [
+            [
+                name,
+                round(r["wall"], 2),
+                *(f"{r['stages'][s][0]:.1f} / {r['stages'][s][1]:.0f}" for s in stage_names),
+                round(r["driver"], 2),
+                f"{r['driver'] / r['wall']:.0%}",
+            ]
+            for name, r in results.items()
+        ],
+        show=False,
+    )
     run.data.update(runs=results, fits=results[names[-1]]["fits"])
     for a, b in (("jobs1", "jobs2"), ("dask1", "dask2")):
         if a in results and b in results:
-            run.compare(f"{b} vs {a}, wall", results[a]["wall"] / results[b]["wall"], target=">= 1.6x" if b == "dask2" else None)
-            run.compare(f"driver share of {b}'s wall time", results[b]["driver"] / results[b]["wall"], unit="%", target="< 15%" if b == "dask2" else None)
-    same = run.check("same kept ids, pools and ledger in every run", same_outputs([work / name for name in names], kept=("id", "pool")))
+            run.compare(
+                f"{b} vs {a}, wall",
+                results[a]["wall"] / results[b]["wall"],
+                target=">= 1.6x" if b == "dask2" else None,
+            )
+            run.compare(
+                f"driver share of {b}'s wall time",
+                results[b]["driver"] / results[b]["wall"],
+                unit="%",
+                target="< 15%" if b == "dask2" else None,
+            )
+    same = run.check(
+        "same kept ids, pools and ledger in every run",
+        same_outputs([work / name for name in names], kept=("id", "pool")),
+    )
     run.write()
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)

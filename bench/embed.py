@@ -42,9 +42,8 @@ import pyarrow.parquet as pq
 from bench._harness import Run, add_result_argument, cpu_flags, importable, start_run, timed
 from bench.corpora import DEBIAN_DESCRIPTIONS as DEBIAN
 from curate.embeddings import models
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.io.parts import read_parts
-
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 MODEL_SECONDS: dict[str, float] = {}  # per run: seconds inside load_embedder and encode
 
@@ -102,7 +101,9 @@ def run_bare(texts: list[str], threads: int, device: str = "cpu") -> tuple[float
     if device != "cpu":
         model.half()
         batch = 256
-    vectors = model.encode(texts, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    vectors = model.encode(
+        texts, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
     if device != "cpu":
         torch.cuda.synchronize()
     return time.perf_counter() - started, np.asarray(vectors, dtype=np.float32)
@@ -131,10 +132,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--static-rows", type=int, default=0, help="rows for minilm-static and hashing (0: all)")
     parser.add_argument("--processes", action="store_true", help="also time threads vs processes for bare encode")
-    parser.add_argument("--int8", action="store_true", help="also time ONNX dynamic int8 against ONNX fp32 (encode only)")
+    parser.add_argument(
+        "--int8", action="store_true", help="also time ONNX dynamic int8 against ONNX fp32 (encode only)"
+    )
     add_result_argument(parser, "embed")
     args = parser.parse_args(argv)
-    run = start_run("embed", argv, args.result, "Embedding throughput: bare sentence-transformers encode vs `curate embed` with each backend and device, same texts.", vars(args))
+    run = start_run(
+        "embed",
+        argv,
+        args.result,
+        "Embedding throughput: bare sentence-transformers encode vs `curate embed` with each backend and device, same texts.",
+        vars(args),
+    )
 
     import torch
 
@@ -148,7 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     has_gpu = torch.cuda.is_available()
     if has_gpu:
         run.data["gpu"] = torch.cuda.get_device_name(0)
-    print(f"{rows} rows of {args.corpus.name}, {args.threads} threads" + (f", GPU {run.data['gpu']}" if has_gpu else ""), flush=True)
+    print(
+        f"{rows} rows of {args.corpus.name}, {args.threads} threads" + (f", GPU {run.data['gpu']}" if has_gpu else ""),
+        flush=True,
+    )
     if has_onnx:
         from curate.embeddings.onnx import ensure_onnx_model
 
@@ -160,12 +172,18 @@ def main(argv: list[str] | None = None) -> None:
         # warm-up: first imports of torch / transformers cost seconds and would land on one side
         run_bare(texts[:32], args.threads)
         sides = {"bare sentence-transformers, cpu fp32": lambda: run_bare(texts, args.threads)}
-        sides["curate embed --backend torch --device cpu"] = lambda: run_ours(source, Path(tmp) / "out", args.threads, model="minilm", device="cpu")
+        sides["curate embed --backend torch --device cpu"] = lambda: run_ours(
+            source, Path(tmp) / "out", args.threads, model="minilm", device="cpu"
+        )
         if has_onnx:
-            sides["curate embed --backend onnx --device cpu"] = lambda: run_ours(source, Path(tmp) / "out", args.threads, model="minilm", backend="onnx", device="cpu")
+            sides["curate embed --backend onnx --device cpu"] = lambda: run_ours(
+                source, Path(tmp) / "out", args.threads, model="minilm", backend="onnx", device="cpu"
+            )
         if has_gpu:
             sides["bare sentence-transformers, cuda fp16"] = lambda: run_bare(texts, args.threads, device="cuda")
-            sides["curate embed --backend torch --device cuda"] = lambda: run_ours(source, Path(tmp) / "out", args.threads, model="minilm", device="cuda")
+            sides["curate embed --backend torch --device cuda"] = lambda: run_ours(
+                source, Path(tmp) / "out", args.threads, model="minilm", device="cuda"
+            )
         best: dict[str, float] = {}
         vectors: dict[str, np.ndarray] = {}
         own_work: dict[str, list[float]] = {}  # the stage's time outside model load + encode
@@ -184,16 +202,44 @@ def main(argv: list[str] | None = None) -> None:
         reference = vectors["bare sentence-transformers, cpu fp32"]
         minilm_rows = []
         for name, seconds in best.items():
-            bare = best["bare sentence-transformers, cuda fp16" if "cuda" in name else "bare sentence-transformers, cpu fp32"]
+            bare = best[
+                "bare sentence-transformers, cuda fp16" if "cuda" in name else "bare sentence-transformers, cpu fp32"
+            ]
             cosine = float(np.einsum("ij,ij->i", vectors[name], reference).min())
-            minilm_rows.append([name, round(seconds, 2), round(rows / seconds), bare / seconds, round(cosine, 5), _hours(1e6 * seconds / rows)])
-        run.table(f"minilm, {rows} rows (best of {args.repeats}; includes model load)", ["run", "seconds", "rows/s", "x bare", "min cos vs bare cpu", "1M rows"], minilm_rows)
+            minilm_rows.append(
+                [
+                    name,
+                    round(seconds, 2),
+                    round(rows / seconds),
+                    bare / seconds,
+                    round(cosine, 5),
+                    _hours(1e6 * seconds / rows),
+                ]
+            )
+        run.table(
+            f"minilm, {rows} rows (best of {args.repeats}; includes model load)",
+            ["run", "seconds", "rows/s", "x bare", "min cos vs bare cpu", "1M rows"],
+            minilm_rows,
+        )
         torch_cpu = best["curate embed --backend torch --device cpu"]
-        run.compare("stage overhead over bare (torch, cpu), best vs best", torch_cpu / best["bare sentence-transformers, cpu fp32"] - 1, unit="%", target="<= 10%")
+        run.compare(
+            "stage overhead over bare (torch, cpu), best vs best",
+            torch_cpu / best["bare sentence-transformers, cpu fp32"] - 1,
+            unit="%",
+            target="<= 10%",
+        )
         for name, shares in own_work.items():
-            run.compare(f"{name}: the stage's own work (outside model load + encode) / load + encode, median of rounds", float(np.median(shares)), unit="%")
+            run.compare(
+                f"{name}: the stage's own work (outside model load + encode) / load + encode, median of rounds",
+                float(np.median(shares)),
+                unit="%",
+            )
         if has_onnx:
-            run.compare("onnx / torch stage speed", torch_cpu / best["curate embed --backend onnx --device cpu"], target=">= 1.3x")
+            run.compare(
+                "onnx / torch stage speed",
+                torch_cpu / best["curate embed --backend onnx --device cpu"],
+                target=">= 1.3x",
+            )
         if not has_gpu:
             run.note("no CUDA device: the GPU rows are not measured")
 
@@ -209,8 +255,19 @@ def main(argv: list[str] | None = None) -> None:
             column = fast_rows.column("text").combine_chunks()
             encode = min(timed(lambda: embedder.encode(column))[0] for _ in range(2))
             stage = min(run_ours(fast_source, Path(tmp) / "out-fast", args.threads, model=model)[0] for _ in range(2))
-            fast.append([model, round(fast_rows.num_rows / encode), round(fast_rows.num_rows / stage), _hours(1e6 * stage / fast_rows.num_rows)])
-        run.table(f"static and hashing, {fast_rows.num_rows} rows (best of 2)", ["model", "encode rows/s", "whole `curate embed` run rows/s", "1M rows"], fast)
+            fast.append(
+                [
+                    model,
+                    round(fast_rows.num_rows / encode),
+                    round(fast_rows.num_rows / stage),
+                    _hours(1e6 * stage / fast_rows.num_rows),
+                ]
+            )
+        run.table(
+            f"static and hashing, {fast_rows.num_rows} rows (best of 2)",
+            ["model", "encode rows/s", "whole `curate embed` run rows/s", "1M rows"],
+            fast,
+        )
 
         if args.int8 and has_onnx:
             int8_check(texts, reference, args.threads, Path(tmp), run)
@@ -218,10 +275,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.processes:
             threaded = min(run_bare(texts, args.threads)[0] for _ in range(2))
             split = min(run_processes(texts, args.threads) for _ in range(2))
-            run.table(f"bare encode, {rows} rows, model load included (best of 2)", ["layout", "rows/s"], [
-                [f"1 process x {args.threads} threads", round(rows / threaded)],
-                [f"{args.threads} processes x 1 thread", round(rows / split)],
-            ])
+            run.table(
+                f"bare encode, {rows} rows, model load included (best of 2)",
+                ["layout", "rows/s"],
+                [
+                    [f"1 process x {args.threads} threads", round(rows / threaded)],
+                    [f"{args.threads} processes x 1 thread", round(rows / split)],
+                ],
+            )
     run.write()
 
 
@@ -245,8 +306,11 @@ def int8_check(texts: list[str], reference: np.ndarray, threads: int, tmp: Path,
         cosine = np.einsum("ij,ij->i", vectors, reference)
         rates[label] = len(texts) / seconds
         table.append([label, round(rates[label]), round(float(cosine.min()), 4), round(float(cosine.mean()), 4)])
-    run.table(f"ONNX int8 vs fp32, {len(texts)} rows, {threads} threads, encode only (CPU has AVX-512 VNNI: {'avx512_vnni' in cpu_flags()})",
-              ["weights", "rows/s", "min cos vs torch fp32", "mean cos"], table)
+    run.table(
+        f"ONNX int8 vs fp32, {len(texts)} rows, {threads} threads, encode only (CPU has AVX-512 VNNI: {'avx512_vnni' in cpu_flags()})",
+        ["weights", "rows/s", "min cos vs torch fp32", "mean cos"],
+        table,
+    )
     run.compare("ONNX int8 / fp32 encode speed", rates["int8"] / rates["fp32"])
 
 

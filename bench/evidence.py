@@ -37,13 +37,12 @@ from bench._harness import REPO_ROOT, add_result_argument, part_table, start_run
 from bench.corpora import DEBIAN_DESCRIPTIONS
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.scaling.proxy_runs import ProxyRunSettings, top_classes
-from curate.training.features import hashed_ngram_bags
 
 # PRIVATE curate API, no public equivalent yet: the report's held-out split and one proxy
 # training, which the held-out check must repeat exactly as the report ran them.
 from curate.scaling.proxy_runs import _split as report_heldout_split
 from curate.scaling.proxy_runs import _trajectory as proxy_trajectory
-
+from curate.training.features import hashed_ngram_bags
 
 EPOCHS = [0.25, 0.5, 1.0, 2.0, 4.0]  # fitted runs: passes over each pool alone
 MIX_EPOCHS = [0.5, 1.0]  # fitted runs: passes over each prefix mix
@@ -58,7 +57,12 @@ def pipeline(balance: str, seeds: int, budgets: list[float] | None) -> dict:
             {"kind": "exact"},
             {"kind": "embed", "model": "hashing"},
             {"kind": "prototypes", "clusters": 50, "keep": "hard", "fraction": 0.9, "balance": balance},
-            {"kind": "pools", "score": "proto_distance", "pools": 4, **({"balance_column": "proto_cluster"} if balance == "cluster" else {})},
+            {
+                "kind": "pools",
+                "score": "proto_distance",
+                "pools": 4,
+                **({"balance_column": "proto_cluster"} if balance == "cluster" else {}),
+            },
         ],
         "report": report,
     }
@@ -74,7 +78,9 @@ def measured(kept: pl.DataFrame, budget: float, prefixes: list[int], seeds: int,
     settings = ProxyRunSettings(seed=seed)
     rows, y = top_classes(kept.get_column("section").to_list(), settings.classes)
     pools = kept.get_column("pool").to_numpy().astype(np.int64)[rows]
-    bags = hashed_ngram_bags(kept.get_column("text").to_arrow().take(pa.array(rows)), num_buckets=settings.proxy.num_buckets)
+    bags = hashed_ngram_bags(
+        kept.get_column("text").to_arrow().take(pa.array(rows)), num_buckets=settings.proxy.num_buckets
+    )
     heldout, train = report_heldout_split(len(y), settings)  # the report's split: same seed, same rows
     out: dict[str, list[float]] = {}
     torch.set_num_threads(1)
@@ -82,9 +88,25 @@ def measured(kept: pl.DataFrame, budget: float, prefixes: list[int], seeds: int,
         runs = [("all", train)]
         for j in prefixes:
             chosen = train[pools[train] < j]
-            runs += [(f"prefix{j}", chosen), (f"random{j}", np.sort(np.random.default_rng([seed, 77, j, s]).choice(train, size=len(chosen), replace=False)))]
+            runs += [
+                (f"prefix{j}", chosen),
+                (
+                    f"random{j}",
+                    np.sort(np.random.default_rng([seed, 77, j, s]).choice(train, size=len(chosen), replace=False)),
+                ),
+            ]
         for name, members in runs:
-            ((_, error, _),) = proxy_trajectory(bags, y, int(y.max()) + 1, members, heldout, [budget / len(members)], "error", seed + 500 + s, settings.proxy)
+            ((_, error, _),) = proxy_trajectory(
+                bags,
+                y,
+                int(y.max()) + 1,
+                members,
+                heldout,
+                [budget / len(members)],
+                "error",
+                seed + 500 + s,
+                settings.proxy,
+            )
             out.setdefault(name, []).append(error)
     return out
 
@@ -97,12 +119,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check-seeds", type=int, default=2, help="seeds of the held-out trainings")
     parser.add_argument("--balance", default="none", choices=["none", "cluster"])
     parser.add_argument("--reuse", action="store_true", help="reuse the pipeline run and its proxy runs in --out")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "evidence", help="pipeline runs (default: bench/out/evidence, not committed)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "bench" / "out" / "evidence",
+        help="pipeline runs (default: bench/out/evidence, not committed)",
+    )
     add_result_argument(parser, None, "evidence, or evidence-cluster with --balance cluster")
     args = parser.parse_args(argv)
     result = args.result or ("evidence" if args.balance == "none" else f"evidence-{args.balance}")
-    run = start_run("evidence", argv, result, "Does the report's verdict against random data hold at budgets it never saw? Proxy trainings at held-out budgets, "
-                "quality prefixes vs random subsets of the same size.", vars(args))
+    run = start_run(
+        "evidence",
+        argv,
+        result,
+        "Does the report's verdict against random data hold at budgets it never saw? Proxy trainings at held-out budgets, "
+        "quality prefixes vs random subsets of the same size.",
+        vars(args),
+    )
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     frame = pl.read_parquet(args.data)
@@ -114,7 +147,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # 1. the pipeline and its report with default budgets, to learn the fitted range
     if not (args.reuse and (out / "scaling" / "law.json").exists()):
-        run_pipeline(parse_pipeline(pipeline(args.balance, args.seeds, None), "bench"), source, out, RunOptions(overwrite=True))
+        run_pipeline(
+            parse_pipeline(pipeline(args.balance, args.seeds, None), "bench"), source, out, RunOptions(overwrite=True)
+        )
     law = json.loads((out / "scaling" / "law.json").read_text())
     fitted_max = max(o["samples_seen"] for o in law["fit"]["observations"])
     held = [2.0 * fitted_max, 4.0 * fitted_max]
@@ -124,9 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     build_pipeline_report(out, overrides={"budgets": held})
     report = json.loads((out / "report.json").read_text())
     baseline = report["random_baseline"]
-    print(f"Debian sections, {frame.height:,} rows sampled; kept {read_kept(out, ['id']).height:,}; balance = {args.balance}; "
-          f"fitted runs up to {fitted_max:,.0f} samples seen; held-out budgets {held[0]:,.0f} and {held[1]:,.0f}; "
-          f"report seeds {args.seeds}, uncertainty: {baseline['uncertainty']}", flush=True)
+    print(
+        f"Debian sections, {frame.height:,} rows sampled; kept {read_kept(out, ['id']).height:,}; balance = {args.balance}; "
+        f"fitted runs up to {fitted_max:,.0f} samples seen; held-out budgets {held[0]:,.0f} and {held[1]:,.0f}; "
+        f"report seeds {args.seeds}, uncertainty: {baseline['uncertainty']}",
+        flush=True,
+    )
     print(f"report verdict: {baseline['verdict']}")
     kept = read_kept(out, ["id", "text", "section", "pool"])
     rows = []
@@ -152,18 +190,64 @@ def main(argv: list[str] | None = None) -> None:
             chosen = "+".join(c["pools"]) == "+".join(entry["pools"])
             if chosen and entry["status"] == "beats_random":
                 accepted &= ok
-            rows.append((f"{entry['budget']:,.0f}", "+".join(c["pools"]) + (" (chosen)" if chosen else ""), f"{c['predicted_loss']:.4f}", f"{c['random_same_size']:.4f}",
-                         f"{c['difference']:+.4f} ± {c['difference_sd']:.4f}", c["status"],
-                         f"{mean[f'prefix{j}']:.4f} ± {sd[f'prefix{j}']:.4f}", f"{mean[f'random{j}']:.4f} ± {sd[f'random{j}']:.4f}",
-                         f"{mean[f'prefix{j}'] - mean[f'random{j}']:+.4f}", "holds" if ok else "FAILS"))
-        rows.append((f"{entry['budget']:,.0f}", "all data" + (" (chosen)" if entry["status"] == "all_data" else ""), "", f"{entry['all_data']:.4f}", "", "", "", f"{mean['all']:.4f} ± {sd['all']:.4f}", "", ""))
-    header = ("budget", "pools", "predicted", "pred. random same size", "pred. difference ± sd", "report says",
-              "measured pools", "measured random same size", "measured diff", "check")
-    run.table(f"held-out error rate (1 - accuracy of the proxy on the report's held-out rows); measured: mean ± sd over {args.check_seeds} seeds", header, rows)
+            rows.append(
+                (
+                    f"{entry['budget']:,.0f}",
+                    "+".join(c["pools"]) + (" (chosen)" if chosen else ""),
+                    f"{c['predicted_loss']:.4f}",
+                    f"{c['random_same_size']:.4f}",
+                    f"{c['difference']:+.4f} ± {c['difference_sd']:.4f}",
+                    c["status"],
+                    f"{mean[f'prefix{j}']:.4f} ± {sd[f'prefix{j}']:.4f}",
+                    f"{mean[f'random{j}']:.4f} ± {sd[f'random{j}']:.4f}",
+                    f"{mean[f'prefix{j}'] - mean[f'random{j}']:+.4f}",
+                    "holds" if ok else "FAILS",
+                )
+            )
+        rows.append(
+            (
+                f"{entry['budget']:,.0f}",
+                "all data" + (" (chosen)" if entry["status"] == "all_data" else ""),
+                "",
+                f"{entry['all_data']:.4f}",
+                "",
+                "",
+                "",
+                f"{mean['all']:.4f} ± {sd['all']:.4f}",
+                "",
+                "",
+            )
+        )
+    header = (
+        "budget",
+        "pools",
+        "predicted",
+        "pred. random same size",
+        "pred. difference ± sd",
+        "report says",
+        "measured pools",
+        "measured random same size",
+        "measured diff",
+        "check",
+    )
+    run.table(
+        f"held-out error rate (1 - accuracy of the proxy on the report's held-out rows); measured: mean ± sd over {args.check_seeds} seeds",
+        header,
+        rows,
+    )
     statuses = [e["status"] for e in baseline["budgets"]]
-    run.data.update(verdict=baseline["verdict"], uncertainty=baseline["uncertainty"], held_out_budgets=held, fitted_max_samples_seen=fitted_max, statuses=statuses,
-                    rows_sampled=frame.height)
-    run.check(f"acceptance (chosen mix vs random, or 'no better than random') at both held-out budgets (statuses: {', '.join(statuses)})", accepted)
+    run.data.update(
+        verdict=baseline["verdict"],
+        uncertainty=baseline["uncertainty"],
+        held_out_budgets=held,
+        fitted_max_samples_seen=fitted_max,
+        statuses=statuses,
+        rows_sampled=frame.height,
+    )
+    run.check(
+        f"acceptance (chosen mix vs random, or 'no better than random') at both held-out budgets (statuses: {', '.join(statuses)})",
+        accepted,
+    )
     run.check(f"per-prefix claims (beats / worse than random) hold: {checked - failed} of {checked}", holds)
     print(f"({time.perf_counter() - started:.0f} s)")
     run.write()

@@ -17,8 +17,8 @@ import polars as pl
 
 from bench._harness import add_result_argument, start_run
 from bench.corpora import DEBIAN_DESCRIPTIONS
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.io.parts import count_part_rows
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 
 def build_corpus(source: Path, replicate: int, directory: Path, rows: int = 0) -> Path:
@@ -27,7 +27,9 @@ def build_corpus(source: Path, replicate: int, directory: Path, rows: int = 0) -
     if rows:
         frame = frame.head(rows)
     for copy in range(replicate):
-        frame.with_columns((pl.col("id") + f"#{copy}").alias("id")).write_parquet(directory / f"part-{copy:03d}.parquet")
+        frame.with_columns((pl.col("id") + f"#{copy}").alias("id")).write_parquet(
+            directory / f"part-{copy:03d}.parquet"
+        )
     return directory
 
 
@@ -56,10 +58,14 @@ def main(argv: list[str] | None = None) -> None:
         ours_kept = count_part_rows(out / "kept")
 
     run.params["input_rows"] = rows
-    run.table(f"{rows:,} rows", ["method", "seconds", "rows/s", "kept"], [
-        ["polars unique (RAM)", round(polars_s, 2), round(rows / polars_s), polars_kept],
-        ["curate exact (stream)", round(ours_s, 2), round(rows / ours_s), ours_kept],
-    ])
+    run.table(
+        f"{rows:,} rows",
+        ["method", "seconds", "rows/s", "kept"],
+        [
+            ["polars unique (RAM)", round(polars_s, 2), round(rows / polars_s), polars_kept],
+            ["curate exact (stream)", round(ours_s, 2), round(rows / ours_s), ours_kept],
+        ],
+    )
     run.compare("curate exact / polars unique, throughput", polars_s / ours_s)
     run.check("same kept rows as polars", ours_kept == polars_kept)
     run.write()

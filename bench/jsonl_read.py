@@ -58,19 +58,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=0, help="first N rows of the input (0: all)")
     add_result_argument(parser, "jsonl_read")
     args = parser.parse_args(argv)
-    run = start_run("jsonl_read", argv, args.result, "JSON Lines read throughput: curate's reader vs a json.loads-per-line decoder vs Parquet, same data.", vars(args))
+    run = start_run(
+        "jsonl_read",
+        argv,
+        args.result,
+        "JSON Lines read throughput: curate's reader vs a json.loads-per-line decoder vs Parquet, same data.",
+        vars(args),
+    )
     frame = pl.read_parquet(args.input)
     if args.rows:
         frame = frame.head(args.rows)
     frame = pl.concat([frame] * args.replicate)
-    frame = frame.with_columns(pl.concat_str([pl.col("id"), pl.int_range(pl.len()).cast(pl.String)], separator="#").alias("id"))
+    frame = frame.with_columns(
+        pl.concat_str([pl.col("id"), pl.int_range(pl.len()).cast(pl.String)], separator="#").alias("id")
+    )
     schema = frame.to_arrow().schema
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         frame.write_parquet(root / "corpus.parquet")
         frame.write_ndjson(root / "corpus.jsonl")
         for suffix, codec in ((".jsonl.gz", "gzip"), (".jsonl.zst", "zstd")):
-            with open(root / "corpus.jsonl", "rb") as source, pa.output_stream(str(root / f"corpus{suffix}"), compression=codec) as sink:
+            with (
+                open(root / "corpus.jsonl", "rb") as source,
+                pa.output_stream(str(root / f"corpus{suffix}"), compression=codec) as sink,
+            ):
                 sink.write(source.read())
         megabytes = (root / "corpus.jsonl").stat().st_size / 1e6
         print(f"{frame.height:,} rows, {megabytes:.1f} MB as JSON Lines")
@@ -85,9 +96,31 @@ def main(argv: list[str] | None = None) -> None:
             ours, rows = best_of(lambda: curate_read(inputs), args.repeat)
             theirs, rows_b = best_of(lambda: decoder_loop(path, schema), args.repeat)
             same_rows &= rows == rows_b == frame.height
-            table.append([suffix, round(ours, 3), round(scan_s, 3), round(theirs, 3), theirs / ours, theirs / (ours + scan_s), ours / parquet_s])
+            table.append(
+                [
+                    suffix,
+                    round(ours, 3),
+                    round(scan_s, 3),
+                    round(theirs, 3),
+                    theirs / ours,
+                    theirs / (ours + scan_s),
+                    ours / parquet_s,
+                ]
+            )
             run.compare(f"{suffix}: json.loads loop time / curate read time (scan included)", theirs / (ours + scan_s))
-    run.table(f"seconds, best of {args.repeat}", ["file", "curate read s", "curate scan s", "json.loads loop s", "loop / read", "loop / (read + scan)", "read / Parquet read"], table)
+    run.table(
+        f"seconds, best of {args.repeat}",
+        [
+            "file",
+            "curate read s",
+            "curate scan s",
+            "json.loads loop s",
+            "loop / read",
+            "loop / (read + scan)",
+            "read / Parquet read",
+        ],
+        table,
+    )
     run.check("every reader returned every row", same_rows)
     run.write()
 

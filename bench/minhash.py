@@ -86,7 +86,11 @@ def ground_truth(texts: list[str], ngram: int, threshold: float) -> tuple[np.nda
     vocab: dict[str, int] = {}
     sets: list[np.ndarray] = []
     for text in texts:
-        sets.append(np.unique(np.fromiter((vocab.setdefault(s, len(vocab)) for s in reference_shingles(text, ngram)), dtype=np.int64)))
+        sets.append(
+            np.unique(
+                np.fromiter((vocab.setdefault(s, len(vocab)) for s in reference_shingles(text, ngram)), dtype=np.int64)
+            )
+        )
     freq = np.zeros(len(vocab), dtype=np.int64)
     for s in sets:
         freq[s] += 1
@@ -142,15 +146,33 @@ def score(removed: set[str], truth: set[str]) -> tuple[float, float]:
 # Runners.
 
 
-def run_ours(shards: Path, out: Path, threshold: float, ngram: int, num_perm: int, jobs: int | None, verify: str) -> tuple[float, set[str], dict]:
-    spec = parse_pipeline({"stage": [{"kind": "minhash", "threshold": threshold, "ngram": ngram, "num_perm": num_perm, "verify": verify}]}, "bench")
+def run_ours(
+    shards: Path, out: Path, threshold: float, ngram: int, num_perm: int, jobs: int | None, verify: str
+) -> tuple[float, set[str], dict]:
+    spec = parse_pipeline(
+        {
+            "stage": [
+                {"kind": "minhash", "threshold": threshold, "ngram": ngram, "num_perm": num_perm, "verify": verify}
+            ]
+        },
+        "bench",
+    )
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
     result = run_pipeline(spec, shards, out, RunOptions(jobs=jobs))
     seconds = time.perf_counter() - started
     removed = removed_ids(out)
     stage = result.manifest["stages"][1]
-    return seconds, removed, {"stage_seconds": stage["seconds"], "input_check_seconds": result.manifest["stages"][0]["seconds"], "executor": result.manifest["executor"]["description"], **stage["info"]}
+    return (
+        seconds,
+        removed,
+        {
+            "stage_seconds": stage["seconds"],
+            "input_check_seconds": result.manifest["stages"][0]["seconds"],
+            "executor": result.manifest["executor"]["description"],
+            **stage["info"],
+        },
+    )
 
 
 def read_corpus(shards: Path) -> tuple[list[str], list[str]]:
@@ -226,7 +248,12 @@ def run_datatrove(shards: Path, work: Path, ngram: int, workers: int) -> tuple[f
 
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import MinhashDedupSignature
-    from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+    )
     from datatrove.pipeline.readers import ParquetReader
     from datatrove.pipeline.writers import ParquetWriter
     from datatrove.utils.hashing import HashConfig
@@ -242,31 +269,53 @@ def run_datatrove(shards: Path, work: Path, ngram: int, workers: int) -> tuple[f
     import xxhash
 
     # Compatibility shim: datatrove passes str to xxhash, which xxhash >= 4 refuses.
-    datatrove_xxhash.xxhash64 = lambda data: xxhash.xxh64_intdigest(data.encode("utf-8") if isinstance(data, str) else data)
+    datatrove_xxhash.xxhash64 = lambda data: xxhash.xxh64_intdigest(
+        data.encode("utf-8") if isinstance(data, str) else data
+    )
     shutil.rmtree(work, ignore_errors=True)
     config = MinhashConfig(n_grams=ngram, hash_config=HashConfig(precision=64))
     tasks = len(list(shards.glob("*.parquet")))
     started = time.perf_counter()
     common = {"skip_completed": False}
     LocalPipelineExecutor(
-        pipeline=[ParquetReader(str(shards)), MinhashDedupSignature(output_folder=str(work / "sigs"), config=config, language=_regex_words_tokenizer())],
-        tasks=tasks, workers=workers, logging_dir=str(work / "logs1"), **common,
+        pipeline=[
+            ParquetReader(str(shards)),
+            MinhashDedupSignature(output_folder=str(work / "sigs"), config=config, language=_regex_words_tokenizer()),
+        ],
+        tasks=tasks,
+        workers=workers,
+        logging_dir=str(work / "logs1"),
+        **common,
     ).run()
     LocalPipelineExecutor(
-        pipeline=[MinhashDedupBuckets(input_folder=str(work / "sigs"), output_folder=str(work / "buckets"), config=config)],
-        tasks=config.num_buckets, workers=workers, logging_dir=str(work / "logs2"), **common,
+        pipeline=[
+            MinhashDedupBuckets(input_folder=str(work / "sigs"), output_folder=str(work / "buckets"), config=config)
+        ],
+        tasks=config.num_buckets,
+        workers=workers,
+        logging_dir=str(work / "logs2"),
+        **common,
     ).run()
     LocalPipelineExecutor(
-        pipeline=[MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "remove"), config=config)],
-        tasks=1, logging_dir=str(work / "logs3"), **common,
+        pipeline=[
+            MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "remove"), config=config)
+        ],
+        tasks=1,
+        logging_dir=str(work / "logs3"),
+        **common,
     ).run()
     LocalPipelineExecutor(
         pipeline=[
             ParquetReader(str(shards)),
-            MinhashDedupFilter(input_folder=str(work / "remove"), exclusion_writer=ParquetWriter(str(work / "removed"))),
+            MinhashDedupFilter(
+                input_folder=str(work / "remove"), exclusion_writer=ParquetWriter(str(work / "removed"))
+            ),
             ParquetWriter(str(work / "kept")),
         ],
-        tasks=tasks, workers=workers, logging_dir=str(work / "logs4"), **common,
+        tasks=tasks,
+        workers=workers,
+        logging_dir=str(work / "logs4"),
+        **common,
     ).run()
     seconds = time.perf_counter() - started
     removed = set()
@@ -297,15 +346,29 @@ def bench_corpus(name: str, table: pa.Table, args: argparse.Namespace, tmp: Path
     t0 = time.perf_counter()
     truth_rows, truth_info = ground_truth(texts, args.ngram, args.threshold)
     truth = {ids[i] for i in truth_rows}
-    print(f"ground truth: {len(truth):,} rows to remove ({truth_info['true_pairs']:,} pairs with exact Jaccard >= {args.threshold}; {time.perf_counter() - t0:.1f}s)", flush=True)
+    print(
+        f"ground truth: {len(truth):,} rows to remove ({truth_info['true_pairs']:,} pairs with exact Jaccard >= {args.threshold}; {time.perf_counter() - t0:.1f}s)",
+        flush=True,
+    )
     run.data[name] = {"documents": len(texts), "megabytes": round(mb, 2), "truth_rows": len(truth), **truth_info}
     results: list[Result] = []
 
-    def add(method: str, seconds: float | None, removed: set[str] | None, note: str = "", extra: dict | None = None, cpu: float = 0.0) -> None:
+    def add(
+        method: str,
+        seconds: float | None,
+        removed: set[str] | None,
+        note: str = "",
+        extra: dict | None = None,
+        cpu: float = 0.0,
+    ) -> None:
         p, r = score(removed, truth) if removed is not None else (None, None)
         extra = {**(extra or {}), "cpu_seconds": round(cpu, 2)}
         results.append(Result(name, method, seconds, len(removed) if removed is not None else None, p, r, note, extra))
-        line = f"{method:<30}" + (f"{seconds:8.2f}s (cpu {cpu:6.2f}s) {len(texts) / seconds:8,.0f} docs/s {mb / seconds:6.2f} MB/s  removed {len(removed):6,}  P {p:.4f}  R {r:.4f}" if seconds and removed is not None and p is not None and r is not None else f"  {note}")
+        line = f"{method:<30}" + (
+            f"{seconds:8.2f}s (cpu {cpu:6.2f}s) {len(texts) / seconds:8,.0f} docs/s {mb / seconds:6.2f} MB/s  removed {len(removed):6,}  P {p:.4f}  R {r:.4f}"
+            if seconds and removed is not None and p is not None and r is not None
+            else f"  {note}"
+        )
         print(line, flush=True)
 
     def best_of(measure, repeats: int):
@@ -323,9 +386,16 @@ def bench_corpus(name: str, table: pa.Table, args: argparse.Namespace, tmp: Path
     jobs_label = "all cores" if args.jobs is None else f"--jobs {args.jobs}"
     runs = [(verify, args.jobs, jobs_label) for verify in args.verify] + [(args.verify[0], 1, "--jobs 1")]
     for verify, jobs, label in runs:
-        seconds, cpu, (_, removed, info) = best_of(lambda: run_ours(shards, tmp / f"{name}-out-{verify}", args.threshold, args.ngram, args.num_perm, jobs, verify), args.repeats)
+        seconds, cpu, (_, removed, info) = best_of(
+            lambda: run_ours(
+                shards, tmp / f"{name}-out-{verify}", args.threshold, args.ngram, args.num_perm, jobs, verify
+            ),
+            args.repeats,
+        )
         add(f"curate ({verify}, {label})", seconds, removed, extra=info, cpu=cpu)
-    seconds, cpu, (_, removed) = best_of(lambda: run_datasketch(shards, args.threshold, args.ngram, args.num_perm), args.repeats)
+    seconds, cpu, (_, removed) = best_of(
+        lambda: run_datasketch(shards, args.threshold, args.ngram, args.num_perm), args.repeats
+    )
     add("datasketch loop", seconds, removed, cpu=cpu)
     ours, _ = MinHashDedup(threshold=args.threshold, num_perm=args.num_perm).lsh_shape()
     # rensa needs bands to divide num_perm: the divisor closest to our band count
@@ -350,12 +420,45 @@ def bench_corpus(name: str, table: pa.Table, args: argparse.Namespace, tmp: Path
     for r in results:
         if r.seconds and base.seconds and r.extra.get("cpu_seconds") and base.extra.get("cpu_seconds"):
             r.extra["cpu_speedup_vs_datasketch"] = round(base.extra["cpu_seconds"] / r.extra["cpu_seconds"], 2)
-    print("speed-up vs the datasketch loop, wall (cpu): " + ", ".join(f"{r.method} {r.extra['speedup_vs_datasketch']:.1f}x ({r.extra.get('cpu_speedup_vs_datasketch', float('nan')):.1f}x)" for r in results if "speedup_vs_datasketch" in r.extra))
+    print(
+        "speed-up vs the datasketch loop, wall (cpu): "
+        + ", ".join(
+            f"{r.method} {r.extra['speedup_vs_datasketch']:.1f}x ({r.extra.get('cpu_speedup_vs_datasketch', float('nan')):.1f}x)"
+            for r in results
+            if "speedup_vs_datasketch" in r.extra
+        )
+    )
     run.table(
         f"{name}: {len(texts):,} documents, {mb:.1f} MB of text; ground truth {len(truth):,} rows to remove",
-        ["method", "seconds", "CPU s", "docs/s", "MB/s", "removed", "precision", "recall", "x datasketch (wall)", "x datasketch (CPU)", "note"],
-        [[r.method, r.seconds, r.extra.get("cpu_seconds") if r.seconds else None, len(texts) / r.seconds if r.seconds else None, mb / r.seconds if r.seconds else None,
-          r.removed, r.precision, r.recall, r.extra.get("speedup_vs_datasketch"), r.extra.get("cpu_speedup_vs_datasketch"), r.note] for r in results],
+        [
+            "method",
+            "seconds",
+            "CPU s",
+            "docs/s",
+            "MB/s",
+            "removed",
+            "precision",
+            "recall",
+            "x datasketch (wall)",
+            "x datasketch (CPU)",
+            "note",
+        ],
+        [
+            [
+                r.method,
+                r.seconds,
+                r.extra.get("cpu_seconds") if r.seconds else None,
+                len(texts) / r.seconds if r.seconds else None,
+                mb / r.seconds if r.seconds else None,
+                r.removed,
+                r.precision,
+                r.recall,
+                r.extra.get("speedup_vs_datasketch"),
+                r.extra.get("cpu_speedup_vs_datasketch"),
+                r.note,
+            ]
+            for r in results
+        ],
         show=False,
     )
     for r in results:
@@ -384,7 +487,17 @@ def scale_run(rows: int, tmp: Path, jobs: int | None, debian: Path | None, run: 
     started = time.perf_counter()
     with ProcessTree() as tree:
         subprocess.run(
-            curate_cli("dedup", "-i", str(src), "-o", str(tmp / "scale-out"), "--method", "minhash", "--quiet", *(["--jobs", str(jobs)] if jobs else [])),
+            curate_cli(
+                "dedup",
+                "-i",
+                str(src),
+                "-o",
+                str(tmp / "scale-out"),
+                "--method",
+                "minhash",
+                "--quiet",
+                *(["--jobs", str(jobs)] if jobs else []),
+            ),
             check=True,
             env=cli_env(),
         )
@@ -397,17 +510,26 @@ def scale_run(rows: int, tmp: Path, jobs: int | None, debian: Path | None, run: 
     fork_servers = {key[0] for key, (cmd, _) in peaks if "forkserver" in cmd}
     workers = [rss for key, (_, rss) in peaks if tree.parent.get(key) in fork_servers]  # forked by the fork server
     print(f"\n== scale: {rows:,} short documents, {mb:.0f} MB, {manifest['executor']['description']} ==")
-    print(f"curate dedup --method minhash: {seconds:.1f}s end to end ({rows / seconds:,.0f} docs/s), CPU {tree.cpu_seconds:.1f}s, removed {stage['rows_removed']:,}")
-    print(f"peak RSS: driver {driver / 2**20:,.0f} MiB, workers {', '.join(f'{w / 2**20:,.0f}' for w in workers) or 'none'} MiB (sampled every 0.1 s)")
+    print(
+        f"curate dedup --method minhash: {seconds:.1f}s end to end ({rows / seconds:,.0f} docs/s), CPU {tree.cpu_seconds:.1f}s, removed {stage['rows_removed']:,}"
+    )
+    print(
+        f"peak RSS: driver {driver / 2**20:,.0f} MiB, workers {', '.join(f'{w / 2**20:,.0f}' for w in workers) or 'none'} MiB (sampled every 0.1 s)"
+    )
     print(f"stage info: {stage['info']}")
-    run.table(f"{rows:,} short documents, {mb:.0f} MB, {manifest['executor']['description']}", ["figure", "value"], [
-        ["seconds, end to end", round(seconds, 1)],
-        ["docs/s", round(rows / seconds)],
-        ["CPU seconds (all processes)", round(tree.cpu_seconds, 1)],
-        ["rows removed", stage["rows_removed"]],
-        ["peak RSS, driver (MiB)", round(driver / 2**20)],
-        ["peak RSS, largest worker (MiB)", round(max(workers, default=0) / 2**20)],
-    ], show=False)
+    run.table(
+        f"{rows:,} short documents, {mb:.0f} MB, {manifest['executor']['description']}",
+        ["figure", "value"],
+        [
+            ["seconds, end to end", round(seconds, 1)],
+            ["docs/s", round(rows / seconds)],
+            ["CPU seconds (all processes)", round(tree.cpu_seconds, 1)],
+            ["rows removed", stage["rows_removed"]],
+            ["peak RSS, driver (MiB)", round(driver / 2**20)],
+            ["peak RSS, largest worker (MiB)", round(max(workers, default=0) / 2**20)],
+        ],
+        show=False,
+    )
     run.data.update(stage_info=stage["info"], worker_peak_rss_mib=[round(w / 2**20) for w in workers])
     run.note("peak RSS per process sampled every 0.1 s", show=False)
 
@@ -417,30 +539,69 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--long-docs", type=int, default=8000)
     parser.add_argument("--min-bytes", type=int, default=300, help="long corpus: smallest document")
     parser.add_argument("--max-bytes", type=int, default=200_000, help="long corpus: largest document")
-    parser.add_argument("--long-corpus", type=Path, default=None, help="a Parquet file (id, text) to use instead of building the long corpus")
-    parser.add_argument("--debian", type=Path, default=None, help="debian_descriptions.parquet (default: shared/data beside the checkout)")
+    parser.add_argument(
+        "--long-corpus",
+        type=Path,
+        default=None,
+        help="a Parquet file (id, text) to use instead of building the long corpus",
+    )
+    parser.add_argument(
+        "--debian",
+        type=Path,
+        default=None,
+        help="debian_descriptions.parquet (default: shared/data beside the checkout)",
+    )
     parser.add_argument("--short-docs", type=int, default=0, help="0: all Debian descriptions")
     parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--ngram", type=int, default=5)
     parser.add_argument("--num-perm", type=int, default=128)
-    parser.add_argument("--jobs", type=int, default=None, help="our worker processes (default: every core); --jobs 1 is always measured too")
-    parser.add_argument("--repeats", type=int, default=1, help="runs of ours and of the datasketch loop; the fastest counts")
-    parser.add_argument("--shards", type=int, default=8, help="input shards per corpus (a work unit is at most one shard; datatrove parallelizes over files)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="our worker processes (default: every core); --jobs 1 is always measured too",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs of ours and of the datasketch loop; the fastest counts"
+    )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=8,
+        help="input shards per corpus (a work unit is at most one shard; datatrove parallelizes over files)",
+    )
     parser.add_argument("--verify", nargs="+", default=["exact", "estimate"], choices=["estimate", "exact", "none"])
     parser.add_argument("--corpus", nargs="+", default=["debian", "long"], choices=["debian", "long"])
     parser.add_argument("--skip", nargs="*", default=[], choices=["rensa", "datatrove"])
-    parser.add_argument("--scale-rows", type=int, default=0, help="only measure our stage's time and peak RSS on this many short documents")
+    parser.add_argument(
+        "--scale-rows",
+        type=int,
+        default=0,
+        help="only measure our stage's time and peak RSS on this many short documents",
+    )
     add_result_argument(parser, None, "minhash, or minhash-scale with --scale-rows")
     args = parser.parse_args(argv)
     result = args.result or ("minhash-scale" if args.scale_rows else "minhash")
     if args.scale_rows:
-        run = start_run("minhash", argv, result, "Our MinHash stage alone (`curate dedup --method minhash`): time and peak RSS of the driver and each worker.", vars(args))
+        run = start_run(
+            "minhash",
+            argv,
+            result,
+            "Our MinHash stage alone (`curate dedup --method minhash`): time and peak RSS of the driver and each worker.",
+            vars(args),
+        )
         with tempfile.TemporaryDirectory(prefix="curate-bench-minhash-") as tmp_name:
             scale_run(args.scale_rows, Path(tmp_name), args.jobs, args.debian, run)
         run.write()
         return
-    run = start_run("minhash", argv, result, "MinHash near-dup: our stage vs datasketch (and rensa, datatrove where installed) on the same real documents, "
-                "precision and recall against exact Jaccard.", vars(args))
+    run = start_run(
+        "minhash",
+        argv,
+        result,
+        "MinHash near-dup: our stage vs datasketch (and rensa, datatrove where installed) on the same real documents, "
+        "precision and recall against exact Jaccard.",
+        vars(args),
+    )
     print(f"jobs: {args.jobs or 'all cores'}, repeats: {args.repeats}")
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="curate-bench-minhash-") as tmp_name:
@@ -451,7 +612,12 @@ def main(argv: list[str] | None = None) -> None:
                 table = table.slice(0, args.short_docs)
             results += bench_corpus("debian", table, args, tmp, run)
         if "long" in args.corpus:
-            path = args.long_corpus or build_long_corpus(tmp / "long-src", max_docs=args.long_docs, min_bytes=args.min_bytes, max_bytes=args.max_bytes).path
+            path = (
+                args.long_corpus
+                or build_long_corpus(
+                    tmp / "long-src", max_docs=args.long_docs, min_bytes=args.min_bytes, max_bytes=args.max_bytes
+                ).path
+            )
             results += bench_corpus("long", pq.read_table(path, columns=["id", "text"]), args, tmp, run)
     run.data["results"] = [asdict(r) for r in results]
     run.write()

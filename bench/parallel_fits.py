@@ -47,27 +47,52 @@ def run_once(spec, corpus: Path, out: Path, jobs: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("corpus", type=Path, nargs="?", default=None, help="directory of Parquet shards with id and text columns (default: --rows short texts)")
-    parser.add_argument("--rows", type=int, default=500_000, help="without CORPUS_DIR: this many real short texts (bench.corpus_short, cached)")
+    parser.add_argument(
+        "corpus",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="directory of Parquet shards with id and text columns (default: --rows short texts)",
+    )
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=500_000,
+        help="without CORPUS_DIR: this many real short texts (bench.corpus_short, cached)",
+    )
     parser.add_argument("--shards", type=int, default=8, help="without CORPUS_DIR: in this many shards")
     parser.add_argument("--clusters", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "curate-bench-parallel-fits")
     add_result_argument(parser, "parallel_fits")
     args = parser.parse_args(argv)
-    run = start_run("parallel_fits", argv, args.result, "`--jobs 2` against `--jobs 1` for the embedding-based fits: embed(hashing) -> prototypes, alternated, best of each.", vars(args))
+    run = start_run(
+        "parallel_fits",
+        argv,
+        args.result,
+        "`--jobs 2` against `--jobs 1` for the embedding-based fits: embed(hashing) -> prototypes, alternated, best of each.",
+        vars(args),
+    )
     if args.corpus is None:
         args.corpus = cached_corpus(args.rows, args.shards)
 
     spec = parse_pipeline(
-        {"stage": [{"kind": "embed", "model": "hashing"}, {"kind": "prototypes", "clusters": args.clusters, "keep": "hard", "fraction": 0.8}]},
+        {
+            "stage": [
+                {"kind": "embed", "model": "hashing"},
+                {"kind": "prototypes", "clusters": args.clusters, "keep": "hard", "fraction": 0.8},
+            ]
+        },
         "bench",
     )
     best: dict[int, dict[str, float]] = {}
     for repeat in range(args.repeats):
         for jobs in (1, 2):
             seconds = run_once(spec, args.corpus, args.workdir / f"jobs{jobs}", jobs)
-            print(f"run {repeat + 1}, --jobs {jobs}: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()), flush=True)
+            print(
+                f"run {repeat + 1}, --jobs {jobs}: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()),
+                flush=True,
+            )
             if seconds["whole run"] < best.get(jobs, {}).get("whole run", float("inf")):
                 best[jobs] = {**seconds, "cores used": seconds["cpu"] / seconds["whole run"]}
             best[jobs] |= {k: min(v, best[jobs][k]) for k, v in seconds.items() if k not in ("cpu", "whole run")}
@@ -75,15 +100,28 @@ def main(argv: list[str] | None = None) -> None:
     rows = json.loads((args.workdir / "jobs1" / "manifest.json").read_text())["stages"][0]["rows_in"]
     run.params["input_rows"] = rows
     autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled")
-    if autogroup.exists() and autogroup.read_text().strip() == "1" and run.load_start and run.load_start[0] > (os.cpu_count() or 1):
-        run.note("sched_autogroup is on and the machine was busy: this session's processes shared one CPU share (see the docstring)")
+    if (
+        autogroup.exists()
+        and autogroup.read_text().strip() == "1"
+        and run.load_start
+        and run.load_start[0] > (os.cpu_count() or 1)
+    ):
+        run.note(
+            "sched_autogroup is on and the machine was busy: this session's processes shared one CPU share (see the docstring)"
+        )
     table = []
     for name in [n for n in best[1] if n not in ("cpu", "cores used")]:
         one, two = best[1][name], best[2][name]
         table.append([name, round(one, 1), round(two, 1), one / two if two else None])
     table.append(["CPU seconds (of the fastest whole run)", round(best[1]["cpu"], 1), round(best[2]["cpu"], 1), None])
-    table.append(["cores used (CPU seconds / wall)", round(best[1]["cores used"], 2), round(best[2]["cores used"], 2), None])
-    run.table(f"{rows:,} rows; seconds, best run of each (stages from the manifest)", ["step", "--jobs 1", "--jobs 2", "speed-up"], table)
+    table.append(
+        ["cores used (CPU seconds / wall)", round(best[1]["cores used"], 2), round(best[2]["cores used"], 2), None]
+    )
+    run.table(
+        f"{rows:,} rows; seconds, best run of each (stages from the manifest)",
+        ["step", "--jobs 1", "--jobs 2", "speed-up"],
+        table,
+    )
     run.compare("--jobs 2 vs --jobs 1, whole run", best[1]["whole run"] / best[2]["whole run"])
     run.check("same kept ids and proto_distance on both", same)
     run.write()

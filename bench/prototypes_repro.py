@@ -32,17 +32,19 @@ import torch
 
 from bench._harness import REPO_ROOT, add_result_argument, start_run
 from bench.corpora import DEBIAN_DESCRIPTIONS as DEBIAN
-from curate.embeddings.hashing import hashing_embed
 from curate.algorithms.kmeans import set_threads, spherical_kmeans
 from curate.algorithms.prototypes import prototype_distance, select_by_difficulty
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+from curate.embeddings.hashing import hashing_embed
 from curate.io.parts import read_parts
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 METHODS = ("hard", "easy", "balanced-hard", "balanced-easy", "random")
 FRACTIONS = (0.2, 0.4, 0.6, 0.8)
 
 
-def load(model: str, cache: Path, data: Path = DEBIAN, vectors: Path | None = None, rows: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load(
+    model: str, cache: Path, data: Path = DEBIAN, vectors: Path | None = None, rows: int = 0
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     frame = pl.read_parquet(data, columns=["id", "section", "text"]).with_row_index("row")
     if rows and rows < frame.height:
         frame = frame.sample(n=rows, seed=0).sort("row")
@@ -55,7 +57,12 @@ def load(model: str, cache: Path, data: Path = DEBIAN, vectors: Path | None = No
     else:
         if not (cache / "embeddings" / "embeddings.json").exists():
             print(f"embedding with {model} into {cache} (once) ...", flush=True)
-            run_pipeline(parse_pipeline({"stage": [{"kind": "embed", "model": model}]}, "bench"), data, cache, RunOptions(overwrite=True))
+            run_pipeline(
+                parse_pipeline({"stage": [{"kind": "embed", "model": model}]}, "bench"),
+                data,
+                cache,
+                RunOptions(overwrite=True),
+            )
         store = pl.from_arrow(read_parts(cache / "embeddings", columns=["id", "embedding"]))
         joined = frame.select("id").join(store, on="id", how="left", maintain_order="left")
         x = np.asarray(joined.get_column("embedding").to_numpy(), dtype=np.float32).reshape(frame.height, -1)
@@ -63,7 +70,9 @@ def load(model: str, cache: Path, data: Path = DEBIAN, vectors: Path | None = No
     return np.ascontiguousarray(x, dtype=np.float32), labels.astype(np.int64), sorted(top)
 
 
-def train_and_test(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, classes: int) -> float:
+def train_and_test(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, classes: int
+) -> float:
     """Test accuracy of multinomial logistic regression trained to convergence (deterministic)."""
     torch.manual_seed(0)
     mean = x_train.mean(axis=0)
@@ -73,7 +82,9 @@ def train_and_test(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
     layer = torch.nn.Linear(x_train.shape[1], classes)
     torch.nn.init.zeros_(layer.weight)
     torch.nn.init.zeros_(layer.bias)
-    optimizer = torch.optim.LBFGS(layer.parameters(), lr=1.0, max_iter=50, history_size=10, line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+    optimizer = torch.optim.LBFGS(
+        layer.parameters(), lr=1.0, max_iter=50, history_size=10, line_search_fn="strong_wolfe", tolerance_grad=1e-6
+    )
 
     def closure():
         optimizer.zero_grad()
@@ -101,15 +112,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="minilm", choices=["minilm", "hashing"])
     parser.add_argument("--data", type=Path, default=DEBIAN, help="debian_descriptions.parquet")
     parser.add_argument("--rows", type=int, default=0, help="a seeded sample of N rows (0: all)")
-    parser.add_argument("--cache", type=Path, default=REPO_ROOT / "bench" / "out" / "debian-minilm", help="minilm store (embedded once; default bench/out/debian-minilm)")
-    parser.add_argument("--vectors", type=Path, default=None, help="precomputed embeddings .npy (rows in the corpus file's order) instead of embedding")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=REPO_ROOT / "bench" / "out" / "debian-minilm",
+        help="minilm store (embedded once; default bench/out/debian-minilm)",
+    )
+    parser.add_argument(
+        "--vectors",
+        type=Path,
+        default=None,
+        help="precomputed embeddings .npy (rows in the corpus file's order) instead of embedding",
+    )
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     add_result_argument(parser, None, "prototypes_repro-MODEL")
     args = parser.parse_args(argv)
-    run = start_run("prototypes_repro", argv, args.result or f"prototypes_repro-{args.model}",
-                "Prototype pruning vs random pruning (Sorscher et al. 2022): test accuracy of a linear probe on the kept train rows, Debian sections.", vars(args))
+    run = start_run(
+        "prototypes_repro",
+        argv,
+        args.result or f"prototypes_repro-{args.model}",
+        "Prototype pruning vs random pruning (Sorscher et al. 2022): test accuracy of a linear probe on the kept train rows, Debian sections.",
+        vars(args),
+    )
     torch.set_num_threads(os.cpu_count() or 1)
     set_threads(os.cpu_count() or 1)
     started = time.perf_counter()
@@ -118,8 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     cut = int(0.8 * len(x))
     train, test = np.sort(order[:cut]), np.sort(order[cut:])
     x_train, y_train, x_test, y_test = x[train], y[train], x[test], y[test]
-    print(f"Debian top-20 sections: {len(x):,} rows ({len(train):,} train / {len(test):,} test), {args.model} embeddings "
-          f"({x.shape[1]}-d), {args.clusters} prototypes, seeds {args.seeds}; majority class {np.bincount(y_test).max() / len(y_test):.3f}", flush=True)
+    print(
+        f"Debian top-20 sections: {len(x):,} rows ({len(train):,} train / {len(test):,} test), {args.model} embeddings "
+        f"({x.shape[1]}-d), {args.clusters} prototypes, seeds {args.seeds}; majority class {np.bincount(y_test).max() / len(y_test):.3f}",
+        flush=True,
+    )
     full = train_and_test(x_train, y_train, x_test, y_test, len(sections))
     print(f"  all {len(train):,} train rows: test accuracy {full:.4f}", flush=True)
     scores: dict[tuple[float, str], list[float]] = {}
@@ -129,7 +158,9 @@ def main(argv: list[str] | None = None) -> None:
         for fraction in args.fractions:
             for method in METHODS:
                 pick = select(method, distance, clusters, fraction, seed)
-                scores.setdefault((fraction, method), []).append(train_and_test(x_train[pick], y_train[pick], x_test, y_test, len(sections)))
+                scores.setdefault((fraction, method), []).append(
+                    train_and_test(x_train[pick], y_train[pick], x_test, y_test, len(sections))
+                )
             print(f"  seed {seed} fraction {fraction:.1f} done ({time.perf_counter() - started:.0f} s)", flush=True)
     rows = []
     for fraction in args.fractions:
@@ -141,10 +172,18 @@ def main(argv: list[str] | None = None) -> None:
             cells.append(f"{means[method]:.4f} ± {sd:.4f}")
         rows.append((f"{fraction:.1f}", int(np.floor(fraction * len(train) + 0.5)), *cells, max(means, key=means.get)))
         best_pruned = max(means[m] for m in METHODS if m != "random")
-        run.compare(f"kept {fraction:.1f}: best prototype rule minus random, test accuracy", best_pruned - means["random"], unit="")
+        run.compare(
+            f"kept {fraction:.1f}: best prototype rule minus random, test accuracy",
+            best_pruned - means["random"],
+            unit="",
+        )
     rows.append(("1.0", len(train), *[""] * len(METHODS), f"{full:.4f} (no pruning)"))
-    run.table(f"test accuracy, mean ± sample sd over {len(args.seeds)} seeds; {len(x):,} rows ({len(train):,} train / {len(test):,} test), "
-              f"{args.model} embeddings, {args.clusters} prototypes", ["kept fraction", "kept rows", *METHODS, "best"], rows)
+    run.table(
+        f"test accuracy, mean ± sample sd over {len(args.seeds)} seeds; {len(x):,} rows ({len(train):,} train / {len(test):,} test), "
+        f"{args.model} embeddings, {args.clusters} prototypes",
+        ["kept fraction", "kept rows", *METHODS, "best"],
+        rows,
+    )
     run.data.update(full=full, seeds=args.seeds, scores={f"{f}:{m}": v for (f, m), v in scores.items()})
     print(f"({time.perf_counter() - started:.0f} s)")
     run.write()

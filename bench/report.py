@@ -75,7 +75,9 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="directory of result files (default: bench/results)")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS_DIR, help="directory of result files (default: bench/results)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_MD, help="file to write (default: bench/RESULTS.md)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file is out of date")
     args = parser.parse_args(argv)

@@ -74,7 +74,15 @@ def plan_stages(wanted: list[dict], kinds: list[str]) -> tuple[list[dict], list[
 
 
 def pipeline_toml(stages: list[dict], batch_size: int) -> str:
-    lines = ["# written by bench.scale", f"batch_size = {batch_size}", "", "[input]", 'text_column = "text"', 'id_column = "id"', ""]
+    lines = [
+        "# written by bench.scale",
+        f"batch_size = {batch_size}",
+        "",
+        "[input]",
+        'text_column = "text"',
+        'id_column = "id"',
+        "",
+    ]
     for stage in stages:
         lines.append("[[stage]]")
         for key, value in stage.items():
@@ -109,14 +117,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="hashing", help="embed model: hashing | minilm")
     parser.add_argument("--batch-size", type=int, default=65_536)
-    parser.add_argument("--work-dir", type=Path, default=None, help="where OUT goes (default: a temp dir, removed after)")
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="where OUT goes (default: a temp dir, removed after)"
+    )
     parser.add_argument("--keep-output", action="store_true")
     add_result_argument(parser, "scale")
     args = parser.parse_args(argv)
-    run = start_run("scale", argv, args.result, "End to end: exact -> minhash -> embed -> prototypes -> pools over real short texts through the CLI; time per stage and peak memory.", vars(args))
+    run = start_run(
+        "scale",
+        argv,
+        args.result,
+        "End to end: exact -> minhash -> embed -> prototypes -> pools over real short texts through the CLI; time per stage and peak memory.",
+        vars(args),
+    )
     started = time.perf_counter()
     corpus = cached_corpus(args.rows, args.shards, args.seed)
-    print(f"corpus: {corpus} ({args.rows:,} rows, {args.shards} shards; ready in {time.perf_counter() - started:.1f} s)")
+    print(
+        f"corpus: {corpus} ({args.rows:,} rows, {args.shards} shards; ready in {time.perf_counter() - started:.1f} s)"
+    )
 
     stages, notes = plan_stages(standard_stages(args.model), available_kinds())
     for note in notes:
@@ -129,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     pipeline.write_text(pipeline_toml(stages, args.batch_size))
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
-    measured = run_measured(curate_cli("run", str(pipeline), "-i", str(corpus), "-o", str(out), "--quiet"), work / "run.log")
+    measured = run_measured(
+        curate_cli("run", str(pipeline), "-i", str(corpus), "-o", str(out), "--quiet"), work / "run.log"
+    )
     if measured["exit_code"] != 0:
         print((work / "run.log").read_text()[-4000:])
         print(f"FAILED: curate run exited {measured['exit_code']} (log: {work / 'run.log'})")
@@ -142,13 +162,35 @@ def main(argv: list[str] | None = None) -> int:
     for entry in manifest["stages"]:
         seconds = float(entry.get("seconds", 0.0))
         rate = entry.get("rows_in", 0) / seconds if seconds else float("nan")
-        stage_rows.append({"name": entry["name"], "rows_in": entry.get("rows_in"), "rows_out": entry.get("rows_out"), "seconds": seconds})
-        print(f"{entry['name']:<14}{entry.get('rows_in', 0):>12,}{entry.get('rows_out', 0):>12,}{seconds:>10.1f}{rate:>12,.0f}")
+        stage_rows.append(
+            {
+                "name": entry["name"],
+                "rows_in": entry.get("rows_in"),
+                "rows_out": entry.get("rows_out"),
+                "seconds": seconds,
+            }
+        )
+        print(
+            f"{entry['name']:<14}{entry.get('rows_in', 0):>12,}{entry.get('rows_out', 0):>12,}{seconds:>10.1f}{rate:>12,.0f}"
+        )
     totals = manifest["totals"]
     rows = totals["input_rows"]
     print(f"\ntotal: {rows:,} rows -> kept {totals['kept_rows']:,}, removed {totals['removed_rows']:,}")
-    run.table(f"{rows:,} rows -> kept {totals['kept_rows']:,}, removed {totals['removed_rows']:,}", ["stage", "rows in", "rows out", "seconds", "rows/s"],
-              [[s["name"], s["rows_in"], s["rows_out"], round(s["seconds"], 1), round(s["rows_in"] / s["seconds"]) if s["seconds"] and s["rows_in"] else None] for s in stage_rows], show=False)
+    run.table(
+        f"{rows:,} rows -> kept {totals['kept_rows']:,}, removed {totals['removed_rows']:,}",
+        ["stage", "rows in", "rows out", "seconds", "rows/s"],
+        [
+            [
+                s["name"],
+                s["rows_in"],
+                s["rows_out"],
+                round(s["seconds"], 1),
+                round(s["rows_in"] / s["seconds"]) if s["seconds"] and s["rows_in"] else None,
+            ]
+            for s in stage_rows
+        ],
+        show=False,
+    )
     peak = max(measured["tree_peak_rss"], measured["child_maxrss"] or 0)
     ok_rss = peak < RSS_TARGET
     ok_wall = measured["wall_s"] < WALL_TARGET_S * rows / 1_000_000

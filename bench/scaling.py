@@ -39,7 +39,14 @@ from curate.training.features import hashed_ngram_bags
 
 def subset(runs: RunsTable, keep: np.ndarray) -> RunsTable:
     rows = np.nonzero(keep)[0]
-    return RunsTable(runs.pool_names, runs.pool_sizes, [runs.members[r] for r in rows], runs.mix_size[rows], runs.samples_seen[rows], runs.loss[rows])
+    return RunsTable(
+        runs.pool_names,
+        runs.pool_sizes,
+        [runs.members[r] for r in rows],
+        runs.mix_size[rows],
+        runs.samples_seen[rows],
+        runs.loss[rows],
+    )
 
 
 def with_metric(runs_csv: Path, metric: str, out: Path) -> Path:
@@ -60,11 +67,31 @@ def evaluate(runs: RunsTable, fit_max: float, model: str, irreducible: float, wi
     groups = {
         "fitted (single pools, <= fit_max)": fit_rows,
         "single pools beyond fit_max": single & ~fit_rows,
-        "prefix mixes <= fit_max" + (" (fitted)" if with_mixes else " (never fitted)"): ~single & (runs.samples_seen <= fit_max),
+        "prefix mixes <= fit_max" + (" (fitted)" if with_mixes else " (never fitted)"): ~single
+        & (runs.samples_seen <= fit_max),
         "prefix mixes beyond fit_max (never fitted)": ~single & (runs.samples_seen > fit_max),
     }
-    summary = {name: {"runs": int(mask.sum()), "mean_abs_pct": float(np.mean(np.abs(rel[mask])) * 100), "max_abs_pct": float(np.max(np.abs(rel[mask])) * 100)} for name, mask in groups.items() if mask.any()}
-    rows = [{"run": runs.label(r), "samples_seen": float(runs.samples_seen[r]), "epochs": float(runs.samples_seen[r] / runs.mix_size[r]), "observed": float(runs.loss[r]), "predicted": float(predicted[r]), "error_pct": float(rel[r] * 100), "fitted": bool(fit_rows[r])} for r in range(runs.rows)]
+    summary = {
+        name: {
+            "runs": int(mask.sum()),
+            "mean_abs_pct": float(np.mean(np.abs(rel[mask])) * 100),
+            "max_abs_pct": float(np.max(np.abs(rel[mask])) * 100),
+        }
+        for name, mask in groups.items()
+        if mask.any()
+    }
+    rows = [
+        {
+            "run": runs.label(r),
+            "samples_seen": float(runs.samples_seen[r]),
+            "epochs": float(runs.samples_seen[r] / runs.mix_size[r]),
+            "observed": float(runs.loss[r]),
+            "predicted": float(predicted[r]),
+            "error_pct": float(rel[r] * 100),
+            "fitted": bool(fit_rows[r]),
+        }
+        for r in range(runs.rows)
+    ]
 
     # allocation: at each budget beyond fit_max that every prefix reached, predicted vs observed best prefix
     k = len(runs.pool_names)
@@ -73,18 +100,27 @@ def evaluate(runs: RunsTable, fit_max: float, model: str, irreducible: float, wi
     for budget in sorted({float(n) for n in runs.samples_seen if n > fit_max}):
         observed = {}
         for j, members in enumerate(prefixes, start=1):
-            match = [r for r in range(runs.rows) if runs.members[r] == members and abs(runs.samples_seen[r] - budget) <= 0.01 * budget]
+            match = [
+                r
+                for r in range(runs.rows)
+                if runs.members[r] == members and abs(runs.samples_seen[r] - budget) <= 0.01 * budget
+            ]
             if match:
                 observed[j] = float(np.mean(runs.loss[match]))
         if len(observed) == k:
             choice = allocate(law, [budget])[0]
             best = min(observed, key=observed.get)
-            checks.append({
-                "budget": budget, "predicted_best": choice.prefix, "observed_best": best,
-                "observed_loss_of_predicted": observed[choice.prefix], "observed_best_loss": observed[best],
-                "regret_pct": (observed[choice.prefix] / observed[best] - 1) * 100,
-                "observed_all_pools": observed[k],
-            })
+            checks.append(
+                {
+                    "budget": budget,
+                    "predicted_best": choice.prefix,
+                    "observed_best": best,
+                    "observed_loss_of_predicted": observed[choice.prefix],
+                    "observed_best_loss": observed[best],
+                    "regret_pct": (observed[choice.prefix] / observed[best] - 1) * 100,
+                    "observed_all_pools": observed[k],
+                }
+            )
     return {"law": law_to_json(law), "summary": summary, "rows": rows, "allocation": checks}
 
 
@@ -95,31 +131,55 @@ def fit_max_of(result: dict) -> float:
 def print_result(name: str, result: dict) -> None:
     law = result["law"]
     key = "tau" if law["model"] == GOYAL else "r_star"
-    print(f"\n=== {name}: a = {law['a']:.4g}; " + "; ".join(f"pool {p['name']}: b = {p['b']:.4f}, {key} = {p[key]:.3g}" for p in law["pools"]))
+    print(
+        f"\n=== {name}: a = {law['a']:.4g}; "
+        + "; ".join(f"pool {p['name']}: b = {p['b']:.4f}, {key} = {p[key]:.3g}" for p in law["pools"])
+    )
     print(f"{'run':>8} {'seen':>9} {'epochs':>7} {'observed':>9} {'predicted':>9} {'err %':>7}")
     for r in result["rows"]:
         if not r["fitted"] and r["samples_seen"] > fit_max_of(result):
-            print(f"{r['run']:>8} {r['samples_seen']:>9.0f} {r['epochs']:>7.2f} {r['observed']:>9.4f} {r['predicted']:>9.4f} {r['error_pct']:>+7.2f}")
+            print(
+                f"{r['run']:>8} {r['samples_seen']:>9.0f} {r['epochs']:>7.2f} {r['observed']:>9.4f} {r['predicted']:>9.4f} {r['error_pct']:>+7.2f}"
+            )
     for group, s in result["summary"].items():
         print(f"  {group}: {s['runs']} runs, mean |err| {s['mean_abs_pct']:.2f}%, max {s['max_abs_pct']:.2f}%")
     for c in result["allocation"]:
-        print(f"  budget {c['budget']:.3g}: predicted best prefix {c['predicted_best']} pools, observed best {c['observed_best']} (regret {c['regret_pct']:.2f}%; all pools would be {c['observed_all_pools']:.4f} vs best {c['observed_best_loss']:.4f})")
+        print(
+            f"  budget {c['budget']:.3g}: predicted best prefix {c['predicted_best']} pools, observed best {c['observed_best']} (regret {c['regret_pct']:.2f}%; all pools would be {c['observed_all_pools']:.4f} vs best {c['observed_best_loss']:.4f})"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "scaling", help="runs.csv cache and full results (default: bench/out/scaling, not committed)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "bench" / "out" / "scaling",
+        help="runs.csv cache and full results (default: bench/out/scaling, not committed)",
+    )
     parser.add_argument("--rows", type=int, default=0, help="a seeded sample of N rows of the corpus (0: all)")
     parser.add_argument("--reuse", action="store_true", help="reuse OUT/runs.csv instead of training again")
     parser.add_argument("--pools", type=int, default=4)
-    parser.add_argument("--budgets", default="1000,2000,4000,8000,15000,30000,60000,120000,240000", help="samples seen, every pool and prefix")
-    parser.add_argument("--fit-max", type=float, default=60000, help="fit on single-pool runs with at most this many samples seen")
+    parser.add_argument(
+        "--budgets",
+        default="1000,2000,4000,8000,15000,30000,60000,120000,240000",
+        help="samples seen, every pool and prefix",
+    )
+    parser.add_argument(
+        "--fit-max", type=float, default=60000, help="fit on single-pool runs with at most this many samples seen"
+    )
     parser.add_argument("--irreducible", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     add_result_argument(parser, "scaling")
     args = parser.parse_args(argv)
-    run = start_run("scaling", argv, args.result, "Scaling law on real data: fit on small budgets of single pools, predict larger budgets and prefix mixes never fitted, "
-                "check the allocation against what proxies measured.", vars(args))
+    run = start_run(
+        "scaling",
+        argv,
+        args.result,
+        "Scaling law on real data: fit on small budgets of single pools, predict larger budgets and prefix mixes never fitted, "
+        "check the allocation against what proxies measured.",
+        vars(args),
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     runs_csv = args.out / "runs.csv"
     timings = {}
@@ -133,9 +193,14 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         pools, score = score_pools(hashed_ngram_bags(texts), labels, args.pools, seed=args.seed)
         timings["pools_seconds"] = time.perf_counter() - started
-        print(f"pools from out-of-fold proxy loss: {np.bincount(pools).tolist()} rows, mean loss per pool {[round(float(score[pools == p].mean()), 3) for p in range(args.pools)]} ({timings['pools_seconds']:.0f} s)", flush=True)
+        print(
+            f"pools from out-of-fold proxy loss: {np.bincount(pools).tolist()} rows, mean loss per pool {[round(float(score[pools == p].mean()), 3) for p in range(args.pools)]} ({timings['pools_seconds']:.0f} s)",
+            flush=True,
+        )
         budgets = tuple(float(b) for b in args.budgets.split(","))
-        settings = ProxyRunSettings(budgets=budgets, heldout_max=5000, metric="loss", seed=args.seed)  # loss = cross-entropy; error is kept beside it
+        settings = ProxyRunSettings(
+            budgets=budgets, heldout_max=5000, metric="loss", seed=args.seed
+        )  # loss = cross-entropy; error is kept beside it
         started = time.perf_counter()
         runs = run_proxy_trainings(texts, labels.tolist(), pools, settings)
         timings["proxy_seconds"] = time.perf_counter() - started
@@ -160,9 +225,21 @@ def main(argv: list[str] | None = None) -> None:
             summary.append([name, group, s["runs"], round(s["mean_abs_pct"], 2), round(s["max_abs_pct"], 2)])
         for c in result["allocation"]:
             allocation.append([name, c["budget"], c["predicted_best"], c["observed_best"], round(c["regret_pct"], 2)])
-    run.table(f"predicted vs observed loss, fitted on budgets <= {args.fit_max:g} samples seen", ["fit", "runs", "count", "mean abs error %", "max abs error %"], summary, show=False)
-    run.table("allocation beyond the fitted budgets: best prefix (number of pools) predicted vs observed", ["fit", "budget", "predicted best", "observed best", "regret %"], allocation, show=False)
-    run.data.update(timings=timings, laws={name: r["law"] for name, r in results.items() if isinstance(r, dict) and "law" in r})
+    run.table(
+        f"predicted vs observed loss, fitted on budgets <= {args.fit_max:g} samples seen",
+        ["fit", "runs", "count", "mean abs error %", "max abs error %"],
+        summary,
+        show=False,
+    )
+    run.table(
+        "allocation beyond the fitted budgets: best prefix (number of pools) predicted vs observed",
+        ["fit", "budget", "predicted best", "observed best", "regret %"],
+        allocation,
+        show=False,
+    )
+    run.data.update(
+        timings=timings, laws={name: r["law"] for name, r in results.items() if isinstance(r, dict) and "law" in r}
+    )
     run.write()
 
 

@@ -71,23 +71,40 @@ def real_data(cache: Path, threshold: float, seed: int, model: str, run: Run) ->
         if model == "minilm" and not (cache / "embeddings" / "embeddings.json").exists():
             print(f"embedding {DEBIAN.name} with minilm into {cache} (once; later runs reuse it) ...", flush=True)
             started = time.perf_counter()
-            run_pipeline(parse_pipeline({"stage": [{"kind": "embed", "model": "minilm"}]}, "bench"), DEBIAN, cache, RunOptions(overwrite=True))
+            run_pipeline(
+                parse_pipeline({"stage": [{"kind": "embed", "model": "minilm"}]}, "bench"),
+                DEBIAN,
+                cache,
+                RunOptions(overwrite=True),
+            )
             print(f"  {time.perf_counter() - started:.0f} s", flush=True)
         out = work / "out"
-        stages = [{"kind": "embed", "model": model, "cache": str(cache) if model == "minilm" else ""}, {"kind": "semdedup", "threshold": threshold}]
+        stages = [
+            {"kind": "embed", "model": model, "cache": str(cache) if model == "minilm" else ""},
+            {"kind": "semdedup", "threshold": threshold},
+        ]
         started = time.perf_counter()
         result = run_pipeline(parse_pipeline({"stage": stages, "seed": seed}, "bench"), DEBIAN, out, RunOptions())
         seconds = time.perf_counter() - started
         embed_info, sem_info = result.manifest["stages"][1]["info"], result.manifest["stages"][2]["info"]
         print(f"\nDebian descriptions: {result.manifest['input']['rows']:,} rows, {model}, T = {threshold}")
-        print(f"  pipeline (embed reused {embed_info['reused']:,} / computed {embed_info['computed']:,}; semdedup): {seconds:.1f} s, "
-              f"semdedup stage {result.manifest['stages'][2]['seconds']:.1f} s, {sem_info['clusters']} clusters, largest {sem_info['largest_cluster']}")
+        print(
+            f"  pipeline (embed reused {embed_info['reused']:,} / computed {embed_info['computed']:,}; semdedup): {seconds:.1f} s, "
+            f"semdedup stage {result.manifest['stages'][2]['seconds']:.1f} s, {sem_info['clusters']} clusters, largest {sem_info['largest_cluster']}"
+        )
 
-        run.data["real"] = {"rows": result.manifest["input"]["rows"], "pipeline_seconds": seconds, "semdedup_seconds": result.manifest["stages"][2]["seconds"],
-                            "clusters": sem_info["clusters"], "largest_cluster": sem_info["largest_cluster"]}
+        run.data["real"] = {
+            "rows": result.manifest["input"]["rows"],
+            "pipeline_seconds": seconds,
+            "semdedup_seconds": result.manifest["stages"][2]["seconds"],
+            "clusters": sem_info["clusters"],
+            "largest_cluster": sem_info["largest_cluster"],
+        }
         store = part_table(out / "embeddings")
         ids = np.array(store.column("id").to_pylist(), dtype=object)
-        x = np.ascontiguousarray(store.column("embedding").combine_chunks().values.to_numpy().reshape(store.num_rows, -1))
+        x = np.ascontiguousarray(
+            store.column("embedding").combine_chunks().values.to_numpy().reshape(store.num_rows, -1)
+        )
         stage_removed = removed_ids(out)
         set_threads(os.cpu_count() or 1)
         started = time.perf_counter()
@@ -106,11 +123,30 @@ def real_data(cache: Path, threshold: float, seed: int, model: str, run: Run) ->
             hit = len(np.intersect1d(ours.removed, truth))
             split = int((ours.labels[i] != ours.labels[j]).sum())
             k = len(ours.centroids)
-            rows.append((f"{k}{' (auto)' if clusters == 0 else ''}", len(ours.removed), len(truth),
-                         round(hit / max(1, len(ours.removed)), 4), round(hit / max(1, len(truth)), 4),
-                         f"{split:,} of {len(i):,} ({100 * split / max(1, len(i)):.2f}%)", round(took, 1)))
-        run.table(f"Debian descriptions, {model}, T = {threshold}: semdedup vs brute force ({len(i):,} pairs with cosine >= {threshold})",
-                  ["clusters", "removed", "brute-force removed", "precision", "recall", "pairs split across clusters", "seconds"], rows)
+            rows.append(
+                (
+                    f"{k}{' (auto)' if clusters == 0 else ''}",
+                    len(ours.removed),
+                    len(truth),
+                    round(hit / max(1, len(ours.removed)), 4),
+                    round(hit / max(1, len(truth)), 4),
+                    f"{split:,} of {len(i):,} ({100 * split / max(1, len(i)):.2f}%)",
+                    round(took, 1),
+                )
+            )
+        run.table(
+            f"Debian descriptions, {model}, T = {threshold}: semdedup vs brute force ({len(i):,} pairs with cosine >= {threshold})",
+            [
+                "clusters",
+                "removed",
+                "brute-force removed",
+                "precision",
+                "recall",
+                "pairs split across clusters",
+                "seconds",
+            ],
+            rows,
+        )
         if not run.check("the stage's ledger is the pure function's removed rows", ledger_matches):
             raise SystemExit("stage ledger differs from the pure function")
     finally:
@@ -147,8 +183,18 @@ def synthetic_child(path: str, threshold: float, seed: int) -> None:
     started = time.perf_counter()
     result = semantic_duplicates(x, threshold, clusters=0, keep="hard", seed=seed)
     seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "peak_rss_gib": own_peak_rss() / GIB, "removed": len(result.removed),
-                      "clusters": len(result.centroids), "largest_cluster": result.largest_cluster, "pairs": result.pairs}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss_gib": own_peak_rss() / GIB,
+                "removed": len(result.removed),
+                "clusters": len(result.centroids),
+                "largest_cluster": result.largest_cluster,
+                "pairs": result.pairs,
+            }
+        )
+    )
 
 
 def synthetic(rows: int, threshold: float, seed: int, run: Run) -> None:
@@ -156,17 +202,49 @@ def synthetic(rows: int, threshold: float, seed: int, run: Run) -> None:
         path = Path(tmp) / "x.npy"
         started = time.perf_counter()
         planted = make_synthetic(path, rows, 384, seed)
-        print(f"\nsynthetic: {rows:,} x 384 float32 ({path.stat().st_size / 2**30:.2f} GiB memmap), {planted:,} planted near copies "
-              f"(made in {time.perf_counter() - started:.0f} s)", flush=True)
-        child = subprocess.run([sys.executable, "-m", "bench.semdedup", "--synthetic-child", str(path), "--threshold", str(threshold), "--seed", str(seed)],
-                               capture_output=True, text=True, check=True, env=cli_env())
+        print(
+            f"\nsynthetic: {rows:,} x 384 float32 ({path.stat().st_size / 2**30:.2f} GiB memmap), {planted:,} planted near copies "
+            f"(made in {time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.semdedup",
+                "--synthetic-child",
+                str(path),
+                "--threshold",
+                str(threshold),
+                "--seed",
+                str(seed),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=cli_env(),
+        )
         report = json.loads(child.stdout.strip().splitlines()[-1])
-        print(f"  semantic_duplicates: {report['seconds']:.1f} s (target < 300 s), peak RSS {report['peak_rss_gib']:.2f} GiB (target < 3 GiB)")
-        print(f"  {report['clusters']} clusters (largest {report['largest_cluster']:,}), {report['pairs']:,} pairs, "
-              f"removed {report['removed']:,} (planted {planted:,}; copies of a common original also pair up)")
-        run.table(f"synthetic: {rows:,} x 384 unit vectors, {planted:,} planted near copies, T = {threshold}; semantic_duplicates in a child process",
-                  ["figure", "value"], [["seconds", round(report["seconds"], 1)], ["peak RSS (GiB)", round(report["peak_rss_gib"], 2)], ["clusters", report["clusters"]],
-                                        ["largest cluster", report["largest_cluster"]], ["pairs", report["pairs"]], ["removed", report["removed"]]], show=False)
+        print(
+            f"  semantic_duplicates: {report['seconds']:.1f} s (target < 300 s), peak RSS {report['peak_rss_gib']:.2f} GiB (target < 3 GiB)"
+        )
+        print(
+            f"  {report['clusters']} clusters (largest {report['largest_cluster']:,}), {report['pairs']:,} pairs, "
+            f"removed {report['removed']:,} (planted {planted:,}; copies of a common original also pair up)"
+        )
+        run.table(
+            f"synthetic: {rows:,} x 384 unit vectors, {planted:,} planted near copies, T = {threshold}; semantic_duplicates in a child process",
+            ["figure", "value"],
+            [
+                ["seconds", round(report["seconds"], 1)],
+                ["peak RSS (GiB)", round(report["peak_rss_gib"], 2)],
+                ["clusters", report["clusters"]],
+                ["largest cluster", report["largest_cluster"]],
+                ["pairs", report["pairs"]],
+                ["removed", report["removed"]],
+            ],
+            show=False,
+        )
         run.check("synthetic: under 300 s per 1M rows", report["seconds"] < 300 * rows / 1_000_000)
         run.check("synthetic: peak RSS under 3 GiB", report["peak_rss_gib"] < 3)
 
@@ -186,8 +264,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.synthetic_child:
         synthetic_child(args.synthetic_child, args.threshold, args.seed)
         return
-    run = start_run("semdedup", argv, args.result or f"semdedup-{args.model}", "Semantic dedup: the stage vs brute force (all pairs at cosine >= T) on real data; "
-                "time and peak RSS on synthetic vectors.", vars(args))
+    run = start_run(
+        "semdedup",
+        argv,
+        args.result or f"semdedup-{args.model}",
+        "Semantic dedup: the stage vs brute force (all pairs at cosine >= T) on real data; "
+        "time and peak RSS on synthetic vectors.",
+        vars(args),
+    )
     if not args.skip_real:
         real_data(args.cache, args.threshold, args.seed, args.model, run)
     if not args.skip_synthetic:

@@ -43,10 +43,20 @@ METHODS = ["full", "seta", "seta_w0.3", "seta_p0.3", "infobatch", "random@seta",
 def load_task(task: str, noise: float) -> dict:
     df = pl.read_parquet(DATA, columns=["text", "section"])
     if task == "top20":
-        top = df.get_column("section").value_counts().sort(["count", "section"], descending=[True, False]).head(20).get_column("section")
+        top = (
+            df.get_column("section")
+            .value_counts()
+            .sort(["count", "section"], descending=[True, False])
+            .head(20)
+            .get_column("section")
+        )
         df = df.filter(pl.col("section").is_in(top.implode()))
     classes = sorted(df.get_column("section").unique().to_list())
-    labels = df.get_column("section").replace_strict({c: i for i, c in enumerate(classes)}, return_dtype=pl.Int64).to_numpy()
+    labels = (
+        df.get_column("section")
+        .replace_strict({c: i for i, c in enumerate(classes)}, return_dtype=pl.Int64)
+        .to_numpy()
+    )
     rng = np.random.default_rng(SPLIT_SEED)
     perm = rng.permutation(df.height)
     n_test = df.height // 5
@@ -79,7 +89,9 @@ class FixedCountSampler:
         return rng.choice(self.n, size=self.counts[epoch], replace=False)
 
 
-def train(task: dict, method: str, seed: int, epochs: int, counts: list[int] | None = None, lr: float = ProxyConfig().lr) -> dict:
+def train(
+    task: dict, method: str, seed: int, epochs: int, counts: list[int] | None = None, lr: float = ProxyConfig().lr
+) -> dict:
     n = task["train_bags"].rows
     config = ProxyConfig(lr=lr)
     model, optimizer = build_model(config, task["classes"], seed)
@@ -109,7 +121,9 @@ def train(task: dict, method: str, seed: int, epochs: int, counts: list[int] | N
         weights = sampler.weights if isinstance(sampler, InfoBatchSampler) else None
         wfn = (lambda rows: weights(rows).numpy()) if weights is not None else None
         update = sampler.update if sampler is not None else None
-        train_steps(model, optimizer, task["train_bags"], labels, order, config.batch_size, weights=wfn, on_batch=update)
+        train_steps(
+            model, optimizer, task["train_bags"], labels, order, config.batch_size, weights=wfn, on_batch=update
+        )
         per_epoch.append(len(order))
         flipped_share.append(float(task["flipped"][order].mean()) if len(order) else 0.0)
     seconds = time.perf_counter() - started
@@ -119,7 +133,9 @@ def train(task: dict, method: str, seed: int, epochs: int, counts: list[int] | N
         "seed": seed,
         "accuracy": float(correct.mean()),
         "visits": int(sum(per_epoch)),
-        "visit_fraction": sum(per_epoch) / (n * len(counts or per_epoch)) if method == "fewer_epochs@seta" else sum(per_epoch) / (n * epochs),
+        "visit_fraction": sum(per_epoch) / (n * len(counts or per_epoch))
+        if method == "fewer_epochs@seta"
+        else sum(per_epoch) / (n * epochs),
         "per_epoch": per_epoch,
         "flipped_share": flipped_share,
         "seconds": seconds,
@@ -160,7 +176,14 @@ def overhead(n: int = 1_000_000, repeats: int = 3) -> dict:
     }
 
 
-SUMMARY_COLUMNS = ["method", "test accuracy % (mean ± sd) (vs full)", "visits vs full", "flipped labels among visits", "seconds", "seeds"]
+SUMMARY_COLUMNS = [
+    "method",
+    "test accuracy % (mean ± sd) (vs full)",
+    "visits vs full",
+    "flipped labels among visits",
+    "seconds",
+    "seeds",
+]
 
 
 def summarize(results: list[dict]) -> list[list]:
@@ -177,8 +200,19 @@ def summarize(results: list[dict]) -> list[list]:
         vis = statistics.mean(r["visit_fraction"] for r in rows)
         sec = statistics.mean(r["seconds"] for r in rows)
         delta = statistics.mean(acc) - 100 * full_acc
-        flipped = statistics.mean(sum(f * c for f, c in zip(r["flipped_share"], r["per_epoch"])) / max(sum(r["per_epoch"]), 1) for r in rows)
-        lines.append([method, f"{statistics.mean(acc):.2f} ± {sd:.2f} ({delta:+.2f})", f"{100 * vis:.1f}%", f"{100 * flipped:.1f}%", round(sec, 1), len(rows)])
+        flipped = statistics.mean(
+            sum(f * c for f, c in zip(r["flipped_share"], r["per_epoch"])) / max(sum(r["per_epoch"]), 1) for r in rows
+        )
+        lines.append(
+            [
+                method,
+                f"{statistics.mean(acc):.2f} ± {sd:.2f} ({delta:+.2f})",
+                f"{100 * vis:.1f}%",
+                f"{100 * flipped:.1f}%",
+                round(sec, 1),
+                len(rows),
+            ]
+        )
     return lines
 
 
@@ -189,12 +223,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--noise", type=float, default=0.3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=ProxyConfig().lr, help="Adam learning rate (default: the proxy's 0.02)")
+    parser.add_argument(
+        "--lr", type=float, default=ProxyConfig().lr, help="Adam learning rate (default: the proxy's 0.02)"
+    )
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--skip-overhead", action="store_true")
     add_result_argument(parser, "seta")
     args = parser.parse_args(argv)
-    run = start_run("seta", argv, args.result, "SeTa vs full data, InfoBatch and random pruning at equal cost: test accuracy of the proxy classifier, Debian sections.", vars(args))
+    run = start_run(
+        "seta",
+        argv,
+        args.result,
+        "SeTa vs full data, InfoBatch and random pruning at equal cost: test accuracy of the proxy classifier, Debian sections.",
+        vars(args),
+    )
     torch.set_num_threads(args.threads)
     report = run.data
     report["tasks"] = {}
@@ -207,15 +249,31 @@ def main(argv: list[str] | None = None) -> None:
             f"update() calls over a 1M-sample epoch at batch 256 {o['update_seconds_per_epoch_batch256']:.3f} s",
             flush=True,
         )
-        run.table(f"sampler overhead on {o['n']:,} samples", ["step", "wall s", "CPU s"], [
-            ["k-means", round(o["kmeans_seconds"], 3), round(o["kmeans_cpu_seconds"], 3)],
-            ["selection + shuffle per epoch", round(o["select_and_shuffle_seconds"], 3), round(o["select_and_shuffle_cpu_seconds"], 3)],
-            ["update() calls over a 1M-sample epoch, batch 256", round(o["update_seconds_per_epoch_batch256"], 3), None],
-        ], show=False)
+        run.table(
+            f"sampler overhead on {o['n']:,} samples",
+            ["step", "wall s", "CPU s"],
+            [
+                ["k-means", round(o["kmeans_seconds"], 3), round(o["kmeans_cpu_seconds"], 3)],
+                [
+                    "selection + shuffle per epoch",
+                    round(o["select_and_shuffle_seconds"], 3),
+                    round(o["select_and_shuffle_cpu_seconds"], 3),
+                ],
+                [
+                    "update() calls over a 1M-sample epoch, batch 256",
+                    round(o["update_seconds_per_epoch_batch256"], 3),
+                    None,
+                ],
+            ],
+            show=False,
+        )
     for task_name in args.tasks:
         task = load_task(task_name, args.noise)
         n = task["train_bags"].rows
-        print(f"task {task_name}: {n:,} train rows, {task['test_bags'].rows:,} test rows, {task['classes']} classes", flush=True)
+        print(
+            f"task {task_name}: {n:,} train rows, {task['test_bags'].rows:,} test rows, {task['classes']} classes",
+            flush=True,
+        )
         results = []
         for seed in args.seeds:
             seta_counts = None
@@ -226,16 +284,34 @@ def main(argv: list[str] | None = None) -> None:
                 if method == "seta":
                     seta_counts = result["per_epoch"]
                 results.append(result)
-                print(f"  seed {seed} {method:12s} acc {100 * result['accuracy']:.2f}%  visits {100 * result['visit_fraction']:.1f}%  {result['seconds']:.1f}s  per-epoch {result['per_epoch']}", flush=True)
+                print(
+                    f"  seed {seed} {method:12s} acc {100 * result['accuracy']:.2f}%  visits {100 * result['visit_fraction']:.1f}%  {result['seconds']:.1f}s  per-epoch {result['per_epoch']}",
+                    flush=True,
+                )
                 report["tasks"][task_name] = {"train_rows": n, "classes": task["classes"], "results": results}
                 run.write(complete=False)
         report["tasks"][task_name] = {"train_rows": n, "classes": task["classes"], "results": results}
-        run.table(f"{task_name}: {n:,} train rows, {task['classes']} classes, {args.epochs} epochs", SUMMARY_COLUMNS, summarize(results))
-        accuracy = {m: statistics.mean(r["accuracy"] for r in results if r["method"] == m) for m in {r["method"] for r in results}}
+        run.table(
+            f"{task_name}: {n:,} train rows, {task['classes']} classes, {args.epochs} epochs",
+            SUMMARY_COLUMNS,
+            summarize(results),
+        )
+        accuracy = {
+            m: statistics.mean(r["accuracy"] for r in results if r["method"] == m)
+            for m in {r["method"] for r in results}
+        }
         if "seta" in accuracy and "random@seta" in accuracy:
-            run.compare(f"{task_name}: SeTa minus random pruning at the same visits, test accuracy (points)", 100 * (accuracy["seta"] - accuracy["random@seta"]), unit="")
+            run.compare(
+                f"{task_name}: SeTa minus random pruning at the same visits, test accuracy (points)",
+                100 * (accuracy["seta"] - accuracy["random@seta"]),
+                unit="",
+            )
         if "seta" in accuracy and "full" in accuracy:
-            run.compare(f"{task_name}: SeTa minus full data, test accuracy (points)", 100 * (accuracy["seta"] - accuracy["full"]), unit="")
+            run.compare(
+                f"{task_name}: SeTa minus full data, test accuracy (points)",
+                100 * (accuracy["seta"] - accuracy["full"]),
+                unit="",
+            )
     run.write()
 
 

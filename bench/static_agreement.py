@@ -41,9 +41,10 @@ from scipy.stats import spearmanr
 
 from bench._harness import Run, add_result_argument, importable, start_run
 from bench.corpora import DEBIAN_DESCRIPTIONS as DEBIAN
-from curate.embeddings.models import load_embedder
 from curate.algorithms.kmeans import spherical_kmeans
 from curate.algorithms.prototypes import prototype_distance
+from curate.embeddings.models import load_embedder
+
 SWEEP = np.round(np.arange(0.80, 0.9951, 0.005), 3)
 WINDOW = 4096
 
@@ -101,7 +102,9 @@ def pairs_at(x: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(keys), np.concatenate(sims)
 
 
-def sweep(reference: np.ndarray, predicted: np.ndarray, sims: np.ndarray) -> list[tuple[float, float, float, float, int]]:
+def sweep(
+    reference: np.ndarray, predicted: np.ndarray, sims: np.ndarray
+) -> list[tuple[float, float, float, float, int]]:
     """(t, precision, recall, F1, predicted pairs) for every t of SWEEP."""
     hit = np.isin(predicted, reference)
     rows = []
@@ -144,14 +147,44 @@ def measure(name: str, texts: list[str], models: dict, args, run: Run) -> dict:
         results[label] = {"sweep": table, "spearman": rho, "spearman_same_clusters": rho_same}
         best = max(table, key=lambda r: r[3])
         at_default = next(r for r in table if abs(r[0] - args.threshold) < 1e-9)
-        print(f"  {label}: best F1 {best[3]:.3f} at t = {best[0]:.3f} (precision {best[1]:.3f}, recall {best[2]:.3f}, {best[4]:,} pairs); "
-              f"at t = {args.threshold}: precision {at_default[1]:.3f}, recall {at_default[2]:.3f}; "
-              f"Spearman of distance to centroid vs minilm: {rho:.3f} (own k-means), {rho_same:.3f} (minilm's clusters)", flush=True)
-        summary.append([label, round(speed[label]), best[4], round(best[0], 3), round(best[3], 3), round(at_default[1], 3), round(at_default[2], 3), round(rho, 3), None, round(rho_same, 3)])
+        print(
+            f"  {label}: best F1 {best[3]:.3f} at t = {best[0]:.3f} (precision {best[1]:.3f}, recall {best[2]:.3f}, {best[4]:,} pairs); "
+            f"at t = {args.threshold}: precision {at_default[1]:.3f}, recall {at_default[2]:.3f}; "
+            f"Spearman of distance to centroid vs minilm: {rho:.3f} (own k-means), {rho_same:.3f} (minilm's clusters)",
+            flush=True,
+        )
+        summary.append(
+            [
+                label,
+                round(speed[label]),
+                best[4],
+                round(best[0], 3),
+                round(best[3], 3),
+                round(at_default[1], 3),
+                round(at_default[2], 3),
+                round(rho, 3),
+                None,
+                round(rho_same, 3),
+            ]
+        )
         run.compare(f"{name}: {label} / minilm encode speed", speed[label] / speed["minilm"])
-    run.table(f"{name}: {len(texts)} unique texts; minilm pairs at cosine >= {args.threshold} are the reference",
-              ["model", "rows/s", "pairs (minilm: at T; others: at best t)", "best t", "best F1", f"precision at {args.threshold}", f"recall at {args.threshold}",
-               "Spearman vs minilm (own k-means)", "Spearman, minilm reseeded (noise floor)", "Spearman vs minilm (minilm's clusters)"], summary, show=False)
+    run.table(
+        f"{name}: {len(texts)} unique texts; minilm pairs at cosine >= {args.threshold} are the reference",
+        [
+            "model",
+            "rows/s",
+            "pairs (minilm: at T; others: at best t)",
+            "best t",
+            "best F1",
+            f"precision at {args.threshold}",
+            f"recall at {args.threshold}",
+            "Spearman vs minilm (own k-means)",
+            "Spearman, minilm reseeded (noise floor)",
+            "Spearman vs minilm (minilm's clusters)",
+        ],
+        summary,
+        show=False,
+    )
     return results
 
 
@@ -176,7 +209,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     add_result_argument(parser, "static_agreement")
     args = parser.parse_args(argv)
-    run = start_run("static_agreement", argv, args.result, "How far minilm-static (and hashing, as a floor) agree with MiniLM: duplicate pairs and prototype distances.", vars(args))
+    run = start_run(
+        "static_agreement",
+        argv,
+        args.result,
+        "How far minilm-static (and hashing, as a floor) agree with MiniLM: duplicate pairs and prototype distances.",
+        vars(args),
+    )
 
     backend = "onnx" if importable("onnxruntime") else "torch"
     run.params["minilm_backend"] = backend
@@ -191,15 +230,35 @@ def main(argv: list[str] | None = None) -> None:
     first = measure(args.corpus.name, unique(texts), models, args, run)
     run.data[args.corpus.name] = first
     if args.docstrings:
-        second = measure(f"docstrings under {args.docstrings.name}/", unique(docstring_texts(args.docstrings, args.docstring_rows)), models, args, run)
+        second = measure(
+            f"docstrings under {args.docstrings.name}/",
+            unique(docstring_texts(args.docstrings, args.docstring_rows)),
+            models,
+            args,
+            run,
+        )
         run.data["docstrings"] = second
         transfer = []
         for label, result in first.items():
             t = max(result["sweep"], key=lambda r: r[3])[0]
             there = next(r for r in second[label]["sweep"] if r[0] == t)
             own = max(second[label]["sweep"], key=lambda r: r[3])
-            transfer.append([label, round(t, 3), round(there[1], 3), round(there[2], 3), round(there[3], 3), round(own[0], 3), round(own[3], 3)])
-        run.table("threshold found on the first corpus, checked on the second", ["model", "t", "precision", "recall", "F1", "its own best t", "its own best F1"], transfer)
+            transfer.append(
+                [
+                    label,
+                    round(t, 3),
+                    round(there[1], 3),
+                    round(there[2], 3),
+                    round(there[3], 3),
+                    round(own[0], 3),
+                    round(own[3], 3),
+                ]
+            )
+        run.table(
+            "threshold found on the first corpus, checked on the second",
+            ["model", "t", "precision", "recall", "F1", "its own best t", "its own best F1"],
+            transfer,
+        )
     run.write()
 
 

@@ -67,7 +67,11 @@ def free_port() -> int:
 
 def start_moto() -> tuple[subprocess.Popen, str]:
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -103,12 +107,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration; the fastest is kept")
-    parser.add_argument("--endpoint", default=None, help="a real S3-compatible endpoint instead of a loopback moto server")
+    parser.add_argument(
+        "--endpoint", default=None, help="a real S3-compatible endpoint instead of a loopback moto server"
+    )
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: every core)")
-    parser.add_argument("--cluster", action="store_true", help="also run s3 -> s3 on 2 Dask workers, with and without a shared disk")
+    parser.add_argument(
+        "--cluster", action="store_true", help="also run s3 -> s3 on 2 Dask workers, with and without a shared disk"
+    )
     add_result_argument(parser, "storage")
     args = parser.parse_args(argv)
-    run = start_run("storage", argv, args.result, "Object store vs local disk: exact + minhash read from (and written to) an S3 endpoint against the same run on local disk.", vars(args))
+    run = start_run(
+        "storage",
+        argv,
+        args.result,
+        "Object store vs local disk: exact + minhash read from (and written to) an S3 endpoint against the same run on local disk.",
+        vars(args),
+    )
 
     import s3fs
 
@@ -138,9 +152,17 @@ def main(argv: list[str] | None = None) -> None:
             "s3 -> local": (f"s3://{prefix}/in", str(work / "s3-local")),
             "s3 -> s3": (f"s3://{prefix}/in", f"s3://{prefix}/out"),
         }
-        print(f"corpus: {args.rows:,} rows, {size / 1e6:.1f} MB in {args.shards} Parquet shards; pipeline: exact -> minhash(0.8)")
-        print(f"endpoint: {endpoint} ({'given' if args.endpoint else 'moto server on loopback'}); upload of the corpus {upload:.1f} s")
-        run.params.update(endpoint="given" if args.endpoint else "moto server on loopback", corpus_megabytes=round(size / 1e6, 1), upload_seconds=round(upload, 1))
+        print(
+            f"corpus: {args.rows:,} rows, {size / 1e6:.1f} MB in {args.shards} Parquet shards; pipeline: exact -> minhash(0.8)"
+        )
+        print(
+            f"endpoint: {endpoint} ({'given' if args.endpoint else 'moto server on loopback'}); upload of the corpus {upload:.1f} s"
+        )
+        run.params.update(
+            endpoint="given" if args.endpoint else "moto server on loopback",
+            corpus_megabytes=round(size / 1e6, 1),
+            upload_seconds=round(upload, 1),
+        )
         best: dict[str, float] = {}
         server_cpu: dict[str, float] = {}
         with ExitStack() as stack:
@@ -148,29 +170,51 @@ def main(argv: list[str] | None = None) -> None:
             if args.cluster:
                 configs["s3 -> s3, dask, shared disk"] = (f"s3://{prefix}/in", f"s3://{prefix}/out-dask")
                 executors["s3 -> s3, dask, shared disk"] = ["--workers", "2"]
-                address = stack.enter_context(isolated_cluster(work / "staging", 2, {"AWS_ENDPOINT_URL": endpoint, "CURATE_STAGING_DIR": str(work / "staging")}))
+                address = stack.enter_context(
+                    isolated_cluster(
+                        work / "staging",
+                        2,
+                        {"AWS_ENDPOINT_URL": endpoint, "CURATE_STAGING_DIR": str(work / "staging")},
+                    )
+                )
                 configs["s3 -> s3, dask, no shared disk"] = (f"s3://{prefix}/in", f"s3://{prefix}/out-isolated")
                 executors["s3 -> s3, dask, no shared disk"] = ["--scheduler", address]
             for _ in range(args.repeats):
                 for name, (source, out) in configs.items():
                     before = cpu_seconds(server.pid) if server else None
-                    seconds = run_cli(["run", str(pipeline), "-i", source, "-o", out, "--overwrite", *executors[name]], env)
+                    seconds = run_cli(
+                        ["run", str(pipeline), "-i", source, "-o", out, "--overwrite", *executors[name]], env
+                    )
                     if seconds < best.get(name, float("inf")):
                         best[name] = seconds
                         if before is not None:
                             server_cpu[name] = (cpu_seconds(server.pid) or before) - before
         base = best["local -> local"]
-        run.table(f"{args.rows:,} rows, best of {args.repeats}; vs local: wall time over the local run's (above 1 = slower); "
-                  "server CPU s: CPU the loopback endpoint used during the run, on the cores curate also uses",
-                  ["run", "wall s", "rows/s", "vs local", "server CPU s"],
-                  [[name, round(seconds, 2), round(args.rows / seconds), seconds / base, round(server_cpu[name], 2) if name in server_cpu else None] for name, seconds in best.items()])
+        run.table(
+            f"{args.rows:,} rows, best of {args.repeats}; vs local: wall time over the local run's (above 1 = slower); "
+            "server CPU s: CPU the loopback endpoint used during the run, on the cores curate also uses",
+            ["run", "wall s", "rows/s", "vs local", "server CPU s"],
+            [
+                [
+                    name,
+                    round(seconds, 2),
+                    round(args.rows / seconds),
+                    seconds / base,
+                    round(server_cpu[name], 2) if name in server_cpu else None,
+                ]
+                for name, seconds in best.items()
+            ],
+        )
         for name, seconds in best.items():
             if name != "local -> local":
                 run.compare(f"{name} / local -> local, wall", seconds / base)
         fs.get(f"{prefix}/out/kept", str(work / "s3-s3" / "kept"), recursive=True)
         reference = kept_ids(work / "local")
         same = kept_ids(work / "s3-local") == reference and kept_ids(work / "s3-s3") == reference
-        for name, out in (("s3 -> s3, dask, shared disk", "out-dask"), ("s3 -> s3, dask, no shared disk", "out-isolated")):
+        for name, out in (
+            ("s3 -> s3, dask, shared disk", "out-dask"),
+            ("s3 -> s3, dask, no shared disk", "out-isolated"),
+        ):
             if name in configs:
                 fs.get(f"{prefix}/{out}/kept", str(work / out / "kept"), recursive=True)
                 same = same and kept_ids(work / out) == reference

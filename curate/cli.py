@@ -6,26 +6,41 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from curate.runtime import tune_allocator
 from curate.errors import CurateError, UsageError
+from curate.runtime import tune_allocator
 
 # Exit codes: 0 ok, 1 internal error (a bug), 2 bad input or usage, 3 `verify` found a broken output.
 VERIFY_FAILED = 3
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Streaming data curation: dedup, pruning scores, quality pools, compute-aware mixes.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Streaming data curation: dedup, pruning scores, quality pools, compute-aware mixes.",
+)
 out_console = Console()
 err_console = Console(stderr=True)
 
-InputOpt = typer.Option(..., "-i", "--input", help="Directory, file or glob of Parquet shards, JSON Lines files (.jsonl, .json, .jsonl.gz, .jsonl.zst) or a saved Hugging Face dataset.")
+InputOpt = typer.Option(
+    ...,
+    "-i",
+    "--input",
+    help="Directory, file or glob of Parquet shards, JSON Lines files (.jsonl, .json, .jsonl.gz, .jsonl.zst) or a saved Hugging Face dataset.",
+)
 InputFormatOpt = typer.Option(None, "--input-format", help="parquet | jsonl | hf (default: from the file names).")
-StorageOpt = typer.Option(None, "--storage-option", help="fsspec option KEY=VALUE for URL inputs and outputs such as s3://bucket/in/ (repeatable), e.g. endpoint_url=http://127.0.0.1:9000.")
-OutputOpt = typer.Option(..., "-o", "--output", help="Output directory, or an object-store URL such as s3://bucket/out/.")
+StorageOpt = typer.Option(
+    None,
+    "--storage-option",
+    help="fsspec option KEY=VALUE for URL inputs and outputs such as s3://bucket/in/ (repeatable), e.g. endpoint_url=http://127.0.0.1:9000.",
+)
+OutputOpt = typer.Option(
+    ..., "-o", "--output", help="Output directory, or an object-store URL such as s3://bucket/out/."
+)
 TextColumnOpt = typer.Option(None, "--text-column", help="Text column (default: text).")
 IdColumnOpt = typer.Option(None, "--id-column", help="Id column (default: id; absent -> '<file stem>:<row>').")
 DropNullOpt = typer.Option(False, "--drop-null-text", help="Send null texts to the ledger instead of failing.")
@@ -35,10 +50,18 @@ ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run in
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an earlier curate output in OUT.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 SetOpt = typer.Option(None, "--set", help="Extra stage option KEY=VALUE (repeatable).")
-JobsOpt = typer.Option(None, "--jobs", "-j", help="Worker processes on this machine (default: every core; 1 = serial in this process).")
+JobsOpt = typer.Option(
+    None, "--jobs", "-j", help="Worker processes on this machine (default: every core; 1 = serial in this process)."
+)
 WorkersOpt = typer.Option(None, "--workers", help="Run on a local Dask cluster of N worker processes.")
-SchedulerOpt = typer.Option(None, "--scheduler", help="Run on a running Dask cluster: tcp://HOST:PORT of its scheduler.")
-AgainstOpt = typer.Option(None, "--against", help="Earlier output (repeatable, oldest first; after any in the pipeline file's against): rows duplicating its rows are removed, using only its index.")
+SchedulerOpt = typer.Option(
+    None, "--scheduler", help="Run on a running Dask cluster: tcp://HOST:PORT of its scheduler."
+)
+AgainstOpt = typer.Option(
+    None,
+    "--against",
+    help="Earlier output (repeatable, oldest first; after any in the pipeline file's against): rows duplicating its rows are removed, using only its index.",
+)
 
 
 def _progress(quiet: bool):
@@ -47,7 +70,7 @@ def _progress(quiet: bool):
     return Progress(enabled=False if quiet else None)
 
 
-def _parse_sets(pairs: Optional[List[str]]) -> dict[str, Any]:
+def _parse_sets(pairs: list[str] | None) -> dict[str, Any]:
     import tomllib
 
     options: dict[str, Any] = {}
@@ -62,7 +85,19 @@ def _parse_sets(pairs: Optional[List[str]]) -> dict[str, Any]:
     return options
 
 
-def _run_spec(spec, input_path: str, output: str, resume: bool, overwrite: bool, quiet: bool, *, jobs=None, workers=None, scheduler=None, against=None) -> None:
+def _run_spec(
+    spec,
+    input_path: str,
+    output: str,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
+    *,
+    jobs=None,
+    workers=None,
+    scheduler=None,
+    against=None,
+) -> None:
     from curate.engine.executors import make_executor
     from curate.pipeline import RunOptions, run_pipeline
 
@@ -70,13 +105,24 @@ def _run_spec(spec, input_path: str, output: str, resume: bool, overwrite: bool,
         if not quiet and (workers is not None or scheduler is not None):
             for line in executor.describe():
                 err_console.print(line, markup=False, highlight=False)
-        result = run_pipeline(spec, input_path, output, RunOptions(resume=resume, overwrite=overwrite, progress=_progress(quiet), executor=executor, against=tuple(against or ())))
+        result = run_pipeline(
+            spec,
+            input_path,
+            output,
+            RunOptions(
+                resume=resume,
+                overwrite=overwrite,
+                progress=_progress(quiet),
+                executor=executor,
+                against=tuple(against or ()),
+            ),
+        )
     _print_run_summary(str(result.output), quiet, spec.output_options)
 
 
 def _print_run_summary(out: str, quiet: bool, options=()) -> None:
-    from curate.output.read import stage_summaries
     from curate.output.manifest import read_manifest
+    from curate.output.read import stage_summaries
     from curate.output.store import local_output
 
     if quiet:
@@ -84,7 +130,9 @@ def _print_run_summary(out: str, quiet: bool, options=()) -> None:
     with local_output(out, options, wanted=lambda name: name.startswith("removed/")) as local:
         _stage_table(stage_summaries(local))
         # A URL output's view holds the ledger only; the config says whether a report was built.
-        has_report = (local / "report.html").exists() or bool((read_manifest(local) or {}).get("config", {}).get("report"))
+        has_report = (local / "report.html").exists() or bool(
+            (read_manifest(local) or {}).get("config", {}).get("report")
+        )
     out_console.print(f"output: {out}  (kept/, removed/, manifest.json)")
     if has_report:
         out_console.print(f"report: {out.rstrip('/')}/report.html")
@@ -105,7 +153,7 @@ def _stage_table(summaries) -> None:
     out_console.print(table)
 
 
-def _storage_options(pairs: Optional[List[str]]) -> tuple[tuple[str, Any], ...]:
+def _storage_options(pairs: list[str] | None) -> tuple[tuple[str, Any], ...]:
     """--storage-option KEY=VALUE pairs; values read as TOML literals (true, 3) or else strings."""
     import tomllib
 
@@ -113,7 +161,10 @@ def _storage_options(pairs: Optional[List[str]]) -> tuple[tuple[str, Any], ...]:
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"--storage-option {pair!r} is not KEY=VALUE", fix="e.g. --storage-option endpoint_url=http://127.0.0.1:9000")
+            raise UsageError(
+                f"--storage-option {pair!r} is not KEY=VALUE",
+                fix="e.g. --storage-option endpoint_url=http://127.0.0.1:9000",
+            )
         try:
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
@@ -122,7 +173,17 @@ def _storage_options(pairs: Optional[List[str]]) -> tuple[tuple[str, Any], ...]:
     return tuple(options)
 
 
-def _single_stage(kind: str, options: dict[str, Any], text_column, id_column, drop_null_text, seed, batch_size, input_format=None, storage=None):
+def _single_stage(
+    kind: str,
+    options: dict[str, Any],
+    text_column,
+    id_column,
+    drop_null_text,
+    seed,
+    batch_size,
+    input_format=None,
+    storage=None,
+):
     from dataclasses import replace
 
     from curate.io.formats import check_format
@@ -138,7 +199,11 @@ def _single_stage(kind: str, options: dict[str, Any], text_column, id_column, dr
         data["batch_size"] = batch_size
     spec = parse_pipeline(data, f"curate {kind}")
     given = _storage_options(storage)
-    return replace(spec, columns=replace(spec.columns, format=check_format(input_format), storage_options=given), output_options=given)
+    return replace(
+        spec,
+        columns=replace(spec.columns, format=check_format(input_format), storage_options=given),
+        output_options=given,
+    )
 
 
 @app.command()
@@ -146,78 +211,108 @@ def run(
     pipeline: Path = typer.Argument(..., help="Pipeline TOML file."),
     input: str = InputOpt,
     output: str = OutputOpt,
-    input_format: Optional[str] = InputFormatOpt,
-    storage: Optional[List[str]] = StorageOpt,
+    input_format: str | None = InputFormatOpt,
+    storage: list[str] | None = StorageOpt,
     resume: bool = ResumeOpt,
     overwrite: bool = OverwriteOpt,
-    text_column: Optional[str] = TextColumnOpt,
-    id_column: Optional[str] = IdColumnOpt,
+    text_column: str | None = TextColumnOpt,
+    id_column: str | None = IdColumnOpt,
     drop_null_text: bool = DropNullOpt,
-    seed: Optional[int] = SeedOpt,
+    seed: int | None = SeedOpt,
     quiet: bool = QuietOpt,
-    jobs: Optional[int] = JobsOpt,
-    workers: Optional[int] = WorkersOpt,
-    scheduler: Optional[str] = SchedulerOpt,
-    against: Optional[List[str]] = AgainstOpt,
+    jobs: int | None = JobsOpt,
+    workers: int | None = WorkersOpt,
+    scheduler: str | None = SchedulerOpt,
+    against: list[str] | None = AgainstOpt,
 ) -> None:
     """Run a pipeline file over the input shards: on every core here (--jobs), or on Dask (--workers, --scheduler)."""
     from dataclasses import replace
 
-    from curate.io.formats import check_format
-    from curate.pipeline import load_pipeline
-    from curate.io.inputs import ColumnSpec
     from curate.engine.spec import merge_options
+    from curate.io.formats import check_format
+    from curate.io.inputs import ColumnSpec
+    from curate.pipeline import load_pipeline
 
     spec = load_pipeline(pipeline)
     input_format = check_format(input_format) or spec.columns.format
     given = _storage_options(storage)  # --storage-option: for the input and the output, over the file's tables
-    columns = ColumnSpec(text=text_column or spec.columns.text, id=id_column or spec.columns.id, format=input_format, storage_options=merge_options(spec.columns.storage_options, given))
-    spec = replace(spec, columns=columns, drop_null_text=drop_null_text or spec.drop_null_text, seed=spec.seed if seed is None else seed, output_options=merge_options(spec.output_options, given))
-    _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler, against=against)
+    columns = ColumnSpec(
+        text=text_column or spec.columns.text,
+        id=id_column or spec.columns.id,
+        format=input_format,
+        storage_options=merge_options(spec.columns.storage_options, given),
+    )
+    spec = replace(
+        spec,
+        columns=columns,
+        drop_null_text=drop_null_text or spec.drop_null_text,
+        seed=spec.seed if seed is None else seed,
+        output_options=merge_options(spec.output_options, given),
+    )
+    _run_spec(
+        spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler, against=against
+    )
 
 
 @app.command()
 def dedup(
     input: str = InputOpt,
     output: str = OutputOpt,
-    input_format: Optional[str] = InputFormatOpt,
-    storage: Optional[List[str]] = StorageOpt,
+    input_format: str | None = InputFormatOpt,
+    storage: list[str] | None = StorageOpt,
     method: str = typer.Option("exact", "--method", help="exact | minhash | semantic"),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="minhash: Jaccard; semantic: cosine similarity."),
-    ngram: Optional[int] = typer.Option(None, "--ngram", help="minhash shingle size."),
-    num_perm: Optional[int] = typer.Option(None, "--num-perm", help="minhash permutations."),
-    normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize", help="exact: NFKC, lowercase, collapse whitespace."),
-    sets: Optional[List[str]] = SetOpt,
+    threshold: float | None = typer.Option(None, "--threshold", help="minhash: Jaccard; semantic: cosine similarity."),
+    ngram: int | None = typer.Option(None, "--ngram", help="minhash shingle size."),
+    num_perm: int | None = typer.Option(None, "--num-perm", help="minhash permutations."),
+    normalize: bool | None = typer.Option(
+        None, "--normalize/--no-normalize", help="exact: NFKC, lowercase, collapse whitespace."
+    ),
+    sets: list[str] | None = SetOpt,
     resume: bool = ResumeOpt,
     overwrite: bool = OverwriteOpt,
-    text_column: Optional[str] = TextColumnOpt,
-    id_column: Optional[str] = IdColumnOpt,
+    text_column: str | None = TextColumnOpt,
+    id_column: str | None = IdColumnOpt,
     drop_null_text: bool = DropNullOpt,
-    seed: Optional[int] = SeedOpt,
-    batch_size: Optional[int] = BatchOpt,
+    seed: int | None = SeedOpt,
+    batch_size: int | None = BatchOpt,
     quiet: bool = QuietOpt,
-    jobs: Optional[int] = JobsOpt,
-    workers: Optional[int] = WorkersOpt,
-    scheduler: Optional[str] = SchedulerOpt,
-    against: Optional[List[str]] = AgainstOpt,
-    index: bool = typer.Option(False, "--index", help="Keep OUT/index/ so later runs can dedup --against this output."),
+    jobs: int | None = JobsOpt,
+    workers: int | None = WorkersOpt,
+    scheduler: str | None = SchedulerOpt,
+    against: list[str] | None = AgainstOpt,
+    index: bool = typer.Option(
+        False, "--index", help="Keep OUT/index/ so later runs can dedup --against this output."
+    ),
 ) -> None:
     """Drop exact, near (MinHash LSH) or semantic (embedding) duplicates."""
     kinds = {"exact": "exact", "minhash": "minhash", "semantic": "semdedup", "semdedup": "semdedup"}
     if method not in kinds:
         raise UsageError(f"unknown --method {method!r}", fix="use exact, minhash or semantic")
-    options = {"threshold": threshold, "ngram": ngram, "num_perm": num_perm, "normalize": normalize, "index": index or None, **_parse_sets(sets)}
-    spec = _single_stage(kinds[method], options, text_column, id_column, drop_null_text, seed, batch_size, input_format, storage)
-    _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler, against=against)
+    options = {
+        "threshold": threshold,
+        "ngram": ngram,
+        "num_perm": num_perm,
+        "normalize": normalize,
+        "index": index or None,
+        **_parse_sets(sets),
+    }
+    spec = _single_stage(
+        kinds[method], options, text_column, id_column, drop_null_text, seed, batch_size, input_format, storage
+    )
+    _run_spec(
+        spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler, against=against
+    )
 
 
 @app.command("index")
 def index_command(
     output: str = typer.Argument(..., help="Output directory (or URL) of a finished run."),
-    add: Optional[str] = typer.Option(None, "--add", help="A later output (run --against OUTPUT) whose index is merged into OUTPUT's."),
-    storage: Optional[List[str]] = StorageOpt,
+    add: str | None = typer.Option(
+        None, "--add", help="A later output (run --against OUTPUT) whose index is merged into OUTPUT's."
+    ),
+    storage: list[str] | None = StorageOpt,
     quiet: bool = QuietOpt,
-    jobs: Optional[int] = JobsOpt,
+    jobs: int | None = JobsOpt,
 ) -> None:
     """Build OUTPUT/index/ (reruns the recorded pipeline over its recorded input), or merge a later output's index into it."""
     from curate.commands.index import add_index, build_index
@@ -226,43 +321,59 @@ def index_command(
     from curate.pipeline import RunOptions
 
     options = _storage_options(storage)
-    with local_output(output, options, writes=True) as local, local_outputs([add] if add else [], options, wanted=lambda name: name.startswith(f"{INDEX_DIR}/")) as later:
-        built = add_index(local, later[0]) if add is not None else build_index(local, RunOptions(progress=_progress(quiet), jobs=jobs))
+    with (
+        local_output(output, options, writes=True) as local,
+        local_outputs([add] if add else [], options, wanted=lambda name: name.startswith(f"{INDEX_DIR}/")) as later,
+    ):
+        built = (
+            add_index(local, later[0])
+            if add is not None
+            else build_index(local, RunOptions(progress=_progress(quiet), jobs=jobs))
+        )
     if not quiet:
         for stored in built:
-            out_console.print(f"{stored.directory}: {stored.kind}, {stored.rows:,} rows, {stored.nbytes:,} bytes ({stored.nbytes / max(stored.rows, 1):.0f} per row)")
+            out_console.print(
+                f"{stored.directory}: {stored.kind}, {stored.rows:,} rows, {stored.nbytes:,} bytes ({stored.nbytes / max(stored.rows, 1):.0f} per row)"
+            )
 
 
 @app.command()
 def embed(
     input: str = InputOpt,
     output: str = OutputOpt,
-    input_format: Optional[str] = InputFormatOpt,
-    storage: Optional[List[str]] = StorageOpt,
-    model: Optional[str] = typer.Option(
-        None, "--model",
+    input_format: str | None = InputFormatOpt,
+    storage: list[str] | None = StorageOpt,
+    model: str | None = typer.Option(
+        None,
+        "--model",
         help="minilm | minilm-static | hashing | column:NAME. minilm-static (distilled from minilm, no transformer: "
         "over 100x faster on a CPU) is too weak for semantic dedup (it finds about half of minilm's duplicate pairs); "
         "use it for prototypes and pools.",
     ),
-    device: Optional[str] = typer.Option(None, "--device", help="minilm: auto (CUDA when torch sees a GPU) | cpu | cuda | cuda:N."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="minilm: torch | onnx (ONNX Runtime on the CPU, faster)."),
-    sets: Optional[List[str]] = SetOpt,
+    device: str | None = typer.Option(
+        None, "--device", help="minilm: auto (CUDA when torch sees a GPU) | cpu | cuda | cuda:N."
+    ),
+    backend: str | None = typer.Option(
+        None, "--backend", help="minilm: torch | onnx (ONNX Runtime on the CPU, faster)."
+    ),
+    sets: list[str] | None = SetOpt,
     resume: bool = ResumeOpt,
     overwrite: bool = OverwriteOpt,
-    text_column: Optional[str] = TextColumnOpt,
-    id_column: Optional[str] = IdColumnOpt,
+    text_column: str | None = TextColumnOpt,
+    id_column: str | None = IdColumnOpt,
     drop_null_text: bool = DropNullOpt,
-    seed: Optional[int] = SeedOpt,
-    batch_size: Optional[int] = BatchOpt,
+    seed: int | None = SeedOpt,
+    batch_size: int | None = BatchOpt,
     quiet: bool = QuietOpt,
-    jobs: Optional[int] = JobsOpt,
-    workers: Optional[int] = WorkersOpt,
-    scheduler: Optional[str] = SchedulerOpt,
+    jobs: int | None = JobsOpt,
+    workers: int | None = WorkersOpt,
+    scheduler: str | None = SchedulerOpt,
 ) -> None:
     """Embed every text into OUT/embeddings (L2-normalized float32)."""
     options = {"model": model, "device": device, "backend": backend, **_parse_sets(sets)}
-    spec = _single_stage("embed", options, text_column, id_column, drop_null_text, seed, batch_size, input_format, storage)
+    spec = _single_stage(
+        "embed", options, text_column, id_column, drop_null_text, seed, batch_size, input_format, storage
+    )
     _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler)
 
 
@@ -270,24 +381,26 @@ def embed(
 def score(
     input: str = InputOpt,
     output: str = OutputOpt,
-    input_format: Optional[str] = InputFormatOpt,
-    storage: Optional[List[str]] = StorageOpt,
+    input_format: str | None = InputFormatOpt,
+    storage: list[str] | None = StorageOpt,
     metric: str = typer.Option("prototypes", "--metric", help="prototypes | loss"),
-    keep: Optional[str] = typer.Option(None, "--keep", help="hard | easy | auto"),
-    fraction: Optional[float] = typer.Option(None, "--fraction", help="Fraction of rows to keep."),
-    clusters: Optional[int] = typer.Option(None, "--clusters", help="k-means clusters (prototypes) or loss clusters (loss)."),
-    sets: Optional[List[str]] = SetOpt,
+    keep: str | None = typer.Option(None, "--keep", help="hard | easy | auto"),
+    fraction: float | None = typer.Option(None, "--fraction", help="Fraction of rows to keep."),
+    clusters: int | None = typer.Option(
+        None, "--clusters", help="k-means clusters (prototypes) or loss clusters (loss)."
+    ),
+    sets: list[str] | None = SetOpt,
     resume: bool = ResumeOpt,
     overwrite: bool = OverwriteOpt,
-    text_column: Optional[str] = TextColumnOpt,
-    id_column: Optional[str] = IdColumnOpt,
+    text_column: str | None = TextColumnOpt,
+    id_column: str | None = IdColumnOpt,
     drop_null_text: bool = DropNullOpt,
-    seed: Optional[int] = SeedOpt,
-    batch_size: Optional[int] = BatchOpt,
+    seed: int | None = SeedOpt,
+    batch_size: int | None = BatchOpt,
     quiet: bool = QuietOpt,
-    jobs: Optional[int] = JobsOpt,
-    workers: Optional[int] = WorkersOpt,
-    scheduler: Optional[str] = SchedulerOpt,
+    jobs: int | None = JobsOpt,
+    workers: int | None = WorkersOpt,
+    scheduler: str | None = SchedulerOpt,
 ) -> None:
     """Score difficulty (prototype distance or loss clusters) and optionally prune by it."""
     kinds = {"prototypes": "prototypes", "loss": "loss_clusters"}
@@ -295,7 +408,9 @@ def score(
         raise UsageError(f"unknown --metric {metric!r}", fix="use prototypes or loss")
     cluster_option = "clusters" if metric == "prototypes" else "groups"  # SeTa calls its loss clusters groups
     options = {"keep": keep, "fraction": fraction, cluster_option: clusters, **_parse_sets(sets)}
-    spec = _single_stage(kinds[metric], options, text_column, id_column, drop_null_text, seed, batch_size, input_format, storage)
+    spec = _single_stage(
+        kinds[metric], options, text_column, id_column, drop_null_text, seed, batch_size, input_format, storage
+    )
     _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler)
 
 
@@ -303,28 +418,43 @@ def score(
 def pools(
     input: str = InputOpt,
     output: str = OutputOpt,
-    input_format: Optional[str] = InputFormatOpt,
-    storage: Optional[List[str]] = StorageOpt,
+    input_format: str | None = InputFormatOpt,
+    storage: list[str] | None = StorageOpt,
     score_column: str = typer.Option(..., "--score", help="Score column to bucket."),
     pools: int = typer.Option(4, "--pools", help="Number of quality pools."),
-    sets: Optional[List[str]] = SetOpt,
+    sets: list[str] | None = SetOpt,
     resume: bool = ResumeOpt,
     overwrite: bool = OverwriteOpt,
-    text_column: Optional[str] = TextColumnOpt,
-    id_column: Optional[str] = IdColumnOpt,
+    text_column: str | None = TextColumnOpt,
+    id_column: str | None = IdColumnOpt,
     quiet: bool = QuietOpt,
-    jobs: Optional[int] = JobsOpt,
-    workers: Optional[int] = WorkersOpt,
-    scheduler: Optional[str] = SchedulerOpt,
+    jobs: int | None = JobsOpt,
+    workers: int | None = WorkersOpt,
+    scheduler: str | None = SchedulerOpt,
 ) -> None:
     """Split rows into K quantile pools of a score column (pool 0 best)."""
-    spec = _single_stage("pools", {"score": score_column, "pools": pools, **_parse_sets(sets)}, text_column, id_column, False, None, None, input_format, storage)
+    spec = _single_stage(
+        "pools",
+        {"score": score_column, "pools": pools, **_parse_sets(sets)},
+        text_column,
+        id_column,
+        False,
+        None,
+        None,
+        input_format,
+        storage,
+    )
     _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler)
 
 
 @app.command()
 def demo(
-    output: Path = typer.Option(Path("curate-demo-out"), "-o", "--output", help="Output directory (replaced if it is an earlier curate output)."),
+    output: Path = typer.Option(
+        Path("curate-demo-out"),
+        "-o",
+        "--output",
+        help="Output directory (replaced if it is an earlier curate output).",
+    ),
     quiet: bool = QuietOpt,
 ) -> None:
     """Run the quickstart pipeline on the bundled demo corpus."""
@@ -332,7 +462,9 @@ def demo(
 
     result = run_demo(output, progress=_progress(quiet))
     _print_run_summary(str(result.output), quiet)
-    out_console.print(f"demo corpus: {result.manifest['input']['rows']:,} rows -> kept {result.kept_rows:,}, removed {result.removed_rows:,}")
+    out_console.print(
+        f"demo corpus: {result.manifest['input']['rows']:,} rows -> kept {result.kept_rows:,}, removed {result.removed_rows:,}"
+    )
 
 
 @app.command()
@@ -340,8 +472,14 @@ def fit(
     runs: Path = typer.Argument(..., help="RUNS.csv: pool, pool_size, samples_seen, loss (one row per run)."),
     output: Path = typer.Option(..., "-o", "--output", help="LAW.json to write."),
     irreducible: float = typer.Option(0.0, "--irreducible", help="Fixed irreducible loss d >= 0 (not fitted)."),
-    repetition: str = typer.Option("goyal", "--repetition", help="goyal (half-life per pool) | muennighoff (effective data)."),
-    default_tau: Optional[float] = typer.Option(None, "--default-tau", help="Repetition parameter for pools never run past one pass (default: median of the others)."),
+    repetition: str = typer.Option(
+        "goyal", "--repetition", help="goyal (half-life per pool) | muennighoff (effective data)."
+    ),
+    default_tau: float | None = typer.Option(
+        None,
+        "--default-tau",
+        help="Repetition parameter for pools never run past one pass (default: median of the others).",
+    ),
 ) -> None:
     """Fit per-pool scaling-law parameters (utility b, repetition half-life tau, shared a)."""
     from curate.scaling import save_law
@@ -356,12 +494,18 @@ def fit(
     result = fit_law(read_runs(runs), REPETITION_NAMES[repetition], irreducible, default_tau)
     save_law(output, result.law)
     law = result.law
-    table = Table(title=f"{law.model}: a = {law.a:.4g}, rmse(log loss) = {law.fit['rmse_log']:.4f} over {law.fit['runs']} runs")
+    table = Table(
+        title=f"{law.model}: a = {law.a:.4g}, rmse(log loss) = {law.fit['rmse_log']:.4f} over {law.fit['runs']} runs"
+    )
     for column in ("pool", "size", "b", "tau" if law.model == "goyal2024" else "R*", "max epochs", "rmse(log)"):
         table.add_column(column, justify="left" if column == "pool" else "right")
     for label, rmse in law.fit["rmse_log_per_pool"].items():
         pool = next((p for p in law.pools if p.name == label), None)
-        b, tau = (f"{pool.b:.4f}", f"{pool.tau:.3g}" + ("" if pool.tau_identified else " (default)")) if pool else ("mix", "")
+        b, tau = (
+            (f"{pool.b:.4f}", f"{pool.tau:.3g}" + ("" if pool.tau_identified else " (default)"))
+            if pool
+            else ("mix", "")
+        )
         size = pool.size if pool else next(o["pool_size"] for o in law.fit["observations"] if o["pool"] == label)
         table.add_row(label, f"{size:,.0f}", b, tau, f"{law.fit['max_epochs_per_pool'][label]:.3g}", f"{rmse:.4f}")
     out_console.print(table)
@@ -374,28 +518,37 @@ def fit(
 def allocate(
     law_path: Path = typer.Argument(..., metavar="LAW.json", help="A fitted law (curate fit)."),
     output: Path = typer.Option(..., "-o", "--output", help="MIX.json to write."),
-    budget: Optional[float] = typer.Option(None, "--budget", help="Training budget in samples seen."),
-    budgets: Optional[str] = typer.Option(None, "--budgets", help="C1,C2,... or START:STOP:COUNT (log range)."),
-    pool_sizes: Optional[str] = typer.Option(None, "--pool-sizes", help="Unique samples per pool, best first (plan for the full corpus)."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Also write report.html, report.json and plots/ here."),
+    budget: float | None = typer.Option(None, "--budget", help="Training budget in samples seen."),
+    budgets: str | None = typer.Option(None, "--budgets", help="C1,C2,... or START:STOP:COUNT (log range)."),
+    pool_sizes: str | None = typer.Option(
+        None, "--pool-sizes", help="Unique samples per pool, best first (plan for the full corpus)."
+    ),
+    report: Path | None = typer.Option(None, "--report", help="Also write report.html, report.json and plots/ here."),
 ) -> None:
     """Choose the quality prefix (pools 0..j-1) and epochs with the lowest predicted loss per budget."""
     from curate.scaling import load_law, save_json
     from curate.scaling.allocate import parse_budgets, plan
 
     if (budget is None) == (budgets is None):
-        raise UsageError("give exactly one of --budget C or --budgets LIST|RANGE", fix="e.g. --budget 1e7 or --budgets 1e4:1e9:20")
+        raise UsageError(
+            "give exactly one of --budget C or --budgets LIST|RANGE", fix="e.g. --budget 1e7 or --budgets 1e4:1e9:20"
+        )
     chosen = parse_budgets(str(budget) if budget is not None else budgets)
     law = load_law(law_path)
     if pool_sizes is not None:
         sizes = _positive_list(pool_sizes, "--pool-sizes")
         if len(sizes) != len(law.pools):
-            raise UsageError(f"--pool-sizes has {len(sizes)} values, the law has {len(law.pools)} pools", fix="one size per pool, best first, comma-separated")
+            raise UsageError(
+                f"--pool-sizes has {len(sizes)} values, the law has {len(law.pools)} pools",
+                fix="one size per pool, best first, comma-separated",
+            )
         law = law.with_sizes(sizes)
     mix = plan(law, chosen)
     save_json(output, mix)
     for entry in mix.get("mixes", [mix]):
-        out_console.print(f"budget {entry['budget']:.3g}: pools {'+'.join(entry['pools'])} ({entry['unique']:,} unique, {entry['epochs']:.3g} epochs), predicted loss {entry['predicted_loss']:.4g}")
+        out_console.print(
+            f"budget {entry['budget']:.3g}: pools {'+'.join(entry['pools'])} ({entry['unique']:,} unique, {entry['epochs']:.3g} epochs), predicted loss {entry['predicted_loss']:.4g}"
+        )
     for switch in mix["switches"]:
         out_console.print(f"switch at {switch['budget']:.3g}: {'+'.join(switch['from'])} -> {'+'.join(switch['to'])}")
     out_console.print(f"mix: {output}")
@@ -411,17 +564,22 @@ def _positive_list(text: str, option: str) -> list[float]:
     except ValueError:
         values = []
     if not values or not all(v > 0 for v in values):
-        raise UsageError(f"{option} {text!r} is not a comma-separated list of positive numbers", fix=f"e.g. {option} 1000000,2000000")
+        raise UsageError(
+            f"{option} {text!r} is not a comma-separated list of positive numbers",
+            fix=f"e.g. {option} 1000000,2000000",
+        )
     return values
 
 
 @app.command("report")
 def report_command(
     output: str = typer.Argument(..., help="Output directory (or URL) of a finished run."),
-    law_path: Optional[Path] = typer.Option(None, "--law", help="Use this fitted law instead of the run's [report] settings."),
-    budgets: Optional[str] = typer.Option(None, "--budgets", help="C1,C2,... or START:STOP:COUNT (log range)."),
+    law_path: Path | None = typer.Option(
+        None, "--law", help="Use this fitted law instead of the run's [report] settings."
+    ),
+    budgets: str | None = typer.Option(None, "--budgets", help="C1,C2,... or START:STOP:COUNT (log range)."),
     rerun: bool = typer.Option(False, "--rerun", help="Redo the proxy trainings even if scaling/runs.csv exists."),
-    storage: Optional[List[str]] = StorageOpt,
+    storage: list[str] | None = StorageOpt,
     quiet: bool = QuietOpt,
 ) -> None:
     """(Re)build report.html, report.json and plots/ from an output directory."""
@@ -444,7 +602,7 @@ def report_command(
 @app.command()
 def verify(
     output: str = typer.Argument(..., help="Output directory (or URL) of a finished run."),
-    storage: Optional[List[str]] = StorageOpt,
+    storage: list[str] | None = StorageOpt,
 ) -> None:
     """Check that every input id is exactly once in kept/ or removed/."""
     from curate.commands.inspect import verify_output
@@ -454,9 +612,15 @@ def verify(
     with local_output(output, options) as local:
         report = verify_output(local, options)
     if report.ok:
-        out_console.print(f"ok: {report.input_rows:,} input rows = {report.kept_rows:,} kept + {report.removed_rows:,} removed")
+        out_console.print(
+            f"ok: {report.input_rows:,} input rows = {report.kept_rows:,} kept + {report.removed_rows:,} removed"
+        )
         return
-    for label, ids in (("missing", report.missing), ("in kept and removed, or twice", report.duplicated), ("not in the input", report.unknown)):
+    for label, ids in (
+        ("missing", report.missing),
+        ("in kept and removed, or twice", report.duplicated),
+        ("not in the input", report.unknown),
+    ):
         if ids:
             err_console.print(f"{label}: {', '.join(ids)}")
     for problem in report.problems:
@@ -467,7 +631,7 @@ def verify(
 @app.command()
 def inspect(
     output: str = typer.Argument(..., help="Output directory (or URL) of a finished run."),
-    storage: Optional[List[str]] = StorageOpt,
+    storage: list[str] | None = StorageOpt,
 ) -> None:
     """Rows in and out per stage, removal reasons, pools and sizes."""
     from curate.output.read import directory_bytes, pool_counts, stage_summaries
@@ -488,9 +652,16 @@ def inspect(
 def export_command(
     output: str = typer.Argument(..., help="Output directory (or URL) of a finished run."),
     format: str = typer.Option("jsonl", "--format", help="jsonl (kept/ itself is Parquet)."),
-    target: Optional[Path] = typer.Option(None, "-o", "--output", help="A directory (one file per kept part; default OUT/kept-jsonl) or a file ending in .jsonl, .jsonl.gz or .jsonl.zst (all rows)."),
-    compression: Optional[str] = typer.Option(None, "--compression", help="gzip | zstd | none (default: from a file name, else none)."),
-    storage: Optional[List[str]] = StorageOpt,
+    target: Path | None = typer.Option(
+        None,
+        "-o",
+        "--output",
+        help="A directory (one file per kept part; default OUT/kept-jsonl) or a file ending in .jsonl, .jsonl.gz or .jsonl.zst (all rows).",
+    ),
+    compression: str | None = typer.Option(
+        None, "--compression", help="gzip | zstd | none (default: from a file name, else none)."
+    ),
+    storage: list[str] | None = StorageOpt,
 ) -> None:
     """Write the kept rows of a finished output as JSON Lines."""
     from curate.commands.export import export_jsonl
@@ -499,10 +670,15 @@ def export_command(
     if format != "jsonl":
         raise UsageError(f"unknown --format {format!r}", fix="use --format jsonl; kept/ already is Parquet")
     # A URL output with no -o gets OUT/kept-jsonl/ committed back to the store.
-    with local_output(output, _storage_options(storage), writes=target is None, wanted=lambda name: name.startswith("kept/")) as local:
+    with local_output(
+        output, _storage_options(storage), writes=target is None, wanted=lambda name: name.startswith("kept/")
+    ) as local:
         result = export_jsonl(local, target, compression)
         shown = _where(Path(result.target), local, output) if target is None else result.target
-    out_console.print(f"exported {result.rows:,} kept rows to {shown} ({len(result.files)} file{'s' if len(result.files) != 1 else ''})", soft_wrap=True)
+    out_console.print(
+        f"exported {result.rows:,} kept rows to {shown} ({len(result.files)} file{'s' if len(result.files) != 1 else ''})",
+        soft_wrap=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -512,13 +688,21 @@ def export_command(
 @app.command()
 def evaluate(
     output: str = typer.Argument(..., help="Output directory (or URL) of a finished run."),
-    label_column: str = typer.Option(..., "--label-column", help="Label column the proxy classifier learns (e.g. section)."),
-    score: Optional[List[str]] = typer.Option(None, "--score", help="Numeric score column to check against random (repeatable); pools are its quantiles."),
+    label_column: str = typer.Option(
+        ..., "--label-column", help="Label column the proxy classifier learns (e.g. section)."
+    ),
+    score: list[str] | None = typer.Option(
+        None, "--score", help="Numeric score column to check against random (repeatable); pools are its quantiles."
+    ),
     direction: str = typer.Option("auto", "--direction", help="auto | higher | lower: which score values are better."),
-    budgets: Optional[str] = typer.Option(None, "--budgets", help="Budgets (samples seen): C1,C2,... or START:STOP:COUNT."),
-    seeds: Optional[int] = typer.Option(None, "--seeds", help="Proxy seeds per run (2+: the uncertainty is the spread across seeds)."),
+    budgets: str | None = typer.Option(
+        None, "--budgets", help="Budgets (samples seen): C1,C2,... or START:STOP:COUNT."
+    ),
+    seeds: int | None = typer.Option(
+        None, "--seeds", help="Proxy seeds per run (2+: the uncertainty is the spread across seeds)."
+    ),
     rerun: bool = typer.Option(False, "--rerun", help="Retrain the proxy runs instead of reusing cached ones."),
-    storage: Optional[List[str]] = StorageOpt,
+    storage: list[str] | None = StorageOpt,
     quiet: bool = QuietOpt,
 ) -> None:
     """Check the run's pools and any score column against random data of the same size (proxy trainings); writes the report."""
@@ -536,7 +720,16 @@ def evaluate(
     from curate.output.store import local_output
 
     with local_output(output, _storage_options(storage), writes=True) as local:
-        path = evaluate_output(local, label_column, score or [], direction=direction, budgets=parsed, seeds=seeds, rerun=rerun, progress=_progress(quiet))
+        path = evaluate_output(
+            local,
+            label_column,
+            score or [],
+            direction=direction,
+            budgets=parsed,
+            seeds=seeds,
+            rerun=rerun,
+            progress=_progress(quiet),
+        )
         shown = _where(path, local, output)
     out_console.print(f"report: {shown}", soft_wrap=True)
 
@@ -546,7 +739,7 @@ def _is_click_error(exc: BaseException) -> bool:
     return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line and exit 2; bugs exit 1."""
     tune_allocator()  # every command's array work (index, evaluate, report) gains from it
     try:

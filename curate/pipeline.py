@@ -19,7 +19,16 @@ from curate.engine.progress import Progress
 from curate.engine.runner import RunOptions, RunResult, run_stage
 from curate.engine.spec import PipelineSpec, StageSpec, load_pipeline, parse_pipeline
 
-__all__ = ["PipelineSpec", "RunOptions", "RunResult", "StageSpec", "load_pipeline", "parse_pipeline", "run_pipeline", "run_stage"]
+__all__ = [
+    "PipelineSpec",
+    "RunOptions",
+    "RunResult",
+    "StageSpec",
+    "load_pipeline",
+    "parse_pipeline",
+    "run_pipeline",
+    "run_stage",
+]
 
 
 def build_report(out: Path, progress: Progress) -> Path:
@@ -29,7 +38,9 @@ def build_report(out: Path, progress: Progress) -> Path:
     return build_pipeline_report(out, progress=progress)
 
 
-def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions = RunOptions()) -> RunResult:
+def run_pipeline(
+    spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions = RunOptions()
+) -> RunResult:
     """Run the pipeline over the input into `output` (a directory or an object-store URL); a
     pipeline with a `[report]` table ends with its report."""
     if options.build_report is None:

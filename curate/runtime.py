@@ -22,8 +22,8 @@ from __future__ import annotations
 import contextvars
 import ctypes
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -61,12 +61,14 @@ def tune_allocator() -> bool:
 # Environment variables that cap the thread pools of the native libraries a task may use.
 _SLOT_VAR = "CURATE_WORKER_SLOT"
 
+
 def cpu_count() -> int:
     """Cores this process may use (the affinity mask, which containers and taskset narrow)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
 
 def worker_slot() -> int | None:
     """This worker's number in the run (0, 1, ...), None outside a worker: a local worker's

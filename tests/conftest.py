@@ -33,7 +33,9 @@ def random_texts(n: int, seed: int = 0, dup_rate: float = 0.2, min_words: int = 
     return texts
 
 
-def write_shards(directory: Path, texts: Sequence[str], shards: int = 3, ids: Sequence[str] | None = None, extra: dict | None = None) -> Path:
+def write_shards(
+    directory: Path, texts: Sequence[str], shards: int = 3, ids: Sequence[str] | None = None, extra: dict | None = None
+) -> Path:
     """Split texts into `shards` files in order; ids default to 'doc-<i>'."""
     directory.mkdir(parents=True, exist_ok=True)
     ids = list(ids) if ids is not None else [f"doc-{i:06d}" for i in range(len(texts))]
@@ -108,6 +110,7 @@ def stop_server(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
 
 BUCKET = "curate-test"
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from curate.commands.inspect import verify_output
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.io.parts import read_parts
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 _CLUSTERS: dict[int, object] = {}
 SIDE_OUTPUTS = ("prototypes/centroids.npy", "seta_schedule.json")
@@ -35,7 +35,9 @@ def dask_executors():
         _CLUSTERS.popitem()[1].close()
 
 
-def run_on_every_executor(tmp_path: Path, stages: list[dict], source: Path, executors: dict, *, unit_rows: int = 150, **top) -> dict[str, Path]:
+def run_on_every_executor(
+    tmp_path: Path, stages: list[dict], source: Path, executors: dict, *, unit_rows: int = 150, **top
+) -> dict[str, Path]:
     """The pipeline's output directory for each executor and unit size."""
     spec = parse_pipeline({"stage": stages, **top}, "test")
     runs = {
@@ -67,7 +69,9 @@ def assert_same_everywhere(outputs: dict[str, Path]) -> dict:
         for side in SIDE_OUTPUTS:
             if (first / side).exists() or (out / side).exists():
                 if side.endswith(".npy"):
-                    assert np.array_equal(np.load(first / side), np.load(out / side)), f"{side}: {first_name} vs {name}"
+                    assert np.array_equal(np.load(first / side), np.load(out / side)), (
+                        f"{side}: {first_name} vs {name}"
+                    )
                 else:
                     assert (first / side).read_bytes() == (out / side).read_bytes(), f"{side}: {first_name} vs {name}"
         other = json.loads((out / "manifest.json").read_text())

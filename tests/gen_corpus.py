@@ -41,7 +41,9 @@ def make_texts(rows: int, seed: int, dup_rate: float = 0.3) -> list[str]:
     return texts
 
 
-def write_corpus(directory: Path, rows_per_shard: list[int], seed: int = 0, dup_rate: float = 0.3, with_ids: bool = True) -> Path:
+def write_corpus(
+    directory: Path, rows_per_shard: list[int], seed: int = 0, dup_rate: float = 0.3, with_ids: bool = True
+) -> Path:
     """Shards `shard-NN.parquet` with id (unique across shards), text and a passthrough column."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -90,7 +90,15 @@ def _start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Pop
     # a missing PYTHONPATH entry.
     with open(log, "wb") as out:
         # A session of its own: os.killpg reaches the process and anything it spawned.
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent, start_new_session=True)
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=log.parent,
+            start_new_session=True,
+        )
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
@@ -135,7 +143,9 @@ def _wait_for_workers(address: str, workers: int, procs: list[subprocess.Popen],
             left = deadline - time.monotonic()
             if left <= 0:
                 joined = len(client.scheduler_info().get("workers", {}))
-                raise RuntimeError(f"only {joined} of {workers} Dask workers joined within {WORKERS_TIMEOUT:g} s\n{_logs(logs)}")
+                raise RuntimeError(
+                    f"only {joined} of {workers} Dask workers joined within {WORKERS_TIMEOUT:g} s\n{_logs(logs)}"
+                )
             try:
                 client.wait_for_workers(workers, timeout=min(1.0, left))
                 return
@@ -153,7 +163,14 @@ def worker_environment(env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 @contextmanager
-def isolated_cluster(hidden: Path, workers: int = 2, env: dict[str, str] | None = None, *, nanny: bool = False, log_dir: Path | None = None) -> Iterator[str]:
+def isolated_cluster(
+    hidden: Path,
+    workers: int = 2,
+    env: dict[str, str] | None = None,
+    *,
+    nanny: bool = False,
+    log_dir: Path | None = None,
+) -> Iterator[str]:
     """A scheduler and `workers` one-thread workers on 127.0.0.1; each worker sees its own empty
     tmpfs at `hidden` (created here if missing). Yields the scheduler address tcp://127.0.0.1:PORT.
 
@@ -163,7 +180,9 @@ def isolated_cluster(hidden: Path, workers: int = 2, env: dict[str, str] | None 
     """
     prefix = _isolating_prefix()
     if prefix is None:
-        raise RuntimeError("cannot isolate workers here: 'unshare --mount' with a tmpfs mount is not permitted (guard tests with can_isolate())")
+        raise RuntimeError(
+            "cannot isolate workers here: 'unshare --mount' with a tmpfs mount is not permitted (guard tests with can_isolate())"
+        )
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     hidden = Path(hidden).resolve()
@@ -172,7 +191,9 @@ def isolated_cluster(hidden: Path, workers: int = 2, env: dict[str, str] | None 
     logs_root = Path(tempfile.mkdtemp(prefix="isolated-cluster-")) if own_logs else Path(log_dir)
     logs_root.mkdir(parents=True, exist_ok=True)
     if logs_root.resolve().is_relative_to(hidden):
-        raise ValueError(f"log_dir {logs_root} is under the hidden directory {hidden}: workers would not see their own logs")
+        raise ValueError(
+            f"log_dir {logs_root} is under the hidden directory {hidden}: workers would not see their own logs"
+        )
     python = sys.executable
     guard = _pdeathsig_prefix()
     scheduler_log = logs_root / "scheduler.log"
@@ -181,7 +202,19 @@ def isolated_cluster(hidden: Path, workers: int = 2, env: dict[str, str] | None 
     processes: list[subprocess.Popen] = []
     try:
         scheduler = _start(
-            [*guard, python, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+            [
+                *guard,
+                python,
+                "-m",
+                "distributed.cli.dask_scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
             scheduler_log,
             worker_environment(),
         )
@@ -197,7 +230,9 @@ def isolated_cluster(hidden: Path, workers: int = 2, env: dict[str, str] | None 
                 "--nanny" if nanny else "--no-nanny", "--name", f"isolated-{i}",
                 "--local-directory", str(scratch), "--death-timeout", "30",
             ]  # fmt: skip
-            proc = _start([*guard, *prefix, "sh", "-c", _MOUNT_AND_EXEC, "sh", str(hidden), *command], worker_logs[i], worker_env)
+            proc = _start(
+                [*guard, *prefix, "sh", "-c", _MOUNT_AND_EXEC, "sh", str(hidden), *command], worker_logs[i], worker_env
+            )
             processes.append(proc)
             worker_procs.append(proc)
         _wait_for_workers(address, workers, worker_procs, [scheduler_log, *worker_logs])

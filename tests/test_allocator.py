@@ -12,7 +12,9 @@ import pytest
 
 from curate.engine.executors import LocalExecutor
 
-glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+glibc = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's"
+)
 
 
 def _tuned_here(_: int) -> bool:
@@ -23,7 +25,9 @@ def _tuned_here(_: int) -> bool:
 
 def _run(code: str, **env: str) -> str:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    result = subprocess.run([sys.executable, "-c", code], env={**environ, **env}, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={**environ, **env}, capture_output=True, text=True, check=True
+    )
     return result.stdout.strip()
 
 
@@ -49,8 +53,8 @@ def test_cli_tunes_the_driver(tmp_path):
 @glibc
 def test_a_local_dask_cluster_starts_its_workers_with_the_thresholds():
     pytest.importorskip("distributed")
-    from curate.runtime import allocator_environment
     from curate.engine.executors import DaskExecutor
+    from curate.runtime import allocator_environment
 
     with DaskExecutor.local(1) as executor:
         seen = executor.client.run(lambda: {k: os.environ.get(k) for k in allocator_environment()})

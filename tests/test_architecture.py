@@ -91,9 +91,13 @@ def test_lower_layers_never_import_higher_ones():
 
 def test_writes_and_models_know_nothing_of_the_layers_above():
     graph = import_graph()
-    assert not graph.has_edge("curate.io.atomic", "curate.io.mirror"), "the mirror registers a hook; atomic writes do not call it"
+    assert not graph.has_edge("curate.io.atomic", "curate.io.mirror"), (
+        "the mirror registers a hook; atomic writes do not call it"
+    )
     assert not graph.has_edge("curate.io.storage", "curate.io.mirror")
-    engine_or_report = [b for a, b in graph.edges if top(a) == "embeddings" and top(b) in {"engine", "report", "commands"}]
+    engine_or_report = [
+        b for a, b in graph.edges if top(a) == "embeddings" and top(b) in {"engine", "report", "commands"}
+    ]
     assert not engine_or_report, engine_or_report
     reports = [b for a, b in graph.edges if top(a) == "engine" and top(b) == "report" and b != "curate.report.config"]
     assert not reports, f"the engine builds no report (curate.pipeline passes the builder): {reports}"
@@ -105,7 +109,11 @@ def test_no_run_state_in_module_globals():
     from curate.io import mirror
 
     for module in (mirror, origin):
-        state = [n for n, v in vars(module).items() if n.isupper() and isinstance(v, (dict, list, set)) and not n.startswith("__")]
+        state = [
+            n
+            for n, v in vars(module).items()
+            if n.isupper() and isinstance(v, (dict, list, set)) and not n.startswith("__")
+        ]
         assert not state, f"{module.__name__} keeps run state in {state}"
 
 
@@ -121,7 +129,11 @@ def test_two_runs_in_one_process_keep_their_own_mirror(tmp_path):
     def run(name: str, other: str) -> None:
         with mirror.activated(mirror.Mirror(str(tmp_path / name), f"s3://bucket/{name}")):
             barrier.wait()  # both mirrors active at once
-            seen[name] = (mirror.relative(tmp_path / name / "kept"), mirror.relative(tmp_path / other / "kept"), mirror.active().url)
+            seen[name] = (
+                mirror.relative(tmp_path / name / "kept"),
+                mirror.relative(tmp_path / other / "kept"),
+                mirror.active().url,
+            )
             barrier.wait()
 
     threads = [threading.Thread(target=run, args=pair) for pair in (("a", "b"), ("b", "a"))]

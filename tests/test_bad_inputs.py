@@ -12,14 +12,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import cli
 
 from curate.commands.inspect import verify_output
 from curate.io.parts import list_parts
-from conftest import cli
 
 EXACT = '[[stage]]\nkind = "exact"\nnormalize = true\n'
-
-
 
 
 def read_dir(directory: Path) -> pa.Table:
@@ -47,7 +45,9 @@ def env(tmp_path):
 def run(env, capsys, inputs: Path | str, *extra: str, pipeline: Path | None = None) -> tuple[int, str, Path]:
     root, default_pipeline = env
     out = root / "out"
-    code, err = cli(["run", str(pipeline or default_pipeline), "-i", str(inputs), "-o", str(out), "--quiet", *extra], capsys)
+    code, err = cli(
+        ["run", str(pipeline or default_pipeline), "-i", str(inputs), "-o", str(out), "--quiet", *extra], capsys
+    )
     return code, err, out
 
 
@@ -224,7 +224,10 @@ def test_invalid_utf8_in_the_text_column(env, capsys):
 def test_non_utf8_bytes_in_a_binary_passthrough_column_pass_untouched(env, capsys):
     root, _ = env
     blobs = [b"\xff\xfe\x00raw", b"\x80\x81", b"", None]
-    write(root / "in" / "a.parquet", shard(["a", "b", "c", "d"], ["t one", "t two", "t one", "t three"], blob=pa.array(blobs, pa.binary())))
+    write(
+        root / "in" / "a.parquet",
+        shard(["a", "b", "c", "d"], ["t one", "t two", "t one", "t three"], blob=pa.array(blobs, pa.binary())),
+    )
     code, err, out = run(env, capsys, root / "in")
     kept = assert_conserved(code, err, out)
     assert kept.column("blob").to_pylist() == [b"\xff\xfe\x00raw", b"\x80\x81", None]
@@ -254,7 +257,10 @@ def test_null_ids(env, capsys):
 
 def test_integer_ids_become_string_ledger_ids(env, capsys):
     root, _ = env
-    write(root / "in" / "a.parquet", pa.table({"id": pa.array([10, 20, 30], pa.int64()), "text": ["same", "other", "same"]}))
+    write(
+        root / "in" / "a.parquet",
+        pa.table({"id": pa.array([10, 20, 30], pa.int64()), "text": ["same", "other", "same"]}),
+    )
     code, err, out = run(env, capsys, root / "in")
     kept = assert_conserved(code, err, out)
     assert kept.column("id").to_pylist() == [10, 20]
@@ -279,8 +285,12 @@ def test_only_zero_row_shards(env, capsys):
 
 def test_dictionary_and_large_string_texts_are_read_as_text(env, capsys):
     root, _ = env
-    write(root / "in" / "a.parquet", pa.table({"id": ["a", "b"], "text": pa.array(["same", "same"]).dictionary_encode()}))
-    write(root / "in" / "b.parquet", pa.table({"id": ["c", "d"], "text": pa.array(["same", "new"], pa.large_string())}))
+    write(
+        root / "in" / "a.parquet", pa.table({"id": ["a", "b"], "text": pa.array(["same", "same"]).dictionary_encode()})
+    )
+    write(
+        root / "in" / "b.parquet", pa.table({"id": ["c", "d"], "text": pa.array(["same", "new"], pa.large_string())})
+    )
     code, err, out = run(env, capsys, root / "in")
     assert assert_conserved(code, err, out).column("id").to_pylist() == ["a", "d"]
 
@@ -340,12 +350,21 @@ def test_glob_matching_nothing(env, capsys):
         ('[[stage]]\nkind = "no_such_stage"\n', "unknown stage kind 'no_such_stage'"),
         ('[[stage]]\nkind = "exact"\nnormalise = true\n', "no option 'normalise'"),
         ('[[stage]]\nkind = "exact"\nnormalize = "yes"\n', "must be a bool"),
-        ('[[stage]]\nnormalize = true\n', "has no kind"),
-        ('stages = 3\n', "unknown top-level key"),
+        ("[[stage]]\nnormalize = true\n", "has no kind"),
+        ("stages = 3\n", "unknown top-level key"),
         ('batch_size = 0\n[[stage]]\nkind = "exact"\n', "batch_size"),
         ('[input]\ntext = "body"\n', "unknown [input] key"),
     ],
-    ids=["malformed", "unknown-kind", "unknown-option", "option-type", "no-kind", "top-key", "batch-size", "input-key"],
+    ids=[
+        "malformed",
+        "unknown-kind",
+        "unknown-option",
+        "option-type",
+        "no-kind",
+        "top-key",
+        "batch-size",
+        "input-key",
+    ],
 )
 def test_bad_pipeline_files(env, capsys, text, needle):
     root, _ = env
@@ -380,5 +399,7 @@ def test_resume_after_the_input_changed(env, capsys):
     assert code == 0, err
     write(path, shard(["a", "b"], ["x text", "y text"]))
     os.utime(path)
-    code, err = cli(["run", str(root / "pipeline.toml"), "-i", str(root / "in"), "-o", str(out), "--quiet", "--resume"], capsys)
+    code, err = cli(
+        ["run", str(root / "pipeline.toml"), "-i", str(root / "in"), "-o", str(out), "--quiet", "--resume"], capsys
+    )
     assert code == 2 and "input files changed" in err and "Traceback" not in err

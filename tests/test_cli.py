@@ -7,11 +7,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from curate.io.parts import list_parts, read_parts
-
 from conftest import random_texts, run_cli, write_shards
 
+from curate.io.parts import list_parts, read_parts
 
 
 def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, list[str], str]]:
@@ -74,7 +72,9 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, list[str], str]]:
 def test_bad_input_is_exit_2_with_one_line_and_no_kept_output(tmp_path, capsys, case):
     source, extra, needle = _bad_inputs(tmp_path)[case]
     out = tmp_path / "out"
-    code, _, err = run_cli(["dedup", "-i", str(source), "-o", str(out), "--method", "exact", "--quiet", *extra], capsys)
+    code, _, err = run_cli(
+        ["dedup", "-i", str(source), "-o", str(out), "--method", "exact", "--quiet", *extra], capsys
+    )
     assert code == 2, err
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), err
@@ -121,7 +121,9 @@ def test_verify_fails_with_the_offending_ids_when_a_row_is_lost(tmp_path, capsys
     assert code == 3 and lost in err  # its own code: 1 is for internal errors
 
 
-@pytest.mark.parametrize("argv,hint", [(["dedupe"], "Did you mean 'dedup'"), (["dedup", "--bogus"], "No such option: --bogus")])
+@pytest.mark.parametrize(
+    "argv,hint", [(["dedupe"], "Did you mean 'dedup'"), (["dedup", "--bogus"], "No such option: --bogus")]
+)
 def test_unknown_command_or_option_is_a_usage_error(argv, hint, capsys):
     code, _, err = run_cli(argv, capsys)
     assert code == 2 and hint in err and "internal error" not in err
@@ -156,7 +158,23 @@ def test_score_loss_clusters_flag_sets_the_seta_groups(tmp_path, capsys):
     texts = random_texts(60, seed=4, dup_rate=0.0)
     source = write_shards(tmp_path / "in", texts, shards=1, extra={"my_loss": [float(i % 13) for i in range(60)]})
     out = tmp_path / "out"
-    code, _, err = run_cli(["score", "-i", str(source), "-o", str(out), "--metric", "loss", "--clusters", "4", "--set", 'loss_column="my_loss"', "--quiet"], capsys)
+    code, _, err = run_cli(
+        [
+            "score",
+            "-i",
+            str(source),
+            "-o",
+            str(out),
+            "--metric",
+            "loss",
+            "--clusters",
+            "4",
+            "--set",
+            'loss_column="my_loss"',
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     clusters = read_parts(out / "kept").column("loss_cluster").to_pylist()
     assert sorted(set(clusters)) == [0, 1, 2, 3]

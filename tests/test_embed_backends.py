@@ -15,7 +15,6 @@ import pytest
 
 import curate.data
 from curate.embeddings import models
-from curate.io import cache
 from curate.embeddings.models import (
     MiniLMEmbedder,
     load_embedder,
@@ -25,12 +24,15 @@ from curate.embeddings.models import (
     token_budget_batches,
 )
 from curate.errors import UsageError
+from curate.io import cache
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 
 def demo_texts(n: int, seed: int = 0) -> list[str]:
     """`n` real Debian package descriptions from the bundled demo corpus."""
-    texts = pq.read_table(Path(curate.data.__file__).parent / "demo.parquet", columns=["text"]).column("text").to_pylist()
+    texts = (
+        pq.read_table(Path(curate.data.__file__).parent / "demo.parquet", columns=["text"]).column("text").to_pylist()
+    )
     rng = np.random.default_rng(seed)
     return [texts[i] for i in np.sort(rng.choice(len(texts), n, replace=False))]
 
@@ -234,7 +236,9 @@ def test_embed_stage_records_device_backend_and_speed(onnx_cache, tmp_path):
     source = tmp_path / "in.parquet"
     texts = demo_texts(40, seed=3)
     pq.write_table(pa.table({"id": [f"d{i}" for i in range(len(texts))], "text": texts}), source)
-    spec = parse_pipeline({"stage": [{"kind": "embed", "model": "minilm", "backend": "onnx", "device": "cpu"}]}, "test")
+    spec = parse_pipeline(
+        {"stage": [{"kind": "embed", "model": "minilm", "backend": "onnx", "device": "cpu"}]}, "test"
+    )
     result = run_pipeline(spec, source, tmp_path / "out", RunOptions(jobs=1))
     info = result.manifest["stages"][1]["info"]
     assert (info["device"], info["dtype"], info["backend"]) == ("cpu", "float32", "onnx")
@@ -273,7 +277,13 @@ def test_static_encoder_is_the_mean_of_token_vectors_like_model2vec():
     tokenizer = Tokenizer.from_file(str(Path(gt.get_model_path()) / "tokenizer.json"))
     table = np.random.default_rng(0).normal(size=(tokenizer.get_vocab_size(), 32)).astype(np.float32)
     model = model2vec.StaticModel(table, tokenizer, normalize=True)
-    texts = demo_texts(200, seed=2) + ["Tab\tseparated\r\nlines", "naïve café — Ünïcode", "中文字符test", "a,b;c(d)", "x  y"]
+    texts = demo_texts(200, seed=2) + [
+        "Tab\tseparated\r\nlines",
+        "naïve café — Ünïcode",
+        "中文字符test",
+        "a,b;c(d)",
+        "x  y",
+    ]
     ours = StaticEmbedder(model=model).encode(pa.array(texts))
     reference = model.encode(texts, max_length=None, use_multiprocessing=False)
     np.testing.assert_allclose(ours, reference, atol=1e-5)
@@ -288,7 +298,9 @@ def test_static_encoder_gives_textless_rows_one_shared_unit_vector():
 
     tokenizer = Tokenizer.from_file(str(Path(gt.get_model_path()) / "tokenizer.json"))
     table = np.random.default_rng(1).normal(size=(tokenizer.get_vocab_size(), 16)).astype(np.float32)
-    vectors = StaticEmbedder(model=model2vec.StaticModel(table, tokenizer, normalize=True)).encode(pa.array(["", None, "   ", "words"]))
+    vectors = StaticEmbedder(model=model2vec.StaticModel(table, tokenizer, normalize=True)).encode(
+        pa.array(["", None, "   ", "words"])
+    )
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert np.allclose(vectors[0], vectors[1]) and np.allclose(vectors[0], vectors[2])
     assert not np.allclose(vectors[0], vectors[3])
@@ -325,7 +337,12 @@ def test_two_processes_exporting_at_once_both_get_a_whole_model(tmp_path):
     import subprocess
 
     code = "from curate.embeddings.onnx import ensure_onnx_model, OnnxMiniLMEmbedder; OnnxMiniLMEmbedder(model_path=ensure_onnx_model())"
-    env = {**os.environ, cache.CACHE_ENV: str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        cache.CACHE_ENV: str(tmp_path),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "HF_HUB_OFFLINE": "1",
+    }
     runs = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE) for _ in range(2)]
     assert [run.wait(timeout=600) for run in runs] == [0, 0], [run.stderr.read().decode()[-500:] for run in runs]
     assert [p.name for p in tmp_path.iterdir()] == [embedders_onnx().onnx_model_path().name]

@@ -12,16 +12,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from curate.algorithms.prototypes import group_quotas, keep_count, select_by_difficulty
 from curate.cli import main
+from curate.commands.inspect import verify_output
 from curate.errors import UsageError
+from curate.io.parts import read_parts
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.report.wording import comparison_lines
 from curate.scaling.baseline import compare_to_random, runs_table
-from curate.commands.inspect import verify_output
-from curate.algorithms.prototypes import group_quotas, keep_count, select_by_difficulty
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.scaling.law import Law, Pool
 from curate.scaling.proxy_runs import ProxyRunSettings, run_proxy_trainings
-from curate.io.parts import read_parts
 from curate.training.proxy import ProxyConfig
 
 # ---------------------------------------------------------------------------------------
@@ -49,7 +49,10 @@ def test_balanced_selection_keeps_the_group_mix_and_the_hardest_within_groups(ke
         kept, dropped = distance[inside & mask], distance[inside & ~mask]
         assert (kept.min() >= dropped.max()) if keep == "hard" else (kept.max() <= dropped.min())
     unbalanced = select_by_difficulty(distance, 0.3, keep)
-    assert np.abs(np.bincount(groups[unbalanced], minlength=5) / unbalanced.sum() - np.bincount(groups) / 1000).max() > 0.1
+    assert (
+        np.abs(np.bincount(groups[unbalanced], minlength=5) / unbalanced.sum() - np.bincount(groups) / 1000).max()
+        > 0.1
+    )
 
 
 def test_balanced_selection_without_groups_is_the_plain_rule_and_ties_go_to_earlier_rows():
@@ -77,7 +80,9 @@ def _labelled_corpus(path, rows=600, seed=0, score=True):
         texts.append(" ".join(words) + f" w{i}")
     columns = {"id": [f"r{i}" for i in range(rows)], "text": texts, "label": [f"c{label}" for label in labels]}
     if score:
-        columns["clean_score"] = np.where(noisy, 0.0, 1.0) + rng.random(rows) * 0.1  # a user's own score: higher = cleaner
+        columns["clean_score"] = (
+            np.where(noisy, 0.0, 1.0) + rng.random(rows) * 0.1
+        )  # a user's own score: higher = cleaner
     pq.write_table(pa.table(columns), path)
     return path
 
@@ -85,7 +90,14 @@ def _labelled_corpus(path, rows=600, seed=0, score=True):
 @pytest.mark.parametrize("balance", ["cluster", "label"])
 def test_prototypes_balance_keeps_the_mix(tmp_path, balance):
     source = _labelled_corpus(tmp_path / "in.parquet")
-    stage = {"kind": "prototypes", "clusters": 6, "keep": "hard", "fraction": 0.5, "model": "hashing", "balance": balance}
+    stage = {
+        "kind": "prototypes",
+        "clusters": 6,
+        "keep": "hard",
+        "fraction": 0.5,
+        "model": "hashing",
+        "balance": balance,
+    }
     if balance == "label":
         stage["label_column"] = "label"
     out = tmp_path / "out"
@@ -112,8 +124,8 @@ def pd_categorical(values):
 
 def _clusters(out, texts):
     """Each row's nearest saved centroid, recomputed from the hashing embedding."""
-    from curate.embeddings.hashing import hashing_embed
     from curate.algorithms.prototypes import prototype_distance
+    from curate.embeddings.hashing import hashing_embed
 
     centroids = np.load(out / "prototypes" / "centroids.npy")
     return prototype_distance(hashing_embed(pa.array(texts.tolist())), centroids)[0].astype(np.int64)
@@ -133,13 +145,20 @@ def test_balanced_pools_give_every_pool_the_same_group_mix():
 
 def test_pools_stage_balance_column(tmp_path):
     source = _labelled_corpus(tmp_path / "in.parquet")
-    spec = parse_pipeline({"stage": [{"kind": "pools", "score": "clean_score", "pools": 2, "balance_column": "label"}]})
+    spec = parse_pipeline(
+        {"stage": [{"kind": "pools", "score": "clean_score", "pools": 2, "balance_column": "label"}]}
+    )
     run_pipeline(spec, source, tmp_path / "out", RunOptions())
     kept = read_parts(tmp_path / "out" / "kept").to_pandas()
     shares = kept.groupby("pool")["label"].value_counts(normalize=True).unstack()
     assert np.allclose(shares.loc[0].to_numpy(), shares.loc[1].to_numpy(), atol=0.01)  # same label mix in both pools
     with pytest.raises(UsageError):
-        run_pipeline(parse_pipeline({"stage": [{"kind": "pools", "score": "clean_score", "balance_column": "nope"}]}), source, tmp_path / "bad", RunOptions())
+        run_pipeline(
+            parse_pipeline({"stage": [{"kind": "pools", "score": "clean_score", "balance_column": "nope"}]}),
+            source,
+            tmp_path / "bad",
+            RunOptions(),
+        )
 
 
 @pytest.mark.parametrize("options", [{"balance": "labels"}, {"balance": "label"}, {"label_column": "label"}])
@@ -153,7 +172,9 @@ def test_prototypes_balance_options_are_checked_at_parse_time(options):
 
 
 TRUE = Law(0.9, tuple(Pool(str(i), 500.0, b, 4.0) for i, b in enumerate([-0.30, -0.22, -0.15, -0.08])))
-FLAT = Law(0.9, tuple(Pool(str(i), 500.0, -0.1875, 4.0) for i in range(4)))  # random pools: the size-weighted mean utility
+FLAT = Law(
+    0.9, tuple(Pool(str(i), 500.0, -0.1875, 4.0) for i in range(4))
+)  # random pools: the size-weighted mean utility
 
 
 def _rows(law: Law, seeds: int, noise: float, rng) -> list[dict]:
@@ -161,10 +182,26 @@ def _rows(law: Law, seeds: int, noise: float, rng) -> list[dict]:
     for s in range(seeds):
         for j in range(4):
             for n in np.geomspace(100, 4000, 6):
-                rows.append({"pool": str(j), "pool_size": 500, "samples_seen": float(n), "loss": float(law.loss(n, [j])[0]) * float(np.exp(rng.normal(0, noise))), "seed": s})
+                rows.append(
+                    {
+                        "pool": str(j),
+                        "pool_size": 500,
+                        "samples_seen": float(n),
+                        "loss": float(law.loss(n, [j])[0]) * float(np.exp(rng.normal(0, noise))),
+                        "seed": s,
+                    }
+                )
         for j in range(2, 5):
             for n in (1000.0, 2000.0):
-                rows.append({"pool": "+".join(str(i) for i in range(j)), "pool_size": 500 * j, "samples_seen": n, "loss": float(law.loss(n, range(j))[0]) * float(np.exp(rng.normal(0, noise))), "seed": s})
+                rows.append(
+                    {
+                        "pool": "+".join(str(i) for i in range(j)),
+                        "pool_size": 500 * j,
+                        "samples_seen": n,
+                        "loss": float(law.loss(n, range(j))[0]) * float(np.exp(rng.normal(0, noise))),
+                        "seed": s,
+                    }
+                )
     return rows
 
 
@@ -182,7 +219,9 @@ def test_a_better_pool_beats_random_beyond_the_uncertainty():
 
 def test_pools_that_are_random_are_reported_no_better_than_random():
     rng = np.random.default_rng(4)
-    comparison = compare_to_random(_rows(FLAT, 1, 0.02, rng), _rows(FLAT, 1, 0.02, rng), [300.0, 1000.0, 30000.0], "goyal2024")
+    comparison = compare_to_random(
+        _rows(FLAT, 1, 0.02, rng), _rows(FLAT, 1, 0.02, rng), [300.0, 1000.0, 30000.0], "goyal2024"
+    )
     assert comparison["verdict"] == "no_better_than_random"
     assert all(e["status"] != "beats_random" for e in comparison["budgets"])
     lines = comparison_lines(comparison)
@@ -205,7 +244,13 @@ def test_random_pool_runs_match_the_quality_runs_in_size_budget_and_seed():
     labels = rng.integers(0, 3, 600)
     texts = [f"t{label} w{rng.integers(40)}" for label in labels]
     pools = np.where(rng.random(600) < 0.3, 1, 0)
-    settings = ProxyRunSettings(epochs=(0.5, 2.0), mix_epochs=(1.0,), classes=3, seeds=2, proxy=ProxyConfig(num_buckets=1 << 12, lr=0.01, batch_size=32))
+    settings = ProxyRunSettings(
+        epochs=(0.5, 2.0),
+        mix_epochs=(1.0,),
+        classes=3,
+        seeds=2,
+        proxy=ProxyConfig(num_buckets=1 << 12, lr=0.01, batch_size=32),
+    )
     quality = run_proxy_trainings(texts, [str(v) for v in labels], pools, settings)
     random = run_proxy_trainings(texts, [str(v) for v in labels], pools, settings, random_pools=True)
     key = lambda r: (r["pool"], r["pool_size"], r["samples_seen"], r["seed"])  # noqa: E731
@@ -216,7 +261,13 @@ def test_random_pool_runs_match_the_quality_runs_in_size_budget_and_seed():
 # ---------------------------------------------------------------------------------------
 # In the report and `curate evaluate`
 
-REPORT = {"label_column": "label", "classes": 3, "epochs": [0.5, 1.0, 2.0, 4.0], "mix_epochs": [1.0], "budgets": [200.0, 2000.0]}
+REPORT = {
+    "label_column": "label",
+    "classes": 3,
+    "epochs": [0.5, 1.0, 2.0, 4.0],
+    "mix_epochs": [1.0],
+    "budgets": [200.0, 2000.0],
+}
 
 
 @pytest.fixture(scope="module")
@@ -235,9 +286,21 @@ def test_report_with_a_label_column_carries_the_random_baseline(baseline_out):
     assert baseline["verdict"] in ("beats_random", "no_better_than_random") and len(baseline["budgets"]) == 2
     assert report["verdict"] == baseline["verdict"]
     for entry in baseline["budgets"]:
-        assert {"pools", "predicted_loss", "random_same_size", "all_data", "difference", "difference_sd", "status"} <= set(entry)
+        assert {
+            "pools",
+            "predicted_loss",
+            "random_same_size",
+            "all_data",
+            "difference",
+            "difference_sd",
+            "status",
+        } <= set(entry)
     first = report["recommendation"].splitlines()[0]
-    assert first.startswith("No mix") if baseline["verdict"] == "no_better_than_random" else first.startswith("The chosen mix")
+    assert (
+        first.startswith("No mix")
+        if baseline["verdict"] == "no_better_than_random"
+        else first.startswith("The chosen mix")
+    )
     assert "random_baseline" in report["plots"]
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Against random data" in page and "random, same size" in page
@@ -249,18 +312,40 @@ def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (apt-get install -y chromium) -- the browser render check needs it")
+@pytest.mark.skipif(
+    _chromium() is None,
+    reason="chromium not installed (apt-get install -y chromium) -- the browser render check needs it",
+)
 def test_random_baseline_report_renders_in_headless_chromium(baseline_out, tmp_path):
     page = (baseline_out / "out" / "report.html").read_text()
     probe = tmp_path / "probe.html"
-    probe.write_text(page.replace("</body>", """<script>window.addEventListener('load', () => {
+    probe.write_text(
+        page.replace(
+            "</body>",
+            """<script>window.addEventListener('load', () => {
   const broken = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).length;
   const verdict = document.querySelector('ul.rec li') ? document.querySelector('ul.rec li').textContent : '';
   document.body.setAttribute('data-check', document.images.length + ':' + broken + ':' + verdict.slice(0, 12));
-});</script></body>"""))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tempfile.mkdtemp()}"]
-    dom = subprocess.run([_chromium(), *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+});</script></body>""",
+        )
+    )
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tempfile.mkdtemp()}",
+    ]
+    dom = subprocess.run(
+        [_chromium(), *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     check = re.search(r'data-check="(\d+):(\d+):([^"]*)"', dom)
     assert check, "the page did not load"
     images, broken, verdict = int(check.group(1)), int(check.group(2)), check.group(3)
@@ -272,7 +357,12 @@ def test_cli_evaluate_checks_a_user_score_against_random(tmp_path):
     source = _labelled_corpus(tmp_path / "in.parquet", rows=300)
     out = tmp_path / "out"
     small = {"classes": 3, "epochs": [0.5, 2.0], "mix_epochs": [], "budgets": [200.0, 2000.0]}
-    run_pipeline(parse_pipeline({"stage": [{"kind": "pools", "score": "clean_score", "pools": 2}], "report": small}), source, out, RunOptions())
+    run_pipeline(
+        parse_pipeline({"stage": [{"kind": "pools", "score": "clean_score", "pools": 2}], "report": small}),
+        source,
+        out,
+        RunOptions(),
+    )
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", str(out), "--label-column", "label", "--score", "nope", "-q"])
     assert exit_info.value.code == 2
@@ -282,7 +372,10 @@ def test_cli_evaluate_checks_a_user_score_against_random(tmp_path):
     assert evaluation["score"] == "clean_score" and evaluation["higher_is_better"] is True
     assert "one fit per seed (2 seeds)" in evaluation["comparison"]["uncertainty"]
     assert (out / "scaling" / "evaluate" / "clean_score" / "runs_random.csv").exists()
-    assert report["random_baseline"]["verdict"] in ("beats_random", "no_better_than_random")  # the run's own pools, too
+    assert report["random_baseline"]["verdict"] in (
+        "beats_random",
+        "no_better_than_random",
+    )  # the run's own pools, too
     assert "Score clean_score against random data" in (out / "report.html").read_text()
     main(["report", str(out), "-q"])  # a rebuild keeps the evaluation
     assert json.loads((out / "report.json").read_text())["evaluations"][0]["score"] == "clean_score"
@@ -291,7 +384,12 @@ def test_cli_evaluate_checks_a_user_score_against_random(tmp_path):
 def test_report_after_loss_clusters_runs_the_seta_check(tmp_path):
     source = _labelled_corpus(tmp_path / "in.parquet", rows=500, score=False)
     stage = {"kind": "loss_clusters", "label_column": "label", "epochs": 4, "groups": 4, "proxy_epochs": 1, "folds": 2}
-    run_pipeline(parse_pipeline({"stage": [stage], "report": {"seta_seeds": 2, "seta_rows": 400}}), source, tmp_path / "out", RunOptions())
+    run_pipeline(
+        parse_pipeline({"stage": [stage], "report": {"seta_seeds": 2, "seta_rows": 400}}),
+        source,
+        tmp_path / "out",
+        RunOptions(),
+    )
     check = json.loads((tmp_path / "out" / "report.json").read_text())["seta_check"]
     methods = check["methods"]
     assert set(methods) == {"full", "seta", "random@seta"} and check["label_column"] == "label"

@@ -4,17 +4,16 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pytest
-from hypothesis import given, settings, strategies as st
+from conftest import random_texts, write_shards
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from curate.algorithms.exact import FirstSeenIndex, hash128, normalize_texts
-from curate.pipeline import parse_pipeline, run_pipeline
-from curate.io.parts import read_parts
 from curate.commands.inspect import verify_output
-
-import pyarrow as pa
-
-from conftest import random_texts, write_shards
+from curate.io.parts import read_parts
+from curate.pipeline import parse_pipeline, run_pipeline
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "debian_descriptions.parquet"
 
@@ -80,7 +79,11 @@ def test_exact_matches_brute_force_for_any_layout(tmp_path_factory, seed, shards
             first[t] = f"doc-{i:06d}"
     kept_ids = kept.column("id").to_pylist() if kept.num_rows else []
     assert kept_ids == list(first.values())
-    got_removed = dict(zip(removed.column("id").to_pylist(), removed.column("duplicate_of").to_pylist())) if removed.num_rows else {}
+    got_removed = (
+        dict(zip(removed.column("id").to_pylist(), removed.column("duplicate_of").to_pylist()))
+        if removed.num_rows
+        else {}
+    )
     assert got_removed == expected_removed
     assert verify_output(out).ok
 
@@ -89,7 +92,10 @@ def test_normalized_exact_dedup_removes_case_and_space_variants(tmp_path):
     texts = ["Hello World", "hello  world", "other", "OTHER "]
     out = _run_exact(tmp_path, texts, 1, 10, normalize=True)
     removed = read_parts(out / "removed").to_pylist()
-    assert {(r["id"], r["duplicate_of"]) for r in removed} == {("doc-000001", "doc-000000"), ("doc-000003", "doc-000002")}
+    assert {(r["id"], r["duplicate_of"]) for r in removed} == {
+        ("doc-000001", "doc-000000"),
+        ("doc-000003", "doc-000002"),
+    }
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not present")

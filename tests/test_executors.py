@@ -17,16 +17,16 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import free_port
-from curate.errors import UsageError
-from curate.engine.executors import DaskExecutor, make_executor
+
 from curate.commands.inspect import verify_output
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+from curate.engine.executors import DaskExecutor, make_executor
 from curate.engine.tasks import Transform, assemble
 from curate.engine.units import InputSource, InputUnit, plan_units
+from curate.errors import UsageError
 from curate.io.inputs import InputSet
 from curate.io.parts import read_parts
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.stages.base import StageContext, available_kinds
 from curate.stages.exact import ExactDedup
 
@@ -38,7 +38,16 @@ WORDS = np.array(
 )
 
 
-def make_corpus(directory: Path, *, shards: int = 5, rows: int = 1200, seed: int = 0, ids: bool = True, null_texts: int = 0, row_group: int = 200) -> Path:
+def make_corpus(
+    directory: Path,
+    *,
+    shards: int = 5,
+    rows: int = 1200,
+    seed: int = 0,
+    ids: bool = True,
+    null_texts: int = 0,
+    row_group: int = 200,
+) -> Path:
     """Shards of word soup with exact copies, case/space variants and one-word edits across
     shards, so exact, normalized and near-duplicate stages all have work to do."""
     rng = np.random.default_rng(seed)
@@ -62,7 +71,11 @@ def make_corpus(directory: Path, *, shards: int = 5, rows: int = 1200, seed: int
                 texts.append(text)
         for i in rng.choice(rows, size=null_texts, replace=False):
             texts[i] = None
-        columns = {"text": pa.array(texts, pa.string()), "label": pa.array(rng.integers(0, 4, rows)), "extra": pa.array(rng.random(rows))}
+        columns = {
+            "text": pa.array(texts, pa.string()),
+            "label": pa.array(rng.integers(0, 4, rows)),
+            "extra": pa.array(rng.random(rows)),
+        }
         if ids:
             columns = {"id": pa.array([f"doc-{s}-{i}" for i in range(rows)]), **columns}
         pq.write_table(pa.table(columns), directory / f"shard-{s:03d}.parquet", row_group_size=row_group)
@@ -78,7 +91,10 @@ def assert_same_output(local: Path, dask: Path) -> None:
             assert a.equals(b), f"{name}/ differs"
     for path in sorted(local.rglob("*.npy")):
         assert np.array_equal(np.load(path), np.load(dask / path.relative_to(local))), path
-    counts = lambda out: [(s["name"], s["rows_in"], s["rows_out"], s["rows_removed"]) for s in json.loads((out / "manifest.json").read_text())["stages"]]
+    counts = lambda out: [
+        (s["name"], s["rows_in"], s["rows_out"], s["rows_removed"])
+        for s in json.loads((out / "manifest.json").read_text())["stages"]
+    ]
     assert counts(local) == counts(dask)
     assert verify_output(dask).ok
     assert not (dask / "_stages").exists()
@@ -87,18 +103,29 @@ def assert_same_output(local: Path, dask: Path) -> None:
 SERIAL = RunOptions(jobs=1)
 
 
-def run_both(tmp_path: Path, client, stages: list[dict], corpus: Path, *, unit_rows: int = 1_000_000, **top) -> tuple[Path, Path]:
+def run_both(
+    tmp_path: Path, client, stages: list[dict], corpus: Path, *, unit_rows: int = 1_000_000, **top
+) -> tuple[Path, Path]:
     """The serial run and a Dask run of the same pipeline."""
     spec = parse_pipeline({"stage": stages, **top}, "test")
     local = run_pipeline(spec, corpus, tmp_path / "local", SERIAL).output
-    dask = run_pipeline(spec, corpus, tmp_path / "dask", RunOptions(executor=DaskExecutor(client), unit_rows=unit_rows)).output
+    dask = run_pipeline(
+        spec, corpus, tmp_path / "dask", RunOptions(executor=DaskExecutor(client), unit_rows=unit_rows)
+    ).output
     return local, dask
 
 
 def _cluster(workers: int):
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster:
+    with LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        silence_logs=logging.ERROR,
+    ) as cluster:
         with Client(cluster) as c:
             yield c
 
@@ -146,7 +173,9 @@ def test_row_group_slices_and_chained_stages_match_local(tmp_path, client, corpu
 
 def test_null_texts_and_synthesized_ids_match_local(tmp_path, client):
     corpus = make_corpus(tmp_path / "in", shards=3, rows=500, ids=False, null_texts=7, seed=3)
-    local, dask = run_both(tmp_path, client, [{"kind": "exact", "normalize": True}], corpus, unit_rows=250, input={"drop_null_text": True})
+    local, dask = run_both(
+        tmp_path, client, [{"kind": "exact", "normalize": True}], corpus, unit_rows=250, input={"drop_null_text": True}
+    )
     assert read_parts(dask / "removed").column("reason").to_pylist().count("null_text") == 21
     assert_same_output(local, dask)
 
@@ -207,7 +236,12 @@ def test_a_run_interrupted_on_dask_resumes_to_the_local_result(tmp_path, client,
 
     executor = DaskExecutor(client)
     with pytest.raises(KeyboardInterrupt):
-        run_pipeline(spec, corpus, tmp_path / "dask", RunOptions(executor=executor, unit_rows=500, on_stage_done=stop_after_first_stage))
+        run_pipeline(
+            spec,
+            corpus,
+            tmp_path / "dask",
+            RunOptions(executor=executor, unit_rows=500, on_stage_done=stop_after_first_stage),
+        )
     run_pipeline(spec, corpus, tmp_path / "dask", RunOptions(executor=executor, unit_rows=500, resume=True))
     assert_same_output(local, tmp_path / "dask")
 
@@ -230,7 +264,9 @@ def test_exact_map_reduce_fit_equals_streaming_fit(tmp_path, corpus, unit_rows, 
     assert np.array_equal(stage.duplicate_rows_, streamed.duplicate_rows_)
     assert np.array_equal(stage.representatives_, streamed.representatives_)
     assert stage.distinct_ == streamed.distinct_
-    assert stage.representative_ids_(stage.representatives_).equals(streamed.representative_ids_(streamed.representatives_))
+    assert stage.representative_ids_(stage.representatives_).equals(
+        streamed.representative_ids_(streamed.representatives_)
+    )
 
 
 def test_units_cover_every_row_once_in_input_order(corpus):
@@ -238,7 +274,9 @@ def test_units_cover_every_row_once_in_input_order(corpus):
     units = plan_units(source, 450)
     rows = np.concatenate([b.column("__curate_row").to_numpy() for u in units for b in u.batches(["text"])])
     assert np.array_equal(rows, np.arange(source.num_rows))
-    assert all(isinstance(u, InputUnit) for u in units) and len(units) == 5 * 2  # 1200 rows in groups of 200, cut once 450 is reached: 600 + 600
+    assert (
+        all(isinstance(u, InputUnit) for u in units) and len(units) == 5 * 2
+    )  # 1200 rows in groups of 200, cut once 450 is reached: 600 + 600
 
 
 # ---------------------------------------------------------------------------------------
@@ -371,7 +409,9 @@ class CountingProgress:
 def test_progress_follows_task_completion(tmp_path, client, corpus):
     progress = CountingProgress()
     spec = parse_pipeline({"stage": [{"kind": "exact"}]}, "test")
-    run_pipeline(spec, corpus, tmp_path / "dask", RunOptions(executor=DaskExecutor(client), unit_rows=500, progress=progress))
+    run_pipeline(
+        spec, corpus, tmp_path / "dask", RunOptions(executor=DaskExecutor(client), unit_rows=500, progress=progress)
+    )
     assert progress.bars["exact: fitting"] == 6000
     assert progress.bars["exact: writing"] == 6000
 
@@ -385,7 +425,10 @@ def _local_and_dask_errors(tmp_path: Path, client, corpus: Path, **top) -> tuple
 
     spec = parse_pipeline({"stage": [{"kind": "exact"}], **top}, "test")
     messages = []
-    for name, options in (("local", RunOptions(jobs=2, unit_rows=250)), ("dask", RunOptions(executor=DaskExecutor(client), unit_rows=250))):
+    for name, options in (
+        ("local", RunOptions(jobs=2, unit_rows=250)),
+        ("dask", RunOptions(executor=DaskExecutor(client), unit_rows=250)),
+    ):
         with pytest.raises(InputError) as info:
             run_pipeline(spec, corpus, tmp_path / name, options)
         messages.append(str(info.value))
@@ -450,7 +493,11 @@ def test_killing_a_worker_mid_run_gives_the_same_output(tmp_path, monkeypatch, c
     runner.start()
     work = out / "_stages" / "01-exact" / "work"
     # first bucket's finished map pieces, or finished transform units
-    done = (lambda: list((work / "shuffle" / "0000").glob("*.pkl"))) if phase == "fit" else (lambda: [p for p in (work / "units").glob("[0-9]*")])
+    done = (
+        (lambda: list((work / "shuffle" / "0000").glob("*.pkl")))
+        if phase == "fit"
+        else (lambda: [p for p in (work / "units").glob("[0-9]*")])
+    )
     deadline = time.monotonic() + 60
     while not done():
         assert time.monotonic() < deadline and runner.is_alive(), outcome
@@ -487,8 +534,8 @@ def test_local_pool_returns_results_in_item_order_whatever_finishes_first():
 
 
 def test_an_input_error_in_a_worker_process_reaches_the_driver_as_itself():
-    from curate.errors import InputError
     from curate.engine.executors import LocalExecutor
+    from curate.errors import InputError
 
     def fail(x: int) -> int:
         if x == 3:

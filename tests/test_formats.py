@@ -11,14 +11,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import cli, run_cli
 
-from curate.io import formats
 from curate.commands.inspect import verify_output
-from curate.pipeline import parse_pipeline, run_pipeline
+from curate.errors import UsageError
+from curate.io import formats
 from curate.io.inputs import ROW_COLUMN, ColumnSpec, InputFile, InputSet, refuse_output_inside_input
 from curate.io.parts import read_parts
-from curate.errors import UsageError
-from conftest import cli, run_cli
+from curate.pipeline import parse_pipeline, run_pipeline
 
 WORDS = (
     "data curation pipeline shard ledger manifest stage kernel package library python manual "
@@ -92,7 +92,12 @@ def write_as(root: Path, fmt: str, rows: list[dict], parts: int = 3) -> Path:
 
 
 def run_dedup(source: Path, out: Path, **input_table) -> tuple[list[str], list[tuple]]:
-    spec = parse_pipeline({"stage": [{"kind": "exact", "normalize": True}, {"kind": "minhash", "threshold": 0.7, "ngram": 3}], "input": input_table})
+    spec = parse_pipeline(
+        {
+            "stage": [{"kind": "exact", "normalize": True}, {"kind": "minhash", "threshold": 0.7, "ngram": 3}],
+            "input": input_table,
+        }
+    )
     run_pipeline(spec, source, out)
     report = verify_output(out)
     assert report.ok, (report.missing, report.duplicated, report.unknown, report.problems)
@@ -123,12 +128,19 @@ def test_synthesized_ids_use_the_stem_without_compression_suffixes(tmp_path):
     gzip_kept, _ = run_dedup(write_as(tmp_path, ".jsonl.gz", rows, parts=2), tmp_path / "b")
     assert gzip_kept == parquet_kept
     assert parquet_kept[0] == "shard-00:0" and any(i.startswith("shard-01:") for i in gzip_kept)
-    assert formats.file_stem(Path("x.jsonl.gz")) == "x" and formats.file_stem(Path("x.json.zst")) == "x" and formats.file_stem(Path("a.b.parquet")) == "a.b"
+    assert (
+        formats.file_stem(Path("x.jsonl.gz")) == "x"
+        and formats.file_stem(Path("x.json.zst")) == "x"
+        and formats.file_stem(Path("a.b.parquet")) == "a.b"
+    )
 
 
 def test_first_occurrence_is_by_sorted_file_then_line(tmp_path):
     write_jsonl(tmp_path / "in" / "b.jsonl", [{"id": "b0", "text": "same text"}])
-    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "a0", "text": "other"}, {"id": "a1", "text": "same text"}, {"id": "a2", "text": "same text"}])
+    write_jsonl(
+        tmp_path / "in" / "a.jsonl",
+        [{"id": "a0", "text": "other"}, {"id": "a1", "text": "same text"}, {"id": "a2", "text": "same text"}],
+    )
     kept, removed = run_dedup(tmp_path / "in", tmp_path / "out")
     assert kept == ["a0", "a1"]
     assert removed == [("a2", "exact", "a1"), ("b0", "exact", "a1")]
@@ -136,7 +148,12 @@ def test_first_occurrence_is_by_sorted_file_then_line(tmp_path):
 
 def test_blocks_unify_late_fields_numbers_and_date_strings(tmp_path, monkeypatch):
     monkeypatch.setattr(formats, "JSONL_BLOCK_BYTES", 64)  # every line its own block
-    lines = [{"id": 1, "text": "a", "n": 1, "when": "2024-01-01"}, {"id": 2, "text": "b", "n": 2.5, "when": "soon"}, {"id": 3, "text": "c", "late": [1, 2]}, {"id": 4, "text": None}]
+    lines = [
+        {"id": 1, "text": "a", "n": 1, "when": "2024-01-01"},
+        {"id": 2, "text": "b", "n": 2.5, "when": "soon"},
+        {"id": 3, "text": "c", "late": [1, 2]},
+        {"id": 4, "text": None},
+    ]
     write_jsonl(tmp_path / "x.jsonl", lines)
     inputs = InputSet.scan(tmp_path / "x.jsonl")
     assert inputs.schema.field("n").type == pa.float64() and inputs.schema.field("when").type == pa.string()
@@ -154,15 +171,21 @@ def test_jsonl_reads_in_bounded_memory(tmp_path, monkeypatch):
     path.write_text(line * 40_000)  # about 19 MB
     inputs = InputSet.scan(path, ColumnSpec(id="no_such_id"))
     peak = 0
-    for batch in inputs.batches(batch_size=1024):
+    for _batch in inputs.batches(batch_size=1024):
         peak = max(peak, pa.total_allocated_bytes())
     assert inputs.num_rows == 40_000
-    assert peak < path.stat().st_size / 4, f"{peak / 1e6:.1f} MB of Arrow memory for a {path.stat().st_size / 1e6:.0f} MB file"
+    assert peak < path.stat().st_size / 4, (
+        f"{peak / 1e6:.1f} MB of Arrow memory for a {path.stat().st_size / 1e6:.0f} MB file"
+    )
 
 
 def test_file_batches_reads_row_groups_with_global_ordinals(tmp_path):
     write_parquet(tmp_path / "in" / "a.parquet", [{"id": f"a{i}", "text": "t"} for i in range(5)])
-    pq.write_table(pa.table({"id": [f"b{i}" for i in range(10)], "text": ["u"] * 10}), tmp_path / "in" / "b.parquet", row_group_size=3)
+    pq.write_table(
+        pa.table({"id": [f"b{i}" for i in range(10)], "text": ["u"] * 10}),
+        tmp_path / "in" / "b.parquet",
+        row_group_size=3,
+    )
     write_jsonl(tmp_path / "in2" / "c.jsonl", [{"text": "v"}] * 4)
     inputs = InputSet.scan(tmp_path / "in")
     picked = [row for batch in inputs.file_batches(1, 2, ["text"], row_groups=(1, 3)) for row in batch.to_pylist()]
@@ -188,9 +211,24 @@ def test_an_empty_jsonl_file_is_zero_rows(tmp_path):
 
 def test_forced_format_and_pretty_printed_json(tmp_path, capsys):
     write_jsonl(tmp_path / "in" / "corpus.txt", [{"id": "a", "text": "x y"}, {"id": "b", "text": "x y"}])
-    code, err = cli(["dedup", "-i", str(tmp_path / "in"), "--input-format", "jsonl", "-o", str(tmp_path / "out"), "--quiet"], capsys)
+    code, err = cli(
+        ["dedup", "-i", str(tmp_path / "in"), "--input-format", "jsonl", "-o", str(tmp_path / "out"), "--quiet"],
+        capsys,
+    )
     assert code == 2 and "no JSON Lines files" in err  # a directory takes files by their suffix
-    code, err = cli(["dedup", "-i", str(tmp_path / "in" / "corpus.txt"), "--input-format", "jsonl", "-o", str(tmp_path / "out"), "--quiet"], capsys)
+    code, err = cli(
+        [
+            "dedup",
+            "-i",
+            str(tmp_path / "in" / "corpus.txt"),
+            "--input-format",
+            "jsonl",
+            "-o",
+            str(tmp_path / "out"),
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert read_parts(tmp_path / "out" / "kept").column("id").to_pylist() == ["a"]
     (tmp_path / "pretty.json").write_text(json.dumps([{"id": "a", "text": "x"}], indent=2))
@@ -236,12 +274,36 @@ def _bad_jsonl_cases(tmp: Path) -> dict[str, tuple[Path, list[str], list[str]]]:
         path.write_text("\n".join(body) + "\n", encoding="utf-8")
         return path.parent
 
-    cases["malformed line"] = (lines("malformed", good[:3] + ['{"id": "b", "text": "unterminated}'] + good[3:]), [], ["data.jsonl", "line 4 is not valid JSON"])
-    cases["no text field"] = (lines("no-text", good[:2] + ['{"id": "b", "body": "x"}'] + good[2:]), [], ["data.jsonl", "line 3 has no 'text' field", "--text-column"])
-    cases["no text field, whole block"] = (lines("no-text-all", ['{"id": "b", "body": "x"}']), [], ["line 1 has no 'text' field"])
-    cases["mixed types across lines"] = (lines("mixed", good[:2] + ['{"id": "b", "text": "x", "n": 1}', "", '{"id": "c", "text": "y", "n": "one"}']), [], ["data.jsonl", "field 'n' is a string on line 5 but a number on line 3"])
-    cases["not an object"] = (lines("array", good[:1] + ['["id", "text"]']), [], ["line 2 is an array, not a JSON object"])
-    cases["text not a string"] = (lines("number-text", ['{"id": "a", "text": 12}']), [], ["text column 'text' has type int64"])
+    cases["malformed line"] = (
+        lines("malformed", good[:3] + ['{"id": "b", "text": "unterminated}'] + good[3:]),
+        [],
+        ["data.jsonl", "line 4 is not valid JSON"],
+    )
+    cases["no text field"] = (
+        lines("no-text", good[:2] + ['{"id": "b", "body": "x"}'] + good[2:]),
+        [],
+        ["data.jsonl", "line 3 has no 'text' field", "--text-column"],
+    )
+    cases["no text field, whole block"] = (
+        lines("no-text-all", ['{"id": "b", "body": "x"}']),
+        [],
+        ["line 1 has no 'text' field"],
+    )
+    cases["mixed types across lines"] = (
+        lines("mixed", good[:2] + ['{"id": "b", "text": "x", "n": 1}', "", '{"id": "c", "text": "y", "n": "one"}']),
+        [],
+        ["data.jsonl", "field 'n' is a string on line 5 but a number on line 3"],
+    )
+    cases["not an object"] = (
+        lines("array", good[:1] + ['["id", "text"]']),
+        [],
+        ["line 2 is an array, not a JSON object"],
+    )
+    cases["text not a string"] = (
+        lines("number-text", ['{"id": "a", "text": 12}']),
+        [],
+        ["text column 'text' has type int64"],
+    )
 
     mixed_files = tmp / "mixed-files"
     write_jsonl(mixed_files / "a.jsonl", [{"id": "a", "text": "x", "n": 1}])
@@ -271,8 +333,18 @@ def _bad_jsonl_cases(tmp: Path) -> dict[str, tuple[Path, list[str], list[str]]]:
 
 
 CASE_NAMES = [
-    "malformed line", "no text field", "no text field, whole block", "mixed types across lines", "not an object", "text not a string",
-    "mixed types across files", "not UTF-8", "corrupt gzip", "truncated zstd", "two formats in one directory", "unknown --input-format",
+    "malformed line",
+    "no text field",
+    "no text field, whole block",
+    "mixed types across lines",
+    "not an object",
+    "text not a string",
+    "mixed types across files",
+    "not UTF-8",
+    "corrupt gzip",
+    "truncated zstd",
+    "two formats in one directory",
+    "unknown --input-format",
 ]
 
 
@@ -297,7 +369,9 @@ def test_bad_jsonl_input_is_one_line_and_exit_2(tmp_path, capsys, name):
 def test_a_saved_dataset_dict_asks_for_one_split(tmp_path, capsys):
     datasets = hf_datasets()
     split_rows = make_rows(20)
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(split_rows), "test": datasets.Dataset.from_list(split_rows[:5])}).save_to_disk(str(tmp_path / "dd"))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(split_rows), "test": datasets.Dataset.from_list(split_rows[:5])}
+    ).save_to_disk(str(tmp_path / "dd"))
     code, err = cli(["dedup", "-i", str(tmp_path / "dd"), "-o", str(tmp_path / "out"), "--quiet"], capsys)
     assert_refused(code, err, tmp_path / "out", ["DatasetDict (splits: test, train)", str(tmp_path / "dd" / "test")])
     code, err = cli(["dedup", "-i", str(tmp_path / "dd" / "train"), "-o", str(tmp_path / "out"), "--quiet"], capsys)
@@ -307,7 +381,12 @@ def test_a_saved_dataset_dict_asks_for_one_split(tmp_path, capsys):
 @pytest.mark.parametrize("layout", ["output-in-input", "output-is-input", "input-in-output", "glob-base"])
 def test_output_inside_the_input_is_refused(tmp_path, capsys, layout):
     source = write_as(tmp_path, ".parquet", make_rows(30), parts=2)
-    out = {"output-in-input": source / "out", "output-is-input": source, "input-in-output": source.parent, "glob-base": source / "sub" / "out"}[layout]
+    out = {
+        "output-in-input": source / "out",
+        "output-is-input": source,
+        "input-in-output": source.parent,
+        "glob-base": source / "sub" / "out",
+    }[layout]
     arg = str(source / "*.parquet") if layout == "glob-base" else str(source)
     code, err = cli(["dedup", "-i", arg, "-o", str(out), "--quiet"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
@@ -337,7 +416,9 @@ def test_export_writes_kept_rows_as_jsonl_that_reads_back(tmp_path, capsys):
     code, stdout, err = run_cli(["export", str(out), "--format", "jsonl", "--compression", "gzip"], capsys)
     assert code == 0, err
     parts = sorted((out / "kept-jsonl").iterdir())
-    assert [p.name for p in parts] == [p.name.replace(".parquet", ".jsonl.gz") for p in sorted((out / "kept").glob("part-*.parquet"))]
+    assert [p.name for p in parts] == [
+        p.name.replace(".parquet", ".jsonl.gz") for p in sorted((out / "kept").glob("part-*.parquet"))
+    ]
     assert f"exported {kept.num_rows:,} kept rows" in stdout
     back = InputSet.scan(out / "kept-jsonl")
     table = pa.Table.from_batches(list(back.batches())).drop_columns([ROW_COLUMN])

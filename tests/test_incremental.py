@@ -8,18 +8,18 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
+import tomllib
 from conftest import cli
+
 from curate.errors import UsageError
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.io.parts import read_parts
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 WORDS = np.array(
     "data model train token shard batch loss cluster prune dedup hash vector embed sample epoch budget scale "
@@ -66,7 +66,12 @@ def write_parts(root: Path, n: int = 900, parts: int = 2, seed: int = 0) -> tupl
     joint = root / "joint"
     for p in range(parts):
         part = root / f"part{p}"
-        for s, (lo, hi) in enumerate(zip(np.linspace(bounds[p], bounds[p + 1], 3).astype(int)[:-1], np.linspace(bounds[p], bounds[p + 1], 3).astype(int)[1:])):
+        for s, (lo, hi) in enumerate(
+            zip(
+                np.linspace(bounds[p], bounds[p + 1], 3).astype(int)[:-1],
+                np.linspace(bounds[p], bounds[p + 1], 3).astype(int)[1:],
+            )
+        ):
             table = pa.table({"id": ids[lo:hi], "text": texts[lo:hi]})
             for target in (part, joint):
                 target.mkdir(parents=True, exist_ok=True)
@@ -77,7 +82,9 @@ def write_parts(root: Path, n: int = 900, parts: int = 2, seed: int = 0) -> tupl
 
 def run(source: Path, out: Path, against: tuple[Path, ...] = (), jobs: int = 1, pipeline: dict = PIPELINE, **options):
     spec = parse_pipeline(pipeline, "test")
-    return run_pipeline(spec, source, out, RunOptions(jobs=jobs, unit_rows=150, against=tuple(str(a) for a in against), **options))
+    return run_pipeline(
+        spec, source, out, RunOptions(jobs=jobs, unit_rows=150, against=tuple(str(a) for a in against), **options)
+    )
 
 
 def ledger(out: Path, ids: set[str] | None = None):
@@ -113,7 +120,11 @@ def test_later_half_loses_what_the_joint_run_removes_from_it(halves):
     assert {"exact_duplicate_of_earlier", "near_duplicate_of_earlier", "exact_duplicate", "near_duplicate"} <= reasons
     earlier = later[later.reason.str.endswith("_of_earlier")]
     assert earlier.duplicate_of.isin(part_ids(root / "joint") - part_ids(b)).all()
-    assert not later[~later.reason.str.endswith("_of_earlier")].duplicate_of.isin(part_ids(root / "joint") - part_ids(b)).any()
+    assert (
+        not later[~later.reason.str.endswith("_of_earlier")]
+        .duplicate_of.isin(part_ids(root / "joint") - part_ids(b))
+        .any()
+    )
 
 
 def test_near_duplicate_of_matches_the_joint_representative(halves):
@@ -127,7 +138,9 @@ def test_near_duplicate_of_matches_the_joint_representative(halves):
 def test_kept_rows_of_both_halves_are_the_joint_kept_rows(halves):
     root, _ = halves
     joint = set(read_parts(root / "out-joint" / "kept").column("id").to_pylist())
-    parts = set(read_parts(root / "out-a" / "kept").column("id").to_pylist()) | set(read_parts(root / "out-b" / "kept").column("id").to_pylist())
+    parts = set(read_parts(root / "out-a" / "kept").column("id").to_pylist()) | set(
+        read_parts(root / "out-b" / "kept").column("id").to_pylist()
+    )
     assert parts == joint
 
 
@@ -161,7 +174,11 @@ def test_index_command_rebuilds_the_index_a_run_keeps(tmp_path, capsys):
     assert not (tmp_path / "without" / "index").exists()
     code, err = cli(["index", str(tmp_path / "without"), "-q", "-j", "1"], capsys)
     assert code == 0, err
-    files = sorted(p.relative_to(tmp_path / "with") for p in (tmp_path / "with" / "index").rglob("*") if p.suffix in (".npy", ".parquet"))
+    files = sorted(
+        p.relative_to(tmp_path / "with")
+        for p in (tmp_path / "with" / "index").rglob("*")
+        if p.suffix in (".npy", ".parquet")
+    )
     assert len(files) == 7
     for rel in files:
         assert (tmp_path / "with" / rel).read_bytes() == (tmp_path / "without" / rel).read_bytes(), rel
@@ -169,11 +186,29 @@ def test_index_command_rebuilds_the_index_a_run_keeps(tmp_path, capsys):
 
 def test_other_settings_than_the_index_are_exit_2_naming_both(halves, capsys):
     root, b = halves
-    code, err = cli(["dedup", "-i", str(b), "-o", str(root / "o-ngram"), "--method", "minhash", "--ngram", "3", "--against", str(root / "out-a")], capsys)
+    code, err = cli(
+        [
+            "dedup",
+            "-i",
+            str(b),
+            "-o",
+            str(root / "o-ngram"),
+            "--method",
+            "minhash",
+            "--ngram",
+            "3",
+            "--against",
+            str(root / "out-a"),
+        ],
+        capsys,
+    )
     assert code == 2
     assert "ngram = 3" in err and "ngram = 5" in err
     assert not (root / "o-ngram").exists()
-    code, err = cli(["dedup", "-i", str(b), "-o", str(root / "o-norm"), "--method", "exact", "--against", str(root / "out-a")], capsys)
+    code, err = cli(
+        ["dedup", "-i", str(b), "-o", str(root / "o-norm"), "--method", "exact", "--against", str(root / "out-a")],
+        capsys,
+    )
     assert code == 2 and "normalize = False" in err and "normalize = True" in err
 
 
@@ -183,10 +218,16 @@ def test_truncated_or_missing_index_is_exit_2_naming_the_file(halves, tmp_path, 
     shutil.copytree(root / "out-a", copy)
     target = copy / "index" / "minhash" / "fingerprints.npy"
     target.write_bytes(target.read_bytes()[:-7])
-    code, err = cli(["run", str(_pipeline_file(tmp_path)), "-i", str(b), "-o", str(tmp_path / "o1"), "--against", str(copy)], capsys)
+    code, err = cli(
+        ["run", str(_pipeline_file(tmp_path)), "-i", str(b), "-o", str(tmp_path / "o1"), "--against", str(copy)],
+        capsys,
+    )
     assert code == 2 and "fingerprints.npy" in err and "truncated" in err
     (copy / "index" / "exact" / "index.json").write_text("{not json")
-    code, err = cli(["run", str(_pipeline_file(tmp_path)), "-i", str(b), "-o", str(tmp_path / "o2"), "--against", str(copy)], capsys)
+    code, err = cli(
+        ["run", str(_pipeline_file(tmp_path)), "-i", str(b), "-o", str(tmp_path / "o2"), "--against", str(copy)],
+        capsys,
+    )
     assert code == 2 and "index.json" in err
     with pytest.raises(UsageError, match="index.json"):  # the library path checks too
         run(b, tmp_path / "o3", against=(copy,))
@@ -225,7 +266,9 @@ def test_altered_index_file_is_caught_by_its_digest_old_or_new(halves, tmp_path)
 
 def _pipeline_file(directory: Path) -> Path:
     path = directory / "p.toml"
-    path.write_text('[[stage]]\nkind = "exact"\nnormalize = true\nindex = true\n[[stage]]\nkind = "minhash"\nindex = true\n')
+    path.write_text(
+        '[[stage]]\nkind = "exact"\nnormalize = true\nindex = true\n[[stage]]\nkind = "minhash"\nindex = true\n'
+    )
     return path
 
 
@@ -240,7 +283,9 @@ def test_against_in_the_pipeline_file_is_the_command_line_option(halves, tmp_pat
     monkeypatch.chdir(tmp_path)
     code, err = cli(["run", str(pipeline), "-i", str(b), "-o", "from-file", "-q"], capsys)
     assert code == 0, err
-    assert ledger(tmp_path / "from-file").sort_index().equals(ledger(root / "out-b").sort_index())  # other work units than the fixture's: same rows
+    assert (
+        ledger(tmp_path / "from-file").sort_index().equals(ledger(root / "out-b").sort_index())
+    )  # other work units than the fixture's: same rows
     recorded = json.loads((tmp_path / "from-file" / "manifest.json").read_text())["config"]["against"]
     assert recorded == [str((root / "out-a").resolve())]
 
@@ -349,17 +394,36 @@ def test_sigkilled_against_run_resumes_to_the_uninterrupted_bytes(tmp_path, monk
     shutil.rmtree(a)
 
     def start(pipeline, corpus, out, resume, kill_at=None):
-        argv = [sys.executable, "-c", INDEX_KILLS + kr.CHILD, "run", str(pipeline), "-i", str(corpus), "-o", str(out), "--quiet", "--against", str(tmp_path / "out-a")]
+        argv = [
+            sys.executable,
+            "-c",
+            INDEX_KILLS + kr.CHILD,
+            "run",
+            str(pipeline),
+            "-i",
+            str(corpus),
+            "-o",
+            str(out),
+            "--quiet",
+            "--against",
+            str(tmp_path / "out-a"),
+        ]
         argv += ["--resume"] if resume else []
         argv += ["--jobs", "1"] if kill_at else []  # injected kills are counted in this process
-        return subprocess.Popen(argv, cwd=kr.ROOT, env=kr._env(kill_at), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return subprocess.Popen(
+            argv, cwd=kr.ROOT, env=kr._env(kill_at), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
 
     monkeypatch.setattr(kr, "start_run", start)
     started = time.perf_counter()
     assert kr.finish(start(pipeline, b, tmp_path / "reference", resume=False)) == 0
     seconds = time.perf_counter() - started
     kept, removed = kr.read_dir(tmp_path / "reference" / "kept"), kr.read_dir(tmp_path / "reference" / "removed")
-    assert removed.num_rows and {"exact_duplicate_of_earlier", "near_duplicate_of_earlier", "semantic_duplicate_of_earlier"} <= set(removed.column("reason").to_pylist())
+    assert removed.num_rows and {
+        "exact_duplicate_of_earlier",
+        "near_duplicate_of_earlier",
+        "semantic_duplicate_of_earlier",
+    } <= set(removed.column("reason").to_pylist())
     out = tmp_path / "out"
     if plan == "injected":
         # run 1 dies mid exact's index write (after its matching); run 2 redoes exact (3 index
@@ -372,7 +436,9 @@ def test_sigkilled_against_run_resumes_to_the_uninterrupted_bytes(tmp_path, monk
         rng = np.random.default_rng(16)
         for attempt in range(3):  # the machine is shared: if the run outpaced every kill, kill sooner
             out = tmp_path / f"out-{attempt}"
-            if kr.resume_to_end(pipeline, b, out, [float(d) for d in seconds * rng.uniform(0.2, 0.9, size=4) / 2**attempt]):
+            if kr.resume_to_end(
+                pipeline, b, out, [float(d) for d in seconds * rng.uniform(0.2, 0.9, size=4) / 2**attempt]
+            ):
                 break
         else:
             pytest.fail("no run was killed")
@@ -411,7 +477,9 @@ def test_semantic_copies_of_earlier_rows_are_removed_against_them(semantic_halve
 
 
 def _part_texts(directory: Path, prefix: str) -> set[str]:
-    return {t for p in sorted(directory.glob(f"{prefix}*.parquet")) for t in pq.read_table(p).column("text").to_pylist()}
+    return {
+        t for p in sorted(directory.glob(f"{prefix}*.parquet")) for t in pq.read_table(p).column("text").to_pylist()
+    }
 
 
 def test_semantic_index_add_and_two_jobs(semantic_halves, tmp_path, capsys):
@@ -443,7 +511,9 @@ def test_best_matches_is_the_brute_force_best_in_any_chunking(monkeypatch):
 
     rng = np.random.default_rng(2)
     earlier = rng.normal(size=(300, 16)).astype(np.float32)
-    new = np.concatenate([earlier[rng.integers(0, 300, 40)] + rng.normal(scale=0.05, size=(40, 16)), rng.normal(size=(60, 16))]).astype(np.float32)
+    new = np.concatenate(
+        [earlier[rng.integers(0, 300, 40)] + rng.normal(scale=0.05, size=(40, 16)), rng.normal(size=(60, 16))]
+    ).astype(np.float32)
     new[:5] = earlier[7]  # exact copies: ties between equal earlier rows go to the first
     earlier[11] = earlier[7]
     earlier /= np.linalg.norm(earlier, axis=1, keepdims=True)
@@ -470,8 +540,18 @@ def test_dask_gives_the_same_bytes(halves, semantic_halves, tmp_path):
     root, b = halves
     semantic_root, semantic_b = semantic_halves
     with DaskExecutor.local(2) as executor:
-        run_pipeline(parse_pipeline(PIPELINE, "test"), b, tmp_path / "dask", RunOptions(executor=executor, unit_rows=150, against=(str(root / "out-a"),)))
-        run_pipeline(parse_pipeline(SEMANTIC, "test"), semantic_b, tmp_path / "dask-semantic", RunOptions(executor=executor, unit_rows=150, against=(str(semantic_root / "out-a"),)))
+        run_pipeline(
+            parse_pipeline(PIPELINE, "test"),
+            b,
+            tmp_path / "dask",
+            RunOptions(executor=executor, unit_rows=150, against=(str(root / "out-a"),)),
+        )
+        run_pipeline(
+            parse_pipeline(SEMANTIC, "test"),
+            semantic_b,
+            tmp_path / "dask-semantic",
+            RunOptions(executor=executor, unit_rows=150, against=(str(semantic_root / "out-a"),)),
+        )
     for name in ("kept", "removed"):
         assert read_parts(root / "out-b" / name).equals(read_parts(tmp_path / "dask" / name))
         assert read_parts(semantic_root / "out-b" / name).equals(read_parts(tmp_path / "dask-semantic" / name))
@@ -484,7 +564,9 @@ def test_signature_index_verifies_by_estimate_in_less_space(halves, tmp_path, ca
     root, b = halves
     a = tmp_path / "A"
     shutil.copytree(root / "joint", a, ignore=lambda _, names: [n for n in names if not n.startswith("p0-")])
-    estimate = {"stage": [{**s, "index_verify": "estimate"} if s["kind"] == "minhash" else s for s in PIPELINE["stage"]]}
+    estimate = {
+        "stage": [{**s, "index_verify": "estimate"} if s["kind"] == "minhash" else s for s in PIPELINE["stage"]]
+    }
     run(a, tmp_path / "out-a", pipeline=estimate)
     shutil.rmtree(a)
     directory = tmp_path / "out-a" / "index" / "minhash"
@@ -493,7 +575,10 @@ def test_signature_index_verifies_by_estimate_in_less_space(halves, tmp_path, ca
     assert "signatures.npy" in meta["files"] and "fingerprints.npy" not in meta["files"]
     signatures = np.load(directory / "signatures.npy")
     assert signatures.dtype == np.uint16 and signatures.shape == (meta["rows"], 128)
-    exact_bytes = sum(f["bytes"] for f in json.loads((root / "out-a" / "index" / "minhash" / "index.json").read_text())["files"].values())
+    exact_bytes = sum(
+        f["bytes"]
+        for f in json.loads((root / "out-a" / "index" / "minhash" / "index.json").read_text())["files"].values()
+    )
     assert sum(f["bytes"] for f in meta["files"].values()) < exact_bytes  # 60-word texts: 256 bytes a row vs ~5 x 60
 
     run(b, tmp_path / "out-b", pipeline=estimate, against=(tmp_path / "out-a",))
@@ -506,15 +591,35 @@ def test_signature_index_verifies_by_estimate_in_less_space(halves, tmp_path, ca
     direct = earlier.score.dropna()
     assert (direct >= 0.8).all() and np.allclose(direct * 128, np.round(direct * 128))  # estimates: k / num_perm
 
-    code, err = cli(["dedup", "-i", str(b), "-o", str(tmp_path / "o"), "--method", "minhash", "--against", str(tmp_path / "out-a")], capsys)
+    code, err = cli(
+        [
+            "dedup",
+            "-i",
+            str(b),
+            "-o",
+            str(tmp_path / "o"),
+            "--method",
+            "minhash",
+            "--against",
+            str(tmp_path / "out-a"),
+        ],
+        capsys,
+    )
     assert code == 2 and "index_verify = 'exact'" in err and "index_verify = 'estimate'" in err
     before = {p: p.read_bytes() for p in (root / "out-a" / "index").rglob("*") if p.is_file()}
-    code, err = cli(["index", str(root / "out-a"), "--add", str(tmp_path / "out-b"), "-q"], capsys)  # an exact index takes no signature index
+    code, err = cli(
+        ["index", str(root / "out-a"), "--add", str(tmp_path / "out-b"), "-q"], capsys
+    )  # an exact index takes no signature index
     assert code == 2 and "index_verify" in err
-    assert before == {p: p.read_bytes() for p in (root / "out-a" / "index").rglob("*") if p.is_file()}  # no stage merged
+    assert before == {
+        p: p.read_bytes() for p in (root / "out-a" / "index").rglob("*") if p.is_file()
+    }  # no stage merged
     assert cli(["index", str(tmp_path / "out-a"), "--add", str(tmp_path / "out-b"), "-q"], capsys)[0] == 0
     merged = np.load(directory / "signatures.npy")
-    assert merged.shape == (len(signatures) + json.loads((tmp_path / "out-b" / "index" / "minhash" / "index.json").read_text())["rows"], 128)
+    assert merged.shape == (
+        len(signatures) + json.loads((tmp_path / "out-b" / "index" / "minhash" / "index.json").read_text())["rows"],
+        128,
+    )
     assert np.array_equal(merged[: len(signatures)], signatures)
 
 
@@ -526,7 +631,9 @@ def test_new_row_reaches_an_earlier_group_through_a_row_the_earlier_run_removed(
     a2 = " ".join(base + [f"x{i}" for i in range(8)])  # J(a1, a2) = 56/64
     b = " ".join(base + [f"x{i}" for i in range(16)])  # J(b, a2) = 64/72, J(b, a1) = 56/72 < 0.8
     filler = [" ".join(f"f{j}_{i}" for i in range(40)) for j in range(6)]
-    pq.write_table(pa.table({"id": ["a1", "a2", "fa"], "text": [a1, a2, filler[0]]}), _dir(tmp_path / "A") / "a.parquet")
+    pq.write_table(
+        pa.table({"id": ["a1", "a2", "fa"], "text": [a1, a2, filler[0]]}), _dir(tmp_path / "A") / "a.parquet"
+    )
     pq.write_table(pa.table({"id": ["b", "fb"], "text": [b, filler[1]]}), _dir(tmp_path / "B") / "b.parquet")
     near = {"stage": [{"kind": "minhash", "index": True}]}
     run(tmp_path / "A", tmp_path / "out-a", pipeline=near)
@@ -551,12 +658,20 @@ def test_the_ledger_against_an_earlier_output_is_in_input_order_whatever_the_uni
     rows = make_rows(400, seed=7)
     first = write_as(tmp_path / "a", ".parquet", rows[:200], parts=2)
     second = write_as(tmp_path / "b", ".parquet", rows[200:], parts=2)
-    stages = [{"kind": "exact", "normalize": True, "index": True}, {"kind": "minhash", "threshold": 0.7, "ngram": 3, "index": True}]
+    stages = [
+        {"kind": "exact", "normalize": True, "index": True},
+        {"kind": "minhash", "threshold": 0.7, "ngram": 3, "index": True},
+    ]
     spec = parse_pipeline({"stage": stages}, "test")
     run_pipeline(spec, first, tmp_path / "a-out", RunOptions(jobs=1))
     ledgers = []
     for name, options in (("whole", RunOptions(jobs=1)), ("cut", RunOptions(jobs=2, unit_rows=50))):
-        run_pipeline(parse_pipeline({"stage": stages, "batch_size": 64 if name == "cut" else 65536}, "test"), second, tmp_path / name, replace_against(options, tmp_path / "a-out"))
+        run_pipeline(
+            parse_pipeline({"stage": stages, "batch_size": 64 if name == "cut" else 65536}, "test"),
+            second,
+            tmp_path / name,
+            replace_against(options, tmp_path / "a-out"),
+        )
         ledgers.append(read_parts(tmp_path / name / "removed"))
     reasons = set(ledgers[0].column("reason").to_pylist())
     assert {"exact_duplicate", "exact_duplicate_of_earlier"} <= reasons, reasons

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import BUCKET
 from isolated_cluster import REPO_ROOT, can_isolate, isolated_cluster, worker_environment
 
 distributed = pytest.importorskip("distributed")
 
-pytestmark = pytest.mark.skipif(not can_isolate(), reason="needs 'unshare --mount' and the right to mount a tmpfs (root or user namespaces)")
+pytestmark = pytest.mark.skipif(
+    not can_isolate(), reason="needs 'unshare --mount' and the right to mount a tmpfs (root or user namespaces)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,9 @@ def test_every_process_ends_even_when_the_body_raises(tmp_path):
 
 def test_a_worker_that_cannot_start_fails_fast_with_its_log(tmp_path):
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    with pytest.raises(RuntimeError, match=r"(?s)worker isolated-0 exited with code 1.*PYTHONHOME = '/nonexistent-home'"):
+    with pytest.raises(
+        RuntimeError, match=r"(?s)worker isolated-0 exited with code 1.*PYTHONHOME = '/nonexistent-home'"
+    ):
         with isolated_cluster(tmp_path / "staging", workers=1, env={"PYTHONHOME": "/nonexistent-home"}):
             pytest.fail("the cluster must not start")
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]

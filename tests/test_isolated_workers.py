@@ -15,16 +15,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from curate.io import mirror
-from curate.output.store import FILES_KEY
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
-from curate.io.parts import read_parts
 from conftest import BUCKET, cli, upload
 from isolated_cluster import can_isolate, isolated_cluster
 from test_formats import make_rows, write_as
 
-pytestmark = [pytest.mark.skipif(not can_isolate(), reason="needs mount namespaces (unshare --mount) to give each worker its own disk")]
+from curate.io import mirror
+from curate.io.parts import read_parts
+from curate.output.store import FILES_KEY
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+
+pytestmark = [
+    pytest.mark.skipif(
+        not can_isolate(), reason="needs mount namespaces (unshare --mount) to give each worker its own disk"
+    )
+]
 
 STAGES = [
     {"kind": "exact", "normalize": True},
@@ -48,7 +52,10 @@ def isolated(tmp_path, monkeypatch):
 
 def _spec(endpoint: str, stages: list[dict], **more):
     options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
-    return parse_pipeline({"stage": stages, "input": {"storage_options": options}, "output": {"storage_options": options}, **more}, "test")
+    return parse_pipeline(
+        {"stage": stages, "input": {"storage_options": options}, "output": {"storage_options": options}, **more},
+        "test",
+    )
 
 
 def test_workers_without_the_drivers_disk_write_the_same_output(tmp_path, capsys, s3, isolated, monkeypatch):
@@ -58,7 +65,9 @@ def test_workers_without_the_drivers_disk_write_the_same_output(tmp_path, capsys
     real_ensure = mirror.ensure
 
     def spy(path):
-        if mirror.relative(path) is not None and not Path(path).exists() and Path(path).suffix != ".json":  # metadata is fine
+        if (
+            mirror.relative(path) is not None and not Path(path).exists() and Path(path).suffix != ".json"
+        ):  # metadata is fine
             fetched.append(mirror.relative(path))
         return real_ensure(path)
 
@@ -74,7 +83,9 @@ def test_workers_without_the_drivers_disk_write_the_same_output(tmp_path, capsys
     with DaskExecutor.connect(address) as executor:
         assert not executor.shares_directory(str(staging)), "the harness must hide the driver's disk"
         result = run_pipeline(_spec(endpoint, STAGES), url_in, url_out, RunOptions(executor=executor, unit_rows=100))
-        leftovers = executor.client.run(lambda: sorted(str(p) for p in Path(staging).rglob("*") if p.is_file() and not p.name.startswith(".")))
+        leftovers = executor.client.run(
+            lambda: sorted(str(p) for p in Path(staging).rglob("*") if p.is_file() and not p.name.startswith("."))
+        )
     assert mirror.active() is None
     assert not fetched, sorted({f.rsplit("/", 1)[0] for f in fetched})
     assert str(result.output) == url_out
@@ -86,10 +97,24 @@ def test_workers_without_the_drivers_disk_write_the_same_output(tmp_path, capsys
         assert read_parts(pulled / name).equals(read_parts(local / name)), name
     manifest = json.loads((pulled / "manifest.json").read_text())
     stored = {p[len(fs._strip_protocol(url_out)) + 1 :] for p in fs.find(url_out)}
-    assert set(manifest[FILES_KEY]) == stored - {"manifest.json"}, "the record lists exactly what the store holds: no scratch left"
+    assert set(manifest[FILES_KEY]) == stored - {"manifest.json"}, (
+        "the record lists exactly what the store holds: no scratch left"
+    )
     assert not any(name.startswith("_stages") for name in stored)
     assert all(not files for files in leftovers.values()), f"workers keep no copies after the run: {leftovers}"
-    code, err = cli(["verify", url_out, "--storage-option", f"endpoint_url={endpoint}", "--storage-option", "key=testing", "--storage-option", "secret=testing"], capsys)
+    code, err = cli(
+        [
+            "verify",
+            url_out,
+            "--storage-option",
+            f"endpoint_url={endpoint}",
+            "--storage-option",
+            "key=testing",
+            "--storage-option",
+            "secret=testing",
+        ],
+        capsys,
+    )
     assert code == 0, err
 
 
@@ -113,7 +138,16 @@ def test_an_interrupted_run_resumes_from_the_store_alone(tmp_path, s3, isolated,
     url_in = upload(fs, source, f"{tmp_path.name}/in")
     stages = [
         {"kind": "exact"},
-        {"kind": "loss_clusters", "label_column": "label", "epochs": 6, "keep": "easy", "fraction": 0.9, "proxy_epochs": 1, "folds": 2, "num_buckets": 1024},
+        {
+            "kind": "loss_clusters",
+            "label_column": "label",
+            "epochs": 6,
+            "keep": "easy",
+            "fraction": 0.9,
+            "proxy_epochs": 1,
+            "folds": 2,
+            "num_buckets": 1024,
+        },
         {"kind": "embed", "model": "hashing"},
     ]
     local = tmp_path / "local"
@@ -131,7 +165,12 @@ def test_an_interrupted_run_resumes_from_the_store_alone(tmp_path, s3, isolated,
 
     with DaskExecutor.connect(address) as executor:
         with pytest.raises(Stop):
-            run_pipeline(spec, url_in, url_out, RunOptions(executor=executor, unit_rows=100, on_stage_done=stop_after_loss_clusters))
+            run_pipeline(
+                spec,
+                url_in,
+                url_out,
+                RunOptions(executor=executor, unit_rows=100, on_stage_done=stop_after_loss_clusters),
+            )
         committed = json.loads(fs.cat_file(f"{url_out}/manifest.json"))
         assert [s["status"] for s in committed["stages"]] == ["done", "done", "done", "pending"]
         result = run_pipeline(spec, url_in, url_out, RunOptions(executor=executor, unit_rows=100, resume=True))
@@ -141,7 +180,9 @@ def test_an_interrupted_run_resumes_from_the_store_alone(tmp_path, s3, isolated,
     fs.get(url_out[len("s3://") :], str(pulled), recursive=True)
     for name in ("kept", "removed", "embeddings"):
         assert read_parts(pulled / name).equals(read_parts(local / name)), name
-    assert json.loads((pulled / "seta_schedule.json").read_text()) == json.loads((local / "seta_schedule.json").read_text())
+    assert json.loads((pulled / "seta_schedule.json").read_text()) == json.loads(
+        (local / "seta_schedule.json").read_text()
+    )
     assert (pulled / "report.html").is_file() and (pulled / "report.json").is_file()
     stored = {p[len(fs._strip_protocol(url_out)) + 1 :] for p in fs.find(url_out)}
     assert set(json.loads((pulled / "manifest.json").read_text())[FILES_KEY]) == stored - {"manifest.json"}
@@ -151,8 +192,8 @@ def test_against_an_earlier_output_in_the_store(tmp_path, s3, isolated):
     """Workers without the driver's disk read an earlier output's indexes from its store: B run
     against A on the isolated cluster removes what it removes on local disk. An earlier output on
     the driver's disk is refused in one line before anything is written."""
-    from curate.errors import UsageError
     from curate.engine.executors import DaskExecutor
+    from curate.errors import UsageError
 
     endpoint, fs = s3
     address, _ = isolated
@@ -168,11 +209,26 @@ def test_against_an_earlier_output_in_the_store(tmp_path, s3, isolated):
     base = f"s3://{BUCKET}/{tmp_path.name}"
     run_pipeline(_spec(endpoint, stages), first, f"{base}/a", RunOptions(jobs=1))
     run_pipeline(parse_pipeline({"stage": stages}, "test"), first, tmp_path / "local-a", RunOptions(jobs=1))
-    run_pipeline(parse_pipeline({"stage": stages}, "test"), second, tmp_path / "local-b", RunOptions(jobs=1, against=(str(tmp_path / "local-a"),)))
+    run_pipeline(
+        parse_pipeline({"stage": stages}, "test"),
+        second,
+        tmp_path / "local-b",
+        RunOptions(jobs=1, against=(str(tmp_path / "local-a"),)),
+    )
     with DaskExecutor.connect(address) as executor:
-        run_pipeline(_spec(endpoint, stages), url_b_in, f"{base}/b", RunOptions(executor=executor, unit_rows=50, against=(f"{base}/a",)))
+        run_pipeline(
+            _spec(endpoint, stages),
+            url_b_in,
+            f"{base}/b",
+            RunOptions(executor=executor, unit_rows=50, against=(f"{base}/a",)),
+        )
         with pytest.raises(UsageError, match="cannot read an earlier output"):
-            run_pipeline(_spec(endpoint, stages), url_b_in, f"{base}/c", RunOptions(executor=executor, against=(str(tmp_path / "local-a"),)))
+            run_pipeline(
+                _spec(endpoint, stages),
+                url_b_in,
+                f"{base}/c",
+                RunOptions(executor=executor, against=(str(tmp_path / "local-a"),)),
+            )
     assert not fs.exists(f"{base}/c")
     pulled = tmp_path / "pulled-b"
     fs.get(f"{BUCKET}/{tmp_path.name}/b", str(pulled), recursive=True)
@@ -183,7 +239,9 @@ def test_against_an_earlier_output_in_the_store(tmp_path, s3, isolated):
     assert read_parts(pulled / "kept").equals(read_parts(tmp_path / "local-b" / "kept"))
 
 
-@pytest.mark.parametrize("kill_at", ["copy in the output:5", "write the manifest:3"], ids=["mid-assemble", "before-commit"])
+@pytest.mark.parametrize(
+    "kill_at", ["copy in the output:5", "write the manifest:3"], ids=["mid-assemble", "before-commit"]
+)
 def test_driver_killed_then_resumed_without_a_shared_disk(tmp_path, capsys, s3, isolated, kill_at):
     """SIGKILL of the driver in the middle of moving a stage's parts in the store, or with a
     stage's files uploaded but not committed; `--resume` (a new driver, a new staging

@@ -96,7 +96,11 @@ def full_pipeline(batch_size: int) -> str:
     kinds = set(available_kinds())
     have = set()
     for kind, options in OTHER_STAGES.items():
-        if kind not in kinds or (kind == "prototypes" and "embed" not in have) or (kind == "pools" and "prototypes" not in have):
+        if (
+            kind not in kinds
+            or (kind == "prototypes" and "embed" not in have)
+            or (kind == "pools" and "prototypes" not in have)
+        ):
             continue
         have.add(kind)
         text += f'[[stage]]\nkind = "{kind}"\n' + "".join(f"{k} = {json.dumps(v)}\n" for k, v in options.items())
@@ -223,7 +227,16 @@ def full_setup(kill_root):
 # before the first manifest lands (resume must start fresh), before the input check's marker,
 # in the middle of a part file, before a part's rename, before a stage's marker, before kept/
 # is published, between publishing kept/ and removed/, and before the finalized manifest.
-INJECTED_CHAIN = ["manifest:1", "manifest:2", "part_write:7", "part_rename:2", "manifest:1", "publish:1", "publish:2", "manifest:1"]
+INJECTED_CHAIN = [
+    "manifest:1",
+    "manifest:2",
+    "part_write:7",
+    "part_rename:2",
+    "manifest:1",
+    "publish:1",
+    "publish:2",
+    "manifest:1",
+]
 
 
 def test_injected_kill_points_resume_to_the_same_result(setup):
@@ -253,7 +266,16 @@ def test_injected_kill_points_on_the_full_pipeline(full_setup):
     out = root / "out-injected-full"
     # before exact's marker, mid-part in its redo, before exact_2's marker, before a part rename
     # in exact_3, before minhash's marker, then the three finalize windows
-    chain = ["manifest:3", "part_write:30", "manifest:2", "part_rename:3", "manifest:2", "publish:1", "publish:2", "manifest:1"]
+    chain = [
+        "manifest:3",
+        "part_write:30",
+        "manifest:2",
+        "part_rename:3",
+        "manifest:2",
+        "publish:1",
+        "publish:2",
+        "manifest:1",
+    ]
     kills = resume_to_end(pipeline, corpus, out, chain)
     assert_same_result(out, kept, removed)
     assert kills == len(chain)

@@ -10,8 +10,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curate.errors import UsageError
-from curate.commands.inspect import verify_output
 from curate.algorithms.loss_clusters import (
     SeTaConfig,
     epoch_mode,
@@ -22,6 +20,8 @@ from curate.algorithms.loss_clusters import (
     window_clusters,
     window_size,
 )
+from curate.commands.inspect import verify_output
+from curate.errors import UsageError
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 
@@ -166,9 +166,18 @@ def write_corpus(path: Path, n: int = 400, null_labels: int = 0) -> pl.DataFrame
     rng = np.random.default_rng(0)
     labels = np.array(["alpha", "beta", "gamma"])[rng.integers(0, 3, n)]
     texts = [f"{lab} thing number {i} {'common' if i % 2 else 'other'}" for i, lab in enumerate(labels)]
-    frame = pl.DataFrame({"id": [f"doc{i}" for i in range(n)], "text": texts, "label": labels.tolist(), "my_loss": rng.exponential(size=n)})
+    frame = pl.DataFrame(
+        {
+            "id": [f"doc{i}" for i in range(n)],
+            "text": texts,
+            "label": labels.tolist(),
+            "my_loss": rng.exponential(size=n),
+        }
+    )
     if null_labels:
-        frame = frame.with_columns(pl.when(pl.int_range(pl.len()) < null_labels).then(None).otherwise(pl.col("label")).alias("label"))
+        frame = frame.with_columns(
+            pl.when(pl.int_range(pl.len()) < null_labels).then(None).otherwise(pl.col("label")).alias("label")
+        )
     frame.write_parquet(path)
     return frame
 
@@ -232,7 +241,12 @@ def test_stage_trains_a_proxy_with_out_of_fold_losses(tmp_path):
 
 def test_stage_null_labels_error_names_the_fix(tmp_path):
     with pytest.raises(UsageError, match="null_labels"):
-        run_stage(tmp_path, {"label_column": "label", "proxy_epochs": 1, "folds": 2, "num_buckets": 1024}, n=120, null_labels=5)
+        run_stage(
+            tmp_path,
+            {"label_column": "label", "proxy_epochs": 1, "folds": 2, "num_buckets": 1024},
+            n=120,
+            null_labels=5,
+        )
 
 
 def test_stage_null_labels_remove_sends_them_to_the_ledger(tmp_path):
@@ -244,7 +258,12 @@ def test_stage_null_labels_remove_sends_them_to_the_ledger(tmp_path):
 
 
 def test_stage_rejects_bad_options():
-    for options in ({}, {"loss_column": "a", "label_column": "b"}, {"loss_column": "a", "keep": "auto"}, {"loss_column": "a", "fraction": 0.5}):
+    for options in (
+        {},
+        {"loss_column": "a", "label_column": "b"},
+        {"loss_column": "a", "keep": "auto"},
+        {"loss_column": "a", "fraction": 0.5},
+    ):
         with pytest.raises(UsageError):
             parse_pipeline({"stage": [{"kind": "loss_clusters", **options}]})
 
@@ -281,7 +300,15 @@ from tests.executor_parity import assert_same_everywhere, dask_executors, run_on
     "options",
     [
         {"loss_column": "my_loss", "keep": "hard", "fraction": 0.8, "null_labels": "remove"},
-        {"label_column": "label", "keep": "easy", "fraction": 0.9, "null_labels": "remove", "proxy_epochs": 1, "folds": 2, "num_buckets": 1024},
+        {
+            "label_column": "label",
+            "keep": "easy",
+            "fraction": 0.9,
+            "null_labels": "remove",
+            "proxy_epochs": 1,
+            "folds": 2,
+            "num_buckets": 1024,
+        },
     ],
     ids=["loss_column", "proxy"],
 )
@@ -305,13 +332,18 @@ def test_loss_clusters_are_the_same_on_every_executor(tmp_path, dask_executors, 
 def test_proxy_folds_run_as_tasks_give_the_serial_out_of_fold_losses(tmp_path):
     import pyarrow as pa
 
+    from curate.runtime import torch_threads
     from curate.training.features import hashed_ngram_bags
     from curate.training.proxy import ProxyConfig, encode_labels, out_of_fold_losses
-    from curate.runtime import torch_threads
 
     frame = write_corpus(tmp_path / "in.parquet", n=300)
     stages = [{"kind": "loss_clusters", "label_column": "label", "proxy_epochs": 2, "folds": 3, "num_buckets": 4096}]
-    run_pipeline(parse_pipeline({"stage": stages, "batch_size": 64}), tmp_path / "in.parquet", tmp_path / "out", RunOptions(jobs=2, unit_rows=100))
+    run_pipeline(
+        parse_pipeline({"stage": stages, "batch_size": 64}),
+        tmp_path / "in.parquet",
+        tmp_path / "out",
+        RunOptions(jobs=2, unit_rows=100),
+    )
     codes, _ = encode_labels(pa.array(frame["label"].to_list()))
     with torch_threads(1):
         bags = hashed_ngram_bags(pa.array(frame["text"].to_list()), 4096, 2, 0)

@@ -86,9 +86,14 @@ def test_char_shingles_collapse_whitespace() -> None:
 
 def test_signatures_do_not_depend_on_chunking() -> None:
     rng = np.random.default_rng(0)
-    words = [" ".join(rng.choice(["alpha", "beta", "gamma", "delta", "eps", "zeta"], size=rng.integers(0, 40))) for _ in range(60)]
+    words = [
+        " ".join(rng.choice(["alpha", "beta", "gamma", "delta", "eps", "zeta"], size=rng.integers(0, 40)))
+        for _ in range(60)
+    ]
     whole = mh.signatures(*mh.text_shingles(pa.array(words)), 128, seed=5)
-    parts = np.vstack([mh.signatures(*mh.text_shingles(pa.array(words[i : i + 7])), 128, seed=5) for i in range(0, 60, 7)])
+    parts = np.vstack(
+        [mh.signatures(*mh.text_shingles(pa.array(words[i : i + 7])), 128, seed=5) for i in range(0, 60, 7)]
+    )
     assert np.array_equal(whole, parts)
 
 
@@ -123,7 +128,7 @@ def test_estimated_jaccard_is_unbiased(size: int) -> None:
     rng = np.random.default_rng(size)
     pairs, k = 400, 128
     errors, exact = [], []
-    for p in range(pairs):
+    for _p in range(pairs):
         union = rng.integers(0, 2**63, 2 * size, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
         shared = rng.integers(0, size + 1)
         a = union[:size]
@@ -145,12 +150,18 @@ def _datasketch_style_error(threshold: float, b: int, r: int, wfp: float, wfn: f
     return wfp * fp + wfn * fn
 
 
-@pytest.mark.parametrize("threshold,num_perm,wfp,wfn", [(0.8, 128, 0.1, 0.9), (0.5, 64, 0.5, 0.5), (0.9, 48, 0.3, 0.7)])
+@pytest.mark.parametrize(
+    "threshold,num_perm,wfp,wfn", [(0.8, 128, 0.1, 0.9), (0.5, 64, 0.5, 0.5), (0.9, 48, 0.3, 0.7)]
+)
 def test_bands_minimize_weighted_s_curve_error(threshold: float, num_perm: int, wfp: float, wfn: float) -> None:
     b, r = mh.optimal_bands(threshold, num_perm, wfp, wfn)
     assert b * r <= num_perm
     ours = _datasketch_style_error(threshold, b, r, wfp, wfn)
-    best = min(_datasketch_style_error(threshold, bb, rr, wfp, wfn) for bb in range(1, num_perm + 1) for rr in range(1, num_perm // bb + 1))
+    best = min(
+        _datasketch_style_error(threshold, bb, rr, wfp, wfn)
+        for bb in range(1, num_perm + 1)
+        for rr in range(1, num_perm // bb + 1)
+    )
     assert ours <= best + 1e-6
 
 
@@ -168,7 +179,7 @@ def test_s_curve_predicts_bucket_collisions() -> None:
     for s in (0.4, 0.6):
         shared = int(round(2 * size * s / (1 + s)))
         hits = 0
-        for p in range(pairs):
+        for _p in range(pairs):
             union = rng.integers(0, 2**63, 2 * size, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
             a, b = union[:size], np.concatenate([union[:shared], union[size : 2 * size - shared]])
             sig = mh.signatures(np.concatenate([a, b]), np.array([0, size, 2 * size]), bands * rows)
@@ -223,7 +234,7 @@ def test_keyed_bucket_pairs_split_by_key_give_the_matrix_pairs() -> None:
 
 def test_connected_components_match_networkx() -> None:
     rng = np.random.default_rng(11)
-    for trial in range(20):
+    for _trial in range(20):
         n = int(rng.integers(1, 300))
         m = int(rng.integers(0, 2 * n))
         i, j = rng.integers(0, n, m), rng.integers(0, n, m)

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.errors import UsageError
 from curate.commands.inspect import verify_output
+from curate.errors import UsageError
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.stages.minhash import MinHashDedup
 
@@ -52,7 +52,14 @@ def make_corpus(seed: int = 0) -> tuple[pa.Table, dict[str, str]]:
     order = rng.permutation(len(rows))
     # Every base before its copies, so the expected representative is the earliest.
     rows = sorted((rows[i] for i in order), key=lambda r: not r[0].startswith("base"))
-    rows += [("empty1", ""), ("empty2", ""), ("punct1", "?!"), ("punct2", "?!"), ("short1", "tiny text"), ("short2", "Tiny, TEXT!")]
+    rows += [
+        ("empty1", ""),
+        ("empty2", ""),
+        ("punct1", "?!"),
+        ("punct2", "?!"),
+        ("short1", "tiny text"),
+        ("short2", "Tiny, TEXT!"),
+    ]
     expected["short2"] = "short1"
     table = pa.table({"id": [r[0] for r in rows], "text": [r[1] for r in rows], "extra": list(range(len(rows)))})
     return table, expected
@@ -68,7 +75,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
     return root, expected
 
 
-def run(source: Path, out: Path, batch_size: int = 65536, workers: int = 2, **options) -> tuple[pl.DataFrame, pl.DataFrame]:
+def run(
+    source: Path, out: Path, batch_size: int = 65536, workers: int = 2, **options
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     spec = parse_pipeline({"batch_size": batch_size, "stage": [{"kind": "minhash", **options}]}, "test")
     run_pipeline(spec, source, out, RunOptions(jobs=workers))
     kept = pl.read_parquet(out / "kept")
@@ -109,7 +118,9 @@ def test_no_verification_removes_a_superset(corpus, tmp_path: Path) -> None:
 
 def test_after_exact_stage_with_gaps_in_row_ordinals(corpus, tmp_path: Path) -> None:
     source, expected = corpus
-    spec = parse_pipeline({"batch_size": 16, "stage": [{"kind": "exact", "normalize": True}, {"kind": "minhash"}]}, "test")
+    spec = parse_pipeline(
+        {"batch_size": 16, "stage": [{"kind": "exact", "normalize": True}, {"kind": "minhash"}]}, "test"
+    )
     run_pipeline(spec, source, tmp_path / "out", RunOptions(jobs=2))
     removed = pl.read_parquet(tmp_path / "out" / "removed")
     by_stage = dict(zip(removed["id"].to_list(), removed["stage"].to_list()))
@@ -125,7 +136,14 @@ def test_char_shingles_find_the_near_copies(corpus, tmp_path: Path) -> None:
 
 
 def test_options_are_validated() -> None:
-    for bad in ({"threshold": 1.5}, {"ngram": 0}, {"verify": "maybe"}, {"unit": "byte"}, {"bands": 20, "rows": 10}, {"threshold": "high"}):
+    for bad in (
+        {"threshold": 1.5},
+        {"ngram": 0},
+        {"verify": "maybe"},
+        {"unit": "byte"},
+        {"bands": 20, "rows": 10},
+        {"threshold": "high"},
+    ):
         with pytest.raises(UsageError):
             MinHashDedup.from_options(bad)
     assert MinHashDedup(bands=16).lsh_shape() == (16, 8)
@@ -136,7 +154,24 @@ def test_cli_dedup_minhash(corpus, tmp_path: Path) -> None:
     from curate.cli import main
 
     source, expected = corpus
-    main(["dedup", "-i", str(source), "-o", str(tmp_path / "out"), "--method", "minhash", "--threshold", "0.8", "--ngram", "5", "--num-perm", "64", "--quiet"])
+    main(
+        [
+            "dedup",
+            "-i",
+            str(source),
+            "-o",
+            str(tmp_path / "out"),
+            "--method",
+            "minhash",
+            "--threshold",
+            "0.8",
+            "--ngram",
+            "5",
+            "--num-perm",
+            "64",
+            "--quiet",
+        ]
+    )
     removed = pl.read_parquet(tmp_path / "out" / "removed")
     assert set(removed["id"].to_list()) == set(expected)
 
@@ -176,7 +211,9 @@ def spanning_corpus(seed: int = 0) -> pa.Table:
         for pos in rng.choice(len(edited), size=max(1, len(edited) // 50), replace=False):
             edited[pos] = f"chain{step}x{pos}"
         chain.append(" ".join(edited))
-    extra = [(f"copy11-{k}", texts[ids.index("base11")]) for k in range(7)] + [(f"chain{k}", t) for k, t in enumerate(chain[1:])]
+    extra = [(f"copy11-{k}", texts[ids.index("base11")]) for k in range(7)] + [
+        (f"chain{k}", t) for k, t in enumerate(chain[1:])
+    ]
     rows = list(zip(ids, texts)) + extra
     head, tail = rows[:40], rows[40:]  # the 40 bases first: each group's earliest row is its base
     tail = [tail[i] for i in rng.permutation(len(tail))]
@@ -232,7 +269,9 @@ def serial_reference(table: pa.Table, verify: str, **options) -> dict[str, tuple
 
 @pytest.mark.parametrize("verify", VERIFY)
 def test_map_reduce_fit_gives_the_serial_reference(spanning, tmp_path: Path, verify: str) -> None:
-    _, removed, info = run_tables(spanning, tmp_path / "out", RunOptions(jobs=2, unit_rows=9), verify=verify, bands=16, rows=8)
+    _, removed, info = run_tables(
+        spanning, tmp_path / "out", RunOptions(jobs=2, unit_rows=9), verify=verify, bands=16, rows=8
+    )
     assert info["work_units"] >= 10
     got = {r["id"]: (r["duplicate_of"], r["score"]) for r in removed.to_pylist()}
     assert got == serial_reference(pq.read_table(spanning), verify, bands=16, rows=8)
@@ -246,7 +285,9 @@ def test_same_bytes_for_jobs_and_unit_sizes(spanning, tmp_path: Path) -> None:
         kept, removed, _ = run_tables(spanning, tmp_path / f"serial-{verify}", RunOptions(jobs=1), verify=verify)
         assert len(removed) > 20
         for k, unit_rows in enumerate([7, 25]):
-            other_kept, other_removed, info = run_tables(spanning, tmp_path / f"jobs2-{verify}-{k}", RunOptions(jobs=2, unit_rows=unit_rows), verify=verify)
+            other_kept, other_removed, info = run_tables(
+                spanning, tmp_path / f"jobs2-{verify}-{k}", RunOptions(jobs=2, unit_rows=unit_rows), verify=verify
+            )
             assert info["work_units"] > 3
             assert kept.equals(other_kept) and removed.equals(other_removed), (verify, unit_rows)
 
@@ -259,7 +300,12 @@ def test_same_bytes_on_a_dask_cluster(spanning, tmp_path: Path, workers: int) ->
     with DaskExecutor.local(workers) as executor:
         for verify in VERIFY:
             kept, removed, _ = run_tables(spanning, tmp_path / f"serial-{verify}", RunOptions(jobs=1), verify=verify)
-            dask_kept, dask_removed, info = run_tables(spanning, tmp_path / f"dask-{verify}", RunOptions(executor=executor, unit_rows=8 + workers), verify=verify)
+            dask_kept, dask_removed, info = run_tables(
+                spanning,
+                tmp_path / f"dask-{verify}",
+                RunOptions(executor=executor, unit_rows=8 + workers),
+                verify=verify,
+            )
             assert info["work_units"] > workers
             assert kept.equals(dask_kept) and removed.equals(dask_removed), verify
 

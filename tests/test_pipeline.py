@@ -4,14 +4,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_shards
 
-from curate.errors import OutputError, UsageError
 from curate.commands.inspect import verify_output
+from curate.errors import OutputError, UsageError
+from curate.io.parts import read_parts
 from curate.output.manifest import read_manifest
 from curate.pipeline import RunOptions, load_pipeline, parse_pipeline, run_pipeline
-from curate.io.parts import read_parts
-
-from conftest import write_shards
 
 TWO_STAGES = {"batch_size": 37, "stage": [{"kind": "exact"}, {"kind": "exact", "normalize": True}]}
 
@@ -121,7 +120,12 @@ def test_resume_refuses_a_changed_config(corpus, tmp_path):
     source, _ = corpus
     out = tmp_path / "out"
     with pytest.raises(Interrupt):
-        run_pipeline(parse_pipeline(TWO_STAGES), source, out, RunOptions(on_stage_done=lambda n: (_ for _ in ()).throw(Interrupt(n))))
+        run_pipeline(
+            parse_pipeline(TWO_STAGES),
+            source,
+            out,
+            RunOptions(on_stage_done=lambda n: (_ for _ in ()).throw(Interrupt(n))),
+        )
     changed = parse_pipeline({"stage": [{"kind": "exact", "normalize": True}]})
     with pytest.raises(UsageError, match="config differs"):
         run_pipeline(changed, source, out, RunOptions(resume=True))
@@ -166,5 +170,9 @@ def test_drop_null_text_sends_nulls_to_the_ledger(tmp_path):
     spec = parse_pipeline({"input": {"drop_null_text": True}, "stage": [{"kind": "exact"}]})
     run_pipeline(spec, source, out)
     removed = {r["id"]: (r["stage"], r["reason"]) for r in read_parts(out / "removed").to_pylist()}
-    assert removed == {"doc-000001": ("input", "null_text"), "doc-000003": ("input", "null_text"), "doc-000004": ("exact", "exact_duplicate")}
+    assert removed == {
+        "doc-000001": ("input", "null_text"),
+        "doc-000003": ("input", "null_text"),
+        "doc-000004": ("exact", "exact_duplicate"),
+    }
     assert verify_output(out).ok

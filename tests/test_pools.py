@@ -9,11 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.errors import UsageError
-from curate.commands.inspect import verify_output
 from curate.algorithms.pools import assign_pools, pool_edges
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+from curate.commands.inspect import verify_output
+from curate.errors import UsageError
 from curate.io.parts import read_parts
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 
 def pools_of(scores, k, higher=True):
@@ -44,7 +44,9 @@ def test_fewer_rows_than_pools_still_orders_them():
 
 
 def write_scores(path: Path, scores: np.ndarray) -> Path:
-    pq.write_table(pa.table({"id": [f"r{i}" for i in range(len(scores))], "text": ["t"] * len(scores), "quality": scores}), path)
+    pq.write_table(
+        pa.table({"id": [f"r{i}" for i in range(len(scores))], "text": ["t"] * len(scores), "quality": scores}), path
+    )
     return path
 
 
@@ -78,7 +80,16 @@ def test_proto_distance_direction_follows_the_prototypes_keep(tmp_path, keep, be
     x = rng.normal(size=(400, 8))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     source = tmp_path / "in.parquet"
-    pq.write_table(pa.table({"id": [f"r{i}" for i in range(400)], "text": ["t"] * 400, "vec": pa.array(x.tolist(), pa.list_(pa.float32()))}), source)
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"r{i}" for i in range(400)],
+                "text": ["t"] * 400,
+                "vec": pa.array(x.tolist(), pa.list_(pa.float32())),
+            }
+        ),
+        source,
+    )
     stages = [
         {"kind": "prototypes", "model": "column:vec", "clusters": 4, "keep": keep, "fraction": 0.9},
         {"kind": "pools", "score": "proto_distance", "pools": 2, "higher_is_better": "auto"},
@@ -110,7 +121,13 @@ def test_pools_are_the_same_on_every_executor(tmp_path, dask_executors, kind):
     for s in range(3):
         scores = np.round(rng.normal(size=300), 2)  # rounding makes ties across units
         mask = rng.random(300) < 0.05
-        table = pa.table({"id": [f"s{s}-{i}" for i in range(300)], "text": ["t"] * 300, "quality": pa.array(scores, kind, mask=mask)})
+        table = pa.table(
+            {
+                "id": [f"s{s}-{i}" for i in range(300)],
+                "text": ["t"] * 300,
+                "quality": pa.array(scores, kind, mask=mask),
+            }
+        )
         pq.write_table(table, source / f"shard-{s}.parquet", row_group_size=100)
     stages = [{"kind": "pools", "score": "quality", "pools": 4}]
     outputs = run_on_every_executor(tmp_path, stages, source, dask_executors)

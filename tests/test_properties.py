@@ -24,13 +24,15 @@ from hypothesis import strategies as st
 
 from curate.commands.inspect import verify_output
 from curate.errors import UsageError
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.io.inputs import ROW_COLUMN, InputSet
 from curate.io.parts import list_parts
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.stages.base import available_kinds, stage_class
 from curate.stages.constraints import invalid_option_values
 
-SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 # Per stage kind: the pipeline that exercises it (prerequisite stages first, the kind last).
 # The corpus carries a float `quality` column, so pools can run without a scoring stage.
@@ -39,7 +41,9 @@ STAGE_TABLE: dict[str, list[list[dict]]] = {
     "minhash": [[{"kind": "minhash", "threshold": 0.8}], [{"kind": "minhash", "threshold": 0.5}]],
     "embed": [[{"kind": "embed", "model": "hashing"}]],
     "semdedup": [[{"kind": "embed", "model": "hashing"}, {"kind": "semdedup"}]],
-    "prototypes": [[{"kind": "embed", "model": "hashing"}, {"kind": "prototypes", "clusters": 3, "keep": "hard", "fraction": 0.8}]],
+    "prototypes": [
+        [{"kind": "embed", "model": "hashing"}, {"kind": "prototypes", "clusters": 3, "keep": "hard", "fraction": 0.8}]
+    ],
     "pools": [[{"kind": "pools", "score": "quality", "pools": 3}]],
     "loss_clusters": [[{"kind": "loss_clusters", "loss_column": "quality"}]],
 }
@@ -129,7 +133,9 @@ def test_every_registered_kind_has_a_stage_table_entry():
     assert not missing, f"add STAGE_TABLE entries for {missing}"
 
 
-OPTION_CASES = [pytest.param(kind, name, id=f"{kind}.{name}") for kind in KINDS for name in stage_class(kind).option_names()]
+OPTION_CASES = [
+    pytest.param(kind, name, id=f"{kind}.{name}") for kind in KINDS for name in stage_class(kind).option_names()
+]
 
 
 @pytest.mark.parametrize("kind, name", OPTION_CASES)
@@ -140,7 +146,9 @@ def test_every_option_refuses_the_invalid_values_its_constraints_generate(kind, 
     value = data.draw(st.sampled_from(invalid_option_values(cls, name)), label=name)
     with pytest.raises(UsageError, match=f"stage '{kind}': option '{name}' must be"):
         cls.from_options({name: value})
-    with pytest.raises(UsageError, match=f"option '{name}' must be"):  # built directly: __init__ stores, the runner's check refuses
+    with pytest.raises(
+        UsageError, match=f"option '{name}' must be"
+    ):  # built directly: __init__ stores, the runner's check refuses
         cls(**{name: value}).validate_options()
 
 
@@ -155,7 +163,9 @@ def test_the_defaults_and_the_table_options_pass(kind):
 
 
 def _runnable_pipelines() -> list[list[dict]]:
-    return [p for kind in KINDS if kind in STAGE_TABLE for p in STAGE_TABLE[kind] if all(s["kind"] in KINDS for s in p)]
+    return [
+        p for kind in KINDS if kind in STAGE_TABLE for p in STAGE_TABLE[kind] if all(s["kind"] in KINDS for s in p)
+    ]
 
 
 @SETTINGS
@@ -195,16 +205,24 @@ def _same_output(a: Path, b: Path) -> None:
     for name in kept_a.column_names:
         col_a, col_b = kept_a.column(name), kept_b.column(name)
         if pa.types.is_floating(col_a.type):  # scores may differ in the last bits with blocking
-            np.testing.assert_allclose(col_a.to_numpy(zero_copy_only=False), col_b.to_numpy(zero_copy_only=False), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                col_a.to_numpy(zero_copy_only=False), col_b.to_numpy(zero_copy_only=False), rtol=1e-5, atol=1e-6
+            )
         else:
             assert col_a.equals(col_b), name
     keys = [("stage", "ascending"), ("id", "ascending")]
     cols = ["id", "stage", "reason", "duplicate_of"]
-    assert read_dir(a / "removed").select(cols).sort_by(keys).equals(read_dir(b / "removed").select(cols).sort_by(keys))
+    assert (
+        read_dir(a / "removed").select(cols).sort_by(keys).equals(read_dir(b / "removed").select(cols).sort_by(keys))
+    )
 
 
 @SETTINGS
-@given(corpus=corpora(), picks=st.lists(st.integers(0, 1000), min_size=1, max_size=3), sizes=st.lists(st.integers(1, 64), min_size=2, max_size=2, unique=True))
+@given(
+    corpus=corpora(),
+    picks=st.lists(st.integers(0, 1000), min_size=1, max_size=3),
+    sizes=st.lists(st.integers(1, 64), min_size=2, max_size=2, unique=True),
+)
 def test_results_do_not_depend_on_batch_size(corpus, picks, sizes):
     shards, with_ids, row_group = corpus
     pool = _runnable_pipelines()

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.commands.inspect import verify_output
 from curate.algorithms.prototypes import choose_keep, keep_count, select_by_difficulty
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+from curate.commands.inspect import verify_output
 from curate.io.parts import read_parts
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 
 def clustered(n: int = 1000, d: int = 16, seed: int = 0) -> np.ndarray:
@@ -28,7 +28,16 @@ def write_input(path: Path, x: np.ndarray) -> Path:
     words = ["apt", "lib", "dev", "doc", "python", "perl", "font", "data", "tool", "game"]
     rng = np.random.default_rng(1)
     texts = [" ".join(rng.choice(words, size=int(rng.integers(2, 8)))) for _ in range(len(x))]
-    pq.write_table(pa.table({"id": [f"r{i:05d}" for i in range(len(x))], "text": texts, "vec": pa.array(x.tolist(), pa.list_(pa.float32()))}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"r{i:05d}" for i in range(len(x))],
+                "text": texts,
+                "vec": pa.array(x.tolist(), pa.list_(pa.float32())),
+            }
+        ),
+        path,
+    )
     return path
 
 
@@ -88,7 +97,9 @@ def test_auto_keeps_hard_when_data_is_abundant_and_easy_when_scarce(tmp_path):
     x = clustered(n=400)
     _, abundant = run(tmp_path, x, "abundant", keep="auto", fraction=0.5, budget=100)
     _, scarce = run(tmp_path, x, "scarce", keep="auto", fraction=0.5, report={"budget": 10_000})
-    assert abundant["stages"][1]["info"]["keep"] == "hard" and "abundant" in abundant["stages"][1]["info"]["keep_reason"]
+    assert (
+        abundant["stages"][1]["info"]["keep"] == "hard" and "abundant" in abundant["stages"][1]["info"]["keep_reason"]
+    )
     assert scarce["stages"][1]["info"]["keep"] == "easy" and "[report]" in scarce["stages"][1]["info"]["keep_reason"]
     assert choose_keep(1000, None)[0] == "hard"
 
@@ -102,7 +113,9 @@ def test_clusters_are_capped_for_small_data(tmp_path):
 def test_without_embeddings_it_embeds_first_with_the_given_model(tmp_path):
     x = clustered(n=300)
     source = write_input(tmp_path / "in.parquet", x)
-    spec = parse_pipeline({"stage": [{"kind": "prototypes", "model": "hashing", "clusters": 4, "keep": "hard", "fraction": 0.8}]}, "test")
+    spec = parse_pipeline(
+        {"stage": [{"kind": "prototypes", "model": "hashing", "clusters": 4, "keep": "hard", "fraction": 0.8}]}, "test"
+    )
     run_pipeline(spec, source, tmp_path / "out", RunOptions(jobs=1))
     meta = json.loads((tmp_path / "out" / "embeddings" / "embeddings.json").read_text())
     assert meta["model"] == "hashing" and meta["rows"] == 300
@@ -137,7 +150,11 @@ def test_prototypes_give_the_same_scores_on_every_executor(tmp_path, dask_execut
     source.mkdir()
     for s in range(3):
         texts = [" ".join(rng.choice(words, size=int(rng.integers(2, 9)))) for _ in range(400)]
-        pq.write_table(pa.table({"id": [f"s{s}-{i}" for i in range(400)], "text": texts}), source / f"shard-{s}.parquet", row_group_size=100)
+        pq.write_table(
+            pa.table({"id": [f"s{s}-{i}" for i in range(400)], "text": texts}),
+            source / f"shard-{s}.parquet",
+            row_group_size=100,
+        )
     stages = [{"kind": "prototypes", "model": "hashing", "clusters": 5, "keep": "hard", "fraction": 0.7}]
     manifest = assert_same_everywhere(run_on_every_executor(tmp_path, stages, source, dask_executors))
     info = manifest["stages"][1]["info"]
@@ -166,24 +183,33 @@ def write_shards(directory: Path, shards: int = 3, rows: int = 400, seed: int = 
     directory.mkdir()
     for s in range(shards):
         texts = [" ".join(rng.choice(words, size=int(rng.integers(2, 9)))) for _ in range(rows)]
-        pq.write_table(pa.table({"id": [f"s{s}-{i}" for i in range(rows)], "text": texts}), directory / f"shard-{s}.parquet", row_group_size=100)
+        pq.write_table(
+            pa.table({"id": [f"s{s}-{i}" for i in range(rows)], "text": texts}),
+            directory / f"shard-{s}.parquet",
+            row_group_size=100,
+        )
     return directory
 
 
 def input_source(directory: Path):
-    from curate.io.inputs import ColumnSpec, InputSet
     from curate.engine.units import InputSource
+    from curate.io.inputs import ColumnSpec, InputSet
 
     return InputSource(InputSet.scan(directory, ColumnSpec()), 64, drop_null_text=False)
 
 
 def test_stored_vectors_are_read_in_place_only_when_the_rows_line_up(tmp_path):
-    from curate.stages.base import StageContext
     from curate.embeddings.store import load_vectors, stored_embeddings, vector_blocks
+    from curate.stages.base import StageContext
 
     source = write_shards(tmp_path / "in")
     out = tmp_path / "out"
-    run_pipeline(parse_pipeline({"stage": [{"kind": "embed", "model": "hashing"}]}, "test"), source, out, RunOptions(jobs=1, unit_rows=250))
+    run_pipeline(
+        parse_pipeline({"stage": [{"kind": "embed", "model": "hashing"}]}, "test"),
+        source,
+        out,
+        RunOptions(jobs=1, unit_rows=250),
+    )
     store = read_parts(out / "embeddings")
     stored = np.asarray(store.column("embedding").combine_chunks().flatten()).reshape(store.num_rows, -1)
     # units of 200 rows over store parts of 300: some units span two parts
@@ -216,7 +242,15 @@ def test_reading_in_place_gives_what_the_lookup_by_id_gives(tmp_path, monkeypatc
     import curate.stages.prototypes as prototypes_stage
 
     source = write_shards(tmp_path / "in")
-    spec = parse_pipeline({"stage": [{"kind": "embed", "model": "hashing"}, {"kind": "prototypes", "clusters": 5, "keep": "hard", "fraction": 0.7}]}, "test")
+    spec = parse_pipeline(
+        {
+            "stage": [
+                {"kind": "embed", "model": "hashing"},
+                {"kind": "prototypes", "clusters": 5, "keep": "hard", "fraction": 0.7},
+            ]
+        },
+        "test",
+    )
     fast = run_pipeline(spec, source, tmp_path / "fast", RunOptions(jobs=1, unit_rows=250))
     monkeypatch.setattr(prototypes_stage, "stored_embeddings", lambda *args, **kwargs: None)
     slow = run_pipeline(spec, source, tmp_path / "slow", RunOptions(jobs=1, unit_rows=250))
@@ -224,7 +258,9 @@ def test_reading_in_place_gives_what_the_lookup_by_id_gives(tmp_path, monkeypatc
     assert "read in place" not in slow.manifest["stages"][2]["info"]["fit"]
     for name in ("kept", "removed"):
         assert read_parts(tmp_path / "fast" / name).equals(read_parts(tmp_path / "slow" / name))
-    assert (tmp_path / "fast" / "prototypes" / "centroids.npy").read_bytes() == (tmp_path / "slow" / "prototypes" / "centroids.npy").read_bytes()
+    assert (tmp_path / "fast" / "prototypes" / "centroids.npy").read_bytes() == (
+        tmp_path / "slow" / "prototypes" / "centroids.npy"
+    ).read_bytes()
     assert read_parts(tmp_path / "fast" / "kept").num_rows == 840
 
 

@@ -24,7 +24,15 @@ from curate.scaling.proxy_runs import ProxyRunSettings, run_proxy_trainings
 from curate.scaling.runs import write_runs
 from curate.training.proxy import ProxyConfig
 
-LAW = Law(3.0, (Pool("0", 1000, -0.2, 2.0), Pool("1", 1000, -0.18, 3.0), Pool("2", 2000, -0.16, 4.0), Pool("3", 4000, -0.14, 5.0)))
+LAW = Law(
+    3.0,
+    (
+        Pool("0", 1000, -0.2, 2.0),
+        Pool("1", 1000, -0.18, 3.0),
+        Pool("2", 2000, -0.16, 4.0),
+        Pool("3", 4000, -0.14, 5.0),
+    ),
+)
 
 
 def embedded_images(html_text):
@@ -73,14 +81,26 @@ def _runs_csv(path):
     rows = []
     for i, pool in enumerate(LAW.pools[:3]):
         for n in np.geomspace(0.1 * pool.size, 20 * pool.size, 8):
-            rows.append({"pool": str(i), "pool_size": int(pool.size), "samples_seen": n, "loss": float(np.exp(log_loss_mix(n, [pool.size], [pool.b], [pool.tau], LAW.a))[0])})
+            rows.append(
+                {
+                    "pool": str(i),
+                    "pool_size": int(pool.size),
+                    "samples_seen": n,
+                    "loss": float(np.exp(log_loss_mix(n, [pool.size], [pool.b], [pool.tau], LAW.a))[0]),
+                }
+            )
     write_runs(path, rows)
     return path
 
 
 def test_pipeline_run_ends_with_report(tmp_path):
     source = _corpus(tmp_path / "in.parquet")
-    spec = parse_pipeline({"stage": [{"kind": "exact"}], "report": {"runs": str(_runs_csv(tmp_path / "runs.csv")), "budgets": [1e3, 1e5]}})
+    spec = parse_pipeline(
+        {
+            "stage": [{"kind": "exact"}],
+            "report": {"runs": str(_runs_csv(tmp_path / "runs.csv")), "budgets": [1e3, 1e5]},
+        }
+    )
     run_pipeline(spec, source, tmp_path / "out", RunOptions())
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [s["name"] for s in report["pipeline"]["stages"]] == ["input", "exact"]
@@ -120,9 +140,20 @@ def test_proxy_runs_rows_per_pool_and_prefix():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 3, 600)
     vocab = [["red", "apple", "cherry"], ["blue", "sky", "sea"], ["green", "leaf", "grass"]]
-    texts = [" ".join(rng.choice(vocab[l], 3)) + f" w{rng.integers(50)}" for l in labels]
+    texts = [" ".join(rng.choice(vocab[label], 3)) + f" w{rng.integers(50)}" for label in labels]
     pools = rng.integers(0, 2, 600)
-    rows = run_proxy_trainings(texts, [str(l) for l in labels], pools, ProxyRunSettings(epochs=(0.5, 2.0), mix_epochs=(1.0,), classes=3, metric="loss", proxy=ProxyConfig(num_buckets=1 << 12, lr=0.01, batch_size=32)))
+    rows = run_proxy_trainings(
+        texts,
+        [str(label) for label in labels],
+        pools,
+        ProxyRunSettings(
+            epochs=(0.5, 2.0),
+            mix_epochs=(1.0,),
+            classes=3,
+            metric="loss",
+            proxy=ProxyConfig(num_buckets=1 << 12, lr=0.01, batch_size=32),
+        ),
+    )
     assert [r["pool"] for r in rows] == ["0", "0", "1", "1", "0+1"]
     assert all(r["samples_seen"] == round(r["epochs"] * r["pool_size"]) for r in rows)
     assert rows[1]["loss"] < rows[0]["loss"] < np.log(3) + 0.1  # it learns
@@ -138,19 +169,40 @@ CHECK_SCRIPT = """<script>window.addEventListener('load', () => {
 });</script></body>"""
 
 
-@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (apt-get install -y chromium) -- the browser render check needs it")
+@pytest.mark.skipif(
+    _chromium() is None,
+    reason="chromium not installed (apt-get install -y chromium) -- the browser render check needs it",
+)
 def test_report_renders_in_headless_chromium(law_report, tmp_path):
     html_path = law_report
     probe = tmp_path / "probe.html"
     probe.write_text(html_path.read_text().replace("</body>", CHECK_SCRIPT))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tempfile.mkdtemp()}"]
-    dom = subprocess.run([_chromium(), *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tempfile.mkdtemp()}",
+    ]
+    dom = subprocess.run(
+        [_chromium(), *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     counts = re.search(r'data-images="(\d+):(\d+)"', dom)
     assert counts, "the page did not load"
     assert int(counts.group(1)) == 2 and int(counts.group(2)) == 0
     shot = tmp_path / "shot.png"
-    subprocess.run([_chromium(), *flags, f"--screenshot={shot}", "--window-size=1280,2000", html_path.as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [_chromium(), *flags, f"--screenshot={shot}", "--window-size=1280,2000", html_path.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     assert mpimg.imread(str(shot)).shape[:2] == (2000, 1280)
 
 
@@ -160,9 +212,13 @@ def test_demo_ends_with_a_budget_plan(tmp_path):
     main(["demo", "-o", str(tmp_path / "demo"), "-q"])
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert report["law"]["model"] == "goyal2024" and len(report["law"]["pools"]) == 4
-    assert len(report["plan"]["mixes"]) == 6 and report["recommendation"].startswith(("No mix of the pools beats random", "The chosen mix of the pools beats random"))
+    assert len(report["plan"]["mixes"]) == 6 and report["recommendation"].startswith(
+        ("No mix of the pools beats random", "The chosen mix of the pools beats random")
+    )
     assert len(report["random_baseline"]["budgets"]) == 6  # the random baseline, per planned budget
-    assert {"funnel", "pool_scores", "fit_per_pool", "loss_vs_budget", "mix_vs_budget", "random_baseline"} <= set(report["plots"])
+    assert {"funnel", "pool_scores", "fit_per_pool", "loss_vs_budget", "mix_vs_budget", "random_baseline"} <= set(
+        report["plots"]
+    )
     runs = (tmp_path / "demo" / "scaling" / "runs.csv").read_text().splitlines()
     assert runs[0].startswith("pool,pool_size,samples_seen,loss") and len(runs) == 1 + 4 * 7 + 3 * 3
     assert len((tmp_path / "demo" / "scaling" / "runs_random.csv").read_text().splitlines()) == len(runs)

@@ -4,14 +4,22 @@ import json
 
 import numpy as np
 import pytest
+from test_scaling_law import literal_goyal
 
 from curate.cli import main
 from curate.scaling import save_law
 from curate.scaling.allocate import allocate, crossovers, parse_budgets, plan, switches
 from curate.scaling.law import Law, Pool
-from test_scaling_law import literal_goyal
 
-LAW = Law(3.0, (Pool("0", 1000, -0.2, 2.0), Pool("1", 1000, -0.18, 3.0), Pool("2", 2000, -0.16, 4.0), Pool("3", 4000, -0.14, 5.0)))
+LAW = Law(
+    3.0,
+    (
+        Pool("0", 1000, -0.2, 2.0),
+        Pool("1", 1000, -0.18, 3.0),
+        Pool("2", 2000, -0.16, 4.0),
+        Pool("3", 4000, -0.14, 5.0),
+    ),
+)
 
 
 def brute_force(law, budget):
@@ -19,7 +27,9 @@ def brute_force(law, budget):
     losses = []
     for j in range(1, len(law.pools) + 1):
         chosen = law.pools[:j]
-        losses.append(literal_goyal(budget, [p.size for p in chosen], [p.b for p in chosen], [p.tau for p in chosen], law.a))
+        losses.append(
+            literal_goyal(budget, [p.size for p in chosen], [p.b for p in chosen], [p.tau for p in chosen], law.a)
+        )
     return int(np.argmin(losses)) + 1
 
 
@@ -69,14 +79,27 @@ def test_parse_budgets_range_and_list():
 
 def test_cli_allocate_budgets_and_pool_sizes(tmp_path):
     save_law(tmp_path / "law.json", LAW)
-    main(["allocate", str(tmp_path / "law.json"), "--budgets", "1e3:1e7:9", "--pool-sizes", "2000,4000,8000,16000", "-o", str(tmp_path / "mix.json")])
+    main(
+        [
+            "allocate",
+            str(tmp_path / "law.json"),
+            "--budgets",
+            "1e3:1e7:9",
+            "--pool-sizes",
+            "2000,4000,8000,16000",
+            "-o",
+            str(tmp_path / "mix.json"),
+        ]
+    )
     mix = json.loads((tmp_path / "mix.json").read_text())
     assert len(mix["mixes"]) == 9 and mix["pool_sizes"]["0"] == 2000
     grown = LAW.with_sizes([2000, 4000, 8000, 16000])
     assert [m["pools"] for m in mix["mixes"]] == [a.pools for a in allocate(grown, parse_budgets("1e3:1e7:9"))]
 
 
-@pytest.mark.parametrize("args", [["--budget", "-5"], ["--budgets", "1e3:1e2:4"], ["--budget", "1e5", "--pool-sizes", "1,2"], []])
+@pytest.mark.parametrize(
+    "args", [["--budget", "-5"], ["--budgets", "1e3:1e2:4"], ["--budget", "1e5", "--pool-sizes", "1,2"], []]
+)
 def test_cli_allocate_usage_errors_exit_2(tmp_path, args):
     save_law(tmp_path / "law.json", LAW)
     with pytest.raises(SystemExit) as exit_info:

@@ -110,7 +110,9 @@ def test_recovers_parameters_above_a_fixed_irreducible_loss(tmp_path):
     rows = []
     for i, (size, b, t) in enumerate(zip(SIZES, B, TAU)):
         n = np.geomspace(0.05 * size, 40 * size, 14)
-        y = np.exp(log_loss_mix(n, [size], [b], [t], A, GOYAL, irreducible=0.5)) * (1 + 0.002 * rng.standard_normal(len(n)))
+        y = np.exp(log_loss_mix(n, [size], [b], [t], A, GOYAL, irreducible=0.5)) * (
+            1 + 0.002 * rng.standard_normal(len(n))
+        )
         rows += [{"pool": str(i), "pool_size": size, "samples_seen": float(x), "loss": float(v)} for x, v in zip(n, y)]
     write_runs(tmp_path / "runs.csv", rows)
     law = fit_law(read_runs(tmp_path / "runs.csv"), irreducible=0.5).law

@@ -5,7 +5,17 @@ import math
 import numpy as np
 import pytest
 
-from curate.scaling.law import GOYAL, MUENNIGHOFF, R_STAR, Law, Pool, law_from_json, law_to_json, log_loss_mix, mix_utility
+from curate.scaling.law import (
+    GOYAL,
+    MUENNIGHOFF,
+    R_STAR,
+    Law,
+    Pool,
+    law_from_json,
+    law_to_json,
+    log_loss_mix,
+    mix_utility,
+)
 
 
 def literal_goyal(n, sizes, b, tau, a, d=0.0):
@@ -58,11 +68,15 @@ def test_muennighoff_effective_data():
     effective = u + u * R_STAR * (1 - math.exp(-r / R_STAR))
     got = log_loss_mix(u * epochs, [u], [-0.3], [R_STAR], 2.0, MUENNIGHOFF)[0]
     assert got == pytest.approx(math.log(2.0) - 0.3 * math.log(effective), abs=1e-12)
-    assert log_loss_mix(500.0, [u], [-0.3], [R_STAR], 2.0, MUENNIGHOFF)[0] == pytest.approx(math.log(2.0) - 0.3 * math.log(500.0))
+    assert log_loss_mix(500.0, [u], [-0.3], [R_STAR], 2.0, MUENNIGHOFF)[0] == pytest.approx(
+        math.log(2.0) - 0.3 * math.log(500.0)
+    )
 
 
 def test_law_json_round_trip_and_contract_keys():
-    law = Law(2.5, (Pool("0", 100, -0.2, 3.0), Pool("1", 300, -0.1, 5.0, False)), GOYAL, 0.1, {"rmse_log": 0.01, "runs": 7})
+    law = Law(
+        2.5, (Pool("0", 100, -0.2, 3.0), Pool("1", 300, -0.1, 5.0, False)), GOYAL, 0.1, {"rmse_log": 0.01, "runs": 7}
+    )
     data = law_to_json(law)
     assert set(data) >= {"model", "a", "pools", "fit"} and data["model"] == "goyal2024"
     assert set(data["pools"][0]) >= {"name", "size", "b", "tau"}

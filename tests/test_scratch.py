@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
+from conftest import BUCKET
 
 from curate.io import mirror as scratch
-from curate.output.layout import is_committed
 from curate.io.atomic import atomic_write_bytes
-from curate.io.parts import PartWriter, count_part_rows, list_parts, read_parts
-from curate.io.parts import publish_attempt
-from conftest import BUCKET
+from curate.io.parts import PartWriter, count_part_rows, list_parts, publish_attempt, read_parts
+from curate.output.layout import is_committed
 
 
 @pytest.fixture
@@ -68,7 +67,10 @@ def test_moves_and_removals_happen_in_the_store_and_carry_the_record(mirror):
     atomic_write_bytes(root / "_stages" / "01-x" / "work" / "units" / "00000" / "kept" / "part-00000.parquet", b"rows")
     before = scratch.record()["_stages/01-x/work/units/00000/kept/part-00000.parquet"]
     _forget_local(root)  # the driver never held the file
-    scratch.move(root / "_stages" / "01-x" / "work" / "units" / "00000" / "kept" / "part-00000.parquet", root / "_stages" / "01-x" / "kept" / "part-00003.parquet")
+    scratch.move(
+        root / "_stages" / "01-x" / "work" / "units" / "00000" / "kept" / "part-00000.parquet",
+        root / "_stages" / "01-x" / "kept" / "part-00003.parquet",
+    )
     fs.invalidate_cache()
     assert fs.cat_file(f"{prefix}/_stages/01-x/kept/part-00003.parquet") == b"rows"
     assert not fs.exists(f"{prefix}/_stages/01-x/work/units/00000/kept/part-00000.parquet")
@@ -105,7 +107,10 @@ def test_a_part_whose_record_was_lost_is_digested_in_the_store(mirror):
     scratch.move(root / "units" / "00000", root / "kept")
     import xxhash
 
-    assert scratch.record()["kept/kept/part-00000.parquet"] == {"size": 11, "xxh3": xxhash.xxh3_128_hexdigest(b"orphan rows")}
+    assert scratch.record()["kept/kept/part-00000.parquet"] == {
+        "size": 11,
+        "xxh3": xxhash.xxh3_128_hexdigest(b"orphan rows"),
+    }
 
 
 def test_without_a_mirror_everything_is_local(tmp_path):
@@ -128,7 +133,14 @@ def test_an_index_copy_fetches_its_files_from_the_earlier_outputs_store(tmp_path
 
     endpoint, fs = s3
     built = tmp_path / "earlier" / "index" / "dedup"
-    write_index(built, kind="exact", stage="dedup", settings={"normalize": False}, arrays={"keys": np.arange(6, dtype=np.uint64).reshape(3, 2)}, table=pa.table({"id": ["a", "b", "c"]}))
+    write_index(
+        built,
+        kind="exact",
+        stage="dedup",
+        settings={"normalize": False},
+        arrays={"keys": np.arange(6, dtype=np.uint64).reshape(3, 2)},
+        table=pa.table({"id": ["a", "b", "c"]}),
+    )
     url = f"s3://{BUCKET}/{tmp_path.name}/earlier"
     fs.put(str(tmp_path / "earlier"), url[len("s3://") :], recursive=True)
     copy = tmp_path / "view"

@@ -11,10 +11,10 @@ import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from curate.commands.inspect import verify_output
 from curate.algorithms.semdedup import semantic_duplicates
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+from curate.commands.inspect import verify_output
 from curate.io.parts import read_parts
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 
 def planted(n: int = 1200, d: int = 24, groups: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -30,7 +30,9 @@ def planted(n: int = 1200, d: int = 24, groups: int = 60, seed: int = 0) -> tupl
         size = int(rng.integers(2, 5))
         members = rows[at : at + size]
         at += size
-        x[members[1:]] = x[members[0]] + 0.01 * np.linalg.norm(x[members[0]]) * rng.normal(size=(size - 1, d)) / np.sqrt(d)
+        x[members[1:]] = x[members[0]] + 0.01 * np.linalg.norm(x[members[0]]) * rng.normal(
+            size=(size - 1, d)
+        ) / np.sqrt(d)
         group[members] = g
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32), group
@@ -44,7 +46,16 @@ def brute_force_groups(x: np.ndarray, threshold: float) -> np.ndarray:
 
 def write_vectors(path: Path, x: np.ndarray) -> Path:
     ids = [f"r{i:05d}" for i in range(len(x))]
-    pq.write_table(pa.table({"id": ids, "text": [f"text {i}" for i in range(len(x))], "vec": pa.array(x.tolist(), pa.list_(pa.float32()))}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "id": ids,
+                "text": [f"text {i}" for i in range(len(x))],
+                "vec": pa.array(x.tolist(), pa.list_(pa.float32())),
+            }
+        ),
+        path,
+    )
     return path
 
 
@@ -52,7 +63,9 @@ def run_semdedup(tmp_path: Path, x: np.ndarray, out: str = "out", **options) -> 
     source = tmp_path / "in.parquet"
     if not source.exists():
         write_vectors(source, x)
-    spec = parse_pipeline({"stage": [{"kind": "semdedup", "model": "column:vec", **options}], "batch_size": 500}, "test")
+    spec = parse_pipeline(
+        {"stage": [{"kind": "semdedup", "model": "column:vec", **options}], "batch_size": 500}, "test"
+    )
     result = run_pipeline(spec, source, tmp_path / out, RunOptions(jobs=1))
     assert verify_output(tmp_path / out).ok
     return tmp_path / out, result.manifest
@@ -155,7 +168,13 @@ def write_vector_shards(directory: Path, x: np.ndarray, shards: int = 3) -> Path
     bounds = np.linspace(0, len(x), shards + 1).astype(int)
     for s in range(shards):
         lo, hi = bounds[s], bounds[s + 1]
-        table = pa.table({"id": [f"r{i:05d}" for i in range(lo, hi)], "text": [f"text {i}" for i in range(lo, hi)], "vec": pa.array(x[lo:hi].tolist(), pa.list_(pa.float32()))})
+        table = pa.table(
+            {
+                "id": [f"r{i:05d}" for i in range(lo, hi)],
+                "text": [f"text {i}" for i in range(lo, hi)],
+                "vec": pa.array(x[lo:hi].tolist(), pa.list_(pa.float32())),
+            }
+        )
         pq.write_table(table, directory / f"shard-{s}.parquet", row_group_size=100)
     return directory
 
@@ -186,7 +205,9 @@ def test_search_buckets_do_not_change_the_result():
             for c in np.nonzero(bucket_of == b)[0]:
                 members = np.nonzero(labels == c)[0]
                 found.append(cluster_duplicates(x[members], members, sims[members], 0.95, "random", 3))
-        removed, reps, similarity = merge_duplicates([f.removed for f in found], [f.representative for f in found], [f.similarity for f in found])
+        removed, reps, similarity = merge_duplicates(
+            [f.removed for f in found], [f.representative for f in found], [f.similarity for f in found]
+        )
         assert np.array_equal(removed, whole.removed) and np.array_equal(reps, whole.representative)
         assert np.array_equal(similarity, whole.similarity)
 

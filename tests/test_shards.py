@@ -1,17 +1,16 @@
 from __future__ import annotations
 
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings, strategies as st
+from conftest import random_texts, write_shards
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from curate.errors import InputError
 from curate.io.inputs import ROW_COLUMN, ColumnSpec, InputSet, resolve_input_files
 from curate.io.parts import PartWriter, list_parts, read_parts
-
-from conftest import random_texts, write_shards
 
 
 def test_directory_glob_and_file_resolve_to_the_same_sorted_files(tmp_path):
@@ -38,7 +37,13 @@ def test_stream_keeps_input_order_and_global_ordinals(tmp_path_factory, sizes, b
     texts = [f"text {i}" for i in range(total)]
     start = 0
     for s, size in enumerate(sizes):
-        pq.write_table(pa.table({"id": [f"d{i}" for i in range(start, start + size)], "text": texts[start : start + size]}, schema=pa.schema([("id", pa.string()), ("text", pa.string())])), root / f"s{s:02d}.parquet")
+        pq.write_table(
+            pa.table(
+                {"id": [f"d{i}" for i in range(start, start + size)], "text": texts[start : start + size]},
+                schema=pa.schema([("id", pa.string()), ("text", pa.string())]),
+            ),
+            root / f"s{s:02d}.parquet",
+        )
         start += size
     inputs = InputSet.scan(root)
     batches = list(inputs.batches(batch_size=batch))

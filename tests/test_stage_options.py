@@ -66,7 +66,12 @@ def test_interval():
     assert not closed.accepts(True) and not closed.accepts(2.0) and not closed.accepts("2")
     assert closed.describe() == "an int in [2, 1024]"
     half_open = Interval(float, 0, 1, closed="right")
-    assert half_open.accepts(1) and half_open.accepts(0.5) and not half_open.accepts(0) and not half_open.accepts(math.nan)
+    assert (
+        half_open.accepts(1)
+        and half_open.accepts(0.5)
+        and not half_open.accepts(0)
+        and not half_open.accepts(math.nan)
+    )
     assert half_open.describe() == "a number in (0, 1]"
     assert Interval(int, 1, None).describe() == "an int >= 1"
     assert Interval(float, 0, None, closed="neither").describe() == "a number > 0"
@@ -110,7 +115,10 @@ def test_one_message_form_names_the_option_the_value_and_the_default():
         "p.toml (stage 1, minhash): stage 'minhash': option 'threshold' must be a number in (0, 1], got 1.5"
         " -- fix: set threshold = 0.8, or another value that fits"
     )
-    with pytest.raises(UsageError, match=re.escape("option 'normalize' must be a bool (true or false), got 'yes' -- fix: set normalize = false")):
+    with pytest.raises(
+        UsageError,
+        match=re.escape("option 'normalize' must be a bool (true or false), got 'yes' -- fix: set normalize = false"),
+    ):
         stage_class("exact").from_options({"normalize": "yes"})
 
 
@@ -172,10 +180,18 @@ def test_each_report_key_gets_its_own_message(option):
     for value in [v for c in option.constraints for v in c.invalid_values() if v is not None]:
         if any(c.accepts(value) for c in option.constraints):
             continue
-        with pytest.raises(UsageError, match=re.escape(f"[report] {option.name} must be {describe_all(option.constraints)}, got {value!r}")):
+        with pytest.raises(
+            UsageError,
+            match=re.escape(f"[report] {option.name} must be {describe_all(option.constraints)}, got {value!r}"),
+        ):
             parse_report_table({option.name: value}, "p.toml")
 
 
 def test_report_lists_become_floats_and_none_means_unset():
     settings = parse_report_table({"budgets": [1, 10], "epochs": [1], "mix_epochs": [], "law": None})
-    assert settings.budgets == [1.0, 10.0] and settings.epochs == [1.0] and settings.mix_epochs == [] and settings.law is None
+    assert (
+        settings.budgets == [1.0, 10.0]
+        and settings.epochs == [1.0]
+        and settings.mix_epochs == []
+        and settings.law is None
+    )

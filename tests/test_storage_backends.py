@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 import xxhash
-
-from curate.output.store import FILES_KEY
-from curate.io.parts import read_parts
 from conftest import cli, free_port, start_server, stop_server
 from test_formats import DEDUP, make_rows, write_as
+
+from curate.io.parts import read_parts
+from curate.output.store import FILES_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 # Azurite's published development account (the same for every install; not a secret).
@@ -44,7 +44,17 @@ def azurite():
     if binary is None:
         pytest.skip("azurite-blob is not on PATH (npm install azurite; .ci/run does)")
     port = free_port()
-    argv = [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence", "--disableTelemetry", "--silent", "--skipApiVersionCheck"]
+    argv = [
+        binary,
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(port),
+        "--inMemoryPersistence",
+        "--disableTelemetry",
+        "--silent",
+        "--skipApiVersionCheck",
+    ]
     process = start_server(argv, port, "azurite-blob")
     connection = connection_string(f"http://127.0.0.1:{port}")
     yield connection, adlfs.AzureBlobFileSystem(connection_string=connection, skip_instance_cache=True)
@@ -102,7 +112,9 @@ def local_run(tmp_path, capsys, monkeypatch):
 def ledger(out: Path) -> tuple[list[str], dict[str, bytes]]:
     """Kept ids in order, and every removed/ file's bytes."""
     kept = read_parts(out / "kept").column("id").to_pylist()
-    return kept, {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted((out / "removed").rglob("*")) if p.is_file()}
+    return kept, {
+        p.relative_to(out).as_posix(): p.read_bytes() for p in sorted((out / "removed").rglob("*")) if p.is_file()
+    }
 
 
 def assert_store_equals_local(fs, root: str, local: Path) -> None:
@@ -110,7 +122,11 @@ def assert_store_equals_local(fs, root: str, local: Path) -> None:
     aside: it holds times), and the manifest's record lists exactly the other objects."""
     fs.invalidate_cache()
     remote = {k[len(root) + 1 :]: xxhash.xxh3_128_hexdigest(fs.cat_file(k)) for k in fs.find(root)}
-    here = {p.relative_to(local).as_posix(): xxhash.xxh3_128_hexdigest(p.read_bytes()) for p in local.rglob("*") if p.is_file()}
+    here = {
+        p.relative_to(local).as_posix(): xxhash.xxh3_128_hexdigest(p.read_bytes())
+        for p in local.rglob("*")
+        if p.is_file()
+    }
     assert set(remote) == set(here)
     assert [n for n in here if n != "manifest.json" and remote[n] != here[n]] == []
     manifest = json.loads(fs.cat_file(f"{root}/manifest.json"))
@@ -167,7 +183,17 @@ def test_az_killed_run_resumes_from_the_store_elsewhere(tmp_path, capsys, local_
     source, pipeline, local = local_run
     name, fs, connection = container
     url = f"az://{name}/out/"
-    argv = ["run", str(pipeline), "-i", str(source), "-o", url, "--quiet", "--storage-option", f"connection_string={connection}"]
+    argv = [
+        "run",
+        str(pipeline),
+        "-i",
+        str(source),
+        "-o",
+        url,
+        "--quiet",
+        "--storage-option",
+        f"connection_string={connection}",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KILL_AT": "write the manifest:3"}
     done = subprocess.run([sys.executable, "-c", KILLED_CHILD, *argv], env=env, capture_output=True, timeout=120)
     assert done.returncode == -9, done.stderr
@@ -187,7 +213,9 @@ def test_az_input_keeps_the_local_ids_and_ledger(tmp_path, capsys, local_run, co
     name, fs, connection = container
     fs.put(str(source), f"{name}/in", recursive=True)
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection)  # credentials the usual Azure way
-    code, err = cli(["run", str(pipeline), "-i", f"{scheme}://{name}/in/", "-o", str(tmp_path / "remote"), "--quiet"], capsys)
+    code, err = cli(
+        ["run", str(pipeline), "-i", f"{scheme}://{name}/in/", "-o", str(tmp_path / "remote"), "--quiet"], capsys
+    )
     assert code == 0, err
     assert ledger(tmp_path / "remote") == ledger(local)
 
@@ -238,8 +266,22 @@ def test_gs_output_and_input_equal_a_local_run(tmp_path, capsys, local_run, buck
     fs.put(str(source), f"{name}/in", recursive=True)
     # A process of its own: gcsfs's default read cache left prefetch tasks that asyncio
     # reported on stderr only when the interpreter exited.
-    argv = [sys.executable, "-m", "curate.cli", "run", str(pipeline), "-i", f"gs://{name}/in/", "-o", str(tmp_path / "remote"), "--quiet", *options]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    argv = [
+        sys.executable,
+        "-m",
+        "curate.cli",
+        "run",
+        str(pipeline),
+        "-i",
+        f"gs://{name}/in/",
+        "-o",
+        str(tmp_path / "remote"),
+        "--quiet",
+        *options,
+    ]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert ledger(tmp_path / "remote") == ledger(local)
 
@@ -249,7 +291,20 @@ def test_gs_emulator_from_the_environment(tmp_path, capsys, local_run, bucket, m
     name, fs, endpoint = bucket
     fs.put(str(source), f"{name}/in", recursive=True)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
-    code, err = cli(["run", str(pipeline), "-i", f"gcs://{name}/in", "-o", str(tmp_path / "remote"), "--quiet", "--storage-option", "token=anon"], capsys)
+    code, err = cli(
+        [
+            "run",
+            str(pipeline),
+            "-i",
+            f"gcs://{name}/in",
+            "-o",
+            str(tmp_path / "remote"),
+            "--quiet",
+            "--storage-option",
+            "token=anon",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert ledger(tmp_path / "remote") == ledger(local)
 
@@ -267,7 +322,9 @@ def test_gs_missing_bucket_names_the_url(tmp_path, capsys, local_run, gcs_emulat
     assert "create the bucket" in err
 
 
-@pytest.mark.parametrize(("url", "module", "extra"), [("gs://bucket/in/", "gcsfs", "gcs"), ("az://container/in/", "adlfs", "azure")])
+@pytest.mark.parametrize(
+    ("url", "module", "extra"), [("gs://bucket/in/", "gcsfs", "gcs"), ("az://container/in/", "adlfs", "azure")]
+)
 def test_a_missing_backend_names_the_extra(tmp_path, capsys, monkeypatch, url, module, extra):
     from fsspec.registry import _registry  # classes fsspec has imported already
 
@@ -304,7 +361,18 @@ def test_an_unreachable_endpoint_fails_fast_in_one_line(tmp_path, capsys, scheme
     else:
         url, options = "az://container/in/", [f"connection_string={connection_string(endpoint)}"]
     started = time.monotonic()
-    code, err = cli(["dedup", "-i", url, "-o", str(tmp_path / "out"), "--quiet", *(f for o in options for f in ("--storage-option", o))], capsys)
+    code, err = cli(
+        [
+            "dedup",
+            "-i",
+            url,
+            "-o",
+            str(tmp_path / "out"),
+            "--quiet",
+            *(f for o in options for f in ("--storage-option", o)),
+        ],
+        capsys,
+    )
     assert time.monotonic() - started < 10
     assert_one_line_error(code, err, url)
     assert "cannot connect to http://127.0.0.1:" in err
@@ -316,10 +384,19 @@ def test_the_endpoint_check_stands_aside_for_a_proxy(monkeypatch):
     would fail on networks that only allow the proxy, so the check is skipped there."""
     from types import SimpleNamespace
 
-    from curate.io import storage
     from curate.errors import UsageError
+    from curate.io import storage
 
-    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+    for name in (
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
     fs = SimpleNamespace(service_client=SimpleNamespace(url=f"http://127.0.0.1:{free_port()}/account"))
     with pytest.raises(UsageError, match="cannot connect to http://127.0.0.1:"):

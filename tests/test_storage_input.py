@@ -4,14 +4,14 @@ JSON Lines and a saved dataset; a missing bucket or backend is one line, exit 2.
 
 from __future__ import annotations
 
-
 import pytest
+from conftest import BUCKET, cli, upload
+from test_formats import DEDUP, make_rows, write_as
 
 from curate.commands.inspect import verify_output
 from curate.io.inputs import ColumnSpec, InputSet
 from curate.io.parts import read_parts
-from conftest import BUCKET, cli, upload
-from test_formats import DEDUP, make_rows, write_as
+
 
 def kept_ids(out) -> list[str]:
     return read_parts(out / "kept").column("id").to_pylist()
@@ -25,11 +25,21 @@ def test_s3_input_gives_the_local_kept_ids(tmp_path, capsys, s3, fmt):
     pipeline.write_text(DEDUP)
     assert cli(["run", str(pipeline), "-i", str(source), "-o", str(tmp_path / "local"), "--quiet"], capsys)[0] == 0
     url = upload(fs, source, f"{tmp_path.name}/in")
-    options = ["--storage-option", f"endpoint_url={endpoint}", "--storage-option", "key=testing", "--storage-option", "secret=testing"]
+    options = [
+        "--storage-option",
+        f"endpoint_url={endpoint}",
+        "--storage-option",
+        "key=testing",
+        "--storage-option",
+        "secret=testing",
+    ]
     code, err = cli(["run", str(pipeline), "-i", url, "-o", str(tmp_path / "remote"), "--quiet", *options], capsys)
     assert code == 0, err
     assert kept_ids(tmp_path / "remote") == kept_ids(tmp_path / "local")
-    assert read_parts(tmp_path / "remote" / "removed").to_pylist() == read_parts(tmp_path / "local" / "removed").to_pylist()
+    assert (
+        read_parts(tmp_path / "remote" / "removed").to_pylist()
+        == read_parts(tmp_path / "local" / "removed").to_pylist()
+    )
 
 
 def test_s3_glob_with_environment_credentials_and_verify(tmp_path, capsys, s3, aws_env):
@@ -52,7 +62,10 @@ def test_resume_fingerprints_s3_objects(tmp_path, capsys, s3, aws_env):
     args = ["dedup", "-i", url, "-o", str(tmp_path / "out"), "--quiet"]
     assert cli(args, capsys)[0] == 0
     assert cli([*args, "--resume"], capsys)[0] == 0
-    fs.pipe(f"{url.removeprefix('s3://')}/shard-00.jsonl", (source / "shard-00.jsonl").read_bytes().replace(b"doc-00050", b"doc-x0050"))
+    fs.pipe(
+        f"{url.removeprefix('s3://')}/shard-00.jsonl",
+        (source / "shard-00.jsonl").read_bytes().replace(b"doc-00050", b"doc-x0050"),
+    )
     code, err = cli([*args, "--resume"], capsys)
     assert code == 2 and "input files changed" in err
 

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xxhash
-
-from curate.output.store import FILES_KEY
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
-from curate.io.parts import read_parts
 from conftest import BUCKET, cli, free_port, run_cli, start_server, stop_server, upload
 from test_formats import make_rows, write_as
+
+from curate.io.parts import read_parts
+from curate.output.store import FILES_KEY
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,7 +97,9 @@ def store_files(fs, url: str) -> dict[str, str]:
 
 
 def local_files(out: Path) -> dict[str, str]:
-    return {p.relative_to(out).as_posix(): xxhash.xxh3_128_hexdigest(p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    return {
+        p.relative_to(out).as_posix(): xxhash.xxh3_128_hexdigest(p.read_bytes()) for p in out.rglob("*") if p.is_file()
+    }
 
 
 def assert_same_output(fs, url: str, local: Path) -> None:
@@ -108,7 +110,7 @@ def assert_same_output(fs, url: str, local: Path) -> None:
     assert set(remote) == set(here)
     differ = [name for name in here if name != "manifest.json" and remote[name] != here[name]]
     assert not differ
-    manifest = json.loads(fs.cat_file(f"{url[len('s3://'):]}/manifest.json"))
+    manifest = json.loads(fs.cat_file(f"{url[len('s3://') :]}/manifest.json"))
     assert manifest["finalized"]
     assert set(manifest[FILES_KEY]) == set(remote) - {"manifest.json"}
 
@@ -132,8 +134,10 @@ def test_s3_to_s3_equals_local_and_readers_work(tmp_path, capsys, s3, aws_env, c
     assert f"to {url_out}/kept-jsonl " in said, "the export is shown where the user finds it, not in staging"
     exported = store_files(fs, url_out)
     assert any(name.startswith("kept-jsonl/") for name in exported)
-    manifest = json.loads(fs.cat_file(f"{url_out[len('s3://'):]}/manifest.json"))
-    assert set(manifest[FILES_KEY]) == set(exported) - {"manifest.json"}, "an added file is committed, earlier ones kept"
+    manifest = json.loads(fs.cat_file(f"{url_out[len('s3://') :]}/manifest.json"))
+    assert set(manifest[FILES_KEY]) == set(exported) - {"manifest.json"}, (
+        "an added file is committed, earlier ones kept"
+    )
     # Writing again needs --resume or --overwrite, like a local output.
     code, err = cli(["run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet"], capsys)
     assert code == 2 and "not empty" in err
@@ -149,7 +153,14 @@ def resume_and_compare(capsys, fs, pipeline: Path, url_in: str, url_out: str, lo
 
 
 def _child(args: list[str], kill_at: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", CHILD, *args], env={**env, "CURATE_TEST_KILL_AT": kill_at}, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, *args],
+        env={**env, "CURATE_TEST_KILL_AT": kill_at},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
 
 
 @pytest.mark.parametrize(
@@ -169,7 +180,7 @@ def test_kill_at_a_commit_step_then_resume(tmp_path, capsys, s3, aws_env, corpus
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     killed = _child(args, kill_at, env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    committed = json.loads(fs.cat_file(f"{url_out[len('s3://'):]}/manifest.json"))
+    committed = json.loads(fs.cat_file(f"{url_out[len('s3://') :]}/manifest.json"))
     assert not committed["finalized"]
     present = set(store_files(fs, url_out))
     assert set(committed[FILES_KEY]) <= present, "every file a commit lists is in the store"
@@ -184,8 +195,15 @@ def test_random_kill_then_resume_on_another_machine(tmp_path, capsys, s3, aws_en
     assert cli(["run", str(pipeline), "-i", str(source), "-o", str(tmp_path / "local"), "--quiet"], capsys)[0] == 0
     url_out = f"s3://{BUCKET}/{tmp_path.name}/out"
     args = [sys.executable, "-m", "curate.cli", "run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet"]
-    child = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    key = f"{url_out[len('s3://'):]}/manifest.json"
+    child = subprocess.Popen(
+        args,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    key = f"{url_out[len('s3://') :]}/manifest.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and child.poll() is None:  # kill once two stages are committed
         fs.invalidate_cache()
@@ -202,7 +220,11 @@ def test_leftovers_of_a_dead_attempt_are_never_read_and_are_removed(tmp_path, ca
     _, fs = s3
     source, url_in, pipeline = corpus
     url_out = f"s3://{BUCKET}/{tmp_path.name}/out"
-    killed = _child(["run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet", "--jobs", "1"], "write the manifest:3", {**os.environ, "PYTHONPATH": str(ROOT)})
+    killed = _child(
+        ["run", str(pipeline), "-i", url_in, "-o", url_out, "--quiet", "--jobs", "1"],
+        "write the manifest:3",
+        {**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert killed.returncode == -signal.SIGKILL
     root = url_out[len("s3://") :]
     # A dead attempt's part under a name a later stage will use, with other rows in it.
@@ -227,11 +249,17 @@ def test_dask_two_workers_write_the_same_output(tmp_path, capsys, s3, corpus, st
 
     endpoint, fs = s3
     source, url_in, pipeline = corpus
-    stages = [{"kind": "exact", "normalize": True}, {"kind": "minhash", "threshold": 0.7, "ngram": 3}, {"kind": "embed", "model": "hashing"}]
+    stages = [
+        {"kind": "exact", "normalize": True},
+        {"kind": "minhash", "threshold": 0.7, "ngram": 3},
+        {"kind": "embed", "model": "hashing"},
+    ]
     run_pipeline(parse_pipeline({"stage": stages}, "test"), source, tmp_path / "local", RunOptions(jobs=1))
     # Credentials from the pipeline file's [input] and [output] tables (no AWS_* variables here).
     options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
-    spec = parse_pipeline({"stage": stages, "input": {"storage_options": options}, "output": {"storage_options": options}}, "test")
+    spec = parse_pipeline(
+        {"stage": stages, "input": {"storage_options": options}, "output": {"storage_options": options}}, "test"
+    )
     url_out = f"s3://{BUCKET}/{tmp_path.name}/dask"
     with DaskExecutor.local(2) as executor:
         result = run_pipeline(spec, url_in, url_out, RunOptions(executor=executor, unit_rows=100))
@@ -245,7 +273,19 @@ def test_dask_two_workers_write_the_same_output(tmp_path, capsys, s3, corpus, st
         assert read_parts(pulled / name).equals(read_parts(local / name)), name
     manifest = json.loads((pulled / "manifest.json").read_text())
     assert set(manifest[FILES_KEY]) == set(store_files(fs, url_out)) - {"manifest.json"}
-    code, err = cli(["verify", url_out, "--storage-option", f"endpoint_url={endpoint}", "--storage-option", "key=testing", "--storage-option", "secret=testing"], capsys)
+    code, err = cli(
+        [
+            "verify",
+            url_out,
+            "--storage-option",
+            f"endpoint_url={endpoint}",
+            "--storage-option",
+            "key=testing",
+            "--storage-option",
+            "secret=testing",
+        ],
+        capsys,
+    )
     assert code == 0, err
 
 
@@ -269,11 +309,27 @@ def test_bad_output_prefixes_are_one_line(tmp_path, capsys, s3, aws_env, staging
 def test_unreachable_endpoint_fails_fast(tmp_path, capsys, staging, monkeypatch):
     pytest.importorskip("s3fs")
     port = free_port()
-    for name, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     source = write_as(tmp_path, ".parquet", make_rows(20, seed=1), parts=1)
     started = time.monotonic()
-    code, err = cli(["dedup", "-i", str(source), "-o", "s3://bucket/out", "--quiet", "--storage-option", f"endpoint_url=http://127.0.0.1:{port}"], capsys)
+    code, err = cli(
+        [
+            "dedup",
+            "-i",
+            str(source),
+            "-o",
+            "s3://bucket/out",
+            "--quiet",
+            "--storage-option",
+            f"endpoint_url=http://127.0.0.1:{port}",
+        ],
+        capsys,
+    )
     assert code == 2 and "s3://bucket/out" in err and "connect" in err.lower()
     assert time.monotonic() - started < 10
 
@@ -286,7 +342,9 @@ def strict_s3(tmp_path):
     pytest.importorskip("moto.server")
     port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    server = start_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port, "moto server", env)
+    server = start_server(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port, "moto server", env
+    )
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -294,7 +352,11 @@ def strict_s3(tmp_path):
 
 
 def test_wrong_credentials_are_one_line_naming_the_url(tmp_path, capsys, strict_s3, staging, monkeypatch):
-    for name, value in {"AWS_ACCESS_KEY_ID": "not-a-key", "AWS_SECRET_ACCESS_KEY": "not-a-secret", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "not-a-key",
+        "AWS_SECRET_ACCESS_KEY": "not-a-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     endpoint = ["--storage-option", f"endpoint_url={strict_s3}"]
     source = write_as(tmp_path, ".parquet", make_rows(20, seed=1), parts=1)

@@ -91,7 +91,9 @@ class FirstSeenIndex:
             self._runs.append((hi[order], lo[order], ords[order]))
 
 
-def _lookup(run_hi: np.ndarray, run_lo: np.ndarray, q_hi: np.ndarray, q_lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _lookup(
+    run_hi: np.ndarray, run_lo: np.ndarray, q_hi: np.ndarray, q_lo: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact 128-bit membership in a run sorted by hi (lo is unordered among equal hi)."""
     left = np.searchsorted(run_hi, q_hi, side="left")
     right = np.searchsorted(run_hi, q_hi, side="right")

@@ -59,7 +59,15 @@ def train_centroids(train: np.ndarray, k: int, seed: int = 0, niter: int = 20) -
     train = np.ascontiguousarray(train, dtype=np.float32)
     if k == 1:
         return _unit(train.mean(axis=0, keepdims=True))
-    kmeans = faiss.Kmeans(d, k, niter=niter, seed=int(seed) & 0x7FFFFFFF, spherical=True, verbose=False, max_points_per_centroid=MAX_POINTS_PER_CENTROID + 1)
+    kmeans = faiss.Kmeans(
+        d,
+        k,
+        niter=niter,
+        seed=int(seed) & 0x7FFFFFFF,
+        spherical=True,
+        verbose=False,
+        max_points_per_centroid=MAX_POINTS_PER_CENTROID + 1,
+    )
     kmeans.cp.min_points_per_centroid = 1
     kmeans.train(train)
     return _unit(np.asarray(kmeans.centroids, dtype=np.float32).reshape(k, d))

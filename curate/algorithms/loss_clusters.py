@@ -54,7 +54,9 @@ class SeTaConfig:
 # 1-D k-means
 
 
-def kmeans_1d(values: np.ndarray, k: int, seed: int = 0, n_init: int = 3, bins: int = 512, max_iter: int = 300) -> tuple[np.ndarray, np.ndarray]:
+def kmeans_1d(
+    values: np.ndarray, k: int, seed: int = 0, n_init: int = 3, bins: int = 512, max_iter: int = 300
+) -> tuple[np.ndarray, np.ndarray]:
     """Cluster 1-D `values` into `k` clusters, labels sorted by centroid (0 = smallest).
 
     In 1-D the optimal clusters are contiguous ranges of the sorted values, so this works
@@ -97,7 +99,7 @@ def kmeans_1d(values: np.ndarray, k: int, seed: int = 0, n_init: int = 3, bins: 
     return labels_distinct[inverse], centroids + shift
 
 
-def _binned_optimum(prefix: "_Prefix", k: int, bins: int) -> np.ndarray:
+def _binned_optimum(prefix: _Prefix, k: int, bins: int) -> np.ndarray:
     """Centroids of the exact k-means optimum over quantile bins of the sorted distinct values
     (a dynamic program over contiguous segments, O(k * bins^2) vectorized)."""
     d = len(prefix.w) - 1
@@ -165,7 +167,9 @@ def _kmeanspp_init(x: np.ndarray, cum_w: np.ndarray, k: int, rng: np.random.Gene
     return seeds
 
 
-def _lloyd(x: np.ndarray, w: np.ndarray, prefix: _Prefix, centroids: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray, float]:
+def _lloyd(
+    x: np.ndarray, w: np.ndarray, prefix: _Prefix, centroids: np.ndarray, max_iter: int
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Lloyd iterations until the assignment stops changing; cluster j holds x[bounds[j]:bounds[j+1]]."""
     d = len(x)
     centroids = np.sort(centroids.astype(np.float64))
@@ -195,7 +199,11 @@ def _reseed_empty(distinct: np.ndarray, counts: np.ndarray, centroids: np.ndarra
     centroids = centroids.copy()
     for j in np.nonzero(empty)[0]:
         live = np.delete(centroids, j)
-        pos = np.clip(np.searchsorted(live, distinct), 1, len(live) - 1) if len(live) > 1 else np.zeros(len(distinct), np.int64)
+        pos = (
+            np.clip(np.searchsorted(live, distinct), 1, len(live) - 1)
+            if len(live) > 1
+            else np.zeros(len(distinct), np.int64)
+        )
         near = np.minimum(np.abs(distinct - live[pos]), np.abs(distinct - live[np.maximum(pos - 1, 0)]))
         cost = counts * near**2
         cost[np.isin(distinct, centroids)] = -1.0
@@ -288,7 +296,14 @@ def schedule(config: SeTaConfig) -> list[dict]:
     for epoch in range(config.epochs):
         mode = epoch_mode(epoch, config)
         clusters = window_clusters(epoch, config.groups, config.window).tolist() if mode == MODE_WINDOW else everything
-        plan.append({"epoch": epoch, "mode": mode, "clusters": clusters, "random_prune": mode != MODE_FULL and config.prune_ratio > 0})
+        plan.append(
+            {
+                "epoch": epoch,
+                "mode": mode,
+                "clusters": clusters,
+                "random_prune": mode != MODE_FULL and config.prune_ratio > 0,
+            }
+        )
     return plan
 
 

@@ -106,7 +106,9 @@ def _utf8_view(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     n = len(texts)
     buffers = texts.buffers()
     width = np.dtype(np.int64 if pa.types.is_large_string(texts.type) else np.int32)
-    offsets = np.frombuffer(buffers[1], dtype=width, count=n + 1, offset=texts.offset * width.itemsize).astype(np.int64)
+    offsets = np.frombuffer(buffers[1], dtype=width, count=n + 1, offset=texts.offset * width.itemsize).astype(
+        np.int64
+    )
     data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.empty(0, np.uint8)
     return data[offsets[0] : offsets[-1]], offsets - offsets[0]
 
@@ -138,7 +140,11 @@ def _decode_leads(data: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.nda
     b0 = data[pos].astype(np.int32)
     b1, b2, b3 = (data[pos + k].astype(np.int32) & 0x3F for k in (1, 2, 3))  # padding keeps these in range
     two, three = b0 < 0xE0, b0 < 0xF0
-    cps = np.where(two, ((b0 & 0x1F) << 6) | b1, np.where(three, ((b0 & 0x0F) << 12) | (b1 << 6) | b2, ((b0 & 0x07) << 18) | (b1 << 12) | (b2 << 6) | b3))
+    cps = np.where(
+        two,
+        ((b0 & 0x1F) << 6) | b1,
+        np.where(three, ((b0 & 0x0F) << 12) | (b1 << 6) | b2, ((b0 & 0x07) << 18) | (b1 << 12) | (b2 << 6) | b3),
+    )
     return cps, np.where(two, 2, np.where(three, 3, 4))
 
 
@@ -160,7 +166,9 @@ def hash_segments(padded: np.ndarray, starts: np.ndarray, lengths: np.ndarray, s
     words = np.ndarray((len(padded) - 7,), dtype="<u8", buffer=padded, strides=(1,))
     salt = random_u64(seed, _STREAM_UNIT, 3)
     lengths = lengths.astype(np.int64, copy=False)
-    acc = fmix64((words[starts] & _LOW_BYTES[np.minimum(lengths, 8)]) ^ salt[0] ^ (lengths.astype(np.uint64) * salt[1]))
+    acc = fmix64(
+        (words[starts] & _LOW_BYTES[np.minimum(lengths, 8)]) ^ salt[0] ^ (lengths.astype(np.uint64) * salt[1])
+    )
     chunk = 1
     longer = np.flatnonzero(lengths > 8)
     while len(longer):
@@ -176,7 +184,11 @@ def word_hashes(texts: pa.Array, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     """(hash per word in text order, word offsets per text) for lowercased `\\w+` words."""
     data, offsets = lowercase_texts(texts)
     body = data[: len(data) - 8]
-    is_word = ((body - np.uint8(ord("a"))) < np.uint8(26)) | ((body - np.uint8(ord("0"))) < np.uint8(10)) | (body == np.uint8(ord("_")))
+    is_word = (
+        ((body - np.uint8(ord("a"))) < np.uint8(26))
+        | ((body - np.uint8(ord("0"))) < np.uint8(10))
+        | (body == np.uint8(ord("_")))
+    )
     leads = np.flatnonzero(body >= 0xC0) if len(body) and body.max() >= 0xC0 else np.empty(0, np.int64)
     if len(leads):
         cps, nbytes = _decode_leads(data, leads)
@@ -233,7 +245,9 @@ def char_hashes(texts: pa.Array, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return hashes, new_offsets.astype(np.int64)
 
 
-def shingle_hashes(unit_hashes: np.ndarray, unit_offsets: np.ndarray, ngram: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def shingle_hashes(
+    unit_hashes: np.ndarray, unit_offsets: np.ndarray, ngram: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(hash per n-gram shingle, shingle offsets per text) from consecutive unit hashes.
 
     shingle = fmix64(sum_j unit[i + j] * C_j + k * C_n) over its k units (k = n, or all units
@@ -273,7 +287,9 @@ def shingle_hashes(unit_hashes: np.ndarray, unit_offsets: np.ndarray, ngram: int
     return fmix64(out), shingle_offsets
 
 
-def text_shingles(texts: pa.Array, ngram: int = 5, unit: Unit = "word", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def text_shingles(
+    texts: pa.Array, ngram: int = 5, unit: Unit = "word", seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(shingle hashes, offsets per text): the shingle multiset of every text."""
     units = word_hashes(texts, seed) if unit == "word" else char_hashes(texts, seed)
     return shingle_hashes(*units, ngram=ngram, seed=seed)
@@ -373,14 +389,18 @@ def _false_negative_area(threshold: float, bands: int, rows: int, grid: int = 20
 
 
 @functools.lru_cache(maxsize=64)
-def optimal_bands(threshold: float, num_perm: int, false_positive_weight: float = 0.5, false_negative_weight: float = 0.5) -> tuple[int, int]:
+def optimal_bands(
+    threshold: float, num_perm: int, false_positive_weight: float = 0.5, false_negative_weight: float = 0.5
+) -> tuple[int, int]:
     """(bands, rows), bands * rows <= num_perm, minimizing the weighted areas under the LSH
     S-curve 1 - (1 - s^r)^b below the threshold (false positives) and above it (false
     negatives); the criterion datasketch uses, integrated here on a fine grid."""
     best, best_err = (1, 1), float("inf")
     for bands in range(1, num_perm + 1):
         for rows in range(1, num_perm // bands + 1):
-            err = false_positive_weight * _false_positive_area(threshold, bands, rows) + false_negative_weight * _false_negative_area(threshold, bands, rows)
+            err = false_positive_weight * _false_positive_area(
+                threshold, bands, rows
+            ) + false_negative_weight * _false_negative_area(threshold, bands, rows)
             if err < best_err - 1e-12:
                 best, best_err = (bands, rows), err
     return best
@@ -432,7 +452,9 @@ def bucket_pairs(keys: np.ndarray, all_pairs_max: int = 4) -> tuple[np.ndarray, 
     return found // max(n, 1), found % max(n, 1)
 
 
-def keyed_bucket_pairs(band: np.ndarray, key: np.ndarray, row: np.ndarray, n: int, all_pairs_max: int = 4) -> np.ndarray:
+def keyed_bucket_pairs(
+    band: np.ndarray, key: np.ndarray, row: np.ndarray, n: int, all_pairs_max: int = 4
+) -> np.ndarray:
     """`bucket_pairs` over (band, key, row) entries instead of an (n, bands) key matrix: the
     sorted unique candidate pairs as `i * n + j` (i < j < n). A bucket is every entry with one
     (band, key); given all of a bucket's entries (a shuffle by key hash keeps buckets whole),

@@ -19,6 +19,7 @@ from curate.io import mirror
 def unit_file(work: str | Path, unit: int, what: str) -> Path:
     return Path(work) / "units" / f"{unit:05d}.{what}"
 
+
 class RowStore:
     """Rows of every unit's files by dense row index (unit u holds rows starts[u]..starts[u+1]),
     read through memory maps: a task reads the pages of the rows it asks for, not the files."""
@@ -92,12 +93,14 @@ class RowStore:
             out[order[where]] = ordinals[local]
         return out
 
+
 def ordinals_by_task(store: RowStore, rows: np.ndarray, map_tasks: Callable) -> np.ndarray:
     """Row ordinals of the sorted dense `rows`, one task per unit that has any: the driver gets
     the ordinals, never the units' files (workers on other machines, curate.io.mirror)."""
     jobs = [(unit, local) for unit, local, _ in store._by_unit(rows)]
     found = map_tasks(_UnitOrdinals(store), jobs) if jobs else []
     return np.concatenate(found) if found else np.empty(0, np.int64)
+
 
 @dataclass(frozen=True)
 class _UnitOrdinals:
@@ -107,12 +110,14 @@ class _UnitOrdinals:
         unit, local = job
         return self.store.ordinals(local + self.store.starts[unit])
 
+
 def gather_ranges(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """values[offsets[r]:offsets[r + 1]] for each r in rows, concatenated, with new offsets."""
     lengths = offsets[rows + 1] - offsets[rows]
     new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     index = np.repeat(offsets[rows] - new_offsets[:-1], lengths) + np.arange(int(new_offsets[-1]), dtype=np.int64)
     return np.asarray(values[index]), new_offsets
+
 
 def release_pages(array: np.ndarray) -> None:
     """Drop a memory map's pages from this process (they stay in the page cache): the spill is

@@ -45,10 +45,16 @@ def pool_edges_by_group(scores: np.ndarray, groups: np.ndarray, pools: int, high
     rows to pool 0) instead of pool 0 filling up with whole clusters. `groups` are ids >= 0."""
     groups = np.asarray(groups, dtype=np.int64)
     count = int(groups.max()) + 1 if len(groups) else 0
-    return np.vstack([pool_edges(scores[groups == g], pools, higher_is_better) for g in range(count)]) if count else np.empty((0, pools - 1))
+    return (
+        np.vstack([pool_edges(scores[groups == g], pools, higher_is_better) for g in range(count)])
+        if count
+        else np.empty((0, pools - 1))
+    )
 
 
-def assign_pools_by_group(scores: np.ndarray, groups: np.ndarray, edges: np.ndarray, higher_is_better: bool) -> np.ndarray:
+def assign_pools_by_group(
+    scores: np.ndarray, groups: np.ndarray, edges: np.ndarray, higher_is_better: bool
+) -> np.ndarray:
     """Pool of each score against its own group's edges (`pool_edges_by_group`)."""
     groups = np.asarray(groups, dtype=np.int64)
     out = np.empty(len(scores), dtype=np.int32)

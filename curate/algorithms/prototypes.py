@@ -54,7 +54,9 @@ def group_quotas(groups: np.ndarray, total: int) -> np.ndarray:
     return quotas
 
 
-def select_by_difficulty(distance: np.ndarray, fraction: float, keep: str, groups: np.ndarray | None = None) -> np.ndarray:
+def select_by_difficulty(
+    distance: np.ndarray, fraction: float, keep: str, groups: np.ndarray | None = None
+) -> np.ndarray:
     """Boolean keep mask: exactly `keep_count` rows, hardest or easiest, ties to earlier rows.
 
     With `groups` (a k-means cluster or label id per row, >= 0) the pruning is balanced: each
@@ -95,8 +97,17 @@ def choose_keep(rows: int, budget: int | None, abundance_threshold: float = 1.0)
     sample seen: >= threshold (training would not even finish an epoch of the full data) is
     abundant, below it the kept rows would be repeated many times, which is the scarce regime."""
     if budget is None or budget <= 0:
-        return "hard", "no training budget given (option budget or [report] budget): assuming data is abundant, the usual case at scale"
+        return (
+            "hard",
+            "no training budget given (option budget or [report] budget): assuming data is abundant, the usual case at scale",
+        )
     ratio = rows / budget
     if ratio >= abundance_threshold:
-        return "hard", f"abundant data: {rows} rows for a budget of {budget} samples (ratio {ratio:.3g} >= {abundance_threshold:g}), so keep hard examples"
-    return "easy", f"scarce data: {rows} rows for a budget of {budget} samples (ratio {ratio:.3g} < {abundance_threshold:g}), so keep easy examples"
+        return (
+            "hard",
+            f"abundant data: {rows} rows for a budget of {budget} samples (ratio {ratio:.3g} >= {abundance_threshold:g}), so keep hard examples",
+        )
+    return (
+        "easy",
+        f"scarce data: {rows} rows for a budget of {budget} samples (ratio {ratio:.3g} < {abundance_threshold:g}), so keep easy examples",
+    )

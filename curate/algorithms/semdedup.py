@@ -42,7 +42,9 @@ class SemDedupResult:
     largest_cluster: int
 
 
-def keep_priority(centroid_similarity: np.ndarray, keep: str, seed: int, ordinals: np.ndarray | None = None) -> np.ndarray:
+def keep_priority(
+    centroid_similarity: np.ndarray, keep: str, seed: int, ordinals: np.ndarray | None = None
+) -> np.ndarray:
     """Higher = kept first within a duplicate group (ties then go to the earlier row). `random`
     draws from a hash of (seed, row ordinal), so a row's draw does not depend on which rows
     share its work unit or bucket."""
@@ -51,7 +53,11 @@ def keep_priority(centroid_similarity: np.ndarray, keep: str, seed: int, ordinal
     if keep == "easy":
         return centroid_similarity.astype(np.float64)
     if keep == "random":
-        rows = np.arange(len(centroid_similarity), dtype=np.int64) if ordinals is None else np.asarray(ordinals, dtype=np.int64)
+        rows = (
+            np.arange(len(centroid_similarity), dtype=np.int64)
+            if ordinals is None
+            else np.asarray(ordinals, dtype=np.int64)
+        )
         mixed = splitmix64(rows.astype(np.uint64) ^ splitmix64(np.array([seed], dtype=np.uint64))[0])
         return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     raise ValueError(f"keep must be one of {', '.join(KEEP_RULES)}, got {keep!r}")
@@ -80,7 +86,9 @@ def semantic_duplicates(
         members = order[bounds[c] : bounds[c + 1]]
         if len(members) < 2:
             continue
-        found = cluster_duplicates(np.ascontiguousarray(x[members], dtype=np.float32), members, centroid_sim[members], threshold, keep, seed)
+        found = cluster_duplicates(
+            np.ascontiguousarray(x[members], dtype=np.float32), members, centroid_sim[members], threshold, keep, seed
+        )
         pairs += found.pairs
         removed.append(found.removed)
         reps.append(found.representative)
@@ -98,7 +106,9 @@ class ClusterDuplicates:
     pairs: int
 
 
-def cluster_duplicates(vectors: np.ndarray, ordinals: np.ndarray, centroid_similarity: np.ndarray, threshold: float, keep: str, seed: int) -> ClusterDuplicates:
+def cluster_duplicates(
+    vectors: np.ndarray, ordinals: np.ndarray, centroid_similarity: np.ndarray, threshold: float, keep: str, seed: int
+) -> ClusterDuplicates:
     """Duplicates within one cluster: `vectors` (m, d) unit rows in ascending `ordinals`. The
     result depends only on these rows, so clusters can be searched in any task, in any order."""
     ordinals = np.asarray(ordinals, dtype=np.int64)
@@ -110,13 +120,19 @@ def cluster_duplicates(vectors: np.ndarray, ordinals: np.ndarray, centroid_simil
     return ClusterDuplicates(ordinals[gone], ordinals[kept], similarity, found)
 
 
-def merge_duplicates(removed: list[np.ndarray], representative: list[np.ndarray], similarity: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def merge_duplicates(
+    removed: list[np.ndarray], representative: list[np.ndarray], similarity: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Clusters' (or buckets') results as one (removed, representative, similarity), by removed row."""
     if not removed:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     removed_all = np.concatenate(removed).astype(np.int64, copy=False)
     sort = np.argsort(removed_all, kind="stable")
-    return removed_all[sort], np.concatenate(representative).astype(np.int64, copy=False)[sort], np.concatenate(similarity).astype(np.float32)[sort]
+    return (
+        removed_all[sort],
+        np.concatenate(representative).astype(np.int64, copy=False)[sort],
+        np.concatenate(similarity).astype(np.float32)[sort],
+    )
 
 
 def plan_buckets(sizes: np.ndarray, buckets: int, cost: np.ndarray | None = None) -> np.ndarray:
@@ -154,7 +170,12 @@ def _components(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, int]
         query, neighbours = query[later], neighbours[later]
         if not len(query):
             continue
-        sims = np.concatenate([row_dot(vectors[query[i : i + _RESCORE_CHUNK]], vectors[neighbours[i : i + _RESCORE_CHUNK]]) for i in range(0, len(query), _RESCORE_CHUNK)])
+        sims = np.concatenate(
+            [
+                row_dot(vectors[query[i : i + _RESCORE_CHUNK]], vectors[neighbours[i : i + _RESCORE_CHUNK]])
+                for i in range(0, len(query), _RESCORE_CHUNK)
+            ]
+        )
         mask = sims >= np.float32(threshold)
         if not mask.any():
             continue

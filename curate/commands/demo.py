@@ -6,11 +6,10 @@ from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
+from curate.engine.progress import Progress
 from curate.errors import OutputError
 from curate.output.manifest import read_manifest
 from curate.pipeline import RunOptions, RunResult, load_pipeline, run_pipeline
-from curate.engine.progress import Progress
-
 
 # The report the demo ends with when the pipeline file has none: proxy trainings per pool on
 # the corpus's `section` labels, a fitted law, and the best mix for each budget.

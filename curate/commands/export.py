@@ -13,8 +13,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.io.atomic import atomic_path
 from curate.errors import OutputError, UsageError
+from curate.io.atomic import atomic_path
 from curate.io.formats import JSONL_SUFFIXES
 from curate.io.inputs import DEFAULT_BATCH_SIZE
 from curate.io.parts import list_parts
@@ -44,7 +44,11 @@ def export_jsonl(out: Path, target: Path | None = None, compression: str | None 
     if single:
         named = _compression_of_name(target)
         if compression is not None and compression != named:
-            raise UsageError(f"--compression {compression} but the file name says {named}", path=target, fix=f"name the file *{COMPRESSIONS[compression][1]} or drop --compression")
+            raise UsageError(
+                f"--compression {compression} but the file name says {named}",
+                path=target,
+                fix=f"name the file *{COMPRESSIONS[compression][1]} or drop --compression",
+            )
         compression = named
     compression = compression or "none"
     if compression not in COMPRESSIONS:
@@ -54,7 +58,9 @@ def export_jsonl(out: Path, target: Path | None = None, compression: str | None 
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OutputError(f"cannot create the directory ({exc.strerror})", path=target.parent, fix="choose a writable -o") from None
+            raise OutputError(
+                f"cannot create the directory ({exc.strerror})", path=target.parent, fix="choose a writable -o"
+            ) from None
         rows = _write_atomically(target, parts, codec)
         files = [target]
         directory = target
@@ -71,7 +77,11 @@ def export_jsonl(out: Path, target: Path | None = None, compression: str | None 
                 stale.unlink()
     expected = manifest.get("totals", {}).get("kept_rows")
     if expected is not None and rows != expected:
-        raise OutputError(f"exported {rows} rows but the manifest lists {expected} kept rows", path=out, fix="check the output with 'curate verify', then export again")
+        raise OutputError(
+            f"exported {rows} rows but the manifest lists {expected} kept rows",
+            path=out,
+            fix="check the output with 'curate verify', then export again",
+        )
     return ExportResult(directory, files, rows)
 
 
@@ -84,14 +94,26 @@ def _prepare_directory(directory: Path) -> None:
     """An export directory holds exports only: refuse to mix them with someone else's files."""
     if directory.exists():
         if not directory.is_dir():
-            raise OutputError("exists and is not a directory", path=directory, fix="name a directory, or a file ending in .jsonl, .jsonl.gz or .jsonl.zst")
-        others = sorted(p.name for p in directory.iterdir() if not _EXPORTED_PART.match(p.name) and not p.name.startswith("."))
+            raise OutputError(
+                "exists and is not a directory",
+                path=directory,
+                fix="name a directory, or a file ending in .jsonl, .jsonl.gz or .jsonl.zst",
+            )
+        others = sorted(
+            p.name for p in directory.iterdir() if not _EXPORTED_PART.match(p.name) and not p.name.startswith(".")
+        )
         if others:
-            raise OutputError(f"the export directory holds other files ({', '.join(others[:3])})", path=directory, fix="choose an empty or new -o")
+            raise OutputError(
+                f"the export directory holds other files ({', '.join(others[:3])})",
+                path=directory,
+                fix="choose an empty or new -o",
+            )
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create the export directory ({exc.strerror})", path=directory, fix="choose a writable -o") from None
+        raise OutputError(
+            f"cannot create the export directory ({exc.strerror})", path=directory, fix="choose a writable -o"
+        ) from None
 
 
 def _write_atomically(path: Path, parts: list[Path], codec: str | None) -> int:
@@ -103,7 +125,9 @@ def _write_atomically(path: Path, parts: list[Path], codec: str | None) -> int:
                     sink.write(ndjson_bytes(batch))
                     rows += batch.num_rows
     except OSError as exc:
-        raise OutputError(f"cannot write ({exc.strerror or exc})", path=path, fix="free disk space or choose another -o") from None
+        raise OutputError(
+            f"cannot write ({exc.strerror or exc})", path=path, fix="free disk space or choose another -o"
+        ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

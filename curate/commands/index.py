@@ -8,14 +8,14 @@ import os
 import shutil
 from pathlib import Path
 
-from curate.io.mirror import replace_dir
 from curate.errors import UsageError
-from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.index import exact, minhash, semantic
 from curate.index.check import INDEXED_KINDS
 from curate.index.store import INDEX_DIR, META, StoredIndex, check_settings, find_index, read_index
 from curate.io.inputs import fingerprint_file
+from curate.io.mirror import replace_dir
 from curate.output.read import load_finished_manifest
+from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 MERGERS = {exact.KIND: exact.merge, minhash.KIND: minhash.merge, semantic.KIND: semantic.merge}
 assert set(MERGERS) == set(INDEXED_KINDS)
@@ -31,28 +31,52 @@ def build_index(output: str | Path, options=None) -> list[StoredIndex]:
     config = manifest["config"]
     stages = [{"kind": s["kind"], **s["options"]} for s in config["stages"]]
     if not any(s["kind"] in MERGERS for s in stages):
-        raise UsageError("this output ran no exact, minhash or semdedup stage: nothing to index", path=output, fix="run a pipeline with a dedup stage")
+        raise UsageError(
+            "this output ran no exact, minhash or semdedup stage: nothing to index",
+            path=output,
+            fix="run a pipeline with a dedup stage",
+        )
     for stage in stages:
         if stage["kind"] in MERGERS:
             stage["index"] = True
-    spec = parse_pipeline({"input": config["input"], "seed": config["seed"], "stage": stages}, str(output / "manifest.json"))
+    spec = parse_pipeline(
+        {"input": config["input"], "seed": config["seed"], "stage": stages}, str(output / "manifest.json")
+    )
     build = output / _BUILD_DIR
     shutil.rmtree(build, ignore_errors=True)
     links = build / "input"
     for position, record in enumerate(manifest["input"]["files"]):
         path = Path(record["path"])
-        if not path.is_file() or path.stat().st_size != record["size"] or fingerprint_file(path) != record["fingerprint"]:
+        if (
+            not path.is_file()
+            or path.stat().st_size != record["size"]
+            or fingerprint_file(path) != record["fingerprint"]
+        ):
             shutil.rmtree(build, ignore_errors=True)
-            raise UsageError("an input file of this output is gone or changed, so its index cannot be rebuilt", path=path, fix="rerun the pipeline with index = true on its dedup stages")
+            raise UsageError(
+                "an input file of this output is gone or changed, so its index cannot be rebuilt",
+                path=path,
+                fix="rerun the pipeline with index = true on its dedup stages",
+            )
         link = links / f"{position:06d}" / path.name  # numbered dirs keep the order, names keep '<stem>:<row>' ids
         link.parent.mkdir(parents=True)
         os.symlink(path.resolve(), link)
     base = RunOptions() if options is None else options
-    run_options = RunOptions(progress=base.progress, executor=base.executor, jobs=base.jobs, unit_rows=base.unit_rows, against=tuple(config.get("against", ())))
+    run_options = RunOptions(
+        progress=base.progress,
+        executor=base.executor,
+        jobs=base.jobs,
+        unit_rows=base.unit_rows,
+        against=tuple(config.get("against", ())),
+    )
     result = run_pipeline(spec, str(links), build / "out", run_options)
     if result.kept_rows != manifest.get("totals", {}).get("kept_rows", result.kept_rows):
         shutil.rmtree(build, ignore_errors=True)
-        raise UsageError("rebuilding kept a different number of rows than the recorded run", path=output, fix="rerun the pipeline with index = true on its dedup stages")
+        raise UsageError(
+            "rebuilding kept a different number of rows than the recorded run",
+            path=output,
+            fix="rerun the pipeline with index = true on its dedup stages",
+        )
     built = []
     (output / INDEX_DIR).mkdir(exist_ok=True)
     for directory in sorted((build / "out" / INDEX_DIR).iterdir()):
@@ -70,7 +94,11 @@ def add_index(output: str | Path, later: str | Path) -> list[StoredIndex]:
     load_finished_manifest(later)
     metas = sorted((later / INDEX_DIR).glob(f"*/{META}"))
     if not metas:
-        raise UsageError(f"no index under {INDEX_DIR}/", path=later, fix=f"run it with index = true on its dedup stages, or build it: curate index {later}")
+        raise UsageError(
+            f"no index under {INDEX_DIR}/",
+            path=later,
+            fix=f"run it with index = true on its dedup stages, or build it: curate index {later}",
+        )
     pairs = []
     for meta in metas:  # every pair checked before any index changes: no half-merged output
         new = read_index(meta.parent)

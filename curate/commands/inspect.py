@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-from curate.io import storage
 from curate.errors import UsageError
-from curate.output.ledger import VerifyReport, verify_conservation
-from curate.output.read import load_finished_manifest
-from curate.output.local import schema_from_record
+from curate.io import storage
 from curate.io.inputs import ColumnSpec, InputFile
 from curate.io.storage import StorageOptions
+from curate.output.ledger import VerifyReport, verify_conservation
+from curate.output.local import schema_from_record
+from curate.output.read import load_finished_manifest
 
 
 def verify_output(out: Path, options: StorageOptions = ()) -> VerifyReport:
@@ -20,13 +19,19 @@ def verify_output(out: Path, options: StorageOptions = ()) -> VerifyReport:
     files = [InputFile(**f) for f in manifest["input"]["files"]]
     missing = [f.path for f in files if not storage.exists(f.path, options)]
     if missing:
-        raise UsageError("input file is gone, cannot verify against it", path=missing[0], fix="run verify where the input is still present")
+        raise UsageError(
+            "input file is gone, cannot verify against it",
+            path=missing[0],
+            fix="run verify where the input is still present",
+        )
     config = manifest["config"]["input"]
     columns = ColumnSpec(text=config["text_column"], id=config["id_column"], storage_options=options)
-    report = verify_conservation(files, columns, schema_from_record(manifest["input"]["schema"]), out / "kept", out / "removed")
+    report = verify_conservation(
+        files, columns, schema_from_record(manifest["input"]["schema"]), out / "kept", out / "removed"
+    )
     totals = manifest.get("totals", {})
     if totals and (totals.get("kept_rows"), totals.get("removed_rows")) != (report.kept_rows, report.removed_rows):
-        report.problems.append(f"manifest totals {totals} differ from the files (kept {report.kept_rows}, removed {report.removed_rows})")
+        report.problems.append(
+            f"manifest totals {totals} differ from the files (kept {report.kept_rows}, removed {report.removed_rows})"
+        )
     return report
-
-

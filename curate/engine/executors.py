@@ -19,13 +19,20 @@ from typing import Any, Callable, Protocol, Sequence
 
 import cloudpickle
 
-from curate.runtime import _SLOT_VAR, allocator_environment, cpu_count, tune_allocator
-from curate.errors import OutputError, UsageError, first_line
 from curate.engine.progress import QUIET, Progress
+from curate.errors import OutputError, UsageError, first_line
+from curate.runtime import _SLOT_VAR, allocator_environment, cpu_count, tune_allocator
 
 CONNECT_TIMEOUT = 10.0
 WAIT_FOR_WORKERS = 120.0
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS", "RAYON_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+_THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "POLARS_MAX_THREADS",
+    "RAYON_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 
 
 class Executor(Protocol):
@@ -35,9 +42,19 @@ class Executor(Protocol):
     threads_per_task: int  # cores one task may use (threads inside a task)
     busy_seconds: float  # wall time spent inside map(), for the driver-vs-parallel split
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, progress: Progress = QUIET, label: str | None = None, sizes: Sequence[int] | None = None) -> list[Any]: ...
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        items: Sequence[Any],
+        *,
+        progress: Progress = QUIET,
+        label: str | None = None,
+        sizes: Sequence[int] | None = None,
+    ) -> list[Any]: ...
 
-    def check_storage(self, work_dir: str, input_path: str, *, work_via_store: bool = False, input_via_store: bool = False) -> None: ...
+    def check_storage(
+        self, work_dir: str, input_path: str, *, work_via_store: bool = False, input_via_store: bool = False
+    ) -> None: ...
 
     def shares_directory(self, directory: str) -> bool: ...
 
@@ -53,7 +70,7 @@ class Executor(Protocol):
 # ---------------------------------------------------------------------------------------
 # Worker side: a per-process cache of unpickled functions.
 
-_FUNCTIONS: "OrderedDict[str, Callable[[Any], Any]]" = OrderedDict()
+_FUNCTIONS: OrderedDict[str, Callable[[Any], Any]] = OrderedDict()
 
 
 def _digest(payload: bytes) -> str:
@@ -102,7 +119,9 @@ class LocalExecutor(_Timed):
         cores = cpu_count()
         jobs = cores if jobs is None or jobs == 0 else jobs
         if jobs < 1:
-            raise UsageError(f"--jobs must be at least 1, got {jobs}", fix="e.g. --jobs 2, or leave it out to use every core")
+            raise UsageError(
+                f"--jobs must be at least 1, got {jobs}", fix="e.g. --jobs 2, or leave it out to use every core"
+            )
         self.workers = jobs
         self.threads_per_task = max(1, cores // jobs)
         self.busy_seconds = 0.0
@@ -120,7 +139,15 @@ class LocalExecutor(_Timed):
             )
         return self._pool
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, progress: Progress = QUIET, label: str | None = None, sizes: Sequence[int] | None = None) -> list[Any]:
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        items: Sequence[Any],
+        *,
+        progress: Progress = QUIET,
+        label: str | None = None,
+        sizes: Sequence[int] | None = None,
+    ) -> list[Any]:
         items = list(items)
         started = time.perf_counter()
         sizes = list(sizes) if sizes is not None else [1] * len(items)
@@ -140,7 +167,9 @@ class LocalExecutor(_Timed):
         finally:
             self._timed(started)
 
-    def check_storage(self, work_dir: str, input_path: str, *, work_via_store: bool = False, input_via_store: bool = False) -> None:
+    def check_storage(
+        self, work_dir: str, input_path: str, *, work_via_store: bool = False, input_via_store: bool = False
+    ) -> None:
         """Every worker is on this machine: it sees what the driver sees."""
 
     def shares_directory(self, directory: str) -> bool:
@@ -167,7 +196,7 @@ class LocalExecutor(_Timed):
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def __enter__(self) -> "LocalExecutor":
+    def __enter__(self) -> LocalExecutor:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -274,7 +303,7 @@ class DaskExecutor(_Timed):
         self._storage_checked: set[tuple[str, str]] = set()
 
     @classmethod
-    def local(cls, workers: int, *, threads_per_worker: int = 1) -> "DaskExecutor":
+    def local(cls, workers: int, *, threads_per_worker: int = 1) -> DaskExecutor:
         from distributed import Client, LocalCluster
 
         if workers < 1:
@@ -284,7 +313,14 @@ class DaskExecutor(_Timed):
         # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=64 KiB (to give memory back
         # for its memory monitor), which makes every large NumPy buffer a fresh mmap: this
         # cluster's workers start with curate's thresholds instead (curate.runtime says why).
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **allocator_environment()}}):
+        with dask.config.set(
+            {
+                "distributed.nanny.pre-spawn-environ": {
+                    **dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+                    **allocator_environment(),
+                }
+            }
+        ):
             cluster = LocalCluster(
                 n_workers=workers,
                 threads_per_worker=threads_per_worker,
@@ -303,7 +339,7 @@ class DaskExecutor(_Timed):
         return executor
 
     @classmethod
-    def connect(cls, address: str, *, timeout: float = CONNECT_TIMEOUT) -> "DaskExecutor":
+    def connect(cls, address: str, *, timeout: float = CONNECT_TIMEOUT) -> DaskExecutor:
         from distributed import Client
 
         try:
@@ -330,7 +366,15 @@ class DaskExecutor(_Timed):
             workers = self.client.scheduler_info().get("workers", {})
         return max(1, sum(w.get("nthreads", 1) for w in workers.values()))
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, progress: Progress = QUIET, label: str | None = None, sizes: Sequence[int] | None = None) -> list[Any]:
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        items: Sequence[Any],
+        *,
+        progress: Progress = QUIET,
+        label: str | None = None,
+        sizes: Sequence[int] | None = None,
+    ) -> list[Any]:
         from distributed import as_completed
 
         items = list(items)
@@ -343,7 +387,10 @@ class DaskExecutor(_Timed):
         client = self.client
         shipped = client.scatter(payload, broadcast=True, hash=False)
         prefix = f"curate-{(label or 'map').split(':')[0].replace(' ', '_')}-{digest[:8]}-{time.monotonic_ns()}"
-        futures = [client.submit(invoke, shipped, digest, item, key=f"{prefix}-{i}", pure=False) for i, item in enumerate(items)]
+        futures = [
+            client.submit(invoke, shipped, digest, item, key=f"{prefix}-{i}", pure=False)
+            for i, item in enumerate(items)
+        ]
         size_of = {f.key: s for f, s in zip(futures, sizes)}
         try:
             with progress.task(label or "working", total=sum(sizes)) as bar:
@@ -358,7 +405,9 @@ class DaskExecutor(_Timed):
         finally:
             self._timed(started)
 
-    def check_storage(self, work_dir: str, input_path: str, *, work_via_store: bool = False, input_via_store: bool = False) -> None:
+    def check_storage(
+        self, work_dir: str, input_path: str, *, work_via_store: bool = False, input_via_store: bool = False
+    ) -> None:
         """Every worker must read the input and write the output under the driver's paths; a
         worker on its own disk would otherwise write parts the driver never sees. `*_via_store`:
         that path is handed over through the output's store instead (curate.io.mirror)."""
@@ -372,7 +421,8 @@ class DaskExecutor(_Timed):
             seen = self.client.run(_probe_storage, work_dir, input_path, token)
         except OSError as exc:
             raise OutputError(
-                f"a Dask worker cannot create the run's working directory ({exc.strerror or exc})", path=work_dir,
+                f"a Dask worker cannot create the run's working directory ({exc.strerror or exc})",
+                path=work_dir,
                 fix="set CURATE_STAGING_DIR to a local directory path that every machine can create (an object-store -o), or put -o on storage every worker mounts",
             ) from None
         unseen = []
@@ -387,7 +437,9 @@ class DaskExecutor(_Timed):
         if blind:
             raise UsageError(f"Dask worker {blind[0]} cannot read the input file {input_path}", fix=fix)
         if unseen:
-            raise OutputError(f"Dask worker {unseen[0]} writes somewhere this machine cannot see", path=work_dir, fix=fix)
+            raise OutputError(
+                f"Dask worker {unseen[0]} writes somewhere this machine cannot see", path=work_dir, fix=fix
+            )
         self._storage_checked.add((work_dir, input_path))
 
     def shares_directory(self, directory: str) -> bool:
@@ -431,7 +483,7 @@ class DaskExecutor(_Timed):
         if self.cluster is not None:
             self.cluster.close()
 
-    def __enter__(self) -> "DaskExecutor":
+    def __enter__(self) -> DaskExecutor:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -460,11 +512,20 @@ def dashboard_available() -> bool:
     return True
 
 
-def make_executor(*, jobs: int | None = None, workers: int | None = None, scheduler: str | None = None) -> LocalExecutor | DaskExecutor:
+def make_executor(
+    *, jobs: int | None = None, workers: int | None = None, scheduler: str | None = None
+) -> LocalExecutor | DaskExecutor:
     """The executor the command line asked for: --jobs (default), --workers or --scheduler."""
-    chosen = [name for name, value in (("--jobs", jobs), ("--workers", workers), ("--scheduler", scheduler)) if value is not None]
+    chosen = [
+        name
+        for name, value in (("--jobs", jobs), ("--workers", workers), ("--scheduler", scheduler))
+        if value is not None
+    ]
     if len(chosen) > 1:
-        raise UsageError(f"{' and '.join(chosen)} are exclusive", fix="--jobs N runs on this machine; --workers N starts a local Dask cluster; --scheduler ADDR joins a running one")
+        raise UsageError(
+            f"{' and '.join(chosen)} are exclusive",
+            fix="--jobs N runs on this machine; --workers N starts a local Dask cluster; --scheduler ADDR joins a running one",
+        )
     if scheduler is not None:
         return DaskExecutor.connect(scheduler)
     if workers is not None:

@@ -22,29 +22,27 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from curate.io import mirror
-from curate.io import storage
-from curate.io.atomic import atomic_path
-from curate.runtime import tune_allocator
-from curate.errors import InputError, OutputError, UsageError
 from curate.engine.executors import Executor, LocalExecutor
 from curate.engine.mirrored import MirroredExecutor
-from curate.runtime import cpu_count
-from curate.output.ledger import LEDGER_SCHEMA, ids_as_strings
-from curate.output.manifest import MANIFEST_NAME, write_manifest
-from curate.index import origin as index_origin
-from curate.index.store import INDEX_DIR
-from curate.io.cache import staging_root
-from curate.output.store import OutputStore, is_remote, local_outputs
-from curate.output.local import finalize, new_manifest, prepare_output, stage_dir_name
 from curate.engine.progress import QUIET, Progress
-from curate.io.inputs import ROW_COLUMN, InputSet
-from curate.io.parts import PartWriter, list_parts
 from curate.engine.spec import PipelineSpec, earlier_output
-from curate.stages.base import Stage, StageContext, all_side_outputs, stage_class
-from curate.output.layout import INPUT_STAGE, STAGE_WORK, STAGES_DIR
 from curate.engine.tasks import CheckUnit, FirstRepeatedId, FitMap, FitReduce, Transform, assemble, save_stage
 from curate.engine.units import DEFAULT_UNIT_ROWS, InputSource, InputUnit, PartSource, plan_units, unit_rows_for
+from curate.errors import InputError, OutputError, UsageError
+from curate.index import origin as index_origin
+from curate.index.store import INDEX_DIR
+from curate.io import mirror, storage
+from curate.io.atomic import atomic_path
+from curate.io.cache import staging_root
+from curate.io.inputs import ROW_COLUMN, InputSet
+from curate.io.parts import PartWriter, list_parts
+from curate.output.layout import INPUT_STAGE, STAGE_WORK, STAGES_DIR
+from curate.output.ledger import LEDGER_SCHEMA, ids_as_strings
+from curate.output.local import finalize, new_manifest, prepare_output, stage_dir_name
+from curate.output.manifest import MANIFEST_NAME, write_manifest
+from curate.output.store import OutputStore, is_remote, local_outputs
+from curate.runtime import cpu_count, tune_allocator
+from curate.stages.base import Stage, StageContext, all_side_outputs, stage_class
 
 _UNITS = "units"
 
@@ -77,16 +75,25 @@ class RunResult:
 
 
 # OS errors that mean "this output location cannot take the writes" (not a bug in curate).
-_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EFBIG}
+_OUTPUT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EFBIG,
+}
 
 
-def _output_errors_are_user_errors(run: Callable[..., "RunResult"]) -> Callable[..., "RunResult"]:
+def _output_errors_are_user_errors(run: Callable[..., RunResult]) -> Callable[..., RunResult]:
     """A full disk or an unwritable path anywhere in a run (parts, manifest, finalize) becomes
     one OutputError line (exit 2). Every write is atomic (temp name, then rename) and the
     manifest only records finished stages, so the state left behind is resumable as is."""
 
     @functools.wraps(run)
-    def wrapper(*args: Any, **kwargs: Any) -> "RunResult":
+    def wrapper(*args: Any, **kwargs: Any) -> RunResult:
         try:
             return run(*args, **kwargs)
         except OutputError as exc:
@@ -127,7 +134,9 @@ def _collect_failed_writers(exc: BaseException) -> None:
         sys.unraisablehook = previous
 
 
-def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions = RunOptions()) -> RunResult:
+def run_pipeline(
+    spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions = RunOptions()
+) -> RunResult:
     """Run the pipeline over the input into `output` (a local directory, or a URL of an object
     store: see `curate.output.store`), on options.executor (or local processes)."""
     tune_allocator()
@@ -137,7 +146,9 @@ def run_pipeline(spec: PipelineSpec, source: str | os.PathLike, output: str | os
         return _run_somewhere(spec, source, output, options, executor)
 
 
-def _run_somewhere(spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions, executor: Executor) -> RunResult:
+def _run_somewhere(
+    spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions, executor: Executor
+) -> RunResult:
     earlier = earlier_outputs(spec, options)
     for location in (str(source), str(output), *earlier):
         if is_remote(location) and storage.EXTRAS.get(storage.protocol(location)) == "s3":
@@ -149,7 +160,9 @@ def _run_somewhere(spec: PipelineSpec, source: str | os.PathLike, output: str | 
 
             check_against(spec, against)  # a bad earlier index is exit 2 before anything is written
         if not is_remote(output):
-            return _run(spec, source, storage.local_or_url(str(output)), options, executor, against_paths=tuple(against))
+            return _run(
+                spec, source, storage.local_or_url(str(output)), options, executor, against_paths=tuple(against)
+            )
         store = OutputStore(str(output), spec.output_options, side_outputs=all_side_outputs())
         staging_root().mkdir(parents=True, exist_ok=True)
         # Workers that do not see the driver's staging directory (other machines) hand files
@@ -159,15 +172,31 @@ def _run_somewhere(spec: PipelineSpec, source: str | os.PathLike, output: str | 
             _check_views_for_workers(earlier)
         staging = store.prepare(resume=options.resume, overwrite=options.overwrite, mirrored=mirrored)
         # The staging directory is now empty (a fresh run) or holds the run to continue.
-        run_mirror = mirror.Mirror(str(staging.absolute()), store.url, spec.output_options, held_back=(MANIFEST_NAME,)) if mirrored else None
+        run_mirror = (
+            mirror.Mirror(str(staging.absolute()), store.url, spec.output_options, held_back=(MANIFEST_NAME,))
+            if mirrored
+            else None
+        )
         views = list(zip(against, earlier)) if mirrored else []
-        with mirror.activated(run_mirror, record=store.committed_files), index_origin.registered(views, spec.output_options):
+        with (
+            mirror.activated(run_mirror, record=store.committed_files),
+            index_origin.registered(views, spec.output_options),
+        ):
             run_executor = MirroredExecutor(executor, run_mirror) if run_mirror is not None else executor
             try:
                 result = _run(
-                    spec, source, staging, replace(options, resume=True, overwrite=False), run_executor,
-                    commit=lambda out: store.commit(out, map=lambda fn, items: run_executor.map(fn, items, label="committing"), workers=executor.workers),
-                    output_name=store.url, against_paths=tuple(against),
+                    spec,
+                    source,
+                    staging,
+                    replace(options, resume=True, overwrite=False),
+                    run_executor,
+                    commit=lambda out: store.commit(
+                        out,
+                        map=lambda fn, items: run_executor.map(fn, items, label="committing"),
+                        workers=executor.workers,
+                    ),
+                    output_name=store.url,
+                    against_paths=tuple(against),
                 )
             finally:
                 if mirrored:
@@ -185,7 +214,8 @@ def _check_views_for_workers(earlier: list[str]) -> None:
         if not is_remote(location):
             raise UsageError(
                 "the Dask workers do not share this machine's disk, so they cannot read an earlier output on it",
-                path=location, fix="give --against the earlier output's object-store URL (or run curate on a machine whose disk the workers mount)",
+                path=location,
+                fix="give --against the earlier output's object-store URL (or run curate on a machine whose disk the workers mount)",
             )
 
 
@@ -227,7 +257,10 @@ def _run(
     workers = executor.workers
     unit_rows = unit_rows_for(inputs.num_rows, workers, options.unit_rows)
     manifest["executor"] = {
-        "description": executor.describe()[0], "workers": workers, "threads_per_task": executor.threads_per_task, "unit_rows": unit_rows,
+        "description": executor.describe()[0],
+        "workers": workers,
+        "threads_per_task": executor.threads_per_task,
+        "unit_rows": unit_rows,
         "files_between_tasks": "disk" if mirror.active() is None else "store",  # curate.io.mirror
     }
 
@@ -240,7 +273,9 @@ def _run(
         write_manifest(out, manifest)
         commit(out)
         _notify(options, INPUT_STAGE)
-    current: InputSource | PartSource = InputSource(inputs, spec.batch_size, spec.drop_null_text, input_entry["rows_removed"])
+    current: InputSource | PartSource = InputSource(
+        inputs, spec.batch_size, spec.drop_null_text, input_entry["rows_removed"]
+    )
 
     for position, stage_spec in enumerate(spec.stages, start=1):
         entry = manifest["stages"][position]
@@ -287,8 +322,17 @@ def _run(
         _notify(options, stage_spec.name)
 
     started, busy = time.perf_counter(), executor.busy_seconds
-    finalize(out, manifest, inputs.num_rows, functools.partial(_publish_kept, current), lambda fn, parts: executor.map(fn, parts))
-    manifest["finalize_seconds"] = {"total": round(time.perf_counter() - started, 3), "parallel": round(executor.busy_seconds - busy, 3)}
+    finalize(
+        out,
+        manifest,
+        inputs.num_rows,
+        functools.partial(_publish_kept, current),
+        lambda fn, parts: executor.map(fn, parts),
+    )
+    manifest["finalize_seconds"] = {
+        "total": round(time.perf_counter() - started, 3),
+        "parallel": round(executor.busy_seconds - busy, 3),
+    }
     write_manifest(out, manifest)
     commit(out)
     if spec.report is not None and options.build_report is not None:  # reads the finished output
@@ -309,7 +353,9 @@ def _publish_kept(last: InputSource | PartSource, kept_final: Path) -> None:
         mirror.move(last.directory, kept_final)
 
 
-def run_stage(stage: Stage, source: InputSource | PartSource, ctx: StageContext, stage_dir: Path, *, last: bool = False) -> tuple[int, int]:
+def run_stage(
+    stage: Stage, source: InputSource | PartSource, ctx: StageContext, stage_dir: Path, *, last: bool = False
+) -> tuple[int, int]:
     """Fit (map-reduce protocol, or the stage's own fit with ctx.map), then transform every
     work unit as a task and assemble the units' parts in input order. The last stage writes
     its kept parts without the internal ordinal, so finalize publishes them as they are
@@ -346,14 +392,29 @@ def _fit_map_reduce(stage: Stage, source: InputSource | PartSource, units: list,
     buckets = stage.fit_buckets(ctx)
     shuffle_dir = str(ctx.work_dir / "shuffle") if buckets > 0 else None
     task_ctx = replace(ctx, info={}, report=dict(ctx.report))
-    partials = ctx.map(FitMap(stage, task_ctx, shuffle_dir, buckets), units, label=f"{ctx.name}: fitting", sizes=[u.rows for u in units])
+    partials = ctx.map(
+        FitMap(stage, task_ctx, shuffle_dir, buckets),
+        units,
+        label=f"{ctx.name}: fitting",
+        sizes=[u.rows for u in units],
+    )
     if shuffle_dir is not None:
-        partials = ctx.map(FitReduce(stage, task_ctx, shuffle_dir, len(units)), range(buckets), label=f"{ctx.name}: reducing")
+        partials = ctx.map(
+            FitReduce(stage, task_ctx, shuffle_dir, len(units)), range(buckets), label=f"{ctx.name}: reducing"
+        )
         _drop(Path(shuffle_dir), ctx.executor)
     stage.fit_merge(partials, source, ctx)
 
 
-def _check_input(inputs: InputSet, spec: PipelineSpec, stages_root: Path, entry: dict, executor: Executor, progress: Progress, unit_rows: int) -> None:
+def _check_input(
+    inputs: InputSet,
+    spec: PipelineSpec,
+    stages_root: Path,
+    entry: dict,
+    executor: Executor,
+    progress: Progress,
+    unit_rows: int,
+) -> None:
     """Null ids, duplicate ids (a shuffle on the id hash), invalid UTF-8 and null texts, as unit
     tasks; the earliest problem in input order is the one raised."""
     started = time.perf_counter()
@@ -366,7 +427,13 @@ def _check_input(inputs: InputSet, spec: PipelineSpec, stages_root: Path, entry:
         executor.check_storage(str(units_dir), units[0].path, **_via_store(units_dir, units[0].path))
     buckets = max(1, 2 * executor.workers)
     shuffle_dir = str(check_dir / STAGE_WORK / "shuffle")
-    findings = executor.map(CheckUnit(buckets, str(units_dir), shuffle_dir), units, progress=progress, label="input: checking", sizes=[u.rows for u in units])
+    findings = executor.map(
+        CheckUnit(buckets, str(units_dir), shuffle_dir),
+        units,
+        progress=progress,
+        label="input: checking",
+        sizes=[u.rows for u in units],
+    )
     repeats = executor.map(FirstRepeatedId(shuffle_dir, len(units)), range(buckets))
     problems: list[tuple[int, int, str]] = []  # (ordinal, rank within a batch as the check goes, what)
     problems += [(f.null_id, 0, "null_id") for f in findings if f.null_id >= 0]
@@ -381,7 +448,14 @@ def _check_input(inputs: InputSet, spec: PipelineSpec, stages_root: Path, entry:
     if not list_parts(check_dir / "removed"):
         PartWriter(check_dir / "removed", schema=LEDGER_SCHEMA).close()
     _drop(check_dir / STAGE_WORK, executor)
-    entry.update(status="done", rows_in=inputs.num_rows, rows_out=inputs.num_rows - null_texts, rows_removed=null_texts, seconds=round(time.perf_counter() - started, 3), info={})
+    entry.update(
+        status="done",
+        rows_in=inputs.num_rows,
+        rows_out=inputs.num_rows - null_texts,
+        rows_removed=null_texts,
+        seconds=round(time.perf_counter() - started, 3),
+        info={},
+    )
 
 
 def _raise_input_problem(inputs: InputSet, spec: PipelineSpec, ordinal: int, _rank: int, what: str) -> None:
@@ -390,7 +464,11 @@ def _raise_input_problem(inputs: InputSet, spec: PipelineSpec, ordinal: int, _ra
     row = ordinal - file.row_offset
     id_col = spec.columns.id
     if what == "null_id":
-        raise InputError(f"null id at row {row}", path=file.path, fix=f"give every row an id in '{id_col}', or drop the column to get '<file stem>:<row>' ids")
+        raise InputError(
+            f"null id at row {row}",
+            path=file.path,
+            fix=f"give every row an id in '{id_col}', or drop the column to get '<file stem>:<row>' ids",
+        )
     if what == "bad_utf8":
         raise InputError(
             f"text at row {row} is not valid UTF-8",
@@ -398,11 +476,17 @@ def _raise_input_problem(inputs: InputSet, spec: PipelineSpec, ordinal: int, _ra
             fix="re-encode the text column as UTF-8 (e.g. decode with errors='replace') before curating",
         )
     if what == "duplicate_id":
-        unit = InputUnit(0, file, None, file.rows, file.row_offset, inputs.schema, inputs.columns, spec.batch_size, False)
+        unit = InputUnit(
+            0, file, None, file.rows, file.row_offset, inputs.schema, inputs.columns, spec.batch_size, False
+        )
         batch = next(b for b in unit.batches([id_col]) if b.column(ROW_COLUMN)[-1].as_py() >= ordinal)
         first = batch.column(ROW_COLUMN)[0].as_py()
         bad = ids_as_strings(batch.column(id_col))[ordinal - first].as_py()
-        raise InputError(f"duplicate id {bad!r}", path=file.path, fix=f"make '{id_col}' unique across all shards, or pick another --id-column")
+        raise InputError(
+            f"duplicate id {bad!r}",
+            path=file.path,
+            fix=f"make '{id_col}' unique across all shards, or pick another --id-column",
+        )
     in_batch = what.partition(":")[2]
     raise InputError(
         f"null text at row {row} ({in_batch} in this batch)",
@@ -421,7 +505,10 @@ def _drop(path: Path, executor: Executor | None) -> None:
 
 def _via_store(work_dir: str | os.PathLike, input_path: str) -> dict[str, bool]:
     """Which of the two paths a mirrored run hands over through the store (curate.io.mirror)."""
-    return {"work_via_store": mirror.relative(work_dir) is not None, "input_via_store": mirror.relative(input_path) is not None}
+    return {
+        "work_via_store": mirror.relative(work_dir) is not None,
+        "input_via_store": mirror.relative(input_path) is not None,
+    }
 
 
 def _notify(options: RunOptions, name: str) -> None:

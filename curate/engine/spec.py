@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from curate.errors import UsageError
 from curate.io.inputs import DEFAULT_BATCH_SIZE, ColumnSpec
@@ -47,7 +48,9 @@ class PipelineSpec:
                 "text_column": self.columns.text,
                 "id_column": self.columns.id,
                 "drop_null_text": self.drop_null_text,
-                **({"format": self.columns.format} if self.columns.format else {}),  # absent: outputs made before formats still resume
+                **(
+                    {"format": self.columns.format} if self.columns.format else {}
+                ),  # absent: outputs made before formats still resume
             },
             "seed": self.seed,
             "stages": stages,
@@ -79,13 +82,19 @@ def load_pipeline(path: str | os.PathLike) -> PipelineSpec:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
     except FileNotFoundError:
-        raise UsageError("pipeline file does not exist", path=path, fix="pass a TOML pipeline file, or a bundled one by name: quickstart, web-text, scale") from None
+        raise UsageError(
+            "pipeline file does not exist",
+            path=path,
+            fix="pass a TOML pipeline file, or a bundled one by name: quickstart, web-text, scale",
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"malformed TOML ({exc})", path=path, fix="fix the TOML syntax") from None
     return parse_pipeline(data, str(path), base=path.parent)
 
 
-def parse_pipeline(data: dict[str, Any], source: str = "pipeline", base: str | os.PathLike | None = None) -> PipelineSpec:
+def parse_pipeline(
+    data: dict[str, Any], source: str = "pipeline", base: str | os.PathLike | None = None
+) -> PipelineSpec:
     """The spec of a parsed pipeline table; relative `against` paths are taken from `base` (a
     pipeline file's directory) when given, else from the working directory."""
     unknown = sorted(set(data) - _TOP_KEYS)
@@ -99,17 +108,25 @@ def parse_pipeline(data: dict[str, Any], source: str = "pipeline", base: str | o
         raise UsageError(f"unknown [input] key(s) {bad}", path=source, fix=f"valid keys: {sorted(_INPUT_KEYS)}")
     output_table = data.get("output", {})
     if not isinstance(output_table, dict) or sorted(set(output_table) - _OUTPUT_KEYS):
-        raise UsageError("[output] takes only storage_options", path=source, fix='e.g. [output] storage_options = { endpoint_url = "http://127.0.0.1:9000" }')
+        raise UsageError(
+            "[output] takes only storage_options",
+            path=source,
+            fix='e.g. [output] storage_options = { endpoint_url = "http://127.0.0.1:9000" }',
+        )
     raw_stages = data.get("stage", [])
     if not isinstance(raw_stages, list) or not all(isinstance(s, dict) for s in raw_stages):
-        raise UsageError("stages must be [[stage]] tables", path=source, fix="write each stage as a [[stage]] table with a kind")
+        raise UsageError(
+            "stages must be [[stage]] tables", path=source, fix="write each stage as a [[stage]] table with a kind"
+        )
     stages: list[StageSpec] = []
     seen: dict[str, int] = {}
     for position, raw in enumerate(raw_stages, start=1):
         options = dict(raw)
         kind = options.pop("kind", None)
         if not isinstance(kind, str):
-            raise UsageError(f"stage {position} has no kind", path=source, fix='add kind = "exact" (or another stage kind)')
+            raise UsageError(
+                f"stage {position} has no kind", path=source, fix='add kind = "exact" (or another stage kind)'
+            )
         stage_class(kind, source).from_options(options, where=f"{source} (stage {position}, {kind})")
         seen[kind] = seen.get(kind, 0) + 1
         name = kind if seen[kind] == 1 else f"{kind}_{seen[kind]}"
@@ -117,7 +134,11 @@ def parse_pipeline(data: dict[str, Any], source: str = "pipeline", base: str | o
     seed = data.get("seed", 0)
     batch_size = data.get("batch_size", DEFAULT_BATCH_SIZE)
     if not isinstance(seed, int) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise UsageError("seed and batch_size must be integers (batch_size > 0)", path=source, fix="e.g. seed = 0, batch_size = 65536")
+        raise UsageError(
+            "seed and batch_size must be integers (batch_size > 0)",
+            path=source,
+            fix="e.g. seed = 0, batch_size = 65536",
+        )
     report = data.get("report")
     if report is not None and not isinstance(report, dict):
         raise UsageError("[report] must be a table", path=source, fix="write [report] with budgets = [...]")
@@ -147,11 +168,17 @@ def _storage_table(table: dict[str, Any], where: str, source: str) -> tuple[tupl
     """[input]/[output] storage_options: an inline table of fsspec keyword arguments."""
     options = table.get("storage_options", {})
     if not isinstance(options, dict):
-        raise UsageError(f"[{where}] storage_options must be a table", path=source, fix=f'e.g. [{where}] storage_options = {{ endpoint_url = "http://127.0.0.1:9000" }}')
+        raise UsageError(
+            f"[{where}] storage_options must be a table",
+            path=source,
+            fix=f'e.g. [{where}] storage_options = {{ endpoint_url = "http://127.0.0.1:9000" }}',
+        )
     return tuple(sorted(options.items()))
 
 
-def merge_options(base: tuple[tuple[str, Any], ...], extra: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+def merge_options(
+    base: tuple[tuple[str, Any], ...], extra: tuple[tuple[str, Any], ...]
+) -> tuple[tuple[str, Any], ...]:
     """The pipeline file's storage options, with the command line's on top."""
     return tuple({**dict(base), **dict(extra)}.items())
 
@@ -162,7 +189,9 @@ def _input_format(table: dict[str, Any], source: str) -> str | None:
     try:
         return check_format(table.get("format"))
     except UsageError as exc:
-        raise UsageError(f"[input] format: {exc}", path=source, fix="format = \"parquet\", \"jsonl\" or \"hf\" (or leave it out)") from None
+        raise UsageError(
+            f"[input] format: {exc}", path=source, fix='format = "parquet", "jsonl" or "hf" (or leave it out)'
+        ) from None
 
 
 def earlier_output(location: str) -> str:
@@ -175,6 +204,12 @@ def _against(value: Any, source: str, base: str | os.PathLike | None) -> tuple[s
     `base` (the pipeline file's directory), so a pipeline runs the same from any directory."""
     paths = [value] if isinstance(value, str) else value
     if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
-        raise UsageError(f"against must be a path or a list of paths, got {value!r}", path=source, fix='e.g. against = ["../out-2026-10"] (earlier outputs, oldest first)')
-    resolved = [str(Path(base) / p) if base is not None and not Path(p).is_absolute() and "://" not in p else p for p in paths]
+        raise UsageError(
+            f"against must be a path or a list of paths, got {value!r}",
+            path=source,
+            fix='e.g. against = ["../out-2026-10"] (earlier outputs, oldest first)',
+        )
+    resolved = [
+        str(Path(base) / p) if base is not None and not Path(p).is_absolute() and "://" not in p else p for p in paths
+    ]
     return tuple(dict.fromkeys(resolved))  # an output listed twice is matched once

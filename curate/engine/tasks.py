@@ -20,18 +20,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.algorithms.exact import hash128
+from curate.engine.units import InputUnit, Unit
+from curate.errors import OutputError
 from curate.io import mirror
 from curate.io.atomic import atomic_path
-from curate.errors import OutputError
+from curate.io.parts import (
+    ROW_COLUMN,
+    PartWriter,
+    conform_to,
+    list_parts,
+    piece_path,
+    publish_attempt,
+    read_pieces,
+    write_piece,
+)
 from curate.output.layout import INPUT_STAGE, STAGE_WORK
 from curate.output.ledger import LEDGER_SCHEMA, ids_as_strings, removed_rows
-from curate.algorithms.exact import hash128
-from curate.io.parts import ROW_COLUMN, conform_to, piece_path, publish_attempt, read_pieces, write_piece
-from curate.io.parts import PartWriter, list_parts
 from curate.stages.base import Stage, StageContext
-from curate.engine.units import InputUnit, Unit
-
-
 
 # ---------------------------------------------------------------------------------------
 # Shuffle pieces: files under a stage's work dir, one per (bucket, unit).
@@ -57,7 +63,9 @@ class FitMap:
         if self.shuffle_dir is None:
             return partial
         if len(partial) != self.buckets:
-            raise ValueError(f"{type(self.stage).__name__}.fit_shard returned {len(partial)} pieces, fit_buckets said {self.buckets}")
+            raise ValueError(
+                f"{type(self.stage).__name__}.fit_shard returned {len(partial)} pieces, fit_buckets said {self.buckets}"
+            )
         for bucket, piece in enumerate(partial):
             write_piece(piece_path(self.shuffle_dir, bucket, unit.index), piece)
         return self.buckets
@@ -73,7 +81,9 @@ class FitReduce:
     units: int
 
     def __call__(self, bucket: int) -> Any:
-        return self.stage.fit_reduce(bucket, read_pieces(self.shuffle_dir, bucket, self.units), replace(self.ctx, info={}))
+        return self.stage.fit_reduce(
+            bucket, read_pieces(self.shuffle_dir, bucket, self.units), replace(self.ctx, info={})
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -102,7 +112,9 @@ def save_stage(stage: Stage, work_dir: Path) -> str:
 
 
 def unit_counts(directory: Path) -> tuple[int, int]:
-    return tuple(sum(mirror.read_metadata(p).num_rows for p in list_parts(directory / kind)) for kind in ("kept", "removed"))  # type: ignore[return-value]
+    return tuple(
+        sum(mirror.read_metadata(p).num_rows for p in list_parts(directory / kind)) for kind in ("kept", "removed")
+    )  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -131,7 +143,9 @@ class Transform:
                 removed_writer.write(removed)
             if kept_writer.schema is None:
                 schema = unit.schema
-                kept_writer.schema = schema.remove(schema.get_field_index(ROW_COLUMN)) if self.drop_ordinals else schema
+                kept_writer.schema = (
+                    schema.remove(schema.get_field_index(ROW_COLUMN)) if self.drop_ordinals else schema
+                )
             kept_writer.close()
             removed_writer.close()
             shutil.rmtree(unit_ctx.work_dir, ignore_errors=True)
@@ -142,7 +156,9 @@ class Transform:
         return kept_writer.rows_written, removed_writer.rows_written
 
 
-def assemble(units_dir: Path, count: int, stage_dir: Path, kinds: tuple[str, ...] = ("kept", "removed")) -> tuple[int, ...]:
+def assemble(
+    units_dir: Path, count: int, stage_dir: Path, kinds: tuple[str, ...] = ("kept", "removed")
+) -> tuple[int, ...]:
     """Move every unit's parts into stage_dir/{kept,removed} in unit (input) order. Empty parts
     are dropped unless nothing else is left, so the directory still carries the schema."""
     with mirror.listed(units_dir):
@@ -159,7 +175,11 @@ def _assemble(units_dir: Path, count: int, stage_dir: Path, kinds: tuple[str, ..
         spare: Path | None = None
         for unit in range(count):
             if not mirror.is_done(units_dir / f"{unit:05d}"):
-                raise OutputError(f"the output of work unit {unit} is missing", path=units_dir, fix="put -o on storage every worker mounts under the same path, then rerun with --resume")
+                raise OutputError(
+                    f"the output of work unit {unit} is missing",
+                    path=units_dir,
+                    fix="put -o on storage every worker mounts under the same path, then rerun with --resume",
+                )
             for part in list_parts(units_dir / f"{unit:05d}" / kind):
                 metadata = mirror.read_metadata(part)
                 if metadata.num_rows == 0:
@@ -281,4 +301,3 @@ def _decodes(value: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-

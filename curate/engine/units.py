@@ -121,7 +121,7 @@ class InputUnit:
         window = (self.first_row, self.first_row + self.rows)
         return _input_batches(inputs, 0, self.row_groups, self.batch_size, self.drop_null_text, columns, window)
 
-    def with_nulls(self) -> "InputUnit":
+    def with_nulls(self) -> InputUnit:
         """The same rows before the null-text filter (the input check sees every row)."""
         return replace(self, drop_null_text=False)
 
@@ -147,7 +147,9 @@ class PartUnit:
         if columns is not None:
             columns = list(dict.fromkeys([*columns, ROW_COLUMN]))
         groups = list(self.row_groups) if self.row_groups is not None else None
-        yield from mirror.parquet_file(self.path, self.size).iter_batches(batch_size=self.batch_size, row_groups=groups, columns=columns, use_threads=False)
+        yield from mirror.parquet_file(self.path, self.size).iter_batches(
+            batch_size=self.batch_size, row_groups=groups, columns=columns, use_threads=False
+        )
 
 
 Unit = InputUnit | PartUnit
@@ -183,23 +185,60 @@ def plan_units(source: InputSource | PartSource | Unit, unit_rows: int = DEFAULT
         inputs = source.inputs
         for file in inputs.files:
             if getattr(file, "format", "parquet") != "parquet":  # a stream: one unit per file
-                units.append(InputUnit(len(units), file, None, file.rows, file.row_offset, inputs.schema, inputs.columns, source.batch_size, source.drop_null_text))
+                units.append(
+                    InputUnit(
+                        len(units),
+                        file,
+                        None,
+                        file.rows,
+                        file.row_offset,
+                        inputs.schema,
+                        inputs.columns,
+                        source.batch_size,
+                        source.drop_null_text,
+                    )
+                )
                 continue
-            metadata = open_parquet(file.path, inputs.columns.storage_options, (file.size, file.fingerprint)).metadata  # local path or fsspec URL
+            metadata = open_parquet(
+                file.path, inputs.columns.storage_options, (file.size, file.fingerprint)
+            ).metadata  # local path or fsspec URL
             for groups, rows, before in _row_group_slices(metadata, unit_rows, split_groups=True):
                 units.append(
-                    InputUnit(len(units), file, groups, rows, file.row_offset + before, inputs.schema, inputs.columns, source.batch_size, source.drop_null_text)
+                    InputUnit(
+                        len(units),
+                        file,
+                        groups,
+                        rows,
+                        file.row_offset + before,
+                        inputs.schema,
+                        inputs.columns,
+                        source.batch_size,
+                        source.drop_null_text,
+                    )
                 )
         return units
     for part in list_parts(source.directory):
         metadata = mirror.read_metadata(part)
         for groups, rows, _ in _row_group_slices(metadata, unit_rows):
             bounds = _ordinal_bounds(metadata, groups)
-            units.append(PartUnit(len(units), str(part), groups, rows, source.schema, source.batch_size, bounds, mirror.known_size(part)))
+            units.append(
+                PartUnit(
+                    len(units),
+                    str(part),
+                    groups,
+                    rows,
+                    source.schema,
+                    source.batch_size,
+                    bounds,
+                    mirror.known_size(part),
+                )
+            )
     return units
 
 
-def _row_group_slices(metadata: pq.FileMetaData, unit_rows: int, split_groups: bool = False) -> list[tuple[tuple[int, ...] | None, int, int]]:
+def _row_group_slices(
+    metadata: pq.FileMetaData, unit_rows: int, split_groups: bool = False
+) -> list[tuple[tuple[int, ...] | None, int, int]]:
     """(row groups or None for all, rows, rows before the slice) for one file, cut near
     unit_rows at row-group boundaries; with `split_groups`, a row group bigger than unit_rows
     is cut into row ranges too (each range reads its group and keeps its slice)."""

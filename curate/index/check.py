@@ -18,7 +18,11 @@ def check_against(spec, against: list[str] | tuple[str, ...]) -> None:
         return
     stages = [s for s in spec.stages if s.kind in INDEXED_KINDS]
     if not stages:
-        raise UsageError("--against (or against in the pipeline file) needs a dedup stage (exact, minhash or semdedup) in the pipeline", path=spec.source, fix="add one, or drop the earlier outputs")
+        raise UsageError(
+            "--against (or against in the pipeline file) needs a dedup stage (exact, minhash or semdedup) in the pipeline",
+            path=spec.source,
+            fix="add one, or drop the earlier outputs",
+        )
     for stage_spec in stages:
         stage = stage_class(stage_spec.kind).from_options(stage_spec.options, where=spec.source)
         if stage_spec.kind == semantic.KIND:

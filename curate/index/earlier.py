@@ -23,7 +23,7 @@ class EarlierMatches:
     scores: np.ndarray | None = None
 
     @classmethod
-    def empty(cls) -> "EarlierMatches":
+    def empty(cls) -> EarlierMatches:
         return cls(np.empty(0, np.int64), pa.array([], pa.string()))
 
     def __len__(self) -> int:
@@ -49,17 +49,43 @@ def drop_duplicates(
     """`drop_fitted_duplicates`, after sending rows matched against an earlier output to the
     ledger as `<reason>_of_earlier` (the fit keeps the two sets disjoint)."""
     if earlier is None or len(earlier) == 0:
-        return drop_fitted_duplicates(batch, removed_sorted, representatives, representative_ids, stage=ctx.name, reason=reason, id_column=ctx.id_column, scores=scores)
+        return drop_fitted_duplicates(
+            batch,
+            removed_sorted,
+            representatives,
+            representative_ids,
+            stage=ctx.name,
+            reason=reason,
+            id_column=ctx.id_column,
+            scores=scores,
+        )
     rows = row_ordinals(batch)
     hit = sorted_member(earlier.rows, rows)
     ledger = empty_ledger()
     if hit.any():
         batch, removed = split_batch(batch, hit)
         where = np.searchsorted(earlier.rows, rows[hit])
-        score = None if earlier.scores is None else pa.array(earlier.scores[where], pa.float64(), from_pandas=True)  # NaN: no score
-        ledger = removed_rows(removed.column(ctx.id_column), ctx.name, f"{reason}_of_earlier", duplicate_of=earlier.ids.take(pa.array(where)), score=score)
+        score = (
+            None if earlier.scores is None else pa.array(earlier.scores[where], pa.float64(), from_pandas=True)
+        )  # NaN: no score
+        ledger = removed_rows(
+            removed.column(ctx.id_column),
+            ctx.name,
+            f"{reason}_of_earlier",
+            duplicate_of=earlier.ids.take(pa.array(where)),
+            score=score,
+        )
     rest = row_ordinals(batch)
-    kept, later = drop_fitted_duplicates(batch, removed_sorted, representatives, representative_ids, stage=ctx.name, reason=reason, id_column=ctx.id_column, scores=scores)
+    kept, later = drop_fitted_duplicates(
+        batch,
+        removed_sorted,
+        representatives,
+        representative_ids,
+        stage=ctx.name,
+        reason=reason,
+        id_column=ctx.id_column,
+        scores=scores,
+    )
     if later.num_rows == 0:
         return kept, ledger
     if ledger.num_rows == 0:

@@ -10,10 +10,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from curate.algorithms.exact import _lookup, hash128, normalize_texts
 from curate.index.earlier import EarlierMatches, without
 from curate.index.store import StoredIndex, check_settings, find_index, index_dir, write_index
 from curate.output.ledger import ids_as_strings
-from curate.algorithms.exact import _lookup, hash128, normalize_texts
 from curate.stages.base import BatchSource, StageContext, row_ordinals, sorted_member
 
 KIND = "exact"
@@ -37,7 +37,12 @@ def after_fit(stage, source: BatchSource, ctx: StageContext) -> None:
         check_settings(stored, settings(stage.normalize))
     units = ctx.units(source)
     task = _Pass(ctx.text_column, ctx.id_column, stage.normalize, tuple(indexes), stage.duplicate_rows_, want_index)
-    found = ctx.map(task, units, label=f"{ctx.name}: against earlier" if indexes else f"{ctx.name}: index", sizes=[u.rows for u in units])
+    found = ctx.map(
+        task,
+        units,
+        label=f"{ctx.name}: against earlier" if indexes else f"{ctx.name}: index",
+        sizes=[u.rows for u in units],
+    )
     if indexes:
         stage.earlier_ = _matches(found, indexes)
         keep = without(stage.duplicate_rows_, stage.earlier_.rows)
@@ -55,7 +60,7 @@ def after_fit(stage, source: BatchSource, ctx: StageContext) -> None:
         ctx.info["stored_index_bytes"] = stored.nbytes
 
 
-def _matches(found: list["_Found"], indexes: list[StoredIndex]) -> EarlierMatches:
+def _matches(found: list[_Found], indexes: list[StoredIndex]) -> EarlierMatches:
     """Rows whose key is in an earlier index (the first index listed wins), with its id."""
     rows = np.concatenate([f.rows for f in found]) if found else np.empty(0, np.int64)
     which = np.concatenate([f.which for f in found]) if found else np.empty(0, np.int64)
@@ -100,7 +105,10 @@ class _Pass:
     def __call__(self, unit) -> _Found:
         # each index's two key words as contiguous arrays, once per task (searchsorted would
         # copy a strided column of the memory map on every batch)
-        keys_of = [(np.ascontiguousarray(keys[:, 0]), np.ascontiguousarray(keys[:, 1])) for keys in (stored.array("keys") for stored in self.indexes)]
+        keys_of = [
+            (np.ascontiguousarray(keys[:, 0]), np.ascontiguousarray(keys[:, 1]))
+            for keys in (stored.array("keys") for stored in self.indexes)
+        ]
         rows, which, where, kept_rows, kept_keys, kept_ids = [], [], [], [], [], []
         columns = [self.text_column, self.id_column] if self.want_index else [self.text_column]
         for batch in unit.batches(columns=columns):
@@ -122,7 +130,10 @@ class _Pass:
                 kept_ids.append(ids_as_strings(batch.column(self.id_column)).filter(pa.array(first)))
         cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype)  # noqa: E731
         return _Found(
-            cat(rows, np.int64), cat(which, np.int64), cat(where, np.int64), cat(kept_rows, np.int64),
+            cat(rows, np.int64),
+            cat(which, np.int64),
+            cat(where, np.int64),
+            cat(kept_rows, np.int64),
             np.concatenate(kept_keys) if kept_keys else np.empty((0, 2), np.uint64),
             pa.concat_arrays(kept_ids) if kept_ids else pa.array([], pa.string()),
         )
@@ -131,8 +142,12 @@ class _Pass:
 def _write(directory, stage: str, normalize: bool, keys: np.ndarray, ids: pa.Array) -> StoredIndex:
     order = np.lexsort((keys[:, 1], keys[:, 0]))
     return write_index(
-        directory, kind=KIND, stage=stage, settings=settings(normalize),
-        arrays={"keys": keys[order]}, table=pa.table({"id": ids.take(pa.array(order))}),
+        directory,
+        kind=KIND,
+        stage=stage,
+        settings=settings(normalize),
+        arrays={"keys": keys[order]},
+        table=pa.table({"id": ids.take(pa.array(order))}),
     )
 
 
@@ -145,4 +160,11 @@ def merge(base: StoredIndex, later: StoredIndex, directory) -> StoredIndex:
     keys = keys[order]
     first = np.ones(len(keys), dtype=bool)
     first[1:] = (keys[1:, 0] != keys[:-1, 0]) | (keys[1:, 1] != keys[:-1, 1])
-    return write_index(directory, kind=KIND, stage=base.stage, settings=base.settings, arrays={"keys": keys[first]}, table=pa.table({"id": ids.take(pa.array(order[first]))}))
+    return write_index(
+        directory,
+        kind=KIND,
+        stage=base.stage,
+        settings=base.settings,
+        arrays={"keys": keys[first]},
+        table=pa.table({"id": ids.take(pa.array(order[first]))}),
+    )

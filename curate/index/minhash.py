@@ -18,12 +18,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.algorithms import minhash as mh
+from curate.algorithms.minhash_rows import RowStore, ordinals_by_task
 from curate.errors import UsageError
 from curate.index.earlier import EarlierMatches
 from curate.index.store import StoredIndex, check_settings, find_index, index_dir, write_index
 from curate.output.ledger import ids_as_strings
-from curate.algorithms import minhash as mh
-from curate.algorithms.minhash_rows import RowStore, ordinals_by_task
 from curate.stages.base import BatchSource, StageContext
 
 KIND = "minhash"
@@ -45,28 +45,58 @@ _SLOT_MASK = np.uint32(0xFFFF)  # equal 16-bit slots by chance: 1 in 65,536, J m
 def settings(stage, seed: int) -> dict:
     bands, rows = stage.lsh_shape()
     return {
-        "ngram": stage.ngram, "num_perm": stage.num_perm, "unit": stage.unit, "bands": int(bands),
-        "rows": int(rows), "seed": int(seed), "threshold": float(stage.threshold), "verify": stage.verify,
+        "ngram": stage.ngram,
+        "num_perm": stage.num_perm,
+        "unit": stage.unit,
+        "bands": int(bands),
+        "rows": int(rows),
+        "seed": int(seed),
+        "threshold": float(stage.threshold),
+        "verify": stage.verify,
         "index_verify": stage.index_verify,
     }
 
 
-def after_fit(stage, source: BatchSource, ctx: StageContext, work: Path, units: list, starts: np.ndarray, edges: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+def after_fit(
+    stage,
+    source: BatchSource,
+    ctx: StageContext,
+    work: Path,
+    units: list,
+    starts: np.ndarray,
+    edges: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
     """Hook at the end of the minhash stage's fit (its per-unit files still in `work`): regroup
     with the earlier indexes' rows, then write this run's index when `index = true`."""
     stage.earlier_ = None
     if not ctx.against and not getattr(stage, "index", False):
         return
     if stage.verify != "exact":
-        raise UsageError(f"stage {ctx.name!r}: an index (index = true or --against) needs verify = 'exact', got {stage.verify!r}", fix="drop the verify option (exact is the default)")
+        raise UsageError(
+            f"stage {ctx.name!r}: an index (index = true or --against) needs verify = 'exact', got {stage.verify!r}",
+            fix="drop the verify option (exact is the default)",
+        )
 
-    ordinals = ordinals_by_task(RowStore(work, starts, stage.num_perm), np.arange(int(starts[-1]), dtype=np.int64), ctx.map)
+    ordinals = ordinals_by_task(
+        RowStore(work, starts, stage.num_perm), np.arange(int(starts[-1]), dtype=np.int64), ctx.map
+    )
     indexes = [find_index(path, ctx.name, KIND) for path in ctx.against]
     for stored in indexes:
         check_settings(stored, settings(stage, ctx.seed))
     want_index = bool(getattr(stage, "index", False))
     # One task per unit does both: its band keys are computed once, in one task round.
-    task = _UnitPass(str(work), starts, stage.num_perm, stage.bands_, stage.rows_, ctx.seed, stage.threshold, tuple(indexes), ctx.id_column if want_index else None, stage.index_verify)
+    task = _UnitPass(
+        str(work),
+        starts,
+        stage.num_perm,
+        stage.bands_,
+        stage.rows_,
+        ctx.seed,
+        stage.threshold,
+        tuple(indexes),
+        ctx.id_column if want_index else None,
+        stage.index_verify,
+    )
     label = f"{ctx.name}: against earlier" + (" and index" if want_index else "") if indexes else f"{ctx.name}: index"
     results = ctx.map(task, list(enumerate(units)), label=label, sizes=[u.rows for u in units])
     if indexes:
@@ -87,17 +117,23 @@ def _root_rows(table: pa.Table) -> np.ndarray:
     where = pc.index_in(ids_as_strings(table.column("root")), value_set=ids)
     own = np.arange(len(ids), dtype=np.int64)
     found = where.to_numpy(zero_copy_only=False)
-    return np.where(pc.is_null(where).to_numpy(zero_copy_only=False), own, np.nan_to_num(found, nan=0).astype(np.int64))
+    return np.where(
+        pc.is_null(where).to_numpy(zero_copy_only=False), own, np.nan_to_num(found, nan=0).astype(np.int64)
+    )
 
 
-def _regroup(stage, ctx: StageContext, ordinals: np.ndarray, edges: tuple, indexes: list[StoredIndex], found: list[tuple]) -> None:
+def _regroup(
+    stage, ctx: StageContext, ordinals: np.ndarray, edges: tuple, indexes: list[StoredIndex], found: list[tuple]
+) -> None:
     new = np.concatenate([f[0] for f in found]) if found else np.empty(0, np.int64)
     which = np.concatenate([f[1] for f in found]) if found else np.empty(0, np.int64)
     old = np.concatenate([f[2] for f in found]) if found else np.empty(0, np.int64)
     jac = np.concatenate([f[3] for f in found]) if found else np.empty(0, np.float64)
     tables = [stored.table() for stored in indexes]
     offsets = np.concatenate([[0], np.cumsum([t.num_rows for t in tables])]).astype(np.int64)
-    roots = np.concatenate([_root_rows(t) + offsets[k] for k, t in enumerate(tables)]) if tables else np.empty(0, np.int64)
+    roots = (
+        np.concatenate([_root_rows(t) + offsets[k] for k, t in enumerate(tables)]) if tables else np.empty(0, np.int64)
+    )
     old_root = roots[offsets[which] + old] if len(old) else np.empty(0, np.int64)
 
     edges_i, edges_j, edges_est = edges
@@ -114,7 +150,9 @@ def _regroup(stage, ctx: StageContext, ordinals: np.ndarray, edges: tuple, index
     rows = ordinals[new_nodes[removed[to_old] - n_old]]
     all_ids = pa.concat_arrays([ids_as_strings(t.column("id")) for t in tables])
     order = np.argsort(rows, kind="stable")
-    stage.earlier_ = EarlierMatches(rows[order], all_ids.take(pa.array(old_nodes[rep[to_old]][order])), score[to_old][order])
+    stage.earlier_ = EarlierMatches(
+        rows[order], all_ids.take(pa.array(old_nodes[rep[to_old]][order])), score[to_old][order]
+    )
 
     within = ~to_old
     dup = ordinals[new_nodes[removed[within] - n_old]]
@@ -153,12 +191,16 @@ class _UnitPass:
         store = RowStore(self.work, self.starts, self.num_perm)
         dense = np.arange(int(self.starts[position]), int(self.starts[position + 1]), dtype=np.int64)
         shingled = dense[store.shingle_counts(dense) > 0]
-        keys = (mh.band_keys(store.signatures(shingled), self.bands, self.rows, self.seed) & _KEY_MASK).astype(np.uint32)
+        keys = (mh.band_keys(store.signatures(shingled), self.bands, self.rows, self.seed) & _KEY_MASK).astype(
+            np.uint32
+        )
         matched = self._match(store, keys, shingled) if self.indexes else None
         built = _unit_rows(self, store, keys, shingled, dense, position, unit) if self.id_column is not None else None
         return matched, built
 
-    def _match(self, store, keys: np.ndarray, shingled: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    def _match(
+        self, store, keys: np.ndarray, shingled: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
         """(new dense row, index number, stored row, Jaccard) of the verified edges to earlier
         rows, and the candidate count."""
         query = keys.ravel()
@@ -176,10 +218,13 @@ class _UnitPass:
             small = (size > 0) & (size <= _ALL_PAIRS_MAX)
             big = size > _ALL_PAIRS_MAX
             new = np.concatenate([np.repeat(query_row[small], size[small]), query_row[big], query_row[big]])
-            old = np.concatenate([
-                np.asarray(stored_rows[_ranges(left[small], size[small])]),
-                np.asarray(stored_rows[left[big]]), np.asarray(stored_rows[left[big] + size[big] - 1]),
-            ]).astype(np.int64)
+            old = np.concatenate(
+                [
+                    np.asarray(stored_rows[_ranges(left[small], size[small])]),
+                    np.asarray(stored_rows[left[big]]),
+                    np.asarray(stored_rows[left[big] + size[big] - 1]),
+                ]
+            ).astype(np.int64)
             pairs = mh.sorted_unique(new * stored.rows + old)
             new, old = pairs // max(stored.rows, 1), pairs % max(stored.rows, 1)
             candidates += len(pairs)
@@ -189,20 +234,33 @@ class _UnitPass:
             if stored.settings.get("index_verify", "exact") == "estimate":
                 new_slots = slots(store.signatures(new_members))
                 old_slots = np.asarray(stored.array("signatures")[old_members])
-                jac = mh.estimated_jaccard(new_slots[np.searchsorted(new_members, new)], old_slots[np.searchsorted(old_members, old)])
+                jac = mh.estimated_jaccard(
+                    new_slots[np.searchsorted(new_members, new)], old_slots[np.searchsorted(old_members, old)]
+                )
             else:
                 new_sets, new_offsets = mh.unique_sorted_sets(*store.shingles(new_members))
                 old_sets, old_offsets = fingerprints(stored, old_members)
                 sets = np.concatenate([new_sets, old_sets])
                 set_offsets = np.concatenate([new_offsets, new_offsets[-1] + old_offsets[1:]])
-                jac = mh.exact_jaccard(sets, set_offsets, np.searchsorted(new_members, new), len(new_members) + np.searchsorted(old_members, old))
+                jac = mh.exact_jaccard(
+                    sets,
+                    set_offsets,
+                    np.searchsorted(new_members, new),
+                    len(new_members) + np.searchsorted(old_members, old),
+                )
             keep = jac >= self.threshold
             out_new.append(new[keep])
             out_which.append(np.full(int(keep.sum()), k, np.int64))
             out_old.append(old[keep])
             out_jac.append(jac[keep])
         cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype)  # noqa: E731
-        return cat(out_new, np.int64), cat(out_which, np.int64), cat(out_old, np.int64), cat(out_jac, np.float64), candidates
+        return (
+            cat(out_new, np.int64),
+            cat(out_which, np.int64),
+            cat(out_old, np.int64),
+            cat(out_jac, np.float64),
+            candidates,
+        )
 
 
 def fingerprints(stored: StoredIndex, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -250,7 +308,9 @@ def _build(stage, ctx: StageContext, ordinals: np.ndarray, parts: list[tuple]) -
     if earlier is not None and len(earlier):
         root = _put(root, np.searchsorted(ordinals, earlier.rows), earlier.ids)
     if stage.index_verify == "estimate":
-        verification = {"signatures": np.concatenate([p[2] for p in parts]) if parts else np.empty((0, stage.num_perm), np.uint16)}
+        verification = {
+            "signatures": np.concatenate([p[2] for p in parts]) if parts else np.empty((0, stage.num_perm), np.uint16)
+        }
     else:
         counts = np.concatenate([p[3] for p in parts]) if parts else np.empty(0, np.int64)
         verification = {
@@ -258,7 +318,9 @@ def _build(stage, ctx: StageContext, ordinals: np.ndarray, parts: list[tuple]) -
             "fp_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         }
     return _write(
-        index_dir(ctx.output_dir, ctx.name), ctx.name, settings(stage, ctx.seed),
+        index_dir(ctx.output_dir, ctx.name),
+        ctx.name,
+        settings(stage, ctx.seed),
         np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.uint32),
         np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64),
         verification,
@@ -273,25 +335,46 @@ def _put(values: pa.Array, at: np.ndarray, new: pa.Array) -> pa.Array:
     return pa.array(out, pa.string())
 
 
-def _write(directory, stage: str, stored_settings: dict, keys: np.ndarray, key_rows: np.ndarray, verification: dict[str, np.ndarray], table: pa.Table) -> StoredIndex:
+def _write(
+    directory,
+    stage: str,
+    stored_settings: dict,
+    keys: np.ndarray,
+    key_rows: np.ndarray,
+    verification: dict[str, np.ndarray],
+    table: pa.Table,
+) -> StoredIndex:
     """`verification`: `fingerprints` and `fp_offsets`, or `signatures` (index_verify)."""
     order = np.lexsort((key_rows, keys))
     row_type = np.uint32 if table.num_rows < (1 << 32) else np.int64
     return write_index(
-        directory, kind=KIND, stage=stage, settings=stored_settings,
-        arrays={"band_keys": keys[order].astype(np.uint32), "band_rows": key_rows[order].astype(row_type), **verification},
+        directory,
+        kind=KIND,
+        stage=stage,
+        settings=stored_settings,
+        arrays={
+            "band_keys": keys[order].astype(np.uint32),
+            "band_rows": key_rows[order].astype(row_type),
+            **verification,
+        },
         table=table,
     )
 
 
-def _unit_rows(pass_: "_UnitPass", store, keys: np.ndarray, shingled: np.ndarray, dense: np.ndarray, position: int, unit) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, pa.Array]:
+def _unit_rows(
+    pass_: _UnitPass, store, keys: np.ndarray, shingled: np.ndarray, dense: np.ndarray, position: int, unit
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, pa.Array]:
     """Per unit, for this run's index: band keys (low 32 bits) with their dense rows, the
     verification data (packed fingerprint sets and set sizes, or signature slots) and the ids
     of every row of the unit, read from the fit's per-unit files."""
     if pass_.index_verify == "estimate":
         verification, counts = slots(store.signatures(dense)), np.zeros(0, np.int64)
     else:
-        sets, offsets = mh.unique_sorted_sets(*store.shingles(dense)) if len(dense) else (np.empty(0, np.uint64), np.zeros(1, np.int64))
+        sets, offsets = (
+            mh.unique_sorted_sets(*store.shingles(dense))
+            if len(dense)
+            else (np.empty(0, np.uint64), np.zeros(1, np.int64))
+        )
         verification, counts = pack(sets), np.diff(offsets)
     ids = [ids_as_strings(b.column(pass_.id_column)) for b in unit.batches(columns=[pass_.id_column])]  # type: ignore[attr-defined]
     ids_array = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
@@ -313,9 +396,13 @@ def merge(base: StoredIndex, later: StoredIndex, directory) -> StoredIndex:
             "fp_offsets": np.concatenate([base_off, base_off[-1] + later_off[1:]]).astype(np.int64),
         }
     return _write(
-        directory, base.stage, base.settings,
+        directory,
+        base.stage,
+        base.settings,
         np.concatenate([base.array("band_keys"), later.array("band_keys")]),
-        np.concatenate([np.asarray(base.array("band_rows"), np.int64), np.asarray(later.array("band_rows"), np.int64) + n]),
+        np.concatenate(
+            [np.asarray(base.array("band_rows"), np.int64), np.asarray(later.array("band_rows"), np.int64) + n]
+        ),
         verification,
         pa.concat_tables([base.table(), later.table()]).combine_chunks(),
     )

@@ -13,13 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from curate.io import storage
 from curate.errors import OutputError
+from curate.io import storage
 from curate.io.storage import StorageOptions
 
 Copies = dict[str, tuple[str, StorageOptions]]  # local copy -> (its output's URL, options)
 # The run's copies: a context variable, so two runs in one process never see each other's.
-_COPIES: contextvars.ContextVar[Copies] = contextvars.ContextVar("curate_earlier_copies", default={})
+_COPIES: contextvars.ContextVar[Copies | None] = contextvars.ContextVar("curate_earlier_copies", default=None)
 
 
 @contextmanager
@@ -35,7 +35,7 @@ def registered(copies: list[tuple[str | os.PathLike, str]], options: StorageOpti
 def origin_of(path: str | os.PathLike) -> tuple[str, StorageOptions] | None:
     """The store URL of a path inside a registered local copy, None otherwise."""
     text = os.path.abspath(path)
-    for local, (url, options) in _COPIES.get().items():
+    for local, (url, options) in (_COPIES.get() or {}).items():
         if text == local or text.startswith(local + "/"):
             return url + text[len(local) :], options
     return None
@@ -46,5 +46,9 @@ def fetch(url: str, options: StorageOptions, path: str | os.PathLike) -> Path:
     fs, key = storage.filesystem(url, options)
     found = storage.call_backend(url, "download", storage.download_file, fs, key, path, error=OutputError)
     if not found:
-        raise OutputError("a file the earlier output's index lists is missing from the store", path=url, fix="rebuild that index: curate index OUT")
+        raise OutputError(
+            "a file the earlier output's index lists is missing from the store",
+            path=url,
+            fix="rebuild that index: curate index OUT",
+        )
     return Path(path)

@@ -23,13 +23,13 @@ import numpy as np
 import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
-from curate.io import mirror
+from curate.algorithms.kmeans import assign, row_dot, set_threads
+from curate.algorithms.semdedup import plan_buckets
 from curate.index.earlier import EarlierMatches
 from curate.index.minhash import _put
 from curate.index.store import StoredIndex, check_settings, find_index, index_dir, write_index
+from curate.io import mirror
 from curate.output.ledger import ids_as_strings
-from curate.algorithms.kmeans import assign, row_dot, set_threads
-from curate.algorithms.semdedup import plan_buckets
 from curate.stages.base import BatchSource, IdLookup, StageContext
 
 KIND = "semdedup"
@@ -59,7 +59,9 @@ def label_key(position: int) -> str:
     return f"earlier_{position}"
 
 
-def assign_earlier(vectors: np.ndarray, indexes: tuple[StoredIndex, ...]) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+def assign_earlier(
+    vectors: np.ndarray, indexes: tuple[StoredIndex, ...]
+) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
     """Nearest earlier centroid of each row, per earlier index: the arrays to store with the
     unit's clusters, and the unit's row count per earlier cluster."""
     labels, counts = {}, []
@@ -71,7 +73,16 @@ def assign_earlier(vectors: np.ndarray, indexes: tuple[StoredIndex, ...]) -> tup
     return labels, counts
 
 
-def match_tasks(indexes: tuple[StoredIndex, ...], counts: list[np.ndarray], clusters_dir: str, vector_paths: tuple[str, ...], dim: int, threshold: float, buckets: int, threads: int) -> list[tuple["MatchBuckets", int]]:
+def match_tasks(
+    indexes: tuple[StoredIndex, ...],
+    counts: list[np.ndarray],
+    clusters_dir: str,
+    vector_paths: tuple[str, ...],
+    dim: int,
+    threshold: float,
+    buckets: int,
+    threads: int,
+) -> list[tuple[MatchBuckets, int]]:
     """Per earlier index with rows: its bucket task and bucket count, clusters spread over the
     buckets by their cost (new rows x earlier rows)."""
     tasks = []
@@ -82,11 +93,34 @@ def match_tasks(indexes: tuple[StoredIndex, ...], counts: list[np.ndarray], clus
         cost = new_rows.astype(np.float64) * earlier_rows
         used = int(np.count_nonzero(cost))
         count = max(1, min(buckets, used))
-        tasks.append((MatchBuckets(stored, position, clusters_dir, vector_paths, dim, plan_buckets(new_rows, count, cost=cost), float(threshold), threads), count))
+        tasks.append(
+            (
+                MatchBuckets(
+                    stored,
+                    position,
+                    clusters_dir,
+                    vector_paths,
+                    dim,
+                    plan_buckets(new_rows, count, cost=cost),
+                    float(threshold),
+                    threads,
+                ),
+                count,
+            )
+        )
     return tasks
 
 
-def after_fit(stage, source: BatchSource, ctx: StageContext, emb, centroids: np.ndarray, clusters_dir: str, indexes: tuple[StoredIndex, ...] = (), found: list[list] | None = None) -> None:
+def after_fit(
+    stage,
+    source: BatchSource,
+    ctx: StageContext,
+    emb,
+    centroids: np.ndarray,
+    clusters_dir: str,
+    indexes: tuple[StoredIndex, ...] = (),
+    found: list[list] | None = None,
+) -> None:
     """Hook at the end of the semdedup stage's fit: regroup with the matches against the
     earlier indexes (`found[i]`: the bucket results of `indexes[i]`), then write this run's
     index when `index = true`."""
@@ -102,7 +136,9 @@ def _regroup(stage, ctx: StageContext, indexes: tuple[StoredIndex, ...], found: 
     best_row = np.empty(0, np.int64)
     best_id = pa.array([], pa.string())
     best_sim = np.empty(0, np.float32)
-    for stored, parts in zip(indexes, found):  # earlier indexes first: a row matched by an older output keeps that match
+    for stored, parts in zip(
+        indexes, found
+    ):  # earlier indexes first: a row matched by an older output keeps that match
         rows = np.concatenate([f[0] for f in parts]) if parts else np.empty(0, np.int64)
         where = np.concatenate([f[1] for f in parts]) if parts else np.empty(0, np.int64)
         sims = np.concatenate([f[2] for f in parts]) if parts else np.empty(0, np.float32)
@@ -140,10 +176,18 @@ def _regroup(stage, ctx: StageContext, indexes: tuple[StoredIndex, ...], found: 
 
     rows = np.concatenate([best_row, follower_rows])
     order = np.argsort(rows, kind="stable")
-    stage.earlier_ = EarlierMatches(rows[order], pa.concat_arrays([best_id, via_ids]).take(pa.array(order)), np.concatenate([best_sim, follower_sims])[order].astype(np.float64))
+    stage.earlier_ = EarlierMatches(
+        rows[order],
+        pa.concat_arrays([best_id, via_ids]).take(pa.array(order)),
+        np.concatenate([best_sim, follower_sims])[order].astype(np.float64),
+    )
     stay = ~np.isin(removed, stage.earlier_.rows)
     stage.removed_rows_, stage.representatives_, stage.similarity_ = removed[stay], reps[stay], stage.similarity_[stay]
-    ctx.info.update(earlier_matches=int(len(best_row)), earlier_duplicates=int(len(stage.earlier_)), removed=int(len(stage.removed_rows_)))
+    ctx.info.update(
+        earlier_matches=int(len(best_row)),
+        earlier_duplicates=int(len(stage.earlier_)),
+        removed=int(len(stage.removed_rows_)),
+    )
 
 
 @dataclass(frozen=True)
@@ -176,7 +220,11 @@ class MatchBuckets:
         for unit in range(len(self.vector_paths)):
             with np.load(mirror.ensure(Path(self.clusters_dir) / f"{unit:05d}.npz")) as data:
                 unit_labels = data[key]
-                mine = np.flatnonzero(self.bucket_of[unit_labels] == bucket) if len(unit_labels) else np.empty(0, np.int64)
+                mine = (
+                    np.flatnonzero(self.bucket_of[unit_labels] == bucket)
+                    if len(unit_labels)
+                    else np.empty(0, np.int64)
+                )
                 unit_of.append(np.full(len(mine), unit, np.int32))
                 local.append(mine)
                 rows.append(data["rows"][mine])
@@ -184,7 +232,11 @@ class MatchBuckets:
         unit_of, local, rows, labels = (np.concatenate(a) for a in (unit_of, local, rows, labels))
         order = np.lexsort((rows, labels))  # by cluster, then input order
         unit_of, local, rows, labels = unit_of[order], local[order], rows[order], labels[order]
-        starts = np.concatenate([[0], np.flatnonzero(np.diff(labels)) + 1, [len(labels)]]) if len(labels) else np.zeros(1, np.int64)
+        starts = (
+            np.concatenate([[0], np.flatnonzero(np.diff(labels)) + 1, [len(labels)]])
+            if len(labels)
+            else np.zeros(1, np.int64)
+        )
         offsets = np.asarray(self.index.array("cluster_offsets"))
         stored = self.index.array("vectors")  # memory map: each task reads only its clusters' pages
         vectors = [load_vectors(p, self.dim) for p in self.vector_paths]
@@ -193,8 +245,14 @@ class MatchBuckets:
             first, last = int(offsets[labels[lo]]), int(offsets[labels[lo] + 1])
             if last == first:
                 continue
-            members = np.concatenate([vectors[u][local[lo:hi][unit_of[lo:hi] == u]] for u in np.unique(unit_of[lo:hi])])
-            query, neighbour, sims = best_matches(np.ascontiguousarray(members, dtype=np.float32), np.ascontiguousarray(stored[first:last]), self.threshold)
+            members = np.concatenate(
+                [vectors[u][local[lo:hi][unit_of[lo:hi] == u]] for u in np.unique(unit_of[lo:hi])]
+            )
+            query, neighbour, sims = best_matches(
+                np.ascontiguousarray(members, dtype=np.float32),
+                np.ascontiguousarray(stored[first:last]),
+                self.threshold,
+            )
             out_rows.append(rows[lo:hi][query])
             out_where.append(first + neighbour)
             out_sims.append(sims)
@@ -228,7 +286,12 @@ def best_matches(new: np.ndarray, earlier: np.ndarray, threshold: float) -> tupl
     if not queries:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     query, neighbour = np.concatenate(queries).astype(np.int64), np.concatenate(neighbours).astype(np.int64)
-    sims = np.concatenate([row_dot(new[query[i : i + _RESCORE_CHUNK]], earlier[neighbour[i : i + _RESCORE_CHUNK]]) for i in range(0, len(query), _RESCORE_CHUNK)])
+    sims = np.concatenate(
+        [
+            row_dot(new[query[i : i + _RESCORE_CHUNK]], earlier[neighbour[i : i + _RESCORE_CHUNK]])
+            for i in range(0, len(query), _RESCORE_CHUNK)
+        ]
+    )
     ok = sims >= np.float32(threshold)
     query, neighbour, sims = query[ok], neighbour[ok], sims[ok]
     order = np.lexsort((neighbour, -sims, query))  # per row: highest cosine, then earliest stored row
@@ -238,7 +301,9 @@ def best_matches(new: np.ndarray, earlier: np.ndarray, threshold: float) -> tupl
     return query[first], neighbour[first], sims[first]
 
 
-def _build(stage, source: BatchSource, ctx: StageContext, emb, centroids: np.ndarray, clusters_dir: str) -> StoredIndex:
+def _build(
+    stage, source: BatchSource, ctx: StageContext, emb, centroids: np.ndarray, clusters_dir: str
+) -> StoredIndex:
     labels = []
     for u in range(len(emb.paths)):
         with np.load(mirror.ensure(Path(clusters_dir) / f"{u:05d}.npz")) as data:
@@ -247,19 +312,44 @@ def _build(stage, source: BatchSource, ctx: StageContext, emb, centroids: np.nda
     ids = IdLookup.collect(source, emb.rows, ctx)(emb.rows) if len(emb.rows) else pa.array([], pa.string())
     root = ids_as_strings(ids)
     if len(stage.removed_rows_):
-        root = _put(root, np.searchsorted(emb.rows, stage.removed_rows_), stage.representative_ids_(stage.representatives_))
+        root = _put(
+            root, np.searchsorted(emb.rows, stage.removed_rows_), stage.representative_ids_(stage.representatives_)
+        )
     if stage.earlier_ is not None and len(stage.earlier_):
         root = _put(root, np.searchsorted(emb.rows, stage.earlier_.rows), stage.earlier_.ids)
     vectors = emb.gather(np.arange(emb.num_rows), ctx.map) if emb.num_rows else np.zeros((0, emb.dim), np.float32)
-    return _write(index_dir(ctx.output_dir, ctx.name), ctx.name, settings(stage, emb), vectors, label, centroids, pa.table({"id": ids_as_strings(ids), "root": root}))
+    return _write(
+        index_dir(ctx.output_dir, ctx.name),
+        ctx.name,
+        settings(stage, emb),
+        vectors,
+        label,
+        centroids,
+        pa.table({"id": ids_as_strings(ids), "root": root}),
+    )
 
 
-def _write(directory, stage: str, stored_settings: dict, vectors: np.ndarray, label: np.ndarray, centroids: np.ndarray, table: pa.Table) -> StoredIndex:
+def _write(
+    directory,
+    stage: str,
+    stored_settings: dict,
+    vectors: np.ndarray,
+    label: np.ndarray,
+    centroids: np.ndarray,
+    table: pa.Table,
+) -> StoredIndex:
     order = np.argsort(label, kind="stable")  # by cluster, input order within
     offsets = np.concatenate([[0], np.cumsum(np.bincount(label, minlength=len(centroids)))]).astype(np.int64)
     return write_index(
-        directory, kind=KIND, stage=stage, settings=stored_settings,
-        arrays={"vectors": np.asarray(vectors, dtype=np.float32)[order], "cluster_offsets": offsets, "centroids": np.asarray(centroids, dtype=np.float32)},
+        directory,
+        kind=KIND,
+        stage=stage,
+        settings=stored_settings,
+        arrays={
+            "vectors": np.asarray(vectors, dtype=np.float32)[order],
+            "cluster_offsets": offsets,
+            "centroids": np.asarray(centroids, dtype=np.float32),
+        },
         table=table.take(pa.array(order)),
     )
 
@@ -272,7 +362,17 @@ def merge(base: StoredIndex, later: StoredIndex, directory) -> StoredIndex:
     base_offsets = np.asarray(base.array("cluster_offsets"))
     base_label = np.repeat(np.arange(len(centroids)), np.diff(base_offsets))
     later_vectors = np.asarray(later.array("vectors"))
-    later_label, _ = assign(np.ascontiguousarray(later_vectors), centroids) if len(later_vectors) else (np.empty(0, np.int32), None)
+    later_label, _ = (
+        assign(np.ascontiguousarray(later_vectors), centroids) if len(later_vectors) else (np.empty(0, np.int32), None)
+    )
     vectors = np.concatenate([np.asarray(base.array("vectors")), later_vectors])
     label = np.concatenate([base_label, later_label]).astype(np.int64)
-    return _write(directory, base.stage, base.settings, vectors, label, centroids, pa.concat_tables([base.table(), later.table()]).combine_chunks())
+    return _write(
+        directory,
+        base.stage,
+        base.settings,
+        vectors,
+        label,
+        centroids,
+        pa.concat_tables([base.table(), later.table()]).combine_chunks(),
+    )

@@ -19,10 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from curate.io.storage import digest_stream
-
-from curate.io.atomic import atomic_path, atomic_write_json
 from curate.errors import UsageError
+from curate.io.atomic import atomic_path, atomic_write_json
+from curate.io.storage import digest_stream
 
 FORMAT = 1
 INDEX_DIR = "index"
@@ -70,7 +69,9 @@ def index_dir(output: str | Path, stage: str) -> Path:
     return Path(output) / INDEX_DIR / stage
 
 
-def write_index(directory: str | Path, *, kind: str, stage: str, settings: dict, arrays: dict[str, np.ndarray], table: pa.Table) -> StoredIndex:
+def write_index(
+    directory: str | Path, *, kind: str, stage: str, settings: dict, arrays: dict[str, np.ndarray], table: pa.Table
+) -> StoredIndex:
     """Write every file under a temp name renamed into place, then index.json: a reader sees the
     whole new index or none (the old index.json is removed first, so never a mix)."""
     directory = Path(directory)
@@ -89,7 +90,14 @@ def write_index(directory: str | Path, *, kind: str, stage: str, settings: dict,
     for stale in directory.iterdir():
         if stale.is_file() and stale.name not in files and not stale.name.startswith("."):
             stale.unlink()
-    meta = {"format": FORMAT, "kind": kind, "stage": stage, "settings": settings, "rows": table.num_rows, "files": files}
+    meta = {
+        "format": FORMAT,
+        "kind": kind,
+        "stage": stage,
+        "settings": settings,
+        "rows": table.num_rows,
+        "files": files,
+    }
     atomic_write_json(directory / META, meta)
     return StoredIndex(str(directory), kind, stage, settings, table.num_rows, files)
 
@@ -102,20 +110,34 @@ def read_index(directory: str | Path) -> StoredIndex:
     try:
         meta = json.loads(meta_path.read_text())
         files = meta["files"]
-        kind, stage, settings, rows, version = meta["kind"], meta["stage"], meta["settings"], int(meta["rows"]), meta["format"]
+        kind, stage, settings, rows, version = (
+            meta["kind"],
+            meta["stage"],
+            meta["settings"],
+            int(meta["rows"]),
+            meta["format"],
+        )
     except FileNotFoundError:
         raise UsageError("index metadata is missing", path=meta_path, fix=rebuild) from None
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"index metadata is corrupt ({type(exc).__name__})", path=meta_path, fix=rebuild) from None
     if version != FORMAT:
-        raise UsageError(f"index format {version} is not the format {FORMAT} this curate reads", path=meta_path, fix="rebuild the index with this curate: curate index OUT")
+        raise UsageError(
+            f"index format {version} is not the format {FORMAT} this curate reads",
+            path=meta_path,
+            fix="rebuild the index with this curate: curate index OUT",
+        )
     for name, expected in files.items():
         path = directory / name
         if not path.is_file():
             raise UsageError("index file is missing", path=path, fix=rebuild)
         size = path.stat().st_size
         if size != expected["bytes"]:
-            raise UsageError(f"index file is truncated or altered ({size} bytes, expected {expected['bytes']})", path=path, fix=rebuild)
+            raise UsageError(
+                f"index file is truncated or altered ({size} bytes, expected {expected['bytes']})",
+                path=path,
+                fix=rebuild,
+            )
         algorithm = DIGEST if DIGEST in expected else "blake2b"
         if _digest(path, algorithm) != expected.get(algorithm):
             raise UsageError("index file is corrupt (digest differs from index.json)", path=path, fix=rebuild)
@@ -133,7 +155,9 @@ def find_index(output: str | Path, stage: str, kind: str) -> StoredIndex:
     except (OSError, ValueError):
         finished = False
     if not finished:
-        raise UsageError("not a finished curate output", path=output, fix="pass the output directory of a finished run to --against")
+        raise UsageError(
+            "not a finished curate output", path=output, fix="pass the output directory of a finished run to --against"
+        )
     named = index_dir(output, stage)
     if (named / META).exists():
         found = read_index(named)
@@ -146,13 +170,19 @@ def find_index(output: str | Path, stage: str, kind: str) -> StoredIndex:
             if json.loads(meta.read_text()).get("kind") == kind:
                 same_kind.append(meta.parent)
         except ValueError:
-            raise UsageError("index metadata is corrupt", path=meta, fix=f"rebuild the index: curate index {output}") from None
+            raise UsageError(
+                "index metadata is corrupt", path=meta, fix=f"rebuild the index: curate index {output}"
+            ) from None
     if len(same_kind) == 1:
         return read_index(same_kind[0])
     if not same_kind and named.is_dir():
         return read_index(named)  # index.json missing: read_index names it
     why = f"{len(same_kind)} {kind} indexes and none named {stage!r}" if same_kind else f"no {kind} index"
-    raise UsageError(f"{why} under {INDEX_DIR}/", path=output, fix=f"run the earlier pipeline with index = true on its {kind} stage, or build it: curate index {output}")
+    raise UsageError(
+        f"{why} under {INDEX_DIR}/",
+        path=output,
+        fix=f"run the earlier pipeline with index = true on its {kind} stage, or build it: curate index {output}",
+    )
 
 
 # Settings added after indexes were first written, with the value those indexes have.

@@ -24,7 +24,9 @@ def temp_sibling(path: str | os.PathLike, unique: bool = False) -> Path:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, *, unique: bool = False, fsync: bool = False, publish: bool = True) -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike, *, unique: bool = False, fsync: bool = False, publish: bool = True
+) -> Iterator[Path]:
     """Yield a temp path to write `path` through; renamed into place only if the block succeeds.
     `publish=False`: a copy of something published elsewhere (a download), not a new file."""
     final = Path(path)
@@ -42,7 +44,9 @@ def atomic_path(path: str | os.PathLike, *, unique: bool = False, fsync: bool = 
         raise
 
 
-def rename_into_place(tmp: str | os.PathLike, final: str | os.PathLike, *, overwrite: bool = True, publish: bool = True) -> None:
+def rename_into_place(
+    tmp: str | os.PathLike, final: str | os.PathLike, *, overwrite: bool = True, publish: bool = True
+) -> None:
     """The one rename that makes a finished temp file or directory visible. `overwrite=False`:
     an existing non-empty `final` wins (OSError), as when two attempts of one task race."""
     (os.replace if overwrite else os.rename)(tmp, final)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 CACHE_ENV = "CURATE_CACHE_DIR"
 
+
 def cache_dir() -> Path:
     """Where exported and distilled models live: $CURATE_CACHE_DIR, else $XDG_CACHE_HOME/curate,
     else ~/.cache/curate."""
@@ -19,6 +20,7 @@ def cache_dir() -> Path:
 
 
 STAGING_ENV = "CURATE_STAGING_DIR"
+
 
 def staging_root() -> Path:
     """$CURATE_STAGING_DIR, else the curate cache directory's `staging/`."""

@@ -19,15 +19,22 @@ import pyarrow as pa
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
-from curate.io import storage
 from curate.errors import InputError, UsageError, first_line
+from curate.io import storage
 from curate.io.storage import StorageOptions
 
 PARQUET, JSONL, HF = "parquet", "jsonl", "hf"
 FORMATS = (PARQUET, JSONL, HF)
 FORMAT_HELP = "parquet | jsonl | hf"
 # `.json` is read as JSON Lines (one object per line), as datatrove and NeMo Curator do.
-JSONL_SUFFIXES = {".jsonl": None, ".json": None, ".jsonl.gz": "gzip", ".json.gz": "gzip", ".jsonl.zst": "zstd", ".json.zst": "zstd"}
+JSONL_SUFFIXES = {
+    ".jsonl": None,
+    ".json": None,
+    ".jsonl.gz": "gzip",
+    ".json.gz": "gzip",
+    ".jsonl.zst": "zstd",
+    ".json.zst": "zstd",
+}
 HF_STATE = "state.json"
 HF_INFO = "dataset_info.json"
 HF_DICT = "dataset_dict.json"
@@ -43,7 +50,9 @@ def check_format(name: str | None) -> str | None:
     """None (detect from the file names) or one of FORMATS."""
     if name is None or name in FORMATS:
         return name
-    raise UsageError(f"unknown input format {name!r}", fix=f"use --input-format {FORMAT_HELP} (or format = \"jsonl\" in [input])")
+    raise UsageError(
+        f"unknown input format {name!r}", fix=f'use --input-format {FORMAT_HELP} (or format = "jsonl" in [input])'
+    )
 
 
 def format_of_name(path: str | Path) -> str | None:
@@ -114,7 +123,9 @@ def _resolve_remote(url: str, fmt: str | None, options: StorageOptions) -> list[
         for path, info in remote.call("list", remote.fs.glob, remote.path, detail=True).items():
             location = remote.location(path)
             if info.get("type") == "directory":
-                if storage.exists(storage.join(location, HF_STATE), options) and storage.exists(storage.join(location, HF_INFO), options):
+                if storage.exists(storage.join(location, HF_STATE), options) and storage.exists(
+                    storage.join(location, HF_INFO), options
+                ):
                     datasets.append(location)
             else:
                 files.append(location)
@@ -123,10 +134,16 @@ def _resolve_remote(url: str, fmt: str | None, options: StorageOptions) -> list[
         return _resolve_listing(url.rstrip("/"), remote.find(), fmt, options)
     if remote.isfile():
         return [(url, fmt or format_of_name(url) or PARQUET)]
-    raise InputError("input does not exist", path=url, fix=f"pass an existing prefix, object or glob with -i; check the {storage.bucket_word(url)} name")
+    raise InputError(
+        "input does not exist",
+        path=url,
+        fix=f"pass an existing prefix, object or glob with -i; check the {storage.bucket_word(url)} name",
+    )
 
 
-def _resolve_matches(pattern: str, files: list[str], datasets: list[str], fmt: str | None, options: StorageOptions) -> list[tuple[str, str]]:
+def _resolve_matches(
+    pattern: str, files: list[str], datasets: list[str], fmt: str | None, options: StorageOptions
+) -> list[tuple[str, str]]:
     found: dict[str, list[str]] = {PARQUET: [], JSONL: [], HF: []}
     for file in sorted(files, key=storage.order_key):
         found[fmt or format_of_name(file) or PARQUET].append(file)
@@ -143,7 +160,11 @@ def _resolve_listing(root: str, files: list[str], fmt: str | None, options: Stor
     present = set(files)
     where = root or "."
     datasets = sorted(
-        {storage.parent(f) for f in files if storage.name(f) == HF_STATE and storage.join(storage.parent(f), HF_INFO) in present},
+        {
+            storage.parent(f)
+            for f in files
+            if storage.name(f) == HF_STATE and storage.join(storage.parent(f), HF_INFO) in present
+        },
         key=storage.order_key,
     )
     if storage.join(root, HF_DICT) in present:
@@ -164,10 +185,18 @@ def _resolve_listing(root: str, files: list[str], fmt: str | None, options: Stor
             found[kind].append(file)
     for dataset in datasets:
         if storage.join(storage.parent(dataset), HF_DICT) in present:
-            raise UsageError("a split of a saved DatasetDict inside the input", path=dataset, fix=f"point -i at one split, e.g. -i {dataset}")
+            raise UsageError(
+                "a split of a saved DatasetDict inside the input",
+                path=dataset,
+                fix=f"point -i at one split, e.g. -i {dataset}",
+            )
         found[HF].extend(saved_dataset_files(dataset, options, present))
     if fmt is not None and not found[fmt]:
-        raise InputError(f"no {_NAMES[fmt]} files in this directory", path=where, fix=f"point -i at a folder of {_NAMES[fmt]} files, or drop --input-format")
+        raise InputError(
+            f"no {_NAMES[fmt]} files in this directory",
+            path=where,
+            fix=f"point -i at a folder of {_NAMES[fmt]} files, or drop --input-format",
+        )
     if not any(found.values()):
         raise InputError(
             "no .parquet files (nor .jsonl, .json, .jsonl.gz, .jsonl.zst or a saved Hugging Face dataset) in this directory",
@@ -183,7 +212,9 @@ def _one_format(found: dict[str, list[str]], where: object, fmt: str | None) -> 
     present = [kind for kind in FORMATS if found[kind]]
     if len(present) > 1:
         counts = " and ".join(f"{len(found[k])} {_NAMES[k]}" for k in present)
-        raise UsageError(f"the input holds {counts} files", path=where, fix=f"choose one with --input-format {FORMAT_HELP}")
+        raise UsageError(
+            f"the input holds {counts} files", path=where, fix=f"choose one with --input-format {FORMAT_HELP}"
+        )
     return [(p, present[0]) for p in found[present[0]]]
 
 
@@ -194,11 +225,17 @@ def saved_dataset_files(directory: str, options: StorageOptions = (), present: s
         state = json.loads(storage.read_bytes(state_path, options).decode("utf-8"))
         names = [entry["filename"] for entry in state["_data_files"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"not a readable state.json of a saved dataset ({type(exc).__name__}: {exc})", path=state_path, fix="re-save the dataset with datasets.save_to_disk") from None
+        raise InputError(
+            f"not a readable state.json of a saved dataset ({type(exc).__name__}: {exc})",
+            path=state_path,
+            fix="re-save the dataset with datasets.save_to_disk",
+        ) from None
     files = [storage.join(directory, name) for name in names]
     for file in files:
         if not (file in present if present is not None else storage.exists(file, options)):
-            raise InputError("listed in state.json but missing", path=file, fix="re-save the dataset with datasets.save_to_disk")
+            raise InputError(
+                "listed in state.json but missing", path=file, fix="re-save the dataset with datasets.save_to_disk"
+            )
     return files
 
 
@@ -302,7 +339,11 @@ def open_parquet(path: str, options: StorageOptions = (), known: tuple[int, str]
     try:
         parquet = pq.ParquetFile(_source(path, options, known[0] if known else None), metadata=cached)
     except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"not a readable Parquet file ({first_line(exc)})", path=path, fix="re-export the shard or remove it from the input") from None
+        raise InputError(
+            f"not a readable Parquet file ({first_line(exc)})",
+            path=path,
+            fix="re-export the shard or remove it from the input",
+        ) from None
     if known is not None and cached is None and storage.is_url(path):
         if len(_FOOTERS) >= _FOOTERS_KEPT:
             _FOOTERS.pop(next(iter(_FOOTERS)))
@@ -311,7 +352,12 @@ def open_parquet(path: str, options: StorageOptions = (), known: tuple[int, str]
 
 
 def _parquet_batches(
-    path: str, schema: pa.Schema, batch_size: int, row_groups: Sequence[int] | None, options: StorageOptions, known: tuple[int, str] | None = None
+    path: str,
+    schema: pa.Schema,
+    batch_size: int,
+    row_groups: Sequence[int] | None,
+    options: StorageOptions,
+    known: tuple[int, str] | None = None,
 ) -> Iterator[tuple[int, pa.RecordBatch]]:
     parquet = open_parquet(path, options, known)
     names = set(parquet.schema_arrow.names)
@@ -321,7 +367,9 @@ def _parquet_batches(
         runs: list[list[int] | None] = [None]
     else:
         runs = _contiguous_runs(row_groups, metadata.num_row_groups, path)
-    starts = np.concatenate([[0], np.cumsum([metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])]).astype(int)
+    starts = np.concatenate(
+        [[0], np.cumsum([metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])]
+    ).astype(int)
     for run in runs:
         row = 0 if run is None else int(starts[run[0]])
         for batch in parquet.iter_batches(batch_size=batch_size, row_groups=run, columns=columns, use_threads=True):
@@ -344,7 +392,9 @@ def _contiguous_runs(row_groups: Sequence[int], count: int, path: str) -> list[l
     return runs
 
 
-def parquet_row_group_rows(path: str, row_groups: Sequence[int] | None, options: StorageOptions = (), known: tuple[int, str] | None = None) -> int:
+def parquet_row_group_rows(
+    path: str, row_groups: Sequence[int] | None, options: StorageOptions = (), known: tuple[int, str] | None = None
+) -> int:
     metadata = open_parquet(path, options, known).metadata
     groups = range(metadata.num_row_groups) if row_groups is None else row_groups
     return sum(metadata.row_group(g).num_rows for g in groups)
@@ -372,14 +422,20 @@ def _jsonl_blocks(path: str, options: StorageOptions = ()) -> Iterator[tuple[int
     try:
         stream = pa.input_stream(_source(path, options), compression=codec)
     except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"cannot open ({first_line(exc)})", path=path, fix="check the file exists and is readable") from None
+        raise InputError(
+            f"cannot open ({first_line(exc)})", path=path, fix="check the file exists and is readable"
+        ) from None
     with stream:
         while True:
             try:
                 block = stream.read(JSONL_BLOCK_BYTES)
             except (pa.ArrowException, OSError) as exc:
-                what = f"cannot decompress ({codec}: {first_line(exc)})" if codec else f"cannot read ({first_line(exc)})"
-                raise InputError(what, path=path, fix="the file is corrupt or truncated; re-create it or remove it from the input") from None
+                what = (
+                    f"cannot decompress ({codec}: {first_line(exc)})" if codec else f"cannot read ({first_line(exc)})"
+                )
+                raise InputError(
+                    what, path=path, fix="the file is corrupt or truncated; re-create it or remove it from the input"
+                ) from None
             if not block:
                 break
             data = rest + block if rest else block
@@ -396,7 +452,11 @@ def _jsonl_blocks(path: str, options: StorageOptions = ()) -> Iterator[tuple[int
 
 
 def _parse_block(path: str, first: int, block: bytes, schema: pa.Schema | None = None) -> pa.Table:
-    options = pj.ParseOptions() if schema is None else pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    options = (
+        pj.ParseOptions()
+        if schema is None
+        else pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    )
     try:
         return pj.read_json(pa.BufferReader(block), parse_options=options)
     except (pa.ArrowException, UnicodeDecodeError) as exc:  # invalid UTF-8 surfaces as UnicodeDecodeError
@@ -479,7 +539,11 @@ def _unify_block(path: str, first: int, block: bytes, schema: pa.Schema, block_s
                             path=path,
                             fix=f"give '{field.name}' one JSON type on every line",
                         ) from None
-        raise InputError(f"lines {first}.. do not match the types of earlier lines ({first_line(exc)})", path=path, fix="give each field one JSON type on every line") from None
+        raise InputError(
+            f"lines {first}.. do not match the types of earlier lines ({first_line(exc)})",
+            path=path,
+            fix="give each field one JSON type on every line",
+        ) from None
 
 
 def _unifies(a: pa.DataType, b: pa.DataType) -> bool:
@@ -500,19 +564,37 @@ def _diagnose(path: str, first: int, block: bytes, exc: BaseException) -> InputE
         try:
             value = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
-            return InputError(f"line {number} is not valid UTF-8", path=path, fix="re-encode the file as UTF-8 (e.g. iconv -t UTF-8)")
+            return InputError(
+                f"line {number} is not valid UTF-8", path=path, fix="re-encode the file as UTF-8 (e.g. iconv -t UTF-8)"
+            )
         except json.JSONDecodeError as err:
-            return InputError(f"line {number} is not valid JSON ({err.msg} at column {err.colno})", path=path, fix="fix or remove that line; JSON Lines holds one JSON object per line")
+            return InputError(
+                f"line {number} is not valid JSON ({err.msg} at column {err.colno})",
+                path=path,
+                fix="fix or remove that line; JSON Lines holds one JSON object per line",
+            )
         if not isinstance(value, dict):
-            return InputError(f"line {number} is {_kind(value)}, not a JSON object", path=path, fix="JSON Lines holds one JSON object per line, e.g. {\"id\": 1, \"text\": \"...\"}")
+            return InputError(
+                f"line {number} is {_kind(value)}, not a JSON object",
+                path=path,
+                fix='JSON Lines holds one JSON object per line, e.g. {"id": 1, "text": "..."}',
+            )
         for key, item in value.items():
             kind = _kind(item)
             if kind is None:
                 continue
             seen = kinds.setdefault(key, (kind, number))
             if seen[0] != kind:
-                return InputError(f"field '{key}' is {kind} on line {number} but {seen[0]} on line {seen[1]}", path=path, fix=f"give '{key}' one JSON type on every line")
-    return InputError(f"cannot parse lines {first}-{last} ({first_line(exc)})", path=path, fix="check those lines hold one JSON object each with one type per field")
+                return InputError(
+                    f"field '{key}' is {kind} on line {number} but {seen[0]} on line {seen[1]}",
+                    path=path,
+                    fix=f"give '{key}' one JSON type on every line",
+                )
+    return InputError(
+        f"cannot parse lines {first}-{last} ({first_line(exc)})",
+        path=path,
+        fix="check those lines hold one JSON object each with one type per field",
+    )
 
 
 def _loads(raw: bytes) -> object:
@@ -558,7 +640,11 @@ def _open_stream(path: str, options: StorageOptions = ()) -> pa.ipc.RecordBatchS
     try:
         return pa.ipc.open_stream(storage.open_binary(path, options) if storage.is_url(path) else pa.memory_map(path))
     except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"not a readable Arrow stream file ({first_line(exc)})", path=path, fix="re-save the dataset with datasets.save_to_disk") from None
+        raise InputError(
+            f"not a readable Arrow stream file ({first_line(exc)})",
+            path=path,
+            fix="re-save the dataset with datasets.save_to_disk",
+        ) from None
 
 
 def _scan_arrow_stream(path: str, options: StorageOptions = ()) -> FileScan:
@@ -568,7 +654,11 @@ def _scan_arrow_stream(path: str, options: StorageOptions = ()) -> FileScan:
         for batch in reader:  # headers only: the bodies stay in the memory map
             rows += batch.num_rows
     except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"cannot read record batches ({first_line(exc)})", path=path, fix="the file is corrupt or truncated; re-save the dataset") from None
+        raise InputError(
+            f"cannot read record batches ({first_line(exc)})",
+            path=path,
+            fix="the file is corrupt or truncated; re-save the dataset",
+        ) from None
     return FileScan(reader.schema.remove_metadata(), rows)
 
 
@@ -579,6 +669,8 @@ def _arrow_stream_batches(path: str, schema: pa.Schema, options: StorageOptions 
         for batch in reader:
             yield batch.select(names)
     except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"cannot read record batches ({first_line(exc)})", path=path, fix="the file is corrupt or truncated; re-save the dataset") from None
-
-
+        raise InputError(
+            f"cannot read record batches ({first_line(exc)})",
+            path=path,
+            fix="the file is corrupt or truncated; re-save the dataset",
+        ) from None

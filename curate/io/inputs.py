@@ -20,13 +20,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from curate.errors import InputError, UsageError, first_line
 from curate.io import storage
-from curate.runtime import ContextThreadPool
-from curate.errors import InputError, UsageError
-from curate.io.formats import check_format, file_stem, parquet_row_group_rows, read_batches, resolve_inputs, scan_file, JSONL, PARQUET
-from curate.errors import first_line
+from curate.io.formats import (
+    JSONL,
+    PARQUET,
+    check_format,
+    file_stem,
+    parquet_row_group_rows,
+    read_batches,
+    resolve_inputs,
+    scan_file,
+)
 from curate.io.parts import DEFAULT_BATCH_SIZE, ROW_COLUMN
 from curate.io.storage import StorageOptions
+from curate.runtime import ContextThreadPool
 
 _FINGERPRINT_SPAN = 1 << 16
 _ID_TYPES_HINT = "an id column of string or integer type"
@@ -57,7 +65,9 @@ class InputFile:
         return asdict(self)
 
 
-def resolve_input_files(source: str | os.PathLike, fmt: str | None = None, options: StorageOptions = ()) -> list[Path | str]:
+def resolve_input_files(
+    source: str | os.PathLike, fmt: str | None = None, options: StorageOptions = ()
+) -> list[Path | str]:
     """A directory (searched recursively), a single file, a saved dataset or a glob, in input
     order: local paths as Paths, URLs as strings."""
     return [loc if storage.is_url(loc) else Path(loc) for loc, _ in resolve_inputs(source, fmt, options)]
@@ -76,9 +86,15 @@ def refuse_output_inside_input(source: str | os.PathLike, output: str | os.PathL
     base, out = base.resolve(), Path(output).resolve()
     fix = "write the output next to the input, not inside it (or the input inside the output)"
     if out == base or base in out.parents:
-        raise UsageError(f"the output {output} is inside the input {source}; a later run over the input would read this output as shards", path=output, fix=fix)
+        raise UsageError(
+            f"the output {output} is inside the input {source}; a later run over the input would read this output as shards",
+            path=output,
+            fix=fix,
+        )
     if out in base.parents:
-        raise UsageError(f"the input {source} is inside the output {output}, which --overwrite would clear", path=output, fix=fix)
+        raise UsageError(
+            f"the input {source} is inside the output {output}, which --overwrite would clear", path=output, fix=fix
+        )
 
 
 def fingerprint_file(path: str | Path, fmt: str = PARQUET, options: StorageOptions = ()) -> str:
@@ -106,7 +122,9 @@ def _check_text_type(path: Path, name: str, dtype: pa.DataType) -> None:
         return
     if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
         return
-    if pa.types.is_dictionary(dtype) and (pa.types.is_string(dtype.value_type) or pa.types.is_large_string(dtype.value_type)):
+    if pa.types.is_dictionary(dtype) and (
+        pa.types.is_string(dtype.value_type) or pa.types.is_large_string(dtype.value_type)
+    ):
         return
     if pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype):
         fix = f"decode column '{name}' to UTF-8 strings before curating (e.g. polars .cast(pl.String)), or pick the text column with --text-column"
@@ -116,7 +134,12 @@ def _check_text_type(path: Path, name: str, dtype: pa.DataType) -> None:
 
 
 def _check_id_type(path: Path, name: str, dtype: pa.DataType) -> None:
-    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_integer(dtype) or pa.types.is_string_view(dtype):
+    if (
+        pa.types.is_string(dtype)
+        or pa.types.is_large_string(dtype)
+        or pa.types.is_integer(dtype)
+        or pa.types.is_string_view(dtype)
+    ):
         return
     if pa.types.is_dictionary(dtype) or pa.types.is_null(dtype):
         return
@@ -144,7 +167,9 @@ class InputSet:
         return not any(f.has_id for f in self.files)
 
     @classmethod
-    def scan(cls, source: str | os.PathLike, columns: ColumnSpec = ColumnSpec(), output: str | os.PathLike | None = None) -> "InputSet":
+    def scan(
+        cls, source: str | os.PathLike, columns: ColumnSpec = ColumnSpec(), output: str | os.PathLike | None = None
+    ) -> InputSet:
         """Open every file once (Parquet: footer only; JSON Lines: parsed once, to learn its
         fields and row count): schema, types and row counts are checked up front. With
         `output`, an output inside the input (or the reverse) is refused first."""
@@ -155,14 +180,18 @@ class InputSet:
         found = resolve_inputs(source, fmt, options)
         scans = []
         looked = _look_at_files(found, columns.text, options)
-        for (path, kind), (scan, _, _) in zip(found, looked):
+        for (path, _kind), (scan, _, _) in zip(found, looked):
             if scan.schema is not None:
                 _check_columns(path, scan.schema, columns)
             scans.append(scan)
         with_schema = [(path, scan) for (path, _), scan in zip(found, scans) if scan.schema is not None]
         has_ids = {columns.id in scan.schema.names for _, scan in with_schema}
         if len(has_ids) > 1:
-            odd = next(path for path, scan in with_schema if (columns.id in scan.schema.names) != (columns.id in with_schema[0][1].schema.names))
+            odd = next(
+                path
+                for path, scan in with_schema
+                if (columns.id in scan.schema.names) != (columns.id in with_schema[0][1].schema.names)
+            )
             raise InputError(
                 f"some shards have the id column '{columns.id}' and some do not",
                 path=odd,
@@ -180,7 +209,9 @@ class InputSet:
             unified = _unify([scan.schema for _, scan in with_schema], [path for path, _ in with_schema], columns)
         return cls(files, unified, columns)
 
-    def batches(self, batch_size: int = DEFAULT_BATCH_SIZE, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+    def batches(
+        self, batch_size: int = DEFAULT_BATCH_SIZE, columns: Sequence[str] | None = None
+    ) -> Iterator[pa.RecordBatch]:
         """Stream batches in input order, conformed to the unified schema, with ids and ordinals.
 
         `columns` restricts what is read (the id and ordinal columns are always present)."""
@@ -198,14 +229,24 @@ class InputSet:
         unit of work for parallel execution. Conformed as `batches`, with global ordinals."""
         return self._file_batches(self.files[index], batch_size, columns, row_groups)
 
-    def _file_batches(self, file: InputFile, batch_size: int, columns: Sequence[str] | None, row_groups: tuple[int, ...] | None = None) -> Iterator[pa.RecordBatch]:
+    def _file_batches(
+        self,
+        file: InputFile,
+        batch_size: int,
+        columns: Sequence[str] | None,
+        row_groups: tuple[int, ...] | None = None,
+    ) -> Iterator[pa.RecordBatch]:
         path = file.path
         options = self.columns.storage_options
         wanted = list(self.schema.names) if columns is None else _with_required(columns, self.columns, self.schema)
         read = [name for name in wanted if file.has_id or name != self.columns.id]
         read_schema = pa.schema([self.schema.field(name) for name in read])
         known = (file.size, file.fingerprint)
-        expected = file.rows if row_groups is None or file.format != PARQUET else parquet_row_group_rows(path, row_groups, options, known)
+        expected = (
+            file.rows
+            if row_groups is None or file.format != PARQUET
+            else parquet_row_group_rows(path, row_groups, options, known)
+        )
         seen = 0
         try:
             for row, batch in read_batches(path, file.format, read_schema, batch_size, row_groups, options, known):
@@ -222,16 +263,24 @@ class InputSet:
             ) from None
         if seen != expected:
             what = "the Parquet footer" if file.format == PARQUET else "when the input was scanned"
-            raise InputError(f"row count differs from {what} ({seen} != {expected})", path=path, fix="re-export the file; do not change the input during a run")
+            raise InputError(
+                f"row count differs from {what} ({seen} != {expected})",
+                path=path,
+                fix="re-export the file; do not change the input during a run",
+            )
 
-    def _conform(self, batch: pa.RecordBatch, wanted: list[str], file: InputFile, start: int, n: int) -> pa.RecordBatch:
+    def _conform(
+        self, batch: pa.RecordBatch, wanted: list[str], file: InputFile, start: int, n: int
+    ) -> pa.RecordBatch:
         path = file.path
         arrays = []
         names = []
         for name in wanted:
             target = self.schema.field(name).type
             if name == self.columns.id and not file.has_id:
-                local = pa.array(np.arange(start - file.row_offset, start - file.row_offset + n, dtype=np.int64)).cast(pa.string())
+                local = pa.array(np.arange(start - file.row_offset, start - file.row_offset + n, dtype=np.int64)).cast(
+                    pa.string()
+                )
                 column = pc.binary_join_element_wise(pa.scalar(file_stem(path)), local, ":")
             elif name in batch.schema.names:
                 column = batch.column(name)
@@ -252,6 +301,7 @@ class InputSet:
         names.append(ROW_COLUMN)
         return pa.RecordBatch.from_arrays(arrays, names=names)
 
+
 # Files of an object-store input looked at concurrently: each costs a few round trips (size,
 # head and footer for the fingerprint, footer for the schema), ~5 ms each even on loopback, so
 # 16 shards took 0.5 s one after another. Local files stay sequential (no latency to hide).
@@ -263,11 +313,15 @@ def _look_at_files(found: list[tuple[str, str]], text_column: str, options: Stor
 
     def look(item: tuple[str, str]) -> tuple:
         path, kind = item
-        return scan_file(path, kind, text_column, options), storage.size(path, options), fingerprint_file(path, kind, options)
+        return (
+            scan_file(path, kind, text_column, options),
+            storage.size(path, options),
+            fingerprint_file(path, kind, options),
+        )
 
     if len(found) < 2 or not any(storage.is_url(path) for path, _ in found):
         return [look(item) for item in found]
-    
+
     with ContextThreadPool(min(_REMOTE_SCANS, len(found))) as pool:
         return list(pool.map(look, found))
 
@@ -311,14 +365,20 @@ def _unify(schemas: list[pa.Schema], paths: list[str], columns: ColumnSpec) -> p
     except (pa.ArrowException, TypeError) as exc:
         for path, schema in zip(paths[1:], schemas[1:]):
             try:
-                pa.unify_schemas([schemas[0].remove_metadata(), schema.remove_metadata()], promote_options="permissive")
+                pa.unify_schemas(
+                    [schemas[0].remove_metadata(), schema.remove_metadata()], promote_options="permissive"
+                )
             except (pa.ArrowException, TypeError):
                 raise InputError(
                     f"schema does not match {storage.name(paths[0])} ({first_line(exc)})",
                     path=path,
                     fix="give every shard the same column types",
                 ) from None
-        raise InputError(f"shards have incompatible schemas ({first_line(exc)})", path=paths[0], fix="give every shard the same column types") from None
+        raise InputError(
+            f"shards have incompatible schemas ({first_line(exc)})",
+            path=paths[0],
+            fix="give every shard the same column types",
+        ) from None
     fields = [f for f in unified if f.name != columns.id]
     id_type = unified.field(columns.id).type if columns.id in unified.names else pa.string()
     if pa.types.is_dictionary(id_type):
@@ -335,5 +395,3 @@ def _unify(schemas: list[pa.Schema], paths: list[str], columns: ColumnSpec) -> p
 
 # ---------------------------------------------------------------------------------------
 # Part directories: the format of kept/, removed/, embeddings/ and stage outputs.
-
-

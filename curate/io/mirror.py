@@ -40,9 +40,8 @@ from typing import Any, Callable, Iterator
 import pyarrow.parquet as pq
 
 from curate.io import storage
-from curate.io.storage import call_output, file_digest
 from curate.io.atomic import on_publish, remove_path
-from curate.io.storage import StorageOptions
+from curate.io.storage import StorageOptions, call_output, file_digest
 
 
 class Mirror:

@@ -27,6 +27,7 @@ DEFAULT_PART_BYTES = 128 * 1024 * 1024
 
 PART_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
 
+
 def list_parts(directory: str | os.PathLike) -> list[Path]:
     """Finished part files in order (temp files from an interrupted write are ignored); in a
     run whose workers share no disk, the store's too (curate.io.mirror)."""
@@ -37,20 +38,28 @@ def list_parts(directory: str | os.PathLike) -> list[Path]:
         return []
     return sorted(p for p in directory.iterdir() if PART_PATTERN.match(p.name))
 
-def iter_part_batches(directory: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+
+def iter_part_batches(
+    directory: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE, columns: Sequence[str] | None = None
+) -> Iterator[pa.RecordBatch]:
     for path in list_parts(directory):
         parquet = mirror.parquet_file(path)
         yield from parquet.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
 
+
 def count_part_rows(directory: str | os.PathLike) -> int:
     return sum(mirror.read_metadata(p).num_rows for p in list_parts(directory))
+
 
 def read_parts(directory: str | os.PathLike, columns: Sequence[str] | None = None) -> pa.Table:
     """Whole-table read, for tests, verification of small outputs and reports."""
     parts = mirror.local_paths(list_parts(directory))
     if not parts:
         return pa.table({})
-    return pa.concat_tables([pq.read_table(p, columns=list(columns) if columns else None) for p in parts], promote_options="permissive")
+    return pa.concat_tables(
+        [pq.read_table(p, columns=list(columns) if columns else None) for p in parts], promote_options="permissive"
+    )
+
 
 @dataclass
 class PartWriter:
@@ -76,7 +85,11 @@ class PartWriter:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OutputError(f"cannot create the output directory ({exc.strerror})", path=self.directory, fix="choose a writable output path with -o") from None
+            raise OutputError(
+                f"cannot create the output directory ({exc.strerror})",
+                path=self.directory,
+                fix="choose a writable output path with -o",
+            ) from None
 
     def write(self, data: pa.RecordBatch | pa.Table) -> None:
         if data.num_rows == 0:
@@ -97,7 +110,11 @@ class PartWriter:
         except OSError as exc:
             tmp = self._tmp_path
             self.abort()
-            raise OutputError(f"cannot write ({exc.strerror or exc})", path=tmp, fix="free disk space or choose another -o, then rerun with --resume") from None
+            raise OutputError(
+                f"cannot write ({exc.strerror or exc})",
+                path=tmp,
+                fix="free disk space or choose another -o, then rerun with --resume",
+            ) from None
         self.rows_written += data.num_rows
         self._bytes += data.nbytes
         if self._bytes >= self.max_bytes:
@@ -127,7 +144,7 @@ class PartWriter:
                 pass
             self._tmp_path = None
 
-    def __enter__(self) -> "PartWriter":
+    def __enter__(self) -> PartWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -142,7 +159,11 @@ class PartWriter:
         try:
             self._writer = pq.ParquetWriter(self._tmp_path, self.schema, compression=self.compression, **self.options)
         except OSError as exc:
-            raise OutputError(f"cannot write ({exc.strerror or exc})", path=self._tmp_path, fix="choose a writable output path with -o") from None
+            raise OutputError(
+                f"cannot write ({exc.strerror or exc})",
+                path=self._tmp_path,
+                fix="choose a writable output path with -o",
+            ) from None
         self._bytes = 0
 
     def _close_part(self) -> None:
@@ -155,11 +176,16 @@ class PartWriter:
         except OSError as exc:
             tmp = self._tmp_path
             self.abort()
-            raise OutputError(f"cannot finish part ({exc.strerror or exc})", path=tmp, fix="free disk space, then rerun with --resume") from None
+            raise OutputError(
+                f"cannot finish part ({exc.strerror or exc})",
+                path=tmp,
+                fix="free disk space, then rerun with --resume",
+            ) from None
         self.parts.append(final)
         self._writer = None
         self._tmp_path = None
         self._index += 1
+
 
 def close_quietly(writer: pq.ParquetWriter) -> None:
     """Close a writer whose file may be unwritable (disk full). Marking it closed matters:
@@ -169,6 +195,7 @@ def close_quietly(writer: pq.ParquetWriter) -> None:
     except OSError:
         pass
     writer.is_open = False
+
 
 def conform_to(data: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:
     table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
@@ -185,9 +212,11 @@ def conform_to(data: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:
 def piece_path(shuffle_dir: str | Path, bucket: int, unit: int) -> Path:
     return Path(shuffle_dir) / f"{bucket:04d}" / f"{unit:05d}.pkl"
 
+
 def write_piece(path: Path, piece: Any) -> None:
     with atomic_path(path, unique=True) as tmp, open(tmp, "wb") as handle:
         cloudpickle.dump(piece, handle, protocol=5)
+
 
 def read_pieces(shuffle_dir: str | Path, bucket: int, count: int) -> list[Any]:
     pieces = []
@@ -195,6 +224,7 @@ def read_pieces(shuffle_dir: str | Path, bucket: int, count: int) -> list[Any]:
         with open(mirror.ensure(piece_path(shuffle_dir, bucket, unit)), "rb") as handle:
             pieces.append(cloudpickle.load(handle))
     return pieces
+
 
 def publish_attempt(attempt: Path, final: Path) -> None:
     """Rename a finished attempt into place; if another attempt won, keep that one (same bytes)."""

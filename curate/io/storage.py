@@ -62,7 +62,11 @@ def filesystem(url: str, options: StorageOptions = ()) -> tuple[Any, str]:
         fix = f"pip install 'curate[{extra}]'" if extra else f"install the fsspec backend for {scheme}://"
         raise UsageError(f"reading {scheme}:// needs an optional dependency ({exc})", path=url, fix=fix) from None
     except (ValueError, TypeError) as exc:
-        raise UsageError(f"cannot use this URL ({exc})", path=url, fix="use s3://, gs://, az://, file:// or a local path; check --storage-option keys") from None
+        raise UsageError(
+            f"cannot use this URL ({exc})",
+            path=url,
+            fix="use s3://, gs://, az://, file:// or a local path; check --storage-option keys",
+        ) from None
     _check_reachable(url, found[0])
     return found
 
@@ -110,7 +114,11 @@ def _check_reachable(url: str, fs: Any) -> None:
         socket.create_connection(address, timeout=CONNECT_TIMEOUT).close()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise UsageError(f"cannot connect to {parts.scheme}://{address[0]}:{address[1]} within {CONNECT_TIMEOUT:g} s ({reason})", path=url, fix=FIX_REMOTE) from None
+        raise UsageError(
+            f"cannot connect to {parts.scheme}://{address[0]}:{address[1]} within {CONNECT_TIMEOUT:g} s ({reason})",
+            path=url,
+            fix=FIX_REMOTE,
+        ) from None
     _REACHED.add(address)
 
 
@@ -179,9 +187,10 @@ class Remote:
         return [self.location(p) for p in self.call("list", self.fs.find, self.path)]
 
     def kind(self, path: str | None = None) -> str | None:
-        """"file", "directory", or None when nothing is there. Only FileNotFoundError means
+        """ "file", "directory", or None when nothing is there. Only FileNotFoundError means
         absent: fsspec's isdir/isfile/exists answer False on any OSError, which aiohttp's
         connection errors are, so gcsfs made an unreachable endpoint a missing input."""
+
         def info() -> str | None:
             try:
                 return self.fs.info(self.path if path is None else path)["type"]
@@ -217,7 +226,9 @@ def call_backend(
         raise error(missing, path=url, fix=missing_fix) from None
     except Exception as exc:
         text = str(exc).strip().splitlines()
-        raise error(f"cannot {what} ({type(exc).__name__}: {text[0] if text else ''})", path=url, fix=FIX_REMOTE) from None
+        raise error(
+            f"cannot {what} ({type(exc).__name__}: {text[0] if text else ''})", path=url, fix=FIX_REMOTE
+        ) from None
 
 
 def open_binary(location: str, options: StorageOptions = (), size: int | None = None) -> BinaryIO:
@@ -293,5 +304,12 @@ def file_digest(path: str | os.PathLike) -> str:
 def call_output(url: str, what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
     """A backend call on the output store: its errors as one line naming the URL, exit 2."""
     return call_backend(
-        url, what, fn, *args, error=OutputError, missing=f"cannot {what}: not found", missing_fix=f"create the {bucket_word(url)} first, or " + FIX_REMOTE, **kwargs
+        url,
+        what,
+        fn,
+        *args,
+        error=OutputError,
+        missing=f"cannot {what}: not found",
+        missing_fix=f"create the {bucket_word(url)} first, or " + FIX_REMOTE,
+        **kwargs,
     )

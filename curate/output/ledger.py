@@ -44,7 +44,9 @@ def removed_rows(
     """Ledger rows for `ids` removed by `stage`; `reason` is one string or one per row."""
     ids = ids_as_strings(ids)
     n = len(ids)
-    reasons = pa.repeat(pa.scalar(reason, pa.string()), n) if isinstance(reason, str) else pa.array(reason, pa.string())
+    reasons = (
+        pa.repeat(pa.scalar(reason, pa.string()), n) if isinstance(reason, str) else pa.array(reason, pa.string())
+    )
     if duplicate_of is None:
         dup = pa.nulls(n, pa.string())
     elif isinstance(duplicate_of, (pa.Array, pa.ChunkedArray)):
@@ -110,11 +112,11 @@ def verify_conservation(
     report.duplicated = duplicated.head(show).to_list()
     report.unknown = unknown.head(show).to_list()
     if len(missing) > show or len(duplicated) > show or len(unknown) > show:
-        report.problems.append(f"{len(missing)} missing, {len(duplicated)} duplicated, {len(unknown)} unknown ids in all (first {show} shown)")
+        report.problems.append(
+            f"{len(missing)} missing, {len(duplicated)} duplicated, {len(unknown)} unknown ids in all (first {show} shown)"
+        )
     for path in list_parts(removed_dir):
         got = pq.read_schema(path)
         if got.names != LEDGER_SCHEMA.names:
             report.problems.append(f"{path}: ledger columns {got.names} != {LEDGER_SCHEMA.names}")
     return report
-
-

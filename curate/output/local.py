@@ -19,14 +19,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import __version__
+from curate.errors import OutputError, UsageError
 from curate.io import mirror
 from curate.io.atomic import atomic_path
-from curate.errors import OutputError, UsageError
-from curate.output.ledger import LEDGER_SCHEMA
-from curate.output.layout import INPUT_STAGE, STAGES_DIR
-from curate.output.manifest import MANIFEST_NAME, package_versions, read_manifest, write_manifest
 from curate.io.inputs import DEFAULT_BATCH_SIZE, ROW_COLUMN, InputSet
 from curate.io.parts import PartWriter, close_quietly, count_part_rows, list_parts
+from curate.output.layout import INPUT_STAGE, STAGES_DIR
+from curate.output.ledger import LEDGER_SCHEMA
+from curate.output.manifest import MANIFEST_NAME, package_versions, read_manifest, write_manifest
 
 _PROBE = ".curate-write-probe"
 
@@ -35,14 +35,21 @@ def stage_dir_name(position: int, name: str) -> str:
     return f"{position:02d}-{name}"
 
 
-def new_manifest(config: dict, input_record: list[dict], inputs: InputSet, stages: list[tuple[str, str]], seed: int) -> dict:
+def new_manifest(
+    config: dict, input_record: list[dict], inputs: InputSet, stages: list[tuple[str, str]], seed: int
+) -> dict:
     """A fresh run's manifest; `stages` are the pipeline's (name, kind) pairs in order."""
     entries = [{"name": INPUT_STAGE, "kind": INPUT_STAGE, "status": "pending"}]
     entries += [{"name": name, "kind": kind, "status": "pending"} for name, kind in stages]
     return {
         "curate_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "input": {"files": input_record, "rows": inputs.num_rows, "synthesized_ids": inputs.synthesized_ids, "schema": schema_record(inputs.schema)},
+        "input": {
+            "files": input_record,
+            "rows": inputs.num_rows,
+            "synthesized_ids": inputs.synthesized_ids,
+            "schema": schema_record(inputs.schema),
+        },
         "config": config,
         "seed": seed,
         "packages": package_versions(),
@@ -67,15 +74,31 @@ def prepare_output(out: Path, config: dict, input_record: list[dict], *, resume:
         non_empty = False  # killed before the first manifest landed: nothing to keep, start fresh
     if resume and existing is not None:
         if _fingerprints(existing["input"]["files"]) != _fingerprints(input_record):
-            raise UsageError("--resume: the input files changed since this output was started", path=out, fix="rerun with --overwrite")
+            raise UsageError(
+                "--resume: the input files changed since this output was started",
+                path=out,
+                fix="rerun with --overwrite",
+            )
         if existing["config"] != config:
-            raise UsageError("--resume: the pipeline config differs from the one this output was started with", path=out, fix="rerun with --overwrite, or use the original pipeline")
+            raise UsageError(
+                "--resume: the pipeline config differs from the one this output was started with",
+                path=out,
+                fix="rerun with --overwrite, or use the original pipeline",
+            )
         return existing
     if non_empty:
         if not overwrite and not resume:
-            raise OutputError("output directory is not empty", path=out, fix="pass --resume to continue, --overwrite to start over, or another -o")
+            raise OutputError(
+                "output directory is not empty",
+                path=out,
+                fix="pass --resume to continue, --overwrite to start over, or another -o",
+            )
         if existing is None and overwrite:
-            raise OutputError("refusing to overwrite a directory that is not a curate output (no manifest.json)", path=out, fix="choose an empty or new -o")
+            raise OutputError(
+                "refusing to overwrite a directory that is not a curate output (no manifest.json)",
+                path=out,
+                fix="choose an empty or new -o",
+            )
         if existing is None and resume:
             raise OutputError("--resume: no manifest.json here", path=out, fix="start without --resume")
         _clear_directory(out)
@@ -85,7 +108,9 @@ def prepare_output(out: Path, config: dict, input_record: list[dict], *, resume:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise OutputError(f"cannot write the output directory ({exc.strerror})", path=out, fix="choose a writable -o") from None
+        raise OutputError(
+            f"cannot write the output directory ({exc.strerror})", path=out, fix="choose a writable -o"
+        ) from None
     return None
 
 
@@ -113,7 +138,9 @@ def _fingerprints(files: list[dict]) -> list[tuple[str, str]]:
     return [(f["path"], f["fingerprint"]) for f in files]
 
 
-def finalize(out: Path, manifest: dict, input_rows: int, publish_kept: Callable[[Path], None], map_parts: Callable) -> None:
+def finalize(
+    out: Path, manifest: dict, input_rows: int, publish_kept: Callable[[Path], None], map_parts: Callable
+) -> None:
     """Publish kept/ and removed/ from the stage directories; safe to redo after a kill.
     `map_parts(fn, parts)` runs the per-part rewrite on the run's executor."""
     stages_root = out / STAGES_DIR
@@ -139,7 +166,11 @@ def finalize(out: Path, manifest: dict, input_rows: int, publish_kept: Callable[
         mirror.move(tmp, removed_final)
     mirror.remove(stages_root)
     manifest["finalized"] = True
-    manifest["totals"] = {"input_rows": input_rows, "kept_rows": count_part_rows(kept_final), "removed_rows": count_part_rows(removed_final)}
+    manifest["totals"] = {
+        "input_rows": input_rows,
+        "kept_rows": count_part_rows(kept_final),
+        "removed_rows": count_part_rows(removed_final),
+    }
     write_manifest(out, manifest)
 
 

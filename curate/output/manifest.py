@@ -9,12 +9,24 @@ import platform
 import time
 from importlib import metadata
 from pathlib import Path
+
 from curate.io.atomic import atomic_write_json
 from curate.output.layout import MANIFEST_NAME
 
 __all__ = ["MANIFEST_NAME", "package_versions", "read_manifest", "write_manifest"]
 
-_PACKAGES = ("curate", "pyarrow", "polars", "numpy", "xxhash", "faiss-cpu", "datasketch", "torch", "dask", "distributed")
+_PACKAGES = (
+    "curate",
+    "pyarrow",
+    "polars",
+    "numpy",
+    "xxhash",
+    "faiss-cpu",
+    "datasketch",
+    "torch",
+    "dask",
+    "distributed",
+)
 
 
 def package_versions() -> dict[str, str]:

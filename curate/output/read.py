@@ -19,7 +19,9 @@ def load_finished_manifest(out: Path) -> dict:
     """The manifest of a finished run; exit 2 naming the directory otherwise."""
     manifest = read_manifest(Path(out))
     if manifest is None:
-        raise UsageError("no manifest.json: not a curate output directory", path=out, fix="pass the -o directory of a curate run")
+        raise UsageError(
+            "no manifest.json: not a curate output directory", path=out, fix="pass the -o directory of a curate run"
+        )
     if not manifest.get("finalized"):
         raise UsageError("this run has not finished", path=out, fix="finish it with 'curate run ... --resume'")
     return manifest
@@ -29,7 +31,9 @@ def read_kept(out: Path, columns: Sequence[str] | None = None) -> pl.DataFrame:
     parts = list_parts(out / "kept")
     if not parts:
         return pl.DataFrame()
-    return pl.concat([pl.read_parquet(p, columns=list(columns) if columns else None) for p in parts], how="vertical_relaxed")
+    return pl.concat(
+        [pl.read_parquet(p, columns=list(columns) if columns else None) for p in parts], how="vertical_relaxed"
+    )
 
 
 def prototypes_keep(manifest: dict) -> str | None:
@@ -51,6 +55,7 @@ class StageSummary:
     seconds: float
     reasons: dict[str, int]
 
+
 def stage_summaries(out: Path) -> list[StageSummary]:
     manifest = load_finished_manifest(out)
     reasons = removal_reasons(out)
@@ -58,11 +63,17 @@ def stage_summaries(out: Path) -> list[StageSummary]:
     for entry in manifest["stages"]:
         summaries.append(
             StageSummary(
-                entry["name"], entry["kind"], entry.get("rows_in", 0), entry.get("rows_out", 0), entry.get("rows_removed", 0),
-                entry.get("seconds", 0.0), reasons.get(entry["name"], {}),
+                entry["name"],
+                entry["kind"],
+                entry.get("rows_in", 0),
+                entry.get("rows_out", 0),
+                entry.get("rows_removed", 0),
+                entry.get("seconds", 0.0),
+                reasons.get(entry["name"], {}),
             )
         )
     return summaries
+
 
 def removal_reasons(out: Path) -> dict[str, dict[str, int]]:
     parts = list_parts(out / "removed")
@@ -75,8 +86,10 @@ def removal_reasons(out: Path) -> dict[str, dict[str, int]]:
         result.setdefault(stage, {})[reason] = n
     return result
 
+
 def directory_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) if directory.exists() else 0
+
 
 def pool_counts(out: Path) -> dict[int, int] | None:
     parts = list_parts(out / "kept")

@@ -39,13 +39,11 @@ from typing import Any, Callable, Iterator
 
 import xxhash
 
-from curate.io import mirror
-from curate.io import storage
-from curate.io.cache import staging_root
-from curate.io.storage import call_output, file_digest
 from curate.errors import OutputError, UsageError
+from curate.io import mirror, storage
+from curate.io.cache import staging_root
+from curate.io.storage import StorageOptions, call_output, file_digest
 from curate.output.layout import MANIFEST_NAME, is_committed, is_hidden, is_stage_work, output_names
-from curate.io.storage import StorageOptions
 
 FILES_KEY = "files"
 # A mirrored resume pulls committed files up to this size to the driver (manifests, metadata,
@@ -146,6 +144,7 @@ class OutputStore:
 
     def manifest(self) -> dict | None:
         """The last commit record, or None when the prefix holds no curate output."""
+
         def read() -> bytes | None:
             try:
                 return self.fs.cat_file(self._key(MANIFEST_NAME))
@@ -158,12 +157,18 @@ class OutputStore:
         try:
             return json.loads(data)
         except ValueError:
-            raise OutputError("manifest.json in the store is not valid JSON", path=f"{self.url}/{MANIFEST_NAME}", fix="rerun with --overwrite") from None
+            raise OutputError(
+                "manifest.json in the store is not valid JSON",
+                path=f"{self.url}/{MANIFEST_NAME}",
+                fix="rerun with --overwrite",
+            ) from None
 
     def objects(self) -> list[str]:
         """Every object under the prefix, relative to it."""
         self.fs.invalidate_cache()
-        self.call(f"reach the {storage.bucket_word(self.url)}", self.fs.info, self.root.split("/")[0])  # a missing bucket names itself
+        self.call(
+            f"reach the {storage.bucket_word(self.url)}", self.fs.info, self.root.split("/")[0]
+        )  # a missing bucket names itself
         keys = self.call("list the output", self.fs.find, self.root)
         return sorted(k[len(self.root) + 1 :] for k in keys if k.startswith(self.root + "/"))
 
@@ -174,18 +179,27 @@ class OutputStore:
         dest.mkdir(parents=True, exist_ok=True)
         for name in names:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
+
         def download() -> None:
             try:
                 self.fs.get([self._key(n) for n in names], [str(dest / n) for n in names])
             except FileNotFoundError:
                 missing = next(n for n in names if not self.fs.exists(self._key(n)))
-                raise OutputError("a file the manifest lists is missing from the store", path=f"{self.url}/{missing}", fix="rerun with --overwrite") from None
+                raise OutputError(
+                    "a file the manifest lists is missing from the store",
+                    path=f"{self.url}/{missing}",
+                    fix="rerun with --overwrite",
+                ) from None
 
         if names:
             self.call("download the output", download)
         for name in names:
             if (dest / name).stat().st_size != record[name]["size"]:
-                raise OutputError("a file in the store differs from its manifest record", path=f"{self.url}/{name}", fix="rerun with --overwrite")
+                raise OutputError(
+                    "a file in the store differs from its manifest record",
+                    path=f"{self.url}/{name}",
+                    fix="rerun with --overwrite",
+                )
         local = {k: v for k, v in manifest.items() if k != FILES_KEY}
         (dest / MANIFEST_NAME).write_text(json.dumps(local, indent=2) + "\n", encoding="utf-8")
 
@@ -203,9 +217,17 @@ class OutputStore:
         foreign = sorted({o.split("/")[0] for o in objects} - self.names)
         if foreign or (objects and committed is None):
             what = foreign[0] if foreign else objects[0]
-            raise OutputError(f"the output prefix holds objects that are not a curate output (e.g. {what})", path=self.url, fix="choose an empty prefix for -o")
+            raise OutputError(
+                f"the output prefix holds objects that are not a curate output (e.g. {what})",
+                path=self.url,
+                fix="choose an empty prefix for -o",
+            )
         if committed is not None and not resume and not overwrite:
-            raise OutputError("output prefix is not empty", path=self.url, fix="pass --resume to continue, --overwrite to start over, or another -o")
+            raise OutputError(
+                "output prefix is not empty",
+                path=self.url,
+                fix="pass --resume to continue, --overwrite to start over, or another -o",
+            )
         self._abort_dead_uploads()
         if overwrite and committed is not None:
             # The manifest goes last: until then the prefix is still recognised as curate's.
@@ -235,9 +257,18 @@ class OutputStore:
         if storage.EXTRAS.get(storage.protocol(self.url)) != "s3":
             return
         bucket, _, prefix = self.root.partition("/")
-        listing = self.call("list unfinished uploads", self.fs.call_s3, "list_multipart_uploads", Bucket=bucket, Prefix=f"{prefix}/")
+        listing = self.call(
+            "list unfinished uploads", self.fs.call_s3, "list_multipart_uploads", Bucket=bucket, Prefix=f"{prefix}/"
+        )
         for upload in listing.get("Uploads", []) or []:
-            self.call("abort an unfinished upload", self.fs.call_s3, "abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            self.call(
+                "abort an unfinished upload",
+                self.fs.call_s3,
+                "abort_multipart_upload",
+                Bucket=bucket,
+                Key=upload["Key"],
+                UploadId=upload["UploadId"],
+            )
 
     def _staging_matches(self, committed: dict) -> bool:
         """The staging directory holds this run (same start) at or after the committed state."""
@@ -252,7 +283,9 @@ class OutputStore:
             return False
         done_local = [s["status"] == "done" for s in local.get("stages", [])]
         done_store = [s["status"] == "done" for s in committed.get("stages", [])]
-        return all(a or not b for a, b in zip(done_local, done_store)) and (local.get("finalized") or not committed.get("finalized"))
+        return all(a or not b for a, b in zip(done_local, done_store)) and (
+            local.get("finalized") or not committed.get("finalized")
+        )
 
     def _clear_staging(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
@@ -293,7 +326,12 @@ class OutputStore:
                 self._digests[path] = (size, mtime, entry["xxh3"])
         manifest = json.loads((local / MANIFEST_NAME).read_text(encoding="utf-8"))
         manifest[FILES_KEY] = dict(sorted(record.items()))
-        self.call("write the manifest", self.fs.pipe_file, self._key(MANIFEST_NAME), (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+        self.call(
+            "write the manifest",
+            self.fs.pipe_file,
+            self._key(MANIFEST_NAME),
+            (json.dumps(manifest, indent=2) + "\n").encode("utf-8"),
+        )
         if prune:
             self.call("remove leftovers", self._remove_unlisted, record)
 
@@ -307,7 +345,13 @@ class OutputStore:
 
 
 @contextmanager
-def local_output(output: str | os.PathLike, options: StorageOptions = (), *, writes: bool = False, wanted: Callable[[str], bool] = lambda _: True) -> Iterator[Path]:
+def local_output(
+    output: str | os.PathLike,
+    options: StorageOptions = (),
+    *,
+    writes: bool = False,
+    wanted: Callable[[str], bool] = lambda _: True,
+) -> Iterator[Path]:
     """A local directory holding a finished output: the path itself, or for a URL a temporary
     copy of its committed files (`wanted` selects which). With `writes`, files the block adds
     are committed back to the store on success."""
@@ -317,7 +361,9 @@ def local_output(output: str | os.PathLike, options: StorageOptions = (), *, wri
     store = OutputStore(str(output), options)
     manifest = store.manifest()
     if manifest is None:
-        raise UsageError("no manifest.json: not a curate output", path=store.url, fix="pass the -o URL of a curate run")
+        raise UsageError(
+            "no manifest.json: not a curate output", path=store.url, fix="pass the -o URL of a curate run"
+        )
     staging_root().mkdir(parents=True, exist_ok=True)
     view = Path(tempfile.mkdtemp(prefix="view-", dir=staging_root()))
     try:
@@ -330,7 +376,12 @@ def local_output(output: str | os.PathLike, options: StorageOptions = (), *, wri
 
 
 @contextmanager
-def local_outputs(outputs: tuple[str, ...] | list[str], options: StorageOptions = (), *, wanted: Callable[[str], bool] = lambda _: True) -> Iterator[list[str]]:
+def local_outputs(
+    outputs: tuple[str, ...] | list[str],
+    options: StorageOptions = (),
+    *,
+    wanted: Callable[[str], bool] = lambda _: True,
+) -> Iterator[list[str]]:
     """`local_output` for several outputs at once (the earlier outputs of --against)."""
     with ExitStack() as stack:
         yield [str(stack.enter_context(local_output(o, options, wanted=wanted))) for o in outputs]

@@ -45,7 +45,15 @@ def loss_vs_budget(law: Law, budgets: Sequence[float], switches: list[dict], pat
     for s in switches:
         if lo <= s["budget"] <= hi:
             ax.axvline(s["budget"], color="grey", ls=":", lw=1)
-            ax.annotate(f"+pool {s['to'][-1]}" if len(s["to"]) > len(s["from"]) else f"-> {_prefix_label(s['to'])}", (s["budget"], ax.get_ylim()[1]), rotation=90, va="top", ha="right", fontsize=8, color="grey")
+            ax.annotate(
+                f"+pool {s['to'][-1]}" if len(s["to"]) > len(s["from"]) else f"-> {_prefix_label(s['to'])}",
+                (s["budget"], ax.get_ylim()[1]),
+                rotation=90,
+                va="top",
+                ha="right",
+                fontsize=8,
+                color="grey",
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("budget (samples seen)")
@@ -103,7 +111,7 @@ def fit_per_pool(law: Law, path: Path) -> Path | None:
         ax.set_title(f"{'pool' if len(members) == 1 else 'mix'} {label} ({int(size):,} unique)", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(True, which="both", alpha=0.2)
-    for ax in list(axes.flat)[len(labels):]:
+    for ax in list(axes.flat)[len(labels) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.supxlabel("samples seen (dotted: one pass)", fontsize=9)
@@ -136,7 +144,13 @@ def pool_scores(scores: np.ndarray, pools: np.ndarray, score_name: str, path: Pa
     finite = np.isfinite(scores)
     bins = np.histogram_bin_edges(scores[finite], bins=50) if finite.any() else 10
     for color, p in zip(colors, ids):
-        ax.hist(scores[(pools == p) & finite], bins=bins, alpha=0.6, color=color, label=f"pool {p} ({int(np.sum(pools == p)):,})")
+        ax.hist(
+            scores[(pools == p) & finite],
+            bins=bins,
+            alpha=0.6,
+            color=color,
+            label=f"pool {p} ({int(np.sum(pools == p)):,})",
+        )
     ax.set_xlabel(score_name)
     ax.set_ylabel("rows")
     ax.set_title(f"{score_name} per pool")
@@ -153,12 +167,33 @@ def random_baseline(comparison: dict, path: Path) -> Path:
     ax.plot(budgets, [e["predicted_loss"] for e in entries], "o-", color="tab:green", label="chosen mix of the pools")
     same = np.array([e["random_same_size"] for e in entries])
     # no bars where the best mix is all the data: there the two sides are the same rows
-    spread = comparison.get("margin_sd", 2.0) * np.nan_to_num(np.array([0.0 if e["status"] == "all_data" else e["difference_sd"] for e in entries]))
-    ax.errorbar(budgets, same, yerr=spread, fmt="s--", color="tab:red", capsize=3, label="random data of the same size")
-    ax.plot(budgets, [e["all_data"] for e in entries], "^:", color="tab:blue", markerfacecolor="none", markersize=10, zorder=4, label="all data")
+    spread = comparison.get("margin_sd", 2.0) * np.nan_to_num(
+        np.array([0.0 if e["status"] == "all_data" else e["difference_sd"] for e in entries])
+    )
+    ax.errorbar(
+        budgets, same, yerr=spread, fmt="s--", color="tab:red", capsize=3, label="random data of the same size"
+    )
+    ax.plot(
+        budgets,
+        [e["all_data"] for e in entries],
+        "^:",
+        color="tab:blue",
+        markerfacecolor="none",
+        markersize=10,
+        zorder=4,
+        label="all data",
+    )
     for e in entries:
         if e["status"] == "beats_random":
-            ax.annotate("beats random", (e["budget"], e["predicted_loss"]), textcoords="offset points", xytext=(0, -14), ha="center", fontsize=7, color="tab:green")
+            ax.annotate(
+                "beats random",
+                (e["budget"], e["predicted_loss"]),
+                textcoords="offset points",
+                xytext=(0, -14),
+                ha="center",
+                fontsize=7,
+                color="tab:green",
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("budget (samples seen)")

@@ -6,7 +6,6 @@ from typing import Sequence
 
 import numpy as np
 
-
 STATUS_TEXT = {
     "beats_random": "beats random data of the same size",
     "no_better_than_random": "no better than random data of the same size (within the uncertainty)",
@@ -14,15 +13,23 @@ STATUS_TEXT = {
     "all_data": "is all the data (nothing selected)",
 }
 
-STATUS_SHORT = {"beats_random": "beats random", "no_better_than_random": "no better than random", "worse_than_random": "worse than random", "all_data": "all data: nothing selected"}
+STATUS_SHORT = {
+    "beats_random": "beats random",
+    "no_better_than_random": "no better than random",
+    "worse_than_random": "worse than random",
+    "all_data": "all data: nothing selected",
+}
+
 
 def _phrase(names: Sequence[str]) -> str:
     return f"pool {names[0]}" if len(names) == 1 else f"pools {names[0]}-{names[-1]}"
+
 
 def _alternative_phrase(alt: dict) -> str:
     if alt["kind"] == "all_data":
         return f"all the data ({alt['unique']:,} unique samples, {alt['epochs']:.3g} epochs): predicted loss {alt['predicted_loss']:.4g}"
     return f"a uniform random {alt['unique']:,} samples ({alt['epochs']:.3g} epochs): predicted loss {alt['predicted_loss']:.4g}"
+
 
 def comparison_lines(comparison: dict, what: str = "mix of the pools") -> list[str]:
     """The verdict first, then one line per budget: the mix against random and all data."""
@@ -35,12 +42,18 @@ def comparison_lines(comparison: dict, what: str = "mix of the pools") -> list[s
         )
     else:
         ok = [f"{e['budget']:.3g}" for e in entries if e["status"] == "beats_random"]
-        lines.append(f"The chosen {what} beats random data of the same size by more than {comparison['margin_sd']:g} sd ({comparison['uncertainty']}) at budget{'s' if len(ok) > 1 else ''} {', '.join(ok)} only.")
+        lines.append(
+            f"The chosen {what} beats random data of the same size by more than {comparison['margin_sd']:g} sd ({comparison['uncertainty']}) at budget{'s' if len(ok) > 1 else ''} {', '.join(ok)} only."
+        )
     for e in entries:
-        versus = (f"random data of the same size {e['random_same_size']:.4g} (difference {e['difference']:+.4g} ± {e['difference_sd']:.2g}), "
-                  f"all {e['all_data_unique']:,} samples {e['all_data']:.4g}")
+        versus = (
+            f"random data of the same size {e['random_same_size']:.4g} (difference {e['difference']:+.4g} ± {e['difference_sd']:.2g}), "
+            f"all {e['all_data_unique']:,} samples {e['all_data']:.4g}"
+        )
         if e["status"] == "beats_random":
-            lines.append(f"For budget {e['budget']:.3g} samples, train on {_phrase(e['pools'])} ({e['unique']:,} unique samples, {e['epochs']:.3g} epochs): predicted loss {e['predicted_loss']:.4g}; {versus}.")
+            lines.append(
+                f"For budget {e['budget']:.3g} samples, train on {_phrase(e['pools'])} ({e['unique']:,} unique samples, {e['epochs']:.3g} epochs): predicted loss {e['predicted_loss']:.4g}; {versus}."
+            )
         elif e["status"] == "all_data":
             lines.append(
                 f"For budget {e['budget']:.3g} samples, the best mix takes every pool, so nothing is selected: train on {_alternative_phrase(e['alternative'])}."
@@ -51,6 +64,7 @@ def comparison_lines(comparison: dict, what: str = "mix of the pools") -> list[s
                 f"predicts {e['predicted_loss']:.4g}, {STATUS_TEXT[e['status']]}: {versus}."
             )
     return lines
+
 
 def seta_lines(check: dict) -> list[str]:
     m = check["methods"]

@@ -16,9 +16,13 @@ def load_law(path: str | Path) -> Law:
         data = json.loads(path.read_text(encoding="utf-8"))
         return law_from_json(data)
     except FileNotFoundError:
-        raise InputError("law file does not exist", path=path, fix="fit one first: curate fit RUNS.csv -o LAW.json") from None
+        raise InputError(
+            "law file does not exist", path=path, fix="fit one first: curate fit RUNS.csv -o LAW.json"
+        ) from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise InputError(f"not a valid LAW.json ({type(exc).__name__}: {exc})", path=path, fix="write it with curate fit") from None
+        raise InputError(
+            f"not a valid LAW.json ({type(exc).__name__}: {exc})", path=path, fix="write it with curate fit"
+        ) from None
 
 
 def save_json(path: str | Path, data: dict) -> None:

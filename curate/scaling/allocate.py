@@ -107,7 +107,9 @@ def switches(law: Law, lo: float, hi: float) -> list[dict]:
     out = []
     for i in np.nonzero(best[1:] != best[:-1])[0]:
         before, after = int(best[i]), int(best[i + 1])
-        budget = _bisect(lambda c: int(_best_prefix(law, np.array([c]))[0]) != before, float(grid[i]), float(grid[i + 1]))
+        budget = _bisect(
+            lambda c: int(_best_prefix(law, np.array([c]))[0]) != before, float(grid[i]), float(grid[i + 1])
+        )
         out.append({"budget": budget, "from": names[:before], "to": names[:after]})
     return out
 
@@ -127,7 +129,11 @@ def crossovers(law: Law, lo: float, hi: float) -> list[dict]:
             entry["pays_from_start"] = True
         elif pays.any():
             i = int(np.argmax(pays))
-            entry["budget"] = _bisect(lambda c: bool(law.log_loss(c, range(j + 1))[0] < law.log_loss(c, range(j))[0]), float(grid[i - 1]), float(grid[i]))
+            entry["budget"] = _bisect(
+                lambda c: bool(law.log_loss(c, range(j + 1))[0] < law.log_loss(c, range(j))[0]),
+                float(grid[i - 1]),
+                float(grid[i]),
+            )
         out.append(entry)
     return out
 

@@ -31,6 +31,7 @@ BOOTSTRAP = 16  # residual-bootstrap refits per law when there is a single seed
 
 EVALUATE_DIR = "evaluate"
 
+
 def runs_table(rows: Sequence[dict]) -> RunsTable:
     """RunsTable from proxy_runs rows (trusted: generated here; `read_runs` checks user files)."""
     sizes: dict[str, float] = {}
@@ -49,10 +50,13 @@ def runs_table(rows: Sequence[dict]) -> RunsTable:
         loss=np.array([float(r["loss"]) for r in rows]),
     )
 
+
 REFIT_EVALUATIONS = 200  # per spread refit (one start): the main fits keep fit_law's defaults
+
 
 def _fit(table: RunsTable, model: str, irreducible: float, starts: int = 4, max_nfev: int = 2000):
     return fit_law(table, model, irreducible, starts=starts, max_nfev=max_nfev)
+
 
 class Prefixes:
     """Predicted loss of each prefix (pools 0..j-1) at planning sizes, from a law fitted to that
@@ -64,7 +68,16 @@ class Prefixes:
     prefix j the same way compares like with like. A prefix without runs of its own (mix_epochs
     = []) falls back to the pool law."""
 
-    def __init__(self, law: Law, table: RunsTable, plan_sizes: Sequence[float], model: str, irreducible: float, evaluations: int, default_tau: float):
+    def __init__(
+        self,
+        law: Law,
+        table: RunsTable,
+        plan_sizes: Sequence[float],
+        model: str,
+        irreducible: float,
+        evaluations: int,
+        default_tau: float,
+    ):
         self.law = law.with_sizes(plan_sizes)
         unique = np.cumsum(plan_sizes)
         self.prefix_laws: list[Law | None] = []
@@ -73,7 +86,14 @@ class Prefixes:
             if len(rows) < 2:
                 self.prefix_laws.append(None)
                 continue
-            single = RunsTable(["prefix"], np.array([table.mix_size[rows[0]]]), [(0,)] * len(rows), table.mix_size[rows], table.samples_seen[rows], table.loss[rows])
+            single = RunsTable(
+                ["prefix"],
+                np.array([table.mix_size[rows[0]]]),
+                [(0,)] * len(rows),
+                table.mix_size[rows],
+                table.samples_seen[rows],
+                table.loss[rows],
+            )
             fitted = fit_law(single, model, irreducible, default_tau=default_tau, starts=1, max_nfev=evaluations).law
             self.prefix_laws.append(fitted.with_sizes([unique[j - 1]]))
 
@@ -84,16 +104,24 @@ class Prefixes:
     def all(self, budget: float) -> np.ndarray:
         return np.array([self.loss(budget, j) for j in range(1, len(self.law.pools) + 1)])
 
-def _pair(quality: RunsTable, random: RunsTable, model: str, irreducible: float, plan_sizes, starts: int = 1) -> tuple[Prefixes, Prefixes]:
+
+def _pair(
+    quality: RunsTable, random: RunsTable, model: str, irreducible: float, plan_sizes, starts: int = 1
+) -> tuple[Prefixes, Prefixes]:
     evaluations = 2000 if starts > 1 else REFIT_EVALUATIONS
     q_law, r_law = (_fit(t, model, irreducible, starts, evaluations).law for t in (quality, random))
     # a prefix seen at most once has no half-life of its own: both sides get the same one (the
     # random pools' median, the data's own repetition decay), never one side's pool-0 value
     taus = [p.tau for p in r_law.pools if p.tau_identified] or [p.tau for p in r_law.pools]
     tau = float(np.median(taus))
-    return Prefixes(q_law, quality, plan_sizes, model, irreducible, evaluations, tau), Prefixes(r_law, random, plan_sizes, model, irreducible, evaluations, tau)
+    return Prefixes(q_law, quality, plan_sizes, model, irreducible, evaluations, tau), Prefixes(
+        r_law, random, plan_sizes, model, irreducible, evaluations, tau
+    )
 
-def _bootstrap(quality: Sequence[dict], random: Sequence[dict], model: str, irreducible: float, seed: int, plan_sizes) -> list[tuple[Prefixes, Prefixes]]:
+
+def _bootstrap(
+    quality: Sequence[dict], random: Sequence[dict], model: str, irreducible: float, seed: int, plan_sizes
+) -> list[tuple[Prefixes, Prefixes]]:
     """Residual bootstrap: both laws refitted to their own fitted values times resampled residuals."""
     rng = np.random.default_rng([seed, 41])
     fitted = []
@@ -110,19 +138,34 @@ def _bootstrap(quality: Sequence[dict], random: Sequence[dict], model: str, irre
         pairs.append(_pair(tables[0], tables[1], model, irreducible, plan_sizes))
     return pairs
 
-def _per_seed(quality: Sequence[dict], random: Sequence[dict], model: str, irreducible: float, plan_sizes) -> list[tuple[Prefixes, Prefixes]]:
+
+def _per_seed(
+    quality: Sequence[dict], random: Sequence[dict], model: str, irreducible: float, plan_sizes
+) -> list[tuple[Prefixes, Prefixes]]:
     """One (quality, random) pair per seed both sides share (empty with fewer than 2)."""
     seeds = sorted({int(r.get("seed", 0)) for r in quality} & {int(r.get("seed", 0)) for r in random})
     if len(seeds) < 2:
         return []
     return [
-        _pair(runs_table([r for r in quality if int(r.get("seed", 0)) == s]), runs_table([r for r in random if int(r.get("seed", 0)) == s]), model, irreducible, plan_sizes)
+        _pair(
+            runs_table([r for r in quality if int(r.get("seed", 0)) == s]),
+            runs_table([r for r in random if int(r.get("seed", 0)) == s]),
+            model,
+            irreducible,
+            plan_sizes,
+        )
         for s in seeds
     ]
 
+
 def compare_to_random(
-    quality: Sequence[dict], random: Sequence[dict], budgets: Sequence[float], model: str, irreducible: float = 0.0,
-    sizes: Sequence[float] | None = None, seed: int = 0,
+    quality: Sequence[dict],
+    random: Sequence[dict],
+    budgets: Sequence[float],
+    model: str,
+    irreducible: float = 0.0,
+    sizes: Sequence[float] | None = None,
+    seed: int = 0,
 ) -> dict:
     """Per budget: the best prefix of the pools against random data of the same size and all
     data, with the difference's sd; and the overall verdict (see the module docstring)."""
@@ -132,22 +175,42 @@ def compare_to_random(
     # Two spreads, the larger wins: the residual bootstrap (fit noise given the runs' scatter) and,
     # with 2+ seeds, the spread of per-seed fits (run-to-run noise; an sd from 2-3 values is itself
     # noisy, so it alone let equal pools "beat" each other in 1 of ~6 synthetic draws)
-    spreads = {"bootstrap": _bootstrap(quality, random, model, irreducible, seed, plan_sizes), "seeds": _per_seed(quality, random, model, irreducible, plan_sizes)}
+    spreads = {
+        "bootstrap": _bootstrap(quality, random, model, irreducible, seed, plan_sizes),
+        "seeds": _per_seed(quality, random, model, irreducible, plan_sizes),
+    }
     spreads = {k: v for k, v in spreads.items() if v}
-    method = f"the larger of a residual bootstrap of both fits ({BOOTSTRAP} refits each)" + (
-        f" and the spread of one fit per seed ({len(spreads['seeds'])} seeds)" if "seeds" in spreads else "; 1 seed"
-    ) + ", at the chosen prefix"
+    method = (
+        f"the larger of a residual bootstrap of both fits ({BOOTSTRAP} refits each)"
+        + (
+            f" and the spread of one fit per seed ({len(spreads['seeds'])} seeds)"
+            if "seeds" in spreads
+            else "; 1 seed"
+        )
+        + ", at the chosen prefix"
+    )
     unique = np.cumsum(plan_sizes)
     k = len(plan_sizes)
     names = q.law.names
 
     def spread(budget: float, i: int) -> float:
-        return max(float(np.std([a.loss(budget, i) - b.loss(budget, i) for a, b in pairs], ddof=1)) for pairs in spreads.values())
+        return max(
+            float(np.std([a.loss(budget, i) - b.loss(budget, i) for a, b in pairs], ddof=1))
+            for pairs in spreads.values()
+        )
 
     def pool_law(budget: float, i: int) -> tuple[float, float]:
         """The same difference from the pool laws (mixes by the mixing rule) and its sd."""
         d = float(q.law.loss(budget, range(i))[0] - r.law.loss(budget, range(i))[0])
-        sd = max(float(np.std([float(a.law.loss(budget, range(i))[0] - b.law.loss(budget, range(i))[0]) for a, b in pairs], ddof=1)) for pairs in spreads.values())
+        sd = max(
+            float(
+                np.std(
+                    [float(a.law.loss(budget, range(i))[0] - b.law.loss(budget, range(i))[0]) for a, b in pairs],
+                    ddof=1,
+                )
+            )
+            for pairs in spreads.values()
+        )
         return d, sd
 
     def claim(budget: float, i: int, d: float, sd: float) -> str:
@@ -171,37 +234,86 @@ def compare_to_random(
         for i in range(1, k):  # every strict prefix against random data of its size (the chosen one included)
             d, s_i = float(q_losses[i - 1] - r_losses[i - 1]), spread(budget, i)
             law_d, law_sd = pool_law(budget, i)
-            candidates.append({"pools": names[:i], "unique": int(round(unique[i - 1])), "predicted_loss": float(q_losses[i - 1]), "random_same_size": float(r_losses[i - 1]),
-                               "difference": d, "difference_sd": s_i, "pool_law_difference": law_d, "pool_law_difference_sd": law_sd, "status": claim(budget, i, d, s_i)})
+            candidates.append(
+                {
+                    "pools": names[:i],
+                    "unique": int(round(unique[i - 1])),
+                    "predicted_loss": float(q_losses[i - 1]),
+                    "random_same_size": float(r_losses[i - 1]),
+                    "difference": d,
+                    "difference_sd": s_i,
+                    "pool_law_difference": law_d,
+                    "pool_law_difference_sd": law_sd,
+                    "status": claim(budget, i, d, s_i),
+                }
+            )
         # the alternative to a mix that does not beat random: all the data, unless a smaller random
         # subset predicts lower by more than MARGIN_SD sd (below one pass every size predicts the
         # same loss, so a smaller "best" size there is fit noise)
         alt = k
         for i in np.argsort(r_losses[:-1]):
-            sd_i = max(float(np.std([b.loss(budget, i + 1) - b.loss(budget, k) for _, b in pairs], ddof=1)) for pairs in spreads.values())
+            sd_i = max(
+                float(np.std([b.loss(budget, i + 1) - b.loss(budget, k) for _, b in pairs], ddof=1))
+                for pairs in spreads.values()
+            )
             if r_losses[i] - r_losses[-1] < -MARGIN_SD * sd_i:
                 alt = int(i) + 1
             break
-        entries.append({
-            "budget": float(budget), "pools": names[:j], "unique": int(round(unique[j - 1])), "epochs": float(budget / unique[j - 1]),
-            "predicted_loss": chosen, "random_same_size": same, "all_data": everything, "all_data_unique": int(round(unique[-1])),
-            "difference": difference, "difference_sd": sd, "relative_difference": difference / same if same else float("nan"),
-            "status": status, "candidates": candidates,
-            "alternative": {"kind": "all_data" if alt == k else "random_subset", "unique": int(round(unique[alt - 1])), "epochs": float(budget / unique[alt - 1]), "predicted_loss": float(r_losses[alt - 1])},
-        })
+        entries.append(
+            {
+                "budget": float(budget),
+                "pools": names[:j],
+                "unique": int(round(unique[j - 1])),
+                "epochs": float(budget / unique[j - 1]),
+                "predicted_loss": chosen,
+                "random_same_size": same,
+                "all_data": everything,
+                "all_data_unique": int(round(unique[-1])),
+                "difference": difference,
+                "difference_sd": sd,
+                "relative_difference": difference / same if same else float("nan"),
+                "status": status,
+                "candidates": candidates,
+                "alternative": {
+                    "kind": "all_data" if alt == k else "random_subset",
+                    "unique": int(round(unique[alt - 1])),
+                    "epochs": float(budget / unique[alt - 1]),
+                    "predicted_loss": float(r_losses[alt - 1]),
+                },
+            }
+        )
     beats = [e for e in entries if e["status"] == "beats_random"]
     return {
         "verdict": "beats_random" if beats else "no_better_than_random",
         "margin_sd": MARGIN_SD,
         "uncertainty": method,
-        "prefix_fits": [{"pools": names[: j + 1], "quality": _law_brief(ql), "random": _law_brief(rl)} for j, (ql, rl) in enumerate(zip(q.prefix_laws, r.prefix_laws))],
+        "prefix_fits": [
+            {"pools": names[: j + 1], "quality": _law_brief(ql), "random": _law_brief(rl)}
+            for j, (ql, rl) in enumerate(zip(q.prefix_laws, r.prefix_laws))
+        ],
         "budgets": entries,
-        "random_law": {"a": r.law.a, "pools": [{"name": p.name, "size": p.size, "b": p.b, "tau": p.tau} for p in r.law.pools], "rmse_log": r.law.fit.get("rmse_log")},
+        "random_law": {
+            "a": r.law.a,
+            "pools": [{"name": p.name, "size": p.size, "b": p.b, "tau": p.tau} for p in r.law.pools],
+            "rmse_log": r.law.fit.get("rmse_log"),
+        },
         "quality_law_rmse_log": q.law.fit.get("rmse_log"),
     }
 
+
 def _law_brief(law: Law | None) -> dict | None:
-    return None if law is None else {"a": law.a, "b": law.pools[0].b, "tau": law.pools[0].tau, "tau_identified": law.pools[0].tau_identified, "rmse_log": law.fit.get("rmse_log")}
+    return (
+        None
+        if law is None
+        else {
+            "a": law.a,
+            "b": law.pools[0].b,
+            "tau": law.pools[0].tau,
+            "tau_identified": law.pools[0].tau_identified,
+            "rmse_log": law.fit.get("rmse_log"),
+        }
+    )
+
 
 def _status(difference: float, sd: float) -> str:
     if np.isfinite(sd) and difference < -MARGIN_SD * sd:
@@ -210,14 +322,17 @@ def _status(difference: float, sd: float) -> str:
         return "worse_than_random"
     return "no_better_than_random"
 
+
 def safe_name(column: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", column) or "_"
+
 
 def score_pools(scores: np.ndarray, pools: int, higher_is_better: bool) -> np.ndarray:
     """Quantile pools of a score, pool 0 the best (the pools stage's rule)."""
     from curate.algorithms.pools import assign_pools, pool_edges
 
     return assign_pools(scores, pool_edges(scores, pools, higher_is_better), higher_is_better).astype(np.int64)
+
 
 def score_direction(column: str, prototypes_keep: str | None, direction: str = "auto") -> tuple[bool, str]:
     """Whether larger scores are better, and why: as given, or the pools stage's auto rule."""
@@ -231,7 +346,19 @@ def score_direction(column: str, prototypes_keep: str | None, direction: str = "
         return False, f"'{column}' looks like a loss or perplexity: lower is better"
     return True, f"'{column}' is taken as a quality score: higher is better (pass --direction lower otherwise)"
 
-def evaluate_score(out: Path, kept, column: str, settings, text_column: str, seed: int, direction: str, prototypes_keep: str | None, rerun: bool, progress: Progress) -> dict:
+
+def evaluate_score(
+    out: Path,
+    kept,
+    column: str,
+    settings,
+    text_column: str,
+    seed: int,
+    direction: str,
+    prototypes_keep: str | None,
+    rerun: bool,
+    progress: Progress,
+) -> dict:
     """Pools of one score column vs random pools, cached in OUT/scaling/evaluate/<column>/."""
     from curate.scaling import save_json
     from curate.scaling.law import REPETITION_NAMES
@@ -243,27 +370,64 @@ def evaluate_score(out: Path, kept, column: str, settings, text_column: str, see
     quality, random = proxy_rows(out, directory, kept, pools, settings, text_column, seed, rerun, progress)
     counts = np.bincount(pools, minlength=settings.pools)
     budgets = settings.budgets or _default_budgets(counts)
-    comparison = compare_to_random(quality, random, budgets, REPETITION_NAMES[settings.repetition], settings.irreducible, sizes=[float(c) for c in counts if c], seed=seed)
-    evidence = {"score": column, "higher_is_better": higher, "direction_reason": why, "pools": settings.pools, "pool_rows": counts.tolist(), "comparison": comparison}
+    comparison = compare_to_random(
+        quality,
+        random,
+        budgets,
+        REPETITION_NAMES[settings.repetition],
+        settings.irreducible,
+        sizes=[float(c) for c in counts if c],
+        seed=seed,
+    )
+    evidence = {
+        "score": column,
+        "higher_is_better": higher,
+        "direction_reason": why,
+        "pools": settings.pools,
+        "pool_rows": counts.tolist(),
+        "comparison": comparison,
+    }
     save_json(directory / "evidence.json", evidence)
     return evidence
+
 
 def _default_budgets(counts: np.ndarray) -> list[float]:
     return [float(b) for b in np.geomspace(0.1 * counts[0], 100.0 * counts.sum(), 8)]
 
-def proxy_rows(out: Path, directory: Path, kept, pools: np.ndarray, settings, text_column: str, seed: int, rerun: bool, progress: Progress) -> tuple[list[dict], list[dict]]:
+
+def proxy_rows(
+    out: Path,
+    directory: Path,
+    kept,
+    pools: np.ndarray,
+    settings,
+    text_column: str,
+    seed: int,
+    rerun: bool,
+    progress: Progress,
+) -> tuple[list[dict], list[dict]]:
     """Proxy runs on the pools and on random pools of the same sizes, cached as CSV in `directory`."""
     from curate.scaling.proxy_runs import EXTRA_COLUMNS, ProxyRunSettings, run_proxy_trainings
     from curate.scaling.runs import write_runs
 
     proxy = ProxyRunSettings(
-        epochs=tuple(settings.epochs), mix_epochs=tuple(settings.mix_epochs), heldout_fraction=settings.heldout_fraction,
-        classes=settings.classes, seeds=settings.seeds, metric=settings.metric, seed=seed,
+        epochs=tuple(settings.epochs),
+        mix_epochs=tuple(settings.mix_epochs),
+        heldout_fraction=settings.heldout_fraction,
+        classes=settings.classes,
+        seeds=settings.seeds,
+        metric=settings.metric,
+        seed=seed,
     )
     fingerprint = {"pools": np.bincount(pools[pools >= 0]).tolist(), "settings": repr(proxy)}
     meta = directory / "runs_meta.json"
     paths = {"quality": directory / "runs.csv", "random": directory / "runs_random.csv"}
-    if not rerun and meta.exists() and all(p.exists() for p in paths.values()) and json.loads(meta.read_text()) == fingerprint:
+    if (
+        not rerun
+        and meta.exists()
+        and all(p.exists() for p in paths.values())
+        and json.loads(meta.read_text()) == fingerprint
+    ):
         return read_rows(paths["quality"]), read_rows(paths["random"])
     texts = kept.get_column(text_column).to_arrow()
     labels = kept.get_column(settings.label_column).to_list()
@@ -276,11 +440,13 @@ def proxy_rows(out: Path, directory: Path, kept, pools: np.ndarray, settings, te
     save_json(meta, fingerprint)
     return quality, random
 
+
 def read_rows(path: Path) -> list[dict]:
     import csv
 
     with open(path, newline="", encoding="utf-8") as handle:
         return [dict(r) for r in csv.DictReader(handle)]
+
 
 def load_evaluations(out: Path) -> list[dict]:
     """Every cached score evaluation in OUT (so `curate report OUT` keeps them)."""

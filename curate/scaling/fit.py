@@ -65,7 +65,9 @@ class _Problem:
         out = np.empty(self.runs.rows)
         for members, rows in self.groups:
             m = list(members)
-            out[rows] = log_loss_mix(self.runs.samples_seen[rows], self.runs.pool_sizes[m], b[m], tau[m], a, self.model, self.irreducible)
+            out[rows] = log_loss_mix(
+                self.runs.samples_seen[rows], self.runs.pool_sizes[m], b[m], tau[m], a, self.model, self.irreducible
+            )
         return out
 
     def residuals(self, theta: np.ndarray) -> np.ndarray:
@@ -77,7 +79,9 @@ class _Problem:
         design[:, 0] = 1.0
         for members, rows in self.groups:
             m = list(members)
-            design[np.ix_(rows, [1 + i for i in m])] = utility_features(self.runs.samples_seen[rows], self.runs.pool_sizes[m], tau[m], self.model)
+            design[np.ix_(rows, [1 + i for i in m])] = utility_features(
+                self.runs.samples_seen[rows], self.runs.pool_sizes[m], tau[m], self.model
+            )
         target = np.log(np.maximum(self.runs.loss - self.irreducible, 1e-12 * self.runs.loss))
         lower = np.r_[LOG_A_BOUNDS[0], np.full(self.k, B_BOUNDS[0])]
         upper = np.r_[LOG_A_BOUNDS[1], np.full(self.k, B_BOUNDS[1])]
@@ -92,7 +96,12 @@ def _clip_inside(theta: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.
 
 
 def fit_law(
-    runs: RunsTable, model: str = GOYAL, irreducible: float = 0.0, default_tau: float | None = None, starts: int = 4, max_nfev: int = 2000
+    runs: RunsTable,
+    model: str = GOYAL,
+    irreducible: float = 0.0,
+    default_tau: float | None = None,
+    starts: int = 4,
+    max_nfev: int = 2000,
 ) -> FitResult:
     """Fit a, b_i and the repetition parameter of every pool seen past one pass. Refits that only
     measure a spread (bootstraps) pass starts=1 and a smaller max_nfev: ill-posed subsets (one
@@ -128,7 +137,16 @@ def fit_law(
         if any(np.allclose(theta, s, rtol=1e-3, atol=1e-6) for s in seen_starts):
             continue
         seen_starts.append(theta)
-        result = least_squares(problem.residuals, _clip_inside(theta, lower, upper), bounds=(lower, upper), x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=max_nfev)
+        result = least_squares(
+            problem.residuals,
+            _clip_inside(theta, lower, upper),
+            bounds=(lower, upper),
+            x_scale="jac",
+            xtol=1e-12,
+            ftol=1e-12,
+            gtol=1e-12,
+            max_nfev=max_nfev,
+        )
         if best is None or result.cost < best.cost:
             best = result
     a, b, tau = problem.unpack(best.x)
@@ -137,16 +155,25 @@ def fit_law(
     if (~free).any():
         if default_tau is None:
             default_tau = float(np.median(tau[free])) if free.any() else problem.fixed_tau
-            how = "the median of the identified pools" if free.any() else ("Goyal et al.'s typical half-life" if model == GOYAL else "Muennighoff et al.'s R*")
+            how = (
+                "the median of the identified pools"
+                if free.any()
+                else ("Goyal et al.'s typical half-life" if model == GOYAL else "Muennighoff et al.'s R*")
+            )
         else:
             how = "given"
         name = "tau" if model == GOYAL else "r_star"
         for i in np.nonzero(~free)[0]:
             tau[i] = default_tau
-            warnings.append(f"pool {runs.pool_names[i]}: no run past one pass, so its {name} is unidentified; set to {default_tau:.3g} ({how})")
+            warnings.append(
+                f"pool {runs.pool_names[i]}: no run past one pass, so its {name} is unidentified; set to {default_tau:.3g} ({how})"
+            )
 
     residuals = problem.predict(a, b, tau) - problem.log_y
-    pools = tuple(Pool(n, float(s), float(bi), float(ti), bool(f)) for n, s, bi, ti, f in zip(runs.pool_names, runs.pool_sizes, b, tau, free))
+    pools = tuple(
+        Pool(n, float(s), float(bi), float(ti), bool(f))
+        for n, s, bi, ti, f in zip(runs.pool_names, runs.pool_sizes, b, tau, free)
+    )
     per_label: dict[str, list[float]] = {}
     for r in range(runs.rows):
         per_label.setdefault(runs.label(r), []).append(float(residuals[r]))
@@ -155,11 +182,20 @@ def fit_law(
         "runs": runs.rows,
         "rmse_log_per_pool": {label: float(np.sqrt(np.mean(np.square(v)))) for label, v in per_label.items()},
         "max_epochs_per_pool": {
-            label: float(max(runs.samples_seen[r] / runs.mix_size[r] for r in range(runs.rows) if runs.label(r) == label)) for label in per_label
+            label: float(
+                max(runs.samples_seen[r] / runs.mix_size[r] for r in range(runs.rows) if runs.label(r) == label)
+            )
+            for label in per_label
         },
         "warnings": warnings,
         "observations": [
-            {"pool": runs.label(r), "pool_size": float(runs.mix_size[r]), "samples_seen": float(runs.samples_seen[r]), "loss": float(runs.loss[r]), "predicted": float(np.exp(residuals[r] + problem.log_y[r]))}
+            {
+                "pool": runs.label(r),
+                "pool_size": float(runs.mix_size[r]),
+                "samples_seen": float(runs.samples_seen[r]),
+                "loss": float(runs.loss[r]),
+                "predicted": float(np.exp(residuals[r] + problem.log_y[r])),
+            }
             for r in range(runs.rows)
         ],
     }

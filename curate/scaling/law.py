@@ -54,7 +54,7 @@ class Law:
     def names(self) -> list[str]:
         return [p.name for p in self.pools]
 
-    def with_sizes(self, sizes: Sequence[float] | None) -> "Law":
+    def with_sizes(self, sizes: Sequence[float] | None) -> Law:
         """The same law planned for other pool sizes (e.g. the full corpus after a fit on a sample)."""
         if sizes is None:
             return self
@@ -66,7 +66,13 @@ class Law:
         """log predicted loss of the mix of pools `members` after n samples seen."""
         chosen = [self.pools[i] for i in members]
         return log_loss_mix(
-            n, [p.size for p in chosen], [p.b for p in chosen], [p.tau for p in chosen], self.a, self.model, self.irreducible
+            n,
+            [p.size for p in chosen],
+            [p.b for p in chosen],
+            [p.tau for p in chosen],
+            self.a,
+            self.model,
+            self.irreducible,
         )
 
     def loss(self, n: np.ndarray | float, members: Sequence[int]) -> np.ndarray:
@@ -97,7 +103,11 @@ def _pass_sums(m: np.ndarray, rate: np.ndarray, exact_passes: int) -> np.ndarray
 
 
 def utility_features(
-    n: np.ndarray | float, sizes: Sequence[float], tau: Sequence[float], model: str = GOYAL, exact_passes: int = EXACT_PASSES
+    n: np.ndarray | float,
+    sizes: Sequence[float],
+    tau: Sequence[float],
+    model: str = GOYAL,
+    exact_passes: int = EXACT_PASSES,
 ) -> np.ndarray:
     """F with log y(n) = log a + F @ b (before any irreducible loss); shape (len(n), pools)."""
     n = np.atleast_1d(np.asarray(n, dtype=np.float64))
@@ -113,7 +123,8 @@ def utility_features(
         complete = _pass_sums(current - 1, rate, exact_passes)
         partial = np.where(
             current[:, None] >= 2,
-            np.exp(-rate[None, :] * (current[:, None] - 1)) * np.log(np.maximum(n, total)[:, None] / ((current[:, None] - 1).clip(1) * total)),
+            np.exp(-rate[None, :] * (current[:, None] - 1))
+            * np.log(np.maximum(n, total)[:, None] / ((current[:, None] - 1).clip(1) * total)),
             0.0,
         )
         later = complete + partial
@@ -151,7 +162,10 @@ def mix_utility(sizes: Sequence[float], b: Sequence[float], tau: Sequence[float]
 def law_to_json(law: Law) -> dict:
     """LAW.json as in scaling-laws.md (plus: irreducible, tau_identified, fit details)."""
     key = "tau" if law.model == GOYAL else "r_star"
-    pools = [{"name": p.name, "size": int(round(p.size)), "b": p.b, key: p.tau, "tau_identified": p.tau_identified} for p in law.pools]
+    pools = [
+        {"name": p.name, "size": int(round(p.size)), "b": p.b, key: p.tau, "tau_identified": p.tau_identified}
+        for p in law.pools
+    ]
     return {"model": law.model, "a": law.a, "irreducible": law.irreducible, "pools": pools, "fit": law.fit}
 
 
@@ -163,7 +177,13 @@ def law_from_json(data: dict) -> Law:
     key = "tau" if model == GOYAL else "r_star"
     pools = []
     for entry in data["pools"]:
-        pool = Pool(str(entry["name"]), float(entry["size"]), float(entry["b"]), float(entry[key]), bool(entry.get("tau_identified", True)))
+        pool = Pool(
+            str(entry["name"]),
+            float(entry["size"]),
+            float(entry["b"]),
+            float(entry[key]),
+            bool(entry.get("tau_identified", True)),
+        )
         if not (pool.size > 0 and pool.b < 0 and pool.tau > 0):
             raise ValueError(f"pool {pool.name!r}: need size > 0, b < 0, {key} > 0")
         pools.append(pool)

@@ -57,7 +57,9 @@ def score_pools(bags: Bags, labels: np.ndarray, pools: int, seed: int = 0) -> tu
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        score = out_of_fold_losses(bags, labels, folds=4, epochs=2, seed=seed, config=ProxyConfig(batch_size=128, lr=0.02))
+        score = out_of_fold_losses(
+            bags, labels, folds=4, epochs=2, seed=seed, config=ProxyConfig(batch_size=128, lr=0.02)
+        )
     finally:
         torch.set_num_threads(threads)
     ranks = np.argsort(np.argsort(score, kind="stable"), kind="stable")
@@ -72,7 +74,15 @@ def _split(n: int, settings: ProxyRunSettings) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _trajectory(
-    bags: Bags, labels: np.ndarray, num_classes: int, rows: np.ndarray, heldout: np.ndarray, epochs: Sequence[float], metric: str, seed: int, proxy: ProxyConfig
+    bags: Bags,
+    labels: np.ndarray,
+    num_classes: int,
+    rows: np.ndarray,
+    heldout: np.ndarray,
+    epochs: Sequence[float],
+    metric: str,
+    seed: int,
+    proxy: ProxyConfig,
 ) -> list[tuple[int, float, float]]:
     """(samples_seen, metric value, error) after each checkpoint of one training over `rows` repeated."""
     size = len(rows)
@@ -92,7 +102,12 @@ def _trajectory(
 
 
 def run_proxy_trainings(
-    texts, labels: Sequence, pools: Sequence[int], settings: ProxyRunSettings = ProxyRunSettings(), progress: Progress = QUIET, random_pools: bool = False
+    texts,
+    labels: Sequence,
+    pools: Sequence[int],
+    settings: ProxyRunSettings = ProxyRunSettings(),
+    progress: Progress = QUIET,
+    random_pools: bool = False,
 ) -> list[dict]:
     """RUNS.csv rows (pool, pool_size, samples_seen, loss, plus seed, epochs, error) for every
     pool alone at settings.epochs and every prefix mix at settings.mix_epochs.
@@ -120,19 +135,49 @@ def run_proxy_trainings(
     torch.set_num_threads(1)  # tiny batches: threading costs more than it gives
     out: list[dict] = []
     try:
-        with progress.task("proxy trainings (random baseline)" if random_pools else "proxy trainings", total=int(total), unit="samples") as bar:
+        with progress.task(
+            "proxy trainings (random baseline)" if random_pools else "proxy trainings",
+            total=int(total),
+            unit="samples",
+        ) as bar:
             for s in range(settings.seeds):
-                train_pools = np.random.default_rng([settings.seed, 3, s]).permutation(pools[train]) if random_pools else pools[train]
+                train_pools = (
+                    np.random.default_rng([settings.seed, 3, s]).permutation(pools[train])
+                    if random_pools
+                    else pools[train]
+                )
                 members = {p: train[train_pools == p] for p in pool_ids}
                 for mix, epochs in plans:
                     mix_rows = np.concatenate([members[p] for p in mix])
-                    for seen, value, error in _trajectory(bags, y, num_classes, mix_rows, heldout, epochs, settings.metric, settings.seed + 1000 * s + 17 * len(mix), settings.proxy):
-                        out.append({"pool": "+".join(str(p) for p in mix), "pool_size": len(mix_rows), "samples_seen": seen, "loss": round(value, 6), "seed": s, "epochs": round(seen / len(mix_rows), 4), "error": round(error, 6)})
+                    for seen, value, error in _trajectory(
+                        bags,
+                        y,
+                        num_classes,
+                        mix_rows,
+                        heldout,
+                        epochs,
+                        settings.metric,
+                        settings.seed + 1000 * s + 17 * len(mix),
+                        settings.proxy,
+                    ):
+                        out.append(
+                            {
+                                "pool": "+".join(str(p) for p in mix),
+                                "pool_size": len(mix_rows),
+                                "samples_seen": seen,
+                                "loss": round(value, 6),
+                                "seed": s,
+                                "epochs": round(seen / len(mix_rows), 4),
+                                "error": round(error, 6),
+                            }
+                        )
                     bar.advance(int(len(mix_rows) * max(epochs)))
     finally:
         torch.set_num_threads(threads)
     order = {label: i for i, label in enumerate(dict.fromkeys("+".join(str(p) for p in mix) for mix, _ in plans))}
-    return sorted(out, key=lambda r: (order[r["pool"]], r["seed"]))  # stable: per pool, seeds in order, checkpoints ascending
+    return sorted(
+        out, key=lambda r: (order[r["pool"]], r["seed"])
+    )  # stable: per pool, seeds in order, checkpoints ascending
 
 
 EXTRA_COLUMNS = ("seed", "epochs", "error")

@@ -14,8 +14,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from curate.io.atomic import atomic_path
 from curate.errors import InputError
+from curate.io.atomic import atomic_path
 
 RUN_COLUMNS = ("pool", "pool_size", "samples_seen", "loss")
 MIX_SEPARATOR = "+"
@@ -44,9 +44,15 @@ def _number(value: str, column: str, where: str, path: Path) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"{where}: {column} {value!r} is not a number", path=path, fix=f"write a positive number in '{column}'") from None
+        raise InputError(
+            f"{where}: {column} {value!r} is not a number", path=path, fix=f"write a positive number in '{column}'"
+        ) from None
     if not math.isfinite(number) or number <= 0:
-        raise InputError(f"{where}: {column} must be positive, got {value}", path=path, fix=f"write a positive number in '{column}' (drop failed runs)")
+        raise InputError(
+            f"{where}: {column} must be positive, got {value}",
+            path=path,
+            fix=f"write a positive number in '{column}' (drop failed runs)",
+        )
     return number
 
 
@@ -64,23 +70,35 @@ def read_runs(path: str | Path) -> RunsTable:
     try:
         handle = open(path, newline="", encoding="utf-8")
     except FileNotFoundError:
-        raise InputError("runs file does not exist", path=path, fix="pass a RUNS.csv with columns " + ", ".join(RUN_COLUMNS)) from None
+        raise InputError(
+            "runs file does not exist", path=path, fix="pass a RUNS.csv with columns " + ", ".join(RUN_COLUMNS)
+        ) from None
     with handle:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in RUN_COLUMNS if c not in header]
         if missing:
-            raise InputError(f"row 0 (header): missing column(s) {', '.join(missing)}", path=path, fix="the header must name " + ", ".join(RUN_COLUMNS))
+            raise InputError(
+                f"row 0 (header): missing column(s) {', '.join(missing)}",
+                path=path,
+                fix="the header must name " + ", ".join(RUN_COLUMNS),
+            )
         reader.fieldnames = header
         raw = []
         for number, record in enumerate(reader, start=1):
             where = f"row {number} (line {reader.line_num})"
             if any(record.get(c) in (None, "") for c in RUN_COLUMNS):
                 empty = [c for c in RUN_COLUMNS if record.get(c) in (None, "")]
-                raise InputError(f"{where}: empty {', '.join(empty)}", path=path, fix="fill every one of " + ", ".join(RUN_COLUMNS))
+                raise InputError(
+                    f"{where}: empty {', '.join(empty)}", path=path, fix="fill every one of " + ", ".join(RUN_COLUMNS)
+                )
             parts = [p.strip() for p in record["pool"].split(MIX_SEPARATOR)]
             if any(not p for p in parts) or len(set(parts)) != len(parts):
-                raise InputError(f"{where}: bad pool name {record['pool']!r}", path=path, fix="name one pool, or distinct pools joined by '+' (e.g. 0+1)")
+                raise InputError(
+                    f"{where}: bad pool name {record['pool']!r}",
+                    path=path,
+                    fix="name one pool, or distinct pools joined by '+' (e.g. 0+1)",
+                )
             size = _number(record["pool_size"], "pool_size", where, path)
             seen = _number(record["samples_seen"], "samples_seen", where, path)
             loss = _number(record["loss"], "loss", where, path)
@@ -95,20 +113,31 @@ def read_runs(path: str | Path) -> RunsTable:
             if abs(known[0] - size) > 1e-9 * size:
                 raise InputError(
                     f"{where}: pool {parts[0]!r} has pool_size {size:g}, but {known[1]} says {known[0]:g}",
-                    path=path, fix="give each pool one size (fit pools of different sizes under different names)",
+                    path=path,
+                    fix="give each pool one size (fit pools of different sizes under different names)",
                 )
     if not sizes:
-        raise InputError("no single-pool runs, only mixes", path=path, fix="add runs on each pool alone; mixes are extra evidence")
+        raise InputError(
+            "no single-pool runs, only mixes", path=path, fix="add runs on each pool alone; mixes are extra evidence"
+        )
     names = _pool_order(sizes)
     index = {n: i for i, n in enumerate(names)}
     members, mix_size = [], []
     for _, where, parts, size, _, _ in raw:
         unknown = [p for p in parts if p not in index]
         if unknown:
-            raise InputError(f"{where}: unknown pool {unknown[0]!r} in mix {'+'.join(parts)!r}", path=path, fix="every pool in a mix needs runs of its own (its size comes from them)")
+            raise InputError(
+                f"{where}: unknown pool {unknown[0]!r} in mix {'+'.join(parts)!r}",
+                path=path,
+                fix="every pool in a mix needs runs of its own (its size comes from them)",
+            )
         expected = sum(sizes[p][0] for p in parts)
         if abs(expected - size) > 0.01 * expected:
-            raise InputError(f"{where}: mix size {size:g} is not the sum of its pools' sizes ({expected:g})", path=path, fix="pool_size of a mix row is the mix's unique samples")
+            raise InputError(
+                f"{where}: mix size {size:g} is not the sum of its pools' sizes ({expected:g})",
+                path=path,
+                fix="pool_size of a mix row is the mix's unique samples",
+            )
         members.append(tuple(sorted(index[p] for p in parts)))
         mix_size.append(expected)
     return RunsTable(

@@ -34,12 +34,19 @@ def label_groups(source: BatchSource, label_column: str, rows: np.ndarray) -> np
     """Dense group id per row of `rows` (ascending ordinals) from `label_column`, by sorted value."""
     if label_column not in source.schema.names:
         names = ", ".join(n for n in source.schema.names if not n.startswith("__"))
-        raise UsageError(f"balance: no label column {label_column!r} (columns: {names})", fix="set label_column to a column of the input")
+        raise UsageError(
+            f"balance: no label column {label_column!r} (columns: {names})",
+            fix="set label_column to a column of the input",
+        )
     ordinals, chunks = [], []
     for batch in source.batches(columns=[label_column]):
         ordinals.append(row_ordinals(batch))
         chunks.append(batch.column(label_column))
-    values = pa.chunked_array(chunks, type=source.schema.field(label_column).type).combine_chunks() if chunks else pa.array([], pa.string())
+    values = (
+        pa.chunked_array(chunks, type=source.schema.field(label_column).type).combine_chunks()
+        if chunks
+        else pa.array([], pa.string())
+    )
     if pa.types.is_dictionary(values.type):
         values = values.dictionary_decode()
     classes = pc.unique(values.drop_null())
@@ -50,7 +57,9 @@ def label_groups(source: BatchSource, label_column: str, rows: np.ndarray) -> np
     return ids[np.searchsorted(order, rows)] if len(rows) else np.empty(0, np.int64)
 
 
-def balance_groups(balance: str, label_column: str, clusters: np.ndarray, rows: np.ndarray, source: BatchSource) -> np.ndarray | None:
+def balance_groups(
+    balance: str, label_column: str, clusters: np.ndarray, rows: np.ndarray, source: BatchSource
+) -> np.ndarray | None:
     """The groups `select_by_difficulty` keeps the mix of: None (no balance), clusters or labels."""
     if balance == "cluster":
         return np.asarray(clusters, dtype=np.int64)
@@ -63,9 +72,16 @@ def fit_group_values(source: BatchSource, column: str) -> pa.Array:
     """The sorted distinct non-null values of a balance column (a group per value, nulls last)."""
     if column not in source.schema.names:
         names = ", ".join(n for n in source.schema.names if not n.startswith("__"))
-        raise UsageError(f"balance: no column {column!r} (columns: {names})", fix="set balance_column to a column of the input, e.g. proto_cluster after a prototypes stage")
+        raise UsageError(
+            f"balance: no column {column!r} (columns: {names})",
+            fix="set balance_column to a column of the input, e.g. proto_cluster after a prototypes stage",
+        )
     chunks = [batch.column(column) for batch in source.batches(columns=[column])]
-    values = pa.chunked_array(chunks, type=source.schema.field(column).type).combine_chunks() if chunks else pa.array([], source.schema.field(column).type)
+    values = (
+        pa.chunked_array(chunks, type=source.schema.field(column).type).combine_chunks()
+        if chunks
+        else pa.array([], source.schema.field(column).type)
+    )
     if pa.types.is_dictionary(values.type):
         values = values.dictionary_decode()
     distinct = pc.unique(values.drop_null())

@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.errors import UsageError
 from curate.engine.progress import QUIET, Progress
+from curate.errors import UsageError
 from curate.io.inputs import DEFAULT_BATCH_SIZE, ROW_COLUMN, ColumnSpec
 from curate.stages.constraints import Constraint, Together, check_options
 
@@ -72,7 +72,14 @@ class StageContext:
         state.update(executor=None, progress=QUIET, threads=self.task_threads)
         return state
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, label: str | None = None, sizes: Sequence[int] | None = None) -> list[Any]:
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        items: Sequence[Any],
+        *,
+        label: str | None = None,
+        sizes: Sequence[int] | None = None,
+    ) -> list[Any]:
         """fn over items on the run's executor, results in item order. Use it for every piece of
         per-row work in a fit (per unit, per bucket), so it runs on all cores or all Dask workers.
         fn and items are pickled: keep them small (paths, arrays), and fn pure (it may be re-run)."""
@@ -80,7 +87,7 @@ class StageContext:
             return [fn(item) for item in items]
         return self.executor.map(fn, items, progress=self.progress, label=label, sizes=sizes)
 
-    def units(self, source: "BatchSource") -> list[Any]:
+    def units(self, source: BatchSource) -> list[Any]:
         """The source's ordered work units (curate.engine.units); each is a BatchSource with `index`,
         `rows`, `ordinal_range` and `batches(columns)`."""
         from curate.engine.units import plan_units
@@ -111,7 +118,7 @@ class Stage:
     option_constraints: ClassVar[dict[str, list[Constraint]]] = {}
     option_rules: ClassVar[list[Together]] = []
 
-    def fit(self, source: BatchSource, ctx: StageContext) -> "Stage":
+    def fit(self, source: BatchSource, ctx: StageContext) -> Stage:
         return self
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
@@ -166,7 +173,7 @@ class Stage:
         """Reduce step for one shuffle bucket, on a worker."""
         raise NotImplementedError
 
-    def fit_merge(self, partials: list[Any], source: BatchSource, ctx: StageContext) -> "Stage":
+    def fit_merge(self, partials: list[Any], source: BatchSource, ctx: StageContext) -> Stage:
         """Merge step on the driver: set the fitted state from the ordered partials."""
         raise NotImplementedError
 
@@ -183,10 +190,14 @@ class Stage:
     @classmethod
     def option_defaults(cls) -> dict[str, Any]:
         params = inspect.signature(cls.__init__).parameters
-        return {n: p.default for n, p in params.items() if n in cls.option_names() and p.default is not inspect.Parameter.empty}
+        return {
+            n: p.default
+            for n, p in params.items()
+            if n in cls.option_names() and p.default is not inspect.Parameter.empty
+        }
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], where: str = "pipeline") -> "Stage":
+    def from_options(cls, options: dict[str, Any], where: str = "pipeline") -> Stage:
         """Build from user options, with one-line errors that list what is valid."""
         valid = cls.option_names()
         unknown = sorted(set(options) - set(valid))
@@ -215,7 +226,11 @@ class Stage:
 def available_kinds() -> list[str]:
     import curate.stages as package
 
-    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_") and m.name not in _NOT_STAGES)
+    return sorted(
+        m.name
+        for m in pkgutil.iter_modules(package.__path__)
+        if not m.name.startswith("_") and m.name not in _NOT_STAGES
+    )
 
 
 def all_side_outputs() -> tuple[str, ...]:
@@ -270,7 +285,7 @@ class IdLookup:
         self._ids = ids.take(pa.array(order)) if len(ids) else ids
 
     @classmethod
-    def collect(cls, source: BatchSource, ordinals: np.ndarray, ctx: "StageContext") -> "IdLookup":
+    def collect(cls, source: BatchSource, ordinals: np.ndarray, ctx: StageContext) -> IdLookup:
         """One task per work unit, each given only the wanted ordinals in its range."""
         wanted = np.unique(np.asarray(ordinals, dtype=np.int64))
         jobs = []

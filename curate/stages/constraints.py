@@ -83,9 +83,21 @@ class Interval:
         """Just outside each closed end, the open ends themselves, then values of the wrong type."""
         values: list[Any] = []
         if self.low is not None:
-            values.append(self.low if not self._left_closed else self.low - 1 if self.kind is int else math.nextafter(self.low, -math.inf))
+            values.append(
+                self.low
+                if not self._left_closed
+                else self.low - 1
+                if self.kind is int
+                else math.nextafter(self.low, -math.inf)
+            )
         if self.high is not None:
-            values.append(self.high if not self._right_closed else self.high + 1 if self.kind is int else math.nextafter(self.high, math.inf))
+            values.append(
+                self.high
+                if not self._right_closed
+                else self.high + 1
+                if self.kind is int
+                else math.nextafter(self.high, math.inf)
+            )
         if self.kind is int:
             values.append((self.low if self.low is not None else 0) + 0.5)  # in range but not an int
         else:
@@ -108,7 +120,12 @@ class Options:
         return "one of " + ", ".join(repr(c) for c in self.choices)
 
     def invalid_values(self) -> list[Any]:
-        return ["not-" + "-".join(self.choices), self.choices[0].upper() if self.choices[0].upper() not in self.choices else "?", 1, None]
+        return [
+            "not-" + "-".join(self.choices),
+            self.choices[0].upper() if self.choices[0].upper() not in self.choices else "?",
+            1,
+            None,
+        ]
 
 
 class Boolean:
@@ -145,7 +162,9 @@ class Rule:
     for a bad one (model names, devices), so the rule lives where the option is used and the
     table only points at it. `invalid` lists values of the right type that it refuses."""
 
-    def __init__(self, check: Callable[[Any], object], description: str, *, of: type = str, invalid: Sequence[Any] = ()):
+    def __init__(
+        self, check: Callable[[Any], object], description: str, *, of: type = str, invalid: Sequence[Any] = ()
+    ):
         self.check, self.description, self.of, self.invalid = check, description, of, list(invalid)
 
     def accepts(self, value: Any) -> bool:
@@ -171,7 +190,9 @@ class ListOf:
         self.item, self.nonempty = item, nonempty
 
     def accepts(self, value: Any) -> bool:
-        return isinstance(value, list) and (bool(value) or not self.nonempty) and all(self.item.accepts(v) for v in value)
+        return (
+            isinstance(value, list) and (bool(value) or not self.nonempty) and all(self.item.accepts(v) for v in value)
+        )
 
     def describe(self) -> str:
         return f"a {'non-empty ' if self.nonempty else ''}list, each item {self.item.describe()}"
@@ -208,7 +229,7 @@ class Together:
 
 
 def describe_all(constraints: Sequence[Constraint]) -> str:
-    """"a, b or c" from the constraints' own descriptions."""
+    """ "a, b or c" from the constraints' own descriptions."""
     parts = [c.describe() for c in constraints]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
 
@@ -221,10 +242,16 @@ def invalid_option_values(stage_cls: StageClass, name: str) -> list[Any]:
     return [v for v in found if not any(c.accepts(v) for c in constraints)]
 
 
-def option_error(kind: str, name: str, description: str, value: Any, default: Any, where: object | None, fix: str | None = None) -> UsageError:
+def option_error(
+    kind: str, name: str, description: str, value: Any, default: Any, where: object | None, fix: str | None = None
+) -> UsageError:
     """The one message a refused option gets, wherever it is checked."""
     if fix is None:
-        fix = f"leave {name} out, or set a value that fits" if default is None else f"set {name} = {toml_value(default)}, or another value that fits"
+        fix = (
+            f"leave {name} out, or set a value that fits"
+            if default is None
+            else f"set {name} = {toml_value(default)}, or another value that fits"
+        )
     return UsageError(f"stage '{kind}': option '{name}' must be {description}, got {value!r}", path=where, fix=fix)
 
 
@@ -250,4 +277,12 @@ def check_options(stage_cls: StageClass, options: dict[str, Any], where: object 
     for rule in stage_cls.option_rules:
         if not rule.check(merged):
             description = rule.description.format(**merged)
-            raise option_error(stage_cls.kind, rule.option, description, merged.get(rule.option), defaults.get(rule.option), where, rule.fix)
+            raise option_error(
+                stage_cls.kind,
+                rule.option,
+                description,
+                merged.get(rule.option),
+                defaults.get(rule.option),
+                where,
+                rule.fix,
+            )

@@ -11,14 +11,14 @@ from curate.embeddings.models import (
     DEFAULT_MODEL,
     DTYPES,
     column_of,
-    validate_model_name,
-    validate_device,
     describe,
+    validate_device,
+    validate_model_name,
 )
+from curate.embeddings.store import EMBEDDINGS_DIR, embeddings_for, publish
 from curate.output.ledger import empty_ledger
 from curate.stages.base import BatchSource, Stage, StageContext
 from curate.stages.constraints import Interval, Options, Rule, Text
-from curate.embeddings.store import EMBEDDINGS_DIR, embeddings_for, publish
 
 _MODEL_NAMES = "minilm, minilm-static, hashing or column:NAME"
 MODEL = Rule(validate_model_name, f"a model name: {_MODEL_NAMES}", invalid=["bert", "column:"])
@@ -30,7 +30,11 @@ def _stored_or_model_name(model: str) -> None:
 
 
 # The stages that reuse an embed stage's vectors: "" takes the store's model (else the default).
-STORED_OR_MODEL = Rule(_stored_or_model_name, f'"" (the stored embeddings\' model) or a model name: {_MODEL_NAMES}', invalid=["bert", "column:"])
+STORED_OR_MODEL = Rule(
+    _stored_or_model_name,
+    f'"" (the stored embeddings\' model) or a model name: {_MODEL_NAMES}',
+    invalid=["bert", "column:"],
+)
 
 
 class Embed(Stage):
@@ -50,8 +54,15 @@ class Embed(Stage):
     }
 
     def __init__(
-        self, *, model: str = DEFAULT_MODEL, cache: str = "", window: int = 4096, encode_batch: int = 64,
-        device: str = "auto", backend: str = "torch", dtype: str = "auto",
+        self,
+        *,
+        model: str = DEFAULT_MODEL,
+        cache: str = "",
+        window: int = 4096,
+        encode_batch: int = 64,
+        device: str = "auto",
+        backend: str = "torch",
+        dtype: str = "auto",
     ):
         self.model = model
         self.cache = cache
@@ -61,19 +72,39 @@ class Embed(Stage):
         self.backend = backend
         self.dtype = dtype
 
-    def fit(self, source: BatchSource, ctx: StageContext) -> "Embed":
+    def fit(self, source: BatchSource, ctx: StageContext) -> Embed:
         started = time.perf_counter()
         emb = embeddings_for(
-            source, ctx, self.model, cache=self.cache, window=self.window, encode_batch=self.encode_batch, write_parts=True, keep_vectors=False,
-            device=self.device, backend=self.backend, dtype=self.dtype,
+            source,
+            ctx,
+            self.model,
+            cache=self.cache,
+            window=self.window,
+            encode_batch=self.encode_batch,
+            write_parts=True,
+            keep_vectors=False,
+            device=self.device,
+            backend=self.backend,
+            dtype=self.dtype,
         )
         if not emb.reused_from_output:
             publish(emb, ctx.output_dir)
         seconds = time.perf_counter() - started
-        runs_on = describe(emb.model, device=self.device, backend=self.backend, dtype=self.dtype) if column_of(emb.model) is None else {}
+        runs_on = (
+            describe(emb.model, device=self.device, backend=self.backend, dtype=self.dtype)
+            if column_of(emb.model) is None
+            else {}
+        )
         ctx.info.update(
-            model=emb.model, model_version=emb.version, dim=emb.dim, rows=len(emb.rows), reused=emb.reused, computed=emb.computed,
-            seconds=round(seconds, 3), rows_per_second=round(len(emb.rows) / seconds, 1) if seconds > 0 else None, **runs_on,
+            model=emb.model,
+            model_version=emb.version,
+            dim=emb.dim,
+            rows=len(emb.rows),
+            reused=emb.reused,
+            computed=emb.computed,
+            seconds=round(seconds, 3),
+            rows_per_second=round(len(emb.rows) / seconds, 1) if seconds > 0 else None,
+            **runs_on,
             fit=f"one task per work unit ({len(emb.paths)} units) embeds and writes its vectors; the driver renames the parts into the store in input order",
         )
         return self

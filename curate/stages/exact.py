@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from curate.algorithms.exact import FirstSeenIndex, hash128, normalize_texts
 from curate.index import exact as exact_index
 from curate.index.earlier import drop_duplicates
-from curate.algorithms.exact import FirstSeenIndex, hash128, normalize_texts
 from curate.index.store import INDEX_DIR
 from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, row_ordinals
 from curate.stages.constraints import Boolean
@@ -23,7 +23,7 @@ class ExactDedup(Stage):
         self.normalize = normalize
         self.index = index  # keep OUT/index/<name>/ for later runs' --against (curate.index)
 
-    def fit(self, source: BatchSource, ctx: StageContext) -> "ExactDedup":
+    def fit(self, source: BatchSource, ctx: StageContext) -> ExactDedup:
         index = FirstSeenIndex()
         dup_rows: list[np.ndarray] = []
         dup_reps: list[np.ndarray] = []
@@ -68,7 +68,9 @@ class ExactDedup(Stage):
         which = key[:, 0] % np.uint64(buckets)
         return [triples[which == b] for b in range(buckets)]
 
-    def fit_reduce(self, bucket: int, pieces: list[np.ndarray], ctx: StageContext) -> tuple[np.ndarray, np.ndarray, int]:
+    def fit_reduce(
+        self, bucket: int, pieces: list[np.ndarray], ctx: StageContext
+    ) -> tuple[np.ndarray, np.ndarray, int]:
         """(duplicate ordinals, their representatives' ordinals, distinct keys) of one bucket."""
         triples = np.concatenate(pieces) if pieces else np.empty((0, 3), np.int64)
         hi, lo, rows = triples[:, 0], triples[:, 1], triples[:, 2]
@@ -79,7 +81,9 @@ class ExactDedup(Stage):
         earliest = rows[first][np.cumsum(first) - 1]
         return rows[~first], earliest[~first], int(first.sum())
 
-    def fit_merge(self, partials: list[tuple[np.ndarray, np.ndarray, int]], source: BatchSource, ctx: StageContext) -> "ExactDedup":
+    def fit_merge(
+        self, partials: list[tuple[np.ndarray, np.ndarray, int]], source: BatchSource, ctx: StageContext
+    ) -> ExactDedup:
         dup_rows = np.concatenate([p[0] for p in partials]) if partials else np.empty(0, np.int64)
         reps = np.concatenate([p[1] for p in partials]) if partials else np.empty(0, np.int64)
         order = np.argsort(dup_rows, kind="stable")
@@ -93,7 +97,13 @@ class ExactDedup(Stage):
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         return drop_duplicates(
-            batch, getattr(self, "earlier_", None), self.duplicate_rows_, self.representatives_, self.representative_ids_, ctx, reason="exact_duplicate",
+            batch,
+            getattr(self, "earlier_", None),
+            self.duplicate_rows_,
+            self.representatives_,
+            self.representative_ids_,
+            ctx,
+            reason="exact_duplicate",
         )
 
 

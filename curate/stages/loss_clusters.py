@@ -18,11 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.algorithms.loss_clusters import SeTaConfig, kmeans_1d, prune_by_loss, pruned_size, schedule
+from curate.errors import UsageError
 from curate.io import mirror
 from curate.io.atomic import atomic_path, atomic_write_json
-from curate.errors import UsageError
 from curate.output.ledger import empty_ledger, removed_rows
-from curate.algorithms.loss_clusters import SeTaConfig, kmeans_1d, pruned_size, prune_by_loss, schedule
 from curate.stages.base import BatchSource, Stage, StageContext, row_ordinals, split_batch
 from curate.stages.constraints import Interval, Options, Text, Together
 
@@ -65,16 +65,22 @@ class LossClusters(Stage):
     }
     option_rules = [
         Together(
-            "loss_column", lambda o: bool(o["loss_column"]) != bool(o["label_column"]),
+            "loss_column",
+            lambda o: bool(o["loss_column"]) != bool(o["label_column"]),
             "a column when label_column is empty and empty when it is set (here label_column = {label_column!r})",
             fix='set exactly one of loss_column = "COLUMN" (your per-sample losses) or label_column = "COLUMN" (train a proxy classifier on it)',
         ),
         Together(
-            "fraction", lambda o: o["keep"] != "none" or o["fraction"] >= 1.0,
+            "fraction",
+            lambda o: o["keep"] != "none" or o["fraction"] >= 1.0,
             '1.0 when keep = "none" (pruning needs keep = "hard" or "easy")',
             fix='set fraction = 1.0, or keep = "hard" (abundant data) or "easy" (scarce data)',
         ),
-        Together("epochs", _seta_fits, "a SeTa schedule that SeTaConfig accepts with groups = {groups}, window_scale = {window_scale}, delta = {delta}, prune_ratio = {prune_ratio}"),
+        Together(
+            "epochs",
+            _seta_fits,
+            "a SeTa schedule that SeTaConfig accepts with groups = {groups}, window_scale = {window_scale}, delta = {delta}, prune_ratio = {prune_ratio}",
+        ),
     ]
 
     def __init__(
@@ -123,11 +129,15 @@ class LossClusters(Stage):
             return self._read_losses(source, ctx)
         return self._hash_texts(source, ctx)
 
-    def fit_merge(self, partials: list[tuple], source: BatchSource, ctx: StageContext) -> "LossClusters":
+    def fit_merge(self, partials: list[tuple], source: BatchSource, ctx: StageContext) -> LossClusters:
         column = self._check_column(source.schema, ctx)
         if self.loss_column:
-            ordinals, losses, valid = (_cat([p[i] for p in partials], dtype) for i, dtype in enumerate((np.int64, np.float64, bool)))
-            ctx.info["fit"] = f"losses read per unit on workers ({len(partials)} units); pruning, 1-D k-means and the schedule on the driver"
+            ordinals, losses, valid = (
+                _cat([p[i] for p in partials], dtype) for i, dtype in enumerate((np.int64, np.float64, bool))
+            )
+            ctx.info["fit"] = (
+                f"losses read per unit on workers ({len(partials)} units); pruning, 1-D k-means and the schedule on the driver"
+            )
         else:
             ordinals, losses, valid = self._proxy_losses(partials, source, ctx)
             ctx.info["fit"] = (
@@ -164,7 +174,10 @@ class LossClusters(Stage):
         column = self.loss_column or self.label_column
         if column not in schema.names:
             option = "loss_column" if self.loss_column else "label_column"
-            raise UsageError(f"stage '{ctx.name}': no column {column!r} in the input", fix=f"set {option} to one of: {', '.join(n for n in schema.names if not n.startswith('__'))}")
+            raise UsageError(
+                f"stage '{ctx.name}': no column {column!r} in the input",
+                fix=f"set {option} to one of: {', '.join(n for n in schema.names if not n.startswith('__'))}",
+            )
         return column
 
     def _read_losses(self, source: BatchSource, ctx: StageContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -173,11 +186,16 @@ class LossClusters(Stage):
             for batch in source.batches(columns=[self.loss_column]):
                 col = batch.column(self.loss_column)
                 if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
-                    raise UsageError(f"loss column {self.loss_column!r} has type {col.type}", fix="use a numeric per-sample loss column")
+                    raise UsageError(
+                        f"loss column {self.loss_column!r} has type {col.type}",
+                        fix="use a numeric per-sample loss column",
+                    )
                 arr = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
                 ok = np.asarray(pc.is_valid(col)) & ~np.isnan(arr)
                 if np.isinf(arr[ok]).any():
-                    raise UsageError(f"loss column {self.loss_column!r} has infinite values", fix="clip or drop infinite losses")
+                    raise UsageError(
+                        f"loss column {self.loss_column!r} has infinite values", fix="clip or drop infinite losses"
+                    )
                 rows.append(row_ordinals(batch))
                 values.append(np.where(ok, arr, 0.0))
                 valid.append(ok)
@@ -197,7 +215,9 @@ class LossClusters(Stage):
         labels = pa.chunked_array(label_chunks, type=kind)
         return _cat(rows, np.int64), labels, concat_bags(bags)
 
-    def _proxy_losses(self, partials: list[tuple], source: BatchSource, ctx: StageContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _proxy_losses(
+        self, partials: list[tuple], source: BatchSource, ctx: StageContext
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from curate.training.features import concat_bags
         from curate.training.proxy import ProxyConfig, encode_labels, fold_assignment
 
@@ -205,7 +225,11 @@ class LossClusters(Stage):
         label_chunks = [chunk for p in partials for chunk in p[1].chunks]
         bags = [p[2] for p in partials]
         ordinals = _cat(rows, np.int64)
-        labels = pa.chunked_array(label_chunks, type=source.schema.field(self.label_column).type) if label_chunks else pa.chunked_array([], pa.string())
+        labels = (
+            pa.chunked_array(label_chunks, type=source.schema.field(self.label_column).type)
+            if label_chunks
+            else pa.chunked_array([], pa.string())
+        )
         valid = np.asarray(pc.is_valid(labels)) if len(labels) else np.zeros(0, bool)
         losses = np.zeros(len(ordinals), np.float64)
         train = np.nonzero(valid)[0]
@@ -213,20 +237,30 @@ class LossClusters(Stage):
             return ordinals, losses, valid
         codes, classes = encode_labels(labels.filter(pa.array(valid)))
         if classes < 2:
-            raise UsageError(f"label column {self.label_column!r} has a single class", fix="name a column with at least two distinct labels, or pass loss_column")
+            raise UsageError(
+                f"label column {self.label_column!r} has a single class",
+                fix="name a column with at least two distinct labels, or pass loss_column",
+            )
         config = ProxyConfig(num_buckets=self.num_buckets)
         all_bags = concat_bags(bags)
         train_bags = all_bags if len(train) == len(ordinals) else all_bags.take(train)
         # One task per fold: each trains on the other folds' bags, shared through the work dir.
         shared = Path(ctx.work_dir) / "proxy"
-        arrays = {"indices": train_bags.indices, "offsets": train_bags.offsets, "codes": codes, "fold_of": fold_assignment(len(train), self.folds, ctx.seed)}
+        arrays = {
+            "indices": train_bags.indices,
+            "offsets": train_bags.offsets,
+            "codes": codes,
+            "fold_of": fold_assignment(len(train), self.folds, ctx.seed),
+        }
         for name, array in arrays.items():
             with atomic_path(shared / f"{name}.npy", unique=True) as tmp, open(tmp, "wb") as handle:
                 np.save(handle, array)
         folds = max(self.folds, 2)
         task = ProxyFold(str(shared), int(codes.max()) + 1, self.proxy_epochs, ctx.seed, config, self.torch_threads)
         oof = np.empty(len(train), np.float32)
-        for held_out, held_out_losses in ctx.map(task, range(folds), label=f"{ctx.name}: proxy model ({folds} folds x {self.proxy_epochs} epochs)"):
+        for held_out, held_out_losses in ctx.map(
+            task, range(folds), label=f"{ctx.name}: proxy model ({folds} folds x {self.proxy_epochs} epochs)"
+        ):
             oof[held_out] = held_out_losses
         losses[train] = oof
         ctx.info.update(proxy_classes=classes, proxy_folds=self.folds, proxy_epochs=self.proxy_epochs)
@@ -243,7 +277,13 @@ class LossClusters(Stage):
     def _schedule(self, losses: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> dict:
         """The SeTa plan over the kept rows, with the rows each epoch would visit
         (expected counts when random pruning is on)."""
-        config = SeTaConfig(epochs=self.epochs, prune_ratio=self.prune_ratio, groups=self.groups, window_scale=self.window_scale, delta=self.delta)
+        config = SeTaConfig(
+            epochs=self.epochs,
+            prune_ratio=self.prune_ratio,
+            groups=self.groups,
+            window_scale=self.window_scale,
+            delta=self.delta,
+        )
         n = len(losses)
         sizes = np.bincount(labels, minlength=self.groups) if n else np.zeros(self.groups, np.int64)
         keep_share = pruned_size(n, self.prune_ratio) / n if n else 0.0
@@ -329,14 +369,23 @@ class ProxyFold:
     torch_threads: int
 
     def __call__(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
-        from curate.training.features import Bags
         from curate.runtime import torch_threads
+        from curate.training.features import Bags
         from curate.training.proxy import fold_losses
 
         load = lambda name: np.load(mirror.ensure(Path(self.shared) / f"{name}.npy"), mmap_mode="r")
         bags = Bags(load("indices"), np.array(load("offsets")))
         with torch_threads(self.torch_threads):
-            return fold_losses(bags, np.array(load("codes")), np.array(load("fold_of")), fold, self.num_classes, epochs=self.epochs, seed=self.seed, config=self.config)
+            return fold_losses(
+                bags,
+                np.array(load("codes")),
+                np.array(load("fold_of")),
+                fold,
+                self.num_classes,
+                epochs=self.epochs,
+                seed=self.seed,
+                config=self.config,
+            )
 
 
 STAGE = LossClusters

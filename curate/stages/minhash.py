@@ -32,16 +32,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.runtime import ContextThreadPool, tune_allocator
-from curate.io.atomic import atomic_path
+from curate.algorithms import minhash as mh
+from curate.algorithms.minhash_rows import RowStore, ordinals_by_task, unit_file
 from curate.index import minhash as minhash_index
 from curate.index.earlier import drop_duplicates
-from curate.algorithms import minhash as mh
-from curate.algorithms.minhash_rows import RowStore, unit_file, ordinals_by_task
 from curate.index.store import INDEX_DIR
+from curate.io.atomic import atomic_path
+from curate.io.parts import piece_path, read_pieces, write_piece
+from curate.runtime import ContextThreadPool, tune_allocator
 from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, row_ordinals
 from curate.stages.constraints import Boolean, Interval, Options, Together
-from curate.io.parts import piece_path, read_pieces, write_piece
 
 VERIFY_MODES = ("estimate", "exact", "none")
 UNITS = ("word", "char")
@@ -86,10 +86,15 @@ class MinHashDedup(Stage):
     option_rules = [
         Together("rows", lambda o: o["rows"] <= o["num_perm"], "0 (choose) or at most num_perm = {num_perm}"),
         Together(
-            "bands", lambda o: o["bands"] * max(o["rows"], 1) <= o["num_perm"],
+            "bands",
+            lambda o: o["bands"] * max(o["rows"], 1) <= o["num_perm"],
             "0 (choose) or a count with bands x rows <= num_perm (here rows = {rows}, num_perm = {num_perm})",
         ),
-        Together("false_negative_weight", lambda o: o["false_positive_weight"] + o["false_negative_weight"] > 0, "above 0 when false_positive_weight is 0 (not both 0)"),
+        Together(
+            "false_negative_weight",
+            lambda o: o["false_positive_weight"] + o["false_negative_weight"] > 0,
+            "above 0 when false_positive_weight is 0 (not both 0)",
+        ),
     ]
 
     def __init__(
@@ -131,7 +136,7 @@ class MinHashDedup(Stage):
 
     # -----------------------------------------------------------------------------------
 
-    def fit(self, source: BatchSource, ctx: StageContext) -> "MinHashDedup":
+    def fit(self, source: BatchSource, ctx: StageContext) -> MinHashDedup:
         started = time.perf_counter()
         bands, rows = self.lsh_shape()
         self.bands_, self.rows_ = bands, rows
@@ -141,15 +146,21 @@ class MinHashDedup(Stage):
             return self._fitted(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), source, ctx)
         # Key buckets from the source size (a bound, before knowing how many rows have
         # shingles); never fewer than 2 per worker so every worker reduces.
-        buckets = min(max(2 * ctx.workers, math.ceil(source.num_rows * bands / _BUCKET_ENTRIES), 1), 65535)  # 16-bit bucket numbers
+        buckets = min(
+            max(2 * ctx.workers, math.ceil(source.num_rows * bands / _BUCKET_ENTRIES), 1), 65535
+        )  # 16-bit bucket numbers
         sketch = _Sketch(self, ctx.text_column, ctx.seed, bands, rows, str(work), buckets, max(1, ctx.task_threads))
-        sketches: list[UnitSketch] = ctx.map(sketch, units, label=f"{ctx.name}: signatures", sizes=[u.rows for u in units])
+        sketches: list[UnitSketch] = ctx.map(
+            sketch, units, label=f"{ctx.name}: signatures", sizes=[u.rows for u in units]
+        )
         _check_increasing(sketches)
         starts = np.concatenate([[0], np.cumsum([s.rows for s in sketches])]).astype(np.int64)
         n = int(starts[-1])
         hashed = time.perf_counter()
 
-        pair_count = ctx.map(_Buckets(str(work), len(units), starts, buckets), range(buckets), label=f"{ctx.name}: buckets")
+        pair_count = ctx.map(
+            _Buckets(str(work), len(units), starts, buckets), range(buckets), label=f"{ctx.name}: buckets"
+        )
         bucketed = time.perf_counter()
 
         verify = _Verify(str(work), buckets, starts, self.num_perm, self.threshold, self.verify)
@@ -160,7 +171,9 @@ class MinHashDedup(Stage):
         # Components over the rows that have an edge only: the driver's memory follows the
         # edges, not the corpus. Nodes are sorted rows, so the smallest node is the earliest row.
         nodes = mh.sorted_unique(np.concatenate([edges_i, edges_j]))
-        groups = mh.duplicate_groups(len(nodes), np.searchsorted(nodes, edges_i), np.searchsorted(nodes, edges_j), edges_est)
+        groups = mh.duplicate_groups(
+            len(nodes), np.searchsorted(nodes, edges_i), np.searchsorted(nodes, edges_j), edges_est
+        )
         verified = time.perf_counter()
 
         ordinals = ordinals_by_task(RowStore(work, starts, self.num_perm), nodes, ctx.map)
@@ -184,7 +197,14 @@ class MinHashDedup(Stage):
         minhash_index.after_fit(self, source, ctx, work, units, starts, (edges_i, edges_j, edges_est))
         return self
 
-    def _fitted(self, removed: np.ndarray, representatives: np.ndarray, scores: np.ndarray, source: BatchSource, ctx: StageContext) -> "MinHashDedup":
+    def _fitted(
+        self,
+        removed: np.ndarray,
+        representatives: np.ndarray,
+        scores: np.ndarray,
+        source: BatchSource,
+        ctx: StageContext,
+    ) -> MinHashDedup:
         """Set the fitted state: removed row ordinals (ascending), their representatives'
         ordinals and ids, and their scores."""
         self.duplicate_rows_ = removed
@@ -195,8 +215,14 @@ class MinHashDedup(Stage):
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         return drop_duplicates(
-            batch, getattr(self, "earlier_", None), self.duplicate_rows_, self.representatives_, self.representative_ids_, ctx,
-            reason="near_duplicate", scores=self.scores_,
+            batch,
+            getattr(self, "earlier_", None),
+            self.duplicate_rows_,
+            self.representatives_,
+            self.representative_ids_,
+            ctx,
+            reason="near_duplicate",
+            scores=self.scores_,
         )
 
 
@@ -230,7 +256,9 @@ class _Sketch:
     buckets: int
     threads: int
 
-    def _chunk(self, item: tuple[np.ndarray, pa.Array]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _chunk(
+        self, item: tuple[np.ndarray, pa.Array]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(ordinals, signatures, shingles, shingle counts, rows with shingles, their band keys)."""
         chunk_rows, texts = item
         stage = self.stage
@@ -254,7 +282,11 @@ class _Sketch:
             open(sig_tmp, "wb") as sig_file,
             open(shingle_tmp, "wb") as shingle_file,
         ):
-            texts = (chunk for batch in prefetch(unit.batches(columns=[self.text_column])) for chunk in _text_chunks(row_ordinals(batch), batch.column(self.text_column)))
+            texts = (
+                chunk
+                for batch in prefetch(unit.batches(columns=[self.text_column]))
+                for chunk in _text_chunks(row_ordinals(batch), batch.column(self.text_column))
+            )
             for chunk_rows, sig, shingles, chunk_counts, has, keys in ordered_map(self._chunk, texts, self.threads):
                 ordinals.append(chunk_rows)
                 counts.append(chunk_counts)
@@ -266,16 +298,24 @@ class _Sketch:
         rows = np.concatenate(ordinals) if ordinals else np.empty(0, np.int64)
         if len(rows) > 1 and not (np.diff(rows) > 0).all():
             raise RuntimeError("minhash: source rows are not in increasing ordinal order")
-        for what, values in (("counts", np.concatenate(counts).astype(np.int64) if counts else np.empty(0, np.int64)), ("rows", rows)):
+        for what, values in (
+            ("counts", np.concatenate(counts).astype(np.int64) if counts else np.empty(0, np.int64)),
+            ("rows", rows),
+        ):
             with atomic_path(paths[what], unique=True) as tmp:
                 values.tofile(tmp)
         for bucket, parts in enumerate(pieces):
-            piece = tuple(np.concatenate([part[k] for part in parts]) if parts else np.empty(0, dtype) for k, dtype in enumerate((np.uint8, np.uint64, np.uint32)))
+            piece = tuple(
+                np.concatenate([part[k] for part in parts]) if parts else np.empty(0, dtype)
+                for k, dtype in enumerate((np.uint8, np.uint64, np.uint32))
+            )
             write_piece(piece_path(Path(self.work) / "keys", bucket, unit.index), piece)
         first, last = (int(rows[0]), int(rows[-1])) if len(rows) else (-1, -1)
         return UnitSketch(len(rows), shingled, first, last)
 
-    def _split_keys(self, keys: np.ndarray, local: np.ndarray, pieces: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]) -> None:
+    def _split_keys(
+        self, keys: np.ndarray, local: np.ndarray, pieces: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+    ) -> None:
         """A chunk's (band, key, local row) entries, appended to their key buckets' lists: the
         unit holds 13 bytes per entry until its pieces are written, not the sort of all of them."""
         # A 16-bit bucket number sorts by radix (numpy's stable sort for <= 16-bit integers):
@@ -350,7 +390,9 @@ class _Verify:
             block = slice(lo, lo + _PAIR_BLOCK)
             members = mh.sorted_unique(np.concatenate([cand_i[block], cand_j[block]]))
             sig = store.signatures(members)
-            est[block] = mh.estimated_jaccard(sig[np.searchsorted(members, cand_i[block])], sig[np.searchsorted(members, cand_j[block])])
+            est[block] = mh.estimated_jaccard(
+                sig[np.searchsorted(members, cand_i[block])], sig[np.searchsorted(members, cand_j[block])]
+            )
         checked = 0
         if self.verify == "none":
             keep = np.ones(len(pairs), dtype=bool)
@@ -361,7 +403,9 @@ class _Verify:
         return Checked(cand_i[keep], cand_j[keep], est[keep], len(pairs), checked)
 
 
-def _exact_verify(cand_i: np.ndarray, cand_j: np.ndarray, est: np.ndarray, store: RowStore, threshold: float, num_perm: int) -> tuple[np.ndarray, int]:
+def _exact_verify(
+    cand_i: np.ndarray, cand_j: np.ndarray, est: np.ndarray, store: RowStore, threshold: float, num_perm: int
+) -> tuple[np.ndarray, int]:
     """Exact Jaccard >= threshold per candidate pair, computed only where it can matter.
 
     Estimates more than 6 sd below the threshold (P < 1e-9 if J >= t) are rejected without

@@ -12,12 +12,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.algorithms.pools import assign_pools, assign_pools_by_group, pool_edges, pool_edges_by_group
 from curate.errors import UsageError
 from curate.output.ledger import empty_ledger
 from curate.output.manifest import read_manifest
-from curate.algorithms.pools import assign_pools, assign_pools_by_group, pool_edges, pool_edges_by_group
-from curate.stages._balance import fit_group_values, group_ids
 from curate.output.read import prototypes_keep
+from curate.stages._balance import fit_group_values, group_ids
 from curate.stages.base import BatchSource, Stage, StageContext
 from curate.stages.constraints import Boolean, Interval, IsNone, Options, Text
 from curate.stages.prototypes import with_columns
@@ -31,7 +31,11 @@ def auto_direction(score: str, ctx: StageContext) -> tuple[bool, str]:
         keep = prototypes_keep(read_manifest(ctx.output_dir) or {})
         if keep == "easy":
             return False, "proto_distance with prototypes keep = easy in this run: closer to a prototype is better"
-        source = f"prototypes keep = {keep} in this run" if keep else "no prototypes stage in this run, assuming keep = hard"
+        source = (
+            f"prototypes keep = {keep} in this run"
+            if keep
+            else "no prototypes stage in this run, assuming keep = hard"
+        )
         return True, f"proto_distance with {source}: harder (farther from a prototype) is better"
     lowered = score.lower()
     if any(hint in lowered for hint in _LOWER_IS_BETTER_HINTS):
@@ -49,22 +53,33 @@ class Pools(Stage):
         "balance_column": [Text()],
     }
 
-    def __init__(self, *, score: str = "proto_distance", pools: int = 4, higher_is_better: bool | str | None = None, balance_column: str = ""):
+    def __init__(
+        self,
+        *,
+        score: str = "proto_distance",
+        pools: int = 4,
+        higher_is_better: bool | str | None = None,
+        balance_column: str = "",
+    ):
         self.score = score
         self.pools = pools
         self.higher_is_better = higher_is_better
-        self.balance_column = balance_column  # e.g. "proto_cluster" or a label: pools within each value (curate.stages._balance)
+        self.balance_column = (
+            balance_column  # e.g. "proto_cluster" or a label: pools within each value (curate.stages._balance)
+        )
 
     def fit_shard(self, source: BatchSource, ctx: StageContext) -> np.ndarray:
         """This unit's scores, in the narrowest dtype that holds them exactly (NaN = missing)."""
         if source.num_rows == 0:  # an empty stage's parts may not carry the columns it adds
             return np.empty(0)
         kind = self._check_column(source.schema)
-        values = np.concatenate([_scores(b.column(self.score)) for b in source.batches(columns=[self.score])] or [np.empty(0)])
+        values = np.concatenate(
+            [_scores(b.column(self.score)) for b in source.batches(columns=[self.score])] or [np.empty(0)]
+        )
         exact_in_float32 = kind in (pa.float32(), pa.float16(), pa.int8(), pa.int16(), pa.uint8(), pa.uint16())
         return values.astype(np.float32) if exact_in_float32 else values
 
-    def fit_merge(self, partials: list[np.ndarray], source: BatchSource, ctx: StageContext) -> "Pools":
+    def fit_merge(self, partials: list[np.ndarray], source: BatchSource, ctx: StageContext) -> Pools:
         if source.num_rows:
             self._check_column(source.schema)
         if isinstance(self.higher_is_better, bool):
@@ -78,12 +93,26 @@ class Pools(Stage):
             self.edges_ = pool_edges(values, self.pools, self.higher_is_better_)
             counts = np.bincount(assign_pools(values, self.edges_, self.higher_is_better_), minlength=self.pools)
         else:
-            ids = np.concatenate([group_ids(b.column(self.balance_column), self.groups_) for b in source.batches(columns=[self.balance_column])] or [np.empty(0, np.int64)])
+            ids = np.concatenate(
+                [
+                    group_ids(b.column(self.balance_column), self.groups_)
+                    for b in source.batches(columns=[self.balance_column])
+                ]
+                or [np.empty(0, np.int64)]
+            )
             self.edges_ = pool_edges_by_group(values, ids, self.pools, self.higher_is_better_)
-            counts = np.bincount(assign_pools_by_group(values, ids, self.edges_, self.higher_is_better_), minlength=self.pools)
+            counts = np.bincount(
+                assign_pools_by_group(values, ids, self.edges_, self.higher_is_better_), minlength=self.pools
+            )
         ctx.info.update(
-            score=self.score, pools=self.pools, higher_is_better=self.higher_is_better_, direction_reason=reason,
-            edges=None if self.groups_ is not None else [float(e) if self.higher_is_better_ else -float(e) for e in self.edges_], pool_rows=counts.tolist(),
+            score=self.score,
+            pools=self.pools,
+            higher_is_better=self.higher_is_better_,
+            direction_reason=reason,
+            edges=None
+            if self.groups_ is not None
+            else [float(e) if self.higher_is_better_ else -float(e) for e in self.edges_],
+            pool_rows=counts.tolist(),
             balance_column=self.balance_column or None,
             missing_scores=int(np.isnan(values).sum()),
             fit=f"scores read per unit on workers ({len(partials)} units), exact quantiles on the driver over {len(values)} gathered scores",
@@ -93,17 +122,28 @@ class Pools(Stage):
     def _check_column(self, schema: pa.Schema) -> pa.DataType:
         if self.score not in schema.names:
             names = ", ".join(n for n in schema.names if not n.startswith("__"))
-            raise UsageError(f"pools: no score column {self.score!r} (columns: {names})", fix="pass --score with a numeric column, or run a scoring stage first")
+            raise UsageError(
+                f"pools: no score column {self.score!r} (columns: {names})",
+                fix="pass --score with a numeric column, or run a scoring stage first",
+            )
         kind = schema.field(self.score).type
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
-            raise UsageError(f"pools: score column {self.score!r} has type {kind}, not a number", fix="pick a numeric --score column")
+            raise UsageError(
+                f"pools: score column {self.score!r} has type {kind}, not a number",
+                fix="pick a numeric --score column",
+            )
         return kind
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         if self.groups_ is None:
             pools = assign_pools(_scores(batch.column(self.score)), self.edges_, self.higher_is_better_)
         else:
-            pools = assign_pools_by_group(_scores(batch.column(self.score)), group_ids(batch.column(self.balance_column), self.groups_), self.edges_, self.higher_is_better_)
+            pools = assign_pools_by_group(
+                _scores(batch.column(self.score)),
+                group_ids(batch.column(self.balance_column), self.groups_),
+                self.edges_,
+                self.higher_is_better_,
+            )
         return with_columns(batch, {"pool": pa.array(pools, pa.int32())}), empty_ledger()
 
 

@@ -17,15 +17,21 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from curate.algorithms.kmeans import ASSIGN_CHUNK, cap_clusters, kmeans_sample, set_threads, train_centroids
+from curate.algorithms.prototypes import (
+    BALANCE_CHOICES,
+    KEEP_CHOICES,
+    choose_keep,
+    prototype_distance,
+    select_by_difficulty,
+)
+from curate.embeddings.store import StoreSlice, needs_own_store, publish_if_absent, stored_embeddings, vector_blocks
 from curate.io.atomic import atomic_path
 from curate.output.ledger import empty_ledger, removed_rows
-from curate.algorithms.kmeans import ASSIGN_CHUNK, cap_clusters, kmeans_sample, set_threads, train_centroids
-from curate.algorithms.prototypes import BALANCE_CHOICES, KEEP_CHOICES, choose_keep, prototype_distance, select_by_difficulty
 from curate.stages._balance import BALANCE_NEEDS_LABEL, balance_groups
 from curate.stages.base import BatchSource, Stage, StageContext, row_ordinals, split_batch
 from curate.stages.constraints import Interval, Options, Text
 from curate.stages.embed import STORED_OR_MODEL, embeddings_for
-from curate.embeddings.store import StoreSlice, needs_own_store, publish_if_absent, stored_embeddings, vector_blocks
 
 PROTOTYPES_DIR = "prototypes"
 CENTROIDS_NAME = "centroids.npy"
@@ -78,8 +84,13 @@ class Prototypes(Stage):
         self.balance = balance
         self.label_column = label_column
 
-    def fit(self, source: BatchSource, ctx: StageContext) -> "Prototypes":
-        emb = stored_embeddings(source, ctx, self.model, sample=kmeans_sample(source.num_rows, cap_clusters(self.clusters, source.num_rows), ctx.seed))
+    def fit(self, source: BatchSource, ctx: StageContext) -> Prototypes:
+        emb = stored_embeddings(
+            source,
+            ctx,
+            self.model,
+            sample=kmeans_sample(source.num_rows, cap_clusters(self.clusters, source.num_rows), ctx.seed),
+        )
         if emb is None:
             emb = embeddings_for(source, ctx, self.model, write_parts=needs_own_store(ctx))
         published = publish_if_absent(emb, ctx)
@@ -88,9 +99,18 @@ class Prototypes(Stage):
         sample = kmeans_sample(n, k, ctx.seed)
         set_threads(ctx.threads)
         with ctx.progress.task(f"{ctx.name}: k-means ({k} clusters on {len(sample)} rows)", total=None):
-            self.centroids_ = train_centroids(emb.gather(sample, ctx.map), k, seed=ctx.seed, niter=self.kmeans_iterations) if n else np.zeros((0, emb.dim), np.float32)
+            self.centroids_ = (
+                train_centroids(emb.gather(sample, ctx.map), k, seed=ctx.seed, niter=self.kmeans_iterations)
+                if n
+                else np.zeros((0, emb.dim), np.float32)
+            )
         sizes = np.diff(emb.offsets).tolist()
-        scored = ctx.map(UnitDistances(self.centroids_, emb.dim, ctx.task_threads), emb.paths, label=f"{ctx.name}: distances", sizes=sizes)
+        scored = ctx.map(
+            UnitDistances(self.centroids_, emb.dim, ctx.task_threads),
+            emb.paths,
+            label=f"{ctx.name}: distances",
+            sizes=sizes,
+        )
         self.labels_ = np.concatenate([s[0] for s in scored]) if scored else np.empty(0, np.int32)
         self.distance_ = np.concatenate([s[1] for s in scored]) if scored else np.empty(0, np.float32)
         keep, reason = self.keep, f"keep = {self.keep} as configured"
@@ -102,11 +122,25 @@ class Prototypes(Stage):
             reason += "; fraction = 1.0, so nothing is pruned"
         self.keep_ = keep
         self.rows_ = emb.rows
-        self.kept_ = select_by_difficulty(self.distance_, self.fraction, keep, balance_groups(self.balance, self.label_column, self.labels_, emb.rows, source))
+        self.kept_ = select_by_difficulty(
+            self.distance_,
+            self.fraction,
+            keep,
+            balance_groups(self.balance, self.label_column, self.labels_, emb.rows, source),
+        )
         ctx.info.update(
-            model=emb.model, embeddings_reused=emb.reused, embeddings_computed=emb.computed, embeddings_published=published,
-            clusters=k, clusters_requested=self.clusters, balance=self.balance, keep=keep, keep_reason=reason, fraction=self.fraction,
-            kept=int(self.kept_.sum()), distance_median=float(np.median(self.distance_)) if n else None,
+            model=emb.model,
+            embeddings_reused=emb.reused,
+            embeddings_computed=emb.computed,
+            embeddings_published=published,
+            clusters=k,
+            clusters_requested=self.clusters,
+            balance=self.balance,
+            keep=keep,
+            keep_reason=reason,
+            fraction=self.fraction,
+            kept=int(self.kept_.sum()),
+            distance_median=float(np.median(self.distance_)) if n else None,
             fit=(
                 f"driver k-means on {len(sample)} rows; distances on workers ({len(emb.paths)} units"
                 + (", vectors read in place from the store" if emb.read_in_place else "")
@@ -128,7 +162,9 @@ class Prototypes(Stage):
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         pos = np.searchsorted(self.rows_, row_ordinals(batch))
-        scored = with_columns(batch, {"proto_cluster": pa.array(self.labels_[pos]), "proto_distance": pa.array(self.distance_[pos])})
+        scored = with_columns(
+            batch, {"proto_cluster": pa.array(self.labels_[pos]), "proto_distance": pa.array(self.distance_[pos])}
+        )
         pruned = ~self.kept_[pos]
         if not pruned.any():
             return scored, empty_ledger()

@@ -20,18 +20,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curate.io import mirror
-from curate.io.atomic import atomic_path
-from curate.index import semantic as semantic_index
-from curate.index.earlier import drop_duplicates
-from curate.index.store import StoredIndex
 from curate.algorithms.kmeans import assign, auto_clusters, kmeans_sample, set_threads, train_centroids
 from curate.algorithms.semdedup import KEEP_RULES, cluster_duplicates, merge_duplicates, plan_buckets
-from curate.index.store import INDEX_DIR
+from curate.embeddings.store import load_vectors, needs_own_store, publish_if_absent
+from curate.index import semantic as semantic_index
+from curate.index.earlier import drop_duplicates
+from curate.index.store import INDEX_DIR, StoredIndex
+from curate.io import mirror
+from curate.io.atomic import atomic_path
 from curate.stages.base import BatchSource, IdLookup, Stage, StageContext
 from curate.stages.constraints import Boolean, Interval, Options
 from curate.stages.embed import STORED_OR_MODEL, embeddings_for
-from curate.embeddings.store import load_vectors, needs_own_store, publish_if_absent
 
 _CLUSTERS = "clusters"
 BUCKETS_PER_WORKER = 4  # cluster sizes are skewed: a few buckets per worker even out the load
@@ -70,7 +69,7 @@ class SemDedup(Stage):
         self.model = model
         self.index = index  # keep OUT/index/<name>/ for later runs' --against (curate.index)
 
-    def fit(self, source: BatchSource, ctx: StageContext) -> "SemDedup":
+    def fit(self, source: BatchSource, ctx: StageContext) -> SemDedup:
         emb = embeddings_for(source, ctx, self.model, write_parts=needs_own_store(ctx))
         published = publish_if_absent(emb, ctx)
         earlier = semantic_index.open_earlier(self, ctx, emb)
@@ -79,41 +78,80 @@ class SemDedup(Stage):
         sample = kmeans_sample(n, k, ctx.seed, self.kmeans_fit_fraction)
         set_threads(ctx.threads)
         with ctx.progress.task(f"{ctx.name}: k-means ({k} clusters on {len(sample)} rows)", total=None):
-            centroids = train_centroids(emb.gather(sample, ctx.map), k, seed=ctx.seed, niter=self.kmeans_iterations) if n else np.zeros((0, emb.dim), np.float32)
+            centroids = (
+                train_centroids(emb.gather(sample, ctx.map), k, seed=ctx.seed, niter=self.kmeans_iterations)
+                if n
+                else np.zeros((0, emb.dim), np.float32)
+            )
         clusters_dir = str(Path(ctx.work_dir) / _CLUSTERS)
         units = [(u, emb.paths[u], emb.rows[emb.offsets[u] : emb.offsets[u + 1]]) for u in range(len(emb.paths))]
-        assigned = ctx.map(AssignClusters(centroids, clusters_dir, emb.dim, ctx.task_threads, earlier), units, label=f"{ctx.name}: assigning", sizes=[len(u[2]) for u in units])
+        assigned = ctx.map(
+            AssignClusters(centroids, clusters_dir, emb.dim, ctx.task_threads, earlier),
+            units,
+            label=f"{ctx.name}: assigning",
+            sizes=[len(u[2]) for u in units],
+        )
         sizes = np.sum([a[0] for a in assigned], axis=0) if assigned else np.zeros(len(centroids), np.int64)
         buckets = max(1, min(len(centroids), BUCKETS_PER_WORKER * ctx.workers))
         bucket_of = plan_buckets(sizes, buckets)
-        search = SearchBuckets(clusters_dir, tuple(emb.paths), emb.dim, bucket_of, self.threshold, self.keep, ctx.seed, ctx.task_threads)
-        earlier_counts = [np.sum([a[1][i] for a in assigned], axis=0) if assigned else np.zeros(0, np.int64) for i in range(len(earlier))]
-        matches = semantic_index.match_tasks(earlier, earlier_counts, clusters_dir, tuple(emb.paths), emb.dim, self.threshold, buckets, ctx.task_threads)
-        jobs = [(-1, b) for b in range(buckets)] + [(m, b) for m, (_, count) in enumerate(matches) for b in range(count)]
-        results = ctx.map(Search(search, tuple(task for task, _ in matches)), jobs, label=f"{ctx.name}: searching clusters")
+        search = SearchBuckets(
+            clusters_dir, tuple(emb.paths), emb.dim, bucket_of, self.threshold, self.keep, ctx.seed, ctx.task_threads
+        )
+        earlier_counts = [
+            np.sum([a[1][i] for a in assigned], axis=0) if assigned else np.zeros(0, np.int64)
+            for i in range(len(earlier))
+        ]
+        matches = semantic_index.match_tasks(
+            earlier, earlier_counts, clusters_dir, tuple(emb.paths), emb.dim, self.threshold, buckets, ctx.task_threads
+        )
+        jobs = [(-1, b) for b in range(buckets)] + [
+            (m, b) for m, (_, count) in enumerate(matches) for b in range(count)
+        ]
+        results = ctx.map(
+            Search(search, tuple(task for task, _ in matches)), jobs, label=f"{ctx.name}: searching clusters"
+        )
         found = results[:buckets]
         matched: list[list] = [[] for _ in earlier]
         for (m, _), result in zip(jobs[buckets:], results[buckets:]):
             matched[matches[m][0].position].append(result)
-        self.removed_rows_, self.representatives_, self.similarity_ = merge_duplicates([f[0] for f in found], [f[1] for f in found], [f[2] for f in found])
+        self.removed_rows_, self.representatives_, self.similarity_ = merge_duplicates(
+            [f[0] for f in found], [f[1] for f in found], [f[2] for f in found]
+        )
         self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx)
         ctx.info.update(
-            model=emb.model, embeddings_reused=emb.reused, embeddings_computed=emb.computed, embeddings_published=published,
-            clusters=len(centroids), largest_cluster=int(sizes.max()) if n else 0, duplicate_pairs=sum(f[3] for f in found),
-            removed=len(self.removed_rows_), threshold=self.threshold, keep=self.keep,
+            model=emb.model,
+            embeddings_reused=emb.reused,
+            embeddings_computed=emb.computed,
+            embeddings_published=published,
+            clusters=len(centroids),
+            largest_cluster=int(sizes.max()) if n else 0,
+            duplicate_pairs=sum(f[3] for f in found),
+            removed=len(self.removed_rows_),
+            threshold=self.threshold,
+            keep=self.keep,
             fit=f"driver k-means on {len(sample)} rows; assignment on workers ({len(units)} units), within-cluster search on workers ({buckets} buckets)",
         )
         if earlier:
-            ctx.info["fit"] += f"; against {len(earlier)} earlier output(s): their centroids in the assignment, {len(jobs) - buckets} buckets of their clusters in the search"
+            ctx.info["fit"] += (
+                f"; against {len(earlier)} earlier output(s): their centroids in the assignment, {len(jobs) - buckets} buckets of their clusters in the search"
+            )
             # task seconds spent matching (assignment to earlier centroids + earlier buckets), summed over tasks
-            ctx.info["earlier_task_seconds"] = round(sum(a[2] for a in assigned) + sum(r[3] for r in results[buckets:]), 3)
+            ctx.info["earlier_task_seconds"] = round(
+                sum(a[2] for a in assigned) + sum(r[3] for r in results[buckets:]), 3
+            )
         semantic_index.after_fit(self, source, ctx, emb, centroids, clusters_dir, earlier, matched)
         return self
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         return drop_duplicates(
-            batch, getattr(self, "earlier_", None), self.removed_rows_, self.representatives_, self.representative_ids_, ctx,
-            reason="semantic_duplicate", scores=self.similarity_,
+            batch,
+            getattr(self, "earlier_", None),
+            self.removed_rows_,
+            self.representatives_,
+            self.representative_ids_,
+            ctx,
+            reason="semantic_duplicate",
+            scores=self.similarity_,
         )
 
 
@@ -163,7 +201,9 @@ class SearchBuckets:
         for unit in range(len(self.vector_paths)):
             with np.load(mirror.ensure(Path(self.clusters_dir) / f"{unit:05d}.npz")) as data:
                 unit_labels = data["labels"]
-                mine = np.nonzero(self.bucket_of[unit_labels] == bucket)[0] if len(unit_labels) else np.empty(0, np.int64)
+                mine = (
+                    np.nonzero(self.bucket_of[unit_labels] == bucket)[0] if len(unit_labels) else np.empty(0, np.int64)
+                )
                 unit_of.append(np.full(len(mine), unit, np.int32))
                 local.append(mine)
                 rows.append(data["rows"][mine])
@@ -179,8 +219,17 @@ class SearchBuckets:
         for lo, hi in zip(starts[:-1], starts[1:]):
             if hi - lo < 2:
                 continue
-            members = np.concatenate([vectors[u][local[lo:hi][unit_of[lo:hi] == u]] for u in np.unique(unit_of[lo:hi])])
-            found = cluster_duplicates(np.ascontiguousarray(members, dtype=np.float32), rows[lo:hi], sims[lo:hi], self.threshold, self.keep, self.seed)
+            members = np.concatenate(
+                [vectors[u][local[lo:hi][unit_of[lo:hi] == u]] for u in np.unique(unit_of[lo:hi])]
+            )
+            found = cluster_duplicates(
+                np.ascontiguousarray(members, dtype=np.float32),
+                rows[lo:hi],
+                sims[lo:hi],
+                self.threshold,
+                self.keep,
+                self.seed,
+            )
             pairs += found.pairs
             removed.append(found.removed)
             reps.append(found.representative)

@@ -24,7 +24,7 @@ class Bags:
     def rows(self) -> int:
         return len(self.offsets) - 1
 
-    def take(self, rows: np.ndarray) -> "Bags":
+    def take(self, rows: np.ndarray) -> Bags:
         """The bags of `rows`, in that order (rows may repeat)."""
         rows = np.asarray(rows, dtype=np.int64)
         starts, ends = self.offsets[rows], self.offsets[rows + 1]
@@ -46,7 +46,9 @@ def concat_bags(parts: Sequence[Bags]) -> Bags:
     return Bags(np.concatenate([p.indices for p in parts]), offsets.astype(np.int64))
 
 
-def hashed_ngram_bags(texts: Sequence[str] | pa.Array | pl.Series, num_buckets: int = 1 << 18, ngrams: int = 2, seed: int = 0) -> Bags:
+def hashed_ngram_bags(
+    texts: Sequence[str] | pa.Array | pl.Series, num_buckets: int = 1 << 18, ngrams: int = 2, seed: int = 0
+) -> Bags:
     """Lowercased `\\w+` words and their n-grams up to `ngrams`, hashed into `num_buckets`.
     A text with no words gets one bucket reserved for "empty", so every bag is non-empty."""
     series = _as_series(texts)

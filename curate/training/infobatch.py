@@ -21,7 +21,15 @@ from curate.training.seta import DEFAULT_INITIAL_LOSS, LossHistorySampler, _as_n
 class InfoBatchSampler(LossHistorySampler):
     """Soft random pruning of below-mean-loss samples with loss rescaling, then annealing."""
 
-    def __init__(self, n: int, epochs: int, seed: int = 0, prune_ratio: float = 0.5, delta: float = 0.875, initial_loss: float = DEFAULT_INITIAL_LOSS):
+    def __init__(
+        self,
+        n: int,
+        epochs: int,
+        seed: int = 0,
+        prune_ratio: float = 0.5,
+        delta: float = 0.875,
+        initial_loss: float = DEFAULT_INITIAL_LOSS,
+    ):
         super().__init__(n, epochs, seed, initial_loss)
         if not 0.0 <= prune_ratio < 1.0:
             raise ValueError(f"prune_ratio must be in [0, 1), got {prune_ratio}")

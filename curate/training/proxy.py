@@ -101,7 +101,9 @@ def train_steps(
 
 
 @torch.no_grad()
-def predict_losses(model: BagClassifier, bags: Bags, labels: np.ndarray, rows: np.ndarray | None = None, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def predict_losses(
+    model: BagClassifier, bags: Bags, labels: np.ndarray, rows: np.ndarray | None = None, batch_size: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample cross-entropy and correctness for `rows` (default: all)."""
     model.eval()
     rows = np.arange(bags.rows) if rows is None else np.asarray(rows)
@@ -135,7 +137,9 @@ def out_of_fold_losses(
     fold_of = fold_assignment(n, folds, seed)
     losses = np.empty(n, dtype=np.float32)
     for fold in range(max(folds, 2)):
-        held_out, held_out_losses = fold_losses(bags, labels, fold_of, fold, num_classes, epochs=epochs, seed=seed, config=config, on_epoch=on_epoch)
+        held_out, held_out_losses = fold_losses(
+            bags, labels, fold_of, fold, num_classes, epochs=epochs, seed=seed, config=config, on_epoch=on_epoch
+        )
         losses[held_out] = held_out_losses
     return losses
 

@@ -128,7 +128,9 @@ class SeTaSampler(LossHistorySampler):
         initial_loss: float = DEFAULT_INITIAL_LOSS,
     ):
         super().__init__(n, epochs, seed, initial_loss)
-        self.config = SeTaConfig(epochs=epochs, prune_ratio=prune_ratio, groups=groups, window_scale=window_scale, delta=delta)
+        self.config = SeTaConfig(
+            epochs=epochs, prune_ratio=prune_ratio, groups=groups, window_scale=window_scale, delta=delta
+        )
 
     def mode(self, epoch: int | None = None) -> str:
         """'full', 'window' or 'annealed' for `epoch` (default: the current one)."""

@@ -10,7 +10,18 @@ import numpy as np
 from curate.engine.progress import QUIET, Progress
 from curate.scaling.baseline import MARGIN_SD
 
-def seta_check(texts, labels: Sequence, config, *, seeds: int = 3, classes: int = 20, max_rows: int = 10_000, seed: int = 0, progress: Progress = QUIET) -> dict:
+
+def seta_check(
+    texts,
+    labels: Sequence,
+    config,
+    *,
+    seeds: int = 3,
+    classes: int = 20,
+    max_rows: int = 10_000,
+    seed: int = 0,
+    progress: Progress = QUIET,
+) -> dict:
     """Full data, SeTa (online, the proxy's own losses) and random subsets with SeTa's per-epoch
     counts, `config.epochs` epochs each, held-out accuracy over `seeds` seeds. Rows are capped at
     `max_rows` (a seeded sample) to keep it short."""
@@ -43,7 +54,19 @@ def seta_check(texts, labels: Sequence, config, *, seeds: int = 3, classes: int 
                 counts = None
                 for method in ("seta", "random@seta", "full"):
                     model, optimizer = build_model(proxy, num_classes, seed + s)
-                    sampler = SeTaSampler(n, config.epochs, seed=seed + s, prune_ratio=config.prune_ratio, groups=config.groups, window_scale=config.window_scale, delta=config.delta) if method == "seta" else None
+                    sampler = (
+                        SeTaSampler(
+                            n,
+                            config.epochs,
+                            seed=seed + s,
+                            prune_ratio=config.prune_ratio,
+                            groups=config.groups,
+                            window_scale=config.window_scale,
+                            delta=config.delta,
+                        )
+                        if method == "seta"
+                        else None
+                    )
                     per_epoch = []
                     for epoch in range(config.epochs):
                         epoch_rng = np.random.default_rng([seed + s, epoch, 7])
@@ -54,12 +77,27 @@ def seta_check(texts, labels: Sequence, config, *, seeds: int = 3, classes: int 
                             batch_order = epoch_rng.choice(n, size=counts[epoch], replace=False)
                         else:
                             batch_order = epoch_rng.permutation(n)
-                        train_steps(model, optimizer, train_bags, train_y, batch_order, proxy.batch_size, on_batch=sampler.update if sampler is not None else None)
+                        train_steps(
+                            model,
+                            optimizer,
+                            train_bags,
+                            train_y,
+                            batch_order,
+                            proxy.batch_size,
+                            on_batch=sampler.update if sampler is not None else None,
+                        )
                         per_epoch.append(len(batch_order))
                     if method == "seta":
                         counts = per_epoch
                     _, correct = predict_losses(model, test_bags, test_y)
-                    results[method].append({"seed": s, "accuracy": float(correct.mean()), "visits": int(sum(per_epoch)), "per_epoch": per_epoch})
+                    results[method].append(
+                        {
+                            "seed": s,
+                            "accuracy": float(correct.mean()),
+                            "visits": int(sum(per_epoch)),
+                            "per_epoch": per_epoch,
+                        }
+                    )
                     bar.advance(1)
     finally:
         torch.set_num_threads(threads)
@@ -67,8 +105,10 @@ def seta_check(texts, labels: Sequence, config, *, seeds: int = 3, classes: int 
     for method, runs in results.items():
         acc = np.array([r["accuracy"] for r in runs])
         summary[method] = {
-            "accuracy_mean": float(acc.mean()), "accuracy_sd": float(acc.std(ddof=1)) if len(acc) > 1 else float("nan"),
-            "visits": int(np.mean([r["visits"] for r in runs])), "visit_fraction": float(np.mean([r["visits"] for r in runs]) / (n * config.epochs)),
+            "accuracy_mean": float(acc.mean()),
+            "accuracy_sd": float(acc.std(ddof=1)) if len(acc) > 1 else float("nan"),
+            "visits": int(np.mean([r["visits"] for r in runs])),
+            "visit_fraction": float(np.mean([r["visits"] for r in runs]) / (n * config.epochs)),
             "runs": runs,
         }
     gain = np.array([a["accuracy"] - b["accuracy"] for a, b in zip(results["seta"], results["random@seta"])])
@@ -80,7 +120,14 @@ def seta_check(texts, labels: Sequence, config, *, seeds: int = 3, classes: int 
     else:
         verdict = "no_better_than_random"
     return {
-        "rows": int(n), "heldout": int(len(test)), "classes": num_classes, "epochs": config.epochs, "seeds": seeds,
-        "methods": summary, "seta_minus_random": float(gain.mean()), "seta_minus_random_sd": sd,
-        "seta_minus_full": summary["seta"]["accuracy_mean"] - summary["full"]["accuracy_mean"], "verdict": verdict,
+        "rows": int(n),
+        "heldout": int(len(test)),
+        "classes": num_classes,
+        "epochs": config.epochs,
+        "seeds": seeds,
+        "methods": summary,
+        "seta_minus_random": float(gain.mean()),
+        "seta_minus_random_sd": sd,
+        "seta_minus_full": summary["seta"]["accuracy_mean"] - summary["full"]["accuracy_mean"],
+        "verdict": verdict,
     }
