@@ -17,6 +17,7 @@ import posixpath
 from typing import Any, BinaryIO, Callable
 
 from curate.errors import CurateError, InputError, OutputError, UsageError
+from curate.io.atomic import atomic_path
 
 StorageOptions = tuple[tuple[str, Any], ...]
 # fsspec protocol -> the curate extra that installs its backend
@@ -273,8 +274,6 @@ def download_file(fs: Any, key: str, path: str | os.PathLike) -> bool:
     """One object to a local file, under a temp name renamed into place (a reader never sees
     half a file; two processes fetching the same object both land the same bytes); False when
     there is no such object."""
-    from curate.io.atomic import atomic_path
-
     try:
         with atomic_path(path, unique=True, publish=False) as temp:
             fs.get_file(key, str(temp))
