@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from curate.errors import CurateError, UsageError
+from curate.errors import CurateError, UsageError, as_write_error
 from curate.runtime import tune_allocator
 
 # Exit codes: 0 ok, 1 internal error (a bug), 2 bad input or usage, 3 `verify` found a broken output.
@@ -102,6 +102,8 @@ def _run_spec(
     from curate.pipeline import RunOptions, run_pipeline
 
     with make_executor(jobs=jobs, workers=workers, scheduler=scheduler) as executor:
+        for note in getattr(executor, "notes", []):
+            err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
         if not quiet and (workers is not None or scheduler is not None):
             for line in executor.describe():
                 err_console.print(line, markup=False, highlight=False)
@@ -117,6 +119,8 @@ def _run_spec(
                 against=tuple(against or ()),
             ),
         )
+    for note in result.notes:
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     _print_run_summary(str(result.output), quiet, spec.output_options)
 
 
@@ -734,6 +738,9 @@ def evaluate(
     out_console.print(f"report: {shown}", soft_wrap=True)
 
 
+_INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
+
+
 def _is_click_error(exc: BaseException) -> bool:
     """click's ClickException, whether from click or from the copy that typer vendors."""
     return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__)
@@ -744,6 +751,8 @@ def main(argv: list[str] | None = None) -> None:
     tune_allocator()  # every command's array work (index, evaluate, report) gains from it
     try:
         result = app(args=argv, standalone_mode=False)
+        if result == _INTERRUPTED:  # typer turns Ctrl-C into Exit(130), returned here
+            raise KeyboardInterrupt
         if isinstance(result, int) and result:
             sys.exit(result)  # typer.Exit(n) is returned, not raised, outside standalone mode
     except CurateError as exc:
@@ -752,18 +761,46 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        err_console.print("interrupted; continue with --resume")
-        sys.exit(130)
+        err_console.print(
+            f"interrupted; continue with: {_resume_command(argv)}", markup=False, highlight=False, soft_wrap=True
+        )
+        sys.exit(_INTERRUPTED)
+    except OSError as exc:
+        error = as_write_error(exc)
+        if error is None:
+            _internal_error(exc)
+        err_console.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)
     except Exception as exc:  # click's usage errors are handled here; everything else is a bug
         if _is_click_error(exc):
             exc.show()  # type: ignore[attr-defined]  (click's message, with its "Did you mean" hint)
             sys.exit(getattr(exc, "exit_code", 2) or 2)
-        err_console.print(f"internal error: {type(exc).__name__}: {exc}", markup=False, highlight=False)
-        if os.environ.get("CURATE_DEBUG"):
-            traceback.print_exc()
-        else:
-            err_console.print("(set CURATE_DEBUG=1 for the traceback)")
-        sys.exit(1)
+        _internal_error(exc)
+
+
+def _internal_error(exc: BaseException) -> None:
+    err_console.print(f"internal error: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+    if os.environ.get("CURATE_DEBUG"):
+        traceback.print_exc()
+    else:
+        err_console.print("(set CURATE_DEBUG=1 for the traceback)")
+    sys.exit(1)
+
+
+def _resume_command(argv: list[str] | None) -> str:
+    """The interrupted command again with --resume (and without --overwrite, which would start over)."""
+    import shlex
+
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not words or words[0] not in _RESUMABLE:
+        return "the same command with --resume"
+    words = [w for w in words if w != "--overwrite"]
+    if "--resume" not in words:
+        words.append("--resume")
+    return shlex.join(["curate", *words])
+
+
+_RESUMABLE = {"run", "dedup", "embed", "score", "pools", "demo"}
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from curate.errors import UsageError
 from curate.io import storage
 from curate.io.inputs import ColumnSpec, InputFile
 from curate.io.storage import StorageOptions
-from curate.output.ledger import VerifyReport, verify_conservation
+from curate.output.ledger import VerifyReport, count_problems, ledger_rows_by_stage, verify_conservation
 from curate.output.local import schema_from_record
 from curate.output.read import load_finished_manifest
 
@@ -34,4 +34,12 @@ def verify_output(out: Path, options: StorageOptions = ()) -> VerifyReport:
         report.problems.append(
             f"manifest totals {totals} differ from the files (kept {report.kept_rows}, removed {report.removed_rows})"
         )
+    # The same count check finalize ran before it marked the output finished.
+    report.problems += count_problems(
+        manifest["stages"],
+        report.input_rows,
+        report.kept_rows,
+        report.removed_rows,
+        ledger_rows_by_stage(out / "removed"),
+    )
     return report

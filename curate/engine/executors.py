@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import time
 from collections import OrderedDict
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
-from typing import Any, Callable, Protocol, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import cloudpickle
 
@@ -117,22 +119,36 @@ class LocalExecutor(_Timed):
 
     def __init__(self, jobs: int | None = None):
         cores = cpu_count()
-        jobs = cores if jobs is None or jobs == 0 else jobs
+        self.notes: list[str] = []  # one-line remarks for the user (a capped --jobs)
+        jobs = cores if jobs is None else jobs
         if jobs < 1:
             raise UsageError(
                 f"--jobs must be at least 1, got {jobs}", fix="e.g. --jobs 2, or leave it out to use every core"
             )
+        if jobs > cores:  # more processes than cores only thrash (and each costs memory)
+            self.notes.append(
+                f"--jobs {jobs} is more than the {cores} cores this process may use: running {cores} worker processes"
+            )
+            jobs = cores
         self.workers = jobs
         self.threads_per_task = max(1, cores // jobs)
         self.busy_seconds = 0.0
         self.preload: list[str] = []  # modules the fork server imports once for every worker
         self._pool: ProcessPoolExecutor | None = None
+        self._pool_size = 0
 
-    def _get_pool(self) -> ProcessPoolExecutor:
+    def _get_pool(self, tasks: int) -> ProcessPoolExecutor:
+        """A pool of at most one process per task: a map over 3 units starts 3 processes, not
+        --jobs of them (a later, larger map grows it)."""
+        size = max(1, min(self.workers, tasks))
+        if self._pool is not None and self._pool_size < size:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         if self._pool is None:
             context = _process_context(self.preload)
+            self._pool_size = size
             self._pool = ProcessPoolExecutor(
-                max_workers=self.workers,
+                max_workers=size,
                 mp_context=context,
                 initializer=_init_worker_process,
                 initargs=(self.threads_per_task, os.getpid(), dict(os.environ), context.Value("i", 0)),
@@ -161,8 +177,9 @@ class LocalExecutor(_Timed):
                     return results
                 payload = cloudpickle.dumps(fn)
                 digest = _digest(payload)
-                pool = self._get_pool()
-                futures = [pool.submit(invoke, payload, digest, item) for item in items]
+                with _ctrl_c_deferred():
+                    pool = self._get_pool(len(items))
+                    futures = [pool.submit(invoke, payload, digest, item) for item in items]
                 return _gather(futures, sizes, bar)
         finally:
             self._timed(started)
@@ -191,16 +208,28 @@ class LocalExecutor(_Timed):
             return ["local: 1 process (serial)"]
         return [f"local: {self.workers} worker processes x {self.threads_per_task} thread(s)"]
 
-    def close(self) -> None:
+    def close(self, *, stop_running: bool = False) -> None:
+        """Shut the pool down; `stop_running` (Ctrl-C, an error): end the running tasks now
+        instead of waiting for them (every task's output is written under a temp name)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            processes = list((getattr(self._pool, "_processes", None) or {}).values())
+            if stop_running:
+                for process in processes:
+                    process.terminate()
+            self._pool.shutdown(wait=not stop_running, cancel_futures=True)
+            if stop_running:
+                # Wait (briefly) for them to be gone: a worker still starting when the driver
+                # exits finds the pool's semaphores unlinked and prints a traceback.
+                deadline = time.monotonic() + 5
+                for process in processes:
+                    process.join(max(0.0, deadline - time.monotonic()))
             self._pool = None
 
     def __enter__(self) -> LocalExecutor:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        self.close(stop_running=exc_type is not None)
 
 
 def _process_context(preload: Sequence[str] = ()):
@@ -213,8 +242,51 @@ def _process_context(preload: Sequence[str] = ()):
         # Arrow conversion, 0.2-0.4 s CPU in every worker of every run (measured); imported
         # once in the fork server, the workers inherit it.
         context.set_forkserver_preload(["curate.engine.tasks", "pandas", *preload])
+        _start_fork_server_deaf_to_ctrl_c()
         return context
     return multiprocessing.get_context("spawn")
+
+
+@contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C until the pool's processes are started and registered.
+
+    A KeyboardInterrupt raised inside a process start leaves a worker the pool does not know:
+    nobody stops it, and it dies printing a traceback when the driver's semaphores are gone.
+    Deferred to the end of the block, the interrupt stops every worker (close(stop_running))."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _start_fork_server_deaf_to_ctrl_c() -> None:
+    """Start the fork server with SIGINT ignored, so a Ctrl-C during its preload prints nothing.
+
+    The fork server ignores SIGINT itself only after importing its preload list (seconds);
+    a Ctrl-C in that window printed its own traceback beside the driver's one line. An
+    ignored signal survives exec and Python keeps it ignored at start-up, so the server and
+    the workers it forks never see Ctrl-C; the driver handles it and stops them."""
+    import threading
+    from multiprocessing import forkserver
+
+    if threading.current_thread() is not threading.main_thread():
+        forkserver.ensure_running()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _gather(futures: list[Future], sizes: list[int], bar: Any) -> list[Any]:
@@ -252,6 +324,9 @@ def _init_worker_process(threads: int, driver_pid: int, environ: dict[str, str],
     for name in _THREAD_VARS:
         os.environ[name] = str(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Ctrl-C reaches every process of the terminal's group: the driver handles it (one line and
+    # the --resume command) and stops the workers; a worker would print its own traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     tune_allocator()
     try:  # BLAS was loaded by the fork server before these variables were set
         from threadpoolctl import threadpool_limits
@@ -340,15 +415,8 @@ class DaskExecutor(_Timed):
 
     @classmethod
     def connect(cls, address: str, *, timeout: float = CONNECT_TIMEOUT) -> DaskExecutor:
-        from distributed import Client
 
-        try:
-            client = Client(address, timeout=timeout)
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise UsageError(
-                f"cannot reach the Dask scheduler at {address} within {timeout:g} s ({first_line(exc)})",
-                fix="start one with 'dask scheduler' and 'dask worker ADDR', or check the address (tcp://HOST:PORT)",
-            ) from None
+        client = _connect(address, timeout)
         return cls(client)
 
     @property
@@ -510,6 +578,43 @@ def dashboard_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _connect(address: str, timeout: float) -> Any:
+    """A Client of the scheduler at `address`, or exit 2 within about `timeout` seconds.
+
+    distributed's own timeout covers the TCP connect but not its handshake: a port that accepts
+    and then says nothing (any HTTP server, the dashboard port) hangs it, and one that answers
+    with other bytes reads them as a message length (a 3 EiB allocation). So the connection is
+    made on a helper thread and given up on after the timeout plus a margin."""
+    import threading
+
+    from distributed import Client
+
+    outcome: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            outcome["client"] = Client(address, timeout=timeout, set_as_default=False)
+        except BaseException as exc:  # MemoryError from a non-Dask reply included
+            outcome["error"] = exc
+
+    fix = "check the address: it is the scheduler's tcp://HOST:PORT (8786 by default), not its dashboard; start one with 'dask scheduler'"
+    thread = threading.Thread(target=connect, name="curate-dask-connect", daemon=True)
+    thread.start()
+    thread.join(timeout + 5.0)
+    if thread.is_alive():
+        raise UsageError(f"{address} does not answer as a Dask scheduler within {timeout + 5.0:g} s", fix=fix)
+    error = outcome.get("error")
+    if isinstance(error, (OSError, TimeoutError)) and not isinstance(error, MemoryError):
+        raise UsageError(
+            f"cannot reach the Dask scheduler at {address} within {timeout:g} s ({first_line(error)})", fix=fix
+        ) from None
+    if error is not None:
+        raise UsageError(
+            f"{address} does not answer as a Dask scheduler ({type(error).__name__}: {first_line(error)})", fix=fix
+        ) from None
+    return outcome["client"]
 
 
 def make_executor(

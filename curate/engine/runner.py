@@ -10,7 +10,6 @@ own work with `ctx.map`.
 
 from __future__ import annotations
 
-import errno
 import functools
 import gc
 import json
@@ -18,7 +17,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,17 +27,18 @@ from curate.engine.progress import QUIET, Progress
 from curate.engine.spec import PipelineSpec, earlier_output
 from curate.engine.tasks import CheckUnit, FirstRepeatedId, FitMap, FitReduce, Transform, assemble, save_stage
 from curate.engine.units import DEFAULT_UNIT_ROWS, InputSource, InputUnit, PartSource, plan_units, unit_rows_for
-from curate.errors import InputError, OutputError, UsageError
+from curate.errors import CurateError, InputError, OutputError, UsageError, as_write_error, redact_all
 from curate.index import origin as index_origin
 from curate.index.store import INDEX_DIR
 from curate.io import mirror, storage
-from curate.io.atomic import atomic_path
+from curate.io.atomic import atomic_path, remove_path
 from curate.io.cache import staging_root
-from curate.io.inputs import ROW_COLUMN, InputSet
+from curate.io.inputs import ROW_COLUMN, InputSet, refuse_output_inside_input, resolved
 from curate.io.parts import PartWriter, list_parts
-from curate.output.layout import INPUT_STAGE, STAGE_WORK, STAGES_DIR
+from curate.output.layout import INPUT_STAGE, LEASE_NAME, LOCK_NAME, STAGE_WORK, STAGES_DIR, output_names
 from curate.output.ledger import LEDGER_SCHEMA, ids_as_strings
-from curate.output.local import finalize, new_manifest, prepare_output, stage_dir_name
+from curate.output.local import finalize, foreign_entries, new_manifest, prepare_output, stage_dir_name
+from curate.output.lock import OutputLease, OutputLock
 from curate.output.manifest import MANIFEST_NAME, write_manifest
 from curate.output.store import OutputStore, is_remote, local_outputs
 from curate.runtime import cpu_count, tune_allocator
@@ -72,19 +72,7 @@ class RunResult:
     manifest: dict
     kept_rows: int
     removed_rows: int
-
-
-# OS errors that mean "this output location cannot take the writes" (not a bug in curate).
-_OUTPUT_ERRNOS = {
-    errno.ENOSPC,
-    errno.EDQUOT,
-    errno.EROFS,
-    errno.EACCES,
-    errno.EPERM,
-    errno.ENOTDIR,
-    errno.EISDIR,
-    errno.EFBIG,
-}
+    notes: list[str] = field(default_factory=list)  # one-line remarks for the user
 
 
 def _output_errors_are_user_errors(run: Callable[..., RunResult]) -> Callable[..., RunResult]:
@@ -100,15 +88,11 @@ def _output_errors_are_user_errors(run: Callable[..., RunResult]) -> Callable[..
             _collect_failed_writers(exc)
             raise
         except OSError as exc:
-            if exc.errno not in _OUTPUT_ERRNOS:
+            error = as_write_error(exc, args[2] if len(args) > 2 else kwargs.get("output"))
+            if error is None:
                 raise
             _collect_failed_writers(exc)
-            where = exc.filename or (args[2] if len(args) > 2 else kwargs.get("output"))
-            raise OutputError(
-                f"cannot write ({os.strerror(exc.errno)})",
-                path=where,
-                fix="free disk space or make the output writable, then rerun with --resume (finished stages are kept)",
-            ) from None
+            raise error from None
 
     return wrapper
 
@@ -150,6 +134,66 @@ def _run_somewhere(
     spec: PipelineSpec, source: str | os.PathLike, output: str | os.PathLike, options: RunOptions, executor: Executor
 ) -> RunResult:
     earlier = earlier_outputs(spec, options)
+    refuse_overlaps(source, output, earlier)  # before anything is read, locked or deleted
+    if is_remote(output):
+        return _run_locked(spec, source, output, options, executor, earlier)
+    lock = OutputLock(Path(storage.local_or_url(str(output))))
+    with lock:
+        try:
+            return _run_locked(spec, source, output, options, executor, earlier)
+        except CurateError:
+            _remove_if_only_lock(lock)
+            raise
+
+
+def refuse_overlaps(source: str | os.PathLike, output: str | os.PathLike, earlier: list[str]) -> None:
+    """-o that is, or holds, the input or an earlier output (--against) is refused: --overwrite
+    would delete what the run reads. Checked before anything is written or deleted."""
+    refuse_output_inside_input(source, output)
+    out_text = storage.local_or_url(str(output))
+    for location in earlier:
+        text = storage.local_or_url(str(location))
+        if storage.is_url(text) != storage.is_url(out_text):
+            continue
+        if storage.is_url(text):
+            same = text.rstrip("/") == out_text.rstrip("/") or text.startswith(out_text.rstrip("/") + "/")
+        else:
+            found, out = resolved(Path(text)), resolved(Path(out_text))
+            same = found == out or out in found.parents
+        if same:
+            raise UsageError(
+                f"the output is the earlier output {location} that --against reads (or holds it)",
+                path=output,
+                fix="write the new output elsewhere, then merge its index into the earlier one with: curate index EARLIER --add NEW",
+            )
+
+
+def _remove_if_only_lock(lock: OutputLock) -> None:
+    """A directory this run created for its lock, left holding only the lock: removed, so an
+    exit-2 failure leaves no trace."""
+    out = lock.out
+    if lock.created_directory and out.is_dir() and all(c.name == LOCK_NAME for c in out.iterdir()):
+        lock.release()
+        remove_path(out)
+
+
+def _undo_fresh_run(out: Path, manifest: dict) -> None:
+    """A fresh run that fails with exit 2 before any stage finished (a bad id, bad UTF-8, a
+    missing column) leaves OUT as if it had not started: its manifest and stage folders go."""
+    if manifest.get("finalized") or any(s.get("status") == "done" for s in manifest["stages"][1:]):
+        return  # finished stages stay for --resume
+    remove_path(out / STAGES_DIR)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+
+
+def _run_locked(
+    spec: PipelineSpec,
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    options: RunOptions,
+    executor: Executor,
+    earlier: list[str],
+) -> RunResult:
     for location in (str(source), str(output), *earlier):
         if is_remote(location) and storage.EXTRAS.get(storage.protocol(location)) == "s3":
             executor.preload_in_workers("s3fs")
@@ -164,47 +208,67 @@ def _run_somewhere(
                 spec, source, storage.local_or_url(str(output)), options, executor, against_paths=tuple(against)
             )
         store = OutputStore(str(output), spec.output_options, side_outputs=all_side_outputs())
-        staging_root().mkdir(parents=True, exist_ok=True)
-        # Workers that do not see the driver's staging directory (other machines) hand files
-        # over through the store instead (curate.io.mirror).
-        mirrored = not executor.shares_directory(str(staging_root()))
-        if mirrored:
-            _check_views_for_workers(earlier)
-        staging = store.prepare(resume=options.resume, overwrite=options.overwrite, mirrored=mirrored)
-        # The staging directory is now empty (a fresh run) or holds the run to continue.
-        run_mirror = (
-            mirror.Mirror(str(staging.absolute()), store.url, spec.output_options, held_back=(MANIFEST_NAME,))
-            if mirrored
-            else None
+        # The first call on the store: a missing bucket or bad credentials are one line here.
+        lease = store.call(
+            "take the output's writer lease", OutputLease(store.fs, store._key(LEASE_NAME), store.url).acquire
         )
-        views = list(zip(against, earlier)) if mirrored else []
-        with (
-            mirror.activated(run_mirror, record=store.committed_files),
-            index_origin.registered(views, spec.output_options),
-        ):
-            run_executor = MirroredExecutor(executor, run_mirror) if run_mirror is not None else executor
-            try:
-                result = _run(
-                    spec,
-                    source,
-                    staging,
-                    replace(options, resume=True, overwrite=False),
-                    run_executor,
-                    commit=lambda out: store.commit(
-                        out,
-                        map=lambda fn, items: run_executor.map(fn, items, label="committing"),
-                        workers=executor.workers,
-                    ),
-                    output_name=store.url,
-                    against_paths=tuple(against),
-                )
-            finally:
-                if mirrored:
-                    for path in (staging, *against):
-                        executor.run_everywhere(mirror.forget_local, str(path))
-                    store.discard_staging()
+        try:
+            return _run_in_store(spec, source, options, executor, earlier, against, store)
+        finally:
+            lease.release()
+
+
+def _run_in_store(
+    spec: PipelineSpec,
+    source: str | os.PathLike,
+    options: RunOptions,
+    executor: Executor,
+    earlier: list[str],
+    against: list[str],
+    store: OutputStore,
+) -> RunResult:
+    """A run whose output is an object-store URL, staged locally (curate.output.store)."""
+    staging_root().mkdir(parents=True, exist_ok=True)
+    # Workers that do not see the driver's staging directory (other machines) hand files
+    # over through the store instead (curate.io.mirror).
+    mirrored = not executor.shares_directory(str(staging_root()))
+    if mirrored:
+        _check_views_for_workers(earlier)
+    staging = store.prepare(resume=options.resume, overwrite=options.overwrite, mirrored=mirrored)
+    # The staging directory is now empty (a fresh run) or holds the run to continue.
+    run_mirror = (
+        mirror.Mirror(str(staging.absolute()), store.url, spec.output_options, held_back=(MANIFEST_NAME,))
+        if mirrored
+        else None
+    )
+    views = list(zip(against, earlier)) if mirrored else []
+    with (
+        mirror.activated(run_mirror, record=store.committed_files),
+        index_origin.registered(views, spec.output_options),
+    ):
+        run_executor = MirroredExecutor(executor, run_mirror) if run_mirror is not None else executor
+        try:
+            result = _run(
+                spec,
+                source,
+                staging,
+                replace(options, resume=True, overwrite=False),
+                run_executor,
+                commit=lambda out: store.commit(
+                    out,
+                    map=lambda fn, items: run_executor.map(fn, items, label="committing"),
+                    workers=executor.workers,
+                ),
+                output_name=store.url,
+                against_paths=tuple(against),
+            )
+        finally:
+            if mirrored:
+                for path in (staging, *against):
+                    executor.run_everywhere(mirror.forget_local, str(path))
+                store.discard_staging()
     store.discard_staging()
-    return RunResult(store.url, result.manifest, result.kept_rows, result.removed_rows)  # type: ignore[arg-type]
+    return RunResult(store.url, result.manifest, result.kept_rows, result.removed_rows, result.notes)  # type: ignore[arg-type]
 
 
 def _check_views_for_workers(earlier: list[str]) -> None:
@@ -242,18 +306,53 @@ def _run(
     """`against_paths`: local copies of `earlier_outputs` (URLs fetched); the config keeps
     the outputs as given."""
     out = Path(output)
-    config = json.loads(json.dumps(spec.resolved()))
+    config = redact_all(json.loads(json.dumps(spec.resolved())))
     if options.against:  # part of the config (after the pipeline file's), so --resume refuses another set
         config["against"] = earlier_outputs(spec, options)
     inputs = InputSet.scan(source, spec.columns, output=output_name or out)  # an output inside the input is refused
-    input_record = [f.to_json() for f in inputs.files]
-    manifest = prepare_output(out, config, input_record, resume=options.resume, overwrite=options.overwrite)
+    input_record = redact_all([f.to_json() for f in inputs.files])  # as the manifest records them
+    known = output_names(all_side_outputs())
+    foreign = foreign_entries(out, known) if options.overwrite else []
+    manifest = prepare_output(
+        out, config, input_record, resume=options.resume, overwrite=options.overwrite, side_outputs=all_side_outputs()
+    )
+    notes = (
+        [
+            f"--overwrite left {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} that curate did not write in place: {', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}"
+        ]
+        if foreign and manifest is None
+        else []
+    )
+    if not spec.stages:
+        notes.append("the pipeline has no stages: kept/ holds the input as read (add [[stage]] tables to curate it)")
+    fresh = manifest is None
     if manifest is None:
         manifest = new_manifest(config, input_record, inputs, [(s.name, s.kind) for s in spec.stages], spec.seed)
         write_manifest(out, manifest)
         commit(out)
     if manifest.get("finalized"):
-        return _result(out, manifest)
+        return _result(out, manifest, notes)
+    try:
+        return _run_stages(spec, out, options, executor, commit, against_paths, config, inputs, manifest, notes)
+    except CurateError:
+        if fresh and commit is _no_commit:
+            _undo_fresh_run(out, manifest)
+        raise
+
+
+def _run_stages(
+    spec: PipelineSpec,
+    out: Path,
+    options: RunOptions,
+    executor: Executor,
+    commit: Callable[[Path], None],
+    against_paths: tuple[str, ...] | None,
+    config: dict,
+    inputs: InputSet,
+    manifest: dict,
+    notes: list[str],
+) -> RunResult:
+    """The input check, each stage's fit and transform, finalize and the report."""
     workers = executor.workers
     unit_rows = unit_rows_for(inputs.num_rows, workers, options.unit_rows)
     manifest["executor"] = {
@@ -340,7 +439,7 @@ def _run(
             mirror.ensure(out / name)
         options.build_report(out, options.progress)
         commit(out)
-    return _result(out, manifest)
+    return _result(out, manifest, notes)
 
 
 def _publish_kept(last: InputSource | PartSource, kept_final: Path) -> None:
@@ -438,7 +537,7 @@ def _check_input(
     problems: list[tuple[int, int, str]] = []  # (ordinal, rank within a batch as the check goes, what)
     problems += [(f.null_id, 0, "null_id") for f in findings if f.null_id >= 0]
     problems += [(r, 1, "duplicate_id") for r in repeats if r >= 0]
-    problems += [(f.bad_utf8, 2, "bad_utf8") for f in findings if f.bad_utf8 >= 0]
+    problems += [(f.bad_utf8, 2, f"bad_utf8:{f.bad_utf8_column}") for f in findings if f.bad_utf8 >= 0]
     if not spec.drop_null_text:
         problems += [(f.null_text, 3, f"null_text:{f.null_text_in_batch}") for f in findings if f.null_text >= 0]
     if problems:
@@ -469,11 +568,12 @@ def _raise_input_problem(inputs: InputSet, spec: PipelineSpec, ordinal: int, _ra
             path=file.path,
             fix=f"give every row an id in '{id_col}', or drop the column to get '<file stem>:<row>' ids",
         )
-    if what == "bad_utf8":
+    if what.startswith("bad_utf8:"):
+        column = what.partition(":")[2] or spec.columns.text
         raise InputError(
-            f"text at row {row} is not valid UTF-8",
+            f"column '{column}' at row {row} is not valid UTF-8",
             path=file.path,
-            fix="re-encode the text column as UTF-8 (e.g. decode with errors='replace') before curating",
+            fix=f"re-encode '{column}' as UTF-8 (e.g. decode with errors='replace') before curating",
         )
     if what == "duplicate_id":
         unit = InputUnit(
@@ -516,6 +616,6 @@ def _notify(options: RunOptions, name: str) -> None:
         options.on_stage_done(name)
 
 
-def _result(out: Path, manifest: dict) -> RunResult:
+def _result(out: Path, manifest: dict, notes: list[str] | None = None) -> RunResult:
     totals = manifest.get("totals", {})
-    return RunResult(out, manifest, totals.get("kept_rows", 0), totals.get("removed_rows", 0))
+    return RunResult(out, manifest, totals.get("kept_rows", 0), totals.get("removed_rows", 0), list(notes or []))

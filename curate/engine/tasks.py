@@ -218,7 +218,8 @@ class CheckFindings:
     null_text: int  # first ordinal with a null text, -1 if none
     null_text_in_batch: int
     null_texts: int
-    bad_utf8: int  # first ordinal whose text is not valid UTF-8, -1 if none
+    bad_utf8: int  # first ordinal with a string value that is not valid UTF-8, -1 if none
+    bad_utf8_column: str = ""  # and its column
 
 
 @dataclass(frozen=True)
@@ -231,11 +232,15 @@ class CheckUnit:
         id_col, text_col = unit.columns.id, unit.columns.text
         keys: list[np.ndarray] = []
         null_id = null_text = bad_utf8 = -1
+        bad_column = ""
         in_batch = nulls = 0
+        # Parquet readers do not validate UTF-8: every string column is checked, not only the
+        # text (polars, tokenizers and JSON writers downstream refuse invalid strings).
+        strings = [f.name for f in unit.schema if _is_string(f.type) and f.name not in (text_col, ROW_COLUMN)]
         attempt = Path(self.units_dir) / f".{unit.index:05d}.{uuid.uuid4().hex}.tmp"
         try:
             writer = PartWriter(attempt / "removed", schema=LEDGER_SCHEMA)
-            for batch in unit.with_nulls().batches([text_col]):
+            for batch in unit.with_nulls().batches([text_col, *strings]):
                 rows = batch.column(ROW_COLUMN).to_numpy()
                 ids = batch.column(id_col)
                 if ids.null_count:
@@ -244,8 +249,14 @@ class CheckUnit:
                 str_ids = ids_as_strings(ids)
                 keys.append(np.column_stack([hash128(str_ids).view(np.int64), rows]))
                 texts = batch.column(text_col)
-                bad = first_invalid_utf8(texts)
-                if bad >= 0:
+                found = [
+                    (first_invalid_utf8(batch.column(name)), name)
+                    for name in dict.fromkeys([text_col, id_col, *strings])
+                    if _is_string(batch.schema.field(name).type)
+                ]
+                found = [(row, name) for row, name in found if row >= 0]
+                if found:
+                    bad, bad_column = min(found)
                     bad_utf8 = int(rows[bad])
                     break
                 if texts.null_count:
@@ -264,7 +275,7 @@ class CheckUnit:
         which = triples[:, 0].view(np.uint64) % np.uint64(self.buckets)
         for bucket in range(self.buckets):
             write_piece(piece_path(self.shuffle_dir, bucket, unit.index), triples[which == bucket])
-        return CheckFindings(null_id, null_text, in_batch, nulls, bad_utf8)
+        return CheckFindings(null_id, null_text, in_batch, nulls, bad_utf8, bad_column)
 
 
 @dataclass(frozen=True)
@@ -282,6 +293,10 @@ class FirstRepeatedId:
         repeat = np.zeros(len(rows), dtype=bool)
         repeat[1:] = (hi[1:] == hi[:-1]) & (lo[1:] == lo[:-1])
         return int(rows[repeat].min()) if repeat.any() else -1
+
+
+def _is_string(dtype: pa.DataType) -> bool:
+    return pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype)
 
 
 def first_invalid_utf8(texts: pa.Array) -> int:

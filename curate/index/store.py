@@ -22,6 +22,7 @@ import xxhash
 from curate.errors import UsageError
 from curate.io.atomic import atomic_path, atomic_write_json
 from curate.io.storage import digest_stream
+from curate.output.manifest import read_manifest
 
 FORMAT = 1
 INDEX_DIR = "index"
@@ -149,12 +150,8 @@ def read_index(directory: str | Path) -> StoredIndex:
 def find_index(output: str | Path, stage: str, kind: str) -> StoredIndex:
     """The index of `output` for the stage named `stage`, else its only index of `kind`."""
     output = Path(output)
-    manifest = output / "manifest.json"
-    try:
-        finished = json.loads(manifest.read_text()).get("finalized", False)
-    except (OSError, ValueError):
-        finished = False
-    if not finished:
+    manifest = read_manifest(output)  # exit 2 "not a curate output" for a manifest of another shape
+    if manifest is None or not manifest.get("finalized"):
         raise UsageError(
             "not a finished curate output", path=output, fix="pass the output directory of a finished run to --against"
         )

@@ -43,6 +43,9 @@ _NAMES = {PARQUET: "Parquet", JSONL: "JSON Lines", HF: "saved Hugging Face datas
 # its text) while leaving pyarrow enough to parse in parallel (it splits a block into 1 MiB
 # pieces across threads).
 JSONL_BLOCK_BYTES = 8 << 20
+# The longest JSON Lines record read (contract: documented in docs/storage.md); a longer line is
+# exit 2 naming the file and the line.
+MAX_LINE_BYTES = 64 << 20
 _ROW_COUNTER = "__curate_count"
 
 
@@ -95,6 +98,7 @@ def resolve_inputs(source: str | Path, fmt: str | None = None, options: StorageO
     fmt = check_format(fmt)
     text = storage.local_or_url(str(source))
     if storage.is_url(text):
+        storage.check_scheme(text)
         return _resolve_remote(text, fmt, options)
     path = Path(text)
     if path.is_dir():
@@ -415,10 +419,13 @@ def parquet_row_group_rows(
 
 
 def _jsonl_blocks(path: str, options: StorageOptions = ()) -> Iterator[tuple[int, bytes]]:
-    """(number of the block's first line, whole lines) of the decompressed file."""
+    """(number of the block's first line, whole lines) of the decompressed file. Memory stays
+    within a block plus one line: a line longer than MAX_LINE_BYTES is refused as soon as it
+    is (a 6 GB line-free file is not read to the end first), and its pieces are joined once."""
     codec = jsonl_compression(path)
     line = 1
-    rest = b""
+    pending: list[bytes] = []  # the start of a line not ended yet, in pieces (never re-concatenated)
+    pending_bytes = 0
     try:
         stream = pa.input_stream(_source(path, options), compression=codec)
     except (pa.ArrowException, OSError) as exc:
@@ -438,17 +445,30 @@ def _jsonl_blocks(path: str, options: StorageOptions = ()) -> Iterator[tuple[int
                 ) from None
             if not block:
                 break
-            data = rest + block if rest else block
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                rest = data
+            first_end = block.find(b"\n")
+            if pending_bytes + (len(block) if first_end < 0 else first_end) > MAX_LINE_BYTES:
+                raise _line_too_long(path, line, pending_bytes + (len(block) if first_end < 0 else first_end))
+            if first_end < 0:
+                pending.append(block)
+                pending_bytes += len(block)
                 continue
-            chunk, rest = data[:cut], data[cut:]
+            cut = block.rfind(b"\n") + 1
+            chunk = b"".join([*pending, block[:cut]]) if pending else block[:cut]
+            pending, pending_bytes = ([block[cut:]], len(block) - cut) if cut < len(block) else ([], 0)
             if not chunk.isspace():
                 yield line, chunk
             line += chunk.count(b"\n")
+    rest = b"".join(pending)
     if rest and not rest.isspace():
         yield line, rest
+
+
+def _line_too_long(path: str, line: int, size: int) -> InputError:
+    return InputError(
+        f"line {line} is longer than {MAX_LINE_BYTES >> 20} MiB (at least {size:,} bytes without a line break)",
+        path=path,
+        fix="split that record into smaller ones, or store the data as Parquet",
+    )
 
 
 def _parse_block(path: str, first: int, block: bytes, schema: pa.Schema | None = None) -> pa.Table:
@@ -458,7 +478,16 @@ def _parse_block(path: str, first: int, block: bytes, schema: pa.Schema | None =
         else pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     )
     try:
-        return pj.read_json(pa.BufferReader(block), parse_options=options)
+        try:
+            return pj.read_json(pa.BufferReader(block), parse_options=options)
+        except pa.ArrowInvalid as exc:
+            if "straddl" not in str(exc):
+                raise
+            # A line longer than pyarrow's parse block (1 MiB): parse the chunk as one block
+            # (its lines are whole, each at most MAX_LINE_BYTES).
+            return pj.read_json(
+                pa.BufferReader(block), read_options=pj.ReadOptions(block_size=len(block) + 1), parse_options=options
+            )
     except (pa.ArrowException, UnicodeDecodeError) as exc:  # invalid UTF-8 surfaces as UnicodeDecodeError
         raise _diagnose(path, first, block, exc) from None
 

@@ -83,7 +83,7 @@ def refuse_output_inside_input(source: str | os.PathLike, output: str | os.PathL
     base = Path(text)
     if not base.exists() and any(ch in text for ch in "*?["):
         base = Path(*[part for part in takewhile(lambda p: not any(ch in p for ch in "*?["), base.parts)] or ["."])
-    base, out = base.resolve(), Path(output).resolve()
+    base, out = resolved(base), resolved(Path(output))
     fix = "write the output next to the input, not inside it (or the input inside the output)"
     if out == base or base in out.parents:
         raise UsageError(
@@ -95,6 +95,18 @@ def refuse_output_inside_input(source: str | os.PathLike, output: str | os.PathL
         raise UsageError(
             f"the input {source} is inside the output {output}, which --overwrite would clear", path=output, fix=fix
         )
+
+
+def resolved(path: Path) -> Path:
+    """`path.resolve()`, with a symlink loop as a one-line exit 2."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:
+        raise UsageError(
+            f"cannot resolve the path ({first_line(exc)})",
+            path=path,
+            fix="a symbolic link on it points back to itself; fix or remove the link",
+        ) from None
 
 
 def fingerprint_file(path: str | Path, fmt: str = PARQUET, options: StorageOptions = ()) -> str:

@@ -34,6 +34,18 @@ def is_url(location: str) -> bool:
     return "://" in str(location)
 
 
+def check_scheme(url: str) -> None:
+    """Exit 2 for a URL scheme curate does not read: http(s) servers list no directories and
+    many serve no byte ranges (Parquet footers), so they are refused rather than half-working."""
+    scheme = protocol(url)
+    if scheme in EXTRAS or scheme in ("file", "memory"):
+        return
+    supported = "a local path, file://, " + ", ".join(f"{s}://" for s in EXTRAS)
+    raise UsageError(
+        f"{scheme}:// input is not supported", path=url, fix=f"download the files first, or use {supported}"
+    )
+
+
 def local_or_url(source: str) -> str:
     """`file:///data/x` -> `/data/x`; anything else unchanged."""
     text = str(source)

@@ -18,6 +18,8 @@ REMOVED_DIR = "removed"
 STAGES_DIR = "_stages"
 STAGE_WORK = "work"  # a stage's scratch: never committed, removed when the stage is done
 INPUT_STAGE = "input"  # the input check's entry in the manifest's stage list
+LOCK_NAME = ".curate-lock"  # a local output's writer lock (curate.output.lock)
+LEASE_NAME = ".curate-lease.json"  # an object-store output's writer lease
 # What commands (not stages) write at the top level of an output.
 COMMAND_OUTPUTS = ("report.html", "report.json", "plots", "scaling", "kept-jsonl")
 
@@ -25,7 +27,9 @@ COMMAND_OUTPUTS = ("report.html", "report.json", "plots", "scaling", "kept-jsonl
 def output_names(side_outputs: Iterable[str]) -> frozenset[str]:
     """The top-level names an output may hold: curate's own, the commands', and the stages' side
     outputs. Anything else under an output prefix is not curate's."""
-    return frozenset({MANIFEST_NAME, KEPT_DIR, REMOVED_DIR, STAGES_DIR, *COMMAND_OUTPUTS, *side_outputs})
+    return frozenset(
+        {MANIFEST_NAME, KEPT_DIR, REMOVED_DIR, STAGES_DIR, LOCK_NAME, LEASE_NAME, *COMMAND_OUTPUTS, *side_outputs}
+    )
 
 
 def is_hidden(rel: str) -> bool:

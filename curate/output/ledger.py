@@ -82,6 +82,41 @@ class VerifyReport:
         return not (self.missing or self.duplicated or self.unknown or self.problems)
 
 
+class ConservationError(RuntimeError):
+    """The counts of a finished run do not add up: a bug in curate (exit 1), never bad input."""
+
+
+def count_problems(
+    stages: list[dict], input_rows: int, kept_rows: int, removed_rows: int, ledger_rows: dict[str, int] | None = None
+) -> list[str]:
+    """What the counts alone say is lost or counted twice: kept + removed = input, the stages'
+    removed rows add up to the ledger, and (given the ledger's rows per stage) each stage's
+    ledger rows equal its `rows_removed`. Finalize runs this before it marks an output
+    finished; `curate verify` runs it beside the id-by-id check."""
+    problems = []
+    if kept_rows + removed_rows != input_rows:
+        problems.append(
+            f"kept {kept_rows:,} + removed {removed_rows:,} = {kept_rows + removed_rows:,} rows, but the input has {input_rows:,}"
+        )
+    recorded = sum(int(s.get("rows_removed") or 0) for s in stages)
+    if recorded != removed_rows:
+        problems.append(f"the stages record {recorded:,} removed rows, the ledger holds {removed_rows:,}")
+    for stage in stages if ledger_rows is not None else []:
+        found, want = ledger_rows.get(stage["name"], 0), int(stage.get("rows_removed") or 0)
+        if found != want:
+            problems.append(f"stage {stage['name']!r}: {found:,} ledger rows, but it recorded {want:,} removed")
+    return problems
+
+
+def ledger_rows_by_stage(removed_dir: Path) -> dict[str, int]:
+    """Rows of the ledger per `stage` value (reads that column only)."""
+    counts: dict[str, int] = {}
+    for batch in iter_part_batches(removed_dir, columns=["stage"]):
+        for stage, count in pl.from_arrow(batch.column(0)).value_counts().iter_rows():
+            counts[stage] = counts.get(stage, 0) + count
+    return counts
+
+
 def _id_frame(batches, id_column: str) -> pl.DataFrame:
     chunks = [ids_as_strings(b.column(id_column)) for b in batches]
     if not chunks:

@@ -10,7 +10,6 @@ OUT/removed: kept/ never holds rows of an unfinished run.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,12 +20,12 @@ import pyarrow.parquet as pq
 from curate import __version__
 from curate.errors import OutputError, UsageError
 from curate.io import mirror
-from curate.io.atomic import atomic_path
+from curate.io.atomic import atomic_path, atomic_write_json, remove_path
 from curate.io.inputs import DEFAULT_BATCH_SIZE, ROW_COLUMN, InputSet
 from curate.io.parts import PartWriter, close_quietly, count_part_rows, list_parts
-from curate.output.layout import INPUT_STAGE, STAGES_DIR
-from curate.output.ledger import LEDGER_SCHEMA
-from curate.output.manifest import MANIFEST_NAME, package_versions, read_manifest, write_manifest
+from curate.output.layout import INPUT_STAGE, LOCK_NAME, MANIFEST_NAME, STAGES_DIR, output_names
+from curate.output.ledger import LEDGER_SCHEMA, ConservationError, count_problems
+from curate.output.manifest import OVERWRITING, package_versions, read_manifest, write_manifest
 
 _PROBE = ".curate-write-probe"
 
@@ -66,10 +65,24 @@ def schema_from_record(record: str) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(record)))
 
 
-def prepare_output(out: Path, config: dict, input_record: list[dict], *, resume: bool, overwrite: bool) -> dict | None:
-    """The manifest to resume from, or None for a fresh run (the directory is then empty)."""
+def prepare_output(
+    out: Path,
+    config: dict,
+    input_record: list[dict],
+    *,
+    resume: bool,
+    overwrite: bool,
+    side_outputs: tuple[str, ...] = (),
+) -> dict | None:
+    """The manifest to resume from, or None for a fresh run (curate's names then absent from OUT).
+    `side_outputs`: what the registered stages may write (curate.stages.base.all_side_outputs).
+    The caller holds the output's lock (curate.output.lock)."""
     existing = read_manifest(out) if out.exists() else None
-    non_empty = out.exists() and any(out.iterdir())
+    known = output_names(side_outputs)
+    ours = _curate_entries(out, known)
+    non_empty = bool(ours) or (out.exists() and any(not _is_lock(c) for c in out.iterdir()))
+    if existing is not None and existing.get("curate_overwriting") and not overwrite:
+        raise OutputError("an --overwrite of this output did not finish", path=out, fix="rerun with --overwrite")
     if resume and existing is None and non_empty and _only_start_debris(out):
         non_empty = False  # killed before the first manifest landed: nothing to keep, start fresh
     if resume and existing is not None:
@@ -101,7 +114,7 @@ def prepare_output(out: Path, config: dict, input_record: list[dict], *, resume:
             )
         if existing is None and resume:
             raise OutputError("--resume: no manifest.json here", path=out, fix="start without --resume")
-        _clear_directory(out)
+        clear_output(out, known)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / _PROBE
@@ -114,24 +127,52 @@ def prepare_output(out: Path, config: dict, input_record: list[dict], *, resume:
     return None
 
 
+def clear_output(out: Path, known: frozenset[str]) -> list[str]:
+    """Remove what curate wrote in OUT, the manifest first (replaced by the overwrite mark, so a
+    failure part way never leaves a finished manifest over missing files); files and folders
+    that curate did not write stay where they are. Returns their names."""
+    atomic_write_json(out / MANIFEST_NAME, OVERWRITING, fsync=True)
+    for child in _curate_entries(out, known):
+        if child.name != MANIFEST_NAME:
+            remove_path(child)
+    (out / MANIFEST_NAME).unlink()
+    return sorted(c.name for c in out.iterdir() if not _is_lock(c))
+
+
+def foreign_entries(out: Path, known: frozenset[str]) -> list[str]:
+    """Top-level names in OUT that curate does not write (a user's notes, say)."""
+    return (
+        sorted(c.name for c in out.iterdir() if c.name not in known and not c.name.startswith("."))
+        if out.is_dir()
+        else []
+    )
+
+
+def _curate_entries(out: Path, known: frozenset[str]) -> list[Path]:
+    """What curate wrote at the top of OUT: its names and its dot-named temp files; not the lock."""
+    if not out.is_dir():
+        return []
+    return sorted(c for c in out.iterdir() if not _is_lock(c) and (c.name in known or c.name.startswith(".")))
+
+
+def _is_lock(path: Path) -> bool:
+    return path.name == LOCK_NAME
+
+
 def _only_start_debris(out: Path) -> bool:
     """True when OUT holds nothing but what a run writes before its first manifest: the write
     probe, a temp manifest, an empty _stages tree (all curate names, so nothing of the user's)."""
     for child in out.iterdir():
-        if child.name == _PROBE or (child.name.startswith(f".{MANIFEST_NAME}") and child.name.endswith(".tmp")):
+        if (
+            _is_lock(child)
+            or child.name == _PROBE
+            or (child.name.startswith(f".{MANIFEST_NAME}") and child.name.endswith(".tmp"))
+        ):
             continue
         if child.name == STAGES_DIR and child.is_dir() and not any(p.is_file() for p in child.rglob("*")):
             continue
         return False
     return True
-
-
-def _clear_directory(out: Path) -> None:
-    for child in out.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
 
 
 def _fingerprints(files: list[dict]) -> list[tuple[str, str]]:
@@ -149,28 +190,38 @@ def finalize(
         publish_kept(kept_final)
     map_parts(strip_row_column, list_parts(kept_final))
     removed_final = out / "removed"
-    if not mirror.exists(removed_final):
+    ledger_rows: dict[str, int] | None = {}
+    if mirror.exists(removed_final):
+        ledger_rows = None  # gathered before a kill: the stage folders may be gone
+    else:
         # Gathered under a temp name, then renamed: a kill leaves no half removed/.
         tmp = removed_final.with_name(f".{removed_final.name}.tmp")
         mirror.remove(tmp)
         index = 0
-        stage_dirs = [stage_dir_name(i, entry["name"]) for i, entry in enumerate(manifest["stages"])]
-        for name in stage_dirs:
-            for part in list_parts(stages_root / name / "removed"):
-                if mirror.read_metadata(part).num_rows == 0:
+        for position, entry in enumerate(manifest["stages"]):
+            rows = 0
+            for part in list_parts(stages_root / stage_dir_name(position, entry["name"]) / "removed"):
+                count = mirror.read_metadata(part).num_rows
+                rows += count
+                if count == 0:
                     continue
                 mirror.copy(part, tmp / f"part-{index:05d}.parquet")
                 index += 1
+            ledger_rows[entry["name"]] = rows
         if index == 0:
             PartWriter(tmp, schema=LEDGER_SCHEMA).close()
         mirror.move(tmp, removed_final)
-    mirror.remove(stages_root)
-    manifest["finalized"] = True
-    manifest["totals"] = {
+    totals = {
         "input_rows": input_rows,
         "kept_rows": count_part_rows(kept_final),
         "removed_rows": count_part_rows(removed_final),
     }
+    problems = count_problems(manifest["stages"], input_rows, totals["kept_rows"], totals["removed_rows"], ledger_rows)
+    if problems:  # never mark finished an output that lost or doubled rows
+        raise ConservationError("the output does not add up, so it is left unfinished: " + "; ".join(problems))
+    mirror.remove(stages_root)
+    manifest["finalized"] = True
+    manifest["totals"] = totals
     write_manifest(out, manifest)
 
 

@@ -43,7 +43,8 @@ from curate.errors import OutputError, UsageError
 from curate.io import mirror, storage
 from curate.io.cache import staging_root
 from curate.io.storage import StorageOptions, call_output, file_digest
-from curate.output.layout import MANIFEST_NAME, is_committed, is_hidden, is_stage_work, output_names
+from curate.output.layout import LEASE_NAME, MANIFEST_NAME, is_committed, is_hidden, is_stage_work, output_names
+from curate.output.manifest import OVERWRITING, check_manifest
 
 FILES_KEY = "files"
 # A mirrored resume pulls committed files up to this size to the driver (manifests, metadata,
@@ -155,13 +156,15 @@ class OutputStore:
         if data is None:
             return None
         try:
-            return json.loads(data)
+            manifest = json.loads(data)
         except ValueError:
             raise OutputError(
-                "manifest.json in the store is not valid JSON",
+                "not a curate output: manifest.json in the store is not valid JSON",
                 path=f"{self.url}/{MANIFEST_NAME}",
                 fix="rerun with --overwrite",
             ) from None
+        check_manifest(manifest, f"{self.url}/{MANIFEST_NAME}")
+        return manifest
 
     def objects(self) -> list[str]:
         """Every object under the prefix, relative to it."""
@@ -213,7 +216,7 @@ class OutputStore:
         this run's own, with the store as the state to resume from; only the small committed
         files (manifests, metadata) are pulled, and `committed_files` is the record."""
         committed = self.manifest()
-        objects = self.objects()
+        objects = [o for o in self.objects() if o != LEASE_NAME]  # this run's own lease
         foreign = sorted({o.split("/")[0] for o in objects} - self.names)
         if foreign or (objects and committed is None):
             what = foreign[0] if foreign else objects[0]
@@ -221,6 +224,10 @@ class OutputStore:
                 f"the output prefix holds objects that are not a curate output (e.g. {what})",
                 path=self.url,
                 fix="choose an empty prefix for -o",
+            )
+        if committed is not None and committed.get("curate_overwriting") and not overwrite:
+            raise OutputError(
+                "an --overwrite of this output did not finish", path=self.url, fix="rerun with --overwrite"
             )
         if committed is not None and not resume and not overwrite:
             raise OutputError(
@@ -230,8 +237,15 @@ class OutputStore:
             )
         self._abort_dead_uploads()
         if overwrite and committed is not None:
-            # The manifest goes last: until then the prefix is still recognised as curate's.
-            self.call("clear the output", self.fs.rm, [self._key(o) for o in objects if o != MANIFEST_NAME])
+            # First the manifest becomes the overwrite mark (one PUT): from then on no reader
+            # takes the prefix for a finished output, and a retry still knows it for curate's.
+            # The mark goes last.
+            self.call(
+                "clear the output", self.fs.pipe_file, self._key(MANIFEST_NAME), json.dumps(OVERWRITING).encode()
+            )
+            doomed = [self._key(o) for o in objects if o not in (MANIFEST_NAME, LEASE_NAME)]
+            if doomed:
+                self.call("clear the output", self.fs.rm, doomed)
             self.call("clear the output", self.fs.rm, self._key(MANIFEST_NAME))
             committed = None
         if mirrored:
@@ -336,7 +350,7 @@ class OutputStore:
             self.call("remove leftovers", self._remove_unlisted, record)
 
     def _remove_unlisted(self, record: dict) -> None:
-        stale = [o for o in self.objects() if o != MANIFEST_NAME and o not in record]
+        stale = [o for o in self.objects() if o not in (MANIFEST_NAME, LEASE_NAME) and o not in record]
         if stale:
             self.fs.rm([self._key(o) for o in stale])
 
