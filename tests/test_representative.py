@@ -9,6 +9,7 @@ import pytest
 from curate.algorithms.representative import (
     check_representative_column,
     parse_representative,
+    pick_in_groups,
     pick_order,
     representative_key,
     rule_columns,
@@ -90,3 +91,18 @@ def test_check_column_names_missing_and_non_numeric_columns():
         check_representative_column("max:zz", schema, "dedup")
     with pytest.raises(UsageError, match="'text'.*not a number"):
         check_representative_column("min:text", schema, "dedup")
+
+
+def test_pick_in_groups_takes_the_lowest_key_then_the_earliest_row():
+    group = np.array([7, 7, 3, 7, 3, 9])
+    keys = np.array([0.0, -2.0, 1.0, -2.0, 1.0, 5.0])
+    ordinals = np.array([10, 12, 4, 11, 2, 0])
+    # group 7: rows 12 and 11 tie at -2 -> 11 (position 3); group 3: tie at 1 -> row 2 (position 4)
+    assert pick_in_groups(group, keys, ordinals).tolist() == [3, 3, 4, 3, 4, 5]
+    assert pick_in_groups(np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64)).tolist() == []
+
+
+def test_pick_in_groups_prefers_a_real_value_over_a_null():
+    group = np.zeros(3, np.int64)
+    keys = representative_key("max:q", pa.table({"q": [None, float("nan"), -5.0]}), "text")
+    assert pick_in_groups(group, keys, np.arange(3)).tolist() == [2, 2, 2]

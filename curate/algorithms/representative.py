@@ -92,6 +92,21 @@ def pick_order(keys: np.ndarray, ordinals: np.ndarray) -> np.ndarray:
     return np.lexsort((ordinals, keys))
 
 
+def pick_in_groups(group: np.ndarray, keys: np.ndarray, ordinals: np.ndarray) -> np.ndarray:
+    """Per member, the position (into these arrays) of its group's pick: the member with the
+    lowest (key, ordinal). `group` is any label shared by a group's members."""
+    n = len(group)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    order = np.lexsort((ordinals, keys, group))
+    sorted_group = group[order]
+    start = np.ones(n, dtype=bool)
+    start[1:] = sorted_group[1:] != sorted_group[:-1]
+    out = np.empty(n, dtype=np.int64)
+    out[order] = order[start][np.cumsum(start) - 1]
+    return out
+
+
 def _column(table: pa.Table | pa.RecordBatch, name: str) -> pa.Array | pa.ChunkedArray:
     column = table.column(name)
     if isinstance(column, pa.ChunkedArray):
