@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> None:
             out = Path(tmp) / "large"
             print(f"running exact + minhash over {args.rows:,} rows (not timed) ...", flush=True)
             seconds = _run("run", str(pipeline), "-i", str(corpus), "-o", str(out), "-q")
-            run.note(f"exact + minhash pipeline over {args.rows:,} rows took {seconds:.1f} s (not the measured figure)")
+            run.note(
+                f"exact + minhash pipeline over {args.rows:,} rows took {seconds:.1f} s (not the measured figure)"
+            )
             cases.append((f"{args.rows:,} real short texts, exact + minhash", out, corpus))
         for label, out, source in cases:
             import json

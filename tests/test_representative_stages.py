@@ -15,7 +15,12 @@ from curate.io.parts import read_parts
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.executor_parity import assert_same_everywhere, dask_executors, run_on_every_executor  # noqa: E402,F401
+from tests.executor_parity import (  # noqa: E402,F401
+    REPRESENTATIVE_CASES,
+    assert_same_everywhere,
+    dask_executors,
+    run_on_every_executor,
+)
 
 
 def _qualities(n: int, seed: int) -> list[float | None]:
@@ -115,10 +120,7 @@ def test_representative_is_the_same_on_every_executor(tmp_path, dask_executors):
     texts = texts + near
     q = _qualities(len(texts), seed=9)
     source = write_shards(tmp_path / "in", texts, shards=4, extra={"q": q})
-    stages = [
-        {"kind": "exact", "representative": "max:q"},
-        {"kind": "minhash", "representative": "longest"},
-    ]
+    stages = [REPRESENTATIVE_CASES["exact"], REPRESENTATIVE_CASES["minhash"]]
     outputs = run_on_every_executor(tmp_path, stages, source, dask_executors, unit_rows=60)
     assert_same_everywhere(outputs)
     ledger = read_parts(next(iter(outputs.values())) / "removed")
@@ -166,3 +168,27 @@ def test_with_against_the_earlier_outputs_rows_stay_kept(tmp_path):
     removed = read_parts(tmp_path / "out-new" / "removed")
     rows = sorted(zip(*(removed.column(c).to_pylist() for c in ("id", "reason", "duplicate_of"))))
     assert rows == [("new-0", "exact_duplicate_of_earlier", "old-0"), ("new-1", "exact_duplicate", "new-2")]
+
+
+def test_minhash_with_against_keeps_the_earlier_row_and_picks_within_new_groups(tmp_path):
+    texts, copies = _near_copies(2)
+    old_ids = [f"old-{i}" for i in range(30)]
+    old = write_shards(tmp_path / "old", texts[:30], shards=1, ids=old_ids)
+    new_texts = texts[30:]  # near copies of old rows, plus a new group: a base and a longer copy
+    base = " ".join(f"fresh{i}" for i in range(150))  # no old row is near it
+    new_texts = new_texts + [base, base + " and a few more"]
+    new_ids = [f"new-{i}" for i in range(len(new_texts))]
+    new = write_shards(tmp_path / "new", new_texts, shards=1, ids=new_ids)
+    stage = {"kind": "minhash", "representative": "longest", "index": True}
+    run_pipeline(parse_pipeline({"stage": [{"kind": "minhash", "index": True}]}), old, tmp_path / "out-old")
+    run_pipeline(
+        parse_pipeline({"stage": [stage]}), new, tmp_path / "out-new", RunOptions(against=(str(tmp_path / "out-old"),))
+    )
+    removed = read_parts(tmp_path / "out-new" / "removed").to_pylist()
+    earlier = {r["id"]: r["duplicate_of"] for r in removed if r["reason"] == "near_duplicate_of_earlier"}
+    # every near copy of an old row, although longer, points at the old row, which stays kept there
+    expected = {f"new-{c - 30}": f"old-{b}" for c, b in copies.items()}
+    assert {k: v for k, v in earlier.items() if k in expected} == expected
+    within = {r["id"]: r["duplicate_of"] for r in removed if r["reason"] == "near_duplicate"}
+    n = len(new_texts)
+    assert within == {f"new-{n - 2}": f"new-{n - 1}"}  # the new pair: its longer row is kept
