@@ -173,3 +173,25 @@ def test_review_of_pruning_and_pools(tmp_path):
     assert [e["label"].split(":")[0] for e in pools.examples] == ["pool 0", "pool 1", "pool 2"]
     kept = pl.read_parquet(list((tmp_path / "out" / "kept").glob("*.parquet")))
     assert sum(int(e["label"].split(": ")[1].split(" ")[0].replace(",", "")) for e in pools.examples) == kept.height
+
+
+def test_review_and_diff_work_on_an_object_store_output(outputs, tmp_path, capsys, s3, aws_env):
+    from conftest import BUCKET
+
+    _, fs = s3
+    url = f"s3://{BUCKET}/{tmp_path.name}/out"
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text('[[stage]]\nkind = "exact"\n[[stage]]\nkind = "minhash"\n')
+    code, err = cli(["run", str(pipeline), "-i", str(outputs["source"]), "-o", url, "-q"], capsys)
+    assert code == 0, err
+    code, err = cli(["review", url], capsys)
+    assert code == 0, err
+    fs.invalidate_cache()
+    page = fs.cat_file(f"{url[len('s3://') :]}/review.html").decode()
+    assert "doc-000040" in page and "Jaccard" in page
+    local = (outputs["both"] / "review.html").read_text() if (outputs["both"] / "review.html").exists() else None
+    if local is not None:  # the same page as the local output's but for the output's name
+        assert page.replace(url, "X").count("doc-0000") == local.replace(str(outputs["both"]), "X").count("doc-0000")
+    code, err = cli(["diff", str(outputs["exact"]), url, "--json", str(tmp_path / "d.json")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "d.json").read_text())["differing_rows"] == 2
