@@ -652,6 +652,66 @@ def inspect(
         out_console.print("pools: " + ", ".join(f"{k}: {v:,}" for k, v in counts.items()))
 
 
+@app.command()
+def review(
+    output: str = typer.Argument(..., help="Output directory (or URL) of a finished run."),
+    target: Path | None = typer.Option(None, "-o", "--output", help="HTML file to write (default OUT/review.html)."),
+    per_reason: int = typer.Option(10, "--per-reason", help="Clusters or examples shown per stage and reason."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the deterministic sample."),
+    storage: list[str] | None = StorageOpt,
+) -> None:
+    """One HTML page of what each stage removed: duplicate clusters beside their kept row, pruning scores, pools."""
+    from curate.commands.review import write_review
+    from curate.output.store import local_output
+
+    options = _storage_options(storage)
+    wanted = lambda name: not name.startswith(("embeddings/", "index/", "prototypes/"))  # noqa: E731
+    with local_output(output, options, writes=target is None, wanted=wanted) as local:
+        path = write_review(local, target, per_reason=per_reason, seed=seed, storage_options=options)
+        shown = _where(path, local, output) if target is None else str(path)
+    out_console.print(f"wrote {shown}", soft_wrap=True)
+
+
+@app.command()
+def diff(
+    output_a: str = typer.Argument(..., help="First output directory (or URL)."),
+    output_b: str = typer.Argument(..., help="Second output directory (or URL), over the same input."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the counts and sampled ids as JSON here."),
+    html_path: Path | None = typer.Option(
+        None, "--html", help="Write a sample of the differing rows as an HTML page."
+    ),
+    per_reason: int = typer.Option(10, "--per-reason", help="Rows shown per (fate in A, fate in B) pair in --html."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the deterministic sample."),
+    storage: list[str] | None = StorageOpt,
+) -> None:
+    """Rows whose fate differs between two outputs of the same input, counted by stage and reason."""
+    from curate.commands.diff import diff_outputs
+    from curate.output.store import local_outputs
+
+    options = _storage_options(storage)
+    wanted = lambda name: not name.startswith(("embeddings/", "index/", "prototypes/"))  # noqa: E731
+    with local_outputs((output_a, output_b), options, wanted=wanted) as (a, b):
+        result = diff_outputs(
+            Path(a),
+            Path(b),
+            json_path=json_path,
+            html_path=html_path,
+            per_reason=per_reason,
+            seed=seed,
+            storage_options=options,
+            names=(output_a, output_b),
+        )
+    table = Table(title=f"{result['differing_rows']:,} of {result['input_rows']:,} rows differ")
+    for column in ("in A", "in B", "rows"):
+        table.add_column(column, justify="right" if column == "rows" else "left")
+    for pair in result["pairs"]:
+        table.add_row(pair["a"], pair["b"], f"{pair['rows']:,}")
+    out_console.print(table)
+    for path in (json_path, html_path):
+        if path is not None:
+            out_console.print(f"wrote {path}", soft_wrap=True)
+
+
 @app.command("export")
 def export_command(
     output: str = typer.Argument(..., help="Output directory (or URL) of a finished run."),

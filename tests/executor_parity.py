@@ -18,6 +18,12 @@ from curate.io.parts import read_parts
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 _CLUSTERS: dict[int, object] = {}
+# Dedup stages with a representative rule other than "first" (curate.algorithms.representative):
+# the rule's pick must be the same row on every executor (tests/test_representative_stages.py).
+REPRESENTATIVE_CASES: dict[str, dict] = {
+    "exact": {"kind": "exact", "representative": "max:q"},
+    "minhash": {"kind": "minhash", "representative": "longest"},
+}
 SIDE_OUTPUTS = ("prototypes/centroids.npy", "seta_schedule.json")
 
 

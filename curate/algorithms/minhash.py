@@ -32,6 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.algorithms.representative import pick_in_groups
+
 EMPTY = np.uint32(0xFFFFFFFF)  # signature slot of a text without shingles
 _M64 = (1 << 64) - 1
 _SMALL_DENSIFY = 16  # up to this many filled bins, densify by rank table; above, by probing
@@ -609,11 +611,16 @@ class DuplicateGroups:
     score: np.ndarray
 
 
-def duplicate_groups(n: int, i: np.ndarray, j: np.ndarray, score: np.ndarray) -> DuplicateGroups:
+def duplicate_groups(
+    n: int, i: np.ndarray, j: np.ndarray, score: np.ndarray, keys: np.ndarray | None = None
+) -> DuplicateGroups:
     """Connected components of the verified edges (i, j); each component keeps its smallest
-    row. A removed row's score is that of its strongest verified edge (the member that linked
-    it most closely)."""
+    row, or with `keys` (curate.algorithms.representative, lower preferred) its row of lowest
+    (key, row). A removed row's score is that of its strongest verified edge (the member that
+    linked it most closely)."""
     label = connected_components(n, i, j)
+    if keys is not None:
+        label = pick_in_groups(label, keys, np.arange(n, dtype=np.int64))
     removed = np.flatnonzero(label != np.arange(n))
     best = np.full(n, -np.inf)
     np.maximum.at(best, i, score)

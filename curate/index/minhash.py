@@ -122,6 +122,22 @@ def _root_rows(table: pa.Table) -> np.ndarray:
     )
 
 
+def _keys(stage, n_old: int, new_nodes: np.ndarray) -> np.ndarray | None:
+    """Representative keys for the regrouping: earlier rows -inf, so a group that reaches an
+    earlier output keeps its earlier row (already published); this run's rows their rule's key
+    (+inf for a row matched only against earlier rows: its group holds an earlier row anyway)."""
+    if getattr(stage, "rep_keys_", None) is None:
+        return None
+    nodes, keys = stage.rep_keys_
+    out = np.full(n_old + len(new_nodes), np.inf)
+    out[:n_old] = -np.inf
+    if len(nodes):
+        at = np.minimum(np.searchsorted(nodes, new_nodes), len(nodes) - 1)
+        hit = nodes[at] == new_nodes
+        out[n_old:][hit] = keys[at[hit]]
+    return out
+
+
 def _regroup(
     stage, ctx: StageContext, ordinals: np.ndarray, edges: tuple, indexes: list[StoredIndex], found: list[tuple]
 ) -> None:
@@ -142,7 +158,9 @@ def _regroup(
     n_old = len(old_nodes)
     i = np.concatenate([np.searchsorted(old_nodes, old_root), n_old + np.searchsorted(new_nodes, edges_i)])
     j = np.concatenate([n_old + np.searchsorted(new_nodes, new), n_old + np.searchsorted(new_nodes, edges_j)])
-    groups = mh.duplicate_groups(n_old + len(new_nodes), i, j, np.concatenate([jac, edges_est]))
+    groups = mh.duplicate_groups(
+        n_old + len(new_nodes), i, j, np.concatenate([jac, edges_est]), _keys(stage, n_old, new_nodes)
+    )
     is_new = groups.removed >= n_old
     removed, rep, score = groups.removed[is_new], groups.representative[is_new], groups.score[is_new]
     to_old = rep < n_old

@@ -1,4 +1,5 @@
-"""Exact dedup: the first occurrence of each text (by 128-bit hash) in input order is kept."""
+"""Exact dedup: one row per distinct text (by 128-bit hash) is kept: the first in input order, or
+the one the `representative` rule picks (curate.stages._representative)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from curate.algorithms.exact import FirstSeenIndex, hash128, normalize_texts
 from curate.index import exact as exact_index
 from curate.index.earlier import drop_duplicates
 from curate.index.store import INDEX_DIR
+from curate.stages import _representative as rep
 from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, row_ordinals
 from curate.stages.constraints import Boolean
 
@@ -17,13 +19,15 @@ class ExactDedup(Stage):
     kind = "exact"
     side_outputs = (INDEX_DIR,)  # with index = true or --against
     needs_fit = True
-    option_constraints = {"normalize": [Boolean()], "index": [Boolean()]}
+    option_constraints = {"normalize": [Boolean()], "index": [Boolean()], "representative": [rep.REPRESENTATIVE]}
 
-    def __init__(self, *, normalize: bool = False, index: bool = False):
+    def __init__(self, *, normalize: bool = False, index: bool = False, representative: str = rep.DEFAULT):
         self.normalize = normalize
         self.index = index  # keep OUT/index/<name>/ for later runs' --against (curate.index)
+        self.representative = representative  # which member of a group is kept (first, longest, max:COLUMN, ...)
 
     def fit(self, source: BatchSource, ctx: StageContext) -> ExactDedup:
+        rep.check(self.representative, source, ctx)
         index = FirstSeenIndex()
         dup_rows: list[np.ndarray] = []
         dup_reps: list[np.ndarray] = []
@@ -38,8 +42,13 @@ class ExactDedup(Stage):
                 dup_rows.append(rows[is_dup])
                 dup_reps.append(earliest[is_dup])
                 bar.advance(batch.num_rows)
-        self.duplicate_rows_ = np.concatenate(dup_rows) if dup_rows else np.empty(0, np.int64)
-        self.representatives_ = np.concatenate(dup_reps) if dup_reps else np.empty(0, np.int64)
+        self.duplicate_rows_, self.representatives_ = rep.repick(
+            self.representative,
+            source,
+            ctx,
+            np.concatenate(dup_rows) if dup_rows else np.empty(0, np.int64),
+            np.concatenate(dup_reps) if dup_reps else np.empty(0, np.int64),
+        )
         self.distinct_ = len(index)
         self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx)
         ctx.info.update(distinct_texts=self.distinct_, index_bytes=index.nbytes)
@@ -54,6 +63,7 @@ class ExactDedup(Stage):
 
     def fit_shard(self, source: BatchSource, ctx: StageContext) -> list[np.ndarray]:
         """Per bucket, an (n, 3) int64 array of (hash high, hash low, ordinal) as raw bits."""
+        rep.check(self.representative, source, ctx)
         keys: list[np.ndarray] = []
         rows: list[np.ndarray] = []
         for batch in source.batches(columns=[ctx.text_column]):
@@ -87,8 +97,13 @@ class ExactDedup(Stage):
         dup_rows = np.concatenate([p[0] for p in partials]) if partials else np.empty(0, np.int64)
         reps = np.concatenate([p[1] for p in partials]) if partials else np.empty(0, np.int64)
         order = np.argsort(dup_rows, kind="stable")
-        self.duplicate_rows_ = dup_rows[order].astype(np.int64, copy=False)
-        self.representatives_ = reps[order].astype(np.int64, copy=False)
+        self.duplicate_rows_, self.representatives_ = rep.repick(
+            self.representative,
+            source,
+            ctx,
+            dup_rows[order].astype(np.int64, copy=False),
+            reps[order].astype(np.int64, copy=False),
+        )
         self.distinct_ = sum(p[2] for p in partials)
         self.representative_ids_ = IdLookup.collect(source, self.representatives_, ctx)
         ctx.info.update(distinct_texts=self.distinct_, index_bytes=24 * self.distinct_, shuffle_buckets=len(partials))

@@ -40,6 +40,7 @@ from curate.index.store import INDEX_DIR
 from curate.io.atomic import atomic_path
 from curate.io.parts import piece_path, read_pieces, write_piece
 from curate.runtime import ContextThreadPool, tune_allocator
+from curate.stages import _representative as rep
 from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, row_ordinals
 from curate.stages.constraints import Boolean, Interval, Options, Together
 
@@ -82,6 +83,7 @@ class MinHashDedup(Stage):
         "false_negative_weight": [Interval(float, 0, None)],
         "index": [Boolean()],
         "index_verify": [Options(minhash_index.INDEX_VERIFY)],
+        "representative": [rep.REPRESENTATIVE],
     }
     option_rules = [
         Together("rows", lambda o: o["rows"] <= o["num_perm"], "0 (choose) or at most num_perm = {num_perm}"),
@@ -111,6 +113,7 @@ class MinHashDedup(Stage):
         false_negative_weight: float = 0.9,
         index: bool = False,
         index_verify: str = "exact",
+        representative: str = rep.DEFAULT,
     ):
         self.threshold = threshold
         self.ngram = ngram
@@ -123,6 +126,7 @@ class MinHashDedup(Stage):
         self.false_negative_weight = false_negative_weight
         self.index = index  # keep OUT/index/<name>/ for later runs' --against (curate.index)
         self.index_verify = index_verify  # what the index keeps to verify later rows against its rows
+        self.representative = representative  # which member of a group is kept (first, longest, max:COLUMN, ...)
 
     def lsh_shape(self) -> tuple[int, int]:
         """(bands, rows): the user's, the other one filled in, or the weighted-error optimum."""
@@ -138,6 +142,8 @@ class MinHashDedup(Stage):
 
     def fit(self, source: BatchSource, ctx: StageContext) -> MinHashDedup:
         started = time.perf_counter()
+        rep.check(self.representative, source, ctx)
+        self.rep_keys_ = None
         bands, rows = self.lsh_shape()
         self.bands_, self.rows_ = bands, rows
         work = Path(ctx.work_dir) / "minhash"
@@ -171,12 +177,16 @@ class MinHashDedup(Stage):
         # Components over the rows that have an edge only: the driver's memory follows the
         # edges, not the corpus. Nodes are sorted rows, so the smallest node is the earliest row.
         nodes = mh.sorted_unique(np.concatenate([edges_i, edges_j]))
+        ordinals = ordinals_by_task(RowStore(work, starts, self.num_perm), nodes, ctx.map)
+        keys = None
+        if rep.uses_keys(self.representative):  # the rule's key of each grouped row, read by unit
+            keys = rep.collect_keys(source, ordinals, self.representative, ctx)
+            self.rep_keys_ = (nodes, keys)  # for regrouping with --against (curate.index.minhash)
         groups = mh.duplicate_groups(
-            len(nodes), np.searchsorted(nodes, edges_i), np.searchsorted(nodes, edges_j), edges_est
+            len(nodes), np.searchsorted(nodes, edges_i), np.searchsorted(nodes, edges_j), edges_est, keys
         )
         verified = time.perf_counter()
 
-        ordinals = ordinals_by_task(RowStore(work, starts, self.num_perm), nodes, ctx.map)
         self._fitted(ordinals[groups.removed], ordinals[groups.representative], groups.score, source, ctx)
         ctx.info.update(
             bands=bands,
@@ -195,6 +205,7 @@ class MinHashDedup(Stage):
         if self.verify == "exact":
             ctx.info["exact_checked_pairs"] = int(sum(c.checked for c in checked))
         minhash_index.after_fit(self, source, ctx, work, units, starts, (edges_i, edges_j, edges_est))
+        self.rep_keys_ = None  # fit-time only: transform tasks need not carry it
         return self
 
     def _fitted(
