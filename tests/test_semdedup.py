@@ -11,7 +11,7 @@ import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from curate.algorithms.semdedup import semantic_duplicates
+from curate.algorithms.semdedup import greedy_duplicates, keep_priority, semantic_duplicates
 from curate.commands.inspect import verify_output
 from curate.io.parts import read_parts
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
@@ -108,14 +108,54 @@ def test_higher_threshold_removes_what_brute_force_says():
         assert len(result.removed) == int((sizes[sizes > 1] - 1).sum())
 
 
-def test_chains_are_one_group():
-    # a ~ b and b ~ c but a !~ c: connected, so one survivor
+def test_chains_keep_both_ends_greedily():
+    # a ~ b and b ~ c but a !~ c: greedy in keep order removes only b (a kept row covers it);
+    # connected components would remove two. Every removed row sits within T of its keeper.
     a = np.array([1.0, 0.0, 0.0])
     b = np.array([np.cos(0.25), np.sin(0.25), 0.0])
     c = np.array([np.cos(0.5), np.sin(0.5), 0.0])
     x = np.stack([a, b, c, [0, 0, 1.0]]).astype(np.float32)
-    result = semantic_duplicates(x, threshold=float(np.cos(0.3)), clusters=1)
-    assert len(result.removed) == 2
+    threshold = float(np.cos(0.3))
+    result = semantic_duplicates(x, threshold=threshold, clusters=1, keep="random")
+    order = np.argsort(-keep_priority(result.centroid_similarity, "random", 0), kind="stable")
+    expected = set()
+    kept = []
+    for row in order:
+        if any(float(x[row] @ x[k]) >= threshold for k in kept):
+            expected.add(int(row))
+        else:
+            kept.append(row)
+    assert set(result.removed.tolist()) == expected
+    assert np.all(np.einsum("ij,ij->i", x[result.removed], x[result.representative]) >= threshold)
+
+
+def test_greedy_matches_a_row_by_row_reference_on_dense_duplicates():
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(40, 16)).astype(np.float32)
+    x = base[rng.integers(0, 40, 3000)] + 0.08 * rng.normal(size=(3000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    priority = rng.random(3000)
+    ordinals = np.arange(3000)
+    gone, reps, sims, comparisons = greedy_duplicates(x, priority, ordinals, 0.97, block=128)
+    kept, expected = [], {}
+    for row in np.lexsort((ordinals, -priority)):
+        hit = [k for k in kept if float(np.dot(x[row], x[k])) >= 0.97]
+        if hit:
+            expected[int(row)] = int(hit[0])
+        else:
+            kept.append(row)
+    assert dict(zip(gone.tolist(), reps.tolist())) == expected
+    assert comparisons < 3000 * 2999 // 2 // 4  # rows x kept rows, far from all pairs
+
+
+def test_oversized_clusters_are_split_and_still_find_planted_copies():
+    x, group = planted(n=2000, groups=100, seed=7)
+    whole = semantic_duplicates(x, threshold=0.95, clusters=1, max_cluster_rows=0)
+    split = semantic_duplicates(x, threshold=0.95, clusters=1, max_cluster_rows=300)
+    assert split.comparisons < whole.comparisons
+    hit = len(np.intersect1d(split.removed, whole.removed))
+    assert hit == len(split.removed)  # nothing removed that the whole-cluster search keeps
+    assert hit >= 0.95 * len(whole.removed)
 
 
 @pytest.mark.parametrize("keep", ["hard", "easy"])

@@ -20,14 +20,21 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curate.algorithms.kmeans import assign, auto_clusters, kmeans_sample, set_threads, train_centroids
-from curate.algorithms.semdedup import KEEP_RULES, cluster_duplicates, merge_duplicates, plan_buckets
+from curate.algorithms.kmeans import MAX_CLUSTERS, assign, auto_clusters, kmeans_sample, set_threads
+from curate.algorithms.semdedup import (
+    KEEP_RULES,
+    MAX_CLUSTER_ROWS,
+    cluster_duplicates,
+    merge_duplicates,
+    plan_buckets,
+)
 from curate.embeddings.store import load_vectors, needs_own_store, publish_if_absent
 from curate.index import semantic as semantic_index
 from curate.index.earlier import drop_duplicates
 from curate.index.store import INDEX_DIR, StoredIndex
 from curate.io import mirror
 from curate.io.atomic import atomic_path
+from curate.stages._kmeans import fit_centroids
 from curate.stages.base import BatchSource, IdLookup, Stage, StageContext
 from curate.stages.constraints import Boolean, Interval, Options
 from curate.stages.embed import STORED_OR_MODEL, embeddings_for
@@ -46,6 +53,8 @@ class SemDedup(Stage):
         "keep": [Options(KEEP_RULES)],
         "kmeans_fit_fraction": [Interval(float, 0, 1, closed="right")],
         "kmeans_iterations": [Interval(int, 1, None)],
+        "max_clusters": [Interval(int, 1, None)],  # cap on the automatic cluster count
+        "max_cluster_rows": [Interval(int, 0, None)],  # larger clusters are split; 0: never
         "model": [STORED_OR_MODEL],
         "index": [Boolean()],
     }
@@ -58,6 +67,8 @@ class SemDedup(Stage):
         keep: str = "hard",
         kmeans_fit_fraction: float = 1.0,
         kmeans_iterations: int = 20,
+        max_clusters: int = MAX_CLUSTERS,
+        max_cluster_rows: int = MAX_CLUSTER_ROWS,
         model: str = "",
         index: bool = False,
     ):
@@ -66,26 +77,43 @@ class SemDedup(Stage):
         self.keep = keep
         self.kmeans_fit_fraction = kmeans_fit_fraction
         self.kmeans_iterations = kmeans_iterations
+        self.max_clusters = max_clusters
+        self.max_cluster_rows = max_cluster_rows
         self.model = model
         self.index = index  # keep OUT/index/<name>/ for later runs' --against (curate.index)
 
     def fit(self, source: BatchSource, ctx: StageContext) -> SemDedup:
+        began = time.perf_counter()
+        task_seconds = 0.0
+
+        def tasks(fn, items, **kw):  # ctx.map, timed: the fit's time outside it is the driver's
+            nonlocal task_seconds
+            started = time.perf_counter()
+            try:
+                return ctx.map(fn, items, **kw)
+            finally:
+                task_seconds += time.perf_counter() - started
+
+        started = time.perf_counter()
         emb = embeddings_for(source, ctx, self.model, write_parts=needs_own_store(ctx))
+        task_seconds += time.perf_counter() - started
         published = publish_if_absent(emb, ctx)
         earlier = semantic_index.open_earlier(self, ctx, emb)
         n = emb.num_rows
-        k = auto_clusters(n) if self.clusters <= 0 else max(1, min(self.clusters, n))
-        sample = kmeans_sample(n, k, ctx.seed, self.kmeans_fit_fraction)
         set_threads(ctx.threads)
-        with ctx.progress.task(f"{ctx.name}: k-means ({k} clusters on {len(sample)} rows)", total=None):
-            centroids = (
-                train_centroids(emb.gather(sample, ctx.map), k, seed=ctx.seed, niter=self.kmeans_iterations)
-                if n
-                else np.zeros((0, emb.dim), np.float32)
-            )
+        reused = semantic_index.reused_centroids(earlier)
+        if reused is not None:  # incremental: the earlier output's clusters, no new k-means
+            centroids, sample, iterations = reused, np.empty(0, np.int64), 0
+        else:
+            k = auto_clusters(n, self.max_clusters) if self.clusters <= 0 else max(1, min(self.clusters, n))
+            sample = kmeans_sample(n, k, ctx.seed, self.kmeans_fit_fraction)
+            with ctx.progress.task(f"{ctx.name}: k-means ({k} clusters on {len(sample)} rows)", total=None):
+                fitted = fit_centroids(emb, sample, k, ctx, self.kmeans_iterations)
+            centroids, iterations = fitted.centroids, fitted.iterations
+            task_seconds += fitted.task_seconds
         clusters_dir = str(Path(ctx.work_dir) / _CLUSTERS)
         units = [(u, emb.paths[u], emb.rows[emb.offsets[u] : emb.offsets[u + 1]]) for u in range(len(emb.paths))]
-        assigned = ctx.map(
+        assigned = tasks(
             AssignClusters(centroids, clusters_dir, emb.dim, ctx.task_threads, earlier),
             units,
             label=f"{ctx.name}: assigning",
@@ -93,9 +121,18 @@ class SemDedup(Stage):
         )
         sizes = np.sum([a[0] for a in assigned], axis=0) if assigned else np.zeros(len(centroids), np.int64)
         buckets = max(1, min(len(centroids), BUCKETS_PER_WORKER * ctx.workers))
-        bucket_of = plan_buckets(sizes, buckets)
+        searched = np.minimum(sizes, self.max_cluster_rows) if self.max_cluster_rows > 0 else sizes
+        bucket_of = plan_buckets(sizes, buckets, cost=sizes.astype(np.float64) * searched)
         search = SearchBuckets(
-            clusters_dir, tuple(emb.paths), emb.dim, bucket_of, self.threshold, self.keep, ctx.seed, ctx.task_threads
+            clusters_dir,
+            tuple(emb.paths),
+            emb.dim,
+            bucket_of,
+            self.threshold,
+            self.keep,
+            ctx.seed,
+            ctx.task_threads,
+            self.max_cluster_rows,
         )
         earlier_counts = [
             np.sum([a[1][i] for a in assigned], axis=0) if assigned else np.zeros(0, np.int64)
@@ -107,7 +144,7 @@ class SemDedup(Stage):
         jobs = [(-1, b) for b in range(buckets)] + [
             (m, b) for m, (_, count) in enumerate(matches) for b in range(count)
         ]
-        results = ctx.map(
+        results = tasks(
             Search(search, tuple(task for task, _ in matches)), jobs, label=f"{ctx.name}: searching clusters"
         )
         found = results[:buckets]
@@ -126,10 +163,19 @@ class SemDedup(Stage):
             clusters=len(centroids),
             largest_cluster=int(sizes.max()) if n else 0,
             duplicate_pairs=sum(f[3] for f in found),
+            comparisons=sum(f[4] for f in found),
+            split_parts=sum(f[5] for f in found),
+            kmeans_sample=len(sample),
+            kmeans_iterations_run=iterations,
             removed=len(self.removed_rows_),
             threshold=self.threshold,
             keep=self.keep,
-            fit=f"driver k-means on {len(sample)} rows; assignment on workers ({len(units)} units), within-cluster search on workers ({buckets} buckets)",
+            fit=(
+                f"k-means map-reduce over {len(sample)} sample rows ({iterations} steps)"
+                if reused is None
+                else "the earlier output's centroids (no k-means)"
+            )
+            + f"; assignment on workers ({len(units)} units), greedy within-cluster search on workers ({buckets} buckets)",
         )
         if earlier:
             ctx.info["fit"] += (
@@ -140,6 +186,8 @@ class SemDedup(Stage):
                 sum(a[2] for a in assigned) + sum(r[3] for r in results[buckets:]), 3
             )
         semantic_index.after_fit(self, source, ctx, emb, centroids, clusters_dir, earlier, matched)
+        ctx.info["driver_seconds"] = round(time.perf_counter() - began - task_seconds, 3)
+        ctx.info["task_map_seconds"] = round(task_seconds, 3)
         return self
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
@@ -194,8 +242,9 @@ class SearchBuckets:
     keep: str
     seed: int
     threads: int
+    max_cluster_rows: int = MAX_CLUSTER_ROWS
 
-    def __call__(self, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    def __call__(self, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, int]:
         set_threads(self.threads)
         unit_of, local, rows, labels, sims = [], [], [], [], []
         for unit in range(len(self.vector_paths)):
@@ -215,7 +264,7 @@ class SearchBuckets:
         starts = np.concatenate([[0], np.nonzero(np.diff(labels))[0] + 1, [len(labels)]])
         vectors = [load_vectors(p, self.dim) for p in self.vector_paths]
         removed, reps, similarity = [], [], []
-        pairs = 0
+        pairs = comparisons = parts = 0
         for lo, hi in zip(starts[:-1], starts[1:]):
             if hi - lo < 2:
                 continue
@@ -229,12 +278,15 @@ class SearchBuckets:
                 self.threshold,
                 self.keep,
                 self.seed,
+                self.max_cluster_rows,
             )
             pairs += found.pairs
+            comparisons += found.comparisons
+            parts += found.parts
             removed.append(found.removed)
             reps.append(found.representative)
             similarity.append(found.similarity)
-        return (*merge_duplicates(removed, reps, similarity), pairs)
+        return (*merge_duplicates(removed, reps, similarity), pairs, comparisons, parts)
 
 
 @dataclass(frozen=True)
