@@ -264,3 +264,40 @@ def test_buckets_balance_the_pairwise_cost():
     bucket_of = plan_buckets(np.array([100, 10, 10, 10, 90, 5]), 2)
     cost = np.bincount(bucket_of, weights=np.array([100, 10, 10, 10, 90, 5]) ** 2.0)
     assert bucket_of[0] != bucket_of[4] and cost.max() / cost.sum() < 0.6
+
+
+def test_representative_rule_orders_before_keep_on_every_executor(tmp_path, dask_executors):
+    """`representative = "max:quality"`: in each planted group the row with the highest quality
+    is kept (the keep rule only breaks its ties), the same on every executor."""
+    x, group = planted(n=600, groups=40, seed=6)
+    quality = np.random.default_rng(1).random(len(x))
+    source = write_vector_shards(tmp_path / "in", x)
+    for path in sorted(source.glob("*.parquet")):
+        table = pq.read_table(path)
+        rows = np.array([int(i[1:]) for i in table.column("id").to_pylist()])
+        pq.write_table(table.append_column("quality", pa.array(quality[rows])), path)
+    stages = [{"kind": "semdedup", "model": "column:vec", "clusters": 4, "representative": "max:quality"}]
+    outputs = run_on_every_executor(tmp_path, stages, source, dask_executors)
+    assert_same_everywhere(outputs)
+    removed = {int(i[1:]) for i in part_table_ids(next(iter(outputs.values())) / "removed")}
+    for g in np.unique(group[group >= 0]):
+        members = np.flatnonzero(group == g)
+        best = members[np.argmax(quality[members])]
+        assert best not in removed and set(members) - {best} <= removed
+
+
+def test_representative_names_a_missing_column_with_exit_2(tmp_path):
+    from curate.errors import UsageError
+    from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+
+    x, _ = planted(n=60, groups=5, seed=1)
+    source = write_vector_shards(tmp_path / "in", x)
+    spec = parse_pipeline({"stage": [{"kind": "semdedup", "model": "column:vec", "representative": "max:nope"}]}, "t")
+    with pytest.raises(UsageError, match="nope"):
+        run_pipeline(spec, source, tmp_path / "out", RunOptions(jobs=1))
+
+
+def part_table_ids(directory: Path) -> list[str]:
+    from curate.io.parts import read_parts
+
+    return read_parts(directory, columns=["id"]).column("id").to_pylist()

@@ -89,6 +89,7 @@ def semantic_duplicates(
     niter: int = 20,
     max_cluster_rows: int = MAX_CLUSTER_ROWS,
     max_clusters: int = MAX_CLUSTERS,
+    preference: np.ndarray | None = None,
 ) -> SemDedupResult:
     """Duplicates among the unit-norm rows of `x` (n, d), which may be a memory map; the
     whole-array form of what the stage runs as tasks (assign per unit, search per cluster)."""
@@ -112,6 +113,7 @@ def semantic_duplicates(
             keep,
             seed,
             max_cluster_rows,
+            None if preference is None else np.asarray(preference)[members],
         )
         pairs += found.pairs
         comparisons += found.comparisons
@@ -143,10 +145,12 @@ def cluster_duplicates(
     keep: str,
     seed: int,
     max_rows: int = MAX_CLUSTER_ROWS,
+    preference: np.ndarray | None = None,
 ) -> ClusterDuplicates:
     """Duplicates within one cluster: `vectors` (m, d) unit rows in ascending `ordinals`. The
     cluster is split when larger than `max_rows` (`split_cluster`), then each part is searched
-    greedily in keep order (`greedy_duplicates`). The result depends only on these rows, so
+    greedily in keep order (`greedy_duplicates`); `preference` (the representative rule's key,
+    lower preferred) comes before the keep rule in that order. The result depends only on these rows, so
     clusters can be searched in any task, in any order."""
     ordinals = np.asarray(ordinals, dtype=np.int64)
     priority = keep_priority(centroid_similarity, keep, seed, ordinals)
@@ -157,7 +161,11 @@ def cluster_duplicates(
         if len(part) < 2:
             continue
         found = greedy_duplicates(
-            np.ascontiguousarray(vectors[part], dtype=np.float32), priority[part], ordinals[part], threshold
+            np.ascontiguousarray(vectors[part], dtype=np.float32),
+            priority[part],
+            ordinals[part],
+            threshold,
+            preference=None if preference is None else np.asarray(preference)[part],
         )
         gone.append(part[found[0]])
         kept.append(part[found[1]])
@@ -173,7 +181,12 @@ def cluster_duplicates(
 
 
 def greedy_duplicates(
-    vectors: np.ndarray, priority: np.ndarray, ordinals: np.ndarray, threshold: float, block: int = _BLOCK
+    vectors: np.ndarray,
+    priority: np.ndarray,
+    ordinals: np.ndarray,
+    threshold: float,
+    block: int = _BLOCK,
+    preference: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Greedy SemDeDup in keep order: rows by falling priority (ties: earlier ordinal); a row is
     removed when a row kept before it has cosine >= threshold with it (its representative is
@@ -183,7 +196,7 @@ def greedy_duplicates(
     whose bits do not depend on blocks or threads. Returns local (removed, representative,
     cosine, comparisons)."""
     m, d = vectors.shape
-    order = np.lexsort((ordinals, -priority))
+    order = np.lexsort((ordinals, -priority) if preference is None else (ordinals, -priority, preference))
     v = np.ascontiguousarray(vectors[order], dtype=np.float32)
     kept = np.empty(m, np.int64)  # positions in `v` of kept rows, in keep order
     store = np.empty((min(m, 4 * block), d), np.float32)  # their vectors, grown by doubling

@@ -21,6 +21,12 @@ import numpy as np
 import pyarrow as pa
 
 from curate.algorithms.kmeans import MAX_CLUSTERS, assign, auto_clusters, kmeans_sample, set_threads
+from curate.algorithms.representative import (
+    check_representative_column,
+    parse_representative,
+    representative_key,
+    rule_columns,
+)
 from curate.algorithms.semdedup import (
     KEEP_RULES,
     MAX_CLUSTER_ROWS,
@@ -35,8 +41,8 @@ from curate.index.store import INDEX_DIR, StoredIndex
 from curate.io import mirror
 from curate.io.atomic import atomic_path
 from curate.stages._kmeans import fit_centroids
-from curate.stages.base import BatchSource, IdLookup, Stage, StageContext
-from curate.stages.constraints import Boolean, Interval, Options
+from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, row_ordinals
+from curate.stages.constraints import Boolean, Interval, Options, Rule
 from curate.stages.embed import STORED_OR_MODEL, embeddings_for
 
 _CLUSTERS = "clusters"
@@ -57,6 +63,13 @@ class SemDedup(Stage):
         "max_cluster_rows": [Interval(int, 0, None)],  # larger clusters are split; 0: never
         "model": [STORED_OR_MODEL],
         "index": [Boolean()],
+        "representative": [
+            Rule(
+                parse_representative,
+                "first, longest, shortest, max:COLUMN or min:COLUMN",
+                invalid=["best", "max", "max:", "first:x"],
+            )
+        ],
     }
 
     def __init__(
@@ -71,6 +84,7 @@ class SemDedup(Stage):
         max_cluster_rows: int = MAX_CLUSTER_ROWS,
         model: str = "",
         index: bool = False,
+        representative: str = "first",
     ):
         self.threshold = threshold
         self.clusters = clusters
@@ -81,6 +95,9 @@ class SemDedup(Stage):
         self.max_cluster_rows = max_cluster_rows
         self.model = model
         self.index = index  # keep OUT/index/<name>/ for later runs' --against (curate.index)
+        # which row of a group is kept first: the rule's key orders rows before `keep` does
+        # ("first" orders none, so `keep` alone decides, as before the rule existed)
+        self.representative = representative
 
     def fit(self, source: BatchSource, ctx: StageContext) -> SemDedup:
         began = time.perf_counter()
@@ -94,6 +111,9 @@ class SemDedup(Stage):
             finally:
                 task_seconds += time.perf_counter() - started
 
+        uses_keys = parse_representative(self.representative)[0] != "first"
+        if uses_keys:
+            check_representative_column(self.representative, source.schema, ctx.name)
         started = time.perf_counter()
         emb = embeddings_for(source, ctx, self.model, write_parts=needs_own_store(ctx))
         task_seconds += time.perf_counter() - started
@@ -112,9 +132,18 @@ class SemDedup(Stage):
             centroids, iterations = fitted.centroids, fitted.iterations
             task_seconds += fitted.task_seconds
         clusters_dir = str(Path(ctx.work_dir) / _CLUSTERS)
+        keys_path = ""
+        if uses_keys:  # one task per work unit reads the rule's column; the key of every row, by position
+            found = tasks(_UnitKeys(self.representative, ctx.text_column), ctx.units(source))
+            ordinals = np.concatenate([f[0] for f in found]) if found else np.empty(0, np.int64)
+            keys = np.full(n, np.inf)
+            keys[np.searchsorted(emb.rows, ordinals)] = np.concatenate([f[1] for f in found]) if found else []
+            keys_path = str(Path(ctx.work_dir) / "representative_keys.npy")
+            with atomic_path(Path(keys_path), unique=True) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, keys)
         units = [(u, emb.paths[u], emb.rows[emb.offsets[u] : emb.offsets[u + 1]]) for u in range(len(emb.paths))]
         assigned = tasks(
-            AssignClusters(centroids, clusters_dir, emb.dim, ctx.task_threads, earlier),
+            AssignClusters(centroids, clusters_dir, emb.dim, ctx.task_threads, earlier, keys_path, emb.offsets),
             units,
             label=f"{ctx.name}: assigning",
             sizes=[len(u[2]) for u in units],
@@ -170,6 +199,7 @@ class SemDedup(Stage):
             removed=len(self.removed_rows_),
             threshold=self.threshold,
             keep=self.keep,
+            representative=self.representative,
             fit=(
                 f"k-means map-reduce over {len(sample)} sample rows ({iterations} steps)"
                 if reused is None
@@ -215,6 +245,8 @@ class AssignClusters:
     dim: int
     threads: int
     earlier: tuple[StoredIndex, ...] = ()
+    keys_path: str = ""  # the representative rule's key of every row, by stream position
+    offsets: np.ndarray | None = None  # first stream position of each unit
 
     def __call__(self, job: tuple[int, str, np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], float]:
         unit, path, rows = job
@@ -225,6 +257,11 @@ class AssignClusters:
         earlier_labels, earlier_counts = semantic_index.assign_earlier(vectors, self.earlier)
         seconds = time.perf_counter() - started
         with atomic_path(Path(self.clusters_dir) / f"{unit:05d}.npz", unique=True) as tmp, open(tmp, "wb") as handle:
+            if self.keys_path:
+                first = int(self.offsets[unit])
+                earlier_labels["key"] = np.load(mirror.ensure(self.keys_path), mmap_mode="r")[
+                    first : first + len(rows)
+                ]
             np.savez(handle, labels=labels, similarity=similarity, rows=rows, **earlier_labels)
         return np.bincount(labels, minlength=len(self.centroids)), earlier_counts, seconds
 
@@ -246,7 +283,7 @@ class SearchBuckets:
 
     def __call__(self, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, int]:
         set_threads(self.threads)
-        unit_of, local, rows, labels, sims = [], [], [], [], []
+        unit_of, local, rows, labels, sims, keys = [], [], [], [], [], []
         for unit in range(len(self.vector_paths)):
             with np.load(mirror.ensure(Path(self.clusters_dir) / f"{unit:05d}.npz")) as data:
                 unit_labels = data["labels"]
@@ -258,9 +295,13 @@ class SearchBuckets:
                 rows.append(data["rows"][mine])
                 labels.append(unit_labels[mine])
                 sims.append(data["similarity"][mine])
-        unit_of, local, rows, labels, sims = (np.concatenate(a) for a in (unit_of, local, rows, labels, sims))
+                keys.append(data["key"][mine] if "key" in data.files else np.zeros(len(mine)))
+        unit_of, local, rows, labels, sims, keys = (
+            np.concatenate(a) for a in (unit_of, local, rows, labels, sims, keys)
+        )
         order = np.lexsort((rows, labels))  # by cluster, then input order
-        unit_of, local, rows, labels, sims = unit_of[order], local[order], rows[order], labels[order], sims[order]
+        unit_of, local, rows, labels, sims, keys = (a[order] for a in (unit_of, local, rows, labels, sims, keys))
+        ranked = bool(keys.any())
         starts = np.concatenate([[0], np.nonzero(np.diff(labels))[0] + 1, [len(labels)]])
         vectors = [load_vectors(p, self.dim) for p in self.vector_paths]
         removed, reps, similarity = [], [], []
@@ -279,6 +320,7 @@ class SearchBuckets:
                 self.keep,
                 self.seed,
                 self.max_cluster_rows,
+                keys[lo:hi] if ranked else None,
             )
             pairs += found.pairs
             comparisons += found.comparisons
@@ -287,6 +329,24 @@ class SearchBuckets:
             reps.append(found.representative)
             similarity.append(found.similarity)
         return (*merge_duplicates(removed, reps, similarity), pairs, comparisons, parts)
+
+
+@dataclass(frozen=True)
+class _UnitKeys:
+    """One work unit: (ordinals, representative key) of its rows, reading only the rule's column."""
+
+    rule: str
+    text_column: str
+
+    def __call__(self, unit: BatchSource) -> tuple[np.ndarray, np.ndarray]:
+        rows, keys = [], []
+        for batch in unit.batches(columns=rule_columns(self.rule, self.text_column)):
+            rows.append(row_ordinals(batch))
+            keys.append(representative_key(self.rule, batch, self.text_column))
+        return (
+            np.concatenate(rows) if rows else np.empty(0, np.int64),
+            np.concatenate(keys) if keys else np.empty(0, np.float64),
+        )
 
 
 @dataclass(frozen=True)
