@@ -11,6 +11,7 @@ tasks stream their unit's vectors from the store's parts a block at a time."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,7 @@ class Prototypes(Stage):
         self.label_column = label_column
 
     def fit(self, source: BatchSource, ctx: StageContext) -> Prototypes:
+        began = time.perf_counter()
         emb = stored_embeddings(
             source,
             ctx,
@@ -95,19 +97,23 @@ class Prototypes(Stage):
         if emb is None:
             emb = embeddings_for(source, ctx, self.model, write_parts=needs_own_store(ctx))
         published = publish_if_absent(emb, ctx)
+        task_seconds = time.perf_counter() - began  # reading or embedding the vectors: task maps
         n = emb.num_rows
         k = cap_clusters(self.clusters, n)
         sample = kmeans_sample(n, k, ctx.seed)
         set_threads(ctx.threads)
         with ctx.progress.task(f"{ctx.name}: k-means ({k} clusters on {len(sample)} rows)", total=None):
-            self.centroids_ = fit_centroids(emb, sample, k, ctx, self.kmeans_iterations).centroids
+            fitted = fit_centroids(emb, sample, k, ctx, self.kmeans_iterations)
+        self.centroids_, task_seconds = fitted.centroids, task_seconds + fitted.task_seconds
         sizes = np.diff(emb.offsets).tolist()
+        started = time.perf_counter()
         scored = ctx.map(
             UnitDistances(self.centroids_, emb.dim, ctx.task_threads),
             emb.paths,
             label=f"{ctx.name}: distances",
             sizes=sizes,
         )
+        task_seconds += time.perf_counter() - started
         self.labels_ = np.concatenate([s[0] for s in scored]) if scored else np.empty(0, np.int32)
         self.distance_ = np.concatenate([s[1] for s in scored]) if scored else np.empty(0, np.float32)
         keep, reason = self.keep, f"keep = {self.keep} as configured"
@@ -144,6 +150,8 @@ class Prototypes(Stage):
                 + "); selection on the driver"
             ),
         )
+        ctx.info["driver_seconds"] = round(time.perf_counter() - began - task_seconds, 3)
+        ctx.info["task_map_seconds"] = round(task_seconds, 3)
         return self
 
     def _budget(self, ctx: StageContext) -> tuple[int | None, str]:
