@@ -21,6 +21,9 @@ Python source lines; seeded edited copies only if the sources fall short), hashi
   (brute-force pairs at cosine >= T by FAISS range search over the flat index, then the greedy
   pass: ours in keep order, semhash's in input order), and ours also against connected
   components (the all-pairs definition).
+- **Skewed** (`--skewed`, only this part): one cluster of 22,978 rows, near copies (cosine about
+  0.96-0.99) of 50 random 384-d vectors: the former pair listing vs the greedy search, whole and
+  split at `max_cluster_rows`.
 - **Incremental**: rows 0-50k with `index = true`, then rows 50k-100k with `--against`; of the
   new rows that have an earlier row at cosine >= T (brute force), the share removed as
   duplicates of earlier rows, and the precision of those removals.
@@ -151,6 +154,27 @@ def score(found: set[int], truth: set[int]) -> tuple[float, float]:
     return hit / max(1, len(found)), hit / max(1, len(truth))
 
 
+def skewed(run, threshold: float, rows: int = 22_978, originals: int = 50) -> None:
+    from curate.algorithms.semdedup import cluster_duplicates
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(originals, 384)).astype(np.float32)
+    x = base[rng.integers(0, originals, rows)] + 0.03 * rng.normal(size=(rows, 384)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    listing, pairs = all_pairs_in_clusters(x, np.zeros(rows, np.int64), threshold)
+    table = [["former: range search listing every pair", round(listing, 2), pairs, ""]]
+    for label, cap in (("greedy, whole cluster", 0), ("greedy, split at 4,096 rows", 4096)):
+        started = time.perf_counter()
+        found = cluster_duplicates(x, np.arange(rows), np.zeros(rows, np.float32), threshold, "hard", 0, max_rows=cap)
+        table.append([label, round(time.perf_counter() - started, 2), found.comparisons, len(found.removed)])
+    run.table(
+        f"skewed: one cluster of {rows:,} near copies of {originals} vectors, T = {threshold}",
+        ["search", "seconds", "pairs listed / cosines computed", "removed"],
+        table,
+    )
+    run.compare("former listing seconds / greedy (whole) seconds", listing / max(table[1][1], 1e-3))
+
+
 def semhash_child(vectors: str, threshold: float) -> None:
     from semhash import SemHash
 
@@ -178,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-growth", action="store_true")
     parser.add_argument("--skip-semhash", action="store_true")
     parser.add_argument("--skip-incremental", action="store_true")
+    parser.add_argument("--skewed", action="store_true", help="only the skewed-cluster part")
     parser.add_argument("--semhash-child", help=argparse.SUPPRESS)
     parser.add_argument("--big-child", help=argparse.SUPPRESS)
     add_result_argument(parser, None, "semdedup_scale")
@@ -217,6 +242,10 @@ def main(argv: list[str] | None = None) -> None:
 
     set_threads(os.cpu_count() or 1)
     T = args.threshold
+    if args.skewed:
+        skewed(run, T)
+        run.write()
+        return
     corpus = cached_corpus(args.rows)
     root = Path(tempfile.mkdtemp(prefix="curate-bench-semdedup-scale-"))
     try:
