@@ -64,29 +64,6 @@ def kmeans_sample(n: int, k: int, seed: int = 0, fit_fraction: float = 1.0) -> n
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False)).astype(np.int64)
 
 
-def train_centroids(train: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> np.ndarray:
-    """(k, d) unit-norm centroids of the unit rows `train` (the sample, in row order)."""
-    n, d = train.shape
-    if n == 0:
-        return np.zeros((0, d), dtype=np.float32)
-    k = max(1, min(k, n))
-    train = np.ascontiguousarray(train, dtype=np.float32)
-    if k == 1:
-        return _unit(train.mean(axis=0, keepdims=True))
-    kmeans = faiss.Kmeans(
-        d,
-        k,
-        niter=niter,
-        seed=int(seed) & 0x7FFFFFFF,
-        spherical=True,
-        verbose=False,
-        max_points_per_centroid=MAX_POINTS_PER_CENTROID + 1,
-    )
-    kmeans.cp.min_points_per_centroid = 1
-    kmeans.train(train)
-    return _unit(np.asarray(kmeans.centroids, dtype=np.float32).reshape(k, d))
-
-
 def spherical_kmeans(x: np.ndarray, k: int, seed: int = 0, fit_fraction: float = 1.0, niter: int = 20) -> np.ndarray:
     """(k, d) unit-norm centroids trained on the seeded sample of the rows of `x` (n, d) float32:
     `lloyd`, the one-process form of what the stages run as map-reduce over sample shards."""
@@ -192,8 +169,3 @@ def _rescore(block: np.ndarray, centroids: np.ndarray, ids: np.ndarray, rows: in
 def row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise dot products (float32); a row's result does not depend on the other rows."""
     return np.einsum("ij,ij->i", a, b)
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0).astype(np.float32)
