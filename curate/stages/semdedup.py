@@ -2,8 +2,10 @@
 row of the same k-means cluster. Embeddings come from OUT/embeddings (an earlier embed stage)
 or are computed with `model`; the algorithm is `curate.algorithms.semdedup`.
 
-Parallel shape: vectors per work unit (`curate.stages.embed`), k-means on the driver over a
-sample chosen by seed and row position, then two task maps: assignment per unit (cluster and
+Parallel shape: vectors per work unit (`curate.stages.embed`), k-means as map-reduce over a
+sample chosen by seed and row position (`curate.stages._kmeans`: a task per sample shard and
+step, the driver adds integer sums), or the earlier output's centroids under `--against`, then
+two task maps: assignment per unit (cluster and
 centroid cosine of each row, to a file) and the within-cluster search per bucket of clusters
 (each bucket task reads every unit's cluster labels, 16 bytes a row, and the vectors of its own
 clusters). The driver merges the buckets' duplicates (small) and looks their ids up. Against
