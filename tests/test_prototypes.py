@@ -159,7 +159,7 @@ def test_prototypes_give_the_same_scores_on_every_executor(tmp_path, dask_execut
     manifest = assert_same_everywhere(run_on_every_executor(tmp_path, stages, source, dask_executors))
     info = manifest["stages"][1]["info"]
     assert info["embeddings_published"] and info["kept"] == 840
-    assert "driver k-means on" in info["fit"] and "distances on workers" in info["fit"]
+    assert "k-means map-reduce over" in info["fit"] and "distances on workers" in info["fit"]
 
 
 def test_distances_do_not_depend_on_how_rows_are_batched():

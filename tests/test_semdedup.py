@@ -11,7 +11,7 @@ import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from curate.algorithms.semdedup import semantic_duplicates
+from curate.algorithms.semdedup import greedy_duplicates, keep_priority, semantic_duplicates
 from curate.commands.inspect import verify_output
 from curate.io.parts import read_parts
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
@@ -108,14 +108,54 @@ def test_higher_threshold_removes_what_brute_force_says():
         assert len(result.removed) == int((sizes[sizes > 1] - 1).sum())
 
 
-def test_chains_are_one_group():
-    # a ~ b and b ~ c but a !~ c: connected, so one survivor
+def test_chains_keep_both_ends_greedily():
+    # a ~ b and b ~ c but a !~ c: greedy in keep order removes only b (a kept row covers it);
+    # connected components would remove two. Every removed row sits within T of its keeper.
     a = np.array([1.0, 0.0, 0.0])
     b = np.array([np.cos(0.25), np.sin(0.25), 0.0])
     c = np.array([np.cos(0.5), np.sin(0.5), 0.0])
     x = np.stack([a, b, c, [0, 0, 1.0]]).astype(np.float32)
-    result = semantic_duplicates(x, threshold=float(np.cos(0.3)), clusters=1)
-    assert len(result.removed) == 2
+    threshold = float(np.cos(0.3))
+    result = semantic_duplicates(x, threshold=threshold, clusters=1, keep="random")
+    order = np.argsort(-keep_priority(result.centroid_similarity, "random", 0), kind="stable")
+    expected = set()
+    kept = []
+    for row in order:
+        if any(float(x[row] @ x[k]) >= threshold for k in kept):
+            expected.add(int(row))
+        else:
+            kept.append(row)
+    assert set(result.removed.tolist()) == expected
+    assert np.all(np.einsum("ij,ij->i", x[result.removed], x[result.representative]) >= threshold)
+
+
+def test_greedy_matches_a_row_by_row_reference_on_dense_duplicates():
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(40, 16)).astype(np.float32)
+    x = base[rng.integers(0, 40, 3000)] + 0.08 * rng.normal(size=(3000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    priority = rng.random(3000)
+    ordinals = np.arange(3000)
+    gone, reps, sims, comparisons = greedy_duplicates(x, priority, ordinals, 0.97, block=128)
+    kept, expected = [], {}
+    for row in np.lexsort((ordinals, -priority)):
+        hit = [k for k in kept if float(np.dot(x[row], x[k])) >= 0.97]
+        if hit:
+            expected[int(row)] = int(hit[0])
+        else:
+            kept.append(row)
+    assert dict(zip(gone.tolist(), reps.tolist())) == expected
+    assert comparisons < 3000 * 2999 // 2 // 4  # rows x kept rows, far from all pairs
+
+
+def test_oversized_clusters_are_split_and_still_find_planted_copies():
+    x, group = planted(n=2000, groups=100, seed=7)
+    whole = semantic_duplicates(x, threshold=0.95, clusters=1, max_cluster_rows=0)
+    split = semantic_duplicates(x, threshold=0.95, clusters=1, max_cluster_rows=300)
+    assert split.comparisons < whole.comparisons
+    hit = len(np.intersect1d(split.removed, whole.removed))
+    assert hit == len(split.removed)  # nothing removed that the whole-cluster search keeps
+    assert hit >= 0.95 * len(whole.removed)
 
 
 @pytest.mark.parametrize("keep", ["hard", "easy"])
@@ -179,14 +219,20 @@ def write_vector_shards(directory: Path, x: np.ndarray, shards: int = 3) -> Path
     return directory
 
 
-@pytest.mark.parametrize("keep", ["hard", "random"])
-def test_semdedup_gives_the_same_duplicates_on_every_executor(tmp_path, dask_executors, keep):
+@pytest.mark.parametrize("keep, max_cluster_rows", [("hard", 4096), ("random", 4096), ("hard", 120)])
+def test_semdedup_gives_the_same_duplicates_on_every_executor(tmp_path, dask_executors, keep, max_cluster_rows):
     x, group = planted(n=900, groups=50, seed=4)
     source = write_vector_shards(tmp_path / "in", x)
-    stages = [{"kind": "semdedup", "model": "column:vec", "clusters": 6, "keep": keep}]
+    stages = [
+        {"kind": "semdedup", "model": "column:vec", "clusters": 6, "keep": keep, "max_cluster_rows": max_cluster_rows}
+    ]
     manifest = assert_same_everywhere(run_on_every_executor(tmp_path, stages, source, dask_executors))
     info = manifest["stages"][1]["info"]
-    assert info["removed"] == int((np.bincount(group[group >= 0]) - 1).sum())  # one kept per planted group
+    planted_removed = int((np.bincount(group[group >= 0]) - 1).sum())  # one kept per planted group
+    if max_cluster_rows > 900:
+        assert info["removed"] == planted_removed and info["split_parts"] <= 6
+    else:  # split: a copy landing in another part than its original is missed, never a false removal
+        assert info["split_parts"] > 6 and 0.8 * planted_removed <= info["removed"] <= planted_removed
     assert "assignment on workers" in info["fit"] and "within-cluster search on workers" in info["fit"]
 
 
@@ -218,3 +264,40 @@ def test_buckets_balance_the_pairwise_cost():
     bucket_of = plan_buckets(np.array([100, 10, 10, 10, 90, 5]), 2)
     cost = np.bincount(bucket_of, weights=np.array([100, 10, 10, 10, 90, 5]) ** 2.0)
     assert bucket_of[0] != bucket_of[4] and cost.max() / cost.sum() < 0.6
+
+
+def test_representative_rule_orders_before_keep_on_every_executor(tmp_path, dask_executors):
+    """`representative = "max:quality"`: in each planted group the row with the highest quality
+    is kept (the keep rule only breaks its ties), the same on every executor."""
+    x, group = planted(n=600, groups=40, seed=6)
+    quality = np.random.default_rng(1).random(len(x))
+    source = write_vector_shards(tmp_path / "in", x)
+    for path in sorted(source.glob("*.parquet")):
+        table = pq.read_table(path)
+        rows = np.array([int(i[1:]) for i in table.column("id").to_pylist()])
+        pq.write_table(table.append_column("quality", pa.array(quality[rows])), path)
+    stages = [{"kind": "semdedup", "model": "column:vec", "clusters": 4, "representative": "max:quality"}]
+    outputs = run_on_every_executor(tmp_path, stages, source, dask_executors)
+    assert_same_everywhere(outputs)
+    removed = {int(i[1:]) for i in part_table_ids(next(iter(outputs.values())) / "removed")}
+    for g in np.unique(group[group >= 0]):
+        members = np.flatnonzero(group == g)
+        best = members[np.argmax(quality[members])]
+        assert best not in removed and set(members) - {best} <= removed
+
+
+def test_representative_names_a_missing_column_with_exit_2(tmp_path):
+    from curate.errors import UsageError
+    from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+
+    x, _ = planted(n=60, groups=5, seed=1)
+    source = write_vector_shards(tmp_path / "in", x)
+    spec = parse_pipeline({"stage": [{"kind": "semdedup", "model": "column:vec", "representative": "max:nope"}]}, "t")
+    with pytest.raises(UsageError, match="nope"):
+        run_pipeline(spec, source, tmp_path / "out", RunOptions(jobs=1))
+
+
+def part_table_ids(directory: Path) -> list[str]:
+    from curate.io.parts import read_parts
+
+    return read_parts(directory, columns=["id"]).column("id").to_pylist()

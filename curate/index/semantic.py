@@ -54,6 +54,17 @@ def open_earlier(stage, ctx: StageContext, emb) -> tuple[StoredIndex, ...]:
     return indexes
 
 
+def reused_centroids(indexes: tuple[StoredIndex, ...]) -> np.ndarray | None:
+    """The centroids an incremental run clusters its new rows with: the oldest earlier output's
+    (the one every later index is merged under), so new rows meet earlier rows and each other in
+    the same clusters and the earlier corpus is never re-clustered. None without one."""
+    for stored in indexes:
+        centroids = np.asarray(stored.array("centroids"), dtype=np.float32)
+        if len(centroids):
+            return np.ascontiguousarray(centroids)
+    return None
+
+
 def label_key(position: int) -> str:
     """The array of a unit's clusters file holding its rows' nearest centroid of earlier index `position`."""
     return f"earlier_{position}"

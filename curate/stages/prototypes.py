@@ -1,7 +1,7 @@
 """Prototype scores stage: `proto_cluster` and `proto_distance` on every kept row, optional pruning
 to the hardest or easiest fraction, centroids to OUT/prototypes/centroids.npy.
 
-Parallel shape: vectors per work unit (`curate.stages.embed`), k-means on the driver over a
+Parallel shape: vectors per work unit (`curate.stages.embed`), k-means as map-reduce over a
 sample chosen by seed and row position (at most 64 rows per cluster: 12,800 rows for 200
 clusters), the distance of every row to its nearest centroid as one task per unit; the driver
 gathers the distances (4 bytes a row) for the exact hardest/easiest selection. After an embed
@@ -11,13 +11,14 @@ tasks stream their unit's vectors from the store's parts a block at a time."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from curate.algorithms.kmeans import ASSIGN_CHUNK, cap_clusters, kmeans_sample, set_threads, train_centroids
+from curate.algorithms.kmeans import ASSIGN_CHUNK, cap_clusters, kmeans_sample, set_threads
 from curate.algorithms.prototypes import (
     BALANCE_CHOICES,
     KEEP_CHOICES,
@@ -29,6 +30,7 @@ from curate.embeddings.store import StoreSlice, needs_own_store, publish_if_abse
 from curate.io.atomic import atomic_path
 from curate.output.ledger import empty_ledger, removed_rows
 from curate.stages._balance import BALANCE_NEEDS_LABEL, balance_groups
+from curate.stages._kmeans import fit_centroids
 from curate.stages.base import BatchSource, Stage, StageContext, row_ordinals, split_batch
 from curate.stages.constraints import Interval, Options, Text
 from curate.stages.embed import STORED_OR_MODEL, embeddings_for
@@ -85,6 +87,7 @@ class Prototypes(Stage):
         self.label_column = label_column
 
     def fit(self, source: BatchSource, ctx: StageContext) -> Prototypes:
+        began = time.perf_counter()
         emb = stored_embeddings(
             source,
             ctx,
@@ -94,23 +97,23 @@ class Prototypes(Stage):
         if emb is None:
             emb = embeddings_for(source, ctx, self.model, write_parts=needs_own_store(ctx))
         published = publish_if_absent(emb, ctx)
+        task_seconds = time.perf_counter() - began  # reading or embedding the vectors: task maps
         n = emb.num_rows
         k = cap_clusters(self.clusters, n)
         sample = kmeans_sample(n, k, ctx.seed)
         set_threads(ctx.threads)
         with ctx.progress.task(f"{ctx.name}: k-means ({k} clusters on {len(sample)} rows)", total=None):
-            self.centroids_ = (
-                train_centroids(emb.gather(sample, ctx.map), k, seed=ctx.seed, niter=self.kmeans_iterations)
-                if n
-                else np.zeros((0, emb.dim), np.float32)
-            )
+            fitted = fit_centroids(emb, sample, k, ctx, self.kmeans_iterations)
+        self.centroids_, task_seconds = fitted.centroids, task_seconds + fitted.task_seconds
         sizes = np.diff(emb.offsets).tolist()
+        started = time.perf_counter()
         scored = ctx.map(
             UnitDistances(self.centroids_, emb.dim, ctx.task_threads),
             emb.paths,
             label=f"{ctx.name}: distances",
             sizes=sizes,
         )
+        task_seconds += time.perf_counter() - started
         self.labels_ = np.concatenate([s[0] for s in scored]) if scored else np.empty(0, np.int32)
         self.distance_ = np.concatenate([s[1] for s in scored]) if scored else np.empty(0, np.float32)
         keep, reason = self.keep, f"keep = {self.keep} as configured"
@@ -142,11 +145,13 @@ class Prototypes(Stage):
             kept=int(self.kept_.sum()),
             distance_median=float(np.median(self.distance_)) if n else None,
             fit=(
-                f"driver k-means on {len(sample)} rows; distances on workers ({len(emb.paths)} units"
+                f"k-means map-reduce over {len(sample)} sample rows; distances on workers ({len(emb.paths)} units"
                 + (", vectors read in place from the store" if emb.read_in_place else "")
                 + "); selection on the driver"
             ),
         )
+        ctx.info["driver_seconds"] = round(time.perf_counter() - began - task_seconds, 3)
+        ctx.info["task_map_seconds"] = round(task_seconds, 3)
         return self
 
     def _budget(self, ctx: StageContext) -> tuple[int | None, str]:

@@ -2,8 +2,10 @@
 row of the same k-means cluster. Embeddings come from OUT/embeddings (an earlier embed stage)
 or are computed with `model`; the algorithm is `curate.algorithms.semdedup`.
 
-Parallel shape: vectors per work unit (`curate.stages.embed`), k-means on the driver over a
-sample chosen by seed and row position, then two task maps: assignment per unit (cluster and
+Parallel shape: vectors per work unit (`curate.stages.embed`), k-means as map-reduce over a
+sample chosen by seed and row position (`curate.stages._kmeans`: a task per sample shard and
+step, the driver adds integer sums), or the earlier output's centroids under `--against`, then
+two task maps: assignment per unit (cluster and
 centroid cosine of each row, to a file) and the within-cluster search per bucket of clusters
 (each bucket task reads every unit's cluster labels, 16 bytes a row, and the vectors of its own
 clusters). The driver merges the buckets' duplicates (small) and looks their ids up. Against
@@ -20,16 +22,29 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curate.algorithms.kmeans import assign, auto_clusters, kmeans_sample, set_threads, train_centroids
-from curate.algorithms.semdedup import KEEP_RULES, cluster_duplicates, merge_duplicates, plan_buckets
+from curate.algorithms.kmeans import MAX_CLUSTERS, assign, auto_clusters, kmeans_sample, set_threads
+from curate.algorithms.representative import (
+    check_representative_column,
+    parse_representative,
+    representative_key,
+    rule_columns,
+)
+from curate.algorithms.semdedup import (
+    KEEP_RULES,
+    MAX_CLUSTER_ROWS,
+    cluster_duplicates,
+    merge_duplicates,
+    plan_buckets,
+)
 from curate.embeddings.store import load_vectors, needs_own_store, publish_if_absent
 from curate.index import semantic as semantic_index
 from curate.index.earlier import drop_duplicates
 from curate.index.store import INDEX_DIR, StoredIndex
 from curate.io import mirror
 from curate.io.atomic import atomic_path
-from curate.stages.base import BatchSource, IdLookup, Stage, StageContext
-from curate.stages.constraints import Boolean, Interval, Options
+from curate.stages._kmeans import fit_centroids
+from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, row_ordinals
+from curate.stages.constraints import Boolean, Interval, Options, Rule
 from curate.stages.embed import STORED_OR_MODEL, embeddings_for
 
 _CLUSTERS = "clusters"
@@ -46,8 +61,17 @@ class SemDedup(Stage):
         "keep": [Options(KEEP_RULES)],
         "kmeans_fit_fraction": [Interval(float, 0, 1, closed="right")],
         "kmeans_iterations": [Interval(int, 1, None)],
+        "max_clusters": [Interval(int, 1, None)],  # cap on the automatic cluster count
+        "max_cluster_rows": [Interval(int, 0, None)],  # larger clusters are split; 0: never
         "model": [STORED_OR_MODEL],
         "index": [Boolean()],
+        "representative": [
+            Rule(
+                parse_representative,
+                "first, longest, shortest, max:COLUMN or min:COLUMN",
+                invalid=["best", "max", "max:", "first:x"],
+            )
+        ],
     }
 
     def __init__(
@@ -58,44 +82,88 @@ class SemDedup(Stage):
         keep: str = "hard",
         kmeans_fit_fraction: float = 1.0,
         kmeans_iterations: int = 20,
+        max_clusters: int = MAX_CLUSTERS,
+        max_cluster_rows: int = MAX_CLUSTER_ROWS,
         model: str = "",
         index: bool = False,
+        representative: str = "first",
     ):
         self.threshold = threshold
         self.clusters = clusters
         self.keep = keep
         self.kmeans_fit_fraction = kmeans_fit_fraction
         self.kmeans_iterations = kmeans_iterations
+        self.max_clusters = max_clusters
+        self.max_cluster_rows = max_cluster_rows
         self.model = model
         self.index = index  # keep OUT/index/<name>/ for later runs' --against (curate.index)
+        # which row of a group is kept first: the rule's key orders rows before `keep` does
+        # ("first" orders none, so `keep` alone decides, as before the rule existed)
+        self.representative = representative
 
     def fit(self, source: BatchSource, ctx: StageContext) -> SemDedup:
+        began = time.perf_counter()
+        task_seconds = 0.0
+
+        def tasks(fn, items, **kw):  # ctx.map, timed: the fit's time outside it is the driver's
+            nonlocal task_seconds
+            started = time.perf_counter()
+            try:
+                return ctx.map(fn, items, **kw)
+            finally:
+                task_seconds += time.perf_counter() - started
+
+        uses_keys = parse_representative(self.representative)[0] != "first"
+        if uses_keys:
+            check_representative_column(self.representative, source.schema, ctx.name)
+        started = time.perf_counter()
         emb = embeddings_for(source, ctx, self.model, write_parts=needs_own_store(ctx))
+        task_seconds += time.perf_counter() - started
         published = publish_if_absent(emb, ctx)
         earlier = semantic_index.open_earlier(self, ctx, emb)
         n = emb.num_rows
-        k = auto_clusters(n) if self.clusters <= 0 else max(1, min(self.clusters, n))
-        sample = kmeans_sample(n, k, ctx.seed, self.kmeans_fit_fraction)
         set_threads(ctx.threads)
-        with ctx.progress.task(f"{ctx.name}: k-means ({k} clusters on {len(sample)} rows)", total=None):
-            centroids = (
-                train_centroids(emb.gather(sample, ctx.map), k, seed=ctx.seed, niter=self.kmeans_iterations)
-                if n
-                else np.zeros((0, emb.dim), np.float32)
-            )
+        reused = semantic_index.reused_centroids(earlier)
+        if reused is not None:  # incremental: the earlier output's clusters, no new k-means
+            centroids, sample, iterations = reused, np.empty(0, np.int64), 0
+        else:
+            k = auto_clusters(n, self.max_clusters) if self.clusters <= 0 else max(1, min(self.clusters, n))
+            sample = kmeans_sample(n, k, ctx.seed, self.kmeans_fit_fraction)
+            with ctx.progress.task(f"{ctx.name}: k-means ({k} clusters on {len(sample)} rows)", total=None):
+                fitted = fit_centroids(emb, sample, k, ctx, self.kmeans_iterations)
+            centroids, iterations = fitted.centroids, fitted.iterations
+            task_seconds += fitted.task_seconds
         clusters_dir = str(Path(ctx.work_dir) / _CLUSTERS)
+        keys_path = ""
+        if uses_keys:  # one task per work unit reads the rule's column; the key of every row, by position
+            found = tasks(_UnitKeys(self.representative, ctx.text_column), ctx.units(source))
+            ordinals = np.concatenate([f[0] for f in found]) if found else np.empty(0, np.int64)
+            keys = np.full(n, np.inf)
+            keys[np.searchsorted(emb.rows, ordinals)] = np.concatenate([f[1] for f in found]) if found else []
+            keys_path = str(Path(ctx.work_dir) / "representative_keys.npy")
+            with atomic_path(Path(keys_path), unique=True) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, keys)
         units = [(u, emb.paths[u], emb.rows[emb.offsets[u] : emb.offsets[u + 1]]) for u in range(len(emb.paths))]
-        assigned = ctx.map(
-            AssignClusters(centroids, clusters_dir, emb.dim, ctx.task_threads, earlier),
+        assigned = tasks(
+            AssignClusters(centroids, clusters_dir, emb.dim, ctx.task_threads, earlier, keys_path, emb.offsets),
             units,
             label=f"{ctx.name}: assigning",
             sizes=[len(u[2]) for u in units],
         )
         sizes = np.sum([a[0] for a in assigned], axis=0) if assigned else np.zeros(len(centroids), np.int64)
         buckets = max(1, min(len(centroids), BUCKETS_PER_WORKER * ctx.workers))
-        bucket_of = plan_buckets(sizes, buckets)
+        searched = np.minimum(sizes, self.max_cluster_rows) if self.max_cluster_rows > 0 else sizes
+        bucket_of = plan_buckets(sizes, buckets, cost=sizes.astype(np.float64) * searched)
         search = SearchBuckets(
-            clusters_dir, tuple(emb.paths), emb.dim, bucket_of, self.threshold, self.keep, ctx.seed, ctx.task_threads
+            clusters_dir,
+            tuple(emb.paths),
+            emb.dim,
+            bucket_of,
+            self.threshold,
+            self.keep,
+            ctx.seed,
+            ctx.task_threads,
+            self.max_cluster_rows,
         )
         earlier_counts = [
             np.sum([a[1][i] for a in assigned], axis=0) if assigned else np.zeros(0, np.int64)
@@ -107,7 +175,7 @@ class SemDedup(Stage):
         jobs = [(-1, b) for b in range(buckets)] + [
             (m, b) for m, (_, count) in enumerate(matches) for b in range(count)
         ]
-        results = ctx.map(
+        results = tasks(
             Search(search, tuple(task for task, _ in matches)), jobs, label=f"{ctx.name}: searching clusters"
         )
         found = results[:buckets]
@@ -126,10 +194,20 @@ class SemDedup(Stage):
             clusters=len(centroids),
             largest_cluster=int(sizes.max()) if n else 0,
             duplicate_pairs=sum(f[3] for f in found),
+            comparisons=sum(f[4] for f in found),
+            split_parts=sum(f[5] for f in found),
+            kmeans_sample=len(sample),
+            kmeans_iterations_run=iterations,
             removed=len(self.removed_rows_),
             threshold=self.threshold,
             keep=self.keep,
-            fit=f"driver k-means on {len(sample)} rows; assignment on workers ({len(units)} units), within-cluster search on workers ({buckets} buckets)",
+            representative=self.representative,
+            fit=(
+                f"k-means map-reduce over {len(sample)} sample rows ({iterations} steps)"
+                if reused is None
+                else "the earlier output's centroids (no k-means)"
+            )
+            + f"; assignment on workers ({len(units)} units), greedy within-cluster search on workers ({buckets} buckets)",
         )
         if earlier:
             ctx.info["fit"] += (
@@ -140,6 +218,8 @@ class SemDedup(Stage):
                 sum(a[2] for a in assigned) + sum(r[3] for r in results[buckets:]), 3
             )
         semantic_index.after_fit(self, source, ctx, emb, centroids, clusters_dir, earlier, matched)
+        ctx.info["driver_seconds"] = round(time.perf_counter() - began - task_seconds, 3)
+        ctx.info["task_map_seconds"] = round(task_seconds, 3)
         return self
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
@@ -167,6 +247,8 @@ class AssignClusters:
     dim: int
     threads: int
     earlier: tuple[StoredIndex, ...] = ()
+    keys_path: str = ""  # the representative rule's key of every row, by stream position
+    offsets: np.ndarray | None = None  # first stream position of each unit
 
     def __call__(self, job: tuple[int, str, np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], float]:
         unit, path, rows = job
@@ -177,6 +259,11 @@ class AssignClusters:
         earlier_labels, earlier_counts = semantic_index.assign_earlier(vectors, self.earlier)
         seconds = time.perf_counter() - started
         with atomic_path(Path(self.clusters_dir) / f"{unit:05d}.npz", unique=True) as tmp, open(tmp, "wb") as handle:
+            if self.keys_path:
+                first = int(self.offsets[unit])
+                earlier_labels["key"] = np.load(mirror.ensure(self.keys_path), mmap_mode="r")[
+                    first : first + len(rows)
+                ]
             np.savez(handle, labels=labels, similarity=similarity, rows=rows, **earlier_labels)
         return np.bincount(labels, minlength=len(self.centroids)), earlier_counts, seconds
 
@@ -194,10 +281,11 @@ class SearchBuckets:
     keep: str
     seed: int
     threads: int
+    max_cluster_rows: int = MAX_CLUSTER_ROWS
 
-    def __call__(self, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    def __call__(self, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, int]:
         set_threads(self.threads)
-        unit_of, local, rows, labels, sims = [], [], [], [], []
+        unit_of, local, rows, labels, sims, keys = [], [], [], [], [], []
         for unit in range(len(self.vector_paths)):
             with np.load(mirror.ensure(Path(self.clusters_dir) / f"{unit:05d}.npz")) as data:
                 unit_labels = data["labels"]
@@ -209,13 +297,17 @@ class SearchBuckets:
                 rows.append(data["rows"][mine])
                 labels.append(unit_labels[mine])
                 sims.append(data["similarity"][mine])
-        unit_of, local, rows, labels, sims = (np.concatenate(a) for a in (unit_of, local, rows, labels, sims))
+                keys.append(data["key"][mine] if "key" in data.files else np.zeros(len(mine)))
+        unit_of, local, rows, labels, sims, keys = (
+            np.concatenate(a) for a in (unit_of, local, rows, labels, sims, keys)
+        )
         order = np.lexsort((rows, labels))  # by cluster, then input order
-        unit_of, local, rows, labels, sims = unit_of[order], local[order], rows[order], labels[order], sims[order]
+        unit_of, local, rows, labels, sims, keys = (a[order] for a in (unit_of, local, rows, labels, sims, keys))
+        ranked = bool(keys.any())
         starts = np.concatenate([[0], np.nonzero(np.diff(labels))[0] + 1, [len(labels)]])
         vectors = [load_vectors(p, self.dim) for p in self.vector_paths]
         removed, reps, similarity = [], [], []
-        pairs = 0
+        pairs = comparisons = parts = 0
         for lo, hi in zip(starts[:-1], starts[1:]):
             if hi - lo < 2:
                 continue
@@ -229,12 +321,34 @@ class SearchBuckets:
                 self.threshold,
                 self.keep,
                 self.seed,
+                self.max_cluster_rows,
+                keys[lo:hi] if ranked else None,
             )
             pairs += found.pairs
+            comparisons += found.comparisons
+            parts += found.parts
             removed.append(found.removed)
             reps.append(found.representative)
             similarity.append(found.similarity)
-        return (*merge_duplicates(removed, reps, similarity), pairs)
+        return (*merge_duplicates(removed, reps, similarity), pairs, comparisons, parts)
+
+
+@dataclass(frozen=True)
+class _UnitKeys:
+    """One work unit: (ordinals, representative key) of its rows, reading only the rule's column."""
+
+    rule: str
+    text_column: str
+
+    def __call__(self, unit: BatchSource) -> tuple[np.ndarray, np.ndarray]:
+        rows, keys = [], []
+        for batch in unit.batches(columns=rule_columns(self.rule, self.text_column)):
+            rows.append(row_ordinals(batch))
+            keys.append(representative_key(self.rule, batch, self.text_column))
+        return (
+            np.concatenate(rows) if rows else np.empty(0, np.int64),
+            np.concatenate(keys) if keys else np.empty(0, np.float64),
+        )
 
 
 @dataclass(frozen=True)
