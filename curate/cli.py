@@ -688,7 +688,13 @@ def inspect(
     storage: list[str] | None = StorageOpt,
 ) -> None:
     """Rows in and out per stage, removal reasons, pools and sizes."""
-    from curate.output.read import directory_bytes, pool_counts, stage_summaries
+    from curate.output.read import (
+        decontamination_summaries,
+        directory_bytes,
+        load_finished_manifest,
+        pool_counts,
+        stage_summaries,
+    )
     from curate.output.store import local_output
 
     with local_output(output, _storage_options(storage)) as local:
@@ -698,8 +704,20 @@ def inspect(
             if size:
                 out_console.print(f"{name}/: {size / 1e6:.1f} MB")
         counts = pool_counts(local)
+        leaks = decontamination_summaries(load_finished_manifest(local))
     if counts:
         out_console.print("pools: " + ", ".join(f"{k}: {v:,}" for k, v in counts.items()))
+    if leaks:
+        _eval_set_table(leaks)
+
+
+def _eval_set_table(leaks) -> None:
+    table = Table(title="evaluation sets (decontaminate)")
+    for column in ("set", "items", "items found", "rows removed", "stage"):
+        table.add_column(column, justify="left" if column in ("set", "stage") else "right")
+    for s in leaks:
+        table.add_row(s.name, f"{s.items:,}", f"{s.items_found:,}", f"{s.rows_removed:,}", s.stage)
+    out_console.print(table)
 
 
 @app.command("export")

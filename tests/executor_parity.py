@@ -18,7 +18,12 @@ from curate.io.parts import read_parts
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 _CLUSTERS: dict[int, object] = {}
-SIDE_OUTPUTS = ("prototypes/centroids.npy", "seta_schedule.json")
+SIDE_OUTPUTS = (
+    "prototypes/centroids.npy",
+    "seta_schedule.json",
+    "decontamination/decontaminate/summary.json",
+    "decontamination/decontaminate/matches.json",
+)
 
 
 @pytest.fixture(scope="session")

@@ -95,7 +95,7 @@ def load_eval_set(spec: EvalSetSpec, options: StorageOptions = ()) -> EvalItems:
     try:
         inputs = InputSet.scan(spec.path, columns)
     except CurateError as exc:
-        raise UsageError(f"{where}: {exc}") from None
+        raise _about_set(where, exc) from None
     names = [n for n in inputs.schema.names if n != ROW_COLUMN and n != _NO_ID]
     if spec.id_column and inputs.synthesized_ids and spec.id_column in names:
         names.remove(spec.id_column)  # InputSet numbered the rows itself under that name
@@ -129,8 +129,18 @@ def load_eval_set(spec: EvalSetSpec, options: StorageOptions = ()) -> EvalItems:
             else:
                 ids.append(pc.cast(batch.column(ROW_COLUMN), pa.string()))
     except CurateError as exc:
-        raise UsageError(f"{where}: {exc}") from None
+        raise _about_set(where, exc) from None
     return EvalItems(spec.name, pa.concat_arrays(texts), pa.concat_arrays(ids).cast(pa.string()))
+
+
+def _about_set(where: str, exc: CurateError) -> UsageError:
+    """The reader's message about the set, with a fix in the evaluation set's own terms (the
+    reader's own fix speaks of the corpus options)."""
+    reason = str(exc).split(" -- fix: ")[0]
+    return UsageError(
+        f"{where}: {reason}",
+        fix="check the set's path and format, and its text_columns / id_column (--eval-text-column, --eval-id-column)",
+    )
 
 
 def _as_strings(ids: pa.Array) -> pa.Array:
