@@ -25,6 +25,7 @@ versions and machines.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -73,9 +74,12 @@ _STREAM_UNIT, _STREAM_NGRAM, _STREAM_BINPERM, _STREAM_BANDS = 1, 2, 3, 4
 @functools.lru_cache(maxsize=1)
 def _word_codepoints() -> np.ndarray:
     """Per code point: is it a regex word character (`str.isalnum() or "_"`)? 1.1 MB, built once."""
+    # One regex scan over every code point (re's `\w` is exactly isalnum() or "_"): 0.1 s, where a
+    # Python loop calling isalnum() per code point took 0.7 s in every worker process.
+    everything = "".join(map(chr, range(0xD800))) + "".join(map(chr, range(0xE000, 0x110000)))
+    found = np.array([m.start() for m in re.finditer(r"\w", everything)], dtype=np.int64)
     table = np.zeros(0x110000, dtype=bool)
-    table[[c for c in range(0x110000) if (c < 0xD800 or c > 0xDFFF) and chr(c).isalnum()]] = True
-    table[ord("_")] = True
+    table[np.where(found < 0xD800, found, found + 0x800)] = True
     return table
 
 
