@@ -245,3 +245,18 @@ def test_the_same_ledger_and_side_outputs_on_every_executor(tmp_path, dask_execu
     for name in ("summary.json", "matches.json"):
         side = Path("decontamination") / "decontaminate" / name
         assert all((first / side).read_bytes() == (o / side).read_bytes() for o in others), name
+
+
+def test_the_mix_report_lists_each_evaluation_set(tmp_path):
+    source = tmp_path / "in"
+    planted = write_corpus(source, EVAL_ITEMS, shards=1)
+    evals = write_eval_set(tmp_path / "qa.jsonl")
+    stage = {
+        "kind": "decontaminate",
+        "eval_sets": [{"name": "qa", "path": str(evals), "text_columns": ["question", "answer"]}],
+    }
+    run_pipeline(parse_pipeline({"stage": [stage], "report": {}}, "test"), source, tmp_path / "out", RunOptions())
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    (row,) = report["pipeline"]["decontamination"]
+    assert (row["set"], row["items"], row["rows_removed"]) == ("qa", len(EVAL_ITEMS), len(planted))
+    assert "items found" in (tmp_path / "out" / "report.html").read_text()
