@@ -14,6 +14,7 @@ flat in corpus size; the transform then drops the fitted rows by ordinal.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.algorithms.ngrams import NgramIndex, best_per_text, build_index, contaminated, match_texts
-from curate.io.atomic import atomic_write_json
+from curate.io.atomic import atomic_write_json, atomic_write_text
 from curate.io.eval_sets import EvalSetSpec, check_eval_set, load_eval_set
 from curate.stages.base import (
     BatchSource,
@@ -189,15 +190,14 @@ class Decontaminate(Stage):
         atomic_write_json(folder / "summary.json", {"stage": ctx.name, **self.summary_})
         row_ids, item_labels, set_of, counts, coverage = self.pairs_
         names = self.set_names_
-        atomic_write_json(
-            folder / "matches.json",
-            [
-                {"row": r, "set": names[s], "item": i, "ngrams": n, "coverage": c}
-                for r, i, s, n, c in zip(
-                    row_ids.to_pylist(), item_labels.to_pylist(), set_of.tolist(), counts.tolist(), coverage.tolist()
-                )
-            ],
-        )
+        # one pair a line, compact: a leaky corpus has many pairs, and indented JSON triples the bytes
+        lines = [
+            json.dumps({"row": r, "set": names[s], "item": i, "ngrams": n, "coverage": c}, ensure_ascii=False)
+            for r, i, s, n, c in zip(
+                row_ids.to_pylist(), item_labels.to_pylist(), set_of.tolist(), counts.tolist(), coverage.tolist()
+            )
+        ]
+        atomic_write_text(folder / "matches.json", "[\n" + ",\n".join(lines) + ("\n]\n" if lines else "]\n"))
 
 
 @dataclass(frozen=True)
