@@ -6,7 +6,7 @@ It goes to the ledger with reason `contaminated`, `duplicate_of` = `<set>:<item 
 it covers most and score = that coverage.
 
 Parallel shape: the driver reads the evaluation sets and builds the n-gram index once (they are
-small: about 12 bytes per distinct n-gram plus a prefilter of 16 bytes per n-gram); the index
+small: about 50 bytes per distinct n-gram, prefilter included); the index
 travels with the map function, which every executor unpickles once per worker process. Each
 work unit is scanned as a task and sends back only its matched (row, item) pairs, so memory is
 flat in corpus size; the transform then drops the fitted rows by ordinal.
