@@ -342,6 +342,60 @@ def index_command(
 
 
 @app.command()
+def decontaminate(
+    input: str = InputOpt,
+    output: str = OutputOpt,
+    input_format: str | None = InputFormatOpt,
+    storage: list[str] | None = StorageOpt,
+    eval_sets: list[str] = typer.Option(
+        ...,
+        "--eval",
+        help="Evaluation set NAME=PATH (repeatable): a Parquet, JSON Lines or saved-dataset file, folder or URL.",
+    ),
+    eval_text_columns: list[str] | None = typer.Option(
+        None,
+        "--eval-text-column",
+        help="Column of the evaluation sets making an item (repeatable: joined; default text).",
+    ),
+    eval_id_column: str | None = typer.Option(
+        None, "--eval-id-column", help="Item id column of the evaluation sets (default: the row number)."
+    ),
+    ngram: int | None = typer.Option(None, "--ngram", help="Words per n-gram (default 13)."),
+    min_matches: int | None = typer.Option(
+        None, "--min-matches", help="Shared n-grams with one item that make a row contaminated (default 1; 0: off)."
+    ),
+    min_coverage: float | None = typer.Option(
+        None, "--min-coverage", help="Or this fraction of one item's n-grams (default 0: off)."
+    ),
+    sets: list[str] | None = SetOpt,
+    resume: bool = ResumeOpt,
+    overwrite: bool = OverwriteOpt,
+    text_column: str | None = TextColumnOpt,
+    id_column: str | None = IdColumnOpt,
+    drop_null_text: bool = DropNullOpt,
+    batch_size: int | None = BatchOpt,
+    quiet: bool = QuietOpt,
+    jobs: int | None = JobsOpt,
+    workers: int | None = WorkersOpt,
+    scheduler: str | None = SchedulerOpt,
+) -> None:
+    """Remove rows that share word n-grams with evaluation sets (OUT/decontamination/ says what leaked)."""
+    from curate.commands.decontaminate import eval_set_tables
+
+    options = {
+        "eval_sets": eval_set_tables(eval_sets, eval_text_columns, eval_id_column),
+        "ngram": ngram,
+        "min_matches": min_matches,
+        "min_coverage": min_coverage,
+        **_parse_sets(sets),
+    }
+    spec = _single_stage(
+        "decontaminate", options, text_column, id_column, drop_null_text, None, batch_size, input_format, storage
+    )
+    _run_spec(spec, input, output, resume, overwrite, quiet, jobs=jobs, workers=workers, scheduler=scheduler)
+
+
+@app.command()
 def embed(
     input: str = InputOpt,
     output: str = OutputOpt,
@@ -638,7 +692,13 @@ def inspect(
     storage: list[str] | None = StorageOpt,
 ) -> None:
     """Rows in and out per stage, removal reasons, pools and sizes."""
-    from curate.output.read import directory_bytes, pool_counts, stage_summaries
+    from curate.output.read import (
+        decontamination_summaries,
+        directory_bytes,
+        load_finished_manifest,
+        pool_counts,
+        stage_summaries,
+    )
     from curate.output.store import local_output
 
     with local_output(output, _storage_options(storage)) as local:
@@ -648,8 +708,20 @@ def inspect(
             if size:
                 out_console.print(f"{name}/: {size / 1e6:.1f} MB")
         counts = pool_counts(local)
+        leaks = decontamination_summaries(load_finished_manifest(local))
     if counts:
         out_console.print("pools: " + ", ".join(f"{k}: {v:,}" for k, v in counts.items()))
+    if leaks:
+        _eval_set_table(leaks)
+
+
+def _eval_set_table(leaks) -> None:
+    table = Table(title="evaluation sets (decontaminate)")
+    for column in ("set", "items", "items found", "rows removed", "stage"):
+        table.add_column(column, justify="left" if column in ("set", "stage") else "right")
+    for s in leaks:
+        table.add_row(s.name, f"{s.items:,}", f"{s.items_found:,}", f"{s.rows_removed:,}", s.stage)
+    out_console.print(table)
 
 
 @app.command()

@@ -24,7 +24,12 @@ REPRESENTATIVE_CASES: dict[str, dict] = {
     "exact": {"kind": "exact", "representative": "max:q"},
     "minhash": {"kind": "minhash", "representative": "longest"},
 }
-SIDE_OUTPUTS = ("prototypes/centroids.npy", "seta_schedule.json")
+SIDE_OUTPUTS = (
+    "prototypes/centroids.npy",
+    "seta_schedule.json",
+    "decontamination/decontaminate/summary.json",
+    "decontamination/decontaminate/matches.json",
+)
 
 
 @pytest.fixture(scope="session")

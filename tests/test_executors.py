@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import free_port
 
+import curate.data
 from curate.commands.inspect import verify_output
 from curate.engine.executors import DaskExecutor, make_executor
 from curate.engine.tasks import Transform, assemble
@@ -183,6 +184,7 @@ def test_null_texts_and_synthesized_ids_match_local(tmp_path, client):
 # Pipelines that exercise each stage kind. Every registered kind must have an entry: a new
 # stage kind fails the suite until it is shown to give the same output on every executor.
 EMBED = {"kind": "embed", "model": "hashing"}
+DEMO_CORPUS = str(Path(curate.data.__file__).parent / "demo.parquet")
 PROTOTYPES = {"kind": "prototypes", "clusters": 4, "keep": "hard", "fraction": 0.8}
 KIND_PIPELINES: dict[str, list[dict]] = {
     "exact": [{"kind": "exact", "normalize": True}],
@@ -192,6 +194,8 @@ KIND_PIPELINES: dict[str, list[dict]] = {
     "prototypes": [EMBED, PROTOTYPES],
     "pools": [EMBED, PROTOTYPES, {"kind": "pools", "score": "proto_distance", "pools": 4}],
     "loss_clusters": [{"kind": "loss_clusters", "loss_column": "extra", "keep": "hard", "fraction": 0.8}],
+    # the bundled demo corpus as the evaluation set: its package descriptions share word pairs with the soup
+    "decontaminate": [{"kind": "decontaminate", "ngram": 2, "eval_sets": [{"name": "demo", "path": DEMO_CORPUS}]}],
 }
 
 

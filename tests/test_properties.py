@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import curate.data
 from curate.commands.inspect import verify_output
 from curate.errors import UsageError
 from curate.io.inputs import ROW_COLUMN, InputSet
@@ -30,6 +31,7 @@ from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 from curate.stages.base import available_kinds, stage_class
 from curate.stages.constraints import invalid_option_values
 
+DEMO_CORPUS = str(Path(curate.data.__file__).parent / "demo.parquet")
 SETTINGS = settings(
     max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
@@ -46,6 +48,10 @@ STAGE_TABLE: dict[str, list[list[dict]]] = {
     ],
     "pools": [[{"kind": "pools", "score": "quality", "pools": 3}]],
     "loss_clusters": [[{"kind": "loss_clusters", "loss_column": "quality"}]],
+    # the bundled demo corpus as the evaluation set: single words ("data") match, pairs rarely
+    "decontaminate": [
+        [{"kind": "decontaminate", "ngram": n, "eval_sets": [{"name": "demo", "path": DEMO_CORPUS}]}] for n in (1, 2)
+    ],
 }
 DEDUP_KINDS = ("exact", "minhash")
 KINDS = available_kinds()

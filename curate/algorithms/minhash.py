@@ -25,6 +25,7 @@ versions and machines.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -75,9 +76,14 @@ _STREAM_UNIT, _STREAM_NGRAM, _STREAM_BINPERM, _STREAM_BANDS = 1, 2, 3, 4
 @functools.lru_cache(maxsize=1)
 def _word_codepoints() -> np.ndarray:
     """Per code point: is it a regex word character (`str.isalnum() or "_"`)? 1.1 MB, built once."""
+    # One regex pass over every code point (re's `\w` is exactly isalnum() or "_") that blanks word
+    # characters to NUL (itself not a word character): 0.1 s, where a Python loop calling isalnum()
+    # per code point took 0.7 s in every worker process. Surrogates cannot be encoded; they stay False.
+    points = np.concatenate([np.arange(0xD800), np.arange(0xE000, 0x110000)]).astype("<u4")
+    blanked = re.sub(r"\w", "\x00", points.tobytes().decode("utf-32-le")).encode("utf-32-le")
     table = np.zeros(0x110000, dtype=bool)
-    table[[c for c in range(0x110000) if (c < 0xD800 or c > 0xDFFF) and chr(c).isalnum()]] = True
-    table[ord("_")] = True
+    table[points] = np.frombuffer(blanked, dtype="<u4") == 0
+    table[0] = False
     return table
 
 

@@ -75,6 +75,30 @@ def stage_summaries(out: Path) -> list[StageSummary]:
     return summaries
 
 
+@dataclass
+class EvalSetSummary:
+    """What one decontaminate stage found of one evaluation set (its manifest info)."""
+
+    stage: str
+    name: str
+    items: int
+    items_found: int
+    rows_removed: int
+
+
+def decontamination_summaries(manifest: dict) -> list[EvalSetSummary]:
+    """Per decontaminate stage and evaluation set: items, items found in the corpus, rows removed."""
+    found = []
+    for entry in manifest.get("stages", []):
+        if entry.get("kind") != "decontaminate" or entry.get("status") != "done":
+            continue
+        for name, counts in ((entry.get("info") or {}).get("eval_sets") or {}).items():
+            found.append(
+                EvalSetSummary(entry["name"], name, counts["items"], counts["items_found"], counts["rows_removed"])
+            )
+    return found
+
+
 def removal_reasons(out: Path) -> dict[str, dict[str, int]]:
     parts = list_parts(out / "removed")
     if not parts:

@@ -267,6 +267,17 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
                 ],
             )
         )
+        if pipeline.get("decontamination"):
+            sections.append("<p>Evaluation sets (decontaminate): items, items found in the corpus, rows removed.</p>")
+            sections.append(
+                _table(
+                    ["set", "items", "items found", "rows removed", "stage"],
+                    [
+                        [d["set"], f"{d['items']:,}", f"{d['items_found']:,}", f"{d['rows_removed']:,}", d["stage"]]
+                        for d in pipeline["decontamination"]
+                    ],
+                )
+            )
         if pipeline.get("pools"):
             if "pool_scores" in images:
                 sections.append(_img(images["pool_scores"], f"Distribution of {pipeline['pools']['score']} per pool"))
@@ -484,6 +495,20 @@ def build_pipeline_report(
     ]
     images["funnel"] = plots.funnel(stages, plot_dir / "funnel.png")
     pipeline: dict[str, Any] = {"stages": stages, "pools": None}
+    from curate.output.read import decontamination_summaries
+
+    leaks = decontamination_summaries(manifest)
+    if leaks:
+        pipeline["decontamination"] = [
+            {
+                "stage": d.stage,
+                "set": d.name,
+                "items": d.items,
+                "items_found": d.items_found,
+                "rows_removed": d.rows_removed,
+            }
+            for d in leaks
+        ]
 
     kept = read_kept(out)
     pools = scores = None
