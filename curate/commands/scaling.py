@@ -11,7 +11,7 @@ from rich.table import Table
 from curate.errors import UsageError
 from curate.scaling import load_law, save_json, save_law
 from curate.scaling.allocate import MIX_MODES, Constraints, parse_budgets, plan
-from curate.scaling.decision import decision_accuracy, verdict_line
+from curate.scaling.decision import decision_accuracy, decision_fields
 from curate.scaling.fit import fit_law
 from curate.scaling.law import REPETITION_NAMES, Law
 from curate.scaling.runs import read_runs
@@ -45,15 +45,6 @@ def run_fit(
     result.law.fit.update(decision_fields(decision))
     save_law(output, result.law)
     return result.law, result.warnings
-
-
-def decision_fields(decision: dict) -> dict:
-    """LAW.json's decision-accuracy keys: the two accuracies at the top, the detail under `decision`."""
-    return {
-        "decision_accuracy": decision.get("decision_accuracy"),
-        "baseline_decision_accuracy": decision.get("baseline_decision_accuracy"),
-        "decision": {**decision, "summary": verdict_line(decision)},
-    }
 
 
 def fit_table(law: Law) -> Table:

@@ -6,9 +6,11 @@ orders like the measured losses. Its baseline, which many fitted laws fail to be
 rule "rank by the loss at the largest budget fitted". Here: hold out the largest budgets of the
 runs, fit on the rest, and score both rankings with a bootstrap interval over candidates.
 
-Budgets of different candidates rarely match to the sample (pools differ by a row or two, a
-mix checkpoint at 0.5 passes over twice the rows), so run budgets within BUDGET_TOLERANCE of each
-other (relative) count as one budget."""
+Budgets of different candidates rarely match to the sample (quantile pools differ by a few
+percent in rows once the proxy task keeps its largest classes; a mix checkpoint at 0.5 passes
+over twice the rows), so run budgets within BUDGET_TOLERANCE of each other (relative) count as
+one budget. The law predicts each run at its own budget; the simple rule cannot, which costs it
+little: at b ~ -0.15 a 10% budget gap moves a loss by about 1.5%."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 from curate.scaling.law import Law
 from curate.scaling.runs import RunsTable
 
-BUDGET_TOLERANCE = 0.02
+BUDGET_TOLERANCE = 0.1
 BOOTSTRAP = 1000
 LEVEL = 0.95
 
@@ -209,3 +211,12 @@ def verdict_line(result: dict) -> str:
     if result["law_beats_baseline"]:
         return head + " The law beats the simple rule."
     return head + " The law does not beat the simple rule: trust the ranking of the largest runs as much as the plan."
+
+
+def decision_fields(decision: dict) -> dict:
+    """LAW.json's decision-accuracy keys: the two accuracies at the top, the detail under `decision`."""
+    return {
+        "decision_accuracy": decision.get("decision_accuracy"),
+        "baseline_decision_accuracy": decision.get("baseline_decision_accuracy"),
+        "decision": {**decision, "summary": verdict_line(decision)},
+    }
