@@ -173,6 +173,7 @@ def plan_lines(result: dict) -> list[str]:
         if not e.get("within_caps", True):
             line += f" -- the caps allow only {e['spendable_budget']:.3g} {unit}: planned for that"
         lines.append(line)
-    for switch in result["switches"]:
+    plain = result.get("mix", "prefix") == "prefix" and not result.get("max_epochs") and unit == "samples"
+    for switch in result["switches"] if plain else []:  # the unconstrained prefix plan's switches
         lines.append(f"switch at {switch['budget']:.3g}: {'+'.join(switch['from'])} -> {'+'.join(switch['to'])}")
     return lines
