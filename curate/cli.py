@@ -524,7 +524,7 @@ def allocate(
         raise UsageError(
             "give exactly one of --budget C or --budgets LIST|RANGE", fix="e.g. --budget 1e7 or --budgets 1e4:1e9:20"
         )
-    law, chosen, result = run_allocate(
+    law, chosen, result, options = run_allocate(
         law_path,
         output,
         str(budget) if budget is not None else budgets,
@@ -540,7 +540,7 @@ def allocate(
     if report is not None:
         from curate.report import build_law_report
 
-        out_console.print(f"report: {build_law_report(law, chosen, report)}")
+        out_console.print(f"report: {build_law_report(law, chosen, report, options)}")
 
 
 def _positive_list(text: str, option: str) -> list[float]:

@@ -295,3 +295,29 @@ def test_demo_report_gives_one_answer_per_budget(tmp_path):
         assert entry["predicted_loss"] <= entry["all_data"] * (1 + 1e-12)
     assert "decision_accuracy" in report["law"]["fit"] and "baseline_decision_accuracy" in report["law"]["fit"]
     assert "Decision accuracy" in (tmp_path / "demo" / "report.html").read_text()
+
+
+def test_allocate_report_shows_the_weighted_capped_plan(tmp_path):
+    law_path = tmp_path / "law.json"
+    save_law(law_path, BLEND)
+    main(
+        [
+            "allocate",
+            str(law_path),
+            "-o",
+            str(tmp_path / "mix.json"),
+            "--budgets",
+            "1e3,1e5",
+            "--mix",
+            "weighted",
+            "--max-epochs",
+            "2",
+            "--report",
+            str(tmp_path / "rep"),
+        ]
+    )
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    mix = json.loads((tmp_path / "mix.json").read_text())
+    assert report["plan"]["mixes"] == mix["mixes"]
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "(capped)" in page and "%" in page

@@ -121,8 +121,8 @@ def run_allocate(
     max_epochs: str | None = None,
     budget_unit: str = "samples",
     pool_tokens: Sequence[float] | None = None,
-) -> tuple[Law, list[float], dict]:
-    """Plan per budget; MIX.json written. Token budgets need the tokens per pool (--pool-tokens, as
+) -> tuple[Law, list[float], dict, dict]:
+    """Plan per budget (returns the law, budgets, MIX.json and the plan options for a report); MIX.json written. Token budgets need the tokens per pool (--pool-tokens, as
     the pools stage records them) unless the law itself was fitted in tokens."""
     if mix not in MIX_MODES:
         raise UsageError(f"unknown --mix {mix!r}", fix="use prefix or weighted")
@@ -152,9 +152,10 @@ def run_allocate(
             "the law was fitted on tokens_seen, so its budgets are tokens", fix="pass --budget-unit tokens"
         )
     constraints = Constraints(parse_caps(max_epochs, law), lengths)
-    result = plan(law, chosen, mix, constraints, budget_unit)
+    options = {"mix": mix, "constraints": constraints, "budget_unit": budget_unit}
+    result = plan(law, chosen, **options)
     save_json(output, result)
-    return law, chosen, result
+    return law, chosen, result, options
 
 
 def plan_lines(result: dict) -> list[str]:

@@ -158,9 +158,11 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
                 [
                     [
                         f"{e['budget']:.3g}",
-                        "+".join(e["pools"]),
+                        "+".join(e["pools"])
+                        if e.get("mix", "prefix") == "prefix"
+                        else ", ".join(f"{k} {v:.0%}" for k, v in e["shares"].items()),
                         f"{e['unique']:,}",
-                        f"{e['epochs']:.3g}",
+                        f"{e['epochs']:.3g}" + ("" if e.get("within_caps", True) else " (capped)"),
                         f"{e['predicted_loss']:.4g}",
                         *[f"{c['predicted_loss']:.4g}" for c in e["candidates"]],
                     ]
@@ -390,9 +392,13 @@ def write_report(directory: Path, report: dict, images: dict[str, Path]) -> Path
 
 
 def _law_section(
-    law: Law, budgets: Sequence[float], plot_dir: Path, comparison: dict | None = None
+    law: Law,
+    budgets: Sequence[float],
+    plot_dir: Path,
+    comparison: dict | None = None,
+    plan_options: dict | None = None,
 ) -> tuple[dict, dict[str, Path]]:
-    mix = plan(law, budgets)
+    mix = plan(law, budgets, **(plan_options or {}))
     images = {
         "loss_vs_budget": plots.loss_vs_budget(law, budgets, mix["switches"], plot_dir / "loss_vs_budget.png"),
         "mix_vs_budget": plots.mix_vs_budget(law, budgets, plot_dir / "mix_vs_budget.png"),
@@ -410,14 +416,16 @@ def _law_section(
     }, images
 
 
-def build_law_report(law: Law, budgets: Sequence[float] | None, directory: str | Path) -> Path:
+def build_law_report(
+    law: Law, budgets: Sequence[float] | None, directory: str | Path, plan_options: dict | None = None
+) -> Path:
     """`curate allocate --report DIR`: the plan for a law, no pipeline sections."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     budgets = list(budgets) if budgets else default_budgets(law)
     if len(budgets) == 1:  # one budget: still show the curves around it
         budgets = sorted({*default_budgets(law), *budgets})
-    section, images = _law_section(law, budgets, directory / "plots")
+    section, images = _law_section(law, budgets, directory / "plots", plan_options=plan_options)
     return write_report(directory, {"title": "curate: budget-aware data mix", "notes": [], **section}, images)
 
 
