@@ -321,3 +321,11 @@ def test_allocate_report_shows_the_weighted_capped_plan(tmp_path):
     assert report["plan"]["mixes"] == mix["mixes"]
     page = (tmp_path / "rep" / "report.html").read_text()
     assert "(capped)" in page and "%" in page
+
+
+def test_too_few_budgets_to_hold_out_is_said_not_guessed(tmp_path):
+    runs = read_runs(known_law_runs(tmp_path / "runs.csv"))
+    result = decision_accuracy(runs, lambda t: fit_law(t).law, holdout=len(BUDGETS))
+    assert result["decision_accuracy"] is None and "three or more budgets" in result["reason"]
+    two = decision_accuracy(runs, lambda t: fit_law(t).law, holdout=2, draws=50)
+    assert len(two["held_out_budgets"]) == 2 and two["pairs"] == 21 + 21

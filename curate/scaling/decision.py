@@ -140,6 +140,12 @@ def decision_accuracy(
     law = fit(_subset(runs, train))
     trained = set(labels[train])
     test = np.array([r for r in range(runs.rows) if groups[r] in held and labels[r] in trained], dtype=np.int64)
+    if len(set(labels[test])) < 2:
+        return {
+            "decision_accuracy": None,
+            "baseline_decision_accuracy": None,
+            "reason": "fewer than two candidates at the held-out budget have runs below it to fit on",
+        }
     train_labels = labels[train]
     train_groups = groups[train]
     candidates = sorted(set(labels[test]), key=lambda x: list(labels).index(x))
