@@ -329,3 +329,35 @@ def test_too_few_budgets_to_hold_out_is_said_not_guessed(tmp_path):
     assert result["decision_accuracy"] is None and "three or more budgets" in result["reason"]
     two = decision_accuracy(runs, lambda t: fit_law(t).law, holdout=2, draws=50)
     assert len(two["held_out_budgets"]) == 2 and two["pairs"] == 21 + 21
+
+
+def test_a_law_that_saw_repetition_beats_the_rule_when_pools_reorder_past_the_fit(tmp_path):
+    """Pools that wear out at different rates reorder between the largest fitted budget (32,000)
+    and the held-out one (256,000): 4 of 21 pairs flip. The rule keeps the old order; a law that
+    saw each pool repeat predicts the new one."""
+    law = Law(
+        3.0,
+        (
+            Pool("0", 1000, -0.22, 3.0),
+            Pool("1", 2000, -0.19, 6.0),
+            Pool("2", 4000, -0.16, 12.0),
+            Pool("3", 8000, -0.13, 40.0),
+        ),
+    )
+    rng = np.random.default_rng(0)
+    rows = []
+    for members in [(0,), (1,), (2,), (3,), (0, 1), (0, 1, 2), (0, 1, 2, 3)]:
+        for n in [*np.geomspace(250, 32000, 8), 256000.0]:
+            y = float(law.loss(n, members)[0]) * (1 + 0.002 * rng.standard_normal())
+            rows.append(
+                {
+                    "pool": "+".join(str(i) for i in members),
+                    "pool_size": sum(law.pools[i].size for i in members),
+                    "samples_seen": float(n),
+                    "loss": y,
+                }
+            )
+    write_runs(tmp_path / "runs.csv", rows)
+    result = decision_accuracy(read_runs(tmp_path / "runs.csv"), lambda t: fit_law(t).law, draws=300)
+    assert result["baseline_decision_accuracy"] == pytest.approx(17 / 21)
+    assert result["decision_accuracy"] >= 0.95 and result["law_beats_baseline"]

@@ -270,7 +270,7 @@ def fit_flags(pools: tuple[Pool, ...], a: float, runs: RunsTable, residuals: np.
                     "pool": label,
                     "parameter": None,
                     "value": float(last.mean()),
-                    "message": f"{label}: the {top} largest-budget runs all lie {side} the fitted curve "
+                    "message": f"{'mix' if '+' in label else 'pool'} {label}: the {top} largest-budget runs all lie {side} the fitted curve "
                     f"(mean {abs(last.mean()):.3f} in log loss) and the residuals change sign only {sign_runs - 1} times: "
                     "the law bends away from the data where plans extrapolate",
                 }
