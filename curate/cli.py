@@ -527,7 +527,9 @@ def demo(
 
 @app.command()
 def fit(
-    runs: Path = typer.Argument(..., help="RUNS.csv: pool, pool_size, samples_seen, loss (one row per run)."),
+    runs: Path = typer.Argument(
+        ..., help="RUNS.csv: pool, pool_size, samples_seen (or tokens_seen), loss (one row per run)."
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="LAW.json to write."),
     irreducible: float = typer.Option(0.0, "--irreducible", help="Fixed irreducible loss d >= 0 (not fitted)."),
     repetition: str = typer.Option(
@@ -538,36 +540,18 @@ def fit(
         "--default-tau",
         help="Repetition parameter for pools never run past one pass (default: median of the others).",
     ),
+    holdout_budgets: int | None = typer.Option(
+        None,
+        "--holdout-budgets",
+        help="Hold out the K largest budgets to measure decision accuracy (default: 1 with 3+ budgets; 0: skip).",
+    ),
 ) -> None:
-    """Fit per-pool scaling-law parameters (utility b, repetition half-life tau, shared a)."""
-    from curate.scaling import save_law
-    from curate.scaling.fit import fit_law
-    from curate.scaling.law import REPETITION_NAMES
-    from curate.scaling.runs import read_runs
+    """Fit per-pool scaling-law parameters (utility b, repetition half-life tau, shared a) and measure decision accuracy."""
+    from curate.commands.scaling import fit_table, run_fit
 
-    if repetition not in REPETITION_NAMES:
-        raise UsageError(f"unknown --repetition {repetition!r}", fix="use goyal or muennighoff")
-    if irreducible < 0 or (default_tau is not None and default_tau <= 0):
-        raise UsageError("--irreducible must be >= 0 and --default-tau > 0", fix="e.g. --irreducible 0.5")
-    result = fit_law(read_runs(runs), REPETITION_NAMES[repetition], irreducible, default_tau)
-    save_law(output, result.law)
-    law = result.law
-    table = Table(
-        title=f"{law.model}: a = {law.a:.4g}, rmse(log loss) = {law.fit['rmse_log']:.4f} over {law.fit['runs']} runs"
-    )
-    for column in ("pool", "size", "b", "tau" if law.model == "goyal2024" else "R*", "max epochs", "rmse(log)"):
-        table.add_column(column, justify="left" if column == "pool" else "right")
-    for label, rmse in law.fit["rmse_log_per_pool"].items():
-        pool = next((p for p in law.pools if p.name == label), None)
-        b, tau = (
-            (f"{pool.b:.4f}", f"{pool.tau:.3g}" + ("" if pool.tau_identified else " (default)"))
-            if pool
-            else ("mix", "")
-        )
-        size = pool.size if pool else next(o["pool_size"] for o in law.fit["observations"] if o["pool"] == label)
-        table.add_row(label, f"{size:,.0f}", b, tau, f"{law.fit['max_epochs_per_pool'][label]:.3g}", f"{rmse:.4f}")
-    out_console.print(table)
-    for warning in result.warnings:
+    law, warnings = run_fit(runs, output, irreducible, repetition, default_tau, holdout_budgets)
+    out_console.print(fit_table(law))
+    for warning in warnings:
         err_console.print(f"warning: {warning}", markup=False, highlight=False)
     out_console.print(f"law: {output}")
 
@@ -576,44 +560,45 @@ def fit(
 def allocate(
     law_path: Path = typer.Argument(..., metavar="LAW.json", help="A fitted law (curate fit)."),
     output: Path = typer.Option(..., "-o", "--output", help="MIX.json to write."),
-    budget: float | None = typer.Option(None, "--budget", help="Training budget in samples seen."),
+    budget: float | None = typer.Option(None, "--budget", help="Training budget (samples seen, or tokens)."),
     budgets: str | None = typer.Option(None, "--budgets", help="C1,C2,... or START:STOP:COUNT (log range)."),
     pool_sizes: str | None = typer.Option(
         None, "--pool-sizes", help="Unique samples per pool, best first (plan for the full corpus)."
     ),
+    mix: str = typer.Option("prefix", "--mix", help="prefix (pools 0..j-1) | weighted (a share per pool)."),
+    max_epochs: str | None = typer.Option(
+        None, "--max-epochs", help="Repetition cap: E for every pool, or POOL=E,... (e.g. 0=4,1=8)."
+    ),
+    budget_unit: str = typer.Option("samples", "--budget-unit", help="samples | tokens (needs --pool-tokens)."),
+    pool_tokens: str | None = typer.Option(
+        None, "--pool-tokens", help="Tokens per pool, best first (the pools stage records them)."
+    ),
     report: Path | None = typer.Option(None, "--report", help="Also write report.html, report.json and plots/ here."),
 ) -> None:
-    """Choose the quality prefix (pools 0..j-1) and epochs with the lowest predicted loss per budget."""
-    from curate.scaling import load_law, save_json
-    from curate.scaling.allocate import parse_budgets, plan
+    """Choose the mix (a quality prefix, or shares per pool) and epochs with the lowest predicted loss per budget."""
+    from curate.commands.scaling import plan_lines, run_allocate
 
     if (budget is None) == (budgets is None):
         raise UsageError(
             "give exactly one of --budget C or --budgets LIST|RANGE", fix="e.g. --budget 1e7 or --budgets 1e4:1e9:20"
         )
-    chosen = parse_budgets(str(budget) if budget is not None else budgets)
-    law = load_law(law_path)
-    if pool_sizes is not None:
-        sizes = _positive_list(pool_sizes, "--pool-sizes")
-        if len(sizes) != len(law.pools):
-            raise UsageError(
-                f"--pool-sizes has {len(sizes)} values, the law has {len(law.pools)} pools",
-                fix="one size per pool, best first, comma-separated",
-            )
-        law = law.with_sizes(sizes)
-    mix = plan(law, chosen)
-    save_json(output, mix)
-    for entry in mix.get("mixes", [mix]):
-        out_console.print(
-            f"budget {entry['budget']:.3g}: pools {'+'.join(entry['pools'])} ({entry['unique']:,} unique, {entry['epochs']:.3g} epochs), predicted loss {entry['predicted_loss']:.4g}"
-        )
-    for switch in mix["switches"]:
-        out_console.print(f"switch at {switch['budget']:.3g}: {'+'.join(switch['from'])} -> {'+'.join(switch['to'])}")
+    law, chosen, result, options = run_allocate(
+        law_path,
+        output,
+        str(budget) if budget is not None else budgets,
+        _positive_list(pool_sizes, "--pool-sizes") if pool_sizes is not None else None,
+        mix,
+        max_epochs,
+        budget_unit,
+        _positive_list(pool_tokens, "--pool-tokens") if pool_tokens is not None else None,
+    )
+    for line in plan_lines(result):
+        out_console.print(line, markup=False, highlight=False)
     out_console.print(f"mix: {output}")
     if report is not None:
         from curate.report import build_law_report
 
-        out_console.print(f"report: {build_law_report(law, chosen, report)}")
+        out_console.print(f"report: {build_law_report(law, chosen, report, options)}")
 
 
 def _positive_list(text: str, option: str) -> list[float]:

@@ -137,3 +137,22 @@ def test_pools_are_the_same_on_every_executor(tmp_path, dask_executors, kind):
     kept = read_parts(next(iter(outputs.values())) / "kept")
     expected = pools_of(kept.column("quality").to_numpy(zero_copy_only=False).astype(np.float64), 4)
     assert kept.column("pool").to_numpy().tolist() == expected.tolist()
+
+
+def test_stage_records_rows_and_whitespace_tokens_per_pool(tmp_path):
+    """Plans in tokens need each pool's tokens: the manifest carries them beside the rows."""
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=300)
+    words = rng.integers(1, 30, size=300)
+    texts = [" ".join(["w"] * int(n)) + "  " for n in words]  # trailing spaces are no word
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": np.arange(300), "text": texts, "quality": scores}), path)
+    spec = parse_pipeline({"stage": [{"kind": "pools", "score": "quality", "pools": 3}], "batch_size": 64}, "test")
+    result = run_pipeline(spec, path, tmp_path / "out", RunOptions(jobs=1))
+    info = result.manifest["stages"][-1]["info"]
+    kept = read_parts(tmp_path / "out" / "kept")
+    pools = kept.column("pool").to_numpy()
+    order = {int(i): n for i, n in zip(range(300), words)}
+    expected = [int(sum(order[int(i)] for i in kept.column("id").to_numpy()[pools == p])) for p in range(3)]
+    assert info["pool_rows"] == [100, 100, 100] and info["pool_tokens"] == expected
+    assert info["tokenizer"] == "whitespace"

@@ -62,3 +62,20 @@ def assign_pools_by_group(
         rows = groups == g
         out[rows] = assign_pools(np.asarray(scores)[rows], edges[g], higher_is_better)
     return out
+
+
+def pool_totals(pools: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
+    """Per pool the sum of `values` (tokens per row), pool ids 0..k-1; int64."""
+    return np.bincount(np.asarray(pools, dtype=np.int64), weights=np.asarray(values, dtype=np.float64), minlength=k)[
+        :k
+    ].astype(np.int64)
+
+
+def whitespace_tokens(texts) -> np.ndarray:
+    """Whitespace-separated words per text (pyarrow string array; null = 0): the default token count
+    a plan in tokens uses when no tokenizer is named."""
+    import pyarrow.compute as pc
+
+    words = pc.count_substring_regex(texts, r"\S+")  # runs of non-space: no empty words at doubled spaces
+    counts = pc.fill_null(words, 0)
+    return np.asarray(counts.to_numpy(zero_copy_only=False), dtype=np.int64)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 
-def build_law_report(law, budgets, directory):
+def build_law_report(law, budgets, directory, plan_options=None):
     """See curate.report.build.build_law_report (imported lazily: matplotlib is slow to load)."""
     from curate.report.build import build_law_report as build
 
-    return build(law, budgets, directory)
+    return build(law, budgets, directory, plan_options)
 
 
 def build_pipeline_report(out, overrides=None, rerun=False, progress=None):

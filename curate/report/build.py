@@ -78,6 +78,11 @@ def recommendation(law: Law, mix: dict, comparison: dict | None = None) -> str:
         lines.append(
             f"Budgets above {10 * max(observed):.3g} are extrapolations more than 10x beyond the largest run fitted ({max(observed):.3g} samples seen)."
         )
+    decision = law.fit.get("decision")
+    if decision:
+        lines.append(decision["summary"])
+    for flag in law.fit.get("flags", []):
+        lines.append(f"Suspect: {flag['message']}.")
     unidentified = [p.name for p in law.pools if not p.tau_identified]
     if unidentified:
         lines.append(
@@ -153,9 +158,11 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
                 [
                     [
                         f"{e['budget']:.3g}",
-                        "+".join(e["pools"]),
+                        "+".join(e["pools"])
+                        if e.get("mix", "prefix") == "prefix"
+                        else ", ".join(f"{k} {v:.0%}" for k, v in e["shares"].items()),
                         f"{e['unique']:,}",
-                        f"{e['epochs']:.3g}",
+                        f"{e['epochs']:.3g}" + ("" if e.get("within_caps", True) else " (capped)"),
                         f"{e['predicted_loss']:.4g}",
                         *[f"{c['predicted_loss']:.4g}" for c in e["candidates"]],
                     ]
@@ -182,7 +189,14 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
         )
         sections.append(
             _table(
-                ["pool", "unique samples", "utility b", "half-life (epochs)" if key == "tau" else "R*", "rmse(log)"],
+                [
+                    "pool",
+                    "unique samples",
+                    "utility b",
+                    "half-life (epochs)" if key == "tau" else "R*",
+                    "rmse(log)",
+                    "flags",
+                ],
                 [
                     [
                         p["name"],
@@ -190,11 +204,18 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
                         f"{p['b']:.4f}",
                         f"{p[key]:.3g}" + ("" if p.get("tau_identified", True) else " (default)"),
                         f"{rmse[p['name']]:.4f}" if p["name"] in rmse else "",
+                        ", ".join(_flag_words(law["fit"], p["name"])),
                     ]
                     for p in law["pools"]
+                ]
+                + [
+                    ["mix " + label, "", "", "", f"{value:.4f}", ", ".join(_flag_words(law["fit"], label))]
+                    for label, value in rmse.items()
+                    if label not in {p["name"] for p in law["pools"]} and _flag_words(law["fit"], label)
                 ],
             )
         )
+        sections.append(_decision_html(law["fit"]))
         if "fit_per_pool" in images:
             sections.append(_img(images["fit_per_pool"], "Fitted curves against the observed runs, per pool and mix"))
     for evaluation in report.get("evaluations") or []:
@@ -285,6 +306,49 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
     return f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(report['title'])}</title><style>{_CSS}</style></head><body>{''.join(sections)}</body></html>\n"
 
 
+def _flag_words(fit: dict, label: str) -> list[str]:
+    return [
+        f"{f['parameter']} at the fit's bound" if f["kind"] == "at_bound" else "residual trend at the largest budgets"
+        for f in fit.get("flags", [])
+        if str(f.get("pool")) == label
+    ]
+
+
+def _decision_html(fit: dict) -> str:
+    """Decision accuracy on the held-out budget beside the simple rule, and what is suspect in the fit."""
+    decision = fit.get("decision")
+    parts = []
+    if decision:
+        parts.append(f'<h3>Decision accuracy</h3><p id="decision-accuracy">{html.escape(decision["summary"])}</p>')
+        if decision.get("decision_accuracy") is not None:
+            parts.append(
+                _table(
+                    ["ranking", "decision accuracy", "interval"],
+                    [
+                        [
+                            "the law (fitted below the held-out budget)",
+                            f"{decision['decision_accuracy']:.2f}",
+                            "{:.2f} .. {:.2f}".format(*decision["decision_accuracy_interval"]),
+                        ],
+                        [
+                            f"baseline: {decision['baseline']}",
+                            f"{decision['baseline_decision_accuracy']:.2f}",
+                            "{:.2f} .. {:.2f}".format(*decision["baseline_decision_accuracy_interval"]),
+                        ],
+                    ],
+                )
+            )
+            parts.append(
+                f'<p class="note">Pairwise: of every two candidates measured at the held-out budget, the share ranked like the measured losses '
+                f"({decision['pairs']} pairs, {len(decision['candidates'])} candidates; {html.escape(decision['interval'])}).</p>"
+            )
+    flags = fit.get("flags", [])
+    if flags:
+        items = "".join(f"<li>{html.escape(f['message'])}</li>" for f in flags)
+        parts.append(f'<p>Suspect in this fit:</p><ul class="rec warn">{items}</ul>')
+    return "".join(parts)
+
+
 def _comparison_html(comparison: dict, what: str) -> str:
     """Per budget: the chosen prefix, random data of its size, all data, the difference ± sd, the verdict."""
     from curate.report.wording import STATUS_SHORT
@@ -303,6 +367,7 @@ def _comparison_html(comparison: dict, what: str) -> str:
             "random, same size",
             "all data",
             "difference ± sd",
+            "per-prefix fits: difference ± sd",
             "verdict",
             "train on",
         ],
@@ -315,6 +380,9 @@ def _comparison_html(comparison: dict, what: str) -> str:
                 f"{e['random_same_size']:.4g}",
                 f"{e['all_data']:.4g}",
                 "(same data)" if e["status"] == "all_data" else f"{e['difference']:+.3g} ± {e['difference_sd']:.2g}",
+                "(same data)"
+                if e["status"] == "all_data"
+                else f"{e.get('prefix_fit_difference', float('nan')):+.3g} ± {e.get('prefix_fit_difference_sd', float('nan')):.2g}",
                 STATUS_SHORT[e["status"]],
                 _pools_phrase(e["pools"])
                 if e["status"] == "beats_random"
@@ -335,9 +403,13 @@ def write_report(directory: Path, report: dict, images: dict[str, Path]) -> Path
 
 
 def _law_section(
-    law: Law, budgets: Sequence[float], plot_dir: Path, comparison: dict | None = None
+    law: Law,
+    budgets: Sequence[float],
+    plot_dir: Path,
+    comparison: dict | None = None,
+    plan_options: dict | None = None,
 ) -> tuple[dict, dict[str, Path]]:
-    mix = plan(law, budgets)
+    mix = plan(law, budgets, **(plan_options or {}))
     images = {
         "loss_vs_budget": plots.loss_vs_budget(law, budgets, mix["switches"], plot_dir / "loss_vs_budget.png"),
         "mix_vs_budget": plots.mix_vs_budget(law, budgets, plot_dir / "mix_vs_budget.png"),
@@ -355,14 +427,16 @@ def _law_section(
     }, images
 
 
-def build_law_report(law: Law, budgets: Sequence[float] | None, directory: str | Path) -> Path:
+def build_law_report(
+    law: Law, budgets: Sequence[float] | None, directory: str | Path, plan_options: dict | None = None
+) -> Path:
     """`curate allocate --report DIR`: the plan for a law, no pipeline sections."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     budgets = list(budgets) if budgets else default_budgets(law)
     if len(budgets) == 1:  # one budget: still show the curves around it
         budgets = sorted({*default_budgets(law), *budgets})
-    section, images = _law_section(law, budgets, directory / "plots")
+    section, images = _law_section(law, budgets, directory / "plots", plan_options=plan_options)
     return write_report(directory, {"title": "curate: budget-aware data mix", "notes": [], **section}, images)
 
 
@@ -397,13 +471,19 @@ def _proxy_law(
     quality, random = proxy_rows(
         out, out / SCALING_DIR, kept, pools, settings, text_column, int(manifest.get("seed", 0)), rerun, progress
     )
-    return (
-        fit_law(
-            read_runs(out / SCALING_DIR / "runs.csv"), REPETITION_NAMES[settings.repetition], settings.irreducible
-        ).law,
-        quality,
-        random,
-    )
+    law = _fit_with_decision(read_runs(out / SCALING_DIR / "runs.csv"), settings, int(manifest.get("seed", 0)))
+    return law, quality, random
+
+
+def _fit_with_decision(runs, settings: ReportSettings, seed: int = 0) -> Law:
+    """The law on every run, with the decision accuracy of a fit that holds out the largest budget."""
+    from curate.scaling.decision import decision_accuracy, decision_fields
+
+    model = REPETITION_NAMES[settings.repetition]
+    law = fit_law(runs, model, settings.irreducible).law
+    decision = decision_accuracy(runs, lambda t: fit_law(t, model, settings.irreducible).law, seed=seed)
+    law.fit.update(decision_fields(decision))
+    return law
 
 
 def _seta_check(
@@ -546,7 +626,7 @@ def build_pipeline_report(
     if settings.law:
         law = load_law(settings.law)
     elif settings.runs:
-        law = fit_law(read_runs(settings.runs), REPETITION_NAMES[settings.repetition], settings.irreducible).law
+        law = _fit_with_decision(read_runs(settings.runs), settings, int(manifest.get("seed", 0)))
     elif settings.label_column and pools is not None:
         if settings.label_column not in kept.columns:
             raise UsageError(
@@ -577,11 +657,13 @@ def build_pipeline_report(
             settings.irreducible,
             sizes=full_sizes,
             seed=int(manifest.get("seed", 0)),
+            quality_law=law,
         )
         notes.append(
             "Random baseline: the same proxy trainings on random pools of the same sizes (scaling/runs_random.csv), fitted the same way; "
-            "'random data of the same size' is that law's prediction for the chosen prefix's size. In that comparison each prefix (and random subset) is "
-            "predicted by a law fitted to its own runs, so its chosen mix can differ from the budget plan's, which builds mixes from the per-pool law."
+            "'random data of the same size' is that law's prediction for the chosen prefix's size. The chosen mix, its predicted loss and 'all data' come "
+            "from the budget plan's own law, so each budget has one answer; the laws fitted to each prefix's own runs are shown beside as a check, "
+            "and a mix beats random only when both agree."
         )
     else:
         notes.append(

@@ -180,6 +180,7 @@ def fit_law(
     fit_info = {
         "rmse_log": float(np.sqrt(np.mean(residuals**2))),
         "runs": runs.rows,
+        "unit": runs.unit,
         "rmse_log_per_pool": {label: float(np.sqrt(np.mean(np.square(v)))) for label, v in per_label.items()},
         "max_epochs_per_pool": {
             label: float(
@@ -199,5 +200,79 @@ def fit_law(
             for r in range(runs.rows)
         ],
     }
+    flags = fit_flags(pools, a, runs, residuals)
+    fit_info["flags"] = flags
     law = Law(a, pools, model, irreducible, fit_info)
-    return FitResult(law, residuals, warnings)
+    return FitResult(law, residuals, warnings + [f["message"] for f in flags])
+
+
+TREND_MIN_RUNS = 4
+TREND_MIN_LOG = 0.005  # half a percent: smaller bends are noise for any plan
+
+
+def fit_flags(pools: tuple[Pool, ...], a: float, runs: RunsTable, residuals: np.ndarray) -> list[dict]:
+    """What makes a fit's parameters or curve suspect, for the fit table and the report:
+    a parameter pinned at a bound of the search (its value is the bound, not evidence), and a
+    label whose largest-budget runs all fall on one side of the curve, further off than the rest
+    (the curve bends away from the data where the plan extrapolates)."""
+    flags = []
+    log_tau_lo, log_tau_hi = LOG_TAU_BOUNDS
+    for p in pools:
+        if p.tau_identified and min(abs(np.log(p.tau) - log_tau_lo), abs(np.log(p.tau) - log_tau_hi)) < 0.01:
+            flags.append(
+                {
+                    "kind": "at_bound",
+                    "pool": p.name,
+                    "parameter": "tau",
+                    "value": p.tau,
+                    "message": f"pool {p.name}: half-life {p.tau:.3g} is at the fit's bound "
+                    f"({np.exp(log_tau_lo):.3g}..{np.exp(log_tau_hi):.3g}): the runs do not pin it down",
+                }
+            )
+        if min(abs(p.b - B_BOUNDS[0]), abs(p.b - B_BOUNDS[1])) < 1e-6:
+            flags.append(
+                {
+                    "kind": "at_bound",
+                    "pool": p.name,
+                    "parameter": "b",
+                    "value": p.b,
+                    "message": f"pool {p.name}: utility b {p.b:.3g} is at the fit's bound {B_BOUNDS}",
+                }
+            )
+    if min(abs(np.log(a) - LOG_A_BOUNDS[0]), abs(np.log(a) - LOG_A_BOUNDS[1])) < 1e-6:
+        flags.append(
+            {
+                "kind": "at_bound",
+                "pool": None,
+                "parameter": "a",
+                "value": a,
+                "message": f"scale a {a:.3g} is at a bound",
+            }
+        )
+    labels = [runs.label(r) for r in range(runs.rows)]
+    for label in dict.fromkeys(labels):
+        rows = np.array([r for r in range(runs.rows) if labels[r] == label])
+        if len(rows) < TREND_MIN_RUNS:
+            continue
+        rows = rows[np.argsort(runs.samples_seen[rows], kind="stable")]
+        top = max(2, len(rows) // 3)
+        ordered = residuals[rows]
+        last = ordered[-top:]
+        signs = np.sign(ordered)
+        sign_runs = 1 + int(np.sum(signs[1:] != signs[:-1]))
+        # systematic, not noise: the largest budgets on one side, few sign changes overall
+        # (random residuals of 9 runs change sign ~4 times), and large enough to move a plan
+        if (np.all(last > 0) or np.all(last < 0)) and sign_runs <= 3 and abs(last.mean()) > TREND_MIN_LOG:
+            side = "below" if last.mean() > 0 else "above"
+            flags.append(
+                {
+                    "kind": "residual_trend",
+                    "pool": label,
+                    "parameter": None,
+                    "value": float(last.mean()),
+                    "message": f"{'mix' if '+' in label else 'pool'} {label}: the {top} largest-budget runs all lie {side} the fitted curve "
+                    f"(mean {abs(last.mean()):.3f} in log loss) and the residuals change sign only {sign_runs - 1} times: "
+                    "the law bends away from the data where plans extrapolate",
+                }
+            )
+    return flags

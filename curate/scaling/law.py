@@ -116,24 +116,100 @@ def utility_features(
     total = sizes.sum()
     weights = sizes / total
     first = np.log(np.minimum(n, total))[:, None]
+    later = repetition_features(n / total, tau, model, exact_passes)
+    return weights[None, :] * (first + later)
+
+
+def repetition_features(
+    epochs: np.ndarray, tau: np.ndarray, model: str = GOYAL, exact_passes: int = EXACT_PASSES
+) -> np.ndarray:
+    """What passes after the first add to each pool's log-feature, given the passes made over it
+    (the same number for every pool in `tau`); shape (len(epochs), pools)."""
+    epochs = np.atleast_1d(np.asarray(epochs, dtype=np.float64))
+    tau = np.asarray(tau, dtype=np.float64)
     if model == GOYAL:
         rate = np.log(2.0) / tau
-        # pass K = ceil(n / P) is under way; passes 2..K-1 are complete
-        current = np.maximum(np.ceil(n / total - 1e-12), 1).astype(np.int64)
+        # pass K = ceil(epochs) is under way; passes 2..K-1 are complete
+        current = np.maximum(np.ceil(epochs - 1e-12), 1).astype(np.int64)
         complete = _pass_sums(current - 1, rate, exact_passes)
         partial = np.where(
             current[:, None] >= 2,
             np.exp(-rate[None, :] * (current[:, None] - 1))
-            * np.log(np.maximum(n, total)[:, None] / ((current[:, None] - 1).clip(1) * total)),
+            * np.log(np.maximum(epochs, 1.0)[:, None] / (current[:, None] - 1).clip(1)),
             0.0,
         )
-        later = complete + partial
-    elif model == MUENNIGHOFF:
-        repeats = np.maximum(n / total - 1.0, 0.0)[:, None]
-        later = np.log1p(tau[None, :] * -np.expm1(-repeats / tau[None, :]))
-    else:
-        raise ValueError(f"unknown model {model!r}; use one of {MODELS}")
-    return weights[None, :] * (first + later)
+        return complete + partial
+    if model == MUENNIGHOFF:
+        repeats = np.maximum(epochs - 1.0, 0.0)[:, None]
+        return np.log1p(tau[None, :] * -np.expm1(-repeats / tau[None, :]))
+    raise ValueError(f"unknown model {model!r}; use one of {MODELS}")
+
+
+def log_loss_weighted(law: Law, n: np.ndarray | float, shares: Sequence[float]) -> np.ndarray:
+    """log predicted loss after n samples drawn from pool i with share shares[i] (summing to 1),
+    each pool repeated at its own pace (shares[i] n / p_i passes).
+
+    The uniform-mix law generalised: pool i contributes shares[i] b_i (log min(n, p_i / shares[i])
+    + its repetition term at its own passes). With shares = p_i / P over a mix's members (uniform
+    sampling) this is exactly `Law.log_loss` of that mix, so the weighted plan and the prefix plan
+    give the same rows the same loss; a pool with share 0 contributes nothing."""
+    n = np.atleast_1d(np.asarray(n, dtype=np.float64))
+    core = np.full(n.shape, np.log(law.a))
+    for pool, share in zip(law.pools, shares):
+        if share <= 0:
+            continue
+        epochs = share * n / pool.size
+        first = np.log(np.minimum(n, pool.size / share))
+        later = repetition_features(epochs, np.array([pool.tau]), law.model)[:, 0]
+        core = core + share * pool.b * (first + later)
+    if law.irreducible > 0:
+        return np.logaddexp(np.log(law.irreducible), core)
+    return core
+
+
+class WeightedMix:
+    """`log_loss_weighted` made cheap to call many times (an optimiser's inner loop): the pass sums
+    of each pool's half-life are tabulated once instead of per call."""
+
+    def __init__(self, law: Law, exact_passes: int = EXACT_PASSES):
+        self.law = law
+        self.sizes = np.array([p.size for p in law.pools])
+        self.b = np.array([p.b for p in law.pools])
+        self.tau = np.array([p.tau for p in law.pools])
+        self.exact = exact_passes
+        self.rate = np.log(2.0) / self.tau
+        self.table = None
+        if law.model == GOYAL:
+            k = np.arange(2, exact_passes + 1, dtype=np.float64)[:, None]
+            terms = np.exp(-self.rate[None, :] * (k - 1)) * np.log(k / (k - 1))
+            self.table = np.vstack([np.zeros((2, len(self.tau))), np.cumsum(terms, axis=0)])
+
+    def repetition(self, epochs: np.ndarray) -> np.ndarray:
+        """Each pool's repetition term at its own passes `epochs` (one value per pool)."""
+        if self.law.model == MUENNIGHOFF:
+            return np.log1p(self.tau * -np.expm1(-np.maximum(epochs - 1.0, 0.0) / self.tau))
+        current = np.maximum(np.ceil(epochs - 1e-12), 1).astype(np.int64)
+        m = current - 1
+        idx = np.arange(len(epochs))
+        out = self.table[np.minimum(m, self.exact), idx]
+        beyond = m > self.exact
+        if beyond.any():
+            lam = self.rate[beyond]
+            out[beyond] += np.exp(lam / 2) * (exp1(lam * self.exact) - exp1(lam * m[beyond]))
+        partial = np.exp(-self.rate * m) * np.log(np.maximum(epochs, 1.0) / np.maximum(m, 1))
+        return out + np.where(current >= 2, partial, 0.0)
+
+    def log_loss(self, n: float, shares: np.ndarray) -> float:
+        """log predicted loss after n samples with these shares (as `log_loss_weighted`)."""
+        shares = np.asarray(shares, dtype=np.float64)
+        used = shares > 0
+        safe = np.where(used, shares, 1.0)
+        first = np.log(np.minimum(n, self.sizes / safe))
+        later = self.repetition(safe * n / self.sizes)
+        core = float(np.log(self.law.a) + np.sum(np.where(used, shares * self.b * (first + later), 0.0)))
+        if self.law.irreducible > 0:
+            return float(np.logaddexp(np.log(self.law.irreducible), core))
+        return core
 
 
 def log_loss_mix(

@@ -1,7 +1,8 @@
 """RUNS.csv: the training runs a law is fitted from (one row per run and budget).
 
 Columns: `pool` (a pool name, or several joined by `+` for a mix), `pool_size` (unique samples
-of that pool or mix), `samples_seen`, `loss`; other columns are kept out of the fit. Checked
+of that pool or mix), `samples_seen`, `loss`; or `tokens_seen` instead of `samples_seen`, with
+`pool_size` in tokens too (the law is then in tokens); other columns are kept out of the fit. Checked
 once here, with the row number in every message, so the fit can trust its input."""
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ class RunsTable:
     pool_sizes: np.ndarray  # unique samples per pool
     members: list[tuple[int, ...]]
     mix_size: np.ndarray
-    samples_seen: np.ndarray
+    samples_seen: np.ndarray  # or tokens seen, when unit == "tokens" (pool sizes are then tokens too)
     loss: np.ndarray
+    unit: str = "samples"
 
     @property
     def rows(self) -> int:
@@ -76,13 +78,17 @@ def read_runs(path: str | Path) -> RunsTable:
     with handle:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in RUN_COLUMNS if c not in header]
+        missing = [c for c in RUN_COLUMNS if c not in header and not (c == "samples_seen" and "tokens_seen" in header)]
         if missing:
             raise InputError(
                 f"row 0 (header): missing column(s) {', '.join(missing)}",
                 path=path,
                 fix="the header must name " + ", ".join(RUN_COLUMNS),
             )
+        unit = "samples"
+        if "samples_seen" not in header and "tokens_seen" in header:  # a law in tokens: pool_size in tokens too
+            header = ["samples_seen" if h == "tokens_seen" else h for h in header]
+            unit = "tokens"
         reader.fieldnames = header
         raw = []
         for number, record in enumerate(reader, start=1):
@@ -147,6 +153,7 @@ def read_runs(path: str | Path) -> RunsTable:
         mix_size=np.array(mix_size),
         samples_seen=np.array([r[4] for r in raw]),
         loss=np.array([r[5] for r in raw]),
+        unit=unit,
     )
 
 

@@ -12,7 +12,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.algorithms.pools import assign_pools, assign_pools_by_group, pool_edges, pool_edges_by_group
+from curate.algorithms.pools import (
+    assign_pools,
+    assign_pools_by_group,
+    pool_edges,
+    pool_edges_by_group,
+    pool_totals,
+    whitespace_tokens,
+)
 from curate.errors import UsageError
 from curate.output.ledger import empty_ledger
 from curate.output.manifest import read_manifest
@@ -51,6 +58,7 @@ class Pools(Stage):
         "pools": [Interval(int, 1, None)],
         "higher_is_better": [Boolean(), Options(("auto",)), IsNone()],  # "auto"/None: auto_direction
         "balance_column": [Text()],
+        "tokenizer": [Text(nonempty=True)],  # "whitespace" or a Hugging Face tokenizer name/path, if installed
     }
 
     def __init__(
@@ -60,7 +68,11 @@ class Pools(Stage):
         pools: int = 4,
         higher_is_better: bool | str | None = None,
         balance_column: str = "",
+        tokenizer: str = "whitespace",
     ):
+        self.tokenizer = (
+            tokenizer  # tokens per pool go to the manifest: plans in tokens (curate allocate --budget-unit tokens)
+        )
         self.score = score
         self.pools = pools
         self.higher_is_better = higher_is_better
@@ -68,16 +80,22 @@ class Pools(Stage):
             balance_column  # e.g. "proto_cluster" or a label: pools within each value (curate.stages._balance)
         )
 
-    def fit_shard(self, source: BatchSource, ctx: StageContext) -> np.ndarray:
-        """This unit's scores, in the narrowest dtype that holds them exactly (NaN = missing)."""
+    def fit_shard(self, source: BatchSource, ctx: StageContext) -> tuple[np.ndarray, np.ndarray]:
+        """This unit's scores, in the narrowest dtype that holds them exactly (NaN = missing), and
+        its tokens per row (int32: 4 more bytes a row)."""
         if source.num_rows == 0:  # an empty stage's parts may not carry the columns it adds
-            return np.empty(0)
+            return np.empty(0), np.empty(0, np.int32)
         kind = self._check_column(source.schema)
-        values = np.concatenate(
-            [_scores(b.column(self.score)) for b in source.batches(columns=[self.score])] or [np.empty(0)]
-        )
+        text = ctx.text_column if ctx.text_column in source.schema.names else None
+        count = _token_counter(self.tokenizer)
+        scores, tokens = [], []
+        for b in source.batches(columns=[self.score, *([text] if text else [])]):
+            scores.append(_scores(b.column(self.score)))
+            tokens.append(count(b.column(text)) if text else np.zeros(b.num_rows, np.int64))
+        values = np.concatenate(scores or [np.empty(0)])
         exact_in_float32 = kind in (pa.float32(), pa.float16(), pa.int8(), pa.int16(), pa.uint8(), pa.uint16())
-        return values.astype(np.float32) if exact_in_float32 else values
+        counts = np.concatenate(tokens or [np.empty(0, np.int64)]).astype(np.int32)
+        return (values.astype(np.float32) if exact_in_float32 else values), counts
 
     def fit_merge(self, partials: list[np.ndarray], source: BatchSource, ctx: StageContext) -> Pools:
         if source.num_rows:
@@ -86,12 +104,14 @@ class Pools(Stage):
             self.higher_is_better_, reason = self.higher_is_better, "as configured"
         else:
             self.higher_is_better_, reason = auto_direction(self.score, ctx)
-        values = np.concatenate(partials).astype(np.float64, copy=False) if partials else np.empty(0)
+        values = np.concatenate([p[0] for p in partials]).astype(np.float64, copy=False) if partials else np.empty(0)
+        tokens = np.concatenate([p[1] for p in partials]).astype(np.int64) if partials else np.empty(0, np.int64)
         # balance_column: the group of each row is read here (one small column, in input order)
         self.groups_ = fit_group_values(source, self.balance_column) if self.balance_column else None
         if self.groups_ is None:
             self.edges_ = pool_edges(values, self.pools, self.higher_is_better_)
-            counts = np.bincount(assign_pools(values, self.edges_, self.higher_is_better_), minlength=self.pools)
+            assigned = assign_pools(values, self.edges_, self.higher_is_better_)
+            counts = np.bincount(assigned, minlength=self.pools)
         else:
             ids = np.concatenate(
                 [
@@ -101,9 +121,8 @@ class Pools(Stage):
                 or [np.empty(0, np.int64)]
             )
             self.edges_ = pool_edges_by_group(values, ids, self.pools, self.higher_is_better_)
-            counts = np.bincount(
-                assign_pools_by_group(values, ids, self.edges_, self.higher_is_better_), minlength=self.pools
-            )
+            assigned = assign_pools_by_group(values, ids, self.edges_, self.higher_is_better_)
+            counts = np.bincount(assigned, minlength=self.pools)
         ctx.info.update(
             score=self.score,
             pools=self.pools,
@@ -113,6 +132,8 @@ class Pools(Stage):
             if self.groups_ is not None
             else [float(e) if self.higher_is_better_ else -float(e) for e in self.edges_],
             pool_rows=counts.tolist(),
+            pool_tokens=pool_totals(assigned, tokens, self.pools).tolist(),
+            tokenizer=self.tokenizer,
             balance_column=self.balance_column or None,
             missing_scores=int(np.isnan(values).sum()),
             fit=f"scores read per unit on workers ({len(partials)} units), exact quantiles on the driver over {len(values)} gathered scores",
@@ -145,6 +166,28 @@ class Pools(Stage):
                 self.higher_is_better_,
             )
         return with_columns(batch, {"pool": pa.array(pools, pa.int32())}), empty_ledger()
+
+
+def _token_counter(name: str):
+    """Tokens per text: whitespace words, or a named tokenizer (transformers, loaded from a local path
+    or cache; no download when HF_HUB_OFFLINE=1)."""
+    if name == "whitespace":
+        return whitespace_tokens
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except Exception as exc:  # not installed, not cached, not a tokenizer: one line, exit 2
+        raise UsageError(
+            f"pools: tokenizer {name!r} cannot be loaded ({type(exc).__name__})",
+            fix='use tokenizer = "whitespace", or install transformers and name a local tokenizer',
+        ) from None
+
+    def count(texts) -> np.ndarray:
+        values = ["" if t is None else t for t in texts.to_pylist()]
+        return np.array([len(ids) for ids in tokenizer(values, add_special_tokens=False)["input_ids"]], np.int64)
+
+    return count
 
 
 def _scores(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
