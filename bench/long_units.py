@@ -86,12 +86,21 @@ def main(argv: list[str] | None = None) -> None:
                 seconds, removed, detail = run_minhash(source, Path(tmp) / "out", jobs, unit_bytes)
                 best[label] = min(best.get(label, float("inf")), seconds)
                 kept[label], info[label] = removed, detail
-                print(f"  {label}: {seconds:.2f} s, unit_rows {detail['unit_rows']}, {len(removed):,} removed", flush=True)
+                print(
+                    f"  {label}: {seconds:.2f} s, unit_rows {detail['unit_rows']}, {len(removed):,} removed",
+                    flush=True,
+                )
         run.table(
             f"minhash on one file of {rows:,} long documents ({text_bytes / 1e6:.0f} MB), best of {args.repeats}",
             ["case", "seconds", "MB/s", "unit rows", "removed"],
             [
-                [label, round(best[label], 2), round(text_bytes / 1e6 / best[label], 1), info[label]["unit_rows"], len(kept[label])]
+                [
+                    label,
+                    round(best[label], 2),
+                    round(text_bytes / 1e6 / best[label], 1),
+                    info[label]["unit_rows"],
+                    len(kept[label]),
+                ]
                 for label in cases
             ],
         )
