@@ -42,9 +42,9 @@ FITTED_FORMAT = 1  # bump when the fit or the text model changes
 DEFAULT_FIT_ROWS = 10_000
 # MiniLM reads at most 256 tokens, two of them [CLS] and [SEP]
 MAX_TOKENS = 254
-RIDGE = 0.05
+RIDGE = 0.01
 MAP_RIDGE = 1e-3
-STEPS = 60
+STEPS = 80
 SAMPLE_SEED = 0x5EED
 TABLE_FILE = "table.npy"
 META_FILE = "fitted.json"
