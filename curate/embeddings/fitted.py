@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from scipy import sparse
 
 from curate.algorithms.token_fit import fit_token_table
@@ -225,27 +224,10 @@ class SampleUnit:
         return np.concatenate(ordinals), pa.concat_arrays(texts)
 
 
-@dataclass(frozen=True)
-class EncodeTexts:
-    """MiniLM vectors of one chunk of the sample (length-sorted inside, returned in order)."""
-
-    threads: int
-    backend: str
-    device: str
-
-    def __call__(self, texts: pa.Array) -> np.ndarray:
-        from curate.embeddings.models import load_embedder
-
-        embedder = load_embedder("minilm", threads=self.threads, backend=self.backend, device=self.device)
-        order = np.argsort(pc.utf8_length(texts.fill_null("")).to_numpy(zero_copy_only=False), kind="stable")
-        out = np.empty((len(texts), embedder.dim), np.float32)
-        out[order] = embedder.encode(texts.take(pa.array(order)))
-        return out
-
-
-def ensure_fitted(units: list, ctx, fit_rows: int, backend: str, device: str) -> tuple[Path, dict]:
+def ensure_fitted(units: list, ctx, fit_rows: int, encode_task, backend: str) -> tuple[Path, dict]:
     """The fitted model for this source (fitting it first if the cache lacks it) and what the
-    manifest says about the fit."""
+    manifest says about the fit. `encode_task(texts) -> MiniLM vectors` runs per chunk of the
+    sample on the executor (curate.embeddings.store.EncodeTexts)."""
     total = sum(u.rows for u in units)
     found = ctx.map(SampleUnit(ctx.text_column, total, fit_rows), units, label=f"{ctx.name}: sampling")
     texts = pa.concat_arrays([t for _, t in found]) if found else pa.array([], pa.large_string())
@@ -260,9 +242,7 @@ def ensure_fitted(units: list, ctx, fit_rows: int, backend: str, device: str) ->
     if info["cached"]:
         return directory, info
     chunks = [texts.slice(s, ENCODE_CHUNK) for s in range(0, len(texts), ENCODE_CHUNK)]
-    targets = np.concatenate(
-        ctx.map(EncodeTexts(ctx.threads, backend, device), chunks, label=f"{ctx.name}: minilm on the fitting sample")
-    )
+    targets = np.concatenate(ctx.map(encode_task, chunks, label=f"{ctx.name}: minilm on the fitting sample"))
     from curate.embeddings.static import StaticEmbedder
 
     table = fit_table(texts, targets, StaticEmbedder())

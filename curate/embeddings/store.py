@@ -246,7 +246,8 @@ def embeddings_for(
     if model == FITTED_MODEL:
         from curate.embeddings.fitted import DEFAULT_FIT_ROWS, ensure_fitted, fitted_version
 
-        directory, fit = ensure_fitted(units, ctx, fit_rows or DEFAULT_FIT_ROWS, backend, device)
+        encode = EncodeTexts(ctx.threads, backend, device)
+        directory, fit = ensure_fitted(units, ctx, fit_rows or DEFAULT_FIT_ROWS, encode, backend)
         fitted, version = str(directory), fitted_version(fit["fingerprint"])
     if column is not None:
         if column not in source.schema.names:
@@ -435,6 +436,22 @@ class UnitEmbedded:
     dim: int
     reused: int
     from_output: int
+
+
+@dataclass(frozen=True)
+class EncodeTexts:
+    """MiniLM vectors of one chunk of minilm-fitted's sample (length-sorted inside, returned in order)."""
+
+    threads: int
+    backend: str
+    device: str
+
+    def __call__(self, texts: pa.Array) -> np.ndarray:
+        embedder = load_embedder("minilm", threads=self.threads, backend=self.backend, device=self.device)
+        order = np.argsort(pc.utf8_length(texts.fill_null("")).to_numpy(zero_copy_only=False), kind="stable")
+        out = np.empty((len(texts), embedder.dim), np.float32)
+        out[order] = embedder.encode(texts.take(pa.array(order)))
+        return out
 
 
 @dataclass(frozen=True)
