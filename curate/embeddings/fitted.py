@@ -31,7 +31,7 @@ import pyarrow as pa
 from scipy import sparse
 
 from curate.algorithms.token_fit import fit_token_table
-from curate.embeddings.minilm import minilm_package_version, normalize_rows
+from curate.embeddings.minilm import minilm_package_version
 from curate.errors import UsageError
 from curate.io.atomic import atomic_path
 from curate.io.cache import cache_dir
@@ -180,6 +180,7 @@ class FittedEmbedder:
                 fix="delete that directory; the next run fits it again",
             )
         self.dim = int(self.table.shape[1])
+        self.table64 = self.table.astype(np.float64)
         self.threads = threads
         self.version = fitted_version(meta["fingerprint"])
 
@@ -189,13 +190,13 @@ class FittedEmbedder:
         from curate.embeddings.static import word_token_rows
 
         per_text, word_tokens = word_token_rows(texts, self.tokenizer, self.unk_token_id, self.vocabulary, MAX_TOKENS)
-        words = np.asarray(word_tokens @ self.table[: self.vocabulary], dtype=np.float32)
-        out = (
-            np.asarray(per_text @ words, dtype=np.float32)
-            if words.size
-            else np.zeros((len(texts), self.dim), np.float32)
-        )
-        return normalize_rows(out + 2.0 * self.table[self.vocabulary])
+        # float64 sums, rounded once: the sum order inside a text follows the call's distinct
+        # words, which change with the window, and float32 sums would differ in the last bit
+        words = word_tokens.astype(np.float64) @ self.table64[: self.vocabulary]
+        out = per_text.astype(np.float64) @ words if words.size else np.zeros((len(texts), self.dim))
+        out += 2.0 * self.table64[self.vocabulary]
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-300)
+        return out.astype(np.float32)
 
 
 # --- the fit as tasks ------------------------------------------------------------------------
