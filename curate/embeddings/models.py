@@ -27,7 +27,8 @@ from curate.runtime import ContextThreadPool, torch_threads, worker_slot
 
 DEFAULT_MODEL = "minilm"
 STATIC_MODEL = "minilm-static"
-TEXT_MODELS = ("minilm", STATIC_MODEL, "hashing")
+FITTED_MODEL = "minilm-fitted"
+TEXT_MODELS = ("minilm", STATIC_MODEL, FITTED_MODEL, "hashing")
 COLUMN_PREFIX = "column:"
 BACKENDS = ("torch", "onnx")
 DTYPES = ("auto", "float32", "float16")
@@ -50,12 +51,13 @@ class Embedder(Protocol):
 
 
 def validate_model_name(model: str) -> None:
-    """Raise ValueError for a name that is none of minilm, minilm-static, hashing, column:NAME."""
+    """Raise ValueError for a name that is none of minilm, minilm-static, minilm-fitted, hashing,
+    column:NAME."""
     if model in TEXT_MODELS:
         return
     if model.startswith(COLUMN_PREFIX) and len(model) > len(COLUMN_PREFIX):
         return
-    raise ValueError(f"unknown model {model!r}: use minilm, minilm-static, hashing or column:NAME")
+    raise ValueError(f"unknown model {model!r}: use minilm, minilm-static, minilm-fitted, hashing or column:NAME")
 
 
 def column_of(model: str) -> str | None:
@@ -64,7 +66,9 @@ def column_of(model: str) -> str | None:
 
 def model_version(model: str) -> str:
     """What must match for a stored vector to be reused. The torch and ONNX backends compute the
-    same model (cosine >= 0.999 per row), so they share a version; the static model does not."""
+    same model (cosine >= 0.999 per row), so they share a version; the static model does not.
+    For minilm-fitted this is the prefix every fitted table shares; a table's own version adds
+    its fit's fingerprint (curate.embeddings.fitted.fitted_version)."""
     if model == "hashing":
         return f"hashing-v{HASHING_VERSION}-d{DEFAULT_DIM}"
     if model == "minilm":
@@ -73,6 +77,10 @@ def model_version(model: str) -> str:
         from curate.embeddings.static import static_version
 
         return static_version()
+    if model == FITTED_MODEL:
+        from curate.embeddings.fitted import fitted_prefix
+
+        return fitted_prefix()
     return model
 
 
@@ -145,7 +153,7 @@ def describe(model: str, *, device: str = "auto", backend: str = "torch", dtype:
     """Device, dtype and backend a text model runs with, for the manifest (nothing is loaded)."""
     if model == "hashing":
         return {"device": "cpu", "dtype": "float32", "backend": "numpy"}
-    if model == STATIC_MODEL:
+    if model in (STATIC_MODEL, FITTED_MODEL):
         return {"device": "cpu", "dtype": "float32", "backend": "model2vec"}
     resolved = _device_for(backend, device)
     return {"device": resolved, "dtype": resolve_dtype(dtype, resolved), "backend": backend}
@@ -316,15 +324,20 @@ def load_embedder(
     device: str = "auto",
     backend: str = "torch",
     dtype: str = "auto",
+    fitted: str = "",
 ) -> Embedder:
     """The embedder for a text model name, loaded once per process for each (model, backend,
-    device, dtype, threads, batch); UsageError (exit 2) if it cannot be loaded."""
+    device, dtype, threads, batch); UsageError (exit 2) if it cannot be loaded. `fitted`: the
+    directory of a minilm-fitted table (curate.embeddings.fitted.ensure_fitted makes it)."""
     if model == "hashing":
         return HashingEmbedder()
-    if model not in ("minilm", STATIC_MODEL):
+    if model not in ("minilm", STATIC_MODEL, FITTED_MODEL):
         raise UsageError(
-            f"model {model!r} does not embed text", fix="use minilm, minilm-static, hashing or column:NAME"
+            f"model {model!r} does not embed text",
+            fix="use minilm, minilm-static, minilm-fitted, hashing or column:NAME",
         )
+    if model == FITTED_MODEL and not fitted:
+        raise UsageError(f"model {model!r} is fitted per corpus by the embed stage", fix="embed with an embed stage")
     try:
         validate_backend(backend)
     except ValueError as exc:
@@ -332,6 +345,8 @@ def load_embedder(
     threads = max(1, min(int(threads), os.cpu_count() or 1))
     if model == STATIC_MODEL:
         key: tuple = (model, threads)
+    elif model == FITTED_MODEL:
+        key = (model, threads, fitted)
     else:
         resolved = _device_for(backend, device)
         resolved_dtype = resolve_dtype(dtype, resolved)
@@ -351,6 +366,10 @@ def _load(key: tuple) -> Embedder:
         from curate.embeddings.static import StaticEmbedder
 
         return StaticEmbedder(threads=key[1])
+    if key[0] == FITTED_MODEL:
+        from curate.embeddings.fitted import FittedEmbedder
+
+        return FittedEmbedder(key[2], threads=key[1])
     _, backend, device, dtype, threads, encode_batch = key
     if backend == "onnx":
         from curate.embeddings.onnx import OnnxMiniLMEmbedder

@@ -117,35 +117,58 @@ class StaticEmbedder:
         texts = texts.fill_null("")
         if self.model.weights is not None or self.model.token_mapping is not None:  # a vocabulary-quantized model
             return normalize_rows(self.model.encode(texts.to_pylist(), max_length=None, use_multiprocessing=False))
-        n = len(texts)
-        words = (
-            pl.DataFrame({"text": pl.from_arrow(texts)})
-            .with_row_index("row")
-            .select("row", pl.col("text").str.extract_all(r"\S+").alias("word"))
-            .explode("word")
-            .drop_nulls("word")
+        per_text, word_tokens = word_token_rows(
+            texts, self.model.tokenizer, self.model.unk_token_id, self.table.shape[0]
         )
-        out = np.zeros((n, self.dim), dtype=np.float32)
-        if words.height:
-            distinct = words.get_column("word").unique().sort()
-            word_index = words.get_column("word").rank("dense").to_numpy().astype(np.int64) - 1
-            encoded = self.model.tokenizer.encode_batch_fast(distinct.to_list(), add_special_tokens=False)
-            token_ids = [e.ids for e in encoded]
-            lengths = np.fromiter(map(len, token_ids), dtype=np.int64, count=len(token_ids))
-            flat = np.fromiter(itertools.chain.from_iterable(token_ids), dtype=np.int64, count=int(lengths.sum()))
-            owner = np.repeat(np.arange(len(token_ids)), lengths)
-            if self.model.unk_token_id is not None:  # model2vec drops unknown tokens
-                known = flat != self.model.unk_token_id
-                flat, owner = flat[known], owner[known]
-            ones = np.ones(len(flat), dtype=np.float32)
-            word_vectors = (
-                sparse.csr_matrix((ones, (owner, flat)), shape=(len(token_ids), self.table.shape[0])) @ self.table
-            )
-            rows = words.get_column("row").to_numpy().astype(np.int64)
-            per_text = sparse.csr_matrix(
-                (np.ones(len(rows), np.float32), (rows, word_index)), shape=(n, len(token_ids))
-            )
-            out = np.asarray(per_text @ word_vectors, dtype=np.float32)
+        out = np.asarray(per_text @ (word_tokens @ self.table), dtype=np.float32)
         empty = ~out.any(axis=1)
         out[empty] = self.empty
         return normalize_rows(out)
+
+
+def word_token_rows(
+    texts: pa.Array, tokenizer, unk_token_id: int | None, vocabulary: int, max_tokens: int | None = None
+) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+    """(per_text, word_tokens): per_text[i, w] counts word w in text i, word_tokens[w, v] counts
+    token v in word w, so per_text @ word_tokens is the texts' token counts.
+
+    Only the distinct whitespace-separated words of the call are tokenized: BERT's normalizer and
+    pre-tokenizer never join across whitespace, so a text's tokens are its words' tokens.
+    Tokenizing every text was 80% of the time (5,000-7,000 texts/s on 2 busy cores); words
+    repeat, so the distinct ones are a fraction of the characters. With `max_tokens`, a text's
+    words after its first `max_tokens` tokens are dropped (a transformer's truncation; unknown
+    tokens count toward it, then are dropped, as model2vec drops them)."""
+    texts = texts.fill_null("")
+    n = len(texts)
+    words = (
+        pl.DataFrame({"text": pl.from_arrow(texts)})
+        .with_row_index("row")
+        .select("row", pl.col("text").str.extract_all(r"\S+").alias("word"))
+        .explode("word")
+        .drop_nulls("word")
+    )
+    if not words.height:
+        return sparse.csr_matrix((n, 0), dtype=np.float32), sparse.csr_matrix((0, vocabulary), dtype=np.float32)
+    distinct = words.get_column("word").unique().sort()
+    word_index = words.get_column("word").rank("dense").to_numpy().astype(np.int64) - 1
+    rows = words.get_column("row").to_numpy().astype(np.int64)
+    encoded = tokenizer.encode_batch_fast(distinct.to_list(), add_special_tokens=False)
+    token_ids = [e.ids for e in encoded]
+    lengths = np.fromiter(map(len, token_ids), dtype=np.int64, count=len(token_ids))
+    if max_tokens is not None:
+        occurrence = lengths[word_index]
+        ends = np.cumsum(occurrence)
+        starts = np.searchsorted(rows, rows, side="left")  # each row's first occurrence (rows ascend)
+        before = ends - occurrence - (ends[starts] - occurrence[starts])
+        keep = before < max_tokens
+        rows, word_index = rows[keep], word_index[keep]
+    flat = np.fromiter(itertools.chain.from_iterable(token_ids), dtype=np.int64, count=int(lengths.sum()))
+    owner = np.repeat(np.arange(len(token_ids)), lengths)
+    if unk_token_id is not None:  # model2vec drops unknown tokens
+        known = flat != unk_token_id
+        flat, owner = flat[known], owner[known]
+    word_tokens = sparse.csr_matrix(
+        (np.ones(len(flat), dtype=np.float32), (owner, flat)), shape=(len(token_ids), vocabulary)
+    )
+    per_text = sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, word_index)), shape=(n, len(token_ids)))
+    return per_text, word_tokens

@@ -45,6 +45,7 @@ from curate.algorithms.exact import hash128
 from curate.embeddings.hashing import DEFAULT_DIM
 from curate.embeddings.models import (
     DEFAULT_MODEL,
+    FITTED_MODEL,
     column_of,
     load_embedder,
     model_version,
@@ -123,6 +124,7 @@ class Embeddings:
     reused_from_output: bool  # every row came from OUT/embeddings: nothing new to publish
     parts_dir: str | None = None  # the units' store-format parts, when they were written
     sample: tuple[np.ndarray, np.ndarray] | None = None  # (positions, vectors) gathered while reading in place
+    fit: dict | None = None  # minilm-fitted: the fit's sample size, fingerprint and whether it was cached
 
     @property
     def num_rows(self) -> int:
@@ -221,21 +223,32 @@ def embeddings_for(
     device: str = "auto",
     backend: str = "torch",
     dtype: str = "auto",
+    fit_rows: int | None = None,
 ) -> Embeddings:
     """Embeddings for every row of `source`, one task per work unit: reused from the store(s)
     where the rule allows, computed otherwise. `write_parts` also writes each unit's
     store-format parts (for `publish`); `keep_vectors=False` drops the `.npy` files once the
-    parts are written (the embed stage needs nothing else)."""
+    parts are written (the embed stage needs nothing else). minilm-fitted is fitted first on
+    about `fit_rows` sampled rows (or found in the cache: curate.embeddings.fitted)."""
     model = resolve_model(model, ctx.output_dir)
     try:
         validate_model_name(model)
     except ValueError as exc:
-        raise UsageError(str(exc), fix='set model = "minilm", "minilm-static", "hashing" or "column:NAME"') from None
+        raise UsageError(
+            str(exc), fix='set model = "minilm", "minilm-static", "minilm-fitted", "hashing" or "column:NAME"'
+        ) from None
     work = Path(ctx.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     units = ctx.units(source)
     column = column_of(model)
     version = model_version(model) if column is None else model
+    fitted, fit = "", None
+    if model == FITTED_MODEL:
+        from curate.embeddings.fitted import DEFAULT_FIT_ROWS, ensure_fitted, fitted_version
+
+        encode = EncodeTexts(ctx.threads, backend, device)
+        directory, fit = ensure_fitted(units, ctx, fit_rows or DEFAULT_FIT_ROWS, encode, backend)
+        fitted, version = str(directory), fitted_version(fit["fingerprint"])
     if column is not None:
         if column not in source.schema.names:
             raise UsageError(
@@ -262,6 +275,7 @@ def embeddings_for(
             device,
             backend,
             dtype,
+            fitted,
         )
     done = ctx.map(task, units, label=f"{ctx.name}: embedding", sizes=[u.rows for u in units])
     dims = sorted({d.dim for d in done if len(d.rows)})
@@ -287,6 +301,7 @@ def embeddings_for(
         computed=n - reused,
         reused_from_output=from_output == n and n > 0,
         parts_dir=str(work / _PARTS) if write_parts else None,
+        fit=fit,
     )
 
 
@@ -314,6 +329,8 @@ def stored_embeddings(
     store = Path(ctx.output_dir) / EMBEDDINGS_DIR
     meta = read_store_meta(store)
     version = model_version(model)
+    if model == FITTED_MODEL and meta is not None and str(meta.get("version", "")).startswith(version + "-"):
+        version = meta["version"]  # the store's own fitted table: its rows are checked one by one below
     if not _usable(meta, model, version):
         return None
     part_rows = [(str(part), mirror.read_metadata(part).num_rows) for part in list_parts(store)]
@@ -422,6 +439,22 @@ class UnitEmbedded:
 
 
 @dataclass(frozen=True)
+class EncodeTexts:
+    """MiniLM vectors of one chunk of minilm-fitted's sample (length-sorted inside, returned in order)."""
+
+    threads: int
+    backend: str
+    device: str
+
+    def __call__(self, texts: pa.Array) -> np.ndarray:
+        embedder = load_embedder("minilm", threads=self.threads, backend=self.backend, device=self.device)
+        order = np.argsort(pc.utf8_length(texts.fill_null("")).to_numpy(zero_copy_only=False), kind="stable")
+        out = np.empty((len(texts), embedder.dim), np.float32)
+        out[order] = embedder.encode(texts.take(pa.array(order)))
+        return out
+
+
+@dataclass(frozen=True)
 class EmbedUnit:
     """Embed one unit: stored vectors where the reuse rule allows, the model for the rest.
     Pure in its inputs and written under unique temp names, so a re-run is harmless."""
@@ -438,6 +471,7 @@ class EmbedUnit:
     device: str = "auto"
     backend: str = "torch"
     dtype: str = "auto"
+    fitted: str = ""
 
     def __call__(self, unit) -> UnitEmbedded:
         ctx = self.ctx
@@ -456,6 +490,7 @@ class EmbedUnit:
                 device=self.device,
                 backend=self.backend,
                 dtype=self.dtype,
+                fitted=self.fitted,
             )
             if len(missing)
             else None

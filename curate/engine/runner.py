@@ -26,7 +26,16 @@ from curate.engine.mirrored import MirroredExecutor
 from curate.engine.progress import QUIET, Progress
 from curate.engine.spec import PipelineSpec, earlier_output
 from curate.engine.tasks import CheckUnit, FirstRepeatedId, FitMap, FitReduce, Transform, assemble, save_stage
-from curate.engine.units import DEFAULT_UNIT_ROWS, InputSource, InputUnit, PartSource, plan_units, unit_rows_for
+from curate.engine.units import (
+    DEFAULT_UNIT_BYTES,
+    DEFAULT_UNIT_ROWS,
+    InputSource,
+    InputUnit,
+    PartSource,
+    input_bytes,
+    plan_units,
+    unit_rows_for,
+)
 from curate.errors import CurateError, InputError, OutputError, UsageError, as_write_error, redact_all
 from curate.index import origin as index_origin
 from curate.index.store import INDEX_DIR
@@ -58,6 +67,9 @@ class RunOptions:
     jobs: int | None = None
     # Rows per work unit at most; units are cut smaller so every worker gets a few.
     unit_rows: int = DEFAULT_UNIT_ROWS
+    # Uncompressed input bytes per work unit at most (0: cut by rows only), so one file of long
+    # documents still becomes a few units per worker (curate.engine.units.unit_rows_for).
+    unit_bytes: int = DEFAULT_UNIT_BYTES
     on_stage_done: Callable[[str], None] | None = None
     # Earlier outputs whose index dedup stages match against (curate.index), oldest first.
     against: tuple[str, ...] = ()
@@ -354,12 +366,14 @@ def _run_stages(
 ) -> RunResult:
     """The input check, each stage's fit and transform, finalize and the report."""
     workers = executor.workers
-    unit_rows = unit_rows_for(inputs.num_rows, workers, options.unit_rows)
+    total_bytes = input_bytes(inputs) if options.unit_bytes > 0 else 0
+    unit_rows = unit_rows_for(inputs.num_rows, workers, options.unit_rows, total_bytes, options.unit_bytes or 1)
     manifest["executor"] = {
         "description": executor.describe()[0],
         "workers": workers,
         "threads_per_task": executor.threads_per_task,
         "unit_rows": unit_rows,
+        "input_bytes": total_bytes,
         "files_between_tasks": "disk" if mirror.active() is None else "store",  # curate.io.mirror
     }
 

@@ -26,6 +26,12 @@ DEFAULT_UNIT_ROWS = 1_000_000
 # Smallest unit worth a task of its own: below this, task overhead (a Parquet open, a pickle
 # round trip) is a visible share of the work.
 MIN_UNIT_ROWS = 16_384
+# Units are cut by bytes as well as rows: a unit holds at most DEFAULT_UNIT_BYTES of
+# uncompressed input (Parquet's row-group byte sizes; a stream's file size), so one file of
+# long documents still becomes several units; and the MIN_UNIT_ROWS floor gives way to
+# MIN_UNIT_BYTES, since 16,384 documents of 13 KB are 200 MB of text, not a small task.
+DEFAULT_UNIT_BYTES = 64 * 2**20
+MIN_UNIT_BYTES = 4 * 2**20
 # Units per worker when the source is cut for parallelism: a few per worker keeps every core
 # busy while a slow unit finishes, without thousands of tiny tasks.
 UNITS_PER_WORKER = 4
@@ -170,10 +176,38 @@ def _within(batches: Iterator[pa.RecordBatch], start: int, stop: int) -> Iterato
         yield batch if (low, high) == (first, first + batch.num_rows) else batch.slice(low - first, high - low)
 
 
-def unit_rows_for(total_rows: int, workers: int, cap: int = DEFAULT_UNIT_ROWS) -> int:
-    """Rows per unit: about UNITS_PER_WORKER units per worker, within [MIN_UNIT_ROWS, cap]."""
+def unit_rows_for(
+    total_rows: int,
+    workers: int,
+    cap: int = DEFAULT_UNIT_ROWS,
+    total_bytes: int = 0,
+    unit_bytes: int = DEFAULT_UNIT_BYTES,
+) -> int:
+    """Rows per unit: about UNITS_PER_WORKER units per worker, within [floor, ceiling], where
+    the floor is MIN_UNIT_ROWS rows or MIN_UNIT_BYTES of input, whichever is fewer rows, and
+    the ceiling is `cap` rows or `unit_bytes` of input, whichever is fewer rows. Bytes are the
+    input's uncompressed size (`input_bytes`), spread evenly over its rows; 0 means unknown
+    (rows only). Deterministic: the same input and worker count give the same units."""
     wanted = -(-total_rows // max(1, workers * UNITS_PER_WORKER))
-    return max(1, min(cap, max(MIN_UNIT_ROWS, wanted)))
+    floor, ceiling = MIN_UNIT_ROWS, cap
+    if total_bytes > 0 and total_rows > 0:
+        row_bytes = total_bytes / total_rows
+        floor = min(floor, max(1, int(MIN_UNIT_BYTES // row_bytes)))
+        ceiling = min(ceiling, max(1, int(unit_bytes // row_bytes)))
+    return max(1, min(ceiling, max(floor, wanted)))
+
+
+def input_bytes(inputs: InputSet) -> int:
+    """Uncompressed bytes of the input: the sum of Parquet row-group sizes from each footer (a
+    stream's file size), for cutting units by bytes. Reads only footers."""
+    total = 0
+    for file in inputs.files:
+        if getattr(file, "format", "parquet") != "parquet":
+            total += int(file.size)
+            continue
+        metadata = open_parquet(file.path, inputs.columns.storage_options, (file.size, file.fingerprint)).metadata
+        total += sum(metadata.row_group(g).total_byte_size for g in range(metadata.num_row_groups))
+    return total
 
 
 def plan_units(source: InputSource | PartSource | Unit, unit_rows: int = DEFAULT_UNIT_ROWS) -> list[Unit]:

@@ -20,7 +20,7 @@ from curate.output.ledger import empty_ledger
 from curate.stages.base import BatchSource, Stage, StageContext
 from curate.stages.constraints import Interval, Options, Rule, Text
 
-_MODEL_NAMES = "minilm, minilm-static, hashing or column:NAME"
+_MODEL_NAMES = "minilm, minilm-static, minilm-fitted, hashing or column:NAME"
 MODEL = Rule(validate_model_name, f"a model name: {_MODEL_NAMES}", invalid=["bert", "column:"])
 
 
@@ -51,6 +51,7 @@ class Embed(Stage):
         "device": [Rule(validate_device, "auto, cpu, cuda or cuda:N", invalid=["gpu", "cuda:x"])],
         "backend": [Options(BACKENDS)],
         "dtype": [Options(DTYPES)],
+        "fit_rows": [Interval(int, 2, None)],
     }
 
     def __init__(
@@ -63,6 +64,7 @@ class Embed(Stage):
         device: str = "auto",
         backend: str = "torch",
         dtype: str = "auto",
+        fit_rows: int = 10_000,
     ):
         self.model = model
         self.cache = cache
@@ -71,6 +73,7 @@ class Embed(Stage):
         self.device = device
         self.backend = backend
         self.dtype = dtype
+        self.fit_rows = fit_rows  # minilm-fitted: rows of the corpus MiniLM embeds to fit the table on
 
     def fit(self, source: BatchSource, ctx: StageContext) -> Embed:
         started = time.perf_counter()
@@ -86,6 +89,7 @@ class Embed(Stage):
             device=self.device,
             backend=self.backend,
             dtype=self.dtype,
+            fit_rows=self.fit_rows,
         )
         if not emb.reused_from_output:
             publish(emb, ctx.output_dir)
@@ -105,6 +109,7 @@ class Embed(Stage):
             seconds=round(seconds, 3),
             rows_per_second=round(len(emb.rows) / seconds, 1) if seconds > 0 else None,
             **runs_on,
+            **({"fitted": emb.fit} if emb.fit else {}),
             fit=f"one task per work unit ({len(emb.paths)} units) embeds and writes its vectors; the driver renames the parts into the store in input order",
         )
         return self
