@@ -225,12 +225,25 @@ def test_a_line_free_compressed_file_is_refused_in_bounded_memory(tmp_path):
         block = b"a" * (1 << 20)
         for _ in range(1024):
             handle.write(block)
+    # The run's own peak: a wrapper process whose only child is the run (this test process's
+    # RUSAGE_CHILDREN would include every earlier test's children).
+    wrapper = (
+        "import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(done.returncode)"
+    )
+    argv = ["dedup", "-i", str(data.parent), "-o", str(tmp_path / "out"), "--method", "exact", "--quiet"]
     started = time.perf_counter()
-    done = curate("dedup", "-i", str(data.parent), "-o", str(tmp_path / "out"), "--method", "exact", "--quiet")
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper, sys.executable, "-m", "curate.cli", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=240,
+    )
     seconds = time.perf_counter() - started
     line = one_line(done.stderr)
     assert done.returncode == 2 and "huge.jsonl.gz" in line and "line 1 is longer than 64 MiB" in line
-    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    peak_mib = int(done.stdout.split()[-1]) / 1024
     assert peak_mib < 1024, f"peak RSS {peak_mib:.0f} MiB"
     assert seconds < 60
     assert not (tmp_path / "out").exists(), "exit 2 before the first stage leaves no output behind"
@@ -449,3 +462,14 @@ def test_an_empty_pipeline_says_so(tmp_path):
     pipeline.write_text("seed = 1\n")
     done = curate("run", str(pipeline), "-i", str(data), "-o", str(tmp_path / "out"), "--quiet")
     assert done.returncode == 0 and "no stages" in done.stderr
+
+
+def test_more_pools_than_rows_is_exit_2(tmp_path):
+    data = write_shards(tmp_path / "in", random_texts(300, seed=2), shards=1)
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(
+        '[[stage]]\nkind = "embed"\nmodel = "hashing"\n[[stage]]\nkind = "prototypes"\nclusters = 4\n[[stage]]\nkind = "pools"\npools = 100000\n'
+    )
+    done = curate("run", str(pipeline), "-i", str(data), "-o", str(tmp_path / "out"), "--quiet")
+    line = one_line(done.stderr)
+    assert done.returncode == 2 and "100000 pools for" in line and "rows" in line

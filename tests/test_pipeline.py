@@ -142,7 +142,7 @@ def test_manifest_records_inputs_config_counts_and_versions(corpus, tmp_path):
     exact = manifest["stages"][1]
     assert exact["rows_in"] == len(texts) and exact["rows_out"] == len(set(texts))
     assert exact["rows_in"] - exact["rows_out"] == exact["rows_removed"]
-    assert manifest["config"]["stages"][1]["options"] == {"normalize": True, "index": False}
+    assert manifest["config"]["stages"][1]["options"] == {"normalize": True, "index": False, "representative": "first"}
     assert "pyarrow" in manifest["packages"] and manifest["seed"] == 0
     totals = manifest["totals"]
     assert totals["kept_rows"] + totals["removed_rows"] == len(texts)

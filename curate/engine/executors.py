@@ -595,7 +595,7 @@ def _connect(address: str, timeout: float) -> Any:
 
     def connect() -> None:
         try:
-            outcome["client"] = Client(address, timeout=timeout, set_as_default=False)
+            outcome["client"] = Client(address, timeout=timeout)  # the default client, as before
         except BaseException as exc:  # MemoryError from a non-Dask reply included
             outcome["error"] = exc
 

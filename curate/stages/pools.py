@@ -106,6 +106,11 @@ class Pools(Stage):
             self.higher_is_better_, reason = auto_direction(self.score, ctx)
         values = np.concatenate([p[0] for p in partials]).astype(np.float64, copy=False) if partials else np.empty(0)
         tokens = np.concatenate([p[1] for p in partials]).astype(np.int64) if partials else np.empty(0, np.int64)
+        if 0 < values.size < self.pools:  # 100,000 pools over 3,000 rows: thousands of empty pools
+            raise UsageError(
+                f"pools: {self.pools} pools for {values.size} rows would leave pools empty",
+                fix="set pools to at most the number of rows (4 to 10 is usual)",
+            )
         # balance_column: the group of each row is read here (one small column, in input order)
         self.groups_ = fit_group_values(source, self.balance_column) if self.balance_column else None
         if self.groups_ is None:
