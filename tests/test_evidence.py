@@ -4,13 +4,12 @@ the SeTa check."""
 import json
 import re
 import shutil
-import subprocess
-import tempfile
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from browser import rendered_dom
 
 from curate.algorithms.prototypes import group_quotas, keep_count, select_by_difficulty
 from curate.cli import main
@@ -329,23 +328,7 @@ def test_random_baseline_report_renders_in_headless_chromium(baseline_out, tmp_p
 });</script></body>""",
         )
     )
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tempfile.mkdtemp()}",
-    ]
-    dom = subprocess.run(
-        [_chromium(), *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
+    dom = rendered_dom(probe)
     check = re.search(r'data-check="(\d+):(\d+):([^"]*)"', dom)
     assert check, "the page did not load"
     images, broken, verdict = int(check.group(1)), int(check.group(2)), check.group(3)

@@ -305,6 +305,8 @@ def _pid(_: int) -> int:
     return os.getpid()
 
 
+from tests.executor_parity import dask_executors  # noqa: E402,F401
+
 # --- every failure in its class ------------------------------------------------------------------
 
 
@@ -330,7 +332,7 @@ def _serve(reply: bytes | None) -> tuple[socket.socket, int]:
 @pytest.mark.parametrize(
     "reply", [None, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" * 64], ids=["silent", "http"]
 )
-def test_a_scheduler_that_is_not_dask_is_exit_2(reply):
+def test_a_scheduler_that_is_not_dask_is_exit_2(reply, dask_executors):
     from curate.engine.executors import DaskExecutor
     from curate.errors import UsageError
 
@@ -342,6 +344,9 @@ def test_a_scheduler_that_is_not_dask_is_exit_2(reply):
         assert time.perf_counter() - started < 30
     finally:
         server.close()
+    # The handshake left hanging must not become the process's default client: a library user's
+    # executor made before it still works (it hung in as_completed when it did).
+    assert dask_executors[1].map(abs, [-1, -2]) == [1, 2]
 
 
 def test_a_short_write_is_exit_2_cannot_write(work):

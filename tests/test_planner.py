@@ -248,27 +248,19 @@ def test_fit_flags_a_bending_curve_and_a_bound(tmp_path):
 
 def test_headless_chromium_finds_decision_accuracy_and_its_baseline(tmp_path):
     import re
-    import shutil
-    import subprocess
-    import tempfile
+
+    from browser import chromium, rendered_dom
 
     from curate.report import build_law_report
     from curate.scaling import load_law
 
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
+    if chromium() is None:
         pytest.skip("chromium not installed (apt-get install -y chromium)")
     runs = known_law_runs(tmp_path / "runs.csv", crossing=True)
     main(["fit", str(runs), "-o", str(tmp_path / "law.json")])
     law = load_law(tmp_path / "law.json")
     page = build_law_report(law, [1e4, 1e5], tmp_path / "report")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={tempfile.mkdtemp()}"]
-    dom = subprocess.run(
-        [browser, *flags, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
+    dom = rendered_dom(page)
     found = re.search(r'<p id="decision-accuracy">([^<]+)</p>', dom)
     assert found, "no decision accuracy in the rendered page"
     text = found.group(1)

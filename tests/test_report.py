@@ -6,13 +6,13 @@ import json
 import re
 import shutil
 import subprocess
-import tempfile
 
 import matplotlib.image as mpimg
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from browser import headless_flags, rendered_dom
 
 from curate.cli import main
 from curate.errors import UsageError
@@ -177,29 +177,13 @@ def test_report_renders_in_headless_chromium(law_report, tmp_path):
     html_path = law_report
     probe = tmp_path / "probe.html"
     probe.write_text(html_path.read_text().replace("</body>", CHECK_SCRIPT))
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tempfile.mkdtemp()}",
-    ]
-    dom = subprocess.run(
-        [_chromium(), *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
+    dom = rendered_dom(probe)
     counts = re.search(r'data-images="(\d+):(\d+)"', dom)
     assert counts, "the page did not load"
     assert int(counts.group(1)) == 2 and int(counts.group(2)) == 0
     shot = tmp_path / "shot.png"
     subprocess.run(
-        [_chromium(), *flags, f"--screenshot={shot}", "--window-size=1280,2000", html_path.as_uri()],
+        [_chromium(), *headless_flags(), f"--screenshot={shot}", "--window-size=1280,2000", html_path.as_uri()],
         capture_output=True,
         timeout=120,
     )

@@ -8,13 +8,12 @@ import html
 import json
 import re
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from browser import rendered_dom
 from conftest import cli, write_shards
 
 from curate.commands.diff import diff_outputs
@@ -95,22 +94,7 @@ def test_review_page_in_headless_chromium_shows_the_cluster_and_finds_a_row_by_i
     page = write_review(outputs["both"], tmp_path / "review.html")
     probe = tmp_path / "probe.html"
     probe.write_text(page.read_text().replace("</body>", PROBE % "doc-000040"))
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tempfile.mkdtemp()}",
-    ]
-    dom = subprocess.run(
-        [_chromium(), *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
+    dom = rendered_dom(probe)
     visible = re.search(r'data-visible="(\d+)"', dom)
     assert visible, "the page did not load"
     assert visible.group(1) == "1"  # the search box kept only the cluster holding doc-000040

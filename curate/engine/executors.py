@@ -462,7 +462,7 @@ class DaskExecutor(_Timed):
         size_of = {f.key: s for f, s in zip(futures, sizes)}
         try:
             with progress.task(label or "working", total=sum(sizes)) as bar:
-                for future in as_completed(futures):
+                for future in as_completed(futures, loop=client.loop):  # not the process's default client
                     if future.status == "error":
                         future.result()  # re-raises the worker's exception (InputError stays exit 2)
                     bar.advance(size_of[future.key])
@@ -595,7 +595,8 @@ def _connect(address: str, timeout: float) -> Any:
 
     def connect() -> None:
         try:
-            outcome["client"] = Client(address, timeout=timeout)  # the default client, as before
+            # not the default client: one that never finishes its handshake would stay the default
+            outcome["client"] = Client(address, timeout=timeout, set_as_default=False)
         except BaseException as exc:  # MemoryError from a non-Dask reply included
             outcome["error"] = exc
 

@@ -220,7 +220,8 @@ def _run_locked(
                 spec, source, storage.local_or_url(str(output)), options, executor, against_paths=tuple(against)
             )
         store = OutputStore(str(output), spec.output_options, side_outputs=all_side_outputs())
-        # The first call on the store: a missing bucket or bad credentials are one line here.
+        # The first calls on the store: a missing bucket or bad credentials are one line here.
+        store.reach()
         lease = store.call(
             "take the output's writer lease", OutputLease(store.fs, store._key(LEASE_NAME), store.url).acquire
         )

@@ -166,12 +166,15 @@ class OutputStore:
         check_manifest(manifest, f"{self.url}/{MANIFEST_NAME}")
         return manifest
 
+    def reach(self) -> None:
+        """A missing bucket or container as one line that says to create it; backends such as
+        adlfs raise their own not-found type on a write, so this asks with `info` first."""
+        self.call(f"reach the {storage.bucket_word(self.url)}", self.fs.info, self.root.split("/")[0])
+
     def objects(self) -> list[str]:
         """Every object under the prefix, relative to it."""
         self.fs.invalidate_cache()
-        self.call(
-            f"reach the {storage.bucket_word(self.url)}", self.fs.info, self.root.split("/")[0]
-        )  # a missing bucket names itself
+        self.reach()
         keys = self.call("list the output", self.fs.find, self.root)
         return sorted(k[len(self.root) + 1 :] for k in keys if k.startswith(self.root + "/"))
 
