@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 
+from curate.algorithms.minhash import shingle_hashes, window_hashes_at
 from curate.algorithms.ngrams import best_per_text, build_index, contaminated, match_texts
 from curate.io.parts import read_parts
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
@@ -64,6 +65,28 @@ def test_matches_equal_a_plain_python_ngram_set(n, whole):
     texts = soup(rng, 300, 0, 25) + ["", "   ", "!!"]
     index = build_index(pa.array(items), n, whole_short_items=whole)
     assert as_dict(match_texts(pa.array(texts), index)) == reference_matches(texts, items, n, whole)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_words_no_item_holds_skip_only_windows_that_cannot_match(n):
+    """Items drawn from part of the vocabulary, texts from all of it and unseen words: the word
+    bitmap must drop windows with an unknown word and keep every window that matches."""
+    rng = np.random.default_rng(10 + n)
+    items = [" ".join(rng.choice(VOCAB[:8], size=int(rng.integers(n, 12)))) for _ in range(40)]
+    words = VOCAB + [f"unseen{k}" for k in range(12)]
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(0, 40)))) for _ in range(400)]
+    index = build_index(pa.array(items), n)
+    found = as_dict(match_texts(pa.array(texts), index))
+    assert found and found == reference_matches(texts, items, n)
+
+
+def test_window_hashes_at_equal_the_full_shingles():
+    units = np.random.default_rng(3).integers(0, 2**63, size=50, dtype=np.int64).astype(np.uint64)
+    offsets = np.array([0, 20, 20, 50])
+    hashes, shingle_offsets = shingle_hashes(units, offsets, 5, seed=9)
+    starts = np.r_[0:16, 20:46]
+    assert np.array_equal(window_hashes_at(units, starts, 5, seed=9), hashes)
+    assert shingle_offsets.tolist() == [0, 16, 16, 42]
 
 
 def test_case_punctuation_and_whitespace_do_not_matter():

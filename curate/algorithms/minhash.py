@@ -201,19 +201,17 @@ def word_hashes(texts: pa.Array, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     if len(leads):
         cps, nbytes = _decode_leads(data, leads)
         _paint(is_word, leads, nbytes, _word_codepoints()[cps])
-    # Runs of word bytes: the flips of a zero-padded mask give alternating run starts and
-    # ends; a run that crosses a text boundary is split there. (A bool compare, then nonzero:
-    # 6x faster than np.diff with prepend/append on int8, measured on 2 MB chunks.)
-    padded = np.zeros(len(body) + 2, dtype=bool)
-    padded[1:-1] = is_word
-    edges = np.flatnonzero(padded[1:] != padded[:-1])
-    starts, ends = edges[0::2], edges[1::2]
+    # A word starts at a word byte whose previous byte is no word byte of the same text, and
+    # ends after a word byte whose next byte is none: bool masks, then nonzero, so a run that
+    # crosses a text boundary is split there without sorting (two sorts of every word's
+    # start and end took a third of this function on short texts).
     inner = offsets[1:-1]
     inner = inner[(inner > 0) & (inner < len(body))]
-    split = sorted_unique(inner[is_word[inner] & is_word[inner - 1]])  # empty texts repeat an offset
-    if len(split):
-        starts = np.sort(np.concatenate([starts, split]))
-        ends = np.sort(np.concatenate([ends, split]))
+    joined = np.zeros(len(body) + 1, dtype=bool)  # bytes i-1 and i: word bytes of one text
+    np.logical_and(is_word[:-1], is_word[1:], out=joined[1:-1])
+    joined[inner] = False
+    starts = np.flatnonzero(is_word & ~joined[:-1])
+    ends = np.flatnonzero(is_word & ~joined[1:]) + 1
     hashes = hash_segments(data, starts, ends - starts, seed)
     return hashes, np.searchsorted(starts, offsets).astype(np.int64)
 
@@ -293,6 +291,17 @@ def shingle_hashes(
     else:
         out[:] = full
     return fmix64(out), shingle_offsets
+
+
+def window_hashes_at(unit_hashes: np.ndarray, starts: np.ndarray, ngram: int, seed: int = 0) -> np.ndarray:
+    """The `shingle_hashes` value of the full n-unit windows starting at `starts` (each must
+    lie inside one text): for a scan that needs only a few windows, n gathers over those
+    windows instead of n passes over every unit."""
+    mult = random_u64(seed, _STREAM_NGRAM, ngram + 1) | np.uint64(1)
+    acc = np.full(len(starts), (np.full(1, ngram, np.uint64) * mult[ngram])[0], dtype=np.uint64)
+    for j in range(ngram):
+        acc += unit_hashes[starts + j] * mult[j]
+    return fmix64(acc)
 
 
 def text_shingles(

@@ -288,6 +288,11 @@ class FirstRepeatedId:
     def __call__(self, bucket: int) -> int:
         pieces = read_pieces(self.shuffle_dir, bucket, self.units)
         triples = np.concatenate(pieces) if pieces else np.empty((0, 3), np.int64)
+        # Sort by the high half alone, then fully only the rows whose high half repeats (none in
+        # a clean input): a three-key lexsort of every row took 0.23 s per million ids.
+        high = np.sort(triples[:, 0])
+        repeated = high[np.flatnonzero(high[1:] == high[:-1])]
+        triples = triples[np.isin(triples[:, 0], repeated)] if len(repeated) else triples[:0]
         order = np.lexsort((triples[:, 2], triples[:, 1], triples[:, 0]))
         hi, lo, rows = triples[order, 0], triples[order, 1], triples[order, 2]
         repeat = np.zeros(len(rows), dtype=bool)

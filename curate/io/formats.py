@@ -376,7 +376,11 @@ def _parquet_batches(
     ).astype(int)
     for run in runs:
         row = 0 if run is None else int(starts[run[0]])
-        for batch in parquet.iter_batches(batch_size=batch_size, row_groups=run, columns=columns, use_threads=True):
+        # One thread: curate runs a process per core, and pyarrow's threaded reader cost 2.7x the
+        # CPU on 8,192-row groups read as 65,536-row batches (0.29 s against 0.11 s for 50 MB of
+        # short texts; 6x on 13 KB documents), for no gain in wall time on 2 cores.
+        batches = parquet.iter_batches(batch_size=batch_size, row_groups=run, columns=columns, use_threads=False)
+        for batch in batches:
             yield row, batch
             row += batch.num_rows
 
