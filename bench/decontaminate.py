@@ -1,6 +1,6 @@
 """Decontamination: recall and precision on planted evaluation items, whole-run throughput vs a plain-Python n-gram set.
 
-    python -m bench.decontaminate [--replicate 4] [--long-docs 3000] [--items 2000] [--ngram 13]
+    python -m bench.decontaminate [--replicate 64] [--long-docs 3000] [--items 2000] [--ngram 13]
 
 Evaluation items are passages (25-80 words, punctuation as written) cut from real documents
 held out of the corpus (man pages, /usr/share/doc files, Python sources). They are planted in
@@ -158,7 +158,7 @@ def write_shards(texts: list[str], ids: list[str], directory: Path, shards: int)
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--replicate", type=int, default=4, help="copies of the Debian descriptions (short corpus)")
+    parser.add_argument("--replicate", type=int, default=64, help="copies of the Debian descriptions (short corpus)")
     parser.add_argument("--long-docs", type=int, default=3000, help="documents in the long corpus")
     parser.add_argument("--items", type=int, default=2000, help="evaluation items")
     parser.add_argument("--ngram", type=int, default=13)
