@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -88,6 +90,23 @@ def run(stages: list[dict], source: Path, out: Path, batch_size: int = 7) -> Non
     run_pipeline(spec, source, out, RunOptions())
 
 
+def run_or_refuse(stages: list[dict], source: Path, out: Path, batch_size: int = 7) -> bool:
+    """True when the run finished. The one refusal a valid pipeline may meet on a tiny corpus:
+    more pools than the rows that reach the pools stage, a one-line usage error (exit 2) that
+    leaves the output unfinished, never finished with pools left empty."""
+    try:
+        run(stages, source, out, batch_size)
+        return True
+    except UsageError as exc:
+        found = re.search(r"pools: (\d+) pools for (\d+) rows would leave pools empty", str(exc))
+        if found is None:
+            raise
+        assert 0 < int(found.group(2)) < int(found.group(1))
+        manifest = out / "manifest.json"
+        assert not manifest.exists() or not json.loads(manifest.read_text())["finalized"]
+        return False
+
+
 def read_dir(directory: Path) -> pa.Table:
     parts = list_parts(directory)
     return pa.concat_tables([pq.read_table(p) for p in parts]) if parts else pa.table({})
@@ -97,8 +116,6 @@ def assert_conservation(out: Path, input_rows: int) -> None:
     report = verify_output(out)
     assert report.ok, (report.missing, report.duplicated, report.unknown, report.problems)
     assert report.input_rows == input_rows == report.kept_rows + report.removed_rows
-    import json
-
     manifest = json.loads((out / "manifest.json").read_text())
     flowing = input_rows
     for entry in manifest["stages"]:  # each stage's rows in = the previous stage's rows out
@@ -130,8 +147,8 @@ def test_every_stage_kind_conserves_rows(kind, corpus, variant, batch_size):
     assert pipelines, f"no options table entry for stage kind '{kind}': add one to STAGE_TABLE"
     with tempfile.TemporaryDirectory() as tmp:
         write_shards(Path(tmp) / "in", shards, with_ids, row_group)
-        run(pipelines[variant % len(pipelines)], Path(tmp) / "in", Path(tmp) / "out", batch_size)
-        assert_conservation(Path(tmp) / "out", sum(map(len, shards)))
+        if run_or_refuse(pipelines[variant % len(pipelines)], Path(tmp) / "in", Path(tmp) / "out", batch_size):
+            assert_conservation(Path(tmp) / "out", sum(map(len, shards)))
 
 
 def test_every_registered_kind_has_a_stage_table_entry():
@@ -182,8 +199,8 @@ def test_whole_pipelines_conserve_rows(corpus, picks, batch_size):
     stages = [stage for pick in picks for stage in pool[pick % len(pool)]]
     with tempfile.TemporaryDirectory() as tmp:
         write_shards(Path(tmp) / "in", shards, with_ids, row_group)
-        run(stages, Path(tmp) / "in", Path(tmp) / "out", batch_size)
-        assert_conservation(Path(tmp) / "out", sum(map(len, shards)))
+        if run_or_refuse(stages, Path(tmp) / "in", Path(tmp) / "out", batch_size):
+            assert_conservation(Path(tmp) / "out", sum(map(len, shards)))
 
 
 def _dedup_pipelines() -> list[list[dict]]:
