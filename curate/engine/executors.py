@@ -213,16 +213,22 @@ class LocalExecutor(_Timed):
         instead of waiting for them (every task's output is written under a temp name)."""
         if self._pool is not None:
             processes = list((getattr(self._pool, "_processes", None) or {}).values())
+            manager = getattr(self._pool, "_executor_manager_thread", None)
             if stop_running:
                 for process in processes:
                     process.terminate()
             self._pool.shutdown(wait=not stop_running, cancel_futures=True)
             if stop_running:
                 # Wait (briefly) for them to be gone: a worker still starting when the driver
-                # exits finds the pool's semaphores unlinked and prints a traceback.
+                # exits finds the pool's semaphores unlinked and prints a traceback. And for the
+                # pool's manager thread: while it is still closing its wake-up pipe, the
+                # interpreter's exit hook may write to that pipe and print an ignored
+                # "Bad file descriptor" traceback under the one-line error.
                 deadline = time.monotonic() + 5
                 for process in processes:
                     process.join(max(0.0, deadline - time.monotonic()))
+                if manager is not None:
+                    manager.join(max(0.0, deadline - time.monotonic()))
             self._pool = None
 
     def __enter__(self) -> LocalExecutor:
