@@ -144,6 +144,7 @@ def test_set_passes_stage_options(tmp_path, capsys):
     assert code == 0 and read_parts(out / "removed").num_rows == 1
 
 
+@pytest.mark.slow  # the whole demo, about 40 s; the wheel check runs `curate demo` in every CI run too
 def test_demo_runs_and_verifies(tmp_path, capsys):
     out = tmp_path / "demo"
     code, stdout, _ = run_cli(["demo", "-o", str(out), "--quiet"], capsys)

@@ -336,6 +336,7 @@ def test_random_baseline_report_renders_in_headless_chromium(baseline_out, tmp_p
     assert verdict in ("No mix of th", "The chosen m")
 
 
+@pytest.mark.slow  # about 14 s: proxy runs from the CLI
 def test_cli_evaluate_checks_a_user_score_against_random(tmp_path):
     source = _labelled_corpus(tmp_path / "in.parquet", rows=300)
     out = tmp_path / "out"

@@ -58,6 +58,7 @@ def _spec(endpoint: str, stages: list[dict], **more):
     )
 
 
+@pytest.mark.slow  # about 18 s: a Dask cluster over an S3 emulator
 def test_workers_without_the_drivers_disk_write_the_same_output(tmp_path, capsys, s3, isolated, monkeypatch):
     from curate.engine.executors import DaskExecutor
 
@@ -118,6 +119,7 @@ def test_workers_without_the_drivers_disk_write_the_same_output(tmp_path, capsys
     assert code == 0, err
 
 
+@pytest.mark.slow  # about 19 s: kill and resume over an S3 emulator
 def test_an_interrupted_run_resumes_from_the_store_alone(tmp_path, s3, isolated, monkeypatch):
     """Stopped after its second stage and resumed on the same isolated cluster: the driver starts
     from the store's last commit (its own staging directory is new), and the result is the

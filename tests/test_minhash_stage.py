@@ -319,3 +319,30 @@ def test_a_source_without_texts_removes_nothing(tmp_path: Path) -> None:
     assert result.kept_rows == 0
     assert result.manifest["stages"][1]["rows_removed"] == 0
     assert verify_output(tmp_path / "out").ok
+
+
+def test_sorted_sets_gather_what_a_fresh_sort_gives_and_leave_no_scratch(tmp_path):
+    """Exact verification builds each row's sorted set once (`SortedSets`) and gathers it in
+    later blocks: every gather, first or repeated, equals sorting the rows' shingles afresh."""
+    from curate.algorithms.minhash import unique_sorted_sets
+    from curate.algorithms.minhash_rows import RowStore, SortedSets, unit_file
+
+    rng = np.random.default_rng(5)
+    rows_per_unit = [30, 0, 45]
+    for unit, rows in enumerate(rows_per_unit):
+        counts = rng.integers(0, 40, rows).astype(np.int64)  # some rows without shingles
+        shingles = rng.integers(0, 60, int(counts.sum()), dtype=np.uint64) << np.uint64(50)  # repeats within rows
+        unit_file(tmp_path, unit, "counts").parent.mkdir(parents=True, exist_ok=True)
+        counts.tofile(unit_file(tmp_path, unit, "counts"))
+        shingles.tofile(unit_file(tmp_path, unit, "shingles"))
+    starts = np.concatenate([[0], np.cumsum(rows_per_unit)]).astype(np.int64)
+    store = RowStore(tmp_path, starts, 128)
+    nodes = np.sort(rng.choice(int(starts[-1]), 50, replace=False)).astype(np.int64)
+    with SortedSets(store, nodes) as sets:
+        for _ in range(6):
+            positions = np.sort(rng.choice(len(nodes), int(rng.integers(1, 20)), replace=False))
+            got, got_offsets = sets.gather(positions)
+            want, want_offsets = unique_sorted_sets(*store.shingles(nodes[positions]))
+            assert np.array_equal(got_offsets, want_offsets) and np.array_equal(got, want)
+        assert any((tmp_path / "scratch").iterdir())
+    assert not any((tmp_path / "scratch").iterdir())

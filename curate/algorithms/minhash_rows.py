@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import math
 import mmap
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
+from curate.algorithms.minhash import unique_sorted_sets
 from curate.io import mirror
 
 
@@ -92,6 +95,59 @@ class RowStore:
             ordinals = self._map(unit, "rows", np.int64, (self._unit_rows(unit),))
             out[order[where]] = ordinals[local]
         return out
+
+
+class SortedSets:
+    """Sorted fingerprint sets of the rows `nodes` (sorted dense rows), each built the first
+    time a block asks for it and spilled to a scratch file under the store's work folder, then
+    gathered from there through a memory map.
+
+    Exact verification reads a row's set in every block that holds one of its pairs: on 8,000
+    long documents the blocks re-read and re-sorted 71M shingles for 15M distinct ones (4.7x,
+    measured), a third of the stage's time on one core. Built on first use (not all up front:
+    rows whose pairs are all skipped as already joined are never read), each set is read and
+    sorted once per task. Memory follows one block; the file is removed on close."""
+
+    def __init__(self, store: RowStore, nodes: np.ndarray):
+        self.store = store
+        self.nodes = nodes
+        scratch = store.work / "scratch"
+        scratch.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=scratch, suffix=".sets")
+        self.path = Path(name)
+        self._out = os.fdopen(handle, "wb")
+        self._start = np.full(len(nodes), -1, dtype=np.int64)
+        self._length = np.zeros(len(nodes), dtype=np.int64)
+        self._total = 0
+        self._values = np.empty(0, np.uint64)
+
+    def gather(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sets, offsets) of the rows at sorted unique `positions` in `nodes`, concatenated."""
+        new = positions[self._start[positions] < 0]
+        if len(new):
+            sets, offsets = unique_sorted_sets(*self.store.shingles(self.nodes[new]))
+            self._out.write(sets.tobytes())
+            self._out.flush()
+            self._start[new] = self._total + offsets[:-1]
+            self._length[new] = np.diff(offsets)
+            self._total += len(sets)
+            if self._total:
+                self._values = np.memmap(self.path, np.uint64, "r", shape=(self._total,))
+        lengths = self._length[positions]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        index = np.repeat(self._start[positions] - offsets[:-1], lengths) + np.arange(int(offsets[-1]), dtype=np.int64)
+        return np.asarray(self._values[index]), offsets
+
+    def close(self) -> None:
+        self._values = np.empty(0, np.uint64)
+        self._out.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> SortedSets:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def ordinals_by_task(store: RowStore, rows: np.ndarray, map_tasks: Callable) -> np.ndarray:
