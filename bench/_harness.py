@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -111,6 +112,19 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+@contextmanager
+def pinned_to_one_core(pin: bool = True):
+    """Run the block on this process's first allowed core (its affinity mask, which curate reads
+    as its core count): a one-core baseline, since --jobs 1 on C cores still runs C threads."""
+    allowed = os.sched_getaffinity(0)
+    if pin:
+        os.sched_setaffinity(0, {min(allowed)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def machine() -> dict:

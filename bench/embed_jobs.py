@@ -14,7 +14,6 @@ count), target 1.6x on two free cores.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -23,22 +22,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from bench._harness import add_result_argument, importable, start_run
+from bench._harness import add_result_argument, importable, pinned_to_one_core, start_run
 from bench.corpora import debian_descriptions
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
 
 def one_run(source: Path, out: Path, stage: dict, jobs: int, one_core: bool = False) -> float:
     shutil.rmtree(out, ignore_errors=True)
-    allowed = os.sched_getaffinity(0)
-    if one_core:
-        os.sched_setaffinity(0, {min(allowed)})
-    try:
+    with pinned_to_one_core(one_core):
         started = time.perf_counter()
         run_pipeline(parse_pipeline({"stage": [stage]}, "bench"), source, out, RunOptions(jobs=jobs))
         return time.perf_counter() - started
-    finally:
-        os.sched_setaffinity(0, allowed)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,7 +22,6 @@ Kept ids must be identical in all three. Times are the best of `--repeats`.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -32,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench._harness import add_result_argument, removed_ids, start_run
+from bench._harness import add_result_argument, pinned_to_one_core, removed_ids, start_run
 from bench.corpora import debian_descriptions
 from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
 
@@ -55,13 +54,8 @@ def build_long_file(debian: Path, out: Path, docs: int, seed: int = 0, row_group
 def run_minhash(
     source: Path, out: Path, jobs: int, unit_bytes: int | None, one_core: bool = False
 ) -> tuple[float, set[str], dict]:
-    allowed = os.sched_getaffinity(0)
-    if one_core:
-        os.sched_setaffinity(0, {min(allowed)})
-    try:
+    with pinned_to_one_core(one_core):
         return _timed_minhash(source, out, jobs, unit_bytes)
-    finally:
-        os.sched_setaffinity(0, allowed)
 
 
 def _timed_minhash(source: Path, out: Path, jobs: int, unit_bytes: int | None) -> tuple[float, set[str], dict]:

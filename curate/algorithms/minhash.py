@@ -572,8 +572,8 @@ def exact_jaccard(sets: np.ndarray, offsets: np.ndarray, i: np.ndarray, j: np.nd
         pairs = np.arange(hi - lo, dtype=np.uint64)
         # (pair << 40 | fingerprint) over pairs in order is globally sorted on each side, since
         # every set is sorted: the intersection is a binary search of one side in the other.
-        a_keys = (np.repeat(pairs, sa) << np.uint64(FINGERPRINT_BITS)) | sets[_ranges(offsets[i[lo:hi]], sa)]
-        b_keys = (np.repeat(pairs, sb) << np.uint64(FINGERPRINT_BITS)) | sets[_ranges(offsets[j[lo:hi]], sb)]
+        a_keys = (np.repeat(pairs, sa) << np.uint64(FINGERPRINT_BITS)) | sets[index_ranges(offsets[i[lo:hi]], sa)]
+        b_keys = (np.repeat(pairs, sb) << np.uint64(FINGERPRINT_BITS)) | sets[index_ranges(offsets[j[lo:hi]], sb)]
         if len(b_keys) and len(a_keys):
             pos = np.minimum(np.searchsorted(b_keys, a_keys), len(b_keys) - 1)
             hit = b_keys[pos] == a_keys
@@ -585,11 +585,11 @@ def exact_jaccard(sets: np.ndarray, offsets: np.ndarray, i: np.ndarray, j: np.nd
     return out
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def index_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenated index ranges [start, start + length) without a Python loop."""
-    total = int(lengths.sum())
+    starts, lengths = np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
     shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-    return shift + np.arange(total, dtype=np.int64)
+    return shift + np.arange(int(lengths.sum()), dtype=np.int64)
 
 
 def connected_components(n: int, i: np.ndarray, j: np.ndarray, parent: np.ndarray | None = None) -> np.ndarray:

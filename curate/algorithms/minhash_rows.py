@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from curate.algorithms.minhash import unique_sorted_sets
+from curate.algorithms.minhash import index_ranges, unique_sorted_sets
 from curate.io import mirror
 
 
@@ -134,9 +134,8 @@ class SortedSets:
             if self._total:
                 self._values = np.memmap(self.path, np.uint64, "r", shape=(self._total,))
         lengths = self._length[positions]
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        index = np.repeat(self._start[positions] - offsets[:-1], lengths) + np.arange(int(offsets[-1]), dtype=np.int64)
-        return np.asarray(self._values[index]), offsets
+        values = np.asarray(self._values[index_ranges(self._start[positions], lengths)])
+        return values, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
     def close(self) -> None:
         self._values = np.empty(0, np.uint64)
@@ -170,9 +169,8 @@ class _UnitOrdinals:
 def gather_ranges(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """values[offsets[r]:offsets[r + 1]] for each r in rows, concatenated, with new offsets."""
     lengths = offsets[rows + 1] - offsets[rows]
-    new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    index = np.repeat(offsets[rows] - new_offsets[:-1], lengths) + np.arange(int(new_offsets[-1]), dtype=np.int64)
-    return np.asarray(values[index]), new_offsets
+    found = np.asarray(values[index_ranges(offsets[rows], lengths)])
+    return found, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
 
 def release_pages(array: np.ndarray) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from curate.algorithms.minhash import shingle_hashes, window_hashes_at, word_hashes
+from curate.algorithms.minhash import index_ranges, shingle_hashes, window_hashes_at, word_hashes
 
 # Word hashes are a fixed function of the text, never of the run's seed: the index and the
 # corpus must hash alike, and a seed would only change which 2^-64 collisions happen.
@@ -165,12 +165,6 @@ def candidate_windows(
     return window_hashes_at(unit_hashes, starts, length, HASH_SEED), text
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """concatenate(arange(s, s + l) for s, l in zip(starts, lengths)) without a Python loop."""
-    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-    return shift + np.arange(int(lengths.sum()), dtype=np.int64)
-
-
 def match_texts(texts: pa.Array, index: NgramIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(text index, item, shared distinct n-grams) for every (text, item) pair sharing at least
     one n-gram (or holding a whole short item), sorted by text then item."""
@@ -193,7 +187,7 @@ def match_texts(texts: pa.Array, index: NgramIndex) -> tuple[np.ndarray, np.ndar
         text, pos = pairs // len(table.hashes), pairs % len(table.hashes)
         lengths = table.starts[pos + 1] - table.starts[pos]
         rows.append(np.repeat(text, lengths))
-        items.append(table.items[_ranges(table.starts[pos], lengths)].astype(np.int64))
+        items.append(table.items[index_ranges(table.starts[pos], lengths)].astype(np.int64))
     if not rows:
         empty = np.empty(0, np.int64)
         return empty, empty, empty

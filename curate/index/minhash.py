@@ -238,7 +238,7 @@ class _UnitPass:
             new = np.concatenate([np.repeat(query_row[small], size[small]), query_row[big], query_row[big]])
             old = np.concatenate(
                 [
-                    np.asarray(stored_rows[_ranges(left[small], size[small])]),
+                    np.asarray(stored_rows[mh.index_ranges(left[small], size[small])]),
                     np.asarray(stored_rows[left[big]]),
                     np.asarray(stored_rows[left[big] + size[big] - 1]),
                 ]
@@ -285,7 +285,9 @@ def fingerprints(stored: StoredIndex, rows: np.ndarray) -> tuple[np.ndarray, np.
     """(sorted 40-bit fingerprints, offsets) of the stored rows `rows` (sorted)."""
     offsets = stored.array("fp_offsets")
     lengths = np.asarray(offsets[rows + 1] - offsets[rows], dtype=np.int64)
-    packed = np.asarray(stored.array("fingerprints")[_ranges(np.asarray(offsets[rows], dtype=np.int64), lengths)])
+    packed = np.asarray(
+        stored.array("fingerprints")[mh.index_ranges(np.asarray(offsets[rows], dtype=np.int64), lengths)]
+    )
     return unpack(packed), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
 
@@ -303,13 +305,6 @@ def unpack(packed: np.ndarray) -> np.ndarray:
     full = np.zeros((len(packed), 8), dtype=np.uint8)
     full[:, :_FP_BYTES] = packed
     return full.view("<u8").ravel().astype(np.uint64)
-
-
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenated [start, start + length) index ranges without a Python loop."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    shift = np.repeat(np.asarray(starts, dtype=np.int64) - (np.cumsum(lengths) - lengths), lengths)
-    return shift + np.arange(int(lengths.sum()), dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------------------

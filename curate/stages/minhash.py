@@ -431,13 +431,13 @@ def _exact_verify(
     sd = np.sqrt(threshold * (1.0 - threshold) / num_perm)
     keep = np.zeros(len(est), dtype=bool)
     check = np.flatnonzero(est >= threshold - 6.0 * sd)
+    if len(check) == 0:
+        return keep, 0
     check = check[np.lexsort((check, -est[check]))]
     nodes = mh.sorted_unique(np.concatenate([cand_i[check], cand_j[check]]))
     node_i, node_j = np.searchsorted(nodes, cand_i), np.searchsorted(nodes, cand_j)  # only read at `check`
     parent = np.arange(len(nodes), dtype=np.int64)
     checked = 0
-    if len(check) == 0:
-        return keep, checked
     counts = store.shingle_counts(nodes)
     with SortedSets(store, nodes) as sets:
         work = counts[node_i[check]] + counts[node_j[check]]
