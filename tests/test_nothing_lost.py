@@ -446,13 +446,12 @@ def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path):
     )
     deadline = time.monotonic() + 120
     while not (out / "manifest.json").exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.5)
+        time.sleep(0.01)
+    # At once: the first map is starting the fork server then, and a Ctrl-C in that window was
+    # once ignored (the run went on to exit 0); the rest of the run takes seconds.
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
     err = process.stderr.read()
     code = process.wait(120)
-    if code == 0:
-        pytest.skip("the run finished before the interrupt arrived")
     assert code == 130, err
     line = one_line(err)
     assert line.startswith("interrupted; continue with: curate run") and line.endswith("--resume")
