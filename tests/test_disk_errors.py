@@ -190,6 +190,7 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
     return result.returncode == 0
 
 
+@pytest.mark.slow  # about 10 s; the injected disk-full failures stay in the default run
 def test_real_full_tmpfs_exits_2_then_resumes_after_space_is_freed(tmp_path):
     """A real ENOSPC from the kernel, through a subprocess `curate run`."""
     data = write_corpus(tmp_path / "in", [8000, 8000], seed=5, dup_rate=0.2)

@@ -204,6 +204,7 @@ def _rows(law: Law, seeds: int, noise: float, rng) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow  # about 11 s of bootstrap runs
 def test_a_better_pool_beats_random_beyond_the_uncertainty():
     rng = np.random.default_rng(3)
     comparison = compare_to_random(_rows(TRUE, 2, 0.01, rng), _rows(FLAT, 2, 0.01, rng), [300.0, 1000.0], "goyal2024")

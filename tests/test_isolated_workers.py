@@ -190,6 +190,7 @@ def test_an_interrupted_run_resumes_from_the_store_alone(tmp_path, s3, isolated,
     assert set(json.loads((pulled / "manifest.json").read_text())[FILES_KEY]) == stored - {"manifest.json"}
 
 
+@pytest.mark.slow  # about 14 s over the S3 emulator
 def test_against_an_earlier_output_in_the_store(tmp_path, s3, isolated):
     """Workers without the driver's disk read an earlier output's indexes from its store: B run
     against A on the isolated cluster removes what it removes on local disk. An earlier output on
@@ -241,6 +242,7 @@ def test_against_an_earlier_output_in_the_store(tmp_path, s3, isolated):
     assert read_parts(pulled / "kept").equals(read_parts(tmp_path / "local-b" / "kept"))
 
 
+@pytest.mark.slow  # about 11 s each over the S3 emulator
 @pytest.mark.parametrize(
     "kill_at", ["copy in the output:5", "write the manifest:3"], ids=["mid-assemble", "before-commit"]
 )

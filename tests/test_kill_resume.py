@@ -246,6 +246,7 @@ def test_injected_kill_points_resume_to_the_same_result(setup):
     assert_same_result(out, kept, removed)
 
 
+@pytest.mark.slow  # about 13 s; the injected kill points stay in the default run
 def test_random_sigkills_resume_to_the_same_result(full_setup):
     root, corpus, pipeline, kept, removed, seconds = full_setup
     rng = np.random.default_rng(2024)

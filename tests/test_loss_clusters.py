@@ -299,18 +299,23 @@ from tests.executor_parity import assert_same_everywhere, dask_executors, run_on
 @pytest.mark.parametrize(
     "options",
     [
-        {"loss_column": "my_loss", "keep": "hard", "fraction": 0.8, "null_labels": "remove"},
-        {
-            "label_column": "label",
-            "keep": "easy",
-            "fraction": 0.9,
-            "null_labels": "remove",
-            "proxy_epochs": 1,
-            "folds": 2,
-            "num_buckets": 1024,
-        },
+        pytest.param(
+            {"loss_column": "my_loss", "keep": "hard", "fraction": 0.8, "null_labels": "remove"}, id="loss_column"
+        ),
+        pytest.param(  # about 17 s: proxy models trained on every executor
+            {
+                "label_column": "label",
+                "keep": "easy",
+                "fraction": 0.9,
+                "null_labels": "remove",
+                "proxy_epochs": 1,
+                "folds": 2,
+                "num_buckets": 1024,
+            },
+            id="proxy",
+            marks=pytest.mark.slow,
+        ),
     ],
-    ids=["loss_column", "proxy"],
 )
 def test_loss_clusters_are_the_same_on_every_executor(tmp_path, dask_executors, options):
     source = tmp_path / "in"

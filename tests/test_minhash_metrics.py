@@ -272,3 +272,25 @@ def test_duplicate_groups_keep_the_earliest_and_score_the_strongest_link() -> No
     assert groups.removed.tolist() == [2, 4, 5]
     assert groups.representative.tolist() == [1, 1, 3]
     assert groups.score.tolist() == [0.9, 0.9, 0.95]
+
+
+def test_component_buckets_keep_every_component_whole_and_the_loads_close() -> None:
+    rng = np.random.default_rng(3)
+    for _trial in range(30):
+        n = int(rng.integers(2, 400))
+        m = int(rng.integers(1, 3 * n))
+        i, j = rng.integers(0, n, m), rng.integers(0, n, m)
+        buckets = int(rng.integers(1, 6))
+        parts = mh.component_buckets(i, j, buckets)
+        assert 1 <= len(parts) <= buckets
+        assert sorted(np.concatenate(parts).tolist()) == list(range(m))  # every pair once
+        graph = nx.Graph()
+        graph.add_edges_from(zip(i.tolist(), j.tolist()))
+        bucket_of_node = {}
+        for k, part in enumerate(parts):
+            for node in np.concatenate([i[part], j[part]]).tolist():
+                assert bucket_of_node.setdefault(node, k) == k  # a node's pairs share a bucket
+        sizes = [sum(1 for a, _ in zip(i, j) if a in c) for c in nx.connected_components(graph)]
+        loads = [len(p) for p in parts]
+        assert max(loads) - min(loads) <= max(sizes)
+    assert [len(p) for p in mh.component_buckets(np.empty(0, np.int64), np.empty(0, np.int64), 3)] == [0, 0, 0]

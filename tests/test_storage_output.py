@@ -191,6 +191,7 @@ def test_kill_at_a_commit_step_then_resume(tmp_path, capsys, s3, aws_env, corpus
     resume_and_compare(capsys, fs, pipeline, url_in, url_out, tmp_path / "local")
 
 
+@pytest.mark.slow  # about 10 s; the injected commit-step kills stay in the default run
 def test_random_kill_then_resume_on_another_machine(tmp_path, capsys, s3, aws_env, corpus, staging):
     _, fs = s3
     source, url_in, pipeline = corpus

@@ -617,6 +617,27 @@ def connected_components(n: int, i: np.ndarray, j: np.ndarray, parent: np.ndarra
     return parent
 
 
+def component_buckets(i: np.ndarray, j: np.ndarray, buckets: int) -> list[np.ndarray]:
+    """Positions of the pairs (i[k], j[k]) split into at most `buckets` lists, each connected
+    component of the pair graph whole in one list; components by descending size (pairs, then
+    smallest node) dealt back and forth over the lists, which keeps their pair counts close
+    without a loop over components."""
+    if len(i) == 0:
+        return [np.empty(0, np.int64) for _ in range(max(buckets, 1))]
+    nodes = sorted_unique(np.concatenate([i, j]))
+    a = np.searchsorted(nodes, i)
+    label = connected_components(len(nodes), a, np.searchsorted(nodes, j))[a]
+    roots, component, sizes = np.unique(label, return_inverse=True, return_counts=True)
+    order = np.lexsort((roots, -sizes))
+    rank = np.empty(len(roots), np.int64)
+    rank[order] = np.arange(len(roots))
+    buckets = max(1, min(buckets, len(roots)))
+    turn = rank % (2 * buckets)
+    bucket_of = np.where(turn < buckets, turn, 2 * buckets - 1 - turn)[component]
+    order = np.argsort(bucket_of, kind="stable")
+    return np.split(order, np.searchsorted(bucket_of[order], np.arange(1, buckets)))
+
+
 @dataclass(frozen=True)
 class DuplicateGroups:
     """Rows to remove (sorted), each with its group's representative and its link score."""

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from curate.algorithms.ngrams import NgramIndex, best_per_text, build_index, contaminated, match_texts
 from curate.io.atomic import atomic_write_json, atomic_write_text
 from curate.io.eval_sets import EvalSetSpec, check_eval_set, load_eval_set
+from curate.output.ledger import ids_as_strings
 from curate.stages.base import (
     BatchSource,
     IdLookup,
@@ -111,7 +112,7 @@ class Decontaminate(Stage):
         )
         units = ctx.units(source)
         found = ctx.map(
-            UnitMatches(index, ctx.text_column, self.min_matches, self.min_coverage),
+            UnitMatches(index, ctx.text_column, ctx.id_column, self.min_matches, self.min_coverage),
             units,
             label=f"{ctx.name}: matching",
             sizes=[u.rows for u in units],
@@ -120,6 +121,7 @@ class Decontaminate(Stage):
         items = _cat([f[1] for f in found], np.int64)
         counts = _cat([f[2] for f in found], np.int64)
         coverage = _cat([f[3] for f in found], np.float64)
+        pair_row_ids = pa.concat_arrays([f[4] for f in found]) if found else pa.array([], pa.string())
         removed, charged, score = best_per_text(rows, items, counts, coverage)
         labels = pa.concat_arrays([pc.binary_join_element_wise(s.name, s.ids, ":") for s in sets])
         wanted = np.unique(charged)
@@ -144,10 +146,9 @@ class Decontaminate(Stage):
                     "rows_removed": int(len(np.unique(rows[mine]))),
                 }
             )
-        row_ids = IdLookup.collect(source, rows, ctx)
         # every qualifying pair, for OUT/decontamination/ (arrays: the fitted stage is pickled)
         self.pairs_ = (
-            row_ids(rows) if len(rows) else pa.array([], pa.string()),
+            pair_row_ids,
             pa.concat_arrays([s.ids for s in sets]).take(pa.array(items, pa.int64())),
             set_of.astype(np.int32),
             counts,
@@ -202,24 +203,32 @@ class Decontaminate(Stage):
 
 @dataclass(frozen=True)
 class UnitMatches:
-    """One unit's qualifying (ordinal, item, shared n-grams, coverage), in ordinal order."""
+    """One unit's qualifying (ordinal, item, shared n-grams, coverage, row id), in ordinal order.
+
+    The ids of the matched rows come back with them (the id column is read beside the text):
+    a second pass over the corpus for just those ids took a round of 8 tasks, 0.16 s of a 3.4 s
+    run over 100 MB of short texts at --jobs 2."""
 
     index: NgramIndex
     text_column: str
+    id_column: str
     min_matches: int
     min_coverage: float
 
-    def __call__(self, unit: BatchSource) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, unit: BatchSource) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, pa.Array]:
         found: list[tuple[np.ndarray, ...]] = []
-        for batch in unit.batches(columns=[self.text_column]):
+        ids: list[pa.Array] = []
+        for batch in unit.batches(columns=[self.text_column, self.id_column]):
             texts, items, counts = match_texts(batch.column(self.text_column), self.index)
             if not len(texts):
                 continue
             ok, coverage = contaminated(counts, self.index.item_ngrams[items], self.min_matches, self.min_coverage)
             found.append((row_ordinals(batch)[texts[ok]], items[ok], counts[ok], coverage[ok]))
-        return tuple(
+            ids.append(ids_as_strings(batch.column(self.id_column)).take(pa.array(texts[ok])))
+        arrays = tuple(
             _cat([f[k] for f in found], dt) for k, dt in enumerate((np.int64, np.int64, np.int64, np.float64))
         )
+        return (*arrays, pa.concat_arrays(ids) if ids else pa.array([], pa.string()))
 
 
 def _cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:

@@ -1,15 +1,18 @@
 """MinHash LSH near-dup stage: map-reduce over work units around `curate.algorithms.minhash`.
 
-fit, as three rounds of tasks on the run's executor (`ctx.map`), the driver merging only
-small results:
+fit, as rounds of tasks on the run's executor (`ctx.map`), the driver merging only small
+results:
   1. sketch, one task per work unit: shingles, signatures and band keys on `ctx.threads`
      threads; the unit's signatures, raw shingle hashes, shingle counts and row ordinals go to
      files of its own under `ctx.work_dir` (read back later by memory map, by row range), its
      (band, key, row) entries to shuffle pieces by key hash;
   2. buckets, one task per key bucket: every (band, key) bucket is whole in one key bucket,
      so its candidate pairs are exactly the serial ones; pairs go to pieces by pair hash;
-  3. verify, one task per pair bucket: each distinct candidate pair once, estimated from the
-     signatures and checked by exact Jaccard over the shingles of just its rows;
+  3. estimate, one task per pair bucket: each distinct candidate pair once, estimated from the
+     signatures; back to the driver go the pairs that pass (`estimate`, `none`) or may pass
+     (`exact`: within 6 sd of the threshold or above);
+  4. (`exact` only) check, one task per group of whole connected components of those pairs:
+     exact Jaccard over the shingles of just their rows;
 then connected components of the verified edges on the driver (root = the earliest row) and
 one id task per unit for the representatives. transform is a pure per-batch lookup.
 
@@ -151,10 +154,8 @@ class MinHashDedup(Stage):
         if not units:
             return self._fitted(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), source, ctx)
         # Key buckets from the source size (a bound, before knowing how many rows have
-        # shingles); one per worker at least so every worker reduces, and no more on a small
-        # corpus: key buckets are also pair buckets, and a verify task skips pairs already joined
-        # only among its own pairs (8,000 long documents: 11,829 exact checks in 1 bucket,
-        # 18,508 in 2, 22,657 in 4; docs/design/minhash.md).
+        # shingles); one per worker at least so every worker reduces. Key buckets are also the
+        # pair buckets of the estimate; the exact checks go by connected component instead.
         buckets = min(
             max(ctx.workers, math.ceil(source.num_rows * bands / _BUCKET_ENTRIES), 1), 65535
         )  # 16-bit bucket numbers
@@ -172,11 +173,28 @@ class MinHashDedup(Stage):
         )
         bucketed = time.perf_counter()
 
-        verify = _Verify(str(work), buckets, starts, self.num_perm, self.threshold, self.verify)
-        checked = ctx.map(verify, range(buckets), label=f"{ctx.name}: verifying", sizes=pair_count)
-        edges_i = np.concatenate([c.i for c in checked]) if checked else np.empty(0, np.int64)
-        edges_j = np.concatenate([c.j for c in checked]) if checked else np.empty(0, np.int64)
-        edges_est = np.concatenate([c.estimate for c in checked]) if checked else np.empty(0, np.float64)
+        estimate = _Estimate(str(work), buckets, starts, self.num_perm, self.threshold, self.verify)
+        estimated = ctx.map(estimate, range(buckets), label=f"{ctx.name}: estimating", sizes=pair_count)
+        edges_i = np.concatenate([c.i for c in estimated]) if estimated else np.empty(0, np.int64)
+        edges_j = np.concatenate([c.j for c in estimated]) if estimated else np.empty(0, np.int64)
+        edges_est = np.concatenate([c.estimate for c in estimated]) if estimated else np.empty(0, np.float64)
+        exact_checks = 0
+        if self.verify == "exact" and len(edges_i):
+            # Pairs that may pass, a connected component of them whole in one task: a task
+            # skips pairs its accepted pairs have joined already, so it checks what one task
+            # over every pair would (8,000 long documents: 11,829 checks, where 2 buckets by
+            # pair hash took 18,508 and 4 took 22,657).
+            parts = [p for p in mh.component_buckets(edges_i, edges_j, ctx.workers) if len(p)]
+            verified = ctx.map(
+                _ExactCheck(str(work), starts, self.num_perm, self.threshold),
+                [(edges_i[p], edges_j[p], edges_est[p]) for p in parts],
+                label=f"{ctx.name}: verifying",
+                sizes=[len(p) for p in parts],
+            )
+            kept = np.concatenate([p[keep] for p, (keep, _) in zip(parts, verified)])
+            exact_checks = sum(count for _, count in verified)
+            kept.sort()  # edges in one order whatever the worker count
+            edges_i, edges_j, edges_est = edges_i[kept], edges_j[kept], edges_est[kept]
         # Components over the rows that have an edge only: the driver's memory follows the
         # edges, not the corpus. Nodes are sorted rows, so the smallest node is the earliest row.
         nodes = mh.sorted_unique(np.concatenate([edges_i, edges_j]))
@@ -197,7 +215,7 @@ class MinHashDedup(Stage):
             verify=self.verify,
             key_buckets=buckets,
             texts_without_shingles=int(n - sum(s.shingled for s in sketches)),
-            candidate_pairs=int(sum(c.candidates for c in checked)),
+            candidate_pairs=int(sum(c.candidates for c in estimated)),
             verified_pairs=int(len(edges_i)),
             groups=int(len(mh.sorted_unique(self.representatives_))),
             near_duplicates=int(len(self.duplicate_rows_)),
@@ -206,7 +224,7 @@ class MinHashDedup(Stage):
             seconds_verify=round(verified - bucketed, 3),
         )
         if self.verify == "exact":
-            ctx.info["exact_checked_pairs"] = int(sum(c.checked for c in checked))
+            ctx.info["exact_checked_pairs"] = int(exact_checks)
         minhash_index.after_fit(self, source, ctx, work, units, starts, (edges_i, edges_j, edges_est))
         self.rep_keys_ = None  # fit-time only: transform tasks need not carry it
         return self
@@ -371,20 +389,21 @@ class _Buckets:
 
 
 @dataclass(frozen=True)
-class Checked:
-    """A pair bucket's verified edges (dense rows i < j, estimated Jaccard) and counts."""
+class Estimated:
+    """A pair bucket's pairs that pass its verify mode's estimate step (dense rows i < j, in
+    ascending pair order, estimated Jaccard): final for `none` and `estimate`; for `exact`, the
+    pairs whose estimate leaves their exact Jaccard in doubt or above the threshold."""
 
     i: np.ndarray
     j: np.ndarray
     estimate: np.ndarray
     candidates: int
-    checked: int
 
 
 @dataclass(frozen=True)
-class _Verify:
+class _Estimate:
     """Round 3, per pair bucket: each distinct candidate pair once (a pair lands in one pair
-    bucket whichever key buckets found it), estimated, then verified per the stage's mode."""
+    bucket whichever key buckets found it), estimated from the signatures."""
 
     work: str
     key_buckets: int
@@ -393,7 +412,7 @@ class _Verify:
     threshold: float
     verify: str
 
-    def __call__(self, bucket: int) -> Checked:
+    def __call__(self, bucket: int) -> Estimated:
         n = max(int(self.starts[-1]), 1)
         pieces = read_pieces(Path(self.work) / "pairs", bucket, self.key_buckets)
         pairs = mh.sorted_unique(np.concatenate(pieces)) if pieces else np.empty(0, np.int64)
@@ -407,14 +426,34 @@ class _Verify:
             est[block] = mh.estimated_jaccard(
                 sig[np.searchsorted(members, cand_i[block])], sig[np.searchsorted(members, cand_j[block])]
             )
-        checked = 0
         if self.verify == "none":
             keep = np.ones(len(pairs), dtype=bool)
         elif self.verify == "estimate":
             keep = est >= self.threshold
-        else:
-            keep, checked = _exact_verify(cand_i, cand_j, est, store, self.threshold, self.num_perm)
-        return Checked(cand_i[keep], cand_j[keep], est[keep], len(pairs), checked)
+        else:  # more than 6 sd below the threshold: P < 1e-9 that the exact Jaccard reaches it
+            keep = est >= self.threshold - 6.0 * _estimate_sd(self.threshold, self.num_perm)
+        return Estimated(cand_i[keep], cand_j[keep], est[keep], len(pairs))
+
+
+@dataclass(frozen=True)
+class _ExactCheck:
+    """Round 4 (verify = exact), per group of whole connected components: which pairs pass
+    by exact Jaccard, and how many were checked."""
+
+    work: str
+    starts: np.ndarray
+    num_perm: int
+    threshold: float
+
+    def __call__(self, pairs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, int]:
+        cand_i, cand_j, est = pairs
+        store = RowStore(self.work, self.starts, self.num_perm)
+        return _exact_verify(cand_i, cand_j, est, store, self.threshold, self.num_perm)
+
+
+def _estimate_sd(threshold: float, num_perm: int) -> float:
+    """The standard deviation of a MinHash estimate at Jaccard = threshold."""
+    return math.sqrt(threshold * (1.0 - threshold) / num_perm)
 
 
 def _exact_verify(
@@ -428,7 +467,7 @@ def _exact_verify(
     go in descending estimate order, in blocks, skipping pairs whose rows an accepted pair
     has already joined: their groups cannot change, and neither can a row's score (the
     accepted pair that joined it came earlier, so its estimate is at least as high)."""
-    sd = np.sqrt(threshold * (1.0 - threshold) / num_perm)
+    sd = _estimate_sd(threshold, num_perm)
     keep = np.zeros(len(est), dtype=bool)
     check = np.flatnonzero(est >= threshold - 6.0 * sd)
     if len(check) == 0:
