@@ -217,6 +217,7 @@ def test_a_better_pool_beats_random_beyond_the_uncertainty():
     assert lines[0].startswith("The chosen mix of the pools beats random data") and "train on pool 0" in lines[1]
 
 
+@pytest.mark.slow  # 11 s
 def test_pools_that_are_random_are_reported_no_better_than_random():
     rng = np.random.default_rng(4)
     comparison = compare_to_random(

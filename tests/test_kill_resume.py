@@ -239,6 +239,7 @@ INJECTED_CHAIN = [
 ]
 
 
+@pytest.mark.slow  # 18 s; the default run keeps the store's kill-at-a-commit-step resumes
 def test_injected_kill_points_resume_to_the_same_result(setup):
     root, corpus, pipeline, kept, removed, _ = setup
     out = root / "out-injected"

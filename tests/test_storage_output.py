@@ -219,6 +219,7 @@ def test_random_kill_then_resume_on_another_machine(tmp_path, capsys, s3, aws_en
     resume_and_compare(capsys, fs, pipeline, url_in, url_out, tmp_path / "local")
 
 
+@pytest.mark.slow  # 9 s
 def test_leftovers_of_a_dead_attempt_are_never_read_and_are_removed(tmp_path, capsys, s3, aws_env, corpus, staging):
     _, fs = s3
     source, url_in, pipeline = corpus
@@ -246,6 +247,7 @@ def test_leftovers_of_a_dead_attempt_are_never_read_and_are_removed(tmp_path, ca
     assert_same_output(fs, url_out, tmp_path / "local")
 
 
+@pytest.mark.slow  # 10 s; Dask parity stays in the default run (test_executors)
 def test_dask_two_workers_write_the_same_output(tmp_path, capsys, s3, corpus, staging):
     pytest.importorskip("distributed")
     from curate.engine.executors import DaskExecutor
@@ -371,6 +373,7 @@ def test_wrong_credentials_are_one_line_naming_the_url(tmp_path, capsys, strict_
     assert not local.exists()
 
 
+@pytest.mark.slow  # 7 s
 def test_against_an_earlier_output_in_the_store(tmp_path, capsys, s3, aws_env, staging):
     """B deduplicated against A's index in the store removes what it removes against a local A;
     only A's index is fetched (its kept rows are deleted from the store first)."""
