@@ -380,7 +380,7 @@ index = true
 """
 
 
-@pytest.mark.slow  # 14 s and more a case
+@pytest.mark.slow  # 14 s injected, longer random
 @pytest.mark.parametrize("plan", ["injected", "random"])
 def test_sigkilled_against_run_resumes_to_the_uninterrupted_bytes(tmp_path, monkeypatch, plan):
     """kill -9 of `curate run ... --against OLD` mid-stage (exact's, minhash's and semdedup's
