@@ -270,6 +270,57 @@ def test_the_same_ledger_and_side_outputs_on_every_executor(tmp_path, dask_execu
         assert all((first / side).read_bytes() == (o / side).read_bytes() for o in others), name
 
 
+class FailsOnce:
+    """Decontaminate whose transform raises once on a chosen work unit and notes the units it
+    transforms: the run stops with some units finished and their side tables written."""
+
+    fail_on: int | None = None
+    transformed: set[int] = set()
+
+    @classmethod
+    def stage(cls):
+        from curate.stages.decontaminate import Decontaminate
+
+        class Stage(Decontaminate):
+            def transform_with_side(self, batch, ctx):
+                cls.transformed.add(ctx.shard)
+                if ctx.shard == cls.fail_on:
+                    cls.fail_on = None
+                    raise RuntimeError("injected failure")
+                return super().transform_with_side(batch, ctx)
+
+        return Stage
+
+
+def test_a_run_stopped_mid_transform_resumes_to_the_same_matches(tmp_path, monkeypatch):
+    """The matches come from each unit's transform (no separate pass), so a stop leaves some
+    units' side tables on disk: the resumed stage must count each unit's pairs exactly once."""
+    import curate.engine.runner
+
+    source = tmp_path / "in"
+    write_corpus(source, EVAL_ITEMS, rows=300)
+    evals = write_eval_set(tmp_path / "qa.jsonl")
+    stage = {
+        "kind": "decontaminate",
+        "ngram": 5,
+        "eval_sets": [{"name": "qa", "path": str(evals), "text_columns": ["question", "answer"], "id_column": "qid"}],
+    }
+    spec = parse_pipeline({"stage": [stage]}, "test")
+    whole = run_pipeline(spec, source, tmp_path / "whole", RunOptions(jobs=1, unit_rows=100)).output
+    monkeypatch.setattr(curate.engine.runner, "stage_class", lambda kind, where="pipeline": FailsOnce.stage())
+    FailsOnce.fail_on, FailsOnce.transformed = 5, set()
+    with pytest.raises(RuntimeError, match="injected"):
+        run_pipeline(spec, source, tmp_path / "out", RunOptions(jobs=1, unit_rows=100))
+    assert FailsOnce.transformed == set(range(6))  # units 0-4 finished, with their side tables
+    assert list((tmp_path / "out" / "_stages").glob("01-*/work/units/00004/side/part-*.parquet"))
+    out = run_pipeline(spec, source, tmp_path / "out", RunOptions(jobs=1, unit_rows=100, resume=True)).output
+    for name in ("summary.json", "matches.json"):
+        side = Path("decontamination") / "decontaminate" / name
+        assert (out / side).read_bytes() == (whole / side).read_bytes(), name
+    assert read_parts(out / "removed").equals(read_parts(whole / "removed"))
+    assert json.loads((out / side).read_text())  # the matches are not empty
+
+
 def test_the_mix_report_lists_each_evaluation_set(tmp_path):
     source = tmp_path / "in"
     planted = write_corpus(source, EVAL_ITEMS, shards=1)

@@ -537,6 +537,47 @@ def test_local_pool_returns_results_in_item_order_whatever_finishes_first():
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
 
 
+START_EARLY = """
+import multiprocessing, psutil, sys
+from curate.engine.executors import LocalExecutor
+
+def servers():
+    return [c for c in psutil.Process().children() if "forkserver" in " ".join(c.cmdline())]
+
+if __name__ == "__main__":
+    jobs = int(sys.argv[1])
+    executor = LocalExecutor(jobs)
+    assert not servers()
+    executor.start_early()
+    print(len(servers()))
+    assert executor.map(abs, [-1, -2, -3]) == [1, 2, 3]
+    print(len(servers()))
+    executor.close()
+"""
+
+
+@pytest.mark.parametrize("jobs, started", [(2, 1), (1, 0)])
+def test_start_early_starts_the_fork_server_before_the_first_map(tmp_path, jobs, started):
+    """--jobs 2: the fork server is running right after start_early (its imports overlap the
+    driver's) and the first map uses it, not a second one; --jobs 1 starts no process."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "start_early.py"
+    script.write_text(START_EARLY)
+    done = subprocess.run([sys.executable, str(script), str(jobs)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(started), str(started)]
+
+
+def test_only_s3_locations_preload_s3fs_in_the_fork_server():
+    from curate.io.storage import worker_modules
+
+    assert worker_modules(["in", Path("out"), "file:///data/x", "gs://b/x"]) == []
+    assert worker_modules(["in", "s3://bucket/out"]) == ["s3fs"]
+    assert worker_modules(["s3a://bucket/in", "s3://bucket/out"]) == ["s3fs"]
+
+
 def test_an_input_error_in_a_worker_process_reaches_the_driver_as_itself():
     from curate.engine.executors import LocalExecutor
     from curate.errors import InputError

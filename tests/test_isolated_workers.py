@@ -76,14 +76,21 @@ def test_workers_without_the_drivers_disk_write_the_same_output(tmp_path, capsys
 
     endpoint, fs = s3
     address, staging = isolated
-    source = write_as(tmp_path / "in", ".parquet", make_rows(600, seed=11), parts=3)
+    rows = make_rows(600, seed=11)
+    source = write_as(tmp_path / "in", ".parquet", rows, parts=3)
     url_in = upload(fs, source, f"{tmp_path.name}/in")
+    # An evaluation set of three corpus texts: decontaminate's matches come back from each unit
+    # as a side table, which the driver reads through the store.
+    evals = tmp_path / "evals.jsonl"
+    evals.write_text("".join(json.dumps({"text": rows[i]["text"]}) + "\n" for i in (5, 250, 590)))
+    stages = [*STAGES[:1], {"kind": "decontaminate", "ngram": 5, "eval_sets": [{"name": "e", "path": str(evals)}]}]
+    stages += STAGES[1:]
     local = tmp_path / "local"
-    run_pipeline(parse_pipeline({"stage": STAGES}, "test"), source, local, RunOptions(jobs=1))
+    run_pipeline(parse_pipeline({"stage": stages}, "test"), source, local, RunOptions(jobs=1))
     url_out = f"s3://{BUCKET}/{tmp_path.name}/out"
     with DaskExecutor.connect(address) as executor:
         assert not executor.shares_directory(str(staging)), "the harness must hide the driver's disk"
-        result = run_pipeline(_spec(endpoint, STAGES), url_in, url_out, RunOptions(executor=executor, unit_rows=100))
+        result = run_pipeline(_spec(endpoint, stages), url_in, url_out, RunOptions(executor=executor, unit_rows=100))
         leftovers = executor.client.run(
             lambda: sorted(str(p) for p in Path(staging).rglob("*") if p.is_file() and not p.name.startswith("."))
         )
@@ -96,6 +103,9 @@ def test_workers_without_the_drivers_disk_write_the_same_output(tmp_path, capsys
     fs.get(url_out[len("s3://") :], str(pulled), recursive=True)
     for name in ("kept", "removed", "embeddings"):
         assert read_parts(pulled / name).equals(read_parts(local / name)), name
+    matches = Path("decontamination") / "decontaminate" / "matches.json"
+    assert json.loads((local / matches).read_text()), "the evaluation items are in the corpus"
+    assert (pulled / matches).read_bytes() == (local / matches).read_bytes()
     manifest = json.loads((pulled / "manifest.json").read_text())
     stored = {p[len(fs._strip_protocol(url_out)) + 1 :] for p in fs.find(url_out)}
     assert set(manifest[FILES_KEY]) == stored - {"manifest.json"}, (

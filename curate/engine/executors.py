@@ -64,6 +64,8 @@ class Executor(Protocol):
 
     def preload_in_workers(self, module: str) -> None: ...
 
+    def start_early(self) -> None: ...
+
     def describe(self) -> list[str]: ...
 
     def close(self) -> None: ...
@@ -202,6 +204,17 @@ class LocalExecutor(_Timed):
         effect for a pool started after the call."""
         if module not in self.preload:
             self.preload.append(module)
+
+    def start_early(self) -> None:
+        """Start the fork server now, while the driver still imports and scans the input.
+
+        Its preload (curate's task modules, pandas) costs about 0.9 s of one core; started at
+        the first map, all of it was wall time before any task ran (measured on a 2-core AVX2
+        machine: the input check of a 201 MB decontaminate run took 1.77 s at --jobs 2 and
+        1.66 s at --jobs 1). Started here, it overlaps the driver's own work. Modules named by
+        `preload_in_workers` after this call are imported by each worker instead."""
+        if self.workers > 1:
+            _process_context(self.preload)
 
     def describe(self) -> list[str]:
         if self.workers == 1:
@@ -542,6 +555,9 @@ class DaskExecutor(_Timed):
 
     def preload_in_workers(self, module: str) -> None:
         """Dask workers import what their tasks need themselves."""
+
+    def start_early(self) -> None:
+        """A cluster's workers are already running."""
 
     def describe(self) -> list[str]:
         """One-time lines for the user: where the cluster is and where to watch it."""

@@ -25,7 +25,16 @@ from curate.engine.executors import Executor, LocalExecutor
 from curate.engine.mirrored import MirroredExecutor
 from curate.engine.progress import QUIET, Progress
 from curate.engine.spec import PipelineSpec, earlier_output
-from curate.engine.tasks import CheckUnit, FirstRepeatedId, FitMap, FitReduce, Transform, assemble, save_stage
+from curate.engine.tasks import (
+    CheckUnit,
+    FirstRepeatedId,
+    FitMap,
+    FitReduce,
+    Transform,
+    assemble,
+    read_side,
+    save_stage,
+)
 from curate.engine.units import (
     DEFAULT_UNIT_BYTES,
     DEFAULT_UNIT_ROWS,
@@ -206,9 +215,9 @@ def _run_locked(
     executor: Executor,
     earlier: list[str],
 ) -> RunResult:
-    for location in (str(source), str(output), *earlier):
-        if is_remote(location) and storage.EXTRAS.get(storage.protocol(location)) == "s3":
-            executor.preload_in_workers("s3fs")
+    for module in storage.worker_modules([source, output, *earlier]):
+        executor.preload_in_workers(module)
+    executor.start_early()  # the fork server's imports overlap the input scan below
     # Earlier outputs in an object store: only their index is read, so only it is fetched.
     with local_outputs(earlier, spec.output_options, wanted=lambda name: name.startswith(f"{INDEX_DIR}/")) as against:
         if against:
@@ -497,6 +506,8 @@ def run_stage(
         PartWriter(stage_dir / "kept", schema=schema).close()
     if not list_parts(stage_dir / "removed"):
         PartWriter(stage_dir / "removed", schema=LEDGER_SCHEMA).close()
+    if stage.side_schema is not None:
+        stage.gather_side(read_side(units_dir, len(units), stage.side_schema), ctx)
     stage.finish(ctx)
     return kept_rows, removed_rows
 

@@ -89,6 +89,8 @@ class FitReduce:
 # ---------------------------------------------------------------------------------------
 # Transform.
 
+SIDE = "side"  # a unit's side table (Stage.side_schema), beside its kept/ and removed/ parts
+
 _STAGES: dict[str, Stage] = {}
 
 
@@ -137,10 +139,17 @@ class Transform:
             unit_ctx.work_dir.mkdir(parents=True)
             kept_writer = PartWriter(attempt / "kept", schema=None)
             removed_writer = PartWriter(attempt / "removed", schema=LEDGER_SCHEMA)
+            side_writer = None if stage.side_schema is None else PartWriter(attempt / SIDE, schema=stage.side_schema)
             for batch in unit.batches():
-                kept, removed = stage.transform(batch, unit_ctx)
+                if side_writer is None:
+                    kept, removed = stage.transform(batch, unit_ctx)
+                else:
+                    kept, removed, side = stage.transform_with_side(batch, unit_ctx)
+                    side_writer.write(side)
                 kept_writer.write(kept.drop_columns([ROW_COLUMN]) if self.drop_ordinals else kept)
                 removed_writer.write(removed)
+            if side_writer is not None:
+                side_writer.close()
             if kept_writer.schema is None:
                 schema = unit.schema
                 kept_writer.schema = (
@@ -154,6 +163,14 @@ class Transform:
             raise
         publish_attempt(attempt, final)
         return kept_writer.rows_written, removed_writer.rows_written
+
+
+def read_side(units_dir: Path, count: int, schema: pa.Schema) -> pa.Table:
+    """Every unit's side table (Stage.side_schema), in unit (input) order."""
+    with mirror.listed(units_dir):
+        parts = [p for unit in range(count) for p in list_parts(units_dir / f"{unit:05d}" / SIDE)]
+    tables = [conform_to(mirror.parquet_file(p).read(), schema) for p in parts]  # from the store, if there
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def assemble(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterable
 
 from curate.errors import CurateError, InputError, OutputError, UsageError
 from curate.io.atomic import atomic_path
@@ -32,6 +32,13 @@ FIX_REMOTE = "check the URL, the endpoint and the credentials (--storage-option 
 
 def is_url(location: str) -> bool:
     return "://" in str(location)
+
+
+def worker_modules(locations: Iterable[str | os.PathLike]) -> list[str]:
+    """Modules worth importing once in the fork server for a run over these locations: s3fs
+    and botocore cost about 0.3 s of CPU to import in every worker process."""
+    texts = [local_or_url(str(location)) for location in locations]
+    return ["s3fs"] if any(is_url(t) and EXTRAS.get(protocol(t)) == "s3" for t in texts) else []
 
 
 def check_scheme(url: str) -> None:

@@ -127,6 +127,24 @@ class Stage:
     def finish(self, ctx: StageContext) -> None:
         """Called once after the last batch: write side outputs (centroids, schedules)."""
 
+    # -- Facts a transform finds besides kept and removed rows --------------------------------
+    #
+    # A stage that decides row by row needs no fit pass over the corpus, but it may still have to
+    # sum up what it found (decontaminate: every matched (row, item) pair, per-set counts). Such a
+    # stage names the facts' Arrow schema in `side_schema` and returns them from
+    # `transform_with_side` as a third table; the task writes them beside the unit's parts and
+    # publishes them together, so a resumed run keeps what its finished units found, and the
+    # runner hands every unit's, in input order, to `gather_side` before `finish`.
+    side_schema: ClassVar[pa.Schema | None] = None
+
+    def transform_with_side(
+        self, batch: pa.RecordBatch, ctx: StageContext
+    ) -> tuple[pa.RecordBatch, pa.RecordBatch, pa.Table]:
+        raise NotImplementedError
+
+    def gather_side(self, side: pa.Table, ctx: StageContext) -> None:
+        """Called once on the driver with every unit's side table, in input order."""
+
     # -- How a fit spreads its work (curate/runner.py runs it on any executor) ---------------
     #
     # Every executor (this process, `--jobs N` processes, Dask) runs the same tasks over the
