@@ -9,8 +9,9 @@ Parallel shape: the driver reads the evaluation sets and builds the n-gram index
 small: about 50 bytes per distinct n-gram, prefilter included); the index travels with the
 fitted stage, which every worker unpickles once. The decision is per row, so the corpus is read
 once: each unit's transform matches its batches, writes kept and removed rows, and keeps its
-qualifying (row, item) pairs as the unit's side table (a separate matching pass read every
-row twice: 1.3 s of a 9 s run over 201 MB of short texts at --jobs 1). The driver sums the side
+qualifying (row, item) pairs as the unit's side table. A separate matching pass read every row
+a second time: without it, a `--jobs 1` run over 201 MB of short texts went from 10.5 s to
+8.9 s (`python -m bench.decontaminate`, 2-core AMD EPYC). The driver sums the side
 tables up per set at the end. Memory stays flat in corpus size: a unit holds one batch and its pairs.
 """
 
