@@ -292,7 +292,7 @@ def test_same_bytes_for_jobs_and_unit_sizes(spanning, tmp_path: Path) -> None:
             assert kept.equals(other_kept) and removed.equals(other_removed), (verify, unit_rows)
 
 
-@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("workers", [2, pytest.param(3, marks=pytest.mark.slow)])  # 3: about 10 s, CI runs it
 def test_same_bytes_on_a_dask_cluster(spanning, tmp_path: Path, workers: int) -> None:
     pytest.importorskip("distributed")
     from curate.engine.executors import DaskExecutor

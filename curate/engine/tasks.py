@@ -169,7 +169,10 @@ def read_side(units_dir: Path, count: int, schema: pa.Schema) -> pa.Table:
     """Every unit's side table (Stage.side_schema), in unit (input) order."""
     with mirror.listed(units_dir):
         parts = [p for unit in range(count) for p in list_parts(units_dir / f"{unit:05d}" / SIDE)]
-    tables = [conform_to(mirror.parquet_file(p).read(), schema) for p in parts]  # from the store, if there
+    tables = []
+    for part in parts:
+        with mirror.parquet_file(part) as file:  # read from the store in place, if it is there
+            tables.append(conform_to(file.read(), schema))
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 

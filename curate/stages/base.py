@@ -133,8 +133,9 @@ class Stage:
     # sum up what it found (decontaminate: every matched (row, item) pair, per-set counts). Such a
     # stage names the facts' Arrow schema in `side_schema` and returns them from
     # `transform_with_side` as a third table; the task writes them beside the unit's parts and
-    # publishes them together, so a resumed run keeps what its finished units found, and the
-    # runner hands every unit's, in input order, to `gather_side` before `finish`.
+    # publishes them together (a task re-run after its worker died finds the unit done and
+    # counts it once), and the runner hands every unit's, in input order, to `gather_side`
+    # before `finish`.
     side_schema: ClassVar[pa.Schema | None] = None
 
     def transform_with_side(
