@@ -102,9 +102,7 @@ def _run_spec(
     from curate.io.storage import worker_modules
 
     with make_executor(jobs=jobs, workers=workers, scheduler=scheduler) as executor:
-        for module in worker_modules([input_path, output, *(against or ())]):
-            executor.preload_in_workers(module)
-        executor.start_early()  # before the pipeline's imports (0.5 s), which it overlaps
+        executor.start_early(worker_modules([input_path, output, *(against or ())]))  # overlaps the imports below
         from curate.pipeline import RunOptions, run_pipeline
 
         for note in getattr(executor, "notes", []):

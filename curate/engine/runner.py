@@ -215,9 +215,7 @@ def _run_locked(
     executor: Executor,
     earlier: list[str],
 ) -> RunResult:
-    for module in storage.worker_modules([source, output, *earlier]):
-        executor.preload_in_workers(module)
-    executor.start_early()  # the fork server's imports overlap the input scan below
+    executor.start_early(storage.worker_modules([source, output, *earlier]))  # overlaps the input scan below
     # Earlier outputs in an object store: only their index is read, so only it is fetched.
     with local_outputs(earlier, spec.output_options, wanted=lambda name: name.startswith(f"{INDEX_DIR}/")) as against:
         if against:

@@ -28,8 +28,8 @@ import pyarrow.compute as pc
 from curate.algorithms.ngrams import best_per_text, build_index, contaminated, match_texts
 from curate.io.atomic import atomic_write_json, atomic_write_text
 from curate.io.eval_sets import EvalSetSpec, check_eval_set, load_eval_set
-from curate.output.ledger import empty_ledger, ids_as_strings, removed_rows
-from curate.stages.base import BatchSource, Stage, StageContext, row_ordinals, split_batch
+from curate.output.ledger import empty_ledger, ids_as_strings
+from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, drop_fitted_duplicates, row_ordinals
 from curate.stages.constraints import Interval, IsNone, ListOf, Options, Rule, Together
 
 DECONTAMINATION_DIR = "decontamination"
@@ -122,7 +122,8 @@ class Decontaminate(Stage):
         self.set_paths_ = [spec.path for spec in specs]
         self.set_sizes_ = np.array([len(s.texts) for s in sets], dtype=np.int64)
         self.item_ids_ = pa.concat_arrays([s.ids for s in sets])
-        self.item_labels_ = pa.concat_arrays([pc.binary_join_element_wise(s.name, s.ids, ":") for s in sets])
+        labels = pa.concat_arrays([pc.binary_join_element_wise(s.name, s.ids, ":") for s in sets])
+        self.item_labels_ = IdLookup(np.arange(len(labels)), labels)  # item number -> "<set>:<item id>"
         return self
 
     def transform(self, batch: pa.RecordBatch, ctx: StageContext) -> tuple[pa.RecordBatch, pa.RecordBatch]:
@@ -151,15 +152,15 @@ class Decontaminate(Stage):
             schema=PAIR_SCHEMA,
         )
         removed, charged, score = best_per_text(texts, items, counts, coverage)
-        is_removed = np.zeros(batch.num_rows, dtype=bool)
-        is_removed[removed] = True
-        kept, gone = split_batch(batch, is_removed)
-        ledger = removed_rows(
-            gone.column(ctx.id_column),
-            ctx.name,
-            REASON,
-            duplicate_of=self.item_labels_.take(pa.array(charged, pa.int64())),
-            score=score,
+        kept, ledger = drop_fitted_duplicates(
+            batch,
+            row_ordinals(batch)[removed],
+            charged,
+            self.item_labels_,
+            stage=ctx.name,
+            reason=REASON,
+            id_column=ctx.id_column,
+            scores=score,
         )
         return kept, ledger, side
 
