@@ -201,6 +201,7 @@ def onnx_cache(tmp_path_factory):
         models.clear_loaded()
 
 
+@pytest.mark.slow  # about 12 s; the default run keeps the ONNX export and stage tests
 def test_onnx_matches_torch_fp32_on_real_texts(onnx_cache):
     texts = pa.array(demo_texts(300) + ["", None, "ünïcode wörds"])
     onnx = load_embedder("minilm", threads=2, device="cpu", backend="onnx")

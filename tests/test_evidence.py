@@ -367,6 +367,7 @@ def test_cli_evaluate_checks_a_user_score_against_random(tmp_path):
     assert json.loads((out / "report.json").read_text())["evaluations"][0]["score"] == "clean_score"
 
 
+@pytest.mark.slow  # about 10 s: a loss-clusters run and its report
 def test_report_after_loss_clusters_runs_the_seta_check(tmp_path):
     source = _labelled_corpus(tmp_path / "in.parquet", rows=500, score=False)
     stage = {"kind": "loss_clusters", "label_column": "label", "epochs": 4, "groups": 4, "proxy_epochs": 1, "folds": 2}

@@ -253,6 +253,7 @@ def test_az_wrong_key_names_the_url(tmp_path, capsys, local_run, container):
 # Google Cloud Storage (gcp-storage-emulator)
 
 
+@pytest.mark.slow  # about 10 s; the default run keeps the GCS emulator test below
 def test_gs_output_and_input_equal_a_local_run(tmp_path, capsys, local_run, bucket):
     source, pipeline, local = local_run
     name, fs, endpoint = bucket
