@@ -294,3 +294,36 @@ def test_component_buckets_keep_every_component_whole_and_the_loads_close() -> N
         loads = [len(p) for p in parts]
         assert max(loads) - min(loads) <= max(sizes)
     assert [len(p) for p in mh.component_buckets(np.empty(0, np.int64), np.empty(0, np.int64), 3)] == [0, 0, 0]
+
+
+def test_verify_plan_cuts_only_large_components_and_every_pair_is_checked_once() -> None:
+    rng = np.random.default_rng(7)
+    for _trial in range(20):
+        n = int(rng.integers(30, 300))
+        m = int(rng.integers(n, 4 * n))
+        i, j = rng.integers(0, n, m), rng.integers(0, n, m)
+        keep = i != j
+        i, j = i[keep], j[keep]
+        max_nodes = int(rng.integers(4, 40))
+        plans = [mh.verify_plan(i, j, workers, max_nodes) for workers in (1, 2, 3)]
+        graph = nx.Graph()
+        graph.add_edges_from(zip(i.tolist(), j.tolist()))
+        large = [c for c in nx.connected_components(graph) if len(c) > max_nodes]
+        for plan in plans:
+            assert len(plan.cross) == len(large)
+            every = np.concatenate(plan.first + plan.cross)
+            assert sorted(every.tolist()) == list(range(len(i)))  # every pair once
+            for part in plan.first:
+                ends = set(np.concatenate([i[part], j[part]]).tolist())
+                if any(ends <= c for c in large):  # a group of a large component
+                    assert len(ends) <= max_nodes
+                else:  # small components whole
+                    whole = set().union(*(nx.node_connected_component(graph, x) for x in ends))
+                    assert whole == ends
+        # the cut of large components does not depend on the worker count
+        in_groups = [
+            sorted(tuple(sorted(p.tolist())) for p in plan.first if any(set(i[p]) <= c for c in large))
+            for plan in plans
+        ]
+        assert in_groups[0] == in_groups[1] == in_groups[2]
+    assert mh.verify_plan(np.empty(0, np.int64), np.empty(0, np.int64), 2, 8) == mh.VerifyPlan([], [])

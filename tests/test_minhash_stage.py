@@ -346,3 +346,46 @@ def test_sorted_sets_gather_what_a_fresh_sort_gives_and_leave_no_scratch(tmp_pat
             assert np.array_equal(got_offsets, want_offsets) and np.array_equal(got, want)
         assert any((tmp_path / "scratch").iterdir())
     assert not any((tmp_path / "scratch").iterdir())
+
+
+def variants_and_copies(variants: int = 24, copies: int = 12, seed: int = 5) -> pa.Table:
+    """One text in `variants` versions, each with 2 of its 300 words replaced (every two versions
+    at J ~0.87: one component, every row near every other), then exact copies of the first
+    `copies` versions. A copy's strongest pair is with its own version (J = 1)."""
+    rng = np.random.default_rng(seed)
+    base = _doc(rng, 300)
+    texts = []
+    for v in range(variants):
+        words = list(base)
+        for pos in rng.choice(len(words), size=2, replace=False):
+            words[pos] = f"edit{v}x{pos}"
+        texts.append(" ".join(words))
+    texts += texts[:copies]
+    return pa.table({"id": [f"row{k:03d}" for k in range(len(texts))], "text": texts})
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_large_component_checked_in_groups_gives_the_serial_reference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int
+) -> None:
+    """In groups of 16 rows (breadth first from row 0: rows 0-15, 16-31, 32-35), every copy is
+    in another group than its version, so the pairs between groups join the groups at the
+    first copy; the other copies must still be checked, or they would score ~0.87, not 1.
+    Blocks of about one pair (_EXACT_BLOCK, where the checks run in this process: jobs 1), so a
+    block's checks see the joins of the block before."""
+    import curate.stages.minhash as stage_module
+
+    table = variants_and_copies()
+    source = tmp_path / "in.parquet"
+    pq.write_table(table, source)
+    monkeypatch.setattr(stage_module, "_EXACT_BLOCK", 500)
+    whole_kept, whole_removed, whole = run_tables(source, tmp_path / "whole", RunOptions(jobs=jobs))
+    assert whole["large_components"] == 0
+    monkeypatch.setattr(stage_module, "_SPLIT_NODES", 16)
+    kept, removed, info = run_tables(source, tmp_path / "groups", RunOptions(jobs=jobs))
+    assert info["large_components"] == 1
+    assert kept.equals(whole_kept) and removed.equals(whole_removed)
+    got = {r["id"]: (r["duplicate_of"], r["score"]) for r in removed.to_pylist()}
+    assert got == serial_reference(table, "exact")
+    assert len(got) == table.num_rows - 1
+    assert all(got[f"row{24 + k:03d}"][1] == 1.0 for k in range(12))

@@ -53,6 +53,7 @@ _CHUNK_BYTES = 2 << 20  # text bytes per work item: fits the per-byte arrays in 
 _CHUNK_ROWS = 8192  # rows per work item, so short-text batches still spread over threads
 _PAIR_BLOCK = 16384  # candidate pairs estimated per block: signature gathers of ~35 MB at 128 slots
 _EXACT_BLOCK = 1_000_000  # shingles gathered per exact-Jaccard block (small: later blocks skip joined pairs)
+_SPLIT_NODES = 4096  # rows of a component checked in one task at most (mh.verify_plan)
 # (band, key, row) entries per key bucket at most: 13 bytes each in the pieces, about 100 with
 # the sort and the pairs, so a bucket task stays near 100 MB whatever the corpus size.
 _BUCKET_ENTRIES = 1_000_000
@@ -178,22 +179,11 @@ class MinHashDedup(Stage):
         edges_i = np.concatenate([c.i for c in estimated]) if estimated else np.empty(0, np.int64)
         edges_j = np.concatenate([c.j for c in estimated]) if estimated else np.empty(0, np.int64)
         edges_est = np.concatenate([c.estimate for c in estimated]) if estimated else np.empty(0, np.float64)
-        exact_checks = 0
+        exact_checks = large_components = 0
         if self.verify == "exact" and len(edges_i):
-            # Pairs that may pass, a connected component of them whole in one task: a task
-            # skips pairs its accepted pairs have joined already, so it checks what one task
-            # over every pair would (8,000 long documents: 11,829 checks, where 2 buckets by
-            # pair hash took 18,508 and 4 took 22,657).
-            parts = [p for p in mh.component_buckets(edges_i, edges_j, ctx.workers) if len(p)]
-            verified = ctx.map(
-                _ExactCheck(str(work), starts, self.num_perm, self.threshold),
-                [(edges_i[p], edges_j[p], edges_est[p]) for p in parts],
-                label=f"{ctx.name}: verifying",
-                sizes=[len(p) for p in parts],
+            kept, exact_checks, large_components = self._exact_checks(
+                edges_i, edges_j, edges_est, str(work), starts, ctx
             )
-            kept = np.concatenate([p[keep] for p, (keep, _) in zip(parts, verified)])
-            exact_checks = sum(count for _, count in verified)
-            kept.sort()  # edges in one order whatever the worker count
             edges_i, edges_j, edges_est = edges_i[kept], edges_j[kept], edges_est[kept]
         # Components over the rows that have an edge only: the driver's memory follows the
         # edges, not the corpus. Nodes are sorted rows, so the smallest node is the earliest row.
@@ -225,9 +215,56 @@ class MinHashDedup(Stage):
         )
         if self.verify == "exact":
             ctx.info["exact_checked_pairs"] = int(exact_checks)
+            ctx.info["large_components"] = int(large_components)
         minhash_index.after_fit(self, source, ctx, work, units, starts, (edges_i, edges_j, edges_est))
         self.rep_keys_ = None  # fit-time only: transform tasks need not carry it
         return self
+
+    def _exact_checks(
+        self, edges_i: np.ndarray, edges_j: np.ndarray, edges_est: np.ndarray, work: str, starts: np.ndarray, ctx
+    ) -> tuple[np.ndarray, int, int]:
+        """Positions of the pairs that pass by exact Jaccard (ascending), the checks made and
+        the components checked in groups.
+
+        A connected component is checked whole in one task, which skips pairs its accepted
+        pairs have joined (8,000 long documents: 11,829 checks, where 2 buckets by pair hash
+        took 18,508 and 4 took 22,657). A component of more than _SPLIT_NODES rows is checked
+        in groups, then its pairs between groups from the state the groups left
+        (mh.verify_plan): the same groups and scores, with every worker busy."""
+        check = _ExactCheck(work, starts, self.num_perm, self.threshold)
+        plan = mh.verify_plan(edges_i, edges_j, ctx.workers, _SPLIT_NODES)
+        label = f"{ctx.name}: verifying"
+        first = ctx.map(
+            check,
+            [(edges_i[p], edges_j[p], edges_est[p], None) for p in plan.first],
+            label=label,
+            sizes=[len(p) for p in plan.first],
+        )
+        passed = [p[keep] for p, (keep, _) in zip(plan.first, first)]
+        checks = sum(count for _, count in first)
+        if plan.cross:
+            # What the groups left: each row's component so far, and its best accepted estimate.
+            nodes = mh.sorted_unique(np.concatenate([edges_i, edges_j]))
+            done = np.concatenate(passed) if passed else np.empty(0, np.int64)
+            a, b = np.searchsorted(nodes, edges_i), np.searchsorted(nodes, edges_j)
+            joined = mh.connected_components(len(nodes), a[done], b[done])
+            best = np.full(len(nodes), -np.inf)
+            np.maximum.at(best, a[done], edges_est[done])
+            np.maximum.at(best, b[done], edges_est[done])
+            second = ctx.map(
+                check,
+                [
+                    (edges_i[c], edges_j[c], edges_est[c], (joined[a[c]], joined[b[c]], best[a[c]], best[b[c]]))
+                    for c in plan.cross
+                ],
+                label=f"{label} between groups",
+                sizes=[len(c) for c in plan.cross],
+            )
+            passed += [c[keep] for c, (keep, _) in zip(plan.cross, second)]
+            checks += sum(count for _, count in second)
+        kept = np.concatenate(passed) if passed else np.empty(0, np.int64)
+        kept.sort()  # edges in one order whatever the worker count
+        return kept, checks, len(plan.cross)
 
     def _fitted(
         self,
@@ -445,10 +482,10 @@ class _ExactCheck:
     num_perm: int
     threshold: float
 
-    def __call__(self, pairs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, int]:
-        cand_i, cand_j, est = pairs
+    def __call__(self, pairs: tuple[np.ndarray, np.ndarray, np.ndarray, tuple | None]) -> tuple[np.ndarray, int]:
+        cand_i, cand_j, est, start = pairs
         store = RowStore(self.work, self.starts, self.num_perm)
-        return _exact_verify(cand_i, cand_j, est, store, self.threshold, self.num_perm)
+        return _exact_verify(cand_i, cand_j, est, store, self.threshold, self.num_perm, start)
 
 
 def _estimate_sd(threshold: float, num_perm: int) -> float:
@@ -457,7 +494,13 @@ def _estimate_sd(threshold: float, num_perm: int) -> float:
 
 
 def _exact_verify(
-    cand_i: np.ndarray, cand_j: np.ndarray, est: np.ndarray, store: RowStore, threshold: float, num_perm: int
+    cand_i: np.ndarray,
+    cand_j: np.ndarray,
+    est: np.ndarray,
+    store: RowStore,
+    threshold: float,
+    num_perm: int,
+    start: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Exact Jaccard >= threshold per candidate pair, computed only where it can matter.
 
@@ -466,7 +509,12 @@ def _exact_verify(
     sets ({a, b} vs {a}) share every slot when a and b fall in one bin (P ~ 1/256). The rest
     go in descending estimate order, in blocks, skipping pairs whose rows an accepted pair
     has already joined: their groups cannot change, and neither can a row's score (the
-    accepted pair that joined it came earlier, so its estimate is at least as high)."""
+    accepted pair that joined it came earlier, so its estimate is at least as high).
+
+    `start` (the pairs between the groups of a large component, mh.verify_plan): per pair, the
+    component each end is in so far and its best accepted estimate. Ends in one component
+    start joined; a pair is still checked when its estimate beats an end's best, so every row
+    ends with the score of its strongest passing pair, as when the component is checked whole."""
     sd = _estimate_sd(threshold, num_perm)
     keep = np.zeros(len(est), dtype=bool)
     check = np.flatnonzero(est >= threshold - 6.0 * sd)
@@ -476,13 +524,26 @@ def _exact_verify(
     nodes = mh.sorted_unique(np.concatenate([cand_i[check], cand_j[check]]))
     node_i, node_j = np.searchsorted(nodes, cand_i), np.searchsorted(nodes, cand_j)  # only read at `check`
     parent = np.arange(len(nodes), dtype=np.int64)
+    best = np.full(len(nodes), -np.inf)
+    if start is not None:
+        ends = np.concatenate([node_i[check], node_j[check]])
+        component, best_so_far = (
+            np.concatenate([start[0][check], start[1][check]]),
+            np.concatenate([start[2][check], start[3][check]]),
+        )
+        _, which = np.unique(component, return_inverse=True)
+        smallest = np.full(int(which.max()) + 1, len(nodes), dtype=np.int64)
+        np.minimum.at(smallest, which, ends)
+        parent[ends] = smallest[which]  # each end under its component's smallest end: a root
+        np.maximum.at(best, ends, best_so_far)
     checked = 0
     counts = store.shingle_counts(nodes)
     with SortedSets(store, nodes) as sets:
         work = counts[node_i[check]] + counts[node_j[check]]
         block_of = (np.cumsum(work) - work) // _EXACT_BLOCK
         for block in np.split(check, np.flatnonzero(np.diff(block_of)) + 1):
-            block = block[parent[node_i[block]] != parent[node_j[block]]]
+            bi, bj = node_i[block], node_j[block]
+            block = block[(parent[bi] != parent[bj]) | (est[block] > best[bi]) | (est[block] > best[bj])]
             if len(block) == 0:
                 continue
             ends = np.concatenate([node_i[block], node_j[block]])
@@ -492,6 +553,8 @@ def _exact_verify(
             jac = mh.exact_jaccard(values, offsets, local[: len(block)], local[len(block) :])
             accepted = block[jac >= threshold]
             keep[accepted] = True
+            np.maximum.at(best, node_i[accepted], est[accepted])
+            np.maximum.at(best, node_j[accepted], est[accepted])
             parent = mh.connected_components(len(parent), node_i[accepted], node_j[accepted], parent)
             checked += len(block)
     return keep, checked
