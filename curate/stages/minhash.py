@@ -221,7 +221,13 @@ class MinHashDedup(Stage):
         return self
 
     def _exact_checks(
-        self, edges_i: np.ndarray, edges_j: np.ndarray, edges_est: np.ndarray, work: str, starts: np.ndarray, ctx
+        self,
+        edges_i: np.ndarray,
+        edges_j: np.ndarray,
+        edges_est: np.ndarray,
+        work: str,
+        starts: np.ndarray,
+        ctx: StageContext,
     ) -> tuple[np.ndarray, int, int]:
         """Positions of the pairs that pass by exact Jaccard (ascending), the checks made and
         the components checked in groups.
