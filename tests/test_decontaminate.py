@@ -68,6 +68,22 @@ def test_matches_equal_a_plain_python_ngram_set(n, whole):
     assert as_dict(match_texts(pa.array(texts), index)) == reference_matches(texts, items, n, whole)
 
 
+def test_matching_in_pieces_of_a_few_rows_gives_the_same_pairs_in_the_same_order(monkeypatch):
+    from curate.algorithms import ngrams
+
+    rng = np.random.default_rng(11)
+    items = soup(rng, 60, 0, 9)
+    texts = soup(rng, 300, 0, 25) + ["", "   ", "!!"]
+    index = build_index(pa.array(items), 3)
+    whole = match_texts(pa.array(texts), index)
+    monkeypatch.setattr(ngrams, "_MATCH_CHUNK_BYTES", 300)  # pieces of a few rows
+    assert len(ngrams.text_chunk_bounds(pa.array(texts), 300)) > 50
+    pieces = match_texts(pa.array(texts), index)
+    assert len(whole[0]) > 100
+    assert all(np.array_equal(a, b) for a, b in zip(whole, pieces))
+    assert as_dict(pieces) == reference_matches(texts, items, 3)
+
+
 @pytest.mark.parametrize("n", [2, 4])
 def test_words_no_item_holds_skip_only_windows_that_cannot_match(n):
     """Items drawn from part of the vocabulary, texts from all of it and unseen words: the word

@@ -585,6 +585,20 @@ def exact_jaccard(sets: np.ndarray, offsets: np.ndarray, i: np.ndarray, j: np.nd
     return out
 
 
+def text_chunk_bounds(texts: pa.Array, chunk_bytes: int, chunk_rows: int | None = None) -> np.ndarray:
+    """Row bounds [0, ..., len(texts)] cutting `texts` into runs of about `chunk_bytes` text
+    bytes (a longer text alone) and at most `chunk_rows` rows: the per-byte arrays of hashing
+    stay near the cache, whatever the batch size."""
+    n = len(texts)
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    lengths = pc.fill_null(pc.binary_length(texts), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    ends = np.cumsum(lengths)
+    cuts = np.searchsorted(ends, np.arange(chunk_bytes, int(ends[-1]), chunk_bytes), side="left") + 1
+    by_rows = np.arange(chunk_rows, n, chunk_rows) if chunk_rows else np.empty(0, np.int64)
+    return sorted_unique(np.concatenate([[0], cuts, by_rows, [n]]).astype(np.int64))
+
+
 def index_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenated index ranges [start, start + length) without a Python loop."""
     starts, lengths = np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)

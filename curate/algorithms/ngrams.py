@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from curate.algorithms.minhash import index_ranges, shingle_hashes, window_hashes_at, word_hashes
+from curate.algorithms.minhash import index_ranges, shingle_hashes, text_chunk_bounds, window_hashes_at, word_hashes
 
 # Word hashes are a fixed function of the text, never of the run's seed: the index and the
 # corpus must hash alike, and a seed would only change which 2^-64 collisions happen.
@@ -33,6 +33,11 @@ HASH_SEED = 0x5EED
 # Prefilter bitmap size: at least this many bytes per indexed n-gram (rounded up to a power of
 # two), so about 1 in this many non-matching corpus n-grams goes on to the binary search.
 _FILTER_BYTES_PER_NGRAM = 16
+# Text bytes matched at once, so the per-byte arrays stay near the cache. One thread, 2-core AMD
+# EPYC: 11,405 long documents (107 MB) took 8.4 s of CPU as one piece and 2.5 s in pieces of
+# 1 MiB; batches of 65,536 Debian descriptions took 0.93 s (whole), 0.63 (2 MiB), 0.45
+# (1 MiB), 0.46 (512 KiB), 0.66 (128 KiB).
+_MATCH_CHUNK_BYTES = 1 << 20
 _MIN_FILTER_BITS = 16
 
 
@@ -167,7 +172,20 @@ def candidate_windows(
 
 def match_texts(texts: pa.Array, index: NgramIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(text index, item, shared distinct n-grams) for every (text, item) pair sharing at least
-    one n-gram (or holding a whole short item), sorted by text then item."""
+    one n-gram (or holding a whole short item), sorted by text then item; in pieces of about
+    _MATCH_CHUNK_BYTES text bytes."""
+    bounds = text_chunk_bounds(texts, _MATCH_CHUNK_BYTES)
+    if len(bounds) <= 2:
+        return _match_piece(texts, index)
+    found = [_match_piece(texts.slice(int(lo), int(hi - lo)), index) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return (
+        np.concatenate([rows + lo for (rows, _, _), lo in zip(found, bounds[:-1])]),
+        np.concatenate([items for _, items, _ in found]),
+        np.concatenate([counts for _, _, counts in found]),
+    )
+
+
+def _match_piece(texts: pa.Array, index: NgramIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     units, offsets = text_words(texts)
     rows: list[np.ndarray] = []
     items: list[np.ndarray] = []

@@ -33,7 +33,6 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from curate.algorithms import minhash as mh
 from curate.algorithms.minhash_rows import RowStore, SortedSets, ordinals_by_task, unit_file
@@ -580,13 +579,7 @@ def _text_chunks(rows: np.ndarray, texts: pa.Array | pa.ChunkedArray) -> Iterato
     """Zero-copy slices of a batch of about _CHUNK_BYTES text bytes and at most _CHUNK_ROWS rows."""
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
-    n = len(texts)
-    if n == 0:
-        return
-    lengths = pc.fill_null(pc.binary_length(texts), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    ends = np.cumsum(lengths)
-    cuts = np.searchsorted(ends, np.arange(_CHUNK_BYTES, int(ends[-1]), _CHUNK_BYTES), side="left") + 1
-    cuts = mh.sorted_unique(np.concatenate([[0], cuts, np.arange(_CHUNK_ROWS, n, _CHUNK_ROWS), [n]]))
+    cuts = mh.text_chunk_bounds(texts, _CHUNK_BYTES, _CHUNK_ROWS)
     for lo, hi in zip(cuts[:-1], cuts[1:]):
         if hi > lo:
             yield rows[lo:hi], texts.slice(int(lo), int(hi - lo))
