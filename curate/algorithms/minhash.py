@@ -640,7 +640,12 @@ def component_buckets(i: np.ndarray, j: np.ndarray, buckets: int) -> list[np.nda
         return [np.empty(0, np.int64) for _ in range(max(buckets, 1))]
     nodes = sorted_unique(np.concatenate([i, j]))
     a = np.searchsorted(nodes, i)
-    label = connected_components(len(nodes), a, np.searchsorted(nodes, j))[a]
+    return deal_components(connected_components(len(nodes), a, np.searchsorted(nodes, j))[a], buckets)
+
+
+def deal_components(label: np.ndarray, buckets: int) -> list[np.ndarray]:
+    """component_buckets for pairs whose components are known: `label` is each pair's
+    component (its smallest node)."""
     roots, component, sizes = np.unique(label, return_inverse=True, return_counts=True)
     order = np.lexsort((roots, -sizes))
     rank = np.empty(len(roots), np.int64)
@@ -684,18 +689,22 @@ def verify_plan(i: np.ndarray, j: np.ndarray, workers: int, max_nodes: int) -> V
     label = connected_components(len(nodes), a, b)
     roots, sizes = np.unique(label, return_counts=True)
     large = roots[sizes > max_nodes]
+    pair_label = label[a]
     if len(large) == 0:
-        return VerifyPlan([p for p in component_buckets(i, j, workers) if len(p)], [])
-    in_large = np.isin(label[a], large)
+        return VerifyPlan([p for p in deal_components(pair_label, workers) if len(p)], [])
+    in_large = np.isin(pair_label, large)
     small = np.flatnonzero(~in_large)
-    first = [small[p] for p in component_buckets(i[small], j[small], workers)] if len(small) else []
+    first = [small[p] for p in deal_components(pair_label[small], workers)] if len(small) else []
     graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(len(nodes), len(nodes))).tocsr()
     group = np.full(len(nodes), -1, dtype=np.int64)
     cross: list[np.ndarray] = []
-    for root in large.tolist():  # the component's smallest row: its label
+    # the pairs of each large component, in input order, one sort for all of them
+    by_label = np.flatnonzero(in_large)
+    by_label = by_label[np.argsort(pair_label[by_label], kind="stable")]
+    per_component = np.split(by_label, np.searchsorted(pair_label[by_label], large[1:]))
+    for root, members in zip(large.tolist(), per_component):  # root: the component's smallest row
         order = breadth_first_order(graph, root, directed=False, return_predecessors=False)
         group[order] = np.arange(len(order)) // max_nodes
-        members = np.flatnonzero(in_large & (label[a] == root))
         inside = group[a[members]] == group[b[members]]
         by_group = members[inside][np.argsort(group[a[members[inside]]], kind="stable")]
         bounds = np.searchsorted(group[a[by_group]], np.arange(1, int(group[order].max()) + 1))
