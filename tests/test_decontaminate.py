@@ -143,6 +143,30 @@ def test_each_row_is_charged_to_the_item_it_covers_most():
     assert texts.tolist() == [0, 2] and charged.tolist() == [6, 1] and score.tolist() == [1.0, 0.1]
 
 
+@pytest.mark.parametrize("slice_rows", [1, 2, 3, 1000])
+def test_matches_json_is_one_array_of_every_pair_in_order_whatever_the_slice(monkeypatch, slice_rows):
+    import io
+
+    import polars as pl
+
+    from curate.stages import decontaminate
+
+    monkeypatch.setattr(decontaminate, "_JSON_SLICE_ROWS", slice_rows)
+    pairs = [
+        {"row": f'doc "{k}"\n\u00e9', "set": "s", "item": str(k % 3), "ngrams": k, "coverage": k / 7} for k in range(7)
+    ]
+    for rows in (pairs, pairs[:1], []):
+        handle = io.BytesIO()
+        frame = pl.DataFrame(
+            rows,
+            schema={"row": pl.String, "set": pl.String, "item": pl.String, "ngrams": pl.Int64, "coverage": pl.Float64},
+        )
+        decontaminate.write_json_array(frame, handle)
+        text = handle.getvalue().decode("utf-8")
+        assert json.loads(text) == rows
+        assert text.count("\n") == len(rows) + 2  # one pair a line, between "[" and "]"
+
+
 # ---------------------------------------------------------------------------------------
 # The stage and the command.
 

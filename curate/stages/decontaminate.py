@@ -17,8 +17,9 @@ tables up per set at the end. Memory stays flat in corpus size: a unit holds one
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import polars as pl
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.algorithms.ngrams import best_per_text, build_index, contaminated, match_texts
-from curate.io.atomic import atomic_write_json, atomic_write_text
+from curate.io.atomic import atomic_path, atomic_write_json
 from curate.io.eval_sets import EvalSetSpec, check_eval_set, load_eval_set
 from curate.output.ledger import empty_ledger, ids_as_strings
 from curate.stages.base import BatchSource, IdLookup, Stage, StageContext, drop_fitted_duplicates, row_ordinals
@@ -34,6 +35,7 @@ from curate.stages.constraints import Interval, IsNone, ListOf, Options, Rule, T
 
 DECONTAMINATION_DIR = "decontamination"
 REASON = "contaminated"
+_JSON_SLICE_ROWS = 1 << 18  # matched pairs rendered to JSON at once (about 40 MB of text)
 
 # Every qualifying (row, item) pair a transform found: the unit's side table (Stage.side_schema).
 PAIR_SCHEMA = pa.schema(
@@ -217,12 +219,25 @@ class Decontaminate(Stage):
         and matches.json (every matched (row id, set, item id) pair, in row order)."""
         folder = Path(ctx.output_dir) / DECONTAMINATION_DIR / ctx.name
         atomic_write_json(folder / "summary.json", {"stage": ctx.name, **self.summary_})
-        pairs = pl.from_arrow(self.pairs_)
-        # one pair a line, compact: a leaky corpus has many pairs, and indented JSON triples the
-        # bytes. polars writes the lines (60k pairs: 0.02 s, against 0.39 s for json.dumps per
-        # pair); a JSON line holds no raw newline, so joining lines with commas makes the array.
-        body = pairs.write_ndjson().rstrip("\n") if len(pairs) else ""
-        atomic_write_text(folder / "matches.json", "[\n" + body.replace("\n", ",\n") + ("\n]\n" if body else "]\n"))
+        with atomic_path(folder / "matches.json", unique=True) as tmp, open(tmp, "wb") as handle:
+            write_json_array(pl.from_arrow(self.pairs_), handle)
+
+
+def write_json_array(frame: pl.DataFrame, handle: BinaryIO) -> None:
+    """`frame` as a JSON array, one compact object a line: a leaky corpus has millions of
+    pairs, and indented JSON triples the bytes. polars writes the lines as bytes (a JSON line
+    holds no raw newline, so turning each newline into a comma and newline makes the array), a
+    slice at a time so the copies stay small. 1.14M pairs (167 MB) on a 2-core AMD EPYC: 1.0 s
+    of CPU as one str (write_ndjson, str.replace, encode), 0.4 s this way; json.dumps per pair
+    is slower still (60k pairs: 0.39 s)."""
+    handle.write(b"[\n")
+    for start in range(0, len(frame), _JSON_SLICE_ROWS):
+        lines = io.BytesIO()
+        frame.slice(start, _JSON_SLICE_ROWS).write_ndjson(lines)
+        if start:
+            handle.write(b",\n")
+        handle.write(lines.getvalue()[:-1].replace(b"\n", b",\n"))
+    handle.write(b"\n]\n" if len(frame) else b"]\n")
 
 
 STAGE = Decontaminate
