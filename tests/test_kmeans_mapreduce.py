@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from curate.algorithms.kmeans import MAX_CLUSTERS, auto_clusters, centroid_sums, initial_picks, lloyd, merge_sums
 
@@ -49,3 +50,40 @@ def test_a_centroid_no_row_chooses_stays_put():
 def test_cluster_count_is_capped():
     assert auto_clusters(100_000_000) == min(10_000, MAX_CLUSTERS)
     assert auto_clusters(10**12) == MAX_CLUSTERS
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize("sample_in_memory", [False, True])
+def test_the_stage_fit_is_lloyd_on_its_sample_with_picks_across_shards(
+    tmp_path, monkeypatch, sample_in_memory, workers
+):
+    from curate.embeddings.store import Embeddings
+    from curate.stages import _kmeans
+    from curate.stages.base import StageContext
+
+    monkeypatch.setattr(_kmeans, "SHARD_ROWS", 400)  # the sample and the picks span several shards
+    monkeypatch.setattr(_kmeans, "MIN_SHARD_ROWS", 97)
+    x = unit_rows(2000, seed=5)
+    bounds = [0, 700, 701, 1500, 2000]
+    paths = []
+    for u, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        paths.append(str(tmp_path / f"unit-{u}.npy"))
+        np.save(paths[-1], x[lo:hi])
+    sample = np.sort(np.random.default_rng(6).choice(len(x), size=900, replace=False))
+    emb = Embeddings(
+        paths=paths,
+        rows=np.arange(len(x)),
+        offsets=np.array(bounds),
+        dim=x.shape[1],
+        model="test",
+        version="test",
+        reused=0,
+        computed=len(x),
+        reused_from_output=False,
+        sample=(sample, x[sample].copy()) if sample_in_memory else None,
+    )
+    ctx = StageContext(name="fit", seed=3, work_dir=tmp_path / "work", workers=workers)
+    fitted = _kmeans.fit_centroids(emb, sample, 25, ctx, 20)
+    assert np.array_equal(fitted.centroids, lloyd(x[sample], 25, seed=3))
+    shards = sorted((tmp_path / "work" / "kmeans").glob("sample-*.npy"))
+    assert [len(np.load(p)) for p in shards] == ([400, 400, 100] if workers == 1 else [300, 300, 300])
