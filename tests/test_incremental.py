@@ -497,6 +497,57 @@ def test_semantic_index_add_and_two_jobs(semantic_halves, tmp_path, capsys):
     assert (again.reason == "semantic_duplicate_of_earlier").all()
 
 
+def _index_layout_holds(index_dir: Path, texts: dict[str, str], ids_in_order: list[str]) -> None:
+    """Every index row's vector is its id's embedding; rows run by cluster (each nearest its
+    cluster's centroid), in `ids_in_order` within a cluster."""
+    from curate.algorithms.kmeans import assign
+    from curate.embeddings.hashing import hashing_embed
+
+    vectors = np.load(index_dir / "vectors.npy")
+    offsets = np.load(index_dir / "cluster_offsets.npy")
+    centroids = np.load(index_dir / "centroids.npy")
+    ids = pq.read_table(index_dir / "ids.parquet").column("id").to_pylist()
+    assert vectors.shape[0] == len(ids) == offsets[-1]
+    assert np.array_equal(vectors, hashing_embed(pa.array([texts[i] for i in ids])))
+    cluster = np.repeat(np.arange(len(centroids)), np.diff(offsets))
+    assert np.array_equal(assign(vectors, centroids)[0], cluster)
+    rank = {i: k for k, i in enumerate(ids_in_order)}
+    for c in range(len(centroids)):
+        mine = [rank[i] for i in ids[offsets[c] : offsets[c + 1]]]
+        assert mine == sorted(mine)
+
+
+def test_the_semantic_index_holds_each_rows_vector_by_cluster_built_and_merged(semantic_halves, tmp_path, capsys):
+    root, b = semantic_halves
+    joint = pq.read_table(root / "joint")
+    texts = dict(zip(joint.column("id").to_pylist(), joint.column("text").to_pylist()))
+    order = joint.column("id").to_pylist()
+    _index_layout_holds(root / "out-a" / "index" / "semdedup", texts, order)
+    grown = tmp_path / "out-a"
+    shutil.copytree(root / "out-a", grown)
+    assert cli(["index", str(grown), "--add", str(root / "out-b"), "-q"], capsys)[0] == 0
+    _index_layout_holds(grown / "index" / "semdedup", texts, order)
+
+
+def test_writing_in_cluster_order_is_the_sort_for_any_blocks(tmp_path):
+    from curate.index.semantic import write_in_cluster_order
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(1000, 8)).astype(np.float32)
+    label = rng.integers(0, 7, size=1000)
+    order = np.argsort(label, kind="stable")
+    dest = np.empty(1000, np.int64)
+    dest[order] = np.arange(1000)
+    for cuts in ([0, 1000], [0, 1, 2, 500, 999, 1000], [0, 333, 666, 1000]):
+        path = tmp_path / f"v{len(cuts)}.npy"
+        write_in_cluster_order(path, 1000, 8, ((dest[a:b], vectors[a:b]) for a, b in zip(cuts[:-1], cuts[1:])))
+        saved = tmp_path / "saved.npy"
+        np.save(saved, vectors[order])
+        assert path.read_bytes() == saved.read_bytes()  # np.save's very bytes
+    write_in_cluster_order(tmp_path / "empty.npy", 0, 8, iter(()))
+    assert np.load(tmp_path / "empty.npy").shape == (0, 8)
+
+
 def test_semantic_matching_gives_the_same_bytes_on_two_jobs(semantic_halves, tmp_path):
     root, b = semantic_halves
     run(b, tmp_path / "two", pipeline=SEMANTIC, against=(root / "out-a",), jobs=2)

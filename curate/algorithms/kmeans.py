@@ -101,8 +101,10 @@ def merge_sums(previous: np.ndarray, shards: list[tuple[np.ndarray, np.ndarray, 
     total = np.zeros((k, d), np.int64)
     count = np.zeros(k, np.int64)
     for ids, sums, counts in shards:
-        np.add.at(total, ids, sums)
-        np.add.at(count, ids, counts)
+        # a shard's ids are distinct (`centroid_sums`), so a plain indexed add is exact; np.add.at
+        # took 1.0 s of the driver over 20 steps of 1,000 centroids x 384 (2-core AMD EPYC)
+        total[ids] += sums
+        count[ids] += counts
     means = total.astype(np.float64)
     norms = np.linalg.norm(means, axis=1)
     moved = (count > 0) & (norms > 0)

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -71,10 +71,17 @@ def index_dir(output: str | Path, stage: str) -> Path:
 
 
 def write_index(
-    directory: str | Path, *, kind: str, stage: str, settings: dict, arrays: dict[str, np.ndarray], table: pa.Table
+    directory: str | Path,
+    *,
+    kind: str,
+    stage: str,
+    settings: dict,
+    arrays: dict[str, np.ndarray | Callable[[Path], None]],
+    table: pa.Table,
 ) -> StoredIndex:
     """Write every file under a temp name renamed into place, then index.json: a reader sees the
-    whole new index or none (the old index.json is removed first, so never a mix)."""
+    whole new index or none (the old index.json is removed first, so never a mix). An array too
+    large to hold comes as a function that writes its `.npy` to the path it is given."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / META).unlink(missing_ok=True)
@@ -82,8 +89,11 @@ def write_index(
     for name, values in arrays.items():
         path = directory / f"{name}.npy"
         with atomic_path(path, unique=True) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, np.ascontiguousarray(values))
+            if callable(values):
+                values(tmp)
+            else:
+                with open(tmp, "wb") as handle:
+                    np.save(handle, np.ascontiguousarray(values))
         files[path.name] = _describe(path)
     with atomic_path(directory / IDS, unique=True) as tmp:
         pq.write_table(table, tmp, compression="zstd")
