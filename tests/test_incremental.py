@@ -529,6 +529,23 @@ def test_the_semantic_index_holds_each_rows_vector_by_cluster_built_and_merged(s
     _index_layout_holds(grown / "index" / "semdedup", texts, order)
 
 
+def test_the_semantic_index_written_by_the_driver_or_by_tasks_is_the_same_bytes(
+    semantic_halves, tmp_path, monkeypatch
+):
+    from curate.index import semantic
+
+    root, b = semantic_halves
+    joint = pq.read_table(root / "joint")
+    texts = dict(zip(joint.column("id").to_pylist(), joint.column("text").to_pylist()))
+    run(b, tmp_path / "tasks", pipeline=SEMANTIC, jobs=2)  # each unit's task writes its rows
+    _index_layout_holds(tmp_path / "tasks" / "index" / "semdedup", texts, joint.column("id").to_pylist())
+    monkeypatch.setattr(semantic, "_workers_write_here", lambda ctx, directory: False)
+    run(b, tmp_path / "driver", pipeline=SEMANTIC, jobs=2)
+    for name in ("vectors.npy", "cluster_offsets.npy", "centroids.npy", "ids.parquet"):
+        one, two = (tmp_path / side / "index" / "semdedup" / name for side in ("tasks", "driver"))
+        assert one.read_bytes() == two.read_bytes(), name
+
+
 def test_writing_in_cluster_order_is_the_sort_for_any_blocks(tmp_path):
     from curate.index.semantic import write_in_cluster_order
 

@@ -34,7 +34,7 @@ STAGES = [
     {"kind": "exact", "normalize": True},
     {"kind": "minhash", "threshold": 0.7, "ngram": 3},
     {"kind": "embed", "model": "hashing"},
-    {"kind": "semdedup", "model": "hashing", "threshold": 0.9, "clusters": 4},
+    {"kind": "semdedup", "model": "hashing", "threshold": 0.9, "clusters": 4, "index": True},
     {"kind": "prototypes", "clusters": 4, "keep": "hard", "fraction": 0.8},
     {"kind": "pools", "score": "proto_distance", "pools": 3},
 ]
@@ -103,6 +103,14 @@ def test_workers_without_the_drivers_disk_write_the_same_output(tmp_path, capsys
     fs.get(url_out[len("s3://") :], str(pulled), recursive=True)
     for name in ("kept", "removed", "embeddings"):
         assert read_parts(pulled / name).equals(read_parts(local / name)), name
+    for name in (
+        "vectors.npy",
+        "cluster_offsets.npy",
+        "centroids.npy",
+        "ids.parquet",
+    ):  # each unit's vectors came back from its task
+        index_file = Path("index") / "semdedup" / name
+        assert (pulled / index_file).read_bytes() == (local / index_file).read_bytes(), name
     matches = Path("decontamination") / "decontaminate" / "matches.json"
     assert json.loads((local / matches).read_text()), "the evaluation items are in the corpus"
     assert (pulled / matches).read_bytes() == (local / matches).read_bytes()

@@ -134,15 +134,16 @@ def after_fit(
     clusters_dir: str,
     indexes: tuple[StoredIndex, ...] = (),
     found: list[list] | None = None,
+    map: Callable | None = None,
 ) -> None:
     """Hook at the end of the semdedup stage's fit: regroup with the matches against the
     earlier indexes (`found[i]`: the bucket results of `indexes[i]`), then write this run's
-    index when `index = true`."""
+    index when `index = true` (`map`: the stage's timed `ctx.map`)."""
     stage.earlier_ = None
     if indexes:
         _regroup(stage, ctx, indexes, found or [[] for _ in indexes])
     if getattr(stage, "index", False):
-        stored = _build(stage, source, ctx, emb, centroids, clusters_dir)
+        stored = _build(stage, source, ctx, emb, centroids, clusters_dir, map or ctx.map)
         ctx.info["stored_index_bytes"] = stored.nbytes
 
 
@@ -316,12 +317,9 @@ def best_matches(new: np.ndarray, earlier: np.ndarray, threshold: float) -> tupl
 
 
 def _build(
-    stage, source: BatchSource, ctx: StageContext, emb, centroids: np.ndarray, clusters_dir: str
+    stage, source: BatchSource, ctx: StageContext, emb, centroids: np.ndarray, clusters_dir: str, map: Callable
 ) -> StoredIndex:
-    labels = []
-    for u in range(len(emb.paths)):
-        with np.load(mirror.ensure(Path(clusters_dir) / f"{u:05d}.npz")) as data:
-            labels.append(data["labels"])
+    labels = map(_UnitLabels(clusters_dir), list(range(len(emb.paths))), label=f"{ctx.name}: index labels")
     label = np.concatenate(labels) if labels else np.empty(0, np.int32)
     ids = IdLookup.collect(source, emb.rows, ctx)(emb.rows) if len(emb.rows) else pa.array([], pa.string())
     root = ids_as_strings(ids)
@@ -331,12 +329,22 @@ def _build(
         )
     if stage.earlier_ is not None and len(stage.earlier_):
         root = _put(root, np.searchsorted(emb.rows, stage.earlier_.rows), stage.earlier_.ids)
-    units = [(emb.paths[u], int(emb.offsets[u])) for u in range(len(emb.paths))]
+    directory = index_dir(ctx.output_dir, ctx.name)
+
+    def fill(path: Path, dest: np.ndarray) -> None:
+        jobs = [(emb.paths[u], dest[emb.offsets[u] : emb.offsets[u + 1]]) for u in range(len(emb.paths))]
+        if _workers_write_here(ctx, directory):  # each unit's task writes its own rows
+            map(_CopyUnit(str(path), emb.dim), jobs, label=f"{ctx.name}: writing the index")
+        else:  # workers on other disks: a unit's vectors at a time come back from its task
+            for unit_path, unit_dest in jobs:
+                vectors = map(_UnitVectors(emb.dim), [unit_path], label=f"{ctx.name}: writing the index")[0]
+                write_rows(path, emb.dim, _stored_blocks(vectors, unit_dest))
+
     return _write(
-        index_dir(ctx.output_dir, ctx.name),
+        directory,
         ctx.name,
         settings(stage, emb),
-        lambda dest: _unit_blocks(units, emb.dim, dest),
+        fill,
         emb.dim,
         label,
         centroids,
@@ -344,15 +352,61 @@ def _build(
     )
 
 
-def _unit_blocks(units: list, dim: int, dest: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(destination rows, vectors) of every unit's rows, a block at a time."""
+def _unit_blocks(job: tuple, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(destination rows, vectors) of one unit's rows, a block at a time."""
     from curate.embeddings.store import vector_blocks
 
-    for path, first in units:
-        start = first
-        for block in vector_blocks(path, dim, _COPY_ROWS):
-            yield dest[start : start + len(block)], block
-            start += len(block)
+    path, dest = job
+    start = 0
+    for block in vector_blocks(path, dim, _COPY_ROWS):
+        yield dest[start : start + len(block)], block
+        start += len(block)
+
+
+def _workers_write_here(ctx: StageContext, directory) -> bool:
+    """Can tasks write into a file in `directory` that the driver then renames: a shared disk
+    and no mirror (with a mirror each machine has its own copy of the staging directory)."""
+    executor = ctx.executor
+    return (
+        executor is not None and mirror.relative(Path(directory)) is None and executor.shares_directory(str(directory))
+    )
+
+
+@dataclass(frozen=True)
+class _UnitLabels:
+    """One unit's cluster labels, read where the unit's clusters file is (the driver reads no
+    per-row file of a worker's)."""
+
+    clusters_dir: str
+
+    def __call__(self, unit: int) -> np.ndarray:
+        with np.load(mirror.ensure(Path(self.clusters_dir) / f"{unit:05d}.npz")) as data:
+            return np.asarray(data["labels"])
+
+
+@dataclass(frozen=True)
+class _UnitVectors:
+    """One unit's vectors, read where they are."""
+
+    dim: int
+
+    def __call__(self, path) -> np.ndarray:
+        from curate.embeddings.store import load_vectors
+
+        return np.ascontiguousarray(load_vectors(path, self.dim))
+
+
+@dataclass(frozen=True)
+class _CopyUnit:
+    """One unit's vectors into the index file being written, at their cluster-ordered rows
+    (units write disjoint rows, so they run at once)."""
+
+    path: str
+    dim: int
+
+    def __call__(self, job: tuple) -> int:
+        write_rows(Path(self.path), self.dim, _unit_blocks(job, self.dim))
+        return len(job[1])
 
 
 def _stored_blocks(vectors: np.ndarray, dest: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -361,18 +415,32 @@ def _stored_blocks(vectors: np.ndarray, dest: np.ndarray) -> Iterator[tuple[np.n
 
 
 def write_in_cluster_order(path: Path, rows: int, dim: int, blocks: Iterator[tuple[np.ndarray, np.ndarray]]) -> None:
-    """A `.npy` of `rows` float32 vectors, each block's rows written at their destination rows:
-    the index's vectors sorted by cluster without holding them all (1M x 384 rows are 1.5 GB,
-    and the sort was a second copy), one block in memory at a time. A block's rows are sorted by
-    destination and each run of consecutive destinations is one positioned write. 1M rows of
-    384-d on a 2-core AMD EPYC: 6.7 s through a memory map (a page fault per page), 1.5 s this
-    way; the gather and sort in memory took 24 s of the driver and 3.3 GiB at its peak."""
+    """A `.npy` of `rows` float32 vectors, each block's rows written at their destination rows."""
+    create_vectors_file(path, rows, dim)
+    write_rows(path, dim, blocks)
+
+
+def create_vectors_file(path: Path, rows: int, dim: int) -> None:
+    """An `.npy` header for (rows, dim) float32 and room for the rows (np.save's very bytes
+    once every row is written)."""
     with open(path, "wb") as handle:
         np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
-        offset = handle.tell()
-        handle.truncate(offset + rows * dim * 4)
+        handle.truncate(handle.tell() + rows * dim * 4)
+
+
+def write_rows(path: Path, dim: int, blocks: Iterator[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Each block's vectors written into the `.npy` at `path` at their destination rows.
+
+    The index's vectors are sorted by cluster without holding them all (1M x 384 rows are
+    1.5 GB, and the sort was a second copy): a block's rows are sorted by destination and each
+    run of consecutive destinations is one positioned write. 1M rows of 384-d on a 2-core AMD
+    EPYC: 6.7 s through a memory map (a page fault per page), 3.9 s this way on the driver; the
+    gather and sort in memory took 24 s of the driver and 3.3 GiB at its peak."""
     row_bytes = dim * 4
     with open(path, "r+b") as handle:
+        np.lib.format.read_magic(handle)
+        np.lib.format.read_array_header_1_0(handle)
+        offset = handle.tell()
         fd = handle.fileno()
         for dest, vectors in blocks:
             order = np.argsort(dest, kind="stable")
@@ -389,14 +457,14 @@ def _write(
     directory,
     stage: str,
     stored_settings: dict,
-    blocks: Callable[[np.ndarray], Iterator[tuple[np.ndarray, np.ndarray]]],
+    fill: Callable[[Path, np.ndarray], None],
     dim: int,
     label: np.ndarray,
     centroids: np.ndarray,
     table: pa.Table,
 ) -> StoredIndex:
-    """The index with rows by cluster, input order within; `blocks(dest)` yields the vectors
-    in input order with their rows in that order (`dest[i]`: where input row i goes)."""
+    """The index with rows by cluster, input order within; `fill(path, dest)` writes the
+    vectors into the created file, input row i at row `dest[i]`."""
     order = np.argsort(label, kind="stable")
     dest = np.empty(len(order), dtype=np.int64)
     dest[order] = np.arange(len(order))
@@ -407,7 +475,7 @@ def _write(
         stage=stage,
         settings=stored_settings,
         arrays={
-            "vectors": lambda path: write_in_cluster_order(path, len(order), dim, blocks(dest)),
+            "vectors": lambda path: (create_vectors_file(path, len(order), dim), fill(path, dest)),
             "cluster_offsets": offsets,
             "centroids": np.asarray(centroids, dtype=np.float32),
         },
@@ -432,15 +500,15 @@ def merge(base: StoredIndex, later: StoredIndex, directory) -> StoredIndex:
     )
     label = np.concatenate([base_label, later_label]).astype(np.int64)
 
-    def blocks(dest: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        yield from _stored_blocks(base_vectors, dest[: len(base_vectors)])
-        yield from _stored_blocks(later_vectors, dest[len(base_vectors) :])
+    def fill(path: Path, dest: np.ndarray) -> None:
+        write_rows(path, base_vectors.shape[1], _stored_blocks(base_vectors, dest[: len(base_vectors)]))
+        write_rows(path, base_vectors.shape[1], _stored_blocks(later_vectors, dest[len(base_vectors) :]))
 
     return _write(
         directory,
         base.stage,
         base.settings,
-        blocks,
+        fill,
         base_vectors.shape[1],
         label,
         centroids,

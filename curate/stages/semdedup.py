@@ -217,7 +217,7 @@ class SemDedup(Stage):
             ctx.info["earlier_task_seconds"] = round(
                 sum(a[2] for a in assigned) + sum(r[3] for r in results[buckets:]), 3
             )
-        semantic_index.after_fit(self, source, ctx, emb, centroids, clusters_dir, earlier, matched)
+        semantic_index.after_fit(self, source, ctx, emb, centroids, clusters_dir, earlier, matched, map=tasks)
         ctx.info["driver_seconds"] = round(time.perf_counter() - began - task_seconds, 3)
         ctx.info["task_map_seconds"] = round(task_seconds, 3)
         return self
