@@ -547,7 +547,11 @@ def test_the_semantic_index_written_by_the_driver_or_by_tasks_is_the_same_bytes(
 
 
 def test_writing_in_cluster_order_is_the_sort_for_any_blocks(tmp_path):
-    from curate.index.semantic import write_in_cluster_order
+    from curate.index.semantic import create_vectors_file, write_rows
+
+    def write_in_cluster_order(path, rows, dim, blocks):
+        create_vectors_file(path, rows, dim)
+        write_rows(path, dim, blocks)
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(1000, 8)).astype(np.float32)

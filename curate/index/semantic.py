@@ -336,8 +336,8 @@ def _build(
         if _workers_write_here(ctx, directory):  # each unit's task writes its own rows
             map(_CopyUnit(str(path), emb.dim), jobs, label=f"{ctx.name}: writing the index")
         else:  # workers on other disks: a unit's vectors at a time come back from its task
-            for unit_path, unit_dest in jobs:
-                vectors = map(_UnitVectors(emb.dim), [unit_path], label=f"{ctx.name}: writing the index")[0]
+            for u, (_, unit_dest) in enumerate(jobs):
+                vectors = emb.gather(np.arange(emb.offsets[u], emb.offsets[u + 1]), map)
                 write_rows(path, emb.dim, _stored_blocks(vectors, unit_dest))
 
     return _write(
@@ -385,18 +385,6 @@ class _UnitLabels:
 
 
 @dataclass(frozen=True)
-class _UnitVectors:
-    """One unit's vectors, read where they are."""
-
-    dim: int
-
-    def __call__(self, path) -> np.ndarray:
-        from curate.embeddings.store import load_vectors
-
-        return np.ascontiguousarray(load_vectors(path, self.dim))
-
-
-@dataclass(frozen=True)
 class _CopyUnit:
     """One unit's vectors into the index file being written, at their cluster-ordered rows
     (units write disjoint rows, so they run at once)."""
@@ -410,14 +398,9 @@ class _CopyUnit:
 
 
 def _stored_blocks(vectors: np.ndarray, dest: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(destination rows, vectors) of vectors at hand (a memory map, a unit's gathered rows)."""
     for start in range(0, len(vectors), _COPY_ROWS):
         yield dest[start : start + _COPY_ROWS], vectors[start : start + _COPY_ROWS]
-
-
-def write_in_cluster_order(path: Path, rows: int, dim: int, blocks: Iterator[tuple[np.ndarray, np.ndarray]]) -> None:
-    """A `.npy` of `rows` float32 vectors, each block's rows written at their destination rows."""
-    create_vectors_file(path, rows, dim)
-    write_rows(path, dim, blocks)
 
 
 def create_vectors_file(path: Path, rows: int, dim: int) -> None:
