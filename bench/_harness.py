@@ -117,14 +117,38 @@ def usable_cores() -> int:
 @contextmanager
 def pinned_to_one_core(pin: bool = True):
     """Run the block on this process's first allowed core (its affinity mask, which curate reads
-    as its core count): a one-core baseline, since --jobs 1 on C cores still runs C threads."""
+    as its core count): a one-core baseline, since --jobs 1 on C cores still runs C threads.
+
+    Every thread of the process is pinned, not only the calling one: on Linux an affinity is
+    per thread, and the thread pools an earlier run left behind (pyarrow's, jemalloc's) kept
+    both cores, so a "one core" run after another run decoded Parquet on two (measured: 4
+    of 9 threads still on cores 0-1). Threads started inside the block inherit the pin."""
     allowed = os.sched_getaffinity(0)
-    if pin:
-        os.sched_setaffinity(0, {min(allowed)})
+    if not pin:
+        yield
+        return
+    threads = _thread_ids()
+    for tid in threads:
+        _set_affinity(tid, {min(allowed)})
     try:
         yield
     finally:
-        os.sched_setaffinity(0, allowed)
+        for tid in _thread_ids() | threads:
+            _set_affinity(tid, allowed)
+
+
+def _thread_ids() -> set[int]:
+    try:
+        return {int(name) for name in os.listdir("/proc/self/task")}
+    except OSError:  # no /proc: the calling thread only
+        return {0}
+
+
+def _set_affinity(tid: int, cores: set[int]) -> None:
+    try:
+        os.sched_setaffinity(tid, cores)
+    except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile
+        pass
 
 
 def machine() -> dict:
