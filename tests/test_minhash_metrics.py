@@ -54,6 +54,20 @@ def test_words_follow_python_regex_word_runs() -> None:
     assert len(set(by_word.values())) == len(by_word)  # different words, different hashes
 
 
+def test_words_beyond_the_basic_plane_follow_python_regex_too() -> None:
+    # Word characters above U+FFFF (CJK Ext. B, Gothic, math bold) and symbols that are not
+    # (emoji), in one batch with plain text, and a batch below U+FFFF after it.
+    texts = ["\U00020000\U00020001 x \U0001f600 \U00010330z", "\U0001d400bc 😀 naïve", "plain ascii"]
+    for batch in (texts, ["ΑΒΓ δέλτα 東京", "café"]):
+        hashes, offsets = mh.word_hashes(pa.array(batch))
+        assert np.diff(offsets).tolist() == [len(reference_words(t)) for t in batch]
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.integers(0x80, 0xD800, 4000), rng.integers(0xE000, 0x110000, 4000)])
+    for cps in (points[points < 0x10000], points):
+        expected = [re.fullmatch(r"\w", chr(c)) is not None for c in cps.tolist()]
+        assert mh._is_word_codepoint(cps).tolist() == expected
+
+
 def test_shingle_sets_match_reference_sets() -> None:
     for n in (1, 3, 5):
         shingles, offsets = mh.text_shingles(pa.array(TEXTS), ngram=n)

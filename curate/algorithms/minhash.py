@@ -73,15 +73,28 @@ def random_u64(seed: int, stream: int, count: int) -> np.ndarray:
 _STREAM_UNIT, _STREAM_NGRAM, _STREAM_BINPERM, _STREAM_BANDS = 1, 2, 3, 4
 
 
-@functools.lru_cache(maxsize=1)
-def _word_codepoints() -> np.ndarray:
-    """Per code point: is it a regex word character (`str.isalnum() or "_"`)? 1.1 MB, built once."""
-    # One regex pass over every code point (re's `\w` is exactly isalnum() or "_") that blanks word
-    # characters to NUL (itself not a word character): 0.1 s, where a Python loop calling isalnum()
-    # per code point took 0.7 s in every worker process. Surrogates cannot be encoded; they stay False.
-    points = np.concatenate([np.arange(0xD800), np.arange(0xE000, 0x110000)]).astype("<u4")
+_BMP_END = 0x10000
+
+
+def _is_word_codepoint(cps: np.ndarray) -> np.ndarray:
+    """Per code point: is it a regex word character (`str.isalnum() or "_"`)?"""
+    limit = _BMP_END if int(cps.max(initial=0)) < _BMP_END else 0x110000
+    return _word_codepoints(limit)[cps]
+
+
+@functools.lru_cache(maxsize=2)
+def _word_codepoints(limit: int) -> np.ndarray:
+    r"""The word-character table of the code points below `limit`, built once per process.
+
+    One regex pass over the code points (re's `\w` is exactly isalnum() or "_") blanks word
+    characters to NUL (itself not a word character): a Python loop calling isalnum() per code
+    point took 0.7 s in every worker process. Below the end of the Basic Multilingual Plane (every
+    script in common use) the pass takes 7 ms; all 1.1M code points took 0.05-0.11 s of
+    every worker of every run, so that table is built only for text that needs it.
+    Surrogates cannot be encoded; they stay False."""
+    points = np.concatenate([np.arange(min(limit, 0xD800)), np.arange(0xE000, max(limit, 0xE000))]).astype("<u4")
     blanked = re.sub(r"\w", "\x00", points.tobytes().decode("utf-32-le")).encode("utf-32-le")
-    table = np.zeros(0x110000, dtype=bool)
+    table = np.zeros(limit, dtype=bool)
     table[points] = np.frombuffer(blanked, dtype="<u4") == 0
     table[0] = False
     return table
@@ -200,7 +213,7 @@ def word_hashes(texts: pa.Array, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     leads = np.flatnonzero(body >= 0xC0) if len(body) and body.max() >= 0xC0 else np.empty(0, np.int64)
     if len(leads):
         cps, nbytes = _decode_leads(data, leads)
-        _paint(is_word, leads, nbytes, _word_codepoints()[cps])
+        _paint(is_word, leads, nbytes, _is_word_codepoint(cps))
     # A word starts at a word byte whose previous byte is no word byte of the same text, and
     # ends after a word byte whose next byte is none: bool masks, then nonzero, so a run that
     # crosses a text boundary is split there without sorting (two sorts of every word's
