@@ -1,7 +1,6 @@
 """What this process runs on: its cores, its worker slot in a run, thread caps and the allocator.
 
-The allocator: keep freed NumPy and Arrow buffers in the heap instead of handing them back to
-the kernel.
+The allocator: keep freed NumPy buffers in the heap instead of handing them back to the kernel.
 
 The array code (hashing embeddings, MinHash signatures, k-means batches) allocates and frees
 buffers of 1-60 MB thousands of times per unit. glibc serves such sizes with a fresh `mmap`
@@ -16,6 +15,14 @@ that `--workers N` starts. A user who sets glibc's own variables (`MALLOC_MMAP_T
 `MALLOC_TRIM_THRESHOLD_`) keeps them, and so do the workers of a running cluster
 (`--scheduler`), which Dask starts with `MALLOC_TRIM_THRESHOLD_=65536` unless its config says
 otherwise (docs/design/dask.md). Elsewhere than glibc (macOS, musl) this does nothing.
+
+Arrow's own buffers stay in pyarrow's default pool (mimalloc). Moving them onto this heap
+(`pa.set_memory_pool(pa.system_memory_pool())`) was measured and left out: on 66 MB of long
+documents it cut decontaminate's CPU per MB by 10-30%, but on 107 MB of longer ones
+(`python -m bench.decontaminate --long-docs 12000`, three alternating pairs, 2-core AMD EPYC)
+`--jobs 2` took 8.1-9.2 CPU s against 7.0-8.2 and peaked 3.0-3.2 GiB against 2.5-2.7 GiB, and
+MinHash on one file of long documents (`python -m bench.long_units`) did not change. A user
+can still choose it with Arrow's `ARROW_DEFAULT_MEMORY_POOL=system`.
 """
 
 from __future__ import annotations
@@ -56,27 +63,7 @@ def tune_allocator() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     _tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    if _tuned:
-        _arrow_on_the_heap()
     return _tuned
-
-
-def _arrow_on_the_heap() -> None:
-    """Give Arrow's buffers to the tuned glibc heap too, unless the user chose a pool.
-
-    pyarrow allocates from its own mimalloc pool by default, which a fresh process has to warm
-    up: a worker's first Parquet reads of a run took 0.1-0.3 s each where later ones took 0.02 s
-    (1,000 long documents a read), and every worker process of every run paid it again. On the
-    heap that the thresholds above keep, whole runs cost less CPU, on one process and on two
-    (decontaminate, 50 MB of short texts and 66 MB of long documents, two alternating pairs
-    of runs each, 2-core AMD EPYC: --jobs 1 18.1-19.8 -> 20.2-21.3 and 16.5-16.8 -> 20.2-20.3
-    MB per CPU second, --jobs 2 11.3-11.8 -> 13.2-13.9 and 11.5-11.8 -> 15.3-15.9; peak RSS
-    within 10%)."""
-    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-        return
-    import pyarrow as pa
-
-    pa.set_memory_pool(pa.system_memory_pool())
 
 
 # Environment variables that cap the thread pools of the native libraries a task may use.

@@ -1,5 +1,5 @@
-"""The allocator thresholds are set in the driver and in every worker process, Arrow allocates
-from that heap, and a user's own glibc or Arrow settings win."""
+"""The allocator thresholds are set in the driver and in every worker process, and a user's own
+glibc settings win."""
 
 from __future__ import annotations
 
@@ -23,18 +23,8 @@ def _tuned_here(_: int) -> bool:
     return runtime._tuned
 
 
-def _arrow_pool_here(_: int) -> str:
-    import pyarrow as pa
-
-    return pa.default_memory_pool().backend_name
-
-
 def _run(code: str, **env: str) -> str:
-    environ = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "ARROW_DEFAULT_MEMORY_POOL")
-    }
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     result = subprocess.run(
         [sys.executable, "-c", code], env={**environ, **env}, capture_output=True, text=True, check=True
     )
@@ -49,24 +39,9 @@ def test_thresholds_are_set_once_and_a_users_own_setting_wins():
 
 
 @glibc
-def test_arrow_allocates_from_the_tuned_heap_unless_the_user_chose():
-    code = (
-        "import pyarrow as pa; from curate.runtime import tune_allocator\n"
-        "before = pa.default_memory_pool().backend_name; tune_allocator()\n"
-        "print(before, pa.default_memory_pool().backend_name)"
-    )
-    before, after = _run(code).split()
-    assert after == "system"
-    assert before != "system" or "mimalloc" not in _run("import pyarrow as pa; print(pa.supported_memory_backends())")
-    assert _run(code, ARROW_DEFAULT_MEMORY_POOL="mimalloc") == "mimalloc mimalloc"
-    assert _run(code, MALLOC_TRIM_THRESHOLD_="65536").split()[1] == before  # the heap is not ours
-
-
-@glibc
 def test_every_local_worker_process_is_tuned():
     with LocalExecutor(2) as executor:
         assert executor.map(_tuned_here, range(4)) == [True] * 4
-        assert executor.map(_arrow_pool_here, range(4)) == ["system"] * 4
 
 
 @glibc
