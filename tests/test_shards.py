@@ -118,3 +118,54 @@ def test_empty_output_still_has_a_schema_part(tmp_path):
     PartWriter(tmp_path / "out", schema=schema).close()
     parts = list_parts(tmp_path / "out")
     assert len(parts) == 1 and pq.read_schema(parts[0]).names == ["x"]
+
+
+def _encodings(part) -> dict[str, set[str]]:
+    metadata = pq.read_metadata(part)
+    group = metadata.row_group(0)
+    return {group.column(i).path_in_schema: set(group.column(i).encodings) for i in range(group.num_columns)}
+
+
+def test_the_text_and_id_columns_are_written_without_a_dictionary_and_the_others_keep_theirs(tmp_path):
+    texts = random_texts(3_000, seed=1)
+    table = pa.table(
+        {
+            "id": [f"row-{i}" for i in range(len(texts))],
+            "text": texts,
+            "lang": ["en", "de", "fr"] * 1_000,
+            "meta": [{"source": "web", "year": 2020 + i % 3} for i in range(len(texts))],
+            "tags": [["a", "b"][: i % 3] for i in range(len(texts))],
+            "attrs": pa.array([[("k", i % 2)] for i in range(len(texts))], pa.map_(pa.string(), pa.int64())),
+        }
+    )
+    with PartWriter(tmp_path / "out", plain_columns=("text", "id")) as writer:
+        writer.write(table)
+    encodings = _encodings(list_parts(tmp_path / "out")[0])
+    assert "RLE_DICTIONARY" not in encodings["text"] and "RLE_DICTIONARY" not in encodings["id"]
+    others = set(encodings) - {"text", "id"}
+    assert others == {
+        "lang",
+        "meta.source",
+        "meta.year",
+        "tags.list.element",
+        "attrs.key_value.key",
+        "attrs.key_value.value",
+    }
+    assert all("RLE_DICTIONARY" in encodings[c] for c in others)
+    assert read_parts(tmp_path / "out").equals(table)
+    with PartWriter(tmp_path / "default") as writer:  # without plain columns: Parquet's default
+        writer.write(table)
+    assert "RLE_DICTIONARY" in _encodings(list_parts(tmp_path / "default")[0])["text"]
+
+
+def test_a_run_writes_kept_text_and_ledger_ids_without_a_dictionary(tmp_path):
+    from curate.pipeline import RunOptions, parse_pipeline, run_pipeline
+
+    texts = random_texts(2_000, seed=2)
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(4_000)], "text": texts + texts}), tmp_path / "in.parquet")
+    spec = parse_pipeline({"stage": [{"kind": "exact"}]}, "test")
+    run_pipeline(spec, tmp_path / "in.parquet", tmp_path / "out", RunOptions(jobs=1))
+    kept = _encodings(list_parts(tmp_path / "out" / "kept")[0])
+    removed = _encodings(list_parts(tmp_path / "out" / "removed")[0])
+    assert "RLE_DICTIONARY" not in kept["text"] and "RLE_DICTIONARY" not in kept["id"]
+    assert "RLE_DICTIONARY" not in removed["id"] and "RLE_DICTIONARY" in removed["reason"]

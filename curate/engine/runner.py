@@ -447,7 +447,7 @@ def _run_stages(
         out,
         manifest,
         inputs.num_rows,
-        functools.partial(_publish_kept, current),
+        functools.partial(_publish_kept, current, (spec.columns.text, spec.columns.id)),
         lambda fn, parts: executor.map(fn, parts),
     )
     manifest["finalize_seconds"] = {
@@ -464,10 +464,10 @@ def _run_stages(
     return _result(out, manifest, notes)
 
 
-def _publish_kept(last: InputSource | PartSource, kept_final: Path) -> None:
+def _publish_kept(last: InputSource | PartSource, plain_columns: tuple[str, ...], kept_final: Path) -> None:
     """The last stage's kept rows become OUT/kept; with no stages, the input as read."""
     if isinstance(last, InputSource):
-        with atomic_path(kept_final) as tmp, PartWriter(tmp) as writer:
+        with atomic_path(kept_final) as tmp, PartWriter(tmp, plain_columns=plain_columns) as writer:
             writer.schema = last.schema
             writer.write_all(last.batches())
     else:

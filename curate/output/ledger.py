@@ -23,6 +23,7 @@ LEDGER_SCHEMA = pa.schema(
         pa.field("score", pa.float64()),
     ]
 )
+LEDGER_PLAIN = ("id",)  # written without a dictionary: every removed row has its own id (PartWriter)
 
 
 def ids_as_strings(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
