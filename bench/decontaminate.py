@@ -147,12 +147,20 @@ def match_only(corpus: Path, items_path: Path, ngram: int) -> tuple[float, float
 
 def io_floor(corpus: Path, out: Path) -> tuple[float, float]:
     """Seconds (wall, CPU) to read every shard and write it back as curate writes kept/ (zstd
-    Parquet), with no check and no matching: no whole run over these files can beat it, so it
-    bounds the whole-run ratio to the plain-Python reference."""
+    Parquet, text and ids without a dictionary), with no check and no matching: no whole run
+    over these files can beat it, so it bounds the whole-run ratio to the plain-Python reference."""
+    from curate.io.parts import dictionary_columns
+
     out.mkdir()
     started, cpu = time.perf_counter(), time.process_time()
     for k, path in enumerate(sorted(corpus.glob("*.parquet"))):
-        pq.write_table(pq.read_table(path, use_threads=False), out / f"part-{k:05d}.parquet", compression="zstd")
+        table = pq.read_table(path, use_threads=False)
+        pq.write_table(
+            table,
+            out / f"part-{k:05d}.parquet",
+            compression="zstd",
+            use_dictionary=dictionary_columns(table.schema, ("text", "id")),
+        )
     return time.perf_counter() - started, time.process_time() - cpu
 
 

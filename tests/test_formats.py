@@ -450,7 +450,7 @@ def test_export_refusals(tmp_path, capsys):
     assert code == 2 and "not a curate output" in err
 
 
-@pytest.mark.parametrize("fmt", [".jsonl.gz", "hf"])
+@pytest.mark.parametrize("fmt", [".jsonl.gz", pytest.param("hf", marks=pytest.mark.slow)])  # 7 s each
 def test_other_formats_give_the_serial_result_on_a_process_pool_and_on_dask(tmp_path, fmt):
     """Every executor reads units through InputSet.file_batches: a JSON Lines or saved-dataset
     file is one unit, read by a worker, with the same ordinals as the serial run."""

@@ -246,6 +246,7 @@ def test_fit_flags_a_bending_curve_and_a_bound(tmp_path):
 # --- the report -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 9-10 s; test_report renders a law report in headless chromium in the default run
 def test_headless_chromium_finds_decision_accuracy_and_its_baseline(tmp_path):
     import re
 

@@ -78,6 +78,7 @@ def _kept_and_removed(out: Path) -> tuple[list, list]:
     return kept, removed
 
 
+@pytest.mark.slow  # 14-18 s; test_minhash_stage compares unit sizes and executors in the default run
 def test_minhash_on_one_long_file_same_output_for_any_cut(tmp_path, dask_executors):  # noqa: F811
     (tmp_path / "in").mkdir()
     path = long_documents(tmp_path / "in" / "long.parquet", docs=160, words=3000, row_group=40)
