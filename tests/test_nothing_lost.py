@@ -440,6 +440,10 @@ def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path):
         '[[stage]]\nkind = "minhash"\n[[stage]]\nkind = "embed"\nmodel = "hashing"\n[[stage]]\nkind = "prototypes"\nclusters = 20\n'
     )
     out = tmp_path / "out"
+    # The child inherits this process's mask and an ignored disposition: a Ctrl-C it never sees
+    # would read as curate ignoring it (seen once, exit 0, in a default run on a loaded machine).
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, []), "SIGINT blocked in the test process"
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN, "SIGINT ignored in the test process"
     argv = [sys.executable, "-m", "curate.cli", "run", str(pipeline), "-i", str(data), "-o", str(out), "--quiet"]
     process = subprocess.Popen(
         argv, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True
