@@ -276,10 +276,13 @@ def _ctrl_c_deferred() -> Iterator[None]:
 
     A KeyboardInterrupt raised inside a process start leaves a worker the pool does not know:
     nobody stops it, and it dies printing a traceback when the driver's semaphores are gone.
-    Deferred to the end of the block, the interrupt stops every worker (close(stop_running))."""
+    Deferred to the end of the block, the interrupt stops every worker (close(stop_running)).
+    A process started with SIGINT ignored (a background job of a script: the shell ignores it
+    there) keeps ignoring it: catching it here made such a run stop when a Ctrl-C landed in
+    this block, and run on when it landed anywhere else."""
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield
         return
     caught: list[int] = []
