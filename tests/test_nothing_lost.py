@@ -271,6 +271,7 @@ def test_invalid_utf8_in_any_string_column_is_exit_2_naming_it(tmp_path, column)
 # --- sane parallelism ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 9-10 s: two CLI runs; test_jobs_zero_is_refused keeps the --jobs checks in the default run
 def test_jobs_above_the_cores_is_capped_and_gives_the_same_output(work):
     tmp, data, pipeline = work
     started = time.perf_counter()

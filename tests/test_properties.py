@@ -246,6 +246,7 @@ def _same_output(a: Path, b: Path) -> None:
     picks=st.lists(st.integers(0, 1000), min_size=1, max_size=3),
     sizes=st.lists(st.integers(1, 64), min_size=2, max_size=2, unique=True),
 )
+@pytest.mark.slow  # 9-11 s; the default run compares unit sizes and executors (test_minhash_stage, test_executors)
 def test_results_do_not_depend_on_batch_size(corpus, picks, sizes):
     shards, with_ids, row_group = corpus
     pool = _runnable_pipelines()
