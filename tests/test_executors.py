@@ -203,9 +203,6 @@ def test_every_registered_stage_kind_has_an_executor_equality_case():
     assert set(available_kinds()) == set(KIND_PIPELINES), "add the new kind to KIND_PIPELINES"
 
 
-# Kinds whose own test file already compares every executor in the default run
-# (test_semdedup, test_prototypes, test_pools): here they run with the slow tests, which
-# saves about 33 s of the default run (15.8, 7.4 and 9.4 s on a 2-core AMD EPYC).
 # Kinds whose own test files compare every executor in the default run (test_semdedup,
 # test_prototypes, test_pools, test_decontaminate, test_minhash_stage, test_embed,
 # test_loss_clusters): here they run with the slow tests, which CI runs too.

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -446,20 +447,27 @@ def _sigint_ignored() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _start_cli(args: list[str], sigint: Callable[[], None]) -> subprocess.Popen:
+    """The real CLI in its own process group (a terminal's Ctrl-C reaches the whole group),
+    with SIGINT set by `sigint` before it starts."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "curate.cli", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,
+        preexec_fn=sigint,
+    )
+
+
 @pytest.mark.slow  # 10-14 s
 def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path):
     """A background job of a script starts with SIGINT ignored; a Ctrl-C in the terminal must not
     stop it, whichever step of the run it lands in (it once did while a pool was starting)."""
     data = write_shards(tmp_path / "in", random_texts(40_000, seed=5), shards=4)
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "curate.cli", "dedup", "-i", str(data), "-o", str(out), "--method", "minhash"]
-    process = subprocess.Popen(
-        [*argv, "--quiet"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        start_new_session=True,
-        preexec_fn=_sigint_ignored,
+    process = _start_cli(
+        ["dedup", "-i", str(data), "-o", str(out), "--method", "minhash", "--quiet"], sigint=_sigint_ignored
     )
     deadline = time.monotonic() + 120
     sent = 0
@@ -480,14 +488,8 @@ def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path):
         '[[stage]]\nkind = "minhash"\n[[stage]]\nkind = "embed"\nmodel = "hashing"\n[[stage]]\nkind = "prototypes"\nclusters = 20\n'
     )
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "curate.cli", "run", str(pipeline), "-i", str(data), "-o", str(out), "--quiet"]
-    process = subprocess.Popen(
-        argv,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        start_new_session=True,
-        preexec_fn=_sigint_as_in_a_terminal,
+    process = _start_cli(
+        ["run", str(pipeline), "-i", str(data), "-o", str(out), "--quiet"], sigint=_sigint_as_in_a_terminal
     )
     deadline = time.monotonic() + 120
     while not (out / "manifest.json").exists() and time.monotonic() < deadline and process.poll() is None:
